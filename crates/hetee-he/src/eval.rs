@@ -1,0 +1,177 @@
+//! The untrusted host's ct x ct evaluator.
+//!
+//! Each operand is extended to the multiplication basis once and kept in
+//! NTT form (with `c0 + c1` precomputed for Karatsuba), products of a sum are
+//! accumulated in that basis, and each output is scaled back by `t/q` once.
+//! The result is a degree-2 ciphertext; the enclave decrypts it directly,
+//! so no relinearization key is needed.
+
+use std::sync::Arc;
+
+use fhe::bfv::{BfvParameters, Ciphertext};
+use fhe_math::rns::ScalingFactor;
+use fhe_math::rq::{scaler::Scaler, Context, Poly, Representation};
+use fhe_math::zq::primes::generate_prime;
+use num_bigint::BigUint;
+use rayon::prelude::*;
+
+use crate::HeError;
+
+/// A fresh ciphertext extended to the multiplication basis, NTT form.
+#[derive(Debug, Clone)]
+pub struct ExtendedCiphertext {
+    c0: Poly,
+    c1: Poly,
+    sum: Poly,
+}
+
+impl ExtendedCiphertext {
+    /// Bytes held in memory by this operand.
+    pub fn memory_bytes(&self) -> usize {
+        let n = self.c0.coefficients().shape()[1];
+        3 * self.c0.ctx().moduli().len() * n * 8
+    }
+}
+
+/// Extends, multiplies and accumulates ciphertexts; one per parameter set.
+#[derive(Debug)]
+pub struct Evaluator {
+    par: Arc<BfvParameters>,
+    mul_ctx: Arc<Context>,
+    extender: Scaler,
+    down: Scaler,
+}
+
+impl Evaluator {
+    /// Prepares the multiplication basis for `par` (ciphertexts at level 0).
+    pub fn new(par: &Arc<BfvParameters>) -> Result<Self, HeError> {
+        let base = par.context_at_level(0)?.clone();
+        let moduli = base.moduli().to_vec();
+        let log_q: usize = par.moduli_sizes().iter().sum();
+        let extra = (log_q + 60).div_ceil(62);
+        let mut ext = moduli.clone();
+        let mut upper = 1u64 << 62;
+        while ext.len() < moduli.len() + extra {
+            upper = generate_prime(62, 2 * par.degree() as u64, upper)
+                .ok_or_else(|| HeError::Params("no prime for the multiplication basis".into()))?;
+            if !ext.contains(&upper) {
+                ext.push(upper);
+            }
+        }
+        let mul_ctx = Context::new_arc(&ext, par.degree())?;
+        let extender = Scaler::new(&base, &mul_ctx, ScalingFactor::one())?;
+        let down = Scaler::new(
+            &mul_ctx,
+            &base,
+            ScalingFactor::new(&BigUint::from(par.plaintext()), base.modulus()),
+        )?;
+        Ok(Evaluator {
+            par: par.clone(),
+            mul_ctx,
+            extender,
+            down,
+        })
+    }
+
+    /// The parameters this evaluator works with.
+    pub fn params(&self) -> &Arc<BfvParameters> {
+        &self.par
+    }
+
+    /// Extends a fresh (degree-1, level-0) ciphertext to the multiplication basis.
+    pub fn extend(&self, ct: &Ciphertext) -> Result<ExtendedCiphertext, HeError> {
+        if ct.len() != 2 {
+            return Err(HeError::Malformed(format!(
+                "operand has {} polynomials, expected 2",
+                ct.len()
+            )));
+        }
+        if ct[0].ctx().moduli() != self.par.context_at_level(0)?.moduli() {
+            return Err(HeError::Malformed("operand is not at level 0".into()));
+        }
+        let mut c0 = ct[0].scale(&self.extender)?;
+        let mut c1 = ct[1].scale(&self.extender)?;
+        c0.change_representation(Representation::Ntt);
+        c1.change_representation(Representation::Ntt);
+        // Host data is public ciphertext: variable-time arithmetic is fine here.
+        unsafe {
+            c0.allow_variable_time_computations();
+            c1.allow_variable_time_computations();
+        }
+        let sum = &c0 + &c1;
+        Ok(ExtendedCiphertext { c0, c1, sum })
+    }
+
+    /// Extends many ciphertexts in parallel.
+    pub fn extend_all(&self, cts: &[Ciphertext]) -> Result<Vec<ExtendedCiphertext>, HeError> {
+        cts.par_iter().map(|c| self.extend(c)).collect()
+    }
+
+    /// `sum_i a_i * b_i` as one degree-2 ciphertext (Karatsuba, one rescale).
+    pub fn sum_of_products(
+        &self,
+        pairs: &[(&ExtendedCiphertext, &ExtendedCiphertext)],
+    ) -> Result<Ciphertext, HeError> {
+        if pairs.is_empty() {
+            return Err(HeError::Malformed("empty sum of products".into()));
+        }
+        let zero = || {
+            let mut p = Poly::zero(&self.mul_ctx, Representation::Ntt);
+            unsafe { p.allow_variable_time_computations() };
+            p
+        };
+        let (mut s0, mut s2, mut s01) = (zero(), zero(), zero());
+        let mut tmp = zero();
+        for (a, b) in pairs {
+            tmp.clone_from(&a.c0);
+            tmp *= &b.c0;
+            s0 += &tmp;
+            tmp.clone_from(&a.c1);
+            tmp *= &b.c1;
+            s2 += &tmp;
+            tmp.clone_from(&a.sum);
+            tmp *= &b.sum;
+            s01 += &tmp;
+        }
+        s01 -= &s0;
+        s01 -= &s2;
+        let polys = [s0, s01, s2]
+            .into_iter()
+            .map(|mut p| {
+                p.change_representation(Representation::PowerBasis);
+                let mut d = p.scale(&self.down)?;
+                d.change_representation(Representation::Ntt);
+                d.disallow_variable_time_computations();
+                Ok(d)
+            })
+            .collect::<Result<Vec<_>, HeError>>()?;
+        Ok(Ciphertext::new(polys, &self.par)?)
+    }
+
+    /// Evaluates a whole product plan: output `k` is the sum over `plan[k]`
+    /// of `inputs[i] * weights[j]`. Parallel over outputs.
+    pub fn evaluate_plan(
+        &self,
+        plan: &[Vec<(usize, usize)>],
+        inputs: &[ExtendedCiphertext],
+        weights: &[ExtendedCiphertext],
+    ) -> Result<Vec<Ciphertext>, HeError> {
+        plan.par_iter()
+            .map(|sum| {
+                let pairs = sum
+                    .iter()
+                    .map(|&(i, w)| {
+                        let a = inputs.get(i).ok_or_else(|| {
+                            HeError::Malformed(format!("input ciphertext {i} missing ({} given)", inputs.len()))
+                        })?;
+                        let b = weights.get(w).ok_or_else(|| {
+                            HeError::Malformed(format!("weight ciphertext {w} missing ({} given)", weights.len()))
+                        })?;
+                        Ok((a, b))
+                    })
+                    .collect::<Result<Vec<_>, HeError>>()?;
+                self.sum_of_products(&pairs)
+            })
+            .collect()
+    }
+}

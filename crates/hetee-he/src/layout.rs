@@ -1,0 +1,212 @@
+//! From a general convolution (any stride, any padding) to the stride-1
+//! valid normal form of [`crate::packing`].
+//!
+//! Padding is written as zeros into the input. A stride `(sh, sw)` splits the
+//! padded input into `sh*sw` phase sub-images and the kernel into matching
+//! sub-kernels; the phases become extra input channels, so one stride-1
+//! product computes exactly the strided output and nothing is thrown away.
+//! Phases whose sub-kernel is empty (kernel smaller than the stride) are
+//! dropped. A dense layer is the 1x1 case over `n` channels.
+
+use serde::{Deserialize, Serialize};
+
+use crate::packing::ConvShape;
+
+/// A linear layer as the HE scheme sees it: a convolution with stride and
+/// padding over an integer tensor `[c, h, w]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvSpec {
+    /// Input channels.
+    pub c: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub m: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Vertical stride.
+    pub sh: usize,
+    /// Horizontal stride.
+    pub sw: usize,
+    /// Zero padding: top, left, bottom, right.
+    pub pads: [usize; 4],
+}
+
+impl ConvSpec {
+    /// A dense layer `[m x n]` on a flat input of length `n`.
+    pub fn dense(n: usize, m: usize) -> Self {
+        ConvSpec {
+            c: n,
+            h: 1,
+            w: 1,
+            m,
+            kh: 1,
+            kw: 1,
+            sh: 1,
+            sw: 1,
+            pads: [0; 4],
+        }
+    }
+
+    /// Padded input height and width.
+    fn padded(&self) -> (usize, usize) {
+        (
+            self.h + self.pads[0] + self.pads[2],
+            self.w + self.pads[1] + self.pads[3],
+        )
+    }
+
+    /// Checks that the layer is well formed.
+    pub fn validate(&self) -> Result<(), String> {
+        let (hp, wp) = self.padded();
+        if self.c == 0 || self.m == 0 || self.kh == 0 || self.kw == 0 || self.sh == 0 || self.sw == 0 {
+            return Err(format!("empty dimension or zero stride in {self:?}"));
+        }
+        if hp < self.kh || wp < self.kw {
+            return Err(format!("kernel larger than the padded input in {self:?}"));
+        }
+        Ok(())
+    }
+
+    /// Output height and width.
+    pub fn output_hw(&self) -> (usize, usize) {
+        let (hp, wp) = self.padded();
+        ((hp - self.kh) / self.sh + 1, (wp - self.kw) / self.sw + 1)
+    }
+
+    /// The stride phases `(p, q)` that carry at least one kernel tap.
+    pub fn phases(&self) -> Vec<(usize, usize)> {
+        let mut v = Vec::new();
+        for p in 0..self.sh.min(self.kh) {
+            for q in 0..self.sw.min(self.kw) {
+                v.push((p, q));
+            }
+        }
+        v
+    }
+
+    /// Sub-kernel height and width.
+    fn sub_kernel(&self) -> (usize, usize) {
+        (self.kh.div_ceil(self.sh), self.kw.div_ceil(self.sw))
+    }
+
+    /// The stride-1 valid normal form.
+    pub fn normal_shape(&self) -> ConvShape {
+        let (oh, ow) = self.output_hw();
+        let (hs, ws) = self.sub_kernel();
+        ConvShape {
+            c: self.c * self.phases().len(),
+            h: oh + hs - 1,
+            w: ow + ws - 1,
+            m: self.m,
+            kh: hs,
+            kw: ws,
+            oh,
+            ow,
+        }
+    }
+
+    /// Lays out the input `[c, h, w]` as the normal form's input
+    /// (padding and stride phases applied).
+    pub fn layout_input(&self, x: &[i64]) -> Vec<i64> {
+        assert_eq!(x.len(), self.c * self.h * self.w, "input length");
+        if self.sh == 1 && self.sw == 1 && self.pads == [0; 4] {
+            return x.to_vec();
+        }
+        let ns = self.normal_shape();
+        let phases = self.phases();
+        let mut out = vec![0i64; ns.c * ns.h * ns.w];
+        for c in 0..self.c {
+            for (pi, &(p, q)) in phases.iter().enumerate() {
+                let co = c * phases.len() + pi;
+                for i in 0..ns.h {
+                    // Row in the padded input, then in the real input.
+                    let r = self.sh * i + p;
+                    let Some(r) = r.checked_sub(self.pads[0]).filter(|&r| r < self.h) else {
+                        continue;
+                    };
+                    for j in 0..ns.w {
+                        let s = self.sw * j + q;
+                        let Some(s) = s.checked_sub(self.pads[1]).filter(|&s| s < self.w) else {
+                            continue;
+                        };
+                        out[(co * ns.h + i) * ns.w + j] = x[(c * self.h + r) * self.w + s];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Lays out the kernel `[m, c, kh, kw]` as the normal form's kernel.
+    pub fn layout_kernel(&self, k: &[i64]) -> Vec<i64> {
+        assert_eq!(k.len(), self.m * self.c * self.kh * self.kw, "kernel length");
+        if self.sh == 1 && self.sw == 1 {
+            return k.to_vec();
+        }
+        let ns = self.normal_shape();
+        let phases = self.phases();
+        let mut out = vec![0i64; ns.m * ns.c * ns.kh * ns.kw];
+        for m in 0..self.m {
+            for c in 0..self.c {
+                for (pi, &(p, q)) in phases.iter().enumerate() {
+                    let co = c * phases.len() + pi;
+                    for l in 0..ns.kh {
+                        let kl = self.sh * l + p;
+                        if kl >= self.kh {
+                            continue;
+                        }
+                        for n in 0..ns.kw {
+                            let kn = self.sw * n + q;
+                            if kn >= self.kw {
+                                continue;
+                            }
+                            out[((m * ns.c + co) * ns.kh + l) * ns.kw + n] =
+                                k[((m * self.c + c) * self.kh + kl) * self.kw + kn];
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Direct strided, padded convolution: the plaintext reference.
+    pub fn direct(&self, x: &[i64], k: &[i64]) -> Vec<i64> {
+        let (oh, ow) = self.output_hw();
+        let mut y = vec![0i64; self.m * oh * ow];
+        for m in 0..self.m {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut acc = 0i64;
+                    for c in 0..self.c {
+                        for l in 0..self.kh {
+                            let Some(r) = (i * self.sh + l).checked_sub(self.pads[0]) else {
+                                continue;
+                            };
+                            if r >= self.h {
+                                continue;
+                            }
+                            for n in 0..self.kw {
+                                let Some(s) = (j * self.sw + n).checked_sub(self.pads[1]) else {
+                                    continue;
+                                };
+                                if s >= self.w {
+                                    continue;
+                                }
+                                acc += k[((m * self.c + c) * self.kh + l) * self.kw + n]
+                                    * x[(c * self.h + r) * self.w + s];
+                            }
+                        }
+                    }
+                    y[(m * oh + i) * ow + j] = acc;
+                }
+            }
+        }
+        y
+    }
+}

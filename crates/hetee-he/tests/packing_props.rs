@@ -1,0 +1,84 @@
+//! Randomized property tests: the packed, encrypted (and plain negacyclic)
+//! evaluation of any convolution or dense layer equals the direct integer
+//! convolution, including shapes that need tiling.
+
+mod common;
+
+use hetee_he::packing::{evaluate_plain, ConvPacking, Tiling};
+use hetee_he::{planner, ConvSpec};
+use proptest::prelude::*;
+
+fn spec_strategy(max_side: usize, max_ch: usize) -> impl Strategy<Value = ConvSpec> {
+    (1..=max_ch, 1..=max_ch, 1usize..=7, 1usize..=7, 1usize..=3, 1usize..=3, 0usize..=3, 0usize..=3, 1..=max_side, 1..=max_side)
+        .prop_filter_map("kernel must fit", |(c, m, kh, kw, sh, sw, ph, pw, h, w)| {
+            let spec = ConvSpec { c, h, w, m, kh, kw, sh, sw, pads: [ph, pw, ph.min(1), pw] };
+            spec.validate().ok().map(|_| spec)
+        })
+}
+
+fn tensor(len: usize, lo: i64, hi: i64, seed: u64) -> Vec<i64> {
+    use rand::{Rng, SeedableRng};
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..len).map(|_| r.random_range(lo..=hi)).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    /// Plain negacyclic evaluation with a small ring forces heavy tiling.
+    #[test]
+    fn conv_packing_plain_small_ring(spec in spec_strategy(12, 6), seed in any::<u64>(), degree in prop::sample::select(vec![64usize, 128, 256])) {
+        let x = tensor(spec.c * spec.h * spec.w, 0, 255, seed);
+        let k = tensor(spec.m * spec.c * spec.kh * spec.kw, -127, 127, seed ^ 1);
+        let shape = spec.normal_shape();
+        prop_assume!(shape.kh * shape.kw <= degree);
+        let p = planner::plan_conv(shape, degree, &planner::CostModel::for_degree(4096)).unwrap();
+        let got = evaluate_plain(&p, &spec.layout_input(&x), &spec.layout_kernel(&k));
+        prop_assert_eq!(got, spec.direct(&x, &k));
+    }
+
+    /// Every valid tiling (not only the planner's) is correct.
+    #[test]
+    fn conv_packing_any_tiling(spec in spec_strategy(9, 4), seed in any::<u64>(), ct in 1usize..4, ht in 1usize..9, wt in 1usize..9, mt in 1usize..4) {
+        let shape = spec.normal_shape();
+        let tiling = Tiling { ct: ct.min(shape.c), ht: ht.clamp(shape.kh, shape.h), wt: wt.clamp(shape.kw, shape.w), mt: mt.min(shape.m) };
+        let Ok(p) = ConvPacking::new(shape, tiling, 256) else { return Ok(()) };
+        let x = tensor(spec.c * spec.h * spec.w, -127, 127, seed);
+        let k = tensor(spec.m * spec.c * spec.kh * spec.kw, -127, 127, seed ^ 7);
+        prop_assert_eq!(evaluate_plain(&p, &spec.layout_input(&x), &spec.layout_kernel(&k)), spec.direct(&x, &k));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10, ..ProptestConfig::default() })]
+    /// Encrypted conv: channels 1-40, kernel 1-7, stride 1-3, padding 0-3, side 1-40.
+    #[test]
+    fn conv_encrypted_equals_direct(spec in spec_strategy(40, 40), seed in any::<u64>()) {
+        let x = tensor(spec.c * spec.h * spec.w, 0, 255, seed);
+        let k = tensor(spec.m * spec.c * spec.kh * spec.kw, -127, 127, seed ^ 3);
+        prop_assert_eq!(common::he_conv(&spec, &x, &k, None), spec.direct(&x, &k));
+    }
+
+    /// Encrypted dense: in 1-3000, out 1-300.
+    #[test]
+    fn dense_encrypted_equals_direct(n in 1usize..=3000, m in 1usize..=300, seed in any::<u64>()) {
+        let spec = ConvSpec::dense(n, m);
+        let x = tensor(n, -127, 255, seed);
+        let k = tensor(m * n, -127, 127, seed ^ 5);
+        prop_assert_eq!(common::he_conv(&spec, &x, &k, None), spec.direct(&x, &k));
+    }
+}
+
+/// Shapes that must tile: more than N coefficients per channel group.
+#[test]
+fn encrypted_tiling_edge_cases() {
+    let cases = [
+        ConvSpec { c: 40, h: 40, w: 40, m: 40, kh: 7, kw: 7, sh: 1, sw: 1, pads: [3; 4] },
+        ConvSpec { c: 1, h: 100, w: 90, m: 3, kh: 3, kw: 3, sh: 2, sw: 3, pads: [1, 2, 1, 2] },
+        ConvSpec::dense(9000, 7),
+    ];
+    for (i, spec) in cases.iter().enumerate() {
+        let x = tensor(spec.c * spec.h * spec.w, 0, 255, i as u64);
+        let k = tensor(spec.m * spec.c * spec.kh * spec.kw, -127, 127, 100 + i as u64);
+        assert_eq!(common::he_conv(spec, &x, &k, None), spec.direct(&x, &k), "case {i}: {spec:?}");
+    }
+}

@@ -1,0 +1,437 @@
+//! Float32 reference executor of the model IR, for one sample at a time.
+//!
+//! Semantics follow ONNX exactly: convolution and average pooling pad with
+//! zeros, max pooling ignores padded positions, and a `Dense` (or `Flatten`)
+//! after a `[C, H, W]` activation flattens it row-major.
+//!
+//! Sums (convolution, dense, average pooling) are accumulated in `f64` and
+//! rounded to `f32` once per output element, so results are at least as
+//! accurate as a plain `f32` implementation.
+
+use crate::error::{ModelError, Result};
+use crate::ir::{Layer, Model, Window};
+
+/// Output shape of one layer applied to an activation of shape `input`
+/// (batch excluded), after checking that weights and shapes fit together.
+///
+/// Errors are plain descriptions; callers prefix them with the layer name.
+pub fn layer_output_shape(layer: &Layer, input: &[usize]) -> std::result::Result<Vec<usize>, String> {
+    let numel: usize = input.iter().product();
+    match layer {
+        Layer::Conv2d {
+            weight,
+            bias,
+            out_channels,
+            in_channels,
+            window,
+        } => {
+            let [c, h, w] = chw(input, "Conv2d")?;
+            if c != *in_channels {
+                return Err(format!(
+                    "convolution expects {in_channels} input channels, got activation {input:?}"
+                ));
+            }
+            let (kh, kw) = window.kernel;
+            let expected = [*out_channels, *in_channels, kh, kw]
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d));
+            if expected != Some(weight.len()) {
+                return Err(format!(
+                    "weight has {} values, expected {out_channels}x{in_channels}x{kh}x{kw}",
+                    weight.len()
+                ));
+            }
+            if bias.len() != *out_channels {
+                return Err(format!(
+                    "bias has {} values, expected {out_channels}",
+                    bias.len()
+                ));
+            }
+            let (oh, ow) = fit(window, h, w)?;
+            Ok(vec![*out_channels, oh, ow])
+        }
+        Layer::Dense {
+            weight,
+            bias,
+            out_features,
+            in_features,
+        } => {
+            if numel != *in_features {
+                return Err(format!(
+                    "dense layer expects {in_features} input features, got activation {input:?} ({numel} values)"
+                ));
+            }
+            if in_features.checked_mul(*out_features) != Some(weight.len()) {
+                return Err(format!(
+                    "weight has {} values, expected {out_features}x{in_features}",
+                    weight.len()
+                ));
+            }
+            if bias.len() != *out_features {
+                return Err(format!(
+                    "bias has {} values, expected {out_features}",
+                    bias.len()
+                ));
+            }
+            Ok(vec![*out_features])
+        }
+        Layer::BatchNorm { scale, shift } => {
+            let channels = match input.len() {
+                3 | 1 => input[0],
+                _ => return Err(format!("batch norm needs [C,H,W] or [F], got {input:?}")),
+            };
+            if scale.len() != channels || shift.len() != channels {
+                return Err(format!(
+                    "batch norm has {} scales and {} shifts, activation {input:?} has {channels} channels",
+                    scale.len(),
+                    shift.len()
+                ));
+            }
+            Ok(input.to_vec())
+        }
+        Layer::Relu => Ok(input.to_vec()),
+        Layer::MaxPool(window) | Layer::AvgPool { window, .. } => {
+            let [c, h, w] = chw(input, layer.name())?;
+            let p = window.pads;
+            if p.top >= window.kernel.0
+                || p.bottom >= window.kernel.0
+                || p.left >= window.kernel.1
+                || p.right >= window.kernel.1
+            {
+                return Err(format!(
+                    "pooling padding {p:?} must be smaller than the kernel {:?}",
+                    window.kernel
+                ));
+            }
+            let (oh, ow) = fit(window, h, w)?;
+            Ok(vec![c, oh, ow])
+        }
+        Layer::GlobalAvgPool => {
+            let [c, h, w] = chw(input, "GlobalAvgPool")?;
+            if h == 0 || w == 0 {
+                return Err(format!("global average pool over an empty map {input:?}"));
+            }
+            Ok(vec![c, 1, 1])
+        }
+        Layer::Flatten => Ok(vec![numel]),
+    }
+}
+
+/// Splits a `[C, H, W]` shape or explains why it is not one.
+fn chw(input: &[usize], what: &str) -> std::result::Result<[usize; 3], String> {
+    match input {
+        [c, h, w] => Ok([*c, *h, *w]),
+        _ => Err(format!("{what} needs a [C,H,W] activation, got {input:?}")),
+    }
+}
+
+/// Output size of a window over `h x w`, or why the window does not fit.
+fn fit(window: &Window, h: usize, w: usize) -> std::result::Result<(usize, usize), String> {
+    window.output_hw(h, w).ok_or_else(|| {
+        format!(
+            "window (kernel {:?}, strides {:?}, pads {:?}) does not fit a {h}x{w} map",
+            window.kernel, window.strides, window.pads
+        )
+    })
+}
+
+/// Output shape of every layer, in order, after checking the whole model.
+pub fn layer_shapes(model: &Model) -> Result<Vec<Vec<usize>>> {
+    let s = &model.input_shape;
+    if !(s.len() == 1 || s.len() == 3) || s.contains(&0) {
+        return Err(ModelError::Shape(format!(
+            "model input shape must be [C,H,W] or [F] with nonzero sizes, got {s:?}"
+        )));
+    }
+    let mut shapes = Vec::with_capacity(model.layers.len());
+    let mut cur = model.input_shape.clone();
+    for (i, layer) in model.layers.iter().enumerate() {
+        cur = layer_output_shape(layer, &cur).map_err(|e| {
+            let node = model.node_names.get(i).map(String::as_str).unwrap_or("?");
+            ModelError::Shape(format!("layer {i} ({} from node '{node}'): {e}", layer.name()))
+        })?;
+        shapes.push(cur.clone());
+    }
+    Ok(shapes)
+}
+
+/// Output shape of the whole model (batch excluded).
+pub fn output_shape(model: &Model) -> Result<Vec<usize>> {
+    Ok(layer_shapes(model)?
+        .pop()
+        .unwrap_or_else(|| model.input_shape.clone()))
+}
+
+/// Runs the model on one sample and returns the output of every layer, in
+/// order (the input itself is not included).
+pub fn run_float_trace(model: &Model, input: &[f32]) -> Result<Vec<Vec<f32>>> {
+    let shapes = layer_shapes(model)?;
+    let n: usize = model.input_shape.iter().product();
+    if input.len() != n {
+        return Err(ModelError::Data(format!(
+            "input has {} values, model input shape {:?} needs {n}",
+            input.len(),
+            model.input_shape
+        )));
+    }
+    let mut outs: Vec<Vec<f32>> = Vec::with_capacity(model.layers.len());
+    let mut in_shape = model.input_shape.as_slice();
+    for (i, layer) in model.layers.iter().enumerate() {
+        let x = outs.last().map(Vec::as_slice).unwrap_or(input);
+        let y = run_layer(layer, in_shape, &shapes[i], x);
+        outs.push(y);
+        in_shape = &shapes[i];
+    }
+    Ok(outs)
+}
+
+/// Runs the model on one sample (`input.len()` must equal the product of
+/// `model.input_shape`) and returns the flat output.
+pub fn run_float(model: &Model, input: &[f32]) -> Result<Vec<f32>> {
+    let mut trace = run_float_trace(model, input)?;
+    match trace.pop() {
+        Some(y) => Ok(y),
+        None => Ok(input.to_vec()),
+    }
+}
+
+/// Applies one layer whose shapes have already been checked.
+fn run_layer(layer: &Layer, in_shape: &[usize], out_shape: &[usize], x: &[f32]) -> Vec<f32> {
+    match layer {
+        Layer::Conv2d {
+            weight,
+            bias,
+            window,
+            ..
+        } => conv2d(x, in_shape, out_shape, weight, bias, window),
+        Layer::Dense {
+            weight,
+            bias,
+            in_features,
+            ..
+        } => bias
+            .iter()
+            .zip(weight.chunks_exact(*in_features))
+            .map(|(&b, row)| {
+                let s: f64 = row.iter().zip(x).map(|(&w, &v)| w as f64 * v as f64).sum();
+                (s + b as f64) as f32
+            })
+            .collect(),
+        Layer::BatchNorm { scale, shift } => {
+            let per = x.len() / scale.len().max(1);
+            x.iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let c = i / per.max(1);
+                    v * scale[c] + shift[c]
+                })
+                .collect()
+        }
+        Layer::Relu => x.iter().map(|&v| v.max(0.0)).collect(),
+        Layer::MaxPool(window) => pool(x, in_shape, out_shape, window, None),
+        Layer::AvgPool {
+            window,
+            count_include_pad,
+        } => pool(x, in_shape, out_shape, window, Some(*count_include_pad)),
+        Layer::GlobalAvgPool => {
+            let hw = in_shape[1] * in_shape[2];
+            x.chunks_exact(hw)
+                .map(|ch| (ch.iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32)
+                .collect()
+        }
+        Layer::Flatten => x.to_vec(),
+    }
+}
+
+/// Input index range `[lo, hi)` covered by kernel taps for output position
+/// `o`, clipped to the unpadded map of size `n`; returns `(first tap, lo, hi)`.
+fn taps(o: usize, stride: usize, pad: usize, k: usize, n: usize) -> (usize, usize, usize) {
+    let start = o * stride; // in padded coordinates
+    let lo = start.max(pad);
+    let hi = (start + k).min(pad + n);
+    let hi = hi.max(lo);
+    (lo - start, lo - pad, hi - pad)
+}
+
+/// Zero-padded 2-D convolution, `weight` is `[M, C, kh, kw]`.
+fn conv2d(
+    x: &[f32],
+    in_shape: &[usize],
+    out_shape: &[usize],
+    weight: &[f32],
+    bias: &[f32],
+    win: &Window,
+) -> Vec<f32> {
+    let (c_in, h, w) = (in_shape[0], in_shape[1], in_shape[2]);
+    let (m, oh, ow) = (out_shape[0], out_shape[1], out_shape[2]);
+    let (kh, kw) = win.kernel;
+    let (sh, sw) = win.strides;
+    let mut y = vec![0f32; m * oh * ow];
+    for oc in 0..m {
+        for oy in 0..oh {
+            let (ky0, iy0, iy1) = taps(oy, sh, win.pads.top, kh, h);
+            for ox in 0..ow {
+                let (kx0, ix0, ix1) = taps(ox, sw, win.pads.left, kw, w);
+                let mut s = bias[oc] as f64;
+                for c in 0..c_in {
+                    let wbase = (oc * c_in + c) * kh * kw;
+                    for (dy, iy) in (iy0..iy1).enumerate() {
+                        let wrow = &weight[wbase + (ky0 + dy) * kw + kx0..];
+                        let xrow = &x[(c * h + iy) * w + ix0..(c * h + iy) * w + ix1];
+                        for (&wv, &xv) in wrow.iter().zip(xrow) {
+                            s += wv as f64 * xv as f64;
+                        }
+                    }
+                }
+                y[(oc * oh + oy) * ow + ox] = s as f32;
+            }
+        }
+    }
+    y
+}
+
+/// Max pooling (`avg = None`, padding ignored) or average pooling
+/// (`avg = Some(count_include_pad)`, zero padding).
+fn pool(
+    x: &[f32],
+    in_shape: &[usize],
+    out_shape: &[usize],
+    win: &Window,
+    avg: Option<bool>,
+) -> Vec<f32> {
+    let (c_n, h, w) = (in_shape[0], in_shape[1], in_shape[2]);
+    let (oh, ow) = (out_shape[1], out_shape[2]);
+    let (kh, kw) = win.kernel;
+    let (sh, sw) = win.strides;
+    let padded_h = h + win.pads.top + win.pads.bottom;
+    let padded_w = w + win.pads.left + win.pads.right;
+    let mut y = Vec::with_capacity(c_n * oh * ow);
+    for c in 0..c_n {
+        for oy in 0..oh {
+            let (_, iy0, iy1) = taps(oy, sh, win.pads.top, kh, h);
+            for ox in 0..ow {
+                let (_, ix0, ix1) = taps(ox, sw, win.pads.left, kw, w);
+                let rows = (iy0..iy1).map(|iy| &x[(c * h + iy) * w + ix0..(c * h + iy) * w + ix1]);
+                let v = match avg {
+                    None => rows.flatten().fold(f32::NEG_INFINITY, |a, &b| a.max(b)),
+                    Some(include_pad) => {
+                        let s: f64 = rows.flatten().map(|&v| v as f64).sum();
+                        let count = if include_pad {
+                            // ONNX counts the padded window, clipped to the padded map.
+                            let ry = (oy * sh + kh).min(padded_h) - oy * sh;
+                            let rx = (ox * sw + kw).min(padded_w) - ox * sw;
+                            ry * rx
+                        } else {
+                            (iy1 - iy0) * (ix1 - ix0)
+                        };
+                        (s / count.max(1) as f64) as f32
+                    }
+                };
+                y.push(v);
+            }
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Pads;
+
+    fn model(input_shape: Vec<usize>, layers: Vec<Layer>) -> Model {
+        let node_names = (0..layers.len()).map(|i| format!("n{i}")).collect();
+        Model {
+            input_shape,
+            layers,
+            node_names,
+        }
+    }
+
+    #[test]
+    fn conv_with_padding_matches_hand_computation() {
+        // 1x3x3 input, 1x1x2x2 kernel of ones, pad 1, stride 1 -> 4x4 sums.
+        let m = model(
+            vec![1, 3, 3],
+            vec![Layer::Conv2d {
+                weight: vec![1.0; 4],
+                bias: vec![0.5],
+                out_channels: 1,
+                in_channels: 1,
+                window: Window {
+                    kernel: (2, 2),
+                    strides: (1, 1),
+                    pads: Pads::same(1),
+                },
+            }],
+        );
+        let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+        let y = run_float(&m, &x).unwrap();
+        assert_eq!(output_shape(&m).unwrap(), vec![1, 4, 4]);
+        let expect = [
+            1., 3., 5., 3., 5., 12., 16., 9., 11., 24., 28., 15., 7., 15., 17., 9.,
+        ];
+        for (a, b) in y.iter().zip(expect) {
+            assert_eq!(*a, b + 0.5);
+        }
+    }
+
+    #[test]
+    fn pools_follow_onnx_padding_rules() {
+        let win = Window {
+            kernel: (2, 2),
+            strides: (2, 2),
+            pads: Pads::same(1),
+        };
+        let x = vec![-1.0f32, -2.0, -3.0, -4.0]; // 1x2x2
+        let max = run_float(&model(vec![1, 2, 2], vec![Layer::MaxPool(win)]), &x).unwrap();
+        assert_eq!(max, vec![-1.0, -2.0, -3.0, -4.0]);
+        let avg_in = model(
+            vec![1, 2, 2],
+            vec![Layer::AvgPool {
+                window: win,
+                count_include_pad: true,
+            }],
+        );
+        assert_eq!(run_float(&avg_in, &x).unwrap(), vec![-0.25, -0.5, -0.75, -1.0]);
+        let avg_ex = model(
+            vec![1, 2, 2],
+            vec![Layer::AvgPool {
+                window: win,
+                count_include_pad: false,
+            }],
+        );
+        assert_eq!(run_float(&avg_ex, &x).unwrap(), x);
+    }
+
+    #[test]
+    fn dense_flattens_and_shapes_are_checked() {
+        let m = model(
+            vec![2, 1, 1],
+            vec![
+                Layer::GlobalAvgPool,
+                Layer::Dense {
+                    weight: vec![1.0, 2.0],
+                    bias: vec![1.0],
+                    out_features: 1,
+                    in_features: 2,
+                },
+                Layer::Relu,
+            ],
+        );
+        assert_eq!(run_float(&m, &[3.0, -4.0]).unwrap(), vec![0.0]);
+        assert_eq!(run_float(&m, &[3.0, 4.0]).unwrap(), vec![12.0]);
+        let trace = run_float_trace(&m, &[3.0, 4.0]).unwrap();
+        assert_eq!(trace.len(), 3);
+        assert!(run_float(&m, &[1.0]).is_err());
+        let bad = model(
+            vec![3],
+            vec![Layer::BatchNorm {
+                scale: vec![1.0; 2],
+                shift: vec![0.0; 2],
+            }],
+        );
+        let err = output_shape(&bad).unwrap_err().to_string();
+        assert!(err.contains("n0"), "{err}");
+    }
+}

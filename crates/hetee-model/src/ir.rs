@@ -1,0 +1,137 @@
+//! The float model IR: a straight sequence of layers, as imported from ONNX.
+//!
+//! Tensors are row-major, batch dimension excluded. A convolutional
+//! activation is `[C, H, W]`; a flat activation is `[F]`.
+
+use serde::{Deserialize, Serialize};
+
+/// Spatial padding of a 2-D window: top, left, bottom, right (ONNX order
+/// `[x1_begin, x2_begin, x1_end, x2_end]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Pads {
+    /// Rows of padding above.
+    pub top: usize,
+    /// Columns of padding on the left.
+    pub left: usize,
+    /// Rows of padding below.
+    pub bottom: usize,
+    /// Columns of padding on the right.
+    pub right: usize,
+}
+
+impl Pads {
+    /// Symmetric padding `p` on every side.
+    pub fn same(p: usize) -> Self {
+        Pads {
+            top: p,
+            left: p,
+            bottom: p,
+            right: p,
+        }
+    }
+}
+
+/// A 2-D window: kernel size, stride and padding (for pooling and conv).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    /// Kernel height and width.
+    pub kernel: (usize, usize),
+    /// Vertical and horizontal stride.
+    pub strides: (usize, usize),
+    /// Zero (conv, avg) or ignored (max) padding.
+    pub pads: Pads,
+}
+
+impl Window {
+    /// Output height and width of this window over an `h x w` map, or `None`
+    /// if the window does not fit.
+    pub fn output_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let hp = h + self.pads.top + self.pads.bottom;
+        let wp = w + self.pads.left + self.pads.right;
+        let (kh, kw) = self.kernel;
+        let (sh, sw) = self.strides;
+        if hp < kh || wp < kw || sh == 0 || sw == 0 || kh == 0 || kw == 0 {
+            return None;
+        }
+        Some(((hp - kh) / sh + 1, (wp - kw) / sw + 1))
+    }
+}
+
+/// One layer of the float model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Layer {
+    /// 2-D convolution, groups = 1, dilation = 1. `weight` is `[M, C, kh, kw]`.
+    Conv2d {
+        /// Weights, row-major `[out_channels, in_channels, kh, kw]`.
+        weight: Vec<f32>,
+        /// Bias per output channel.
+        bias: Vec<f32>,
+        /// Output channels.
+        out_channels: usize,
+        /// Input channels.
+        in_channels: usize,
+        /// Kernel, stride, padding.
+        window: Window,
+    },
+    /// Fully connected layer `y = W x + b`, `weight` is `[out, in]`.
+    Dense {
+        /// Weights, row-major `[out_features, in_features]`.
+        weight: Vec<f32>,
+        /// Bias per output feature.
+        bias: Vec<f32>,
+        /// Output features.
+        out_features: usize,
+        /// Input features.
+        in_features: usize,
+    },
+    /// Inference-mode batch normalization, per channel `y = x * scale + shift`
+    /// (already combined from gamma, beta, mean, var, epsilon).
+    BatchNorm {
+        /// Multiplier per channel.
+        scale: Vec<f32>,
+        /// Offset per channel.
+        shift: Vec<f32>,
+    },
+    /// Rectified linear unit.
+    Relu,
+    /// Max pooling (padding is ignored, i.e. minus infinity).
+    MaxPool(Window),
+    /// Average pooling.
+    AvgPool {
+        /// Kernel, stride, padding.
+        window: Window,
+        /// Whether padded positions count in the divisor.
+        count_include_pad: bool,
+    },
+    /// Average over each whole channel map; output `[C, 1, 1]`.
+    GlobalAvgPool,
+    /// Flatten `[C, H, W]` to `[C*H*W]` (row-major).
+    Flatten,
+}
+
+impl Layer {
+    /// Short op name for messages and reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Layer::Conv2d { .. } => "Conv2d",
+            Layer::Dense { .. } => "Dense",
+            Layer::BatchNorm { .. } => "BatchNorm",
+            Layer::Relu => "Relu",
+            Layer::MaxPool(_) => "MaxPool",
+            Layer::AvgPool { .. } => "AvgPool",
+            Layer::GlobalAvgPool => "GlobalAvgPool",
+            Layer::Flatten => "Flatten",
+        }
+    }
+}
+
+/// A float model: the input shape (no batch) and its layers in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    /// Input shape without the batch dimension: `[C, H, W]` or `[F]`.
+    pub input_shape: Vec<usize>,
+    /// Layers, applied in order.
+    pub layers: Vec<Layer>,
+    /// Name of each layer's source node (same length as `layers`), for messages.
+    pub node_names: Vec<String>,
+}

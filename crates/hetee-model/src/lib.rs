@@ -1,0 +1,14 @@
+//! Model IR, ONNX import, integer quantization and the plaintext integer
+//! reference executor that secure inference must match bit for bit.
+//!
+//! With the default `onnx` feature off, this crate has no heavy
+//! dependencies: the enclave uses it for the integer semantics only.
+
+pub mod error;
+pub mod float;
+pub mod ir;
+#[cfg(feature = "onnx")]
+pub mod onnx;
+
+pub use error::{ModelError, Result};
+pub use ir::{Layer, Model, Pads, Window};

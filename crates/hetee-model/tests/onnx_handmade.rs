@@ -1,0 +1,360 @@
+//! Import of small ONNX models built in memory, one feature at a time, each
+//! checked against tract's own float execution of the same bytes.
+#![cfg(feature = "onnx")]
+
+use hetee_model::float::{layer_shapes, run_float};
+use hetee_model::onnx::{import_onnx, import_onnx_bytes, tract_float_reference};
+use hetee_model::{Layer, ModelError};
+use prost::Message;
+use tract_onnx::pb::{
+    self, attribute_proto::AttributeType, tensor_shape_proto::dimension, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+/// Deterministic pseudo-random values in [-1, 1).
+struct Rng(u64);
+impl Rng {
+    fn f(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f()).collect()
+    }
+}
+
+fn tensor(name: &str, dims: &[i64], data: Vec<f32>) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: 1,
+        float_data: data,
+        ..Default::default()
+    }
+}
+
+fn ints_tensor(name: &str, data: &[i64]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: vec![data.len() as i64],
+        data_type: 7,
+        int64_data: data.to_vec(),
+        ..Default::default()
+    }
+}
+
+enum A {
+    I(i64),
+    Is(&'static [i64]),
+    F(f32),
+    T(TensorProto),
+}
+
+fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<(&str, A)>) -> NodeProto {
+    let attribute = attrs
+        .into_iter()
+        .map(|(n, a)| {
+            let mut p = AttributeProto {
+                name: n.into(),
+                ..Default::default()
+            };
+            match a {
+                A::I(i) => (p.i, p.r#type) = (i, AttributeType::Int as i32),
+                A::Is(v) => (p.ints, p.r#type) = (v.to_vec(), AttributeType::Ints as i32),
+                A::F(f) => (p.f, p.r#type) = (f, AttributeType::Float as i32),
+                A::T(t) => (p.t, p.r#type) = (Some(t), AttributeType::Tensor as i32),
+            }
+            p
+        })
+        .collect();
+    NodeProto {
+        op_type: op.into(),
+        name: name.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        attribute,
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+    let mut dim = vec![pb::tensor_shape_proto::Dimension {
+        value: Some(dimension::Value::DimParam("N".into())),
+        ..Default::default()
+    }];
+    dim.extend(dims.iter().map(|&d| pb::tensor_shape_proto::Dimension {
+        value: Some(dimension::Value::DimValue(d)),
+        ..Default::default()
+    }));
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Encodes a model with input `x` of shape `[N, in_dims...]` and output `y`.
+fn model_bytes(in_dims: &[i64], nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> Vec<u8> {
+    let out = ValueInfoProto {
+        name: "y".into(),
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: 7,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(GraphProto {
+            name: "g".into(),
+            node: nodes,
+            initializer: inits,
+            input: vec![value_info("x", in_dims)],
+            output: vec![out],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Imports the bytes and checks `run_float` against tract on random inputs.
+fn check_against_tract(bytes: &[u8]) -> hetee_model::Model {
+    let model = import_onnx_bytes(bytes, "mem").expect("import");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.onnx");
+    std::fs::write(&path, bytes).unwrap();
+    assert_eq!(import_onnx(&path).unwrap(), model);
+    layer_shapes(&model).unwrap();
+    let n: usize = model.input_shape.iter().product();
+    let mut rng = Rng(42);
+    let batch = rng.vec(3 * n);
+    let want = tract_float_reference(&path, &model.input_shape, &batch, 3).unwrap();
+    let got: Vec<f32> = batch.chunks(n).flat_map(|x| run_float(&model, x).unwrap()).collect();
+    assert_eq!(got.len(), want.len());
+    let scale = 1.0 + want.iter().fold(0f32, |a, v| a.max(v.abs()));
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-3 * scale, "got {g}, tract {w}");
+    }
+    model
+}
+
+fn conv_w(rng: &mut Rng, name: &str, m: i64, c: i64, k: i64) -> TensorProto {
+    tensor(name, &[m, c, k, k], rng.vec((m * c * k * k) as usize))
+}
+
+#[test]
+fn conv_bn_pools_gemm_matmul_match_tract() {
+    let mut r = Rng(1);
+    let var: Vec<f32> = r.vec(3).iter().map(|v| v.abs() + 0.5).collect();
+    let inits = vec![
+        conv_w(&mut r, "w1", 3, 2, 3),
+        tensor("b1", &[3], r.vec(3)),
+        tensor("g", &[3], r.vec(3)),
+        tensor("be", &[3], r.vec(3)),
+        tensor("mu", &[3], r.vec(3)),
+        tensor("var", &[3], var),
+        tensor("gw", &[3, 5], r.vec(15)),
+        tensor("gc", &[1, 5], r.vec(5)),
+        tensor("mw", &[5, 4], r.vec(20)),
+        tensor("mb", &[4], r.vec(4)),
+    ];
+    let nodes = vec![
+        node("Conv", "conv", &["x", "w1", "b1"], &["c"], vec![
+            ("pads", A::Is(&[1, 0, 2, 1])),
+            ("strides", A::Is(&[2, 1])),
+        ]),
+        node("BatchNormalization", "bn", &["c", "g", "be", "mu", "var"], &["b"], vec![("epsilon", A::F(1e-3))]),
+        node("Relu", "relu", &["b"], &["r"], vec![]),
+        node("AveragePool", "avg", &["r"], &["a"], vec![
+            ("kernel_shape", A::Is(&[3, 2])),
+            ("pads", A::Is(&[1, 1, 1, 0])),
+            ("count_include_pad", A::I(1)),
+        ]),
+        node("AveragePool", "avg2", &["a"], &["a2"], vec![
+            ("kernel_shape", A::Is(&[2, 2])),
+            ("pads", A::Is(&[1, 1, 1, 1])),
+        ]),
+        node("MaxPool", "max", &["a2"], &["p"], vec![
+            ("kernel_shape", A::Is(&[2, 2])),
+            ("strides", A::Is(&[2, 2])),
+            ("pads", A::Is(&[1, 1, 0, 0])),
+        ]),
+        node("GlobalAveragePool", "gap", &["p"], &["q"], vec![]),
+        node("Flatten", "flat", &["q"], &["f"], vec![]),
+        node("Gemm", "gemm", &["f", "gw", "gc"], &["h"], vec![("alpha", A::F(0.5)), ("beta", A::F(2.0))]),
+        node("Dropout", "drop", &["h"], &["d"], vec![]),
+        node("MatMul", "mm", &["d", "mw"], &["m"], vec![]),
+        node("Add", "add", &["mb", "m"], &["y"], vec![]),
+    ];
+    let m = check_against_tract(&model_bytes(&[2, 9, 8], nodes, inits));
+    let names: Vec<&str> = m.layers.iter().map(Layer::name).collect();
+    assert_eq!(
+        names,
+        ["Conv2d", "BatchNorm", "Relu", "AvgPool", "AvgPool", "MaxPool", "GlobalAvgPool", "Flatten", "Dense", "Dense"]
+    );
+    assert_eq!(m.node_names[9], "mm");
+}
+
+#[test]
+fn reshape_from_shape_chain_and_constants() {
+    let mut r = Rng(2);
+    let inits = vec![conv_w(&mut r, "w", 2, 1, 2), tensor("fw", &[4, 18], r.vec(72)), ints_tensor("zero", &[0])];
+    let minus1 = TensorProto {
+        dims: vec![1],
+        data_type: 7,
+        int64_data: vec![-1],
+        ..Default::default()
+    };
+    let nodes = vec![
+        node("Conv", "", &["x", "w"], &["c"], vec![("kernel_shape", A::Is(&[2, 2]))]),
+        node("Shape", "shape", &["c"], &["s"], vec![]),
+        node("Constant", "k0", &[], &["i0"], vec![("value", A::T(TensorProto { data_type: 7, int64_data: vec![0], ..Default::default() }))]),
+        node("Gather", "gather", &["s", "i0"], &["n"], vec![("axis", A::I(0))]),
+        node("Unsqueeze", "unsq", &["n", "zero"], &["n1"], vec![]),
+        node("Constant", "km1", &[], &["m1"], vec![("value", A::T(minus1))]),
+        node("Concat", "cat", &["n1", "m1"], &["target"], vec![("axis", A::I(0))]),
+        node("Reshape", "reshape", &["c", "target"], &["f"], vec![]),
+        node("Identity", "alias", &["fw"], &["fw2"], vec![]),
+        node("Gemm", "fc", &["f", "fw2"], &["y"], vec![("transB", A::I(1))]),
+    ];
+    let m = check_against_tract(&model_bytes(&[1, 4, 4], nodes, inits));
+    assert_eq!(m.layers.len(), 3);
+    assert_eq!(m.node_names[0], "#0");
+}
+
+#[test]
+fn float64_and_float16_weights_are_converted() {
+    let w: Vec<f64> = (0..6).map(|i| i as f64 * 0.25 - 0.5).collect();
+    let w64 = TensorProto {
+        name: "w".into(),
+        dims: vec![3, 2],
+        data_type: 11,
+        raw_data: w.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    };
+    // float16 1.0, -2.0 as raw little-endian bits
+    let b16 = TensorProto {
+        name: "b".into(),
+        dims: vec![2],
+        data_type: 10,
+        raw_data: vec![0x00, 0x3c, 0x00, 0xc0],
+        ..Default::default()
+    };
+    let nodes = vec![node("Gemm", "fc", &["x", "w", "b"], &["y"], vec![])];
+    // Mixed weight types are not valid ONNX for tract, so check by hand.
+    let m = import_onnx_bytes(&model_bytes(&[3], nodes, vec![w64, b16]), "mem").unwrap();
+    let Layer::Dense { weight, bias, .. } = &m.layers[0] else {
+        panic!("{m:?}")
+    };
+    assert_eq!(bias, &vec![1.0, -2.0]);
+    assert_eq!(weight, &vec![-0.5, 0.0, 0.5, -0.25, 0.25, 0.75]); // transposed [2, 3]
+    assert_eq!(run_float(&m, &[1.0, 2.0, 3.0]).unwrap(), vec![2.0, 0.5]);
+}
+
+/// Imports and returns the error message, which must be of the given kind.
+fn import_err(bytes: &[u8]) -> ModelError {
+    import_onnx_bytes(bytes, "mem").expect_err("import must fail")
+}
+
+fn one_node(op: &str, attrs: Vec<(&str, A)>, in_dims: &[i64], extra: Vec<TensorProto>) -> Vec<u8> {
+    let mut inputs = vec!["x"];
+    let names: Vec<String> = extra.iter().map(|t| t.name.clone()).collect();
+    inputs.extend(names.iter().map(String::as_str));
+    model_bytes(in_dims, vec![node(op, "the_node", &inputs, &["y"], attrs)], extra)
+}
+
+#[test]
+fn unsupported_attributes_are_named() {
+    let w = || tensor("w", &[2, 1, 3, 3], vec![0.0; 18]);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (one_node("Conv", vec![("group", A::I(2))], &[2, 5, 5], vec![w()]), "group=2"),
+        (one_node("Conv", vec![("dilations", A::Is(&[2, 2]))], &[1, 5, 5], vec![w()]), "dilations=[2, 2]"),
+        (
+            one_node("MaxPool", vec![("kernel_shape", A::Is(&[2, 2])), ("ceil_mode", A::I(1))], &[1, 5, 5], vec![]),
+            "ceil_mode=1",
+        ),
+        (one_node("Flatten", vec![("axis", A::I(2))], &[1, 5, 5], vec![]), "axis=2"),
+        (one_node("Gemm", vec![("transA", A::I(1))], &[3], vec![tensor("w", &[3, 2], vec![0.0; 6])]), "transA=1"),
+    ];
+    for (bytes, want) in cases {
+        match import_err(&bytes) {
+            ModelError::Unsupported { node, what, .. } => {
+                assert_eq!(node, "the_node");
+                assert!(what.contains(want), "{what:?} should mention {want}");
+            }
+            e => panic!("expected Unsupported ({want}), got {e:?}"),
+        }
+    }
+}
+
+#[test]
+fn unknown_ops_branches_and_bad_weights_are_rejected() {
+    match import_err(&one_node("Sigmoid", vec![], &[3], vec![])) {
+        ModelError::UnsupportedOp { node, op } => assert_eq!((node.as_str(), op.as_str()), ("the_node", "Sigmoid")),
+        e => panic!("{e:?}"),
+    }
+    // residual connection: x feeds both Relu and Add
+    let nodes = vec![
+        node("Relu", "r", &["x"], &["a"], vec![]),
+        node("Add", "res", &["a", "x"], &["y"], vec![]),
+    ];
+    let msg = import_err(&model_bytes(&[3], nodes, vec![])).to_string();
+    assert!(msg.contains("single chain"), "{msg}");
+    // int8 weights
+    let w8 = TensorProto {
+        name: "w".into(),
+        dims: vec![3, 2],
+        data_type: 3,
+        raw_data: vec![1; 6],
+        ..Default::default()
+    };
+    let msg = import_err(&one_node("Gemm", vec![], &[3], vec![w8])).to_string();
+    assert!(msg.contains("INT8") && msg.contains("the_node"), "{msg}");
+    // declared dims do not match the data
+    let short = tensor("w", &[3, 2], vec![0.0; 5]);
+    assert!(matches!(import_err(&one_node("Gemm", vec![], &[3], vec![short])), ModelError::Onnx { .. }));
+    let raw_short = TensorProto {
+        name: "w".into(),
+        dims: vec![3, 2],
+        data_type: 1,
+        raw_data: vec![0; 23],
+        ..Default::default()
+    };
+    assert!(matches!(import_err(&one_node("Gemm", vec![], &[3], vec![raw_short])), ModelError::Onnx { .. }));
+    // dense input size mismatch names the node
+    let msg = import_err(&one_node("Gemm", vec![], &[4], vec![tensor("w", &[3, 2], vec![0.0; 6])])).to_string();
+    assert!(msg.contains("the_node") && msg.contains("shape"), "{msg}");
+    // conv channel mismatch
+    let msg = import_err(&one_node("Conv", vec![], &[2, 5, 5], vec![tensor("w", &[2, 1, 3, 3], vec![0.0; 18])])).to_string();
+    assert!(msg.contains("the_node") && msg.contains("input channels"), "{msg}");
+    // pooling window larger than the map
+    let msg =
+        import_err(&one_node("MaxPool", vec![("kernel_shape", A::Is(&[6, 6]))], &[1, 5, 5], vec![])).to_string();
+    assert!(msg.contains("does not fit"), "{msg}");
+    // non-flatten reshape
+    let msg = import_err(&one_node("Reshape", vec![], &[2, 2, 2], vec![ints_tensor("s", &[-1, 2, 4])])).to_string();
+    assert!(msg.contains("rank 3"), "{msg}");
+}
+
+#[test]
+fn huge_attributes_do_not_panic() {
+    let w = tensor("w", &[1, 1, 1, 1], vec![1.0]);
+    let bytes = one_node("Conv", vec![("pads", A::Is(&[i64::MAX, 0, 0, 0]))], &[1, 2, 2], vec![w]);
+    assert!(matches!(import_err(&bytes), ModelError::Unsupported { .. }));
+    let w = TensorProto {
+        name: "w".into(),
+        dims: vec![i64::MAX, 4],
+        data_type: 1,
+        raw_data: vec![0; 16],
+        ..Default::default()
+    };
+    assert!(matches!(import_err(&one_node("Gemm", vec![], &[3], vec![w])), ModelError::Onnx { .. }));
+}

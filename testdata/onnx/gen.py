@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""Generate the small ONNX test models in this directory (seeded random weights).
+
+Not needed by CI: the .onnx files and manifest.json are committed. To regenerate:
+
+    pip install torch onnx onnxruntime numpy
+    python3 testdata/onnx/gen.py            # writes next to this script
+
+All torch models are exported with opset 13, no constant folding, input name
+"input", output name "logits", dynamic batch dimension "N".
+
+Weights start from torch's default init and are then rescaled with a
+calibration batch of uniform [0,1) inputs so that every pre-ReLU channel has
+std ~1 and mean ~+0.3 (so ~60 % of activations are non-zero after ReLU).
+
+manifest.json is a list of
+    {"file", "input_shape" ([C,H,W] or [F]), "classes", "expect_error",
+     "ref_output"}
+where "ref_output" is the onnxruntime output ([2][classes]) for a batch of
+N=2 deterministic inputs:
+    flat index i over the whole [2, *input_shape] tensor (row-major):
+    x[i] = (float32)((i * 7919) % 1009) / (float32)1009
+"""
+import json
+import os
+import sys
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn as nn
+from onnx import TensorProto, helper, numpy_helper
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SEED = 1234
+EXPORT_KW = dict(dynamo=False, opset_version=13, do_constant_folding=False,
+                 input_names=["input"], output_names=["logits"],
+                 dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+
+
+def ref_input(shape, n=2):
+    total = n * int(np.prod(shape))
+    i = np.arange(total, dtype=np.int64)
+    x = ((i * 7919) % 1009).astype(np.float32) / np.float32(1009)
+    return x.reshape([n] + list(shape))
+
+
+# --------------------------------------------------------------- models
+
+class Seq(nn.Module):
+    """nn.Sequential-like wrapper so the exported node names stay simple."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x):
+        for l in self.layers:
+            x = l(x)
+        return x
+
+
+class ReshapeFlatten(nn.Module):
+    """Like gap.onnx but flattens with a constant-shape x.view(-1, 7)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = Seq(nn.Conv2d(4, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 7, 1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1))
+        self.fc = nn.Linear(7, 3)
+
+    def forward(self, x):
+        return self.fc(self.body(x).view(-1, 7))
+
+
+class MatMulAdd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(16, 12) / 4.0)
+        self.b = nn.Parameter(torch.randn(12) * 0.1)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(torch.matmul(x, self.w) + self.b))
+
+
+def torch_models():
+    return [
+        ("conv_pad_stride.onnx", [3, 17, 13], 5, None, lambda: Seq(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 6, 4, stride=3, padding=2), nn.ReLU(),
+            nn.MaxPool2d(2, 2), nn.Flatten(), nn.Linear(6 * 2 * 1, 5))),
+        ("stride3_pad3.onnx", [2, 20, 20], 4, None, lambda: Seq(
+            nn.Conv2d(2, 5, 7, stride=3, padding=3), nn.ReLU(),
+            nn.MaxPool2d(3, stride=2, padding=1), nn.Flatten(), nn.Linear(5 * 4 * 4, 4))),
+        ("gap.onnx", [4, 9, 11], 3, None, lambda: Seq(
+            nn.Conv2d(4, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 7, 1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(7, 3))),
+        ("reshape_flatten.onnx", [4, 9, 11], 3, None, ReshapeFlatten),
+        ("avgpool.onnx", [1, 12, 12], 6, None, lambda: Seq(
+            nn.Conv2d(1, 3, 3), nn.ReLU(), nn.AvgPool2d(2, stride=2),
+            nn.Conv2d(3, 4, 2), nn.ReLU(), nn.AvgPool2d(3, stride=1, padding=1),
+            nn.Flatten(), nn.Linear(4 * 4 * 4, 6))),
+        ("mlp.onnx", [20], 7, None, lambda: Seq(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 7))),
+        ("matmul_add.onnx", [16], 5, None, MatMulAdd),
+        ("deep_conv.onnx", [40, 16, 16], 10, None, lambda: Seq(
+            nn.Conv2d(40, 40, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(40, 36, 5, stride=2, padding=2), nn.ReLU(),
+            nn.Flatten(), nn.Linear(36 * 8 * 8, 10))),
+        ("unsupported_sigmoid.onnx", [8], 4, "Sigmoid", lambda: Seq(nn.Linear(8, 4), nn.Sigmoid())),
+    ]
+
+
+# ---------------------------------------------------------- calibration
+
+@torch.no_grad()
+def calibrate(model, shape, gen):
+    """Rescale weights layer by layer (data-driven) so activations are healthy."""
+    x = torch.rand([64] + list(shape), generator=gen)
+    mods = list(model.modules())
+    layers = [m for m in mods if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))]
+    affine = [m for m in layers if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for m in layers:
+        captured = {}
+        h = m.register_forward_hook(lambda mod, inp, out: captured.__setitem__("out", out))
+        model(x)
+        h.remove()
+        out = captured["out"]
+        dims = [0, 2, 3] if out.dim() == 4 else [0]
+        mean, std = out.mean(dims), out.std(dims).clamp(min=1e-3)
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(mean + 0.2 * std * torch.randn(c, generator=gen))
+            m.running_var.copy_((std ** 2) * (0.5 + 1.5 * torch.rand(c, generator=gen)))
+            sign = torch.where(torch.rand(c, generator=gen) < 0.25, -1.0, 1.0)
+            m.weight.copy_(sign * (0.5 + torch.rand(c, generator=gen)))
+            m.bias.copy_(0.3 + 0.3 * (torch.rand(c, generator=gen) - 0.5))
+            continue
+        last = m is affine[-1]
+        # per-output-channel normalisation: y' = (y - mean)/std + target
+        shape_w = [-1] + [1] * (m.weight.dim() - 1)
+        m.weight.div_(std.view(shape_w))
+        target = 0.0 if last else 0.3 + 0.2 * (torch.rand(len(mean), generator=gen) - 0.5)
+        m.bias.copy_((m.bias - mean) / std + target)
+    if isinstance(model, MatMulAdd):  # explicit MatMul + Add layer
+        y = torch.matmul(x, model.w) + model.b
+        mean, std = y.mean(0), y.std(0).clamp(min=1e-3)
+        model.w.div_(std)
+        model.b.copy_((model.b - mean) / std + 0.3)
+        calibrate_linear_only(model.fc, torch.relu(torch.matmul(x, model.w) + model.b))
+
+
+@torch.no_grad()
+def calibrate_linear_only(fc, inp):
+    y = fc(inp)
+    mean, std = y.mean(0), y.std(0).clamp(min=1e-3)
+    fc.weight.div_(std.view(-1, 1))
+    fc.bias.copy_((fc.bias - mean) / std)
+
+
+# --------------------------------------------------------- onnx-helper model
+
+def gemm_alpha_beta(path, gen):
+    rng = np.random.default_rng(SEED)
+    b1 = (rng.standard_normal((5, 6)) * 0.8).astype(np.float32)
+    # h = 0.5 * x @ B1^T + 2 * C1 with x ~ U[0,1): E[x @ B1^T] = 0.5 * rowsum(B1), so this C1
+    # centres every hidden unit at +0.1 (~60 % active after Relu) plus a little noise.
+    c1 = (-b1.sum(1) / 8.0 + 0.05 + 0.02 * rng.standard_normal(5)).astype(np.float32)
+    b2 = (rng.standard_normal((5, 3)) * 0.6).astype(np.float32)
+    c2 = (rng.standard_normal(3) * 0.3).astype(np.float32)
+    nodes = [
+        helper.make_node("Gemm", ["input", "B1", "C1"], ["h"], name="gemm1", alpha=0.5, beta=2.0, transB=1),
+        helper.make_node("Relu", ["h"], ["hr"], name="relu1"),
+        helper.make_node("Gemm", ["hr", "B2", "C2"], ["logits"], name="gemm2", transB=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "gemm_alpha_beta",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        initializer=[numpy_helper.from_array(b1, "B1"), numpy_helper.from_array(c1, "C1"),
+                     numpy_helper.from_array(b2, "B2"), numpy_helper.from_array(c2, "C2")])
+    model = helper.make_model(graph, producer_name="hetee-testdata",
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7  # same as the torch exports
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+# ------------------------------------------------------------------- main
+
+def check_with_ort(path, shape, classes):
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x3 = np.random.default_rng(7).random([3] + list(shape), dtype=np.float32)
+    y3 = sess.run(None, {"input": x3})[0]
+    assert y3.shape == (3, classes), y3.shape
+    ref = sess.run(None, {"input": ref_input(shape)})[0]
+    assert ref.shape == (2, classes)
+    return y3, ref
+
+
+def relu_activity(model, shape):
+    """Fraction of non-zero ReLU outputs on a random batch (for the report)."""
+    acts = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: acts.append(float((o > 0).float().mean())))
+             for m in model.modules() if isinstance(m, nn.ReLU)]
+    with torch.no_grad():
+        x = torch.rand([16] + list(shape))
+        model(x)
+        if isinstance(model, MatMulAdd):
+            acts.append(float(((torch.matmul(x, model.w) + model.b) > 0).float().mean()))
+    for h in hooks:
+        h.remove()
+    return acts
+
+
+def main():
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else HERE
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(SEED)
+    warnings.filterwarnings("ignore")
+    manifest = []
+    for idx, (fname, shape, classes, expect_error, ctor) in enumerate(torch_models()):
+        torch.manual_seed(SEED + idx)
+        gen = torch.Generator().manual_seed(SEED + 100 + idx)
+        model = ctor().eval()
+        calibrate(model, shape, gen)
+        path = os.path.join(out_dir, fname)
+        torch.onnx.export(model, torch.zeros([1] + list(shape)), path, **EXPORT_KW)
+        m = onnx.load(path)
+        onnx.checker.check_model(m)
+        ops = [n.op_type for n in m.graph.node]
+        assert "Identity" not in ops, f"{fname}: deduplicated initializers produced Identity nodes"
+        y3, ref = check_with_ort(path, shape, classes)
+        with torch.no_grad():
+            ty = model(torch.from_numpy(ref_input(shape))).numpy()
+        assert np.abs(ty - ref).max() < 1e-4, (fname, np.abs(ty - ref).max())
+        print(f"{fname:26s} {os.path.getsize(path):7d} B  ops={ops}  relu-active={['%.2f' % a for a in relu_activity(model, shape)]}")
+        manifest.append({"file": fname, "input_shape": shape, "classes": classes,
+                         "expect_error": expect_error, "ref_output": ref.tolist()})
+
+    path = os.path.join(out_dir, "gemm_alpha_beta.onnx")
+    gemm_alpha_beta(path, None)
+    m = onnx.load(path)
+    ops = [n.op_type for n in m.graph.node]
+    y3, ref = check_with_ort(path, [6], 3)
+    # numpy reference
+    init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    x = ref_input([6])
+    h = np.maximum(0.5 * x @ init["B1"].T + 2.0 * init["C1"], 0)
+    assert np.abs(h @ init["B2"] + init["C2"] - ref).max() < 1e-5
+    print(f"{'gemm_alpha_beta.onnx':26s} {os.path.getsize(path):7d} B  ops={ops}  relu-active={(h > 0).mean():.2f}")
+    manifest.append({"file": "gemm_alpha_beta.onnx", "input_shape": [6], "classes": 3,
+                     "expect_error": None, "ref_output": ref.tolist()})
+
+    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+        f.write("[\n" + ",\n".join(" " + json.dumps(e) for e in manifest) + "\n]\n")
+    print(f"wrote {len(manifest)} models + manifest.json to {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
