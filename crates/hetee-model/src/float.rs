@@ -15,7 +15,10 @@ use crate::ir::{Layer, Model, Window};
 /// (batch excluded), after checking that weights and shapes fit together.
 ///
 /// Errors are plain descriptions; callers prefix them with the layer name.
-pub fn layer_output_shape(layer: &Layer, input: &[usize]) -> std::result::Result<Vec<usize>, String> {
+pub fn layer_output_shape(
+    layer: &Layer,
+    input: &[usize],
+) -> std::result::Result<Vec<usize>, String> {
     let numel: usize = input.iter().product();
     match layer {
         Layer::Conv2d {
@@ -148,7 +151,10 @@ pub fn layer_shapes(model: &Model) -> Result<Vec<Vec<usize>>> {
     for (i, layer) in model.layers.iter().enumerate() {
         cur = layer_output_shape(layer, &cur).map_err(|e| {
             let node = model.node_names.get(i).map(String::as_str).unwrap_or("?");
-            ModelError::Shape(format!("layer {i} ({} from node '{node}'): {e}", layer.name()))
+            ModelError::Shape(format!(
+                "layer {i} ({} from node '{node}'): {e}",
+                layer.name()
+            ))
         })?;
         shapes.push(cur.clone());
     }
@@ -249,7 +255,9 @@ fn taps(o: usize, stride: usize, pad: usize, k: usize, n: usize) -> (usize, usiz
     let start = o * stride; // in padded coordinates
     let lo = start.max(pad);
     let hi = (start + k).min(pad + n);
-    let hi = hi.max(lo);
+    if hi <= lo {
+        return (0, 0, 0); // the window lies entirely in the padding
+    }
     (lo - start, lo - pad, hi - pad)
 }
 
@@ -393,7 +401,10 @@ mod tests {
                 count_include_pad: true,
             }],
         );
-        assert_eq!(run_float(&avg_in, &x).unwrap(), vec![-0.25, -0.5, -0.75, -1.0]);
+        assert_eq!(
+            run_float(&avg_in, &x).unwrap(),
+            vec![-0.25, -0.5, -0.75, -1.0]
+        );
         let avg_ex = model(
             vec![1, 2, 2],
             vec![Layer::AvgPool {
@@ -433,5 +444,61 @@ mod tests {
         );
         let err = output_shape(&bad).unwrap_err().to_string();
         assert!(err.contains("n0"), "{err}");
+    }
+
+    proptest::proptest! {
+        /// Any window either is rejected by shape inference or runs without
+        /// panicking and yields exactly the inferred number of values; a conv
+        /// with an all-ones 1x1 kernel and no padding is the channel sum.
+        #[test]
+        fn windows_never_panic(
+            h in 1usize..7, w in 1usize..7, kh in 1usize..5, kw in 1usize..5,
+            sh in 1usize..4, sw in 1usize..4, p in proptest::array::uniform4(0usize..4),
+            which in 0usize..3,
+        ) {
+            let window = Window {
+                kernel: (kh, kw),
+                strides: (sh, sw),
+                pads: Pads { top: p[0], left: p[1], bottom: p[2], right: p[3] },
+            };
+            let layer = match which {
+                0 => Layer::Conv2d {
+                    weight: vec![1.0; 2 * 2 * kh * kw],
+                    bias: vec![0.0; 2],
+                    out_channels: 2,
+                    in_channels: 2,
+                    window,
+                },
+                1 => Layer::MaxPool(window),
+                _ => Layer::AvgPool { window, count_include_pad: p[0] % 2 == 0 },
+            };
+            let m = model(vec![2, h, w], vec![layer]);
+            let x: Vec<f32> = (0..2 * h * w).map(|i| i as f32 - 5.0).collect();
+            if let Ok(shape) = output_shape(&m) {
+                let y = run_float(&m, &x).unwrap();
+                proptest::prop_assert_eq!(y.len(), shape.iter().product::<usize>());
+                proptest::prop_assert!(y.iter().all(|v| v.is_finite()));
+            }
+        }
+    }
+
+    #[test]
+    fn one_by_one_conv_sums_channels() {
+        let m = model(
+            vec![3, 2, 2],
+            vec![Layer::Conv2d {
+                weight: vec![1.0; 3],
+                bias: vec![0.0],
+                out_channels: 1,
+                in_channels: 3,
+                window: Window {
+                    kernel: (1, 1),
+                    strides: (1, 1),
+                    pads: Pads::default(),
+                },
+            }],
+        );
+        let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        assert_eq!(run_float(&m, &x).unwrap(), vec![12.0, 15.0, 18.0, 21.0]);
     }
 }

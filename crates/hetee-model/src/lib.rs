@@ -6,9 +6,13 @@
 
 pub mod error;
 pub mod float;
+pub mod intops;
 pub mod ir;
 #[cfg(feature = "onnx")]
 pub mod onnx;
+pub mod quant;
+pub mod reference;
 
 pub use error::{ModelError, Result};
 pub use ir::{Layer, Model, Pads, Window};
+pub use quant::{quantize, QuantModel, QuantStage};

@@ -8,15 +8,19 @@ use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use tract_onnx::pb::{tensor_shape_proto::dimension, type_proto, GraphProto, NodeProto, TensorProto};
+use tract_onnx::pb::{GraphProto, TensorProto};
 use tract_onnx::prelude::*;
 
 use crate::error::{ModelError, Result};
 use crate::float::layer_output_shape;
-use crate::ir::{Layer, Model, Pads, Window};
+use crate::ir::{Layer, Model};
 
-/// Largest kernel, stride or padding accepted from an attribute.
-const MAX_ATTR: i64 = 1 << 16;
+mod consts;
+mod node;
+
+use consts::{constant_value, input_shape};
+use node::{graph_err, node_name, Ctx};
+
 /// The ONNX ops the importer translates (MatMul also absorbs a following Add).
 const KNOWN_OPS: [&str; 12] = [
     "Identity",
@@ -32,8 +36,6 @@ const KNOWN_OPS: [&str; 12] = [
     "Gemm",
     "MatMul",
 ];
-/// Largest activation (values per sample) accepted for the model input.
-const MAX_INPUT: usize = 1 << 28;
 
 /// Imports the ONNX model at `path` (external data is resolved next to it).
 pub fn import_onnx(path: &Path) -> Result<Model> {
@@ -84,8 +86,16 @@ pub fn tract_float_reference(
     for sample in batch.chunks_exact(per) {
         let t = Tensor::from_shape(&full, sample).map_err(err)?;
         let res = plan.run(tvec!(t.into())).map_err(err)?;
-        let first = res.first().ok_or_else(|| err(TractError::msg("model has no output")))?;
-        out.extend(first.to_plain_array_view::<f32>().map_err(err)?.iter().copied());
+        let first = res
+            .first()
+            .ok_or_else(|| err(TractError::msg("model has no output")))?;
+        out.extend(
+            first
+                .to_plain_array_view::<f32>()
+                .map_err(err)?
+                .iter()
+                .copied(),
+        );
     }
     Ok(out)
 }
@@ -100,30 +110,15 @@ fn import(bytes: &[u8], path: &str, dir: Option<&str>) -> Result<Model> {
         .proto_model_for_read(&mut &bytes[..])
         .map_err(|e| onnx_err(format!("{e:#}")))?;
     if proto.ir_version <= 0 && proto.opset_import.is_empty() {
-        return Err(onnx_err("no ir_version and no opset_import, not an ONNX model".into()));
+        return Err(onnx_err(
+            "no ir_version and no opset_import, not an ONNX model".into(),
+        ));
     }
     let graph = proto
         .graph
         .as_ref()
         .ok_or_else(|| onnx_err("the model contains no graph".into()))?;
     Importer::new(graph, path, dir, &onnx)?.run()
-}
-
-/// Names a node in messages: its name, or `#<index>` when it has none.
-fn node_name(graph: &GraphProto, i: usize) -> String {
-    match graph.node.get(i) {
-        Some(n) if !n.name.is_empty() => n.name.clone(),
-        _ => format!("#{i}"),
-    }
-}
-
-/// A graph-level structural problem (not tied to one node).
-fn graph_err(what: String) -> ModelError {
-    ModelError::Unsupported {
-        node: "<graph>".into(),
-        op: "graph".into(),
-        what,
-    }
 }
 
 /// One translated step of the chain.
@@ -147,106 +142,6 @@ struct Importer<'a> {
     output: String,
     input_shape: Vec<usize>,
     batch: Option<i64>,
-}
-
-/// The node being translated, for error messages.
-struct Ctx<'a> {
-    name: String,
-    node: &'a NodeProto,
-}
-
-impl Ctx<'_> {
-    fn unsup(&self, what: impl Into<String>) -> ModelError {
-        ModelError::Unsupported {
-            node: self.name.clone(),
-            op: self.node.op_type.clone(),
-            what: what.into(),
-        }
-    }
-    fn shape_err(&self, what: impl std::fmt::Display) -> ModelError {
-        ModelError::Shape(format!("node '{}' ({}): {what}", self.name, self.node.op_type))
-    }
-    fn attr(&self, name: &str) -> Option<&tract_onnx::pb::AttributeProto> {
-        self.node.attribute.iter().find(|a| a.name == name)
-    }
-    fn int(&self, name: &str, default: i64) -> i64 {
-        self.attr(name).map(|a| a.i).unwrap_or(default)
-    }
-    fn float(&self, name: &str, default: f32) -> f32 {
-        self.attr(name).map(|a| a.f).unwrap_or(default)
-    }
-    /// Requires an integer attribute to have one of the `ok` values.
-    fn int_in(&self, name: &str, default: i64, ok: &[i64]) -> Result<i64> {
-        let v = self.int(name, default);
-        if ok.contains(&v) {
-            Ok(v)
-        } else {
-            Err(self.unsup(format!("attribute {name}={v} is not supported (supported: {ok:?})")))
-        }
-    }
-    /// A list of `len` non-negative integers (at most [`MAX_ATTR`]).
-    fn ints(&self, name: &str, len: usize, default: i64, min: i64) -> Result<Vec<usize>> {
-        let v = match self.attr(name) {
-            Some(a) => a.ints.clone(),
-            None => vec![default; len],
-        };
-        if v.len() != len || v.iter().any(|&x| x < min || x > MAX_ATTR) {
-            return Err(self.unsup(format!(
-                "attribute {name}={v:?} is not supported (expected {len} values in {min}..={MAX_ATTR})"
-            )));
-        }
-        Ok(v.iter().map(|&x| x as usize).collect())
-    }
-    fn check_auto_pad(&self) -> Result<()> {
-        let s = self.attr("auto_pad").map(|a| String::from_utf8_lossy(&a.s).into_owned());
-        match s.as_deref() {
-            None | Some("") | Some("NOTSET") | Some("VALID") => Ok(()),
-            Some(o) => Err(self.unsup(format!(
-                "auto_pad={o} is not supported (supported: NOTSET or VALID; export with explicit pads)"
-            ))),
-        }
-    }
-    fn check_dilations(&self) -> Result<()> {
-        if let Some(a) = self.attr("dilations") {
-            if a.ints.iter().any(|&d| d != 1) {
-                return Err(self.unsup(format!(
-                    "dilations={:?} is not supported (supported: all 1)",
-                    a.ints
-                )));
-            }
-        }
-        Ok(())
-    }
-    /// Kernel, strides and pads of a 2-D conv or pool.
-    fn window(&self, kernel: Option<(usize, usize)>) -> Result<Window> {
-        self.check_auto_pad()?;
-        self.check_dilations()?;
-        let k = match (self.attr("kernel_shape"), kernel) {
-            (None, Some(k)) => k,
-            (None, None) => return Err(self.unsup("missing kernel_shape")),
-            (Some(_), _) => {
-                let k = self.ints("kernel_shape", 2, 0, 1)?;
-                if kernel.is_some_and(|w| w != (k[0], k[1])) {
-                    return Err(self.shape_err(format!(
-                        "kernel_shape {k:?} does not match the weight {kernel:?}"
-                    )));
-                }
-                (k[0], k[1])
-            }
-        };
-        let s = self.ints("strides", 2, 1, 1)?;
-        let p = self.ints("pads", 4, 0, 0)?;
-        Ok(Window {
-            kernel: k,
-            strides: (s[0], s[1]),
-            pads: Pads {
-                top: p[0],
-                left: p[1],
-                bottom: p[2],
-                right: p[3],
-            },
-        })
-    }
 }
 
 impl<'a> Importer<'a> {
@@ -322,7 +217,12 @@ impl<'a> Importer<'a> {
             let users: Vec<usize> = self
                 .consumers
                 .get(cur.as_str())
-                .map(|v| v.iter().copied().filter(|&i| self.g.node[i].op_type != "Shape").collect())
+                .map(|v| {
+                    v.iter()
+                        .copied()
+                        .filter(|&i| self.g.node[i].op_type != "Shape")
+                        .collect()
+                })
                 .unwrap_or_default();
             let idx = match users.as_slice() {
                 [i] => *i,
@@ -341,7 +241,9 @@ impl<'a> Importer<'a> {
                 }
             };
             if !visited.insert(idx) {
-                return Err(graph_err(format!("the graph has a cycle at tensor '{cur}'")));
+                return Err(graph_err(format!(
+                    "the graph has a cycle at tensor '{cur}'"
+                )));
             }
             let cx = Ctx {
                 name: node_name(self.g, idx),
@@ -386,15 +288,24 @@ impl<'a> Importer<'a> {
         };
         for extra in n.output.iter().skip(1).filter(|o| !o.is_empty()) {
             if self.consumers.contains_key(extra.as_str()) || *extra == self.output {
-                return Err(cx.unsup(format!("secondary output '{extra}' is used; only the first output is supported")));
+                return Err(cx.unsup(format!(
+                    "secondary output '{extra}' is used; only the first output is supported"
+                )));
             }
         }
-        let step = |layer| Ok(Step { layer, next: out.clone() });
+        let step = |layer| {
+            Ok(Step {
+                layer,
+                next: out.clone(),
+            })
+        };
         let flat = || {
             if shape.len() == 1 {
                 Ok(())
             } else {
-                Err(cx.shape_err(format!("needs a flat [N, F] input, got [N, {shape:?}]; insert a Flatten")))
+                Err(cx.shape_err(format!(
+                    "needs a flat [N, F] input, got [N, {shape:?}]; insert a Flatten"
+                )))
             }
         };
         match n.op_type.as_str() {
@@ -434,7 +345,9 @@ impl<'a> Importer<'a> {
                 for i in 1..5 {
                     let (d, v) = self.floats(cx, i)?;
                     if d.len() != 1 {
-                        return Err(cx.shape_err(format!("parameter {i} has shape {d:?}, expected [C]")));
+                        return Err(
+                            cx.shape_err(format!("parameter {i} has shape {d:?}, expected [C]"))
+                        );
                     }
                     p.push(v);
                 }
@@ -485,7 +398,11 @@ impl<'a> Importer<'a> {
                 let [r, c] = bd[..] else {
                     return Err(cx.shape_err(format!("B has shape {bd:?}, expected 2-D")));
                 };
-                let (k, nout, mut w) = if tb == 1 { (c, r, b) } else { (r, c, transpose(&b, r, c)) };
+                let (k, nout, mut w) = if tb == 1 {
+                    (c, r, b)
+                } else {
+                    (r, c, transpose(&b, r, c))
+                };
                 w.iter_mut().for_each(|v| *v *= alpha);
                 let mut bias = self.opt_floats(cx, 2, nout)?;
                 bias.iter_mut().for_each(|v| *v *= beta);
@@ -498,23 +415,34 @@ impl<'a> Importer<'a> {
                 flat()?;
                 let (bd, b) = self.floats(cx, 1)?;
                 let [k, nout] = bd[..] else {
-                    return Err(cx.shape_err(format!("right operand has shape {bd:?}, expected [in, out]")));
+                    return Err(cx.shape_err(format!(
+                        "right operand has shape {bd:?}, expected [in, out]"
+                    )));
                 };
                 let w = transpose(&b, k, nout);
                 let mut bias = vec![0.0; nout];
                 let mut next = out.clone();
-                if let (Some([a]), false) = (self.consumers.get(out.as_str()).map(Vec::as_slice), out == self.output) {
+                if let (Some([a]), false) = (
+                    self.consumers.get(out.as_str()).map(Vec::as_slice),
+                    out == self.output,
+                ) {
                     let add = &self.g.node[*a];
                     let other = add.input.iter().find(|s| **s != out);
                     if add.op_type == "Add" && add.input.len() == 2 && add.output.len() == 1 {
                         if let Some(t) = other.filter(|t| self.resolve_const(t).is_some()) {
-                            let acx = Ctx { name: node_name(self.g, *a), node: add };
+                            let acx = Ctx {
+                                name: node_name(self.g, *a),
+                                node: add,
+                            };
                             bias = self.bias_of(&acx, t, nout)?;
                             next = add.output[0].clone();
                         }
                     }
                 }
-                Ok(Step { layer: Some(dense(w, bias, k, nout)), next })
+                Ok(Step {
+                    layer: Some(dense(w, bias, k, nout)),
+                    next,
+                })
             }
             _ => Err(ModelError::UnsupportedOp {
                 node: cx.name.clone(),
@@ -563,219 +491,6 @@ impl<'a> Importer<'a> {
             )))
         }
     }
-
-    /// Evaluates a small shape computation; `None` entries stand for the
-    /// (symbolic) batch size.
-    fn eval_shape(&self, name: &str, depth: usize) -> Option<Vec<Option<i64>>> {
-        if depth > 32 {
-            return None;
-        }
-        if let Some(t) = self.resolve_const(name) {
-            return self.load(t, name).ok().and_then(|t| int_vec(&t)).map(|v| v.into_iter().map(Some).collect());
-        }
-        let n = &self.g.node[*self.producer.get(name)?];
-        let arg = |i: usize| self.eval_shape(n.input.get(i)?, depth + 1);
-        match n.op_type.as_str() {
-            "Shape" => {
-                let s = self.chain_shapes.get(n.input.first()?)?;
-                let mut v: Vec<Option<i64>> = vec![None];
-                v.extend(s.iter().map(|&d| Some(d as i64)));
-                let r = v.len() as i64;
-                let cx = Ctx { name: String::new(), node: n };
-                let norm = |x: i64| (if x < 0 { x + r } else { x }).clamp(0, r) as usize;
-                let (lo, hi) = (norm(cx.int("start", 0)), norm(cx.int("end", r)));
-                Some(v.get(lo..hi.max(lo))?.to_vec())
-            }
-            "Gather" => {
-                let data = arg(0)?;
-                let cx = Ctx { name: String::new(), node: n };
-                if cx.int("axis", 0) != 0 {
-                    return None;
-                }
-                let idx = self.eval_shape(n.input.get(1)?, depth + 1)?;
-                idx.iter()
-                    .map(|i| {
-                        let i = i.map(|i| if i < 0 { i + data.len() as i64 } else { i })?;
-                        data.get(usize::try_from(i).ok()?).copied()
-                    })
-                    .collect()
-            }
-            "Unsqueeze" | "Squeeze" | "Cast" | "Identity" => arg(0),
-            "Concat" => {
-                let mut v = Vec::new();
-                for i in n.input.iter() {
-                    v.extend(self.eval_shape(i, depth + 1)?);
-                }
-                Some(v)
-            }
-            _ => None,
-        }
-    }
-
-    /// The constant tensor behind `name`, following Identity nodes.
-    fn resolve_const(&self, name: &str) -> Option<&TensorProto> {
-        let mut name = name;
-        for _ in 0..16 {
-            if let Some(t) = self.consts.get(name) {
-                return Some(t);
-            }
-            let n = &self.g.node[*self.producer.get(name)?];
-            if n.op_type != "Identity" {
-                return None;
-            }
-            name = n.input.first()?;
-        }
-        None
-    }
-
-    /// Loads a tensor with tract's loader, accepting only plain number types.
-    fn load(&self, t: &TensorProto, name: &str) -> Result<Tensor> {
-        const OK: [i32; 5] = [1, 6, 7, 10, 11]; // float, int32, int64, float16, double
-        if !OK.contains(&t.data_type) {
-            return Err(ModelError::Data(format!(
-                "tensor '{name}' has ONNX data type {}; only float and integer tensors are supported",
-                dtype_name(t.data_type)
-            )));
-        }
-        tract_onnx::tensor::load_tensor(&*self.onnx.provider, t, self.dir).map_err(|e| ModelError::Onnx {
-            path: self.path.to_string(),
-            reason: format!("tensor '{name}': {e:#}"),
-        })
-    }
-
-    /// The float constant at input `i` of the node: its shape and values.
-    fn floats(&self, cx: &Ctx, i: usize) -> Result<(Vec<usize>, Vec<f32>)> {
-        let name = cx.node.input.get(i).map(String::as_str).unwrap_or("");
-        self.const_floats(cx, name)
-    }
-
-    fn const_floats(&self, cx: &Ctx, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let t = self
-            .resolve_const(name)
-            .ok_or_else(|| cx.unsup(format!("input '{name}' must be a constant (initializer or Constant node)")))?;
-        if ![1, 10, 11].contains(&t.data_type) {
-            return Err(cx.unsup(format!(
-                "weight '{name}' has data type {}; only float32 (or float64/float16) is supported",
-                dtype_name(t.data_type)
-            )));
-        }
-        let t = self.load(t, name)?;
-        let f = t.cast_to::<f32>().map_err(|e| cx.unsup(format!("weight '{name}': {e}")))?;
-        let v = f.to_plain_array_view::<f32>().map_err(|e| cx.unsup(format!("weight '{name}': {e}")))?;
-        Ok((t.shape().to_vec(), v.iter().copied().collect()))
-    }
-
-    /// An optional bias at input `i` (zeros if absent).
-    fn opt_floats(&self, cx: &Ctx, i: usize, len: usize) -> Result<Vec<f32>> {
-        match cx.node.input.get(i).filter(|s| !s.is_empty()) {
-            None => Ok(vec![0.0; len]),
-            Some(name) => self.bias_of(cx, name, len),
-        }
-    }
-
-    /// A bias of `len` values from a constant of shape [len], [1, len], [1] or [].
-    fn bias_of(&self, cx: &Ctx, name: &str, len: usize) -> Result<Vec<f32>> {
-        let (d, v) = self.const_floats(cx, name)?;
-        match (&d[..], v.len()) {
-            ([], 1) | ([1], 1) | ([1, 1], 1) => Ok(vec![v[0]; len]),
-            ([n], _) | ([1, n], _) if *n == len && v.len() == len => Ok(v),
-            _ => Err(cx.shape_err(format!("bias '{name}' has shape {d:?}, expected [{len}] or [1, {len}]"))),
-        }
-    }
-
-    fn int_values(&self, cx: &Ctx, name: &str) -> Result<Vec<i64>> {
-        let t = self
-            .resolve_const(name)
-            .ok_or_else(|| cx.unsup(format!("input '{name}' must be a constant")))?;
-        let t = self.load(t, name)?;
-        int_vec(&t)
-            .or_else(|| {
-                let f = t.cast_to::<f32>().ok()?;
-                let v = f.to_plain_array_view::<f32>().ok()?;
-                Some(v.iter().map(|&x| x as i64).collect())
-            })
-            .ok_or_else(|| cx.unsup(format!("input '{name}' is not numeric")))
-    }
-}
-
-/// Name of an ONNX data type code, e.g. `INT8`.
-fn dtype_name(code: i32) -> String {
-    match tract_onnx::pb::tensor_proto::DataType::try_from(code) {
-        Ok(d) => d.as_str_name().to_string(),
-        Err(_) => format!("#{code}"),
-    }
-}
-
-/// Integer values of an int32/int64 tensor.
-fn int_vec(t: &Tensor) -> Option<Vec<i64>> {
-    if !matches!(t.datum_type(), DatumType::I64 | DatumType::I32) {
-        return None;
-    }
-    let t = t.cast_to::<i64>().ok()?;
-    let v = t.to_plain_array_view::<i64>().ok()?.iter().copied().collect();
-    Some(v)
-}
-
-/// The value of a Constant node as a tensor proto.
-fn constant_value(n: &NodeProto) -> Option<Cow<'_, TensorProto>> {
-    let a = n.attribute.first()?;
-    let (dims, t) = match a.name.as_str() {
-        "value" => return a.t.as_ref().map(Cow::Borrowed),
-        "value_float" => (vec![], (1, vec![a.f], vec![])),
-        "value_floats" => (vec![a.floats.len() as i64], (1, a.floats.clone(), vec![])),
-        "value_int" => (vec![], (7, vec![], vec![a.i])),
-        "value_ints" => (vec![a.ints.len() as i64], (7, vec![], a.ints.clone())),
-        _ => return None,
-    };
-    Some(Cow::Owned(TensorProto {
-        dims,
-        data_type: t.0,
-        float_data: t.1,
-        int64_data: t.2,
-        ..Default::default()
-    }))
-}
-
-/// The input shape without batch, and the batch size if it is a number.
-fn input_shape(input: &tract_onnx::pb::ValueInfoProto) -> Result<(Vec<usize>, Option<i64>)> {
-    let err = |what: String| ModelError::Unsupported {
-        node: input.name.clone(),
-        op: "graph input".into(),
-        what,
-    };
-    let Some(type_proto::Value::TensorType(tt)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
-        return Err(err("the input has no tensor type".into()));
-    };
-    if tt.elem_type != 1 {
-        return Err(err(format!("input data type {} is not supported (only float32)", tt.elem_type)));
-    }
-    let dims = tt.shape.as_ref().map(|s| s.dim.as_slice()).unwrap_or(&[]);
-    let val = |d: &tract_onnx::pb::tensor_shape_proto::Dimension| match d.value {
-        Some(dimension::Value::DimValue(v)) => Some(v),
-        _ => None,
-    };
-    if !(dims.len() == 2 || dims.len() == 4) {
-        return Err(err(format!(
-            "input rank {} is not supported (supported: [N, C, H, W] or [N, F])",
-            dims.len()
-        )));
-    }
-    let mut shape = Vec::new();
-    for d in &dims[1..] {
-        match val(d) {
-            Some(v) if v > 0 => shape.push(v as usize),
-            _ => {
-                return Err(err(format!(
-                    "input dimension {:?} is not a fixed positive size; only the batch dimension may be symbolic",
-                    d.value
-                )))
-            }
-        }
-    }
-    if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_none_or(|n| n > MAX_INPUT) {
-        return Err(err(format!("input shape {shape:?} is too large")));
-    }
-    Ok((shape, dims.first().and_then(val)))
 }
 
 /// Transposes a row-major `r x c` matrix.

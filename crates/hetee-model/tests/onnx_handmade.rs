@@ -16,7 +16,10 @@ use tract_onnx::pb::{
 struct Rng(u64);
 impl Rng {
     fn f(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
     fn vec(&mut self, n: usize) -> Vec<f32> {
@@ -48,10 +51,16 @@ enum A {
     I(i64),
     Is(&'static [i64]),
     F(f32),
-    T(TensorProto),
+    T(Box<TensorProto>),
 }
 
-fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<(&str, A)>) -> NodeProto {
+fn node(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attrs: Vec<(&str, A)>,
+) -> NodeProto {
     let attribute = attrs
         .into_iter()
         .map(|(n, a)| {
@@ -63,7 +72,7 @@ fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<(&st
                 A::I(i) => (p.i, p.r#type) = (i, AttributeType::Int as i32),
                 A::Is(v) => (p.ints, p.r#type) = (v.to_vec(), AttributeType::Ints as i32),
                 A::F(f) => (p.f, p.r#type) = (f, AttributeType::Float as i32),
-                A::T(t) => (p.t, p.r#type) = (Some(t), AttributeType::Tensor as i32),
+                A::T(t) => (p.t, p.r#type) = (Some(*t), AttributeType::Tensor as i32),
             }
             p
         })
@@ -137,7 +146,10 @@ fn check_against_tract(bytes: &[u8]) -> hetee_model::Model {
     let mut rng = Rng(42);
     let batch = rng.vec(3 * n);
     let want = tract_float_reference(&path, &model.input_shape, &batch, 3).unwrap();
-    let got: Vec<f32> = batch.chunks(n).flat_map(|x| run_float(&model, x).unwrap()).collect();
+    let got: Vec<f32> = batch
+        .chunks(n)
+        .flat_map(|x| run_float(&model, x).unwrap())
+        .collect();
     assert_eq!(got.len(), want.len());
     let scale = 1.0 + want.iter().fold(0f32, |a, v| a.max(v.abs()));
     for (g, w) in got.iter().zip(&want) {
@@ -167,29 +179,62 @@ fn conv_bn_pools_gemm_matmul_match_tract() {
         tensor("mb", &[4], r.vec(4)),
     ];
     let nodes = vec![
-        node("Conv", "conv", &["x", "w1", "b1"], &["c"], vec![
-            ("pads", A::Is(&[1, 0, 2, 1])),
-            ("strides", A::Is(&[2, 1])),
-        ]),
-        node("BatchNormalization", "bn", &["c", "g", "be", "mu", "var"], &["b"], vec![("epsilon", A::F(1e-3))]),
+        node(
+            "Conv",
+            "conv",
+            &["x", "w1", "b1"],
+            &["c"],
+            vec![("pads", A::Is(&[1, 0, 2, 1])), ("strides", A::Is(&[2, 1]))],
+        ),
+        node(
+            "BatchNormalization",
+            "bn",
+            &["c", "g", "be", "mu", "var"],
+            &["b"],
+            vec![("epsilon", A::F(1e-3))],
+        ),
         node("Relu", "relu", &["b"], &["r"], vec![]),
-        node("AveragePool", "avg", &["r"], &["a"], vec![
-            ("kernel_shape", A::Is(&[3, 2])),
-            ("pads", A::Is(&[1, 1, 1, 0])),
-            ("count_include_pad", A::I(1)),
-        ]),
-        node("AveragePool", "avg2", &["a"], &["a2"], vec![
-            ("kernel_shape", A::Is(&[2, 2])),
-            ("pads", A::Is(&[1, 1, 1, 1])),
-        ]),
-        node("MaxPool", "max", &["a2"], &["p"], vec![
-            ("kernel_shape", A::Is(&[2, 2])),
-            ("strides", A::Is(&[2, 2])),
-            ("pads", A::Is(&[1, 1, 0, 0])),
-        ]),
+        node(
+            "AveragePool",
+            "avg",
+            &["r"],
+            &["a"],
+            vec![
+                ("kernel_shape", A::Is(&[3, 2])),
+                ("pads", A::Is(&[1, 1, 1, 0])),
+                ("count_include_pad", A::I(1)),
+            ],
+        ),
+        node(
+            "AveragePool",
+            "avg2",
+            &["a"],
+            &["a2"],
+            vec![
+                ("kernel_shape", A::Is(&[2, 2])),
+                ("pads", A::Is(&[1, 1, 1, 1])),
+            ],
+        ),
+        node(
+            "MaxPool",
+            "max",
+            &["a2"],
+            &["p"],
+            vec![
+                ("kernel_shape", A::Is(&[2, 2])),
+                ("strides", A::Is(&[2, 2])),
+                ("pads", A::Is(&[1, 1, 0, 0])),
+            ],
+        ),
         node("GlobalAveragePool", "gap", &["p"], &["q"], vec![]),
         node("Flatten", "flat", &["q"], &["f"], vec![]),
-        node("Gemm", "gemm", &["f", "gw", "gc"], &["h"], vec![("alpha", A::F(0.5)), ("beta", A::F(2.0))]),
+        node(
+            "Gemm",
+            "gemm",
+            &["f", "gw", "gc"],
+            &["h"],
+            vec![("alpha", A::F(0.5)), ("beta", A::F(2.0))],
+        ),
         node("Dropout", "drop", &["h"], &["d"], vec![]),
         node("MatMul", "mm", &["d", "mw"], &["m"], vec![]),
         node("Add", "add", &["mb", "m"], &["y"], vec![]),
@@ -198,7 +243,18 @@ fn conv_bn_pools_gemm_matmul_match_tract() {
     let names: Vec<&str> = m.layers.iter().map(Layer::name).collect();
     assert_eq!(
         names,
-        ["Conv2d", "BatchNorm", "Relu", "AvgPool", "AvgPool", "MaxPool", "GlobalAvgPool", "Flatten", "Dense", "Dense"]
+        [
+            "Conv2d",
+            "BatchNorm",
+            "Relu",
+            "AvgPool",
+            "AvgPool",
+            "MaxPool",
+            "GlobalAvgPool",
+            "Flatten",
+            "Dense",
+            "Dense"
+        ]
     );
     assert_eq!(m.node_names[9], "mm");
 }
@@ -206,7 +262,11 @@ fn conv_bn_pools_gemm_matmul_match_tract() {
 #[test]
 fn reshape_from_shape_chain_and_constants() {
     let mut r = Rng(2);
-    let inits = vec![conv_w(&mut r, "w", 2, 1, 2), tensor("fw", &[4, 18], r.vec(72)), ints_tensor("zero", &[0])];
+    let inits = vec![
+        conv_w(&mut r, "w", 2, 1, 2),
+        tensor("fw", &[4, 18], r.vec(72)),
+        ints_tensor("zero", &[0]),
+    ];
     let minus1 = TensorProto {
         dims: vec![1],
         data_type: 7,
@@ -214,16 +274,59 @@ fn reshape_from_shape_chain_and_constants() {
         ..Default::default()
     };
     let nodes = vec![
-        node("Conv", "", &["x", "w"], &["c"], vec![("kernel_shape", A::Is(&[2, 2]))]),
+        node(
+            "Conv",
+            "",
+            &["x", "w"],
+            &["c"],
+            vec![("kernel_shape", A::Is(&[2, 2]))],
+        ),
         node("Shape", "shape", &["c"], &["s"], vec![]),
-        node("Constant", "k0", &[], &["i0"], vec![("value", A::T(TensorProto { data_type: 7, int64_data: vec![0], ..Default::default() }))]),
-        node("Gather", "gather", &["s", "i0"], &["n"], vec![("axis", A::I(0))]),
+        node(
+            "Constant",
+            "k0",
+            &[],
+            &["i0"],
+            vec![(
+                "value",
+                A::T(Box::new(TensorProto {
+                    data_type: 7,
+                    int64_data: vec![0],
+                    ..Default::default()
+                })),
+            )],
+        ),
+        node(
+            "Gather",
+            "gather",
+            &["s", "i0"],
+            &["n"],
+            vec![("axis", A::I(0))],
+        ),
         node("Unsqueeze", "unsq", &["n", "zero"], &["n1"], vec![]),
-        node("Constant", "km1", &[], &["m1"], vec![("value", A::T(minus1))]),
-        node("Concat", "cat", &["n1", "m1"], &["target"], vec![("axis", A::I(0))]),
+        node(
+            "Constant",
+            "km1",
+            &[],
+            &["m1"],
+            vec![("value", A::T(Box::new(minus1)))],
+        ),
+        node(
+            "Concat",
+            "cat",
+            &["n1", "m1"],
+            &["target"],
+            vec![("axis", A::I(0))],
+        ),
         node("Reshape", "reshape", &["c", "target"], &["f"], vec![]),
         node("Identity", "alias", &["fw"], &["fw2"], vec![]),
-        node("Gemm", "fc", &["f", "fw2"], &["y"], vec![("transB", A::I(1))]),
+        node(
+            "Gemm",
+            "fc",
+            &["f", "fw2"],
+            &["y"],
+            vec![("transB", A::I(1))],
+        ),
     ];
     let m = check_against_tract(&model_bytes(&[1, 4, 4], nodes, inits));
     assert_eq!(m.layers.len(), 3);
@@ -268,21 +371,52 @@ fn one_node(op: &str, attrs: Vec<(&str, A)>, in_dims: &[i64], extra: Vec<TensorP
     let mut inputs = vec!["x"];
     let names: Vec<String> = extra.iter().map(|t| t.name.clone()).collect();
     inputs.extend(names.iter().map(String::as_str));
-    model_bytes(in_dims, vec![node(op, "the_node", &inputs, &["y"], attrs)], extra)
+    model_bytes(
+        in_dims,
+        vec![node(op, "the_node", &inputs, &["y"], attrs)],
+        extra,
+    )
 }
 
 #[test]
 fn unsupported_attributes_are_named() {
     let w = || tensor("w", &[2, 1, 3, 3], vec![0.0; 18]);
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (one_node("Conv", vec![("group", A::I(2))], &[2, 5, 5], vec![w()]), "group=2"),
-        (one_node("Conv", vec![("dilations", A::Is(&[2, 2]))], &[1, 5, 5], vec![w()]), "dilations=[2, 2]"),
         (
-            one_node("MaxPool", vec![("kernel_shape", A::Is(&[2, 2])), ("ceil_mode", A::I(1))], &[1, 5, 5], vec![]),
+            one_node("Conv", vec![("group", A::I(2))], &[2, 5, 5], vec![w()]),
+            "group=2",
+        ),
+        (
+            one_node(
+                "Conv",
+                vec![("dilations", A::Is(&[2, 2]))],
+                &[1, 5, 5],
+                vec![w()],
+            ),
+            "dilations=[2, 2]",
+        ),
+        (
+            one_node(
+                "MaxPool",
+                vec![("kernel_shape", A::Is(&[2, 2])), ("ceil_mode", A::I(1))],
+                &[1, 5, 5],
+                vec![],
+            ),
             "ceil_mode=1",
         ),
-        (one_node("Flatten", vec![("axis", A::I(2))], &[1, 5, 5], vec![]), "axis=2"),
-        (one_node("Gemm", vec![("transA", A::I(1))], &[3], vec![tensor("w", &[3, 2], vec![0.0; 6])]), "transA=1"),
+        (
+            one_node("Flatten", vec![("axis", A::I(2))], &[1, 5, 5], vec![]),
+            "axis=2",
+        ),
+        (
+            one_node(
+                "Gemm",
+                vec![("transA", A::I(1))],
+                &[3],
+                vec![tensor("w", &[3, 2], vec![0.0; 6])],
+            ),
+            "transA=1",
+        ),
     ];
     for (bytes, want) in cases {
         match import_err(&bytes) {
@@ -298,7 +432,9 @@ fn unsupported_attributes_are_named() {
 #[test]
 fn unknown_ops_branches_and_bad_weights_are_rejected() {
     match import_err(&one_node("Sigmoid", vec![], &[3], vec![])) {
-        ModelError::UnsupportedOp { node, op } => assert_eq!((node.as_str(), op.as_str()), ("the_node", "Sigmoid")),
+        ModelError::UnsupportedOp { node, op } => {
+            assert_eq!((node.as_str(), op.as_str()), ("the_node", "Sigmoid"))
+        }
         e => panic!("{e:?}"),
     }
     // residual connection: x feeds both Relu and Add
@@ -320,7 +456,10 @@ fn unknown_ops_branches_and_bad_weights_are_rejected() {
     assert!(msg.contains("INT8") && msg.contains("the_node"), "{msg}");
     // declared dims do not match the data
     let short = tensor("w", &[3, 2], vec![0.0; 5]);
-    assert!(matches!(import_err(&one_node("Gemm", vec![], &[3], vec![short])), ModelError::Onnx { .. }));
+    assert!(matches!(
+        import_err(&one_node("Gemm", vec![], &[3], vec![short])),
+        ModelError::Onnx { .. }
+    ));
     let raw_short = TensorProto {
         name: "w".into(),
         dims: vec![3, 2],
@@ -328,26 +467,60 @@ fn unknown_ops_branches_and_bad_weights_are_rejected() {
         raw_data: vec![0; 23],
         ..Default::default()
     };
-    assert!(matches!(import_err(&one_node("Gemm", vec![], &[3], vec![raw_short])), ModelError::Onnx { .. }));
+    assert!(matches!(
+        import_err(&one_node("Gemm", vec![], &[3], vec![raw_short])),
+        ModelError::Onnx { .. }
+    ));
     // dense input size mismatch names the node
-    let msg = import_err(&one_node("Gemm", vec![], &[4], vec![tensor("w", &[3, 2], vec![0.0; 6])])).to_string();
+    let msg = import_err(&one_node(
+        "Gemm",
+        vec![],
+        &[4],
+        vec![tensor("w", &[3, 2], vec![0.0; 6])],
+    ))
+    .to_string();
     assert!(msg.contains("the_node") && msg.contains("shape"), "{msg}");
     // conv channel mismatch
-    let msg = import_err(&one_node("Conv", vec![], &[2, 5, 5], vec![tensor("w", &[2, 1, 3, 3], vec![0.0; 18])])).to_string();
-    assert!(msg.contains("the_node") && msg.contains("input channels"), "{msg}");
+    let msg = import_err(&one_node(
+        "Conv",
+        vec![],
+        &[2, 5, 5],
+        vec![tensor("w", &[2, 1, 3, 3], vec![0.0; 18])],
+    ))
+    .to_string();
+    assert!(
+        msg.contains("the_node") && msg.contains("input channels"),
+        "{msg}"
+    );
     // pooling window larger than the map
-    let msg =
-        import_err(&one_node("MaxPool", vec![("kernel_shape", A::Is(&[6, 6]))], &[1, 5, 5], vec![])).to_string();
+    let msg = import_err(&one_node(
+        "MaxPool",
+        vec![("kernel_shape", A::Is(&[6, 6]))],
+        &[1, 5, 5],
+        vec![],
+    ))
+    .to_string();
     assert!(msg.contains("does not fit"), "{msg}");
     // non-flatten reshape
-    let msg = import_err(&one_node("Reshape", vec![], &[2, 2, 2], vec![ints_tensor("s", &[-1, 2, 4])])).to_string();
+    let msg = import_err(&one_node(
+        "Reshape",
+        vec![],
+        &[2, 2, 2],
+        vec![ints_tensor("s", &[-1, 2, 4])],
+    ))
+    .to_string();
     assert!(msg.contains("rank 3"), "{msg}");
 }
 
 #[test]
 fn huge_attributes_do_not_panic() {
     let w = tensor("w", &[1, 1, 1, 1], vec![1.0]);
-    let bytes = one_node("Conv", vec![("pads", A::Is(&[i64::MAX, 0, 0, 0]))], &[1, 2, 2], vec![w]);
+    let bytes = one_node(
+        "Conv",
+        vec![("pads", A::Is(&[i64::MAX, 0, 0, 0]))],
+        &[1, 2, 2],
+        vec![w],
+    );
     assert!(matches!(import_err(&bytes), ModelError::Unsupported { .. }));
     let w = TensorProto {
         name: "w".into(),
@@ -356,5 +529,8 @@ fn huge_attributes_do_not_panic() {
         raw_data: vec![0; 16],
         ..Default::default()
     };
-    assert!(matches!(import_err(&one_node("Gemm", vec![], &[3], vec![w])), ModelError::Onnx { .. }));
+    assert!(matches!(
+        import_err(&one_node("Gemm", vec![], &[3], vec![w])),
+        ModelError::Onnx { .. }
+    ));
 }

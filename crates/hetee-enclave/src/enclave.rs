@@ -1,0 +1,164 @@
+//! Enclave state and request handling.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fhe::bfv::{BfvParameters, Ciphertext, Encoding, Plaintext, PublicKey, SecretKey};
+use fhe_traits::{FheDecoder, FheDecrypter, FheEncoder, FheEncrypter, Serialize as _};
+use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
+use hetee_model::quant::StageOutput;
+use hetee_model::reference::finish_stage;
+
+use crate::messages::{Request, Response};
+use crate::schedule::Schedule;
+use crate::EnclaveError;
+
+/// A registered model with its keys. The secret key is zeroized on drop by `fhe`.
+struct LoadedModel {
+    schedule: Schedule,
+    par: Arc<BfvParameters>,
+    sk: SecretKey,
+}
+
+/// An inference in progress: which model, which stage comes next.
+struct Query {
+    model_id: u64,
+    next_stage: u32,
+}
+
+/// The enclave: keys, models and queries. Reads no file and no environment.
+#[derive(Default)]
+pub struct Enclave {
+    models: HashMap<u64, LoadedModel>,
+    queries: HashMap<u64, Query>,
+    next_id: u64,
+}
+
+impl Enclave {
+    /// A fresh enclave with no models.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Handles one request. Never panics on bad input: errors become
+    /// [`Response::Error`].
+    pub fn handle(&mut self, req: Request) -> Response {
+        let r = match req {
+            Request::RegisterModel { schedule } => self.register(*schedule),
+            Request::StartQuery { model_id } => self.start_query(model_id),
+            Request::StageResult {
+                query_id,
+                stage,
+                ciphertexts,
+            } => self.stage_result(query_id, stage, &ciphertexts),
+        };
+        r.unwrap_or_else(|e| Response::Error {
+            message: e.to_string(),
+        })
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn register(&mut self, schedule: Schedule) -> Result<Response, EnclaveError> {
+        schedule.validate()?;
+        let par = schedule.he.build()?;
+        let mut rng = rand::rng();
+        let sk = SecretKey::random(&par, &mut rng);
+        let pk = PublicKey::new(&sk, &mut rng);
+        let model_id = self.fresh_id();
+        self.models.insert(model_id, LoadedModel { schedule, par, sk });
+        Ok(Response::Registered {
+            model_id,
+            public_key: pk.to_bytes(),
+        })
+    }
+
+    fn start_query(&mut self, model_id: u64) -> Result<Response, EnclaveError> {
+        if !self.models.contains_key(&model_id) {
+            return Err(EnclaveError::Protocol(format!("unknown model {model_id}; register it first")));
+        }
+        let query_id = self.fresh_id();
+        self.queries.insert(query_id, Query { model_id, next_stage: 0 });
+        Ok(Response::QueryStarted { query_id })
+    }
+
+    fn stage_result(&mut self, query_id: u64, stage: u32, cts: &[Vec<u8>]) -> Result<Response, EnclaveError> {
+        let q = self
+            .queries
+            .get(&query_id)
+            .ok_or_else(|| EnclaveError::Protocol(format!("unknown or finished query {query_id}")))?;
+        if q.next_stage != stage {
+            let expected = q.next_stage;
+            self.queries.remove(&query_id);
+            return Err(EnclaveError::Protocol(format!(
+                "stage {stage} out of order (expected {expected}); query {query_id} aborted"
+            )));
+        }
+        let m = self
+            .models
+            .get(&q.model_id)
+            .ok_or_else(|| EnclaveError::Protocol("model was removed".into()))?;
+        let result = step(m, stage as usize, cts);
+        match &result {
+            Ok(Response::NextInput { .. }) => {
+                if let Some(q) = self.queries.get_mut(&query_id) {
+                    q.next_stage += 1;
+                }
+            }
+            _ => {
+                self.queries.remove(&query_id);
+            }
+        }
+        result
+    }
+}
+
+/// Decrypt, finish the stage in the clear, and re-encrypt (or release logits).
+fn step(m: &LoadedModel, k: usize, cts: &[Vec<u8>]) -> Result<Response, EnclaveError> {
+    let st = &m.schedule.stages[k];
+    if cts.len() != st.packing.output_count() {
+        return Err(EnclaveError::Protocol(format!(
+            "stage {k} needs {} ciphertexts, got {}",
+            st.packing.output_count(),
+            cts.len()
+        )));
+    }
+    let polys = cts
+        .iter()
+        .map(|b| {
+            let ct = ciphertext_from_bytes(b, &m.par, 3)?;
+            decrypt(&m.sk, &ct)
+        })
+        .collect::<Result<Vec<_>, EnclaveError>>()?;
+    let acc = st.packing.unpack_output(&polys);
+    let y = finish_stage(&st.tail, acc);
+    match st.tail.output {
+        StageOutput::Logits => Ok(Response::Logits {
+            values: st.tail.dequantize(&y),
+        }),
+        StageOutput::Requant(_) => {
+            let polys = m.schedule.pack_stage_input(k + 1, &y)?;
+            let mut rng = rand::rng();
+            let ciphertexts = polys
+                .iter()
+                .map(|p| {
+                    let pt = Plaintext::try_encode(p.as_slice(), Encoding::poly(), &m.par).map_err(hetee_he::HeError::from)?;
+                    let ct = m.sk.try_encrypt(&pt, &mut rng).map_err(hetee_he::HeError::from)?;
+                    Ok(ciphertext_to_bytes(&ct))
+                })
+                .collect::<Result<Vec<_>, EnclaveError>>()?;
+            Ok(Response::NextInput {
+                stage: k as u32 + 1,
+                ciphertexts,
+            })
+        }
+    }
+}
+
+fn decrypt(sk: &SecretKey, ct: &Ciphertext) -> Result<Vec<i64>, EnclaveError> {
+    let pt = sk.try_decrypt(ct).map_err(hetee_he::HeError::from)?;
+    Ok(Vec::<i64>::try_decode(&pt, Encoding::poly()).map_err(hetee_he::HeError::from)?)
+}

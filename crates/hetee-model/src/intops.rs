@@ -1,0 +1,202 @@
+//! The exact integer semantics of everything between two linear layers:
+//! bias, ReLU, max / average pooling and requantization. The enclave and the
+//! plaintext reference both run this code, so they agree bit for bit.
+//!
+//! Values are `i64` accumulators laid out `[C, H, W]`. Comparisons are
+//! written without data-dependent branches (ReLU and max via masks).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ir::Window;
+
+/// A nonlinear or pooling op applied to a stage's accumulators, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PostOp {
+    /// `max(x, 0)`.
+    Relu,
+    /// Max pooling; padded positions are ignored.
+    MaxPool(Window),
+    /// Average pooling: window sum, then rounded division by the count.
+    AvgPool {
+        /// Kernel, stride, padding.
+        window: Window,
+        /// Whether padded positions count in the divisor.
+        count_include_pad: bool,
+    },
+    /// Rounded mean of each channel map.
+    GlobalAvgPool,
+}
+
+impl PostOp {
+    /// Output shape of this op on `[c, h, w]`, or `None` if the window does not fit.
+    pub fn output_shape(&self, s: [usize; 3]) -> Option<[usize; 3]> {
+        match self {
+            PostOp::Relu => Some(s),
+            PostOp::MaxPool(w) | PostOp::AvgPool { window: w, .. } => {
+                w.output_hw(s[1], s[2]).map(|(h, ww)| [s[0], h, ww])
+            }
+            PostOp::GlobalAvgPool => Some([s[0], 1, 1]),
+        }
+    }
+}
+
+/// Fixed-point requantization to 8 bits: `q = clamp(round(v * mult / 2^shift))`
+/// with one `(mult, shift)` per channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requant {
+    /// Multiplier per channel.
+    pub multiplier: Vec<i64>,
+    /// Right shift per channel (at least 1).
+    pub shift: Vec<u32>,
+    /// Smallest output value (0 after ReLU, else -127).
+    pub min: i64,
+    /// Largest output value (255 after ReLU, else 127).
+    pub max: i64,
+}
+
+impl Requant {
+    /// Fixed-point form of the real multipliers `r[c] > 0`.
+    pub fn from_real(r: &[f64], min: i64, max: i64) -> Self {
+        let mut multiplier = Vec::with_capacity(r.len());
+        let mut shift = Vec::with_capacity(r.len());
+        for &x in r {
+            // Normalize the multiplier into [2^30, 2^31).
+            let e = if x > 0.0 && x.is_finite() {
+                x.log2().floor() as i32
+            } else {
+                0
+            };
+            let s = (30 - e).clamp(1, 62) as u32;
+            let m = (x * (2f64).powi(s as i32)).round() as i64;
+            multiplier.push(m.max(0));
+            shift.push(s);
+        }
+        Requant {
+            multiplier,
+            shift,
+            min,
+            max,
+        }
+    }
+
+    /// Requantizes `[c, h*w]` values in place.
+    pub fn apply(&self, x: &mut [i64], channels: usize) {
+        let per = x.len() / channels.max(1);
+        for (c, chunk) in x.chunks_mut(per.max(1)).enumerate() {
+            let (m, s) = (self.multiplier[c] as i128, self.shift[c]);
+            let half = 1i128 << (s - 1);
+            for v in chunk {
+                let q = ((*v as i128 * m + half) >> s) as i64;
+                *v = clamp(q, self.min, self.max);
+            }
+        }
+    }
+}
+
+/// Branch-free `min(max(v, lo), hi)`.
+#[inline]
+pub fn clamp(v: i64, lo: i64, hi: i64) -> i64 {
+    select_min(select_max(v, lo), hi)
+}
+
+/// Branch-free `min(a, b)`.
+#[inline]
+pub fn select_min(a: i64, b: i64) -> i64 {
+    let m = gt_mask(a, b);
+    (b & m) | (a & !m)
+}
+
+/// All ones if `a > b`, else zero (no branch).
+#[inline]
+fn gt_mask(a: i64, b: i64) -> i64 {
+    ((b as i128 - a as i128) >> 127) as i64
+}
+
+/// Branch-free `max(a, b)`.
+#[inline]
+pub fn select_max(a: i64, b: i64) -> i64 {
+    let m = gt_mask(a, b);
+    (a & m) | (b & !m)
+}
+
+/// Adds a per-channel bias to `[c, rest]` values.
+pub fn add_bias(x: &mut [i64], bias: &[i64]) {
+    let per = x.len() / bias.len().max(1);
+    for (chunk, b) in x.chunks_mut(per.max(1)).zip(bias) {
+        chunk.iter_mut().for_each(|v| *v += b);
+    }
+}
+
+/// Rounded division `round(s / c)`, halves rounded up, for `c > 0`.
+#[inline]
+pub fn div_round(s: i64, c: i64) -> i64 {
+    (2 * s + c).div_euclid(2 * c)
+}
+
+/// Applies one post-op to `x` of shape `s`, returning the new values and shape.
+pub fn apply_post(op: &PostOp, x: Vec<i64>, s: [usize; 3]) -> (Vec<i64>, [usize; 3]) {
+    match op {
+        PostOp::Relu => (x.into_iter().map(|v| select_max(v, 0)).collect(), s),
+        PostOp::GlobalAvgPool => {
+            let hw = s[1] * s[2];
+            let y = x
+                .chunks(hw.max(1))
+                .map(|ch| div_round(ch.iter().sum(), hw as i64))
+                .collect();
+            (y, [s[0], 1, 1])
+        }
+        PostOp::MaxPool(w) => pool(&x, s, w, PoolKind::Max),
+        PostOp::AvgPool {
+            window,
+            count_include_pad,
+        } => pool(&x, s, window, PoolKind::Avg(*count_include_pad)),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum PoolKind {
+    Max,
+    Avg(bool),
+}
+
+fn pool(x: &[i64], s: [usize; 3], w: &Window, kind: PoolKind) -> (Vec<i64>, [usize; 3]) {
+    let [c, h, wd] = s;
+    let Some((oh, ow)) = w.output_hw(h, wd) else {
+        return (Vec::new(), [c, 0, 0]);
+    };
+    let (kh, kw) = w.kernel;
+    let (sh, sw) = w.strides;
+    let mut y = vec![0i64; c * oh * ow];
+    for ch in 0..c {
+        for i in 0..oh {
+            for j in 0..ow {
+                let mut acc = match kind {
+                    PoolKind::Max => i64::MIN,
+                    PoolKind::Avg(_) => 0,
+                };
+                let mut count = 0i64;
+                for l in 0..kh {
+                    let r = (i * sh + l).checked_sub(w.pads.top).filter(|&r| r < h);
+                    for n in 0..kw {
+                        let q = (j * sw + n).checked_sub(w.pads.left).filter(|&q| q < wd);
+                        let (Some(r), Some(q)) = (r, q) else {
+                            continue;
+                        };
+                        let v = x[(ch * h + r) * wd + q];
+                        count += 1;
+                        acc = match kind {
+                            PoolKind::Max => select_max(acc, v),
+                            PoolKind::Avg(_) => acc + v,
+                        };
+                    }
+                }
+                y[(ch * oh + i) * ow + j] = match kind {
+                    PoolKind::Max => acc,
+                    PoolKind::Avg(true) => div_round(acc, (kh * kw) as i64),
+                    PoolKind::Avg(false) => div_round(acc, count.max(1)),
+                };
+            }
+        }
+    }
+    (y, [c, oh, ow])
+}

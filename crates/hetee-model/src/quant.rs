@@ -1,0 +1,451 @@
+//! Integer quantization of a float model, calibrated on user data.
+//!
+//! The model is cut into *stages*: one linear layer (conv or dense, with a
+//! following BatchNorm folded in) and the ReLU / pooling ops up to the next
+//! linear layer. Weights are int8 per output channel (symmetric), the input
+//! and every stage output are 8-bit per tensor (`[0, 255]` after a ReLU,
+//! `[-127, 127]` otherwise), biases are integers in accumulator units and
+//! requantization is an integer multiply + shift ([`Requant`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::float::{layer_shapes, run_float_trace};
+use crate::intops::{PostOp, Requant};
+use crate::ir::{Layer, Model, Window};
+
+/// The linear part of a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinearKind {
+    /// Convolution with this window; weights `[M, C, kh, kw]`.
+    Conv(Window),
+    /// Dense layer on the flattened input; weights `[M, C*H*W]`.
+    Dense,
+}
+
+/// What a stage produces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StageOutput {
+    /// 8-bit activations for the next stage.
+    Requant(Requant),
+    /// Final logits: accumulator values, dequantized by `acc_scale`.
+    Logits,
+}
+
+/// One quantized stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantStage {
+    /// Input activation shape `[C, H, W]` (flat inputs are `[F, 1, 1]`).
+    pub input_shape: [usize; 3],
+    /// Linear op.
+    pub linear: LinearKind,
+    /// Output channels of the linear op.
+    pub out_channels: usize,
+    /// int8 weights, row-major as described by [`LinearKind`].
+    pub weight: Vec<i8>,
+    /// Bias per output channel, in accumulator units.
+    pub bias: Vec<i64>,
+    /// Ops after the linear one, in order.
+    pub post: Vec<PostOp>,
+    /// Shape after the post ops.
+    pub output_shape: [usize; 3],
+    /// Requantization or final logits.
+    pub output: StageOutput,
+    /// Real value of one accumulator unit, per output channel.
+    pub acc_scale: Vec<f64>,
+    /// Largest possible |accumulator| (weights x input range x fan-in).
+    pub acc_bound: u64,
+    /// Source node names, for reports.
+    pub nodes: Vec<String>,
+}
+
+impl QuantStage {
+    /// Kernel height and width (1x1 for dense).
+    pub fn kernel(&self) -> (usize, usize) {
+        match self.linear {
+            LinearKind::Conv(w) => w.kernel,
+            LinearKind::Dense => (1, 1),
+        }
+    }
+
+    /// Dequantizes this stage's final accumulators (`[M, ...]`) into floats.
+    pub fn dequantize(&self, acc: &[i64]) -> Vec<f32> {
+        let per = (acc.len() / self.acc_scale.len().max(1)).max(1);
+        acc.iter()
+            .enumerate()
+            .map(|(i, &v)| (v as f64 * self.acc_scale[(i / per).min(self.acc_scale.len() - 1)]) as f32)
+            .collect()
+    }
+
+    /// Shape of the linear output `[M, oh, ow]`.
+    pub fn linear_output_shape(&self) -> [usize; 3] {
+        match self.linear {
+            LinearKind::Conv(w) => {
+                let (oh, ow) = w
+                    .output_hw(self.input_shape[1], self.input_shape[2])
+                    .unwrap_or((0, 0));
+                [self.out_channels, oh, ow]
+            }
+            LinearKind::Dense => [self.out_channels, 1, 1],
+        }
+    }
+}
+
+/// How the data provider turns float inputs into integers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputQuant {
+    /// Real value of one input unit.
+    pub scale: f64,
+    /// Smallest integer (0 or -127).
+    pub min: i64,
+    /// Largest integer (255 or 127).
+    pub max: i64,
+}
+
+impl InputQuant {
+    /// Quantizes one sample; refuses NaN and infinities.
+    pub fn quantize(&self, x: &[f32]) -> Result<Vec<i64>> {
+        x.iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                if !v.is_finite() {
+                    return Err(ModelError::Data(format!(
+                        "input value #{i} is {v}; inputs must be finite numbers"
+                    )));
+                }
+                let q = (v as f64 / self.scale).round();
+                Ok((q.max(self.min as f64).min(self.max as f64)) as i64)
+            })
+            .collect()
+    }
+}
+
+/// A quantized model: input quantization and stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantModel {
+    /// Input shape as imported (`[C, H, W]` or `[F]`).
+    pub input_shape: Vec<usize>,
+    /// Input quantization.
+    pub input: InputQuant,
+    /// Stages in order.
+    pub stages: Vec<QuantStage>,
+}
+
+impl QuantModel {
+    /// Number of outputs (classes).
+    pub fn classes(&self) -> usize {
+        self.stages
+            .last()
+            .map(|s| s.output_shape.iter().product())
+            .unwrap_or(0)
+    }
+
+    /// Largest |accumulator| over all stages: sizes the plaintext modulus.
+    pub fn acc_bound(&self) -> u64 {
+        self.stages.iter().map(|s| s.acc_bound).max().unwrap_or(1)
+    }
+
+    /// Dequantizes final accumulators into float logits.
+    pub fn dequantize(&self, acc: &[i64]) -> Vec<f32> {
+        self.stages.last().map(|l| l.dequantize(acc)).unwrap_or_default()
+    }
+}
+
+fn as3(s: &[usize]) -> [usize; 3] {
+    match s {
+        [c, h, w] => [*c, *h, *w],
+        [f] => [*f, 1, 1],
+        _ => [s.iter().product(), 1, 1],
+    }
+}
+
+/// A stage of the float model before quantization (BatchNorm folded).
+struct FloatStage {
+    input_shape: [usize; 3],
+    linear: LinearKind,
+    m: usize,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    post: Vec<PostOp>,
+    has_relu: bool,
+    /// Index in the folded model of the stage's last layer.
+    last_layer: usize,
+    nodes: Vec<String>,
+}
+
+/// Folds BatchNorm into the preceding linear layer and groups the layers
+/// into stages. Returns the folded model (for calibration) and the stages.
+fn fold_and_group(model: &Model) -> Result<(Model, Vec<FloatStage>)> {
+    let shapes = layer_shapes(model)?;
+    let mut folded = Model {
+        input_shape: model.input_shape.clone(),
+        layers: Vec::new(),
+        node_names: Vec::new(),
+    };
+    let mut stages: Vec<FloatStage> = Vec::new();
+    let name = |i: usize| {
+        model
+            .node_names
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("#{i}"))
+    };
+    for (i, layer) in model.layers.iter().enumerate() {
+        let in_shape = if i == 0 {
+            model.input_shape.clone()
+        } else {
+            shapes[i - 1].clone()
+        };
+        match layer {
+            Layer::Conv2d {
+                weight,
+                bias,
+                out_channels,
+                window,
+                ..
+            } => {
+                stages.push(FloatStage {
+                    input_shape: as3(&in_shape),
+                    linear: LinearKind::Conv(*window),
+                    m: *out_channels,
+                    weight: weight.clone(),
+                    bias: bias.clone(),
+                    post: Vec::new(),
+                    has_relu: false,
+                    last_layer: 0,
+                    nodes: vec![name(i)],
+                });
+            }
+            Layer::Dense {
+                weight,
+                bias,
+                out_features,
+                ..
+            } => {
+                stages.push(FloatStage {
+                    input_shape: as3(&in_shape),
+                    linear: LinearKind::Dense,
+                    m: *out_features,
+                    weight: weight.clone(),
+                    bias: bias.clone(),
+                    post: Vec::new(),
+                    has_relu: false,
+                    last_layer: 0,
+                    nodes: vec![name(i)],
+                });
+            }
+            Layer::BatchNorm { scale, shift } => {
+                let prev_is_linear = matches!(
+                    model.layers.get(i.wrapping_sub(1)),
+                    Some(Layer::Conv2d { .. } | Layer::Dense { .. })
+                );
+                let Some(st) = stages.last_mut().filter(|_| prev_is_linear) else {
+                    return Err(ModelError::Unsupported {
+                        node: name(i),
+                        op: "BatchNormalization".into(),
+                        what: "BatchNormalization must directly follow a Conv or Gemm/MatMul so that it can be folded into it".into(),
+                    });
+                };
+                let per = st.weight.len() / st.m.max(1);
+                for o in 0..st.m {
+                    st.weight[o * per..(o + 1) * per]
+                        .iter_mut()
+                        .for_each(|w| *w *= scale[o]);
+                    st.bias[o] = st.bias[o] * scale[o] + shift[o];
+                }
+                st.nodes.push(name(i));
+                // Rewrite the folded linear layer in place.
+                let last = folded.layers.len() - 1;
+                folded.layers[last] = match &folded.layers[last] {
+                    Layer::Conv2d {
+                        out_channels,
+                        in_channels,
+                        window,
+                        ..
+                    } => Layer::Conv2d {
+                        weight: st.weight.clone(),
+                        bias: st.bias.clone(),
+                        out_channels: *out_channels,
+                        in_channels: *in_channels,
+                        window: *window,
+                    },
+                    Layer::Dense {
+                        out_features,
+                        in_features,
+                        ..
+                    } => Layer::Dense {
+                        weight: st.weight.clone(),
+                        bias: st.bias.clone(),
+                        out_features: *out_features,
+                        in_features: *in_features,
+                    },
+                    other => other.clone(),
+                };
+                st.last_layer = last;
+                continue;
+            }
+            Layer::Flatten => {}
+            Layer::Relu | Layer::MaxPool(_) | Layer::AvgPool { .. } | Layer::GlobalAvgPool => {
+                let Some(st) = stages.last_mut() else {
+                    return Err(ModelError::Unsupported {
+                        node: name(i),
+                        op: layer.name().into(),
+                        what: "the model must start with a Conv or Gemm/MatMul; ops before the first linear layer are not supported".into(),
+                    });
+                };
+                st.post.push(match layer {
+                    Layer::Relu => {
+                        st.has_relu = true;
+                        PostOp::Relu
+                    }
+                    Layer::MaxPool(w) => PostOp::MaxPool(*w),
+                    Layer::AvgPool {
+                        window,
+                        count_include_pad,
+                    } => PostOp::AvgPool {
+                        window: *window,
+                        count_include_pad: *count_include_pad,
+                    },
+                    _ => PostOp::GlobalAvgPool,
+                });
+                st.nodes.push(name(i));
+            }
+        }
+        folded.layers.push(layer.clone());
+        folded.node_names.push(name(i));
+        if let Some(st) = stages.last_mut() {
+            st.last_layer = folded.layers.len() - 1;
+        }
+    }
+    if stages.is_empty() {
+        return Err(ModelError::Shape(
+            "the model has no Conv or Gemm/MatMul layer".into(),
+        ));
+    }
+    Ok((folded, stages))
+}
+
+fn max_abs(v: impl Iterator<Item = f32>) -> f64 {
+    v.fold(0f64, |m, x| m.max((x as f64).abs()))
+}
+
+/// Quantizes `model`, calibrating activation ranges on `calib` (samples
+/// concatenated, each of the model's input size).
+pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
+    let in_len: usize = model.input_shape.iter().product();
+    if calib.is_empty() || in_len == 0 || calib.len() % in_len != 0 {
+        return Err(ModelError::Data(format!(
+            "the calibration set must hold at least one sample of {in_len} values (got {} values)",
+            calib.len()
+        )));
+    }
+    if let Some(i) = calib.iter().position(|v| !v.is_finite()) {
+        return Err(ModelError::Data(format!(
+            "calibration value #{i} is not finite; remove NaN/Inf samples"
+        )));
+    }
+    let (folded, fstages) = fold_and_group(model)?;
+    // Calibrate: max |value| of the input and of every stage output.
+    let in_max = max_abs(calib.iter().copied());
+    let signed_input = calib.iter().any(|&v| v < 0.0);
+    let mut out_max = vec![0f64; fstages.len()];
+    for sample in calib.chunks(in_len) {
+        let trace = run_float_trace(&folded, sample)?;
+        for (k, st) in fstages.iter().enumerate() {
+            out_max[k] = out_max[k].max(max_abs(trace[st.last_layer].iter().copied()));
+        }
+    }
+    if in_max == 0.0 {
+        return Err(ModelError::Data(
+            "the calibration inputs are all zero; pass representative samples".into(),
+        ));
+    }
+    let input = if signed_input {
+        InputQuant {
+            scale: in_max / 127.0,
+            min: -127,
+            max: 127,
+        }
+    } else {
+        InputQuant {
+            scale: in_max / 255.0,
+            min: 0,
+            max: 255,
+        }
+    };
+    let mut s_in = input.scale;
+    let mut in_abs_max = input.max.max(-input.min) as u64;
+    let mut stages = Vec::with_capacity(fstages.len());
+    let last = fstages.len() - 1;
+    for (k, fs) in fstages.into_iter().enumerate() {
+        let per = fs.weight.len() / fs.m.max(1);
+        let mut weight = Vec::with_capacity(fs.weight.len());
+        let mut acc_scale = Vec::with_capacity(fs.m);
+        let mut bias = Vec::with_capacity(fs.m);
+        let mut acc_bound = 1u64;
+        for o in 0..fs.m {
+            let row = &fs.weight[o * per..(o + 1) * per];
+            let wmax = max_abs(row.iter().copied());
+            let sw = if wmax > 0.0 { wmax / 127.0 } else { 1.0 };
+            let mut l1 = 0u64;
+            for &w in row {
+                let q = (w as f64 / sw).round().clamp(-127.0, 127.0) as i8;
+                l1 += q.unsigned_abs() as u64;
+                weight.push(q);
+            }
+            acc_bound = acc_bound.max(l1 * in_abs_max);
+            let a = s_in * sw;
+            acc_scale.push(a);
+            bias.push((fs.bias[o] as f64 / a).round() as i64);
+        }
+        let lin = QuantStage {
+            input_shape: fs.input_shape,
+            linear: fs.linear,
+            out_channels: fs.m,
+            weight: Vec::new(),
+            bias: Vec::new(),
+            post: Vec::new(),
+            output_shape: [0; 3],
+            output: StageOutput::Logits,
+            acc_scale: Vec::new(),
+            acc_bound: 0,
+            nodes: Vec::new(),
+        };
+        let mut shape = lin.linear_output_shape();
+        for op in &fs.post {
+            shape = op.output_shape(shape).ok_or_else(|| {
+                ModelError::Shape(format!("pooling window does not fit in stage {k}"))
+            })?;
+        }
+        let output = if k == last {
+            StageOutput::Logits
+        } else {
+            let (min, max) = if fs.has_relu { (0, 255) } else { (-127, 127) };
+            let s_out = if out_max[k] > 0.0 {
+                out_max[k] / max as f64
+            } else {
+                1.0
+            };
+            let r: Vec<f64> = acc_scale.iter().map(|a| a / s_out).collect();
+            s_in = s_out;
+            in_abs_max = max as u64;
+            StageOutput::Requant(Requant::from_real(&r, min, max))
+        };
+        stages.push(QuantStage {
+            weight,
+            bias,
+            post: fs.post,
+            output_shape: shape,
+            output,
+            acc_scale,
+            acc_bound,
+            nodes: fs.nodes,
+            ..lin
+        });
+    }
+    Ok(QuantModel {
+        input_shape: model.input_shape.clone(),
+        input,
+        stages,
+    })
+}
