@@ -534,3 +534,43 @@ fn huge_attributes_do_not_panic() {
         ModelError::Onnx { .. }
     ));
 }
+
+#[test]
+fn external_weights_are_read_next_to_the_model() {
+    let w: Vec<f32> = (0..6).map(|i| i as f32 - 2.5).collect();
+    let ext = TensorProto {
+        name: "w".into(),
+        dims: vec![3, 2],
+        data_type: 1,
+        data_location: Some(pb::tensor_proto::DataLocation::External as i32),
+        external_data: vec![pb::StringStringEntryProto {
+            key: "location".into(),
+            value: "w.bin".into(),
+        }],
+        ..Default::default()
+    };
+    let bytes = model_bytes(
+        &[3],
+        vec![node("Gemm", "fc", &["x", "w"], &["y"], vec![])],
+        vec![ext],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("w.bin"),
+        w.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let path = dir.path().join("m.onnx");
+    std::fs::write(&path, &bytes).unwrap();
+    let m = import_onnx(&path).unwrap();
+    // y_j = sum_k x_k B[k][j] = B[0][j] - B[2][j]
+    let by_hand: Vec<f32> = (0..2).map(|j| w[j] - w[4 + j]).collect();
+    assert_eq!(run_float(&m, &[1.0, 0.0, -1.0]).unwrap(), by_hand);
+    let want = tract_float_reference(&path, &[3], &[1.0, 0.0, -1.0], 1).unwrap();
+    assert_eq!(run_float(&m, &[1.0, 0.0, -1.0]).unwrap(), want);
+    // Without a model path the external file cannot be found.
+    assert!(matches!(
+        import_onnx_bytes(&bytes, "mem"),
+        Err(ModelError::Onnx { .. })
+    ));
+}

@@ -1,0 +1,144 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::data::{self, Tensor};
+use crate::parties::{Deployment, QueryStats};
+use hetee_model::{float, quantize, reference, Model, QuantModel};
+
+/// Confidential neural-network inference: BFV on the untrusted host, exact
+/// nonlinear steps in a trusted enclave.
+#[derive(Parser, Debug)]
+#[command(name = "hetee", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs the bundled MNIST CNN on bundled test images, fully encrypted,
+    /// with all three parties in this process.
+    Demo {
+        /// How many test images (up to 10000).
+        #[arg(long, default_value_t = 100)]
+        images: usize,
+        /// Print the figures as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs any supported ONNX model on a batch of inputs.
+    Run {
+        /// ONNX model.
+        #[arg(long)]
+        model: PathBuf,
+        /// Inputs: float32 .npy `[N, C, H, W]` or `[N, F]`, preprocessed.
+        #[arg(long)]
+        input: PathBuf,
+        /// Calibration inputs, same layout.
+        #[arg(long)]
+        calib: PathBuf,
+        /// Output: float32 .npy `[N, classes]` of dequantized logits.
+        #[arg(long)]
+        output: PathBuf,
+        /// Per-layer JSON report.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Run the plaintext integer reference instead (same quantization).
+        #[arg(long)]
+        plaintext: bool,
+    },
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Command::Demo { images, json } => crate::demo::demo(images, json),
+        Command::Run { model, input, calib, output, report, plaintext } => {
+            run_model(&model, &input, &calib, &output, report.as_deref(), plaintext)
+        }
+    }
+}
+
+/// Checks that a batch tensor matches the model input and returns the sample count.
+pub fn check_batch(what: &str, t: &Tensor, model: &Model) -> Result<usize> {
+    let want = &model.input_shape;
+    if t.shape.len() != want.len() + 1 || &t.shape[1..] != want.as_slice() {
+        bail!(
+            "{what} has shape {:?}, but the model takes [N, {}]; reshape it to match",
+            t.shape,
+            want.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+        bail!("{what} holds a non-finite value (NaN or Inf) at flat index {i}; clean the data first");
+    }
+    Ok(t.shape[0])
+}
+
+/// Imports and quantizes a model with a calibration tensor.
+pub fn prepare(model: &Model, calib: &Tensor) -> Result<QuantModel> {
+    let n = check_batch("the calibration set", calib, model)?;
+    if n == 0 {
+        bail!("the calibration set is empty; pass at least one representative input");
+    }
+    Ok(quantize(model, &calib.data)?)
+}
+
+fn run_model(
+    model_path: &std::path::Path,
+    input: &std::path::Path,
+    calib: &std::path::Path,
+    output: &std::path::Path,
+    report: Option<&std::path::Path>,
+    plaintext: bool,
+) -> Result<()> {
+    let model = hetee_model::onnx::import_onnx(model_path)?;
+    let x = data::read_npy(input).context("input")?;
+    let c = data::read_npy(calib).context("calibration set")?;
+    let n = check_batch("the input", &x, &model)?;
+    let q = prepare(&model, &c)?;
+    let per: usize = model.input_shape.iter().product();
+    let classes = q.classes();
+    let mut out = Vec::with_capacity(n * classes);
+    let mut all = Vec::new();
+    let mut dep = None;
+    if !plaintext {
+        dep = Some(Deployment::new(&q)?);
+    }
+    for i in 0..n {
+        let sample = &x.data[i * per..(i + 1) * per];
+        let logits = match dep.as_mut() {
+            None => reference::run_quantized(&q, sample)?,
+            Some(d) => {
+                let (l, s) = d.infer(sample)?;
+                all.push(s);
+                l
+            }
+        };
+        out.extend(logits);
+    }
+    data::write_npy(output, &[n, classes], &out)?;
+    if let Some(r) = report {
+        let json = crate::report::layer_report(&q, dep.as_ref(), &all, plaintext);
+        std::fs::write(r, serde_json::to_string_pretty(&json)?).with_context(|| format!("cannot write {}", r.display()))?;
+    }
+    let _ = float::output_shape(&model)?;
+    eprintln!("wrote {n} x {classes} logits to {}", output.display());
+    Ok(())
+}
+
+/// Mean of per-query stats for reports.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Keeps the type in scope for sibling modules.
+pub type Stats = QueryStats;

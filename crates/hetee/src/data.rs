@@ -1,0 +1,110 @@
+//! Input files: float32 `.npy` tensors and the bundled MNIST IDX data.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+/// A float32 tensor with its shape (first dimension = samples).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    /// Shape, batch first.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub data: Vec<f32>,
+}
+
+/// Reads a float32 `.npy` file, with clear errors for anything else.
+pub fn read_npy(path: &Path) -> Result<Tensor> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_npy(&bytes).with_context(|| format!("{} is not a usable .npy file", path.display()))
+}
+
+/// Parses float32 `.npy` bytes (C order, little endian).
+pub fn parse_npy(bytes: &[u8]) -> Result<Tensor> {
+    if !bytes.starts_with(b"\x93NUMPY") {
+        bail!("missing the NumPy magic header; save the array with numpy.save");
+    }
+    let npy = npyz::NpyFile::new(bytes).context("malformed .npy header")?;
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    if npy.order() != npyz::Order::C {
+        bail!("the array is in Fortran order; save a C-contiguous array (np.ascontiguousarray)");
+    }
+    let dtype = npy.dtype();
+    let is_f32 = matches!(&dtype, npyz::DType::Plain(t) if t.type_char() == npyz::TypeChar::Float && t.size_field() == 4);
+    if !is_f32 {
+        bail!("dtype is {}, expected float32; convert with x.astype(np.float32)", dtype.descr());
+    }
+    let data: Vec<f32> = npy.into_vec().context("truncated or corrupt .npy data")?;
+    let n: usize = shape.iter().product();
+    if data.len() != n {
+        bail!("the array holds {} values but its shape {shape:?} needs {n}", data.len());
+    }
+    Ok(Tensor { shape, data })
+}
+
+/// Writes a float32 `.npy` file.
+pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let mut buf = Vec::new();
+    {
+        use npyz::WriterBuilder;
+        let mut w = npyz::WriteOptions::<f32>::new()
+            .default_dtype()
+            .shape(&shape.iter().map(|&d| d as u64).collect::<Vec<_>>())
+            .writer(std::io::Cursor::new(&mut buf))
+            .begin_nd()?;
+        w.extend(data.iter().copied())?;
+        w.finish()?;
+    }
+    std::fs::write(path, buf).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The bundled model and data, embedded in the binary.
+pub mod bundled {
+    /// The bundled MNIST CNN (ONNX).
+    pub const MNIST_ONNX: &[u8] = include_bytes!("../../../models/mnist.onnx");
+    /// The TenSEAL/E2DM network with ReLU (ONNX).
+    pub const E2DM_ONNX: &[u8] = include_bytes!("../../../models/e2dm.onnx");
+    /// MNIST test images (IDX, gzip).
+    pub const TEST_IMAGES: &[u8] = include_bytes!("../../../data/mnist/t10k-images-idx3-ubyte.gz");
+    /// MNIST test labels (IDX, gzip).
+    pub const TEST_LABELS: &[u8] = include_bytes!("../../../data/mnist/t10k-labels-idx1-ubyte.gz");
+    /// Calibration images: the first 512 MNIST training images (IDX, gzip).
+    pub const CALIB_IMAGES: &[u8] = include_bytes!("../../../data/mnist/calib-images-idx3-ubyte.gz");
+}
+
+fn gunzip(gz: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(gz).read_to_end(&mut out).context("corrupt gzip data")?;
+    Ok(out)
+}
+
+fn be_u32(b: &[u8], at: usize) -> Result<usize> {
+    let s = b.get(at..at + 4).context("truncated IDX header")?;
+    Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]) as usize)
+}
+
+/// Decodes gzip'd IDX images into `[n, 1, rows, cols]` floats in `[0, 1]`
+/// (pixel / 255, the preprocessing the bundled models were trained with).
+pub fn idx_images(gz: &[u8]) -> Result<Tensor> {
+    let b = gunzip(gz)?;
+    if be_u32(&b, 0)? != 0x0803 {
+        bail!("not an IDX image file");
+    }
+    let (n, r, c) = (be_u32(&b, 4)?, be_u32(&b, 8)?, be_u32(&b, 12)?);
+    let px = b.get(16..16 + n * r * c).context("truncated IDX images")?;
+    Ok(Tensor {
+        shape: vec![n, 1, r, c],
+        data: px.iter().map(|&p| p as f32 / 255.0).collect(),
+    })
+}
+
+/// Decodes gzip'd IDX labels.
+pub fn idx_labels(gz: &[u8]) -> Result<Vec<u8>> {
+    let b = gunzip(gz)?;
+    if be_u32(&b, 0)? != 0x0801 {
+        bail!("not an IDX label file");
+    }
+    let n = be_u32(&b, 4)?;
+    Ok(b.get(8..8 + n).context("truncated IDX labels")?.to_vec())
+}
