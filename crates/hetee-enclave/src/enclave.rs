@@ -69,7 +69,8 @@ impl Enclave {
         let sk = SecretKey::random(&par, &mut rng);
         let pk = PublicKey::new(&sk, &mut rng);
         let model_id = self.fresh_id();
-        self.models.insert(model_id, LoadedModel { schedule, par, sk });
+        self.models
+            .insert(model_id, LoadedModel { schedule, par, sk });
         Ok(Response::Registered {
             model_id,
             public_key: pk.to_bytes(),
@@ -78,18 +79,30 @@ impl Enclave {
 
     fn start_query(&mut self, model_id: u64) -> Result<Response, EnclaveError> {
         if !self.models.contains_key(&model_id) {
-            return Err(EnclaveError::Protocol(format!("unknown model {model_id}; register it first")));
+            return Err(EnclaveError::Protocol(format!(
+                "unknown model {model_id}; register it first"
+            )));
         }
         let query_id = self.fresh_id();
-        self.queries.insert(query_id, Query { model_id, next_stage: 0 });
+        self.queries.insert(
+            query_id,
+            Query {
+                model_id,
+                next_stage: 0,
+            },
+        );
         Ok(Response::QueryStarted { query_id })
     }
 
-    fn stage_result(&mut self, query_id: u64, stage: u32, cts: &[Vec<u8>]) -> Result<Response, EnclaveError> {
-        let q = self
-            .queries
-            .get(&query_id)
-            .ok_or_else(|| EnclaveError::Protocol(format!("unknown or finished query {query_id}")))?;
+    fn stage_result(
+        &mut self,
+        query_id: u64,
+        stage: u32,
+        cts: &[Vec<u8>],
+    ) -> Result<Response, EnclaveError> {
+        let q = self.queries.get(&query_id).ok_or_else(|| {
+            EnclaveError::Protocol(format!("unknown or finished query {query_id}"))
+        })?;
         if q.next_stage != stage {
             let expected = q.next_stage;
             self.queries.remove(&query_id);
@@ -145,8 +158,11 @@ fn step(m: &LoadedModel, k: usize, cts: &[Vec<u8>]) -> Result<Response, EnclaveE
             let ciphertexts = polys
                 .iter()
                 .map(|p| {
-                    let pt = Plaintext::try_encode(p.as_slice(), Encoding::poly(), &m.par).map_err(hetee_he::HeError::from)?;
-                    let ct = m.sk.try_encrypt(&pt, &mut rng).map_err(hetee_he::HeError::from)?;
+                    let pt = Plaintext::try_encode(p.as_slice(), Encoding::poly(), &m.par)
+                        .map_err(hetee_he::HeError::from)?;
+                    let ct =
+                        m.sk.try_encrypt(&pt, &mut rng)
+                            .map_err(hetee_he::HeError::from)?;
                     Ok(ciphertext_to_bytes(&ct))
                 })
                 .collect::<Result<Vec<_>, EnclaveError>>()?;

@@ -64,7 +64,8 @@ impl Schedule {
             .enumerate()
             .map(|(k, st)| {
                 let spec = conv_spec(st);
-                spec.validate().map_err(|e| EnclaveError::Schedule(format!("stage {k}: {e}")))?;
+                spec.validate()
+                    .map_err(|e| EnclaveError::Schedule(format!("stage {k}: {e}")))?;
                 let packing = plan_conv(spec.normal_shape(), he.degree, &cost)
                     .map_err(|e| EnclaveError::Schedule(format!("stage {k}: {e}")))?;
                 Ok(StageSchedule {
@@ -89,16 +90,21 @@ impl Schedule {
     pub fn validate(&self) -> Result<(), EnclaveError> {
         self.he.check_security()?;
         if self.stages.is_empty() {
-            return Err(EnclaveError::Schedule("a schedule needs at least one stage".into()));
+            return Err(EnclaveError::Schedule(
+                "a schedule needs at least one stage".into(),
+            ));
         }
         for (k, st) in self.stages.iter().enumerate() {
             let bad = |what: &str| EnclaveError::Schedule(format!("stage {k}: {what}"));
             st.spec.validate().map_err(|e| bad(&e))?;
-            let p = ConvPacking::new(st.packing.shape, st.packing.tiling, st.packing.degree).map_err(|e| bad(&e))?;
+            let p = ConvPacking::new(st.packing.shape, st.packing.tiling, st.packing.degree)
+                .map_err(|e| bad(&e))?;
             if p.shape != st.spec.normal_shape() || p.degree != self.he.degree {
                 return Err(bad("packing does not match the layer"));
             }
-            if st.tail.linear_output_shape() != [st.spec.m, st.spec.output_hw().0, st.spec.output_hw().1] {
+            if st.tail.linear_output_shape()
+                != [st.spec.m, st.spec.output_hw().0, st.spec.output_hw().1]
+            {
                 return Err(bad("layer shape does not match its tail"));
             }
             if st.tail.bias.len() != st.spec.m {
@@ -134,14 +140,20 @@ impl Schedule {
     }
 
     /// Packs a stage's int8 weights into plaintext polynomials (model provider).
-    pub fn pack_stage_weights(&self, stage: usize, weight: &[i8]) -> Result<Vec<Vec<i64>>, EnclaveError> {
+    pub fn pack_stage_weights(
+        &self,
+        stage: usize,
+        weight: &[i8],
+    ) -> Result<Vec<Vec<i64>>, EnclaveError> {
         let st = self
             .stages
             .get(stage)
             .ok_or_else(|| EnclaveError::Schedule(format!("no stage {stage}")))?;
         let s = &st.spec;
         if weight.len() != s.m * s.c * s.kh * s.kw {
-            return Err(EnclaveError::Schedule(format!("stage {stage}: wrong weight count")));
+            return Err(EnclaveError::Schedule(format!(
+                "stage {stage}: wrong weight count"
+            )));
         }
         let k: Vec<i64> = weight.iter().map(|&w| w as i64).collect();
         Ok(st.packing.pack_weights(&s.layout_kernel(&k)))

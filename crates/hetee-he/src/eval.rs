@@ -162,10 +162,16 @@ impl Evaluator {
                     .iter()
                     .map(|&(i, w)| {
                         let a = inputs.get(i).ok_or_else(|| {
-                            HeError::Malformed(format!("input ciphertext {i} missing ({} given)", inputs.len()))
+                            HeError::Malformed(format!(
+                                "input ciphertext {i} missing ({} given)",
+                                inputs.len()
+                            ))
                         })?;
                         let b = weights.get(w).ok_or_else(|| {
-                            HeError::Malformed(format!("weight ciphertext {w} missing ({} given)", weights.len()))
+                            HeError::Malformed(format!(
+                                "weight ciphertext {w} missing ({} given)",
+                                weights.len()
+                            ))
                         })?;
                         Ok((a, b))
                     })

@@ -63,7 +63,13 @@ impl ConvSpec {
     /// Checks that the layer is well formed.
     pub fn validate(&self) -> Result<(), String> {
         let (hp, wp) = self.padded();
-        if self.c == 0 || self.m == 0 || self.kh == 0 || self.kw == 0 || self.sh == 0 || self.sw == 0 {
+        if self.c == 0
+            || self.m == 0
+            || self.kh == 0
+            || self.kw == 0
+            || self.sh == 0
+            || self.sw == 0
+        {
             return Err(format!("empty dimension or zero stride in {self:?}"));
         }
         if hp < self.kh || wp < self.kw {
@@ -144,7 +150,11 @@ impl ConvSpec {
 
     /// Lays out the kernel `[m, c, kh, kw]` as the normal form's kernel.
     pub fn layout_kernel(&self, k: &[i64]) -> Vec<i64> {
-        assert_eq!(k.len(), self.m * self.c * self.kh * self.kw, "kernel length");
+        assert_eq!(
+            k.len(),
+            self.m * self.c * self.kh * self.kw,
+            "kernel length"
+        );
         if self.sh == 1 && self.sw == 1 {
             return k.to_vec();
         }

@@ -61,7 +61,11 @@ impl ConvShape {
         if self.h < self.kh || self.w < self.kw {
             return Err(format!("kernel larger than input in {self:?}"));
         }
-        if self.oh == 0 || self.ow == 0 || self.oh > self.h - self.kh + 1 || self.ow > self.w - self.kw + 1 {
+        if self.oh == 0
+            || self.ow == 0
+            || self.oh > self.h - self.kh + 1
+            || self.ow > self.w - self.kw + 1
+        {
             return Err(format!("output region out of range in {self:?}"));
         }
         Ok(())
@@ -113,7 +117,9 @@ impl ConvPacking {
         }
         let need = t.mt * t.ct * t.ht * t.wt;
         if need > degree {
-            return Err(format!("tiling {t:?} needs {need} coefficients > N = {degree}"));
+            return Err(format!(
+                "tiling {t:?} needs {need} coefficients > N = {degree}"
+            ));
         }
         Ok(ConvPacking {
             shape,

@@ -11,7 +11,8 @@ use crate::HeError;
 
 /// Largest `log2 q` for 128-bit classical security with a ternary secret
 /// (HomomorphicEncryption.org standard, Table 1), by ring degree.
-pub const SECURITY_TABLE_128: [(usize, u32); 4] = [(2048, 54), (4096, 109), (8192, 218), (16384, 438)];
+pub const SECURITY_TABLE_128: [(usize, u32); 4] =
+    [(2048, 54), (4096, 109), (8192, 218), (16384, 438)];
 
 /// Plaintext bits up to which N = 4096 keeps a comfortable noise margin for
 /// one ct x ct product (measured by the `noise` test).
@@ -47,7 +48,9 @@ impl HeConfig {
         };
         let upper = 1u64 << t_bits;
         let t = generate_prime(t_bits as usize, 2 * degree as u64, upper).ok_or_else(|| {
-            HeError::Params(format!("no {t_bits}-bit NTT-friendly plaintext prime for N={degree}"))
+            HeError::Params(format!(
+                "no {t_bits}-bit NTT-friendly plaintext prime for N={degree}"
+            ))
         })?;
         let cfg = HeConfig {
             degree,
@@ -69,7 +72,12 @@ impl HeConfig {
             .iter()
             .find(|(n, _)| *n == self.degree)
             .map(|(_, b)| *b)
-            .ok_or_else(|| HeError::Insecure(format!("ring degree {} is not in the 128-bit security table (2048..16384)", self.degree)))?;
+            .ok_or_else(|| {
+                HeError::Insecure(format!(
+                    "ring degree {} is not in the 128-bit security table (2048..16384)",
+                    self.degree
+                ))
+            })?;
         if self.log2_q() > max {
             return Err(HeError::Insecure(format!(
                 "log2 q = {} exceeds {max}, the 128-bit bound for N = {}",

@@ -48,7 +48,8 @@ impl CostModel {
             + p.output_count() as f64 * self.rescale_ms
             + p.input_count() as f64 * self.extend_ms)
             / self.host_threads.max(1.0);
-        let enclave = p.output_count() as f64 * self.decrypt_ms + p.input_count() as f64 * self.encrypt_ms;
+        let enclave =
+            p.output_count() as f64 * self.decrypt_ms + p.input_count() as f64 * self.encrypt_ms;
         (host, enclave)
     }
 
@@ -60,7 +61,9 @@ impl CostModel {
 }
 
 fn rayon_threads() -> f64 {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64
 }
 
 /// The cheapest valid tiling of `shape` for ring degree `degree`, or an error

@@ -13,7 +13,9 @@ fn margin_bits(bound: u64, products: usize) -> (i64, usize) {
     let pk = PublicKey::new(&sk, &mut rng);
     let t = cfg.plaintext_modulus as i64;
     // Worst-case operands: full-range coefficients everywhere.
-    let full: Vec<i64> = (0..par.degree()).map(|i| if i % 2 == 0 { t / 2 } else { -(t / 2) }).collect();
+    let full: Vec<i64> = (0..par.degree())
+        .map(|i| if i % 2 == 0 { t / 2 } else { -(t / 2) })
+        .collect();
     let pt = Plaintext::try_encode(full.as_slice(), Encoding::poly(), &par).unwrap();
     let ev = Evaluator::new(&par).unwrap();
     let a = ev.extend(&pk.try_encrypt(&pt, &mut rng).unwrap()).unwrap();
@@ -45,10 +47,18 @@ fn noise_margin_for_mnist_sized_t() {
 
 #[test]
 fn insecure_parameters_are_refused() {
-    let cfg = HeConfig { degree: 4096, plaintext_modulus: 65537, moduli_sizes: vec![40, 40, 40] };
+    let cfg = HeConfig {
+        degree: 4096,
+        plaintext_modulus: 65537,
+        moduli_sizes: vec![40, 40, 40],
+    };
     let err = cfg.build().unwrap_err().to_string();
     assert!(err.contains("insecure") && err.contains("109"), "{err}");
-    let cfg = HeConfig { degree: 1024, plaintext_modulus: 65537, moduli_sizes: vec![27] };
+    let cfg = HeConfig {
+        degree: 1024,
+        plaintext_modulus: 65537,
+        moduli_sizes: vec![27],
+    };
     assert!(cfg.check_security().is_err());
     assert!(HeConfig::for_accumulator_bound(1 << 60).is_err());
 }

@@ -9,9 +9,30 @@ use hetee_he::{planner, ConvSpec};
 use proptest::prelude::*;
 
 fn spec_strategy(max_side: usize, max_ch: usize) -> impl Strategy<Value = ConvSpec> {
-    (1..=max_ch, 1..=max_ch, 1usize..=7, 1usize..=7, 1usize..=3, 1usize..=3, 0usize..=3, 0usize..=3, 1..=max_side, 1..=max_side)
+    (
+        1..=max_ch,
+        1..=max_ch,
+        1usize..=7,
+        1usize..=7,
+        1usize..=3,
+        1usize..=3,
+        0usize..=3,
+        0usize..=3,
+        1..=max_side,
+        1..=max_side,
+    )
         .prop_filter_map("kernel must fit", |(c, m, kh, kw, sh, sw, ph, pw, h, w)| {
-            let spec = ConvSpec { c, h, w, m, kh, kw, sh, sw, pads: [ph, pw, ph.min(1), pw] };
+            let spec = ConvSpec {
+                c,
+                h,
+                w,
+                m,
+                kh,
+                kw,
+                sh,
+                sw,
+                pads: [ph, pw, ph.min(1), pw],
+            };
             spec.validate().ok().map(|_| spec)
         })
 }
@@ -72,13 +93,42 @@ proptest! {
 #[test]
 fn encrypted_tiling_edge_cases() {
     let cases = [
-        ConvSpec { c: 40, h: 40, w: 40, m: 40, kh: 7, kw: 7, sh: 1, sw: 1, pads: [3; 4] },
-        ConvSpec { c: 1, h: 100, w: 90, m: 3, kh: 3, kw: 3, sh: 2, sw: 3, pads: [1, 2, 1, 2] },
+        ConvSpec {
+            c: 40,
+            h: 40,
+            w: 40,
+            m: 40,
+            kh: 7,
+            kw: 7,
+            sh: 1,
+            sw: 1,
+            pads: [3; 4],
+        },
+        ConvSpec {
+            c: 1,
+            h: 100,
+            w: 90,
+            m: 3,
+            kh: 3,
+            kw: 3,
+            sh: 2,
+            sw: 3,
+            pads: [1, 2, 1, 2],
+        },
         ConvSpec::dense(9000, 7),
     ];
     for (i, spec) in cases.iter().enumerate() {
         let x = tensor(spec.c * spec.h * spec.w, 0, 255, i as u64);
-        let k = tensor(spec.m * spec.c * spec.kh * spec.kw, -127, 127, 100 + i as u64);
-        assert_eq!(common::he_conv(spec, &x, &k, None), spec.direct(&x, &k), "case {i}: {spec:?}");
+        let k = tensor(
+            spec.m * spec.c * spec.kh * spec.kw,
+            -127,
+            127,
+            100 + i as u64,
+        );
+        assert_eq!(
+            common::he_conv(spec, &x, &k, None),
+            spec.direct(&x, &k),
+            "case {i}: {spec:?}"
+        );
     }
 }

@@ -73,7 +73,9 @@ impl QuantStage {
         let per = (acc.len() / self.acc_scale.len().max(1)).max(1);
         acc.iter()
             .enumerate()
-            .map(|(i, &v)| (v as f64 * self.acc_scale[(i / per).min(self.acc_scale.len() - 1)]) as f32)
+            .map(|(i, &v)| {
+                (v as f64 * self.acc_scale[(i / per).min(self.acc_scale.len() - 1)]) as f32
+            })
             .collect()
     }
 
@@ -147,7 +149,10 @@ impl QuantModel {
 
     /// Dequantizes final accumulators into float logits.
     pub fn dequantize(&self, acc: &[i64]) -> Vec<f32> {
-        self.stages.last().map(|l| l.dequantize(acc)).unwrap_or_default()
+        self.stages
+            .last()
+            .map(|l| l.dequantize(acc))
+            .unwrap_or_default()
     }
 }
 
@@ -333,7 +338,7 @@ fn max_abs(v: impl Iterator<Item = f32>) -> f64 {
 /// concatenated, each of the model's input size).
 pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
     let in_len: usize = model.input_shape.iter().product();
-    if calib.is_empty() || in_len == 0 || calib.len() % in_len != 0 {
+    if calib.is_empty() || in_len == 0 || !calib.len().is_multiple_of(in_len) {
         return Err(ModelError::Data(format!(
             "the calibration set must hold at least one sample of {in_len} values (got {} values)",
             calib.len()

@@ -6,8 +6,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::data::{self, Tensor};
-use crate::parties::{Deployment, QueryStats};
-use hetee_model::{float, quantize, reference, Model, QuantModel};
+use crate::parties::Deployment;
+use hetee_model::{quantize, reference, Model, QuantModel};
 
 /// Confidential neural-network inference: BFV on the untrusted host, exact
 /// nonlinear steps in a trusted enclave.
@@ -51,16 +51,61 @@ enum Command {
         #[arg(long)]
         plaintext: bool,
     },
+    /// Prints the per-layer packing plan of a model.
+    Plan {
+        /// ONNX model, or `mnist` / `e2dm` for a bundled one.
+        #[arg(long, default_value = "mnist")]
+        model: String,
+        /// Calibration inputs (float32 .npy); bundled models use their own.
+        #[arg(long)]
+        calib: Option<PathBuf>,
+    },
 }
 
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Command::Demo { images, json } => crate::demo::demo(images, json),
-        Command::Run { model, input, calib, output, report, plaintext } => {
-            run_model(&model, &input, &calib, &output, report.as_deref(), plaintext)
+        Command::Run {
+            model,
+            input,
+            calib,
+            output,
+            report,
+            plaintext,
+        } => run_model(
+            &model,
+            &input,
+            &calib,
+            &output,
+            report.as_deref(),
+            plaintext,
+        ),
+        Command::Plan { model, calib } => {
+            let (m, c) = load_model(&model, calib.as_deref())?;
+            crate::plan::print_plan(&prepare(&m, &c)?)
         }
     }
+}
+
+/// A bundled model (`mnist`, `e2dm`) with its calibration set, or an ONNX
+/// file with the given calibration file.
+pub fn load_model(name: &str, calib: Option<&std::path::Path>) -> Result<(Model, Tensor)> {
+    let bundled = match name {
+        "mnist" => Some(data::bundled::MNIST_ONNX),
+        "e2dm" => Some(data::bundled::E2DM_ONNX),
+        _ => None,
+    };
+    let model = match bundled {
+        Some(bytes) => hetee_model::onnx::import_onnx_bytes(bytes, name)?,
+        None => hetee_model::onnx::import_onnx(std::path::Path::new(name))?,
+    };
+    let calib = match (calib, bundled) {
+        (Some(p), _) => data::read_npy(p).context("calibration set")?,
+        (None, Some(_)) => data::idx_images(data::bundled::CALIB_IMAGES)?,
+        (None, None) => bail!("--calib is required for a model file"),
+    };
+    Ok((model, calib))
 }
 
 /// Checks that a batch tensor matches the model input and returns the sample count.
@@ -70,11 +115,16 @@ pub fn check_batch(what: &str, t: &Tensor, model: &Model) -> Result<usize> {
         bail!(
             "{what} has shape {:?}, but the model takes [N, {}]; reshape it to match",
             t.shape,
-            want.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            want.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-        bail!("{what} holds a non-finite value (NaN or Inf) at flat index {i}; clean the data first");
+        bail!(
+            "{what} holds a non-finite value (NaN or Inf) at flat index {i}; clean the data first"
+        );
     }
     Ok(t.shape[0])
 }
@@ -124,14 +174,14 @@ fn run_model(
     data::write_npy(output, &[n, classes], &out)?;
     if let Some(r) = report {
         let json = crate::report::layer_report(&q, dep.as_ref(), &all, plaintext);
-        std::fs::write(r, serde_json::to_string_pretty(&json)?).with_context(|| format!("cannot write {}", r.display()))?;
+        std::fs::write(r, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("cannot write {}", r.display()))?;
     }
-    let _ = float::output_shape(&model)?;
     eprintln!("wrote {n} x {classes} logits to {}", output.display());
     Ok(())
 }
 
-/// Mean of per-query stats for reports.
+/// Median (upper median for even counts); 0 for no values.
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -139,6 +189,3 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
-
-/// Keeps the type in scope for sibling modules.
-pub type Stats = QueryStats;

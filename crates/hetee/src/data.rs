@@ -33,12 +33,18 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Tensor> {
     let dtype = npy.dtype();
     let is_f32 = matches!(&dtype, npyz::DType::Plain(t) if t.type_char() == npyz::TypeChar::Float && t.size_field() == 4);
     if !is_f32 {
-        bail!("dtype is {}, expected float32; convert with x.astype(np.float32)", dtype.descr());
+        bail!(
+            "dtype is {}, expected float32; convert with x.astype(np.float32)",
+            dtype.descr()
+        );
     }
     let data: Vec<f32> = npy.into_vec().context("truncated or corrupt .npy data")?;
     let n: usize = shape.iter().product();
     if data.len() != n {
-        bail!("the array holds {} values but its shape {shape:?} needs {n}", data.len());
+        bail!(
+            "the array holds {} values but its shape {shape:?} needs {n}",
+            data.len()
+        );
     }
     Ok(Tensor { shape, data })
 }
@@ -70,12 +76,15 @@ pub mod bundled {
     /// MNIST test labels (IDX, gzip).
     pub const TEST_LABELS: &[u8] = include_bytes!("../../../data/mnist/t10k-labels-idx1-ubyte.gz");
     /// Calibration images: the first 512 MNIST training images (IDX, gzip).
-    pub const CALIB_IMAGES: &[u8] = include_bytes!("../../../data/mnist/calib-images-idx3-ubyte.gz");
+    pub const CALIB_IMAGES: &[u8] =
+        include_bytes!("../../../data/mnist/calib-images-idx3-ubyte.gz");
 }
 
 fn gunzip(gz: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(gz).read_to_end(&mut out).context("corrupt gzip data")?;
+    flate2::read::GzDecoder::new(gz)
+        .read_to_end(&mut out)
+        .context("corrupt gzip data")?;
     Ok(out)
 }
 

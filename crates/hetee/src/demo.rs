@@ -43,12 +43,16 @@ pub struct DemoReport {
     pub bytes_host_enclave: usize,
     /// Encrypted model size (bytes uploaded by the model provider).
     pub model_ciphertext_bytes: usize,
+    /// Host memory held by the pre-extended encrypted weights.
+    pub host_weight_memory_bytes: usize,
     /// BFV ring degree and plaintext modulus.
     pub he_params: String,
 }
 
 fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().fold(0, |b, (i, x)| if *x > v[b] { i } else { b })
+    v.iter()
+        .enumerate()
+        .fold(0, |b, (i, x)| if *x > v[b] { i } else { b })
 }
 
 /// Runs the demo on the first `n` test images.
@@ -65,25 +69,31 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
     let mut dep = Deployment::new(&q)?;
     let per = 28 * 28;
     let bar = ProgressBar::new(n as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} images, {elapsed} elapsed, eta {eta}")?);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} images, {elapsed} elapsed, eta {eta}",
+    )?);
     let (mut ok, mut ok_float, mut ok_ref, mut agree) = (0usize, 0usize, 0usize, 0usize);
     let mut stats = Vec::with_capacity(n);
-    for i in 0..n {
-        let x = &test.data[i * per..(i + 1) * per];
-        let label = labels[i] as usize;
+    for (x, &label) in test.data.chunks(per).zip(&labels).take(n) {
+        let label = label as usize;
         let (secure, s) = dep.infer(x)?;
         let plain = reference::run_quantized(&q, x)?;
         let fl = float::run_float(&model, x)?;
         ok += (argmax(&secure) == label) as usize;
         ok_ref += (argmax(&plain) == label) as usize;
         ok_float += (argmax(&fl) == label) as usize;
-        agree += (secure.iter().map(|v| v.to_bits()).eq(plain.iter().map(|v| v.to_bits()))) as usize;
+        agree += (secure
+            .iter()
+            .map(|v| v.to_bits())
+            .eq(plain.iter().map(|v| v.to_bits()))) as usize;
         stats.push(s);
         bar.inc(1);
     }
     bar.finish_and_clear();
     let first = &stats[0];
-    let sum = |f: &dyn Fn(&crate::parties::StageStats) -> usize| first.stages.iter().map(f).sum::<usize>();
+    let sum = |f: &dyn Fn(&crate::parties::StageStats) -> usize| {
+        first.stages.iter().map(f).sum::<usize>()
+    };
     let r = DemoReport {
         images: n,
         accuracy: ok as f64 / n as f64,
@@ -100,7 +110,14 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
         bytes_down: first.bytes_down,
         bytes_host_enclave: sum(&|s| s.bytes_to_enclave + s.bytes_from_enclave),
         model_ciphertext_bytes: dep.weight_bytes,
-        he_params: format!("N={}, t={} ({} bits), log2 q={}", dep.schedule.he.degree, dep.schedule.he.plaintext_modulus, 64 - dep.schedule.he.plaintext_modulus.leading_zeros(), dep.schedule.he.log2_q()),
+        host_weight_memory_bytes: dep.weight_memory,
+        he_params: format!(
+            "N={}, t={} ({} bits), log2 q={}",
+            dep.schedule.he.degree,
+            dep.schedule.he.plaintext_modulus,
+            64 - dep.schedule.he.plaintext_modulus.leading_zeros(),
+            dep.schedule.he.log2_q()
+        ),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -108,7 +125,10 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
         print_table(&r);
     }
     if agree != n {
-        bail!("{} of {n} images differ from the integer reference", n - agree);
+        bail!(
+            "{} of {n} images differ from the integer reference",
+            n - agree
+        );
     }
     Ok(())
 }
@@ -116,18 +136,43 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
 fn print_table(r: &DemoReport) {
     let pct = |x: f64| format!("{:.2} %", 100.0 * x);
     let kb = |b: usize| format!("{:.1} KB", b as f64 / 1e3);
-    println!("hetee demo: bundled MNIST CNN, {} test images, encrypted end to end", r.images);
+    println!(
+        "hetee demo: bundled MNIST CNN, {} test images, encrypted end to end",
+        r.images
+    );
     println!("  HE parameters               {}", r.he_params);
     println!("  accuracy (secure)           {}", pct(r.accuracy));
     println!("  accuracy (float model)      {}", pct(r.float_accuracy));
-    println!("  accuracy (integer ref.)     {}", pct(r.reference_accuracy));
-    println!("  agreement with integer ref. {}", pct(r.reference_agreement));
-    println!("  median latency per image    {:.1} ms", r.median_latency_ms);
+    println!(
+        "  accuracy (integer ref.)     {}",
+        pct(r.reference_accuracy)
+    );
+    println!(
+        "  agreement with integer ref. {}",
+        pct(r.reference_agreement)
+    );
+    println!(
+        "  median latency per image    {:.1} ms",
+        r.median_latency_ms
+    );
     println!("  median host time            {:.1} ms", r.median_host_ms);
-    println!("  median enclave time         {:.1} ms", r.median_enclave_ms);
+    println!(
+        "  median enclave time         {:.1} ms",
+        r.median_enclave_ms
+    );
     println!("  ct x ct products per image  {}", r.ct_products);
-    println!("  enclave decrypts / encrypts {} / {}", r.enclave_decrypts, r.enclave_encrypts);
-    println!("  bytes up / down per image   {} / {}", kb(r.bytes_up), kb(r.bytes_down));
+    println!(
+        "  enclave decrypts / encrypts {} / {}",
+        r.enclave_decrypts, r.enclave_encrypts
+    );
+    println!(
+        "  bytes up / down per image   {} / {}",
+        kb(r.bytes_up),
+        kb(r.bytes_down)
+    );
     println!("  bytes host <-> enclave      {}", kb(r.bytes_host_enclave));
-    println!("  encrypted model size        {}", kb(r.model_ciphertext_bytes));
+    println!(
+        "  encrypted model size        {}",
+        kb(r.model_ciphertext_bytes)
+    );
 }

@@ -1,10 +1,11 @@
 //! `hetee`: confidential neural-network inference with BFV + a trusted enclave.
 
 mod cli;
-mod demo;
-mod report;
 mod data;
+mod demo;
 mod parties;
+mod plan;
+mod report;
 
 use clap::Parser;
 

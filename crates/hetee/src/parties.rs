@@ -129,11 +129,15 @@ impl Deployment {
         let (model_id, pk_bytes) = match enclave.handle(Request::RegisterModel {
             schedule: Box::new(schedule.clone()),
         }) {
-            Response::Registered { model_id, public_key } => (model_id, public_key),
+            Response::Registered {
+                model_id,
+                public_key,
+            } => (model_id, public_key),
             other => bail!("enclave refused the model: {}", describe(&other)),
         };
         let par = schedule.he.build()?;
-        let pk = PublicKey::from_bytes(&pk_bytes, &par).map_err(|e| anyhow!("bad public key from the enclave: {e}"))?;
+        let pk = PublicKey::from_bytes(&pk_bytes, &par)
+            .map_err(|e| anyhow!("bad public key from the enclave: {e}"))?;
         // Model provider: encrypt and upload.
         let uploaded = encrypt_weights(model, &schedule, &par, &pk)?;
         let weight_bytes = uploaded.iter().flatten().map(|b| b.len()).sum();
@@ -172,7 +176,9 @@ impl Deployment {
         let mut cts = encrypt_input(&self.schedule, &self.par, &self.pk, x)?;
         stats.client_encrypt_ms = ms(t0);
         stats.bytes_up = cts.iter().map(Vec::len).sum();
-        let query_id = match self.enclave.handle(Request::StartQuery { model_id: self.model_id }) {
+        let query_id = match self.enclave.handle(Request::StartQuery {
+            model_id: self.model_id,
+        }) {
             Response::QueryStarted { query_id } => query_id,
             other => bail!("enclave refused the query: {}", describe(&other)),
         };
@@ -189,7 +195,9 @@ impl Deployment {
                 .map(|b| ciphertext_from_bytes(b, &self.par, 2))
                 .collect::<Result<Vec<_>, _>>()?;
             let ext = self.evaluator.extend_all(&inputs)?;
-            let outs = self.evaluator.evaluate_plan(&st.packing.product_plan(), &ext, &self.weights[k])?;
+            let outs =
+                self.evaluator
+                    .evaluate_plan(&st.packing.product_plan(), &ext, &self.weights[k])?;
             let out_bytes: Vec<Vec<u8>> = outs.par_iter().map(ciphertext_to_bytes).collect();
             s.host_ms = ms(th);
             s.bytes_to_enclave = out_bytes.iter().map(Vec::len).sum();

@@ -7,7 +7,12 @@ use crate::parties::{Deployment, QueryStats};
 use hetee_model::QuantModel;
 
 /// Builds the per-layer report: packing, products, enclave work, times, bytes.
-pub fn layer_report(q: &QuantModel, dep: Option<&Deployment>, stats: &[QueryStats], plaintext: bool) -> Value {
+pub fn layer_report(
+    q: &QuantModel,
+    dep: Option<&Deployment>,
+    stats: &[QueryStats],
+    plaintext: bool,
+) -> Value {
     let layers: Vec<Value> = q
         .stages
         .iter()
@@ -22,7 +27,9 @@ pub fn layer_report(q: &QuantModel, dep: Option<&Deployment>, stats: &[QueryStat
             });
             if let Some(d) = dep {
                 let p = &d.schedule.stages[k].packing;
-                let col = |f: &dyn Fn(&crate::parties::StageStats) -> f64| median(stats.iter().map(|s| f(&s.stages[k])).collect());
+                let col = |f: &dyn Fn(&crate::parties::StageStats) -> f64| {
+                    median(stats.iter().map(|s| f(&s.stages[k])).collect())
+                };
                 v["packing"] = json!({
                     "degree": p.degree,
                     "normal_form": p.shape,
@@ -33,7 +40,10 @@ pub fn layer_report(q: &QuantModel, dep: Option<&Deployment>, stats: &[QueryStat
                 });
                 v["products"] = json!(p.product_count());
                 v["enclave_decrypts"] = json!(p.output_count());
-                v["enclave_encrypts"] = json!(stats.first().map(|s| s.stages[k].enclave_encrypts).unwrap_or(0));
+                v["enclave_encrypts"] = json!(stats
+                    .first()
+                    .map(|s| s.stages[k].enclave_encrypts)
+                    .unwrap_or(0));
                 v["median_host_ms"] = json!(col(&|s| s.host_ms));
                 v["median_enclave_ms"] = json!(col(&|s| s.enclave_ms));
                 v["bytes_to_enclave"] = json!(col(&|s| s.bytes_to_enclave as f64));

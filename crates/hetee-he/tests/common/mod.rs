@@ -12,7 +12,12 @@ pub fn he_conv(spec: &ConvSpec, x: &[i64], k: &[i64], packing: Option<ConvPackin
     let cfg = HeConfig::for_accumulator_bound(bound).unwrap();
     let par = cfg.build().unwrap();
     let packing = packing.unwrap_or_else(|| {
-        planner::plan_conv(shape, cfg.degree, &planner::CostModel::for_degree(cfg.degree)).unwrap()
+        planner::plan_conv(
+            shape,
+            cfg.degree,
+            &planner::CostModel::for_degree(cfg.degree),
+        )
+        .unwrap()
     });
     let mut rng = rand::rng();
     let sk = SecretKey::random(&par, &mut rng);
