@@ -8,6 +8,7 @@ use fhe_traits::{FheDecoder, FheDecrypter, FheEncoder, FheEncrypter, Serialize a
 use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
 use hetee_model::quant::StageOutput;
 use hetee_model::reference::finish_stage;
+use rayon::prelude::*;
 
 use crate::messages::{Request, Response};
 use crate::schedule::Schedule;
@@ -140,7 +141,7 @@ fn step(m: &LoadedModel, k: usize, cts: &[Vec<u8>]) -> Result<Response, EnclaveE
         )));
     }
     let polys = cts
-        .iter()
+        .par_iter()
         .map(|b| {
             let ct = ciphertext_from_bytes(b, &m.par, 3)?;
             decrypt(&m.sk, &ct)
@@ -154,10 +155,10 @@ fn step(m: &LoadedModel, k: usize, cts: &[Vec<u8>]) -> Result<Response, EnclaveE
         }),
         StageOutput::Requant(_) => {
             let polys = m.schedule.pack_stage_input(k + 1, &y)?;
-            let mut rng = rand::rng();
             let ciphertexts = polys
-                .iter()
+                .par_iter()
                 .map(|p| {
+                    let mut rng = rand::rng();
                     let pt = Plaintext::try_encode(p.as_slice(), Encoding::poly(), &m.par)
                         .map_err(hetee_he::HeError::from)?;
                     let ct =

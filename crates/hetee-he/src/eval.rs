@@ -42,6 +42,28 @@ pub struct Evaluator {
     down: Scaler,
 }
 
+/// Bits of ciphertext modulus kept above the plaintext modulus when the host
+/// mod-switches a product down: covers the switching noise (about 12 bits
+/// for a degree-2 ciphertext at N = 4096) with >= 10 bits to spare (see the
+/// `noise` test).
+pub const SWITCH_HEADROOM_BITS: u32 = 28;
+
+/// The deepest level whose modulus still has [`SWITCH_HEADROOM_BITS`] over t.
+pub fn output_level(par: &BfvParameters) -> usize {
+    let t_bits = 64 - par.plaintext().leading_zeros();
+    let mut best = 0;
+    for level in 0..=par.max_level() {
+        let kept: u32 = par.moduli_sizes()[..par.moduli().len() - level]
+            .iter()
+            .map(|&b| b as u32)
+            .sum();
+        if kept >= t_bits + SWITCH_HEADROOM_BITS {
+            best = level;
+        }
+    }
+    best
+}
+
 impl Evaluator {
     /// Prepares the multiplication basis for `par` (ciphertexts at level 0).
     pub fn new(par: &Arc<BfvParameters>) -> Result<Self, HeError> {
@@ -60,10 +82,17 @@ impl Evaluator {
         }
         let mul_ctx = Context::new_arc(&ext, par.degree())?;
         let extender = Scaler::new(&base, &mul_ctx, ScalingFactor::one())?;
+        // Rescale by t/q and mod-switch to the output level in one step:
+        // factor (t / q) * (q_out / q), straight into the smaller basis.
+        let out_level = output_level(par);
+        let out_ctx = par.context_at_level(out_level)?;
         let down = Scaler::new(
             &mul_ctx,
-            &base,
-            ScalingFactor::new(&BigUint::from(par.plaintext()), base.modulus()),
+            out_ctx,
+            ScalingFactor::new(
+                &(BigUint::from(par.plaintext()) * out_ctx.modulus()),
+                &(base.modulus() * base.modulus()),
+            ),
         )?;
         Ok(Evaluator {
             par: par.clone(),
@@ -107,21 +136,17 @@ impl Evaluator {
         cts.par_iter().map(|c| self.extend(c)).collect()
     }
 
-    /// `sum_i a_i * b_i` as one degree-2 ciphertext (Karatsuba, one rescale).
-    pub fn sum_of_products(
-        &self,
-        pairs: &[(&ExtendedCiphertext, &ExtendedCiphertext)],
-    ) -> Result<Ciphertext, HeError> {
-        if pairs.is_empty() {
-            return Err(HeError::Malformed("empty sum of products".into()));
-        }
-        let zero = || {
-            let mut p = Poly::zero(&self.mul_ctx, Representation::Ntt);
-            unsafe { p.allow_variable_time_computations() };
-            p
-        };
-        let (mut s0, mut s2, mut s01) = (zero(), zero(), zero());
-        let mut tmp = zero();
+    fn zero(&self) -> Poly {
+        let mut p = Poly::zero(&self.mul_ctx, Representation::Ntt);
+        unsafe { p.allow_variable_time_computations() };
+        p
+    }
+
+    /// Accumulates `sum a_i * b_i` in the multiplication basis (Karatsuba:
+    /// `a0 b0`, `a1 b1`, `(a0 + a1)(b0 + b1)`).
+    fn accumulate(&self, pairs: &[(&ExtendedCiphertext, &ExtendedCiphertext)]) -> [Poly; 3] {
+        let (mut s0, mut s2, mut s01) = (self.zero(), self.zero(), self.zero());
+        let mut tmp = self.zero();
         for (a, b) in pairs {
             tmp.clone_from(&a.c0);
             tmp *= &b.c0;
@@ -133,10 +158,18 @@ impl Evaluator {
             tmp *= &b.sum;
             s01 += &tmp;
         }
+        [s0, s2, s01]
+    }
+
+    /// Turns accumulated products into a degree-2 ciphertext: one scaling per
+    /// polynomial by `t/q` that also switches down to [`output_level`], so
+    /// that the enclave decrypts a smaller ciphertext.
+    fn finish(&self, acc: [Poly; 3]) -> Result<Ciphertext, HeError> {
+        let [s0, s2, mut s01] = acc;
         s01 -= &s0;
         s01 -= &s2;
         let polys = [s0, s01, s2]
-            .into_iter()
+            .into_par_iter()
             .map(|mut p| {
                 p.change_representation(Representation::PowerBasis);
                 let mut d = p.scale(&self.down)?;
@@ -148,17 +181,43 @@ impl Evaluator {
         Ok(Ciphertext::new(polys, &self.par)?)
     }
 
+    /// `sum_i a_i * b_i` as one degree-2 ciphertext.
+    pub fn sum_of_products(
+        &self,
+        pairs: &[(&ExtendedCiphertext, &ExtendedCiphertext)],
+    ) -> Result<Ciphertext, HeError> {
+        if pairs.is_empty() {
+            return Err(HeError::Malformed("empty sum of products".into()));
+        }
+        self.finish(self.accumulate(pairs))
+    }
+
     /// Evaluates a whole product plan: output `k` is the sum over `plan[k]`
-    /// of `inputs[i] * weights[j]`. Parallel over outputs.
+    /// of `inputs[i] * weights[j]`. Products are spread over all cores in
+    /// chunks (so a layer with one long sum still scales), partial sums are
+    /// added, and the outputs are finished in parallel.
     pub fn evaluate_plan(
         &self,
         plan: &[Vec<(usize, usize)>],
         inputs: &[ExtendedCiphertext],
         weights: &[ExtendedCiphertext],
     ) -> Result<Vec<Ciphertext>, HeError> {
-        plan.par_iter()
-            .map(|sum| {
-                let pairs = sum
+        let total: usize = plan.iter().map(Vec::len).sum();
+        let threads = rayon::current_num_threads().max(1);
+        let chunk = total.div_ceil(2 * threads).max(4);
+        let mut tasks = Vec::new();
+        for (k, sum) in plan.iter().enumerate() {
+            if sum.is_empty() {
+                return Err(HeError::Malformed(format!("output {k} has no products")));
+            }
+            for part in sum.chunks(chunk) {
+                tasks.push((k, part));
+            }
+        }
+        let partials = tasks
+            .par_iter()
+            .map(|&(k, part)| {
+                let pairs = part
                     .iter()
                     .map(|&(i, w)| {
                         let a = inputs.get(i).ok_or_else(|| {
@@ -176,8 +235,23 @@ impl Evaluator {
                         Ok((a, b))
                     })
                     .collect::<Result<Vec<_>, HeError>>()?;
-                self.sum_of_products(&pairs)
+                Ok((k, self.accumulate(&pairs)))
             })
+            .collect::<Result<Vec<_>, HeError>>()?;
+        let mut sums: Vec<Option<[Poly; 3]>> = (0..plan.len()).map(|_| None).collect();
+        for (k, acc) in partials {
+            sums[k] = Some(match sums[k].take() {
+                None => acc,
+                Some([mut a0, mut a2, mut a01]) => {
+                    a0 += &acc[0];
+                    a2 += &acc[1];
+                    a01 += &acc[2];
+                    [a0, a2, a01]
+                }
+            });
+        }
+        sums.into_par_iter()
+            .map(|acc| self.finish(acc.ok_or_else(|| HeError::Malformed("missing sum".into()))?))
             .collect()
     }
 }

@@ -38,20 +38,24 @@ impl HeConfig {
         let need = 2u128 * bound as u128 + 2;
         let t_bits = (128 - need.leading_zeros()).max(12);
         let (degree, moduli_sizes) = if t_bits <= MAX_T_BITS_4096 {
-            (4096, vec![36, 36, 37])
+            (4096, vec![55, 54])
         } else if t_bits <= MAX_T_BITS_8192 {
-            (8192, vec![54, 54, 55, 55])
+            (8192, vec![55, 54, 55, 54])
         } else {
             return Err(HeError::Params(format!(
                 "accumulators up to {bound} need a {t_bits}-bit plaintext modulus; the largest supported is {MAX_T_BITS_8192} bits. Use fewer weight/activation bits or split the layer"
             )));
         };
-        let upper = 1u64 << t_bits;
-        let t = generate_prime(t_bits as usize, 2 * degree as u64, upper).ok_or_else(|| {
-            HeError::Params(format!(
-                "no {t_bits}-bit NTT-friendly plaintext prime for N={degree}"
-            ))
-        })?;
+        // The largest NTT-friendly prime (t = 1 mod 2N) below 2^t_bits may be
+        // < need, or not exist for small t_bits: then take more bits.
+        let t = (t_bits..t_bits + 8)
+            .filter_map(|b| generate_prime(b as usize, 2 * degree as u64, 1u64 << b))
+            .find(|&t| t as u128 >= need)
+            .ok_or_else(|| {
+                HeError::Params(format!(
+                    "no NTT-friendly plaintext prime above {need} for N={degree}"
+                ))
+            })?;
         let cfg = HeConfig {
             degree,
             plaintext_modulus: t,

@@ -204,7 +204,7 @@ fn run_both(
     let out = hetee(&args);
     assert!(
         out.status.success(),
-        "secure run of {model} failed:\n{}",
+        "secure run of {model} ({tag} inputs) failed:\n{}",
         describe(&out)
     );
 
@@ -213,7 +213,7 @@ fn run_both(
     let out = hetee(&args);
     assert!(
         out.status.success(),
-        "plaintext run of {model} failed:\n{}",
+        "plaintext run of {model} ({tag} inputs) failed:\n{}",
         describe(&out)
     );
 
@@ -274,9 +274,9 @@ fn run_both(
     secure
 }
 
-/// Full check of one manifest model: random batch (secure == plaintext bit for
-/// bit), then the gen.py input against the float `ref_output`.
-fn check_model(file: &str, lo: f32, hi: f32, rel_tol: f32) {
+/// A random batch of 3 (calibrated on 8 other random samples) through one
+/// manifest model: secure == plaintext reference, bit for bit.
+fn check_random(file: &str, lo: f32, hi: f32) {
     let e = entry(file);
     assert!(e.expect_error.is_none(), "{file} is expected to fail");
     let model = format!("{TESTDATA}/{file}");
@@ -285,18 +285,24 @@ fn check_model(file: &str, lo: f32, hi: f32, rel_tol: f32) {
     let seed = file
         .bytes()
         .fold(17u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-
     let shape = |n: usize| [vec![n], e.input_shape.clone()].concat();
     let x = dir.path().join("x.npy");
     let c = dir.path().join("calib.npy");
     write_f32(&x, &shape(3), &random(seed, 3 * per, lo, hi));
     write_f32(&c, &shape(8), &random(seed ^ 0xCA11B, 8 * per, lo, hi));
     run_both(dir.path(), "random", &model, &x, &c, 3, e.classes);
+}
 
-    // Against the float model (onnxruntime outputs stored in the manifest),
-    // calibrated on the same two inputs.
+/// The gen.py input batch (calibrated on itself) through one manifest model:
+/// secure == plaintext, and the logits are within
+/// `rel_tol * (1 + max |ref|)` of the float model's (onnxruntime) outputs.
+fn check_reference(file: &str, rel_tol: f32) {
+    let e = entry(file);
+    let model = format!("{TESTDATA}/{file}");
+    let dir = TempDir::new().unwrap();
+    let shape = [vec![2], e.input_shape.clone()].concat();
     let xr = dir.path().join("ref.npy");
-    write_f32(&xr, &shape(2), &gen_py_input(&e.input_shape));
+    write_f32(&xr, &shape, &gen_py_input(&e.input_shape));
     let got = run_both(dir.path(), "ref", &model, &xr, &xr, 2, e.classes);
     let want: Vec<f32> = e.ref_output.concat();
     assert_eq!(want.len(), got.len());
@@ -312,45 +318,53 @@ fn check_model(file: &str, lo: f32, hi: f32, rel_tol: f32) {
     );
 }
 
+// Measured max |diff| / tolerance at rel_tol = 0.1 (plaintext reference):
+// reshape_flatten 0.48, gap 0.22, avgpool 0.18, stride3_pad3 0.16, all
+// others <= 0.10; so 0.1 is loose but far from vacuous.
 macro_rules! model_tests {
-    ($($name:ident: $file:literal, [$lo:literal, $hi:literal];)*) => {$(
+    ($($run:ident, $reference:ident: $file:literal, [$lo:literal, $hi:literal];)*) => {$(
         #[test]
-        fn $name() {
-            check_model($file, $lo, $hi, 0.1);
+        fn $run() {
+            check_random($file, $lo, $hi);
+        }
+
+        #[test]
+        fn $reference() {
+            check_reference($file, 0.1);
         }
     )*};
 }
 
 model_tests! {
-    run_conv_pad_stride: "conv_pad_stride.onnx", [0.0, 1.0];
-    run_stride3_pad3: "stride3_pad3.onnx", [0.0, 1.0];
-    run_gap: "gap.onnx", [0.0, 1.0];
-    run_reshape_flatten: "reshape_flatten.onnx", [0.0, 1.0];
-    run_avgpool: "avgpool.onnx", [0.0, 1.0];
+    run_conv_pad_stride, ref_conv_pad_stride: "conv_pad_stride.onnx", [0.0, 1.0];
+    run_stride3_pad3, ref_stride3_pad3: "stride3_pad3.onnx", [0.0, 1.0];
+    run_gap, ref_gap: "gap.onnx", [0.0, 1.0];
+    run_reshape_flatten, ref_reshape_flatten: "reshape_flatten.onnx", [0.0, 1.0];
+    run_avgpool, ref_avgpool: "avgpool.onnx", [0.0, 1.0];
     // Signed inputs exercise the [-127, 127] input quantization.
-    run_mlp: "mlp.onnx", [-1.0, 1.0];
-    run_matmul_add: "matmul_add.onnx", [-1.0, 1.0];
-    run_gemm_alpha_beta: "gemm_alpha_beta.onnx", [-1.0, 1.0];
-    run_deep_conv: "deep_conv.onnx", [0.0, 1.0];
+    run_mlp, ref_mlp: "mlp.onnx", [-1.0, 1.0];
+    run_matmul_add, ref_matmul_add: "matmul_add.onnx", [-1.0, 1.0];
+    run_gemm_alpha_beta, ref_gemm_alpha_beta: "gemm_alpha_beta.onnx", [-1.0, 1.0];
+    run_deep_conv, ref_deep_conv: "deep_conv.onnx", [0.0, 1.0];
 }
 
-/// The dense models again with unsigned [0, 1) inputs: unsigned inputs
-/// quantize to [0, 255], which doubles the accumulator bound compared with
-/// the signed case above.
+// The dense models again with unsigned [0, 1) inputs, which quantize to
+// [0, 255] instead of [-127, 127] (about twice the first layer's
+// accumulator bound).
+
 #[test]
-fn run_dense_models_unsigned_inputs() {
-    for file in ["mlp.onnx", "matmul_add.onnx", "gemm_alpha_beta.onnx"] {
-        let e = entry(file);
-        let model = format!("{TESTDATA}/{file}");
-        let dir = TempDir::new().unwrap();
-        let per: usize = e.input_shape.iter().product();
-        let shape = |n: usize| [vec![n], e.input_shape.clone()].concat();
-        let x = dir.path().join("x.npy");
-        let c = dir.path().join("calib.npy");
-        write_f32(&x, &shape(3), &random(7, 3 * per, 0.0, 1.0));
-        write_f32(&c, &shape(8), &random(8, 8 * per, 0.0, 1.0));
-        run_both(dir.path(), "unsigned", &model, &x, &c, 3, e.classes);
-    }
+fn run_mlp_unsigned() {
+    check_random("mlp.onnx", 0.0, 1.0);
+}
+
+#[test]
+fn run_matmul_add_unsigned() {
+    check_random("matmul_add.onnx", 0.0, 1.0);
+}
+
+#[test]
+fn run_gemm_alpha_beta_unsigned() {
+    check_random("gemm_alpha_beta.onnx", 0.0, 1.0);
 }
 
 /// Every model in the manifest without `expect_error` has a test above.

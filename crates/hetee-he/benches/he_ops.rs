@@ -1,0 +1,99 @@
+//! Micro-benchmarks of the HE building blocks at N = 4096: ct x ct (library
+//! default vs extend-once accumulation), rescale, decrypt, encrypt,
+//! (de)serialization, modulus switching and packing.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use fhe::bfv::{Encoding, Plaintext, PublicKey, SecretKey};
+use fhe_traits::{FheDecoder, FheDecrypter, FheEncoder, FheEncrypter};
+use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
+use hetee_he::packing::{ConvPacking, ConvShape, Tiling};
+use hetee_he::{Evaluator, HeConfig};
+
+fn he_ops(c: &mut Criterion) {
+    let cfg = HeConfig::for_accumulator_bound(1 << 23).unwrap();
+    let par = cfg.build().unwrap();
+    let mut rng = rand::rng();
+    let sk = SecretKey::random(&par, &mut rng);
+    let pk = PublicKey::new(&sk, &mut rng);
+    let v: Vec<i64> = (0..par.degree() as i64).map(|i| i % 255).collect();
+    let pt = Plaintext::try_encode(v.as_slice(), Encoding::poly(), &par).unwrap();
+    let a = pk.try_encrypt(&pt, &mut rng).unwrap();
+    let b = pk.try_encrypt(&pt, &mut rng).unwrap();
+    let ev = Evaluator::new(&par).unwrap();
+    let (ea, eb) = (ev.extend(&a).unwrap(), ev.extend(&b).unwrap());
+    let prod = ev.sum_of_products(&[(&ea, &eb)]).unwrap();
+
+    let mut g = c.benchmark_group("n4096");
+    g.sample_size(20);
+    g.bench_function("ct_x_ct_library", |bn| bn.iter(|| &a * &b));
+    g.bench_function("extend", |bn| bn.iter(|| ev.extend(&a).unwrap()));
+    g.bench_function("sum_of_1_product", |bn| {
+        bn.iter(|| ev.sum_of_products(&[(&ea, &eb)]).unwrap())
+    });
+    let pairs16: Vec<_> = (0..16).map(|_| (&ea, &eb)).collect();
+    g.bench_function("sum_of_16_products", |bn| {
+        bn.iter(|| ev.sum_of_products(&pairs16).unwrap())
+    });
+    g.bench_function("decrypt_degree2", |bn| {
+        bn.iter(|| {
+            let p = sk.try_decrypt(&prod).unwrap();
+            Vec::<i64>::try_decode(&p, Encoding::poly()).unwrap()
+        })
+    });
+    g.bench_function("encrypt_secret_key", |bn| {
+        bn.iter(|| -> fhe::bfv::Ciphertext { sk.try_encrypt(&pt, &mut rand::rng()).unwrap() })
+    });
+    g.bench_function("encrypt_public_key", |bn| {
+        bn.iter(|| pk.try_encrypt(&pt, &mut rand::rng()).unwrap())
+    });
+    let bytes = ciphertext_to_bytes(&prod);
+    g.bench_function("serialize_degree2", |bn| {
+        bn.iter(|| ciphertext_to_bytes(&prod))
+    });
+    g.bench_function("deserialize_degree2", |bn| {
+        bn.iter(|| ciphertext_from_bytes(&bytes, &par, 3).unwrap())
+    });
+    g.bench_function("mod_switch_degree2_to_last", |bn| {
+        bn.iter(|| {
+            let mut p = prod.clone();
+            p.switch_to_level(par.max_level()).unwrap();
+            p
+        })
+    });
+    let shape = ConvShape {
+        c: 16,
+        h: 12,
+        w: 12,
+        m: 32,
+        kh: 5,
+        kw: 5,
+        oh: 8,
+        ow: 8,
+    };
+    let pk16 = ConvPacking::new(
+        shape,
+        Tiling {
+            ct: 4,
+            ht: 12,
+            wt: 12,
+            mt: 7,
+        },
+        4096,
+    )
+    .unwrap();
+    let x: Vec<i64> = (0..16 * 144).map(|i| i % 256).collect();
+    let polys: Vec<Vec<i64>> = pk16
+        .product_plan()
+        .iter()
+        .map(|_| vec![1i64; 4096])
+        .collect();
+    g.bench_function("pack_input_conv2", |bn| bn.iter(|| pk16.pack_input(&x)));
+    g.bench_function("unpack_output_conv2", |bn| {
+        bn.iter(|| pk16.unpack_output(&polys))
+    });
+    g.finish();
+    eprintln!("degree-2 ciphertext: {} bytes serialized", bytes.len());
+}
+
+criterion_group!(benches, he_ops);
+criterion_main!(benches);
