@@ -51,6 +51,31 @@ enum Command {
         #[arg(long)]
         plaintext: bool,
     },
+    /// Benchmarks the bundled models: latency and batch throughput, side by
+    /// side with the plaintext integer reference; medians over runs.
+    Bench {
+        /// Write the rows as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Draw an SVG chart.
+        #[arg(long)]
+        chart: Option<PathBuf>,
+        /// Thread counts, comma separated (default: 1 and all cores).
+        #[arg(long, value_delimiter = ',')]
+        threads: Vec<usize>,
+        /// Runs per configuration.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Images per latency run.
+        #[arg(long, default_value_t = 20)]
+        images: usize,
+        /// Images per batch run.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Models, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "mnist,e2dm")]
+        models: Vec<String>,
+    },
     /// Prints the per-layer packing plan of a model.
     Plan {
         /// ONNX model, or `mnist` / `e2dm` for a bundled one.
@@ -81,6 +106,35 @@ pub fn run(cli: Cli) -> Result<()> {
             report.as_deref(),
             plaintext,
         ),
+        Command::Bench {
+            json,
+            chart,
+            threads,
+            runs,
+            images,
+            batch,
+            models,
+        } => {
+            let all = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            let mut threads = if threads.is_empty() {
+                vec![1, all]
+            } else {
+                threads
+            };
+            threads.dedup();
+            crate::bench::bench(&crate::bench::BenchOptions {
+                models,
+                threads,
+                runs,
+                images,
+                batch,
+                json: json.as_deref(),
+                chart: chart.as_deref(),
+            })
+            .map(|_| ())
+        }
         Command::Plan { model, calib } => {
             let (m, c) = load_model(&model, calib.as_deref())?;
             crate::plan::print_plan(&prepare(&m, &c)?)
@@ -161,7 +215,7 @@ fn run_model(
     }
     for i in 0..n {
         let sample = &x.data[i * per..(i + 1) * per];
-        let logits = match dep.as_mut() {
+        let logits = match dep.as_ref() {
             None => reference::run_quantized(&q, sample)?,
             Some(d) => {
                 let (l, s) = d.infer(sample)?;

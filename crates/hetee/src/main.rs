@@ -1,5 +1,8 @@
 //! `hetee`: confidential neural-network inference with BFV + a trusted enclave.
 
+mod alloc_meter;
+mod bench;
+mod chart;
 mod cli;
 mod data;
 mod demo;
@@ -8,6 +11,9 @@ mod plan;
 mod report;
 
 use clap::Parser;
+
+#[global_allocator]
+static ALLOC: alloc_meter::Meter = alloc_meter::Meter;
 
 fn main() {
     let args = cli::Cli::parse();

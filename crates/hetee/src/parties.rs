@@ -4,7 +4,7 @@
 //! layers, relays to the enclave). The enclave is reached only through
 //! [`Request`]/[`Response`] messages.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -17,6 +17,8 @@ use hetee_he::Evaluator;
 use hetee_model::QuantModel;
 use rayon::prelude::*;
 use serde::Serialize;
+
+use crate::alloc_meter;
 
 /// Figures of one linear stage of one query.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -35,6 +37,8 @@ pub struct StageStats {
     pub bytes_to_enclave: usize,
     /// Bytes enclave -> host.
     pub bytes_from_enclave: usize,
+    /// Peak bytes the enclave allocated while handling this stage.
+    pub enclave_working_peak: usize,
 }
 
 /// Figures of one query.
@@ -106,7 +110,7 @@ pub fn encrypt_input(
 /// The untrusted host with one registered model, holding the encrypted
 /// weights pre-extended to the multiplication basis.
 pub struct Deployment {
-    enclave: Enclave,
+    enclave: Mutex<Enclave>,
     model_id: u64,
     /// The compiled model (public structure).
     pub schedule: Schedule,
@@ -118,6 +122,8 @@ pub struct Deployment {
     pub weight_bytes: usize,
     /// Memory held by the pre-extended weights.
     pub weight_memory: usize,
+    /// Bytes the enclave keeps allocated for this model (keys, schedule).
+    pub enclave_resident: usize,
 }
 
 impl Deployment {
@@ -126,9 +132,12 @@ impl Deployment {
     pub fn new(model: &QuantModel) -> Result<Self> {
         let schedule = Schedule::compile(model)?;
         let mut enclave = Enclave::new();
-        let (model_id, pk_bytes) = match enclave.handle(Request::RegisterModel {
+        let before = alloc_meter::current();
+        let registered = enclave.handle(Request::RegisterModel {
             schedule: Box::new(schedule.clone()),
-        }) {
+        });
+        let enclave_resident = alloc_meter::current().saturating_sub(before);
+        let (model_id, pk_bytes) = match registered {
             Response::Registered {
                 model_id,
                 public_key,
@@ -156,7 +165,8 @@ impl Deployment {
             .context("host could not load the encrypted weights")?;
         let weight_memory = weights.iter().flatten().map(|w| w.memory_bytes()).sum();
         Ok(Deployment {
-            enclave,
+            enclave: Mutex::new(enclave),
+            enclave_resident,
             model_id,
             schedule,
             par,
@@ -169,14 +179,14 @@ impl Deployment {
     }
 
     /// Runs one secure inference; returns the logits and the figures.
-    pub fn infer(&mut self, x: &[f32]) -> Result<(Vec<f32>, QueryStats)> {
+    pub fn infer(&self, x: &[f32]) -> Result<(Vec<f32>, QueryStats)> {
         let t0 = Instant::now();
         let mut stats = QueryStats::default();
         // Data provider.
         let mut cts = encrypt_input(&self.schedule, &self.par, &self.pk, x)?;
         stats.client_encrypt_ms = ms(t0);
         stats.bytes_up = cts.iter().map(Vec::len).sum();
-        let query_id = match self.enclave.handle(Request::StartQuery {
+        let query_id = match self.enclave_call(Request::StartQuery {
             model_id: self.model_id,
         }) {
             Response::QueryStarted { query_id } => query_id,
@@ -203,12 +213,13 @@ impl Deployment {
             s.bytes_to_enclave = out_bytes.iter().map(Vec::len).sum();
             // Enclave: nonlinear step.
             let te = Instant::now();
-            let resp = self.enclave.handle(Request::StageResult {
+            let (resp, peak) = self.enclave_step(Request::StageResult {
                 query_id,
                 stage: k as u32,
                 ciphertexts: out_bytes,
             });
             s.enclave_ms = ms(te);
+            s.enclave_working_peak = peak;
             match resp {
                 Response::NextInput { ciphertexts, .. } => {
                     s.enclave_encrypts = ciphertexts.len();
@@ -227,6 +238,25 @@ impl Deployment {
             }
         }
         bail!("the enclave released no result")
+    }
+}
+
+impl Deployment {
+    fn enclave_call(&self, req: Request) -> Response {
+        self.enclave_step(req).0
+    }
+
+    /// Sends one request to the enclave; also returns the peak of bytes
+    /// allocated during the call (exact when no other query runs meanwhile).
+    fn enclave_step(&self, req: Request) -> (Response, usize) {
+        let mut enclave = match self.enclave.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let base = alloc_meter::current();
+        alloc_meter::reset_peak();
+        let resp = enclave.handle(req);
+        (resp, alloc_meter::peak().saturating_sub(base))
     }
 }
 

@@ -1,0 +1,214 @@
+//! `hetee bench`: latency and batch throughput of the bundled models, side
+//! by side with the plaintext integer reference, as medians over runs.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::cli::{load_model, median, prepare};
+use crate::data::{bundled, idx_images};
+use crate::parties::{Deployment, QueryStats};
+use hetee_model::reference;
+
+/// One row of the benchmark table and JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    /// `mnist` or `e2dm`.
+    pub model: String,
+    /// `latency` (one image at a time) or `batch` (many images at once).
+    pub mode: String,
+    /// Rayon threads.
+    pub threads: usize,
+    /// Images per run.
+    pub images: usize,
+    /// Median end-to-end latency per image (ms).
+    pub latency_ms: f64,
+    /// Images per second.
+    pub throughput_img_s: f64,
+    /// Median plaintext integer reference time per image (ms), same run.
+    pub plaintext_ms: f64,
+    /// Secure latency (or time per image in batch mode) / plaintext time.
+    pub ratio: f64,
+    /// Host CPU time per image (ms).
+    pub host_ms: f64,
+    /// Enclave time per image (ms).
+    pub enclave_ms: f64,
+    /// Enclave share of the per-query CPU time (0-1).
+    pub enclave_share: f64,
+    /// Enclave peak memory: resident state + largest working set (MiB).
+    pub enclave_peak_mib: f64,
+    /// Bytes the data provider uploads per image.
+    pub bytes_up: usize,
+    /// Bytes the data provider receives per image.
+    pub bytes_down: usize,
+    /// ct x ct products per image.
+    pub ct_products: usize,
+    /// Enclave decryptions per image.
+    pub enclave_decrypts: usize,
+    /// Enclave encryptions per image.
+    pub enclave_encrypts: usize,
+}
+
+/// Options of `hetee bench`.
+pub struct BenchOptions<'a> {
+    /// Models to run.
+    pub models: Vec<String>,
+    /// Thread counts to run with.
+    pub threads: Vec<usize>,
+    /// Runs per configuration (medians are taken over runs).
+    pub runs: usize,
+    /// Images per latency run.
+    pub images: usize,
+    /// Images per batch run.
+    pub batch: usize,
+    /// JSON output file.
+    pub json: Option<&'a Path>,
+    /// SVG chart file.
+    pub chart: Option<&'a Path>,
+}
+
+fn per_image(stats: &[QueryStats], f: impl Fn(&QueryStats) -> f64) -> f64 {
+    median(stats.iter().map(f).collect())
+}
+
+fn sum_stages(s: &QueryStats, f: impl Fn(&crate::parties::StageStats) -> usize) -> usize {
+    s.stages.iter().map(f).sum()
+}
+
+/// Runs the benchmark and prints the table.
+pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
+    let images = idx_images(bundled::TEST_IMAGES)?;
+    let per = 28 * 28;
+    let mut rows = Vec::new();
+    for name in &o.models {
+        let (model, calib) = load_model(name, None)?;
+        let q = prepare(&model, &calib)?;
+        let dep = Deployment::new(&q)?;
+        for &t in &o.threads {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
+            pool.install(|| -> Result<()> {
+                let n = o.images.max(1);
+                let xs: Vec<&[f32]> = images.data.chunks(per).take(n.max(o.batch)).collect();
+                // Latency: one image at a time; medians over images, then runs.
+                let mut run_rows = Vec::new();
+                for _ in 0..o.runs.max(1) {
+                    let mut stats = Vec::with_capacity(n);
+                    let mut plain = Vec::with_capacity(n);
+                    for x in xs.iter().take(n) {
+                        stats.push(dep.infer(x)?.1);
+                        let tp = Instant::now();
+                        std::hint::black_box(reference::run_quantized(&q, x)?);
+                        plain.push(tp.elapsed().as_secs_f64() * 1e3);
+                    }
+                    run_rows.push(row(
+                        name,
+                        "latency",
+                        t,
+                        n,
+                        &stats,
+                        median(plain),
+                        None,
+                        &dep,
+                    ));
+                }
+                rows.push(median_row(run_rows));
+                // Batch: all images in flight at once.
+                let mut run_rows = Vec::new();
+                for _ in 0..o.runs.max(1) {
+                    let b = o.batch.max(1);
+                    let t0 = Instant::now();
+                    let stats = xs
+                        .par_iter()
+                        .take(b)
+                        .map(|x| dep.infer(x).map(|r| r.1))
+                        .collect::<Result<Vec<_>>>()?;
+                    let wall = t0.elapsed().as_secs_f64();
+                    let tp = Instant::now();
+                    xs.par_iter()
+                        .take(b)
+                        .try_for_each(|x| reference::run_quantized(&q, x).map(|_| ()))?;
+                    let plain = tp.elapsed().as_secs_f64() * 1e3 / b as f64;
+                    run_rows.push(row(name, "batch", t, b, &stats, plain, Some(wall), &dep));
+                }
+                rows.push(median_row(run_rows));
+                Ok(())
+            })?;
+        }
+    }
+    print_table(&rows);
+    if let Some(p) = o.json {
+        std::fs::write(p, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if let Some(p) = o.chart {
+        crate::chart::draw(&rows, p)?;
+    }
+    Ok(rows)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row(
+    model: &str,
+    mode: &str,
+    threads: usize,
+    n: usize,
+    stats: &[QueryStats],
+    plaintext_ms: f64,
+    wall_s: Option<f64>,
+    dep: &Deployment,
+) -> BenchRow {
+    let first = &stats[0];
+    let host = per_image(stats, |s| s.host_ms() + s.client_encrypt_ms);
+    let encl = per_image(stats, |s| s.enclave_ms());
+    let latency = per_image(stats, |s| s.total_ms);
+    let (throughput, per_img) = match wall_s {
+        Some(w) => (n as f64 / w, w * 1e3 / n as f64),
+        None => (1e3 / latency, latency),
+    };
+    let working = stats
+        .iter()
+        .flat_map(|s| s.stages.iter().map(|st| st.enclave_working_peak))
+        .max()
+        .unwrap_or(0);
+    BenchRow {
+        model: model.into(),
+        mode: mode.into(),
+        threads,
+        images: n,
+        latency_ms: latency,
+        throughput_img_s: throughput,
+        plaintext_ms,
+        ratio: per_img / plaintext_ms.max(1e-9),
+        host_ms: host,
+        enclave_ms: encl,
+        enclave_share: encl / (host + encl).max(1e-9),
+        enclave_peak_mib: (dep.enclave_resident + working) as f64 / (1 << 20) as f64,
+        bytes_up: first.bytes_up,
+        bytes_down: first.bytes_down,
+        ct_products: sum_stages(first, |s| s.products),
+        enclave_decrypts: sum_stages(first, |s| s.enclave_decrypts),
+        enclave_encrypts: sum_stages(first, |s| s.enclave_encrypts),
+    }
+}
+
+/// The run whose headline figure (latency or throughput) is the median.
+fn median_row(mut runs: Vec<BenchRow>) -> BenchRow {
+    runs.sort_by(|a, b| a.throughput_img_s.total_cmp(&b.throughput_img_s));
+    runs.swap_remove(runs.len() / 2)
+}
+
+fn print_table(rows: &[BenchRow]) {
+    println!(
+        "{:<6} {:<8} {:>3} {:>5} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8} {:>6} {:>7} {:>9} {:>5} {:>5} {:>5}",
+        "model", "mode", "thr", "imgs", "lat ms", "img/s", "plain ms", "ratio", "host ms", "encl ms", "share", "peakMiB", "bytes up", "prods", "decr", "encr"
+    );
+    for r in rows {
+        println!(
+            "{:<6} {:<8} {:>3} {:>5} {:>9.2} {:>9.1} {:>9.4} {:>7.0} {:>8.2} {:>8.2} {:>6.3} {:>7.1} {:>9} {:>5} {:>5} {:>5}",
+            r.model, r.mode, r.threads, r.images, r.latency_ms, r.throughput_img_s, r.plaintext_ms, r.ratio, r.host_ms, r.enclave_ms, r.enclave_share, r.enclave_peak_mib, r.bytes_up, r.ct_products, r.enclave_decrypts, r.enclave_encrypts
+        );
+    }
+}
