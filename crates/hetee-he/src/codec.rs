@@ -2,7 +2,7 @@
 //!
 //! Layout: `b"HCT1"`, primes kept (u8, i.e. the level), polynomial count (u8), then for every
 //! polynomial and every prime `q_i` of that level, the N NTT-form
-//! coefficients bit-packed with `bits(q_i)` bits each, little-endian.
+//! coefficients in `ceil(bits(q_i) / 8)` bytes each, little-endian.
 //! Decoding checks the exact length, the level, the count and that every
 //! coefficient is below its prime; decoded polynomials are constant time
 //! (the `fhe` protobuf format instead carries an `allow_variable_time` flag
@@ -17,18 +17,15 @@ use crate::HeError;
 
 const MAGIC: &[u8; 4] = b"HCT1";
 
-fn bits(q: u64) -> u32 {
-    64 - q.leading_zeros()
+/// Bytes per coefficient modulo `q`.
+fn width(q: u64) -> usize {
+    (64 - q.leading_zeros() as usize).div_ceil(8)
 }
 
 /// Encoded size of a ciphertext of `polys` polynomials at `level`.
 pub fn encoded_len(par: &BfvParameters, level: usize, polys: usize) -> Result<usize, HeError> {
     let ctx = par.context_at_level(level)?;
-    let per_poly: usize = ctx
-        .moduli()
-        .iter()
-        .map(|&q| (par.degree() * bits(q) as usize).div_ceil(8))
-        .sum();
+    let per_poly: usize = ctx.moduli().iter().map(|&q| par.degree() * width(q)).sum();
     Ok(6 + polys * per_poly)
 }
 
@@ -45,55 +42,36 @@ pub fn ciphertext_to_bytes(ct: &Ciphertext) -> Vec<u8> {
         let coeffs = p.coefficients();
         level_moduli = p.ctx().moduli().len();
         for (row, &q) in coeffs.outer_iter().zip(p.ctx().moduli()) {
-            pack(row.iter().copied(), bits(q), &mut out);
+            pack(row.iter().copied(), q, &mut out);
         }
     }
     out[4] = level_moduli as u8;
     out
 }
 
-fn pack(values: impl Iterator<Item = u64>, b: u32, out: &mut Vec<u8>) {
-    let mut acc: u128 = 0;
-    let mut n = 0u32;
+fn pack(values: impl Iterator<Item = u64>, q: u64, out: &mut Vec<u8>) {
+    let w = width(q);
     for v in values {
-        acc |= (v as u128) << n;
-        n += b;
-        while n >= 8 {
-            out.push(acc as u8);
-            acc >>= 8;
-            n -= 8;
-        }
-    }
-    if n > 0 {
-        out.push(acc as u8);
+        out.extend_from_slice(&v.to_le_bytes()[..w]);
     }
 }
 
-fn unpack(bytes: &[u8], b: u32, count: usize, q: u64) -> Result<Vec<u64>, HeError> {
-    let mut v = Vec::with_capacity(count);
-    let mut acc: u128 = 0;
-    let mut n = 0u32;
-    let mask = (1u128 << b) - 1;
-    let mut it = bytes.iter();
-    for _ in 0..count {
-        while n < b {
-            let byte = *it
-                .next()
-                .ok_or_else(|| HeError::Malformed("truncated ciphertext".into()))?;
-            acc |= (byte as u128) << n;
-            n += 8;
-        }
-        let x = (acc & mask) as u64;
-        acc >>= b;
-        n -= b;
-        if x >= q {
-            return Err(HeError::Malformed(
-                "coefficient out of range for its prime".into(),
-            ));
-        }
-        v.push(x);
+fn unpack(bytes: &[u8], q: u64, out: &mut Vec<u64>) -> Result<(), HeError> {
+    let w = width(q);
+    let mut buf = [0u8; 8];
+    let mut bad = false;
+    for c in bytes.chunks_exact(w) {
+        buf[..w].copy_from_slice(c);
+        let x = u64::from_le_bytes(buf);
+        bad |= x >= q;
+        out.push(x);
     }
-    Ok(v)
+    if bad {
+        return Err(HeError::Malformed(
+            "coefficient out of range for its prime".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Decodes a ciphertext of exactly `polys` polynomials under `par`.
@@ -135,8 +113,8 @@ pub fn ciphertext_from_bytes(
     for _ in 0..polys {
         let mut coeffs = Vec::with_capacity(kept * n);
         for &q in ctx.moduli() {
-            let len = (n * bits(q) as usize).div_ceil(8);
-            coeffs.extend(unpack(&bytes[at..at + len], bits(q), n, q)?);
+            let len = n * width(q);
+            unpack(&bytes[at..at + len], q, &mut coeffs)?;
             at += len;
         }
         out.push(Poly::try_convert_from(

@@ -83,3 +83,40 @@ fn plaintext_modulus_always_holds_the_bound() {
         );
     }
 }
+
+#[test]
+fn ciphertext_codec_round_trip_and_rejects_bad_bytes() {
+    use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
+    let cfg = HeConfig::for_accumulator_bound(1000).unwrap();
+    let par = cfg.build().unwrap();
+    let mut rng = rand::rng();
+    let sk = SecretKey::random(&par, &mut rng);
+    let pt = Plaintext::try_encode(&[1i64, 2, 3][..], Encoding::poly(), &par).unwrap();
+    let ct: fhe::bfv::Ciphertext = sk.try_encrypt(&pt, &mut rng).unwrap();
+    let bytes = ciphertext_to_bytes(&ct);
+    let back = ciphertext_from_bytes(&bytes, &par, 2).unwrap();
+    for (a, b) in back.iter().zip(ct.iter()) {
+        assert_eq!(a.coefficients(), b.coefficients());
+    }
+    assert!(
+        ciphertext_from_bytes(&bytes, &par, 3).is_err(),
+        "wrong polynomial count"
+    );
+    assert!(
+        ciphertext_from_bytes(&bytes[..bytes.len() - 1], &par, 2).is_err(),
+        "truncated"
+    );
+    assert!(
+        ciphertext_from_bytes(b"junk", &par, 2).is_err(),
+        "bad magic"
+    );
+    let mut big = bytes.clone();
+    big[6..14].copy_from_slice(&[0xff; 8]);
+    assert!(
+        ciphertext_from_bytes(&big, &par, 2).is_err(),
+        "coefficient >= q"
+    );
+    let mut lvl = bytes.clone();
+    lvl[4] = 9;
+    assert!(ciphertext_from_bytes(&lvl, &par, 2).is_err(), "bad level");
+}
