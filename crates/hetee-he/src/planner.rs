@@ -28,16 +28,17 @@ pub struct CostModel {
 }
 
 impl CostModel {
-    /// Figures measured with fhe 0.1.1 at N = 4096 (see `hetee bench`), scaled for N.
+    /// Figures measured with fhe 0.1.1 at N = 4096 on one core (the
+    /// `he_ops` criterion benchmark), scaled for N.
     pub fn for_degree(degree: usize) -> Self {
         let f = (degree as f64 / 4096.0) * if degree > 4096 { 1.5 } else { 1.0 };
         CostModel {
-            product_ms: 0.3 * f,
-            rescale_ms: 1.6 * f,
-            extend_ms: 0.35 * f,
-            decrypt_ms: 0.5 * f,
-            encrypt_ms: 0.4 * f,
-            enclave_weight: 3.0,
+            product_ms: 0.2 * f,
+            rescale_ms: 0.9 * f,
+            extend_ms: 0.55 * f,
+            decrypt_ms: 0.25 * f,
+            encrypt_ms: 0.31 * f,
+            enclave_weight: 4.0,
             host_threads: rayon_threads(),
         }
     }

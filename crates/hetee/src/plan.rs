@@ -1,4 +1,6 @@
-//! `hetee plan`: the compiled schedule of a model as a table.
+//! `hetee plan`: the compiled schedule of a model as a table. Bytes are the
+//! per-query ciphertext traffic of each stage: fresh inputs to the host plus
+//! mod-switched products to the enclave.
 
 use anyhow::Result;
 use hetee_enclave::Schedule;
@@ -9,7 +11,10 @@ use hetee_model::QuantModel;
 pub fn print_plan(q: &QuantModel) -> Result<()> {
     let s = Schedule::compile(q)?;
     let cost = CostModel::for_degree(s.he.degree);
-    let ct_bytes = |polys: usize| polys * s.he.degree * s.he.moduli_sizes.len() * 8;
+    let par = s.he.build()?;
+    let out_level = hetee_he::eval::output_level(&par);
+    let in_bytes = hetee_he::codec::encoded_len(&par, 0, 2)?;
+    let out_bytes = hetee_he::codec::encoded_len(&par, out_level, 3)?;
     println!(
         "HE: N={} t={} log2 q={} (max |acc| {})",
         s.he.degree,
@@ -42,7 +47,7 @@ pub fn print_plan(q: &QuantModel) -> Result<()> {
             sh.c, sh.h, sh.w, sh.kh, sh.kw, sh.m
         );
         let t = p.tiling;
-        let bytes = ct_bytes(2) * p.input_count() + ct_bytes(3) * p.output_count();
+        let bytes = in_bytes * p.input_count() + out_bytes * p.output_count();
         println!(
             "{:<5} {:<28} {:<22} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9.2} {:>9.2}",
             k,
