@@ -116,6 +116,50 @@ impl ConvSpec {
         }
     }
 
+    /// The normal form for `b` images stacked along the height: image `i`
+    /// occupies rows `i*hs .. (i+1)*hs` of every channel. Windows that
+    /// straddle two images give junk rows, which are never read.
+    pub fn batched_shape(&self, b: usize) -> ConvShape {
+        let s = self.normal_shape();
+        ConvShape {
+            h: s.h * b,
+            oh: s.h * (b - 1) + s.oh,
+            ..s
+        }
+    }
+
+    /// Lays out `b` inputs stacked as in [`ConvSpec::batched_shape`].
+    pub fn layout_batch(&self, xs: &[&[i64]]) -> Vec<i64> {
+        let s = self.normal_shape();
+        let b = xs.len();
+        let mut out = vec![0i64; s.c * s.h * b * s.w];
+        for (i, x) in xs.iter().enumerate() {
+            let one = self.layout_input(x);
+            for c in 0..s.c {
+                let src = &one[c * s.h * s.w..(c + 1) * s.h * s.w];
+                let dst = (c * b * s.h + i * s.h) * s.w;
+                out[dst..dst + s.h * s.w].copy_from_slice(src);
+            }
+        }
+        out
+    }
+
+    /// Splits the batched output `[m, oh', ow]` into one `[m, oh, ow]` per image.
+    pub fn split_batch_output(&self, y: &[i64], b: usize) -> Vec<Vec<i64>> {
+        let s = self.normal_shape();
+        let bs = self.batched_shape(b);
+        (0..b)
+            .map(|i| {
+                let mut out = Vec::with_capacity(s.m * s.oh * s.ow);
+                for m in 0..s.m {
+                    let start = (m * bs.oh + i * s.h) * s.ow;
+                    out.extend_from_slice(&y[start..start + s.oh * s.ow]);
+                }
+                out
+            })
+            .collect()
+    }
+
     /// Lays out the input `[c, h, w]` as the normal form's input
     /// (padding and stride phases applied).
     pub fn layout_input(&self, x: &[i64]) -> Vec<i64> {

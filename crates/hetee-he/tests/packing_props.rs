@@ -132,3 +132,60 @@ fn encrypted_tiling_edge_cases() {
         );
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+    /// Several images stacked in one product give each image's own result.
+    #[test]
+    fn batched_packing_plain(spec in spec_strategy(8, 4), b in 1usize..6, seed in any::<u64>(), degree in prop::sample::select(vec![128usize, 512])) {
+        let shape = spec.batched_shape(b);
+        prop_assume!(shape.kh * shape.kw <= degree);
+        let xs: Vec<Vec<i64>> = (0..b).map(|i| tensor(spec.c * spec.h * spec.w, 0, 255, seed ^ (i as u64 + 11))).collect();
+        let k = tensor(spec.m * spec.c * spec.kh * spec.kw, -127, 127, seed ^ 9);
+        let p = planner::plan_conv(shape, degree, &planner::CostModel::for_degree(4096)).unwrap();
+        let refs: Vec<&[i64]> = xs.iter().map(|x| x.as_slice()).collect();
+        let y = evaluate_plain(&p, &spec.layout_batch(&refs), &spec.layout_kernel(&k));
+        let per = spec.split_batch_output(&y, b);
+        for (i, x) in xs.iter().enumerate() {
+            prop_assert_eq!(&per[i], &spec.direct(x, &k), "image {}", i);
+        }
+    }
+}
+
+/// A batch of dense inputs and a batch of strided conv inputs, encrypted.
+#[test]
+fn encrypted_batch() {
+    for (i, spec) in [
+        ConvSpec::dense(300, 40),
+        ConvSpec {
+            c: 3,
+            h: 11,
+            w: 9,
+            m: 5,
+            kh: 3,
+            kw: 3,
+            sh: 2,
+            sw: 1,
+            pads: [1; 4],
+        },
+    ]
+    .iter()
+    .enumerate()
+    {
+        let b = 7;
+        let xs: Vec<Vec<i64>> = (0..b)
+            .map(|j| tensor(spec.c * spec.h * spec.w, 0, 255, 50 + j as u64))
+            .collect();
+        let k = tensor(
+            spec.m * spec.c * spec.kh * spec.kw,
+            -127,
+            127,
+            77 + i as u64,
+        );
+        let refs: Vec<&[i64]> = xs.iter().map(|x| x.as_slice()).collect();
+        let got = common::he_conv_batch(spec, &refs, &k);
+        for (j, x) in xs.iter().enumerate() {
+            assert_eq!(got[j], spec.direct(x, &k), "case {i} image {j}");
+        }
+    }
+}

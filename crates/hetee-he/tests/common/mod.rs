@@ -8,7 +8,32 @@ use hetee_he::{planner, ConvPacking, ConvSpec, Evaluator, HeConfig};
 /// public key) and returns the decrypted output `[m, oh, ow]`.
 pub fn he_conv(spec: &ConvSpec, x: &[i64], k: &[i64], packing: Option<ConvPacking>) -> Vec<i64> {
     let shape = spec.normal_shape();
-    let bound = bound(spec, x, k);
+    he_run(
+        spec,
+        shape,
+        spec.layout_input(x),
+        bound(spec, x, k),
+        k,
+        packing,
+    )
+}
+
+/// Runs `spec` on a batch of inputs stacked in the same products.
+pub fn he_conv_batch(spec: &ConvSpec, xs: &[&[i64]], k: &[i64]) -> Vec<Vec<i64>> {
+    let shape = spec.batched_shape(xs.len());
+    let bound = xs.iter().map(|x| bound(spec, x, k)).max().unwrap_or(1);
+    let y = he_run(spec, shape, spec.layout_batch(xs), bound, k, None);
+    spec.split_batch_output(&y, xs.len())
+}
+
+fn he_run(
+    spec: &ConvSpec,
+    shape: hetee_he::ConvShape,
+    laid_out: Vec<i64>,
+    bound: u64,
+    k: &[i64],
+    packing: Option<ConvPacking>,
+) -> Vec<i64> {
     let cfg = HeConfig::for_accumulator_bound(bound).unwrap();
     let par = cfg.build().unwrap();
     let packing = packing.unwrap_or_else(|| {
@@ -31,7 +56,7 @@ pub fn he_conv(spec: &ConvSpec, x: &[i64], k: &[i64], packing: Option<ConvPackin
             })
             .collect::<Vec<_>>()
     };
-    let xin = enc(packing.pack_input(&spec.layout_input(x)));
+    let xin = enc(packing.pack_input(&laid_out));
     let win = enc(packing.pack_weights(&spec.layout_kernel(k)));
     let ev = Evaluator::new(&par).unwrap();
     let xe = ev.extend_all(&xin).unwrap();
