@@ -147,14 +147,18 @@ fn step(m: &LoadedModel, k: usize, cts: &[Vec<u8>]) -> Result<Response, EnclaveE
             decrypt(&m.sk, &ct)
         })
         .collect::<Result<Vec<_>, EnclaveError>>()?;
-    let acc = st.packing.unpack_output(&polys);
-    let y = finish_stage(&st.tail, acc);
+    let ys: Vec<Vec<i64>> = m
+        .schedule
+        .unpack_stage_output(k, &polys)?
+        .into_iter()
+        .map(|acc| finish_stage(&st.tail, acc))
+        .collect();
     match st.tail.output {
         StageOutput::Logits => Ok(Response::Logits {
-            values: st.tail.dequantize(&y),
+            values: ys.iter().flat_map(|y| st.tail.dequantize(y)).collect(),
         }),
         StageOutput::Requant(_) => {
-            let polys = m.schedule.pack_stage_input(k + 1, &y)?;
+            let polys = m.schedule.pack_stage_input(k + 1, &ys)?;
             let ciphertexts = polys
                 .par_iter()
                 .map(|p| {

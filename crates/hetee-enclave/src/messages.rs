@@ -56,7 +56,7 @@ pub enum Response {
     },
     /// Final dequantized logits (for the data provider).
     Logits {
-        /// One value per class.
+        /// `batch x classes` values, image by image.
         values: Vec<f32>,
     },
     /// The request was refused.

@@ -30,6 +30,8 @@ pub struct Schedule {
     pub input_shape: Vec<usize>,
     /// Input quantization (needed by the data provider).
     pub input: InputQuant,
+    /// Images evaluated together in every product (stacked along the height).
+    pub batch: usize,
     /// Stages in order.
     pub stages: Vec<StageSchedule>,
 }
@@ -54,8 +56,14 @@ pub fn conv_spec(stage: &QuantStage) -> ConvSpec {
 }
 
 impl Schedule {
-    /// Chooses parameters from the model's accumulator bound and plans every stage.
-    pub fn compile(model: &QuantModel) -> Result<Self, EnclaveError> {
+    /// Chooses parameters from the model's accumulator bound and plans every
+    /// stage for `batch` images per query.
+    pub fn compile(model: &QuantModel, batch: usize) -> Result<Self, EnclaveError> {
+        if batch == 0 || batch > 4096 {
+            return Err(EnclaveError::Schedule(format!(
+                "batch {batch} out of range 1..=4096"
+            )));
+        }
         let he = HeConfig::for_accumulator_bound(model.acc_bound())?;
         let cost = CostModel::for_degree(he.degree);
         let stages = model
@@ -66,7 +74,7 @@ impl Schedule {
                 let spec = conv_spec(st);
                 spec.validate()
                     .map_err(|e| EnclaveError::Schedule(format!("stage {k}: {e}")))?;
-                let packing = plan_conv(spec.normal_shape(), he.degree, &cost)
+                let packing = plan_conv(spec.batched_shape(batch), he.degree, &cost)
                     .map_err(|e| EnclaveError::Schedule(format!("stage {k}: {e}")))?;
                 Ok(StageSchedule {
                     spec,
@@ -82,8 +90,34 @@ impl Schedule {
             he,
             input_shape: model.input_shape.clone(),
             input: model.input.clone(),
+            batch,
             stages,
         })
+    }
+
+    /// Compiles for the batch size (a power of two up to `max_batch`) with
+    /// the lowest predicted cost per image.
+    pub fn compile_best(model: &QuantModel, max_batch: usize) -> Result<Self, EnclaveError> {
+        let mut best = Self::compile(model, 1)?;
+        let mut best_cost = best.predicted_cost();
+        let mut b = 2;
+        while b <= max_batch {
+            if let Ok(s) = Self::compile(model, b) {
+                let c = s.predicted_cost() / b as f64;
+                if c < best_cost {
+                    best_cost = c;
+                    best = s;
+                }
+            }
+            b *= 2;
+        }
+        Ok(best)
+    }
+
+    /// Predicted weighted cost of one query (all `batch` images).
+    pub fn predicted_cost(&self) -> f64 {
+        let cost = CostModel::for_degree(self.he.degree);
+        self.stages.iter().map(|s| cost.score(&s.packing)).sum()
     }
 
     /// Checks that the stages chain together and fit the parameters.
@@ -99,7 +133,10 @@ impl Schedule {
             st.spec.validate().map_err(|e| bad(&e))?;
             let p = ConvPacking::new(st.packing.shape, st.packing.tiling, st.packing.degree)
                 .map_err(|e| bad(&e))?;
-            if p.shape != st.spec.normal_shape() || p.degree != self.he.degree {
+            if self.batch == 0
+                || p.shape != st.spec.batched_shape(self.batch)
+                || p.degree != self.he.degree
+            {
                 return Err(bad("packing does not match the layer"));
             }
             if st.tail.linear_output_shape()
@@ -123,20 +160,55 @@ impl Schedule {
         Ok(())
     }
 
-    /// Packs a stage input (a quantized activation) into plaintext polynomials.
-    pub fn pack_stage_input(&self, stage: usize, x: &[i64]) -> Result<Vec<Vec<i64>>, EnclaveError> {
+    /// Packs one quantized activation per image (exactly `batch` of them)
+    /// into the stage's input polynomials.
+    pub fn pack_stage_input(
+        &self,
+        stage: usize,
+        xs: &[Vec<i64>],
+    ) -> Result<Vec<Vec<i64>>, EnclaveError> {
         let st = self
             .stages
             .get(stage)
             .ok_or_else(|| EnclaveError::Schedule(format!("no stage {stage}")))?;
+        if xs.len() != self.batch {
+            return Err(EnclaveError::Schedule(format!(
+                "stage {stage} takes {} images, got {}",
+                self.batch,
+                xs.len()
+            )));
+        }
         let need = st.spec.c * st.spec.h * st.spec.w;
-        if x.len() != need {
+        if let Some(x) = xs.iter().find(|x| x.len() != need) {
             return Err(EnclaveError::Schedule(format!(
                 "stage {stage} input has {} values, expected {need}",
                 x.len()
             )));
         }
-        Ok(st.packing.pack_input(&st.spec.layout_input(x)))
+        let refs: Vec<&[i64]> = xs.iter().map(|x| x.as_slice()).collect();
+        Ok(st.packing.pack_input(&st.spec.layout_batch(&refs)))
+    }
+
+    /// The linear outputs `[m, oh, ow]` of every image from the decrypted polynomials.
+    pub fn unpack_stage_output(
+        &self,
+        stage: usize,
+        polys: &[Vec<i64>],
+    ) -> Result<Vec<Vec<i64>>, EnclaveError> {
+        let st = self
+            .stages
+            .get(stage)
+            .ok_or_else(|| EnclaveError::Schedule(format!("no stage {stage}")))?;
+        if polys.len() != st.packing.output_count()
+            || polys.iter().any(|p| p.len() != self.he.degree)
+        {
+            return Err(EnclaveError::Protocol(format!(
+                "stage {stage}: wrong number or size of outputs"
+            )));
+        }
+        Ok(st
+            .spec
+            .split_batch_output(&st.packing.unpack_output(polys), self.batch))
     }
 
     /// Packs a stage's int8 weights into plaintext polynomials (model provider).

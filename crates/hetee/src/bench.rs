@@ -40,16 +40,18 @@ pub struct BenchRow {
     pub enclave_share: f64,
     /// Enclave peak memory: resident state + largest working set (MiB).
     pub enclave_peak_mib: f64,
+    /// Images stacked per query by the planner.
+    pub batch: usize,
     /// Bytes the data provider uploads per image.
-    pub bytes_up: usize,
+    pub bytes_up: f64,
     /// Bytes the data provider receives per image.
-    pub bytes_down: usize,
+    pub bytes_down: f64,
     /// ct x ct products per image.
-    pub ct_products: usize,
+    pub ct_products: f64,
     /// Enclave decryptions per image.
-    pub enclave_decrypts: usize,
+    pub enclave_decrypts: f64,
     /// Enclave encryptions per image.
-    pub enclave_encrypts: usize,
+    pub enclave_encrypts: f64,
 }
 
 /// Options of `hetee bench`.
@@ -86,7 +88,8 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
     for name in &o.models {
         let (model, calib) = load_model(name, None)?;
         let q = prepare(&model, &calib)?;
-        let dep = Deployment::new(&q)?;
+        let dep = Deployment::new(&q, 1)?;
+        let dep_batch = Deployment::new(&q, o.batch.max(1))?;
         for &t in &o.threads {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
             pool.install(|| -> Result<()> {
@@ -115,15 +118,15 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
                     ));
                 }
                 rows.push(median_row(run_rows));
-                // Batch: all images in flight at once.
+                // Batch: images stacked `schedule.batch` per query by the
+                // planner, all queries in flight at once.
                 let mut run_rows = Vec::new();
                 for _ in 0..o.runs.max(1) {
                     let b = o.batch.max(1);
                     let t0 = Instant::now();
-                    let stats = xs
-                        .par_iter()
-                        .take(b)
-                        .map(|x| dep.infer(x).map(|r| r.1))
+                    let stats = xs[..b]
+                        .par_chunks(dep_batch.schedule.batch)
+                        .map(|chunk| dep_batch.infer_batch(chunk).map(|r| r.1))
                         .collect::<Result<Vec<_>>>()?;
                     let wall = t0.elapsed().as_secs_f64();
                     let tp = Instant::now();
@@ -131,7 +134,16 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
                         .take(b)
                         .try_for_each(|x| reference::run_quantized(&q, x).map(|_| ()))?;
                     let plain = tp.elapsed().as_secs_f64() * 1e3 / b as f64;
-                    run_rows.push(row(name, "batch", t, b, &stats, plain, Some(wall), &dep));
+                    run_rows.push(row(
+                        name,
+                        "batch",
+                        t,
+                        b,
+                        &stats,
+                        plain,
+                        Some(wall),
+                        &dep_batch,
+                    ));
                 }
                 rows.push(median_row(run_rows));
                 Ok(())
@@ -161,8 +173,10 @@ fn row(
     dep: &Deployment,
 ) -> BenchRow {
     let first = &stats[0];
-    let host = per_image(stats, |s| s.host_ms() + s.client_encrypt_ms);
-    let encl = per_image(stats, |s| s.enclave_ms());
+    // Per-query figures cover `batch` images.
+    let per_q = dep.schedule.batch as f64;
+    let host = per_image(stats, |s| s.host_ms() + s.client_encrypt_ms) / per_q;
+    let encl = per_image(stats, |s| s.enclave_ms()) / per_q;
     let latency = per_image(stats, |s| s.total_ms);
     let (throughput, per_img) = match wall_s {
         Some(w) => (n as f64 / w, w * 1e3 / n as f64),
@@ -186,11 +200,12 @@ fn row(
         enclave_ms: encl,
         enclave_share: encl / (host + encl).max(1e-9),
         enclave_peak_mib: (dep.enclave_resident + working) as f64 / (1 << 20) as f64,
-        bytes_up: first.bytes_up,
-        bytes_down: first.bytes_down,
-        ct_products: sum_stages(first, |s| s.products),
-        enclave_decrypts: sum_stages(first, |s| s.enclave_decrypts),
-        enclave_encrypts: sum_stages(first, |s| s.enclave_encrypts),
+        batch: dep.schedule.batch,
+        bytes_up: first.bytes_up as f64 / per_q,
+        bytes_down: first.bytes_down as f64 / per_q,
+        ct_products: sum_stages(first, |s| s.products) as f64 / per_q,
+        enclave_decrypts: sum_stages(first, |s| s.enclave_decrypts) as f64 / per_q,
+        enclave_encrypts: sum_stages(first, |s| s.enclave_encrypts) as f64 / per_q,
     }
 }
 
@@ -202,13 +217,13 @@ fn median_row(mut runs: Vec<BenchRow>) -> BenchRow {
 
 fn print_table(rows: &[BenchRow]) {
     println!(
-        "{:<6} {:<8} {:>3} {:>5} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8} {:>6} {:>7} {:>9} {:>5} {:>5} {:>5}",
-        "model", "mode", "thr", "imgs", "lat ms", "img/s", "plain ms", "ratio", "host ms", "encl ms", "share", "peakMiB", "bytes up", "prods", "decr", "encr"
+        "{:<6} {:<8} {:>3} {:>5} {:>5} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8} {:>6} {:>7} {:>9} {:>5} {:>5} {:>5}",
+        "model", "mode", "thr", "imgs", "stack", "lat ms", "img/s", "plain ms", "ratio", "host ms", "encl ms", "share", "peakMiB", "bytes up", "prods", "decr", "encr"
     );
     for r in rows {
         println!(
-            "{:<6} {:<8} {:>3} {:>5} {:>9.2} {:>9.1} {:>9.4} {:>7.0} {:>8.2} {:>8.2} {:>6.3} {:>7.1} {:>9} {:>5} {:>5} {:>5}",
-            r.model, r.mode, r.threads, r.images, r.latency_ms, r.throughput_img_s, r.plaintext_ms, r.ratio, r.host_ms, r.enclave_ms, r.enclave_share, r.enclave_peak_mib, r.bytes_up, r.ct_products, r.enclave_decrypts, r.enclave_encrypts
+            "{:<6} {:<8} {:>3} {:>5} {:>5} {:>9.2} {:>9.1} {:>9.4} {:>7.0} {:>8.2} {:>8.2} {:>6.3} {:>7.1} {:>9.0} {:>5.1} {:>5.1} {:>5.1}",
+            r.model, r.mode, r.threads, r.images, r.batch, r.latency_ms, r.throughput_img_s, r.plaintext_ms, r.ratio, r.host_ms, r.enclave_ms, r.enclave_share, r.enclave_peak_mib, r.bytes_up, r.ct_products, r.enclave_decrypts, r.enclave_encrypts
         );
     }
 }

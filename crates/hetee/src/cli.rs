@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use rayon::prelude::*;
 
 use crate::data::{self, Tensor};
 use crate::parties::Deployment;
@@ -78,6 +79,9 @@ enum Command {
     },
     /// Prints the per-layer packing plan of a model.
     Plan {
+        /// Plan for this many images per query (stacked in the same products).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
         /// ONNX model, or `mnist` / `e2dm` for a bundled one.
         #[arg(long, default_value = "mnist")]
         model: String,
@@ -86,6 +90,9 @@ enum Command {
         calib: Option<PathBuf>,
     },
 }
+
+/// Largest batch the planner considers for `hetee run`.
+const MAX_BATCH: usize = 32;
 
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<()> {
@@ -135,9 +142,13 @@ pub fn run(cli: Cli) -> Result<()> {
             })
             .map(|_| ())
         }
-        Command::Plan { model, calib } => {
+        Command::Plan {
+            model,
+            calib,
+            batch,
+        } => {
             let (m, c) = load_model(&model, calib.as_deref())?;
-            crate::plan::print_plan(&prepare(&m, &c)?)
+            crate::plan::print_plan(&prepare(&m, &c)?, batch)
         }
     }
 }
@@ -207,27 +218,32 @@ fn run_model(
     let q = prepare(&model, &c)?;
     let per: usize = model.input_shape.iter().product();
     let classes = q.classes();
+    let samples: Vec<&[f32]> = x.data.chunks(per).take(n).collect();
     let mut out = Vec::with_capacity(n * classes);
     let mut all = Vec::new();
     let mut dep = None;
-    if !plaintext {
-        dep = Some(Deployment::new(&q)?);
-    }
-    for i in 0..n {
-        let sample = &x.data[i * per..(i + 1) * per];
-        let logits = match dep.as_ref() {
-            None => reference::run_quantized(&q, sample)?,
-            Some(d) => {
-                let (l, s) = d.infer(sample)?;
-                all.push(s);
-                l
-            }
-        };
-        out.extend(logits);
+    if plaintext {
+        let outs = samples
+            .par_iter()
+            .map(|s| Ok(reference::run_quantized(&q, s)?))
+            .collect::<Result<Vec<_>>>()?;
+        out.extend(outs.into_iter().flatten());
+    } else {
+        // Many inputs: the planner may stack several images per product.
+        let d = Deployment::new(&q, n.min(MAX_BATCH))?;
+        let results = samples
+            .par_chunks(d.schedule.batch)
+            .map(|chunk| d.infer_batch(chunk))
+            .collect::<Result<Vec<_>>>()?;
+        for (logits, s) in results {
+            out.extend(logits.into_iter().flatten());
+            all.push(s);
+        }
+        dep = Some(d);
     }
     data::write_npy(output, &[n, classes], &out)?;
     if let Some(r) = report {
-        let json = crate::report::layer_report(&q, dep.as_ref(), &all, plaintext);
+        let json = crate::report::layer_report(&q, dep.as_ref(), &all, n, plaintext);
         std::fs::write(r, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("cannot write {}", r.display()))?;
     }

@@ -66,7 +66,7 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
     let labels = idx_labels(bundled::TEST_LABELS)?;
     let q = quantize(&model, &calib.data)?;
     eprintln!("compiling and encrypting the model...");
-    let dep = Deployment::new(&q)?;
+    let dep = Deployment::new(&q, 1)?;
     let per = 28 * 28;
     let bar = ProgressBar::new(n as u64);
     bar.set_style(ProgressStyle::with_template(

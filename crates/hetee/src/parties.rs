@@ -95,16 +95,29 @@ fn encrypt_poly(p: &[i64], par: &Arc<BfvParameters>, pk: &PublicKey) -> Result<V
     Ok(ciphertext_to_bytes(&ct))
 }
 
-/// The data provider's side: quantize, lay out and encrypt one input.
+/// The data provider's side: quantize, lay out and encrypt up to `batch`
+/// inputs (padded with zero images to the schedule's batch).
 pub fn encrypt_input(
     schedule: &Schedule,
     par: &Arc<BfvParameters>,
     pk: &PublicKey,
-    x: &[f32],
+    xs: &[&[f32]],
 ) -> Result<Vec<Vec<u8>>> {
-    let q = schedule.input.quantize(x)?;
+    if xs.is_empty() || xs.len() > schedule.batch {
+        bail!(
+            "a query holds 1 to {} images, got {}",
+            schedule.batch,
+            xs.len()
+        );
+    }
+    let per: usize = schedule.input_shape.iter().product();
+    let mut q = xs
+        .iter()
+        .map(|x| Ok(schedule.input.quantize(x)?))
+        .collect::<Result<Vec<_>>>()?;
+    q.resize(schedule.batch, vec![0; per]);
     let polys = schedule.pack_stage_input(0, &q)?;
-    polys.iter().map(|p| encrypt_poly(p, par, pk)).collect()
+    polys.par_iter().map(|p| encrypt_poly(p, par, pk)).collect()
 }
 
 /// The untrusted host with one registered model, holding the encrypted
@@ -127,10 +140,11 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// Sets up all parties for `model`: the enclave makes keys, the model
-    /// provider encrypts the weights, the host loads them.
-    pub fn new(model: &QuantModel) -> Result<Self> {
-        let schedule = Schedule::compile(model)?;
+    /// Sets up all parties for `model`, planned for up to `max_batch` images
+    /// per query: the enclave makes keys, the model provider encrypts the
+    /// weights, the host loads them.
+    pub fn new(model: &QuantModel, max_batch: usize) -> Result<Self> {
+        let schedule = Schedule::compile_best(model, max_batch.max(1))?;
         let mut enclave = Enclave::new();
         let before = alloc_meter::current();
         let registered = enclave.handle(Request::RegisterModel {
@@ -180,10 +194,17 @@ impl Deployment {
 
     /// Runs one secure inference; returns the logits and the figures.
     pub fn infer(&self, x: &[f32]) -> Result<(Vec<f32>, QueryStats)> {
+        let (mut l, s) = self.infer_batch(&[x])?;
+        Ok((l.swap_remove(0), s))
+    }
+
+    /// Runs one secure query on up to `schedule.batch` images; returns the
+    /// logits of each image and the figures of the whole query.
+    pub fn infer_batch(&self, xs: &[&[f32]]) -> Result<(Vec<Vec<f32>>, QueryStats)> {
         let t0 = Instant::now();
         let mut stats = QueryStats::default();
         // Data provider.
-        let mut cts = encrypt_input(&self.schedule, &self.par, &self.pk, x)?;
+        let mut cts = encrypt_input(&self.schedule, &self.par, &self.pk, xs)?;
         stats.client_encrypt_ms = ms(t0);
         stats.bytes_up = cts.iter().map(Vec::len).sum();
         let query_id = match self.enclave_call(Request::StartQuery {
@@ -232,7 +253,13 @@ impl Deployment {
                     stats.bytes_down = values.len() * 4;
                     stats.stages.push(s);
                     stats.total_ms = ms(t0);
-                    return Ok((values, stats));
+                    let classes = values.len() / self.schedule.batch;
+                    let logits = values
+                        .chunks(classes.max(1))
+                        .take(xs.len())
+                        .map(<[f32]>::to_vec)
+                        .collect();
+                    return Ok((logits, stats));
                 }
                 other => bail!("enclave error at stage {k}: {}", describe(&other)),
             }

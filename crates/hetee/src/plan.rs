@@ -8,15 +8,16 @@ use hetee_he::planner::CostModel;
 use hetee_model::QuantModel;
 
 /// Prints, per stage: packing, products, enclave ciphertexts, bytes and predicted ms.
-pub fn print_plan(q: &QuantModel) -> Result<()> {
-    let s = Schedule::compile(q)?;
+pub fn print_plan(q: &QuantModel, batch: usize) -> Result<()> {
+    let s = Schedule::compile(q, batch)?;
     let cost = CostModel::for_degree(s.he.degree);
     let par = s.he.build()?;
     let out_level = hetee_he::eval::output_level(&par);
     let in_bytes = hetee_he::codec::encoded_len(&par, 0, 2)?;
     let out_bytes = hetee_he::codec::encoded_len(&par, out_level, 3)?;
     println!(
-        "HE: N={} t={} log2 q={} (max |acc| {})",
+        "batch {}: HE N={} t={} log2 q={} (max |acc| {})",
+        s.batch,
         s.he.degree,
         s.he.plaintext_modulus,
         s.he.log2_q(),
@@ -62,6 +63,11 @@ pub fn print_plan(q: &QuantModel) -> Result<()> {
             e
         );
     }
-    println!("predicted per query: host {th:.1} ms, enclave {te:.1} ms");
+    println!(
+        "predicted per query of {} image(s): host {th:.1} ms, enclave {te:.1} ms; per image: host {:.2} ms, enclave {:.2} ms",
+        s.batch,
+        th / s.batch as f64,
+        te / s.batch as f64
+    );
     Ok(())
 }

@@ -11,6 +11,7 @@ pub fn layer_report(
     q: &QuantModel,
     dep: Option<&Deployment>,
     stats: &[QueryStats],
+    images: usize,
     plaintext: bool,
 ) -> Value {
     let layers: Vec<Value> = q
@@ -54,9 +55,11 @@ pub fn layer_report(
         .collect();
     json!({
         "mode": if plaintext { "plaintext-reference" } else { "secure" },
-        "images": stats.len(),
+        "images": images,
+        "queries": stats.len(),
+        "batch": dep.map(|d| d.schedule.batch),
         "he": dep.map(|d| json!(d.schedule.he)),
-        "median_latency_ms": median(stats.iter().map(|s| s.total_ms).collect()),
+        "median_query_latency_ms": median(stats.iter().map(|s| s.total_ms).collect()),
         "bytes_up_per_image": stats.first().map(|s| s.bytes_up),
         "layers": layers,
     })
