@@ -353,11 +353,41 @@ pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
     // Calibrate: max |value| of the input and of every stage output.
     let in_max = max_abs(calib.iter().copied());
     let signed_input = calib.iter().any(|&v| v < 0.0);
+    // Calibration runs the float model on every sample: spread over cores.
+    let samples: Vec<&[f32]> = calib.chunks(in_len).collect();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let per_thread = samples.len().div_ceil(threads);
+    let partial: Vec<Result<Vec<f64>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = samples
+            .chunks(per_thread.max(1))
+            .map(|part| {
+                let (folded, fstages) = (&folded, &fstages);
+                scope.spawn(move || {
+                    let mut m = vec![0f64; fstages.len()];
+                    for sample in part {
+                        let trace = run_float_trace(folded, sample)?;
+                        for (k, st) in fstages.iter().enumerate() {
+                            m[k] = m[k].max(max_abs(trace[st.last_layer].iter().copied()));
+                        }
+                    }
+                    Ok(m)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(ModelError::Data("calibration thread failed".into())))
+            })
+            .collect()
+    });
     let mut out_max = vec![0f64; fstages.len()];
-    for sample in calib.chunks(in_len) {
-        let trace = run_float_trace(&folded, sample)?;
-        for (k, st) in fstages.iter().enumerate() {
-            out_max[k] = out_max[k].max(max_abs(trace[st.last_layer].iter().copied()));
+    for p in partial {
+        for (o, v) in out_max.iter_mut().zip(p?) {
+            *o = o.max(v);
         }
     }
     if in_max == 0.0 {
