@@ -7,6 +7,7 @@
 pub mod enclave;
 pub mod messages;
 pub mod schedule;
+pub mod wire;
 
 pub use enclave::Enclave;
 pub use messages::{Request, Response};

@@ -20,6 +20,12 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+enum EnclaveCommand {
+    /// Serve the enclave on stdin/stdout (length-prefixed frames); started by the host.
+    Run,
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Runs the bundled MNIST CNN on bundled test images, fully encrypted,
     /// with all three parties in this process.
@@ -30,6 +36,14 @@ enum Command {
         /// Print the figures as JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Run the enclave as a separate process (`hetee enclave run`).
+        #[arg(long)]
+        enclave_process: bool,
+    },
+    /// The enclave side.
+    Enclave {
+        #[command(subcommand)]
+        cmd: EnclaveCommand,
     },
     /// Runs any supported ONNX model on a batch of inputs.
     Run {
@@ -97,7 +111,14 @@ const MAX_BATCH: usize = 32;
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Command::Demo { images, json } => crate::demo::demo(images, json),
+        Command::Demo {
+            images,
+            json,
+            enclave_process,
+        } => crate::demo::demo(images, json, enclave_process),
+        Command::Enclave {
+            cmd: EnclaveCommand::Run,
+        } => crate::link::run_enclave_stdio(),
         Command::Run {
             model,
             input,

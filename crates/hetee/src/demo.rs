@@ -56,7 +56,7 @@ fn argmax(v: &[f32]) -> usize {
 }
 
 /// Runs the demo on the first `n` test images.
-pub fn demo(n: usize, json: bool) -> Result<()> {
+pub fn demo(n: usize, json: bool, enclave_process: bool) -> Result<()> {
     if n == 0 || n > 10_000 {
         bail!("--images must be between 1 and 10000");
     }
@@ -66,7 +66,11 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
     let labels = idx_labels(bundled::TEST_LABELS)?;
     let q = quantize(&model, &calib.data)?;
     eprintln!("compiling and encrypting the model...");
-    let dep = Deployment::new(&q, 1)?;
+    let dep = if enclave_process {
+        Deployment::with_enclave_process(&q, 1)?
+    } else {
+        Deployment::new(&q, 1)?
+    };
     let per = 28 * 28;
     let bar = ProgressBar::new(n as u64);
     bar.set_style(ProgressStyle::with_template(

@@ -6,6 +6,7 @@ mod chart;
 mod cli;
 mod data;
 mod demo;
+mod link;
 mod parties;
 mod plan;
 mod report;

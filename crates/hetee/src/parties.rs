@@ -4,13 +4,13 @@
 //! layers, relays to the enclave). The enclave is reached only through
 //! [`Request`]/[`Response`] messages.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use fhe::bfv::{BfvParameters, Encoding, Plaintext, PublicKey};
 use fhe_traits::{DeserializeParametrized, FheEncoder, FheEncrypter};
-use hetee_enclave::{Enclave, Request, Response, Schedule};
+use hetee_enclave::{Request, Response, Schedule};
 use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
 use hetee_he::eval::ExtendedCiphertext;
 use hetee_he::Evaluator;
@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::alloc_meter;
+use crate::link::{ChildProcess, EnclaveLink, InProcess};
 
 /// Figures of one linear stage of one query.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -123,7 +124,7 @@ pub fn encrypt_input(
 /// The untrusted host with one registered model, holding the encrypted
 /// weights pre-extended to the multiplication basis.
 pub struct Deployment {
-    enclave: Mutex<Enclave>,
+    enclave: Box<dyn EnclaveLink>,
     model_id: u64,
     /// The compiled model (public structure).
     pub schedule: Schedule,
@@ -144,12 +145,24 @@ impl Deployment {
     /// per query: the enclave makes keys, the model provider encrypts the
     /// weights, the host loads them.
     pub fn new(model: &QuantModel, max_batch: usize) -> Result<Self> {
+        Self::with_link(model, max_batch, Box::new(InProcess::new()))
+    }
+
+    /// Same as [`Deployment::new`] with the enclave in a child process.
+    pub fn with_enclave_process(model: &QuantModel, max_batch: usize) -> Result<Self> {
+        Self::with_link(model, max_batch, Box::new(ChildProcess::spawn()?))
+    }
+
+    fn with_link(
+        model: &QuantModel,
+        max_batch: usize,
+        enclave: Box<dyn EnclaveLink>,
+    ) -> Result<Self> {
         let schedule = Schedule::compile_best(model, max_batch.max(1))?;
-        let mut enclave = Enclave::new();
         let before = alloc_meter::current();
-        let registered = enclave.handle(Request::RegisterModel {
+        let (registered, _) = enclave.call(Request::RegisterModel {
             schedule: Box::new(schedule.clone()),
-        });
+        })?;
         let enclave_resident = alloc_meter::current().saturating_sub(before);
         let (model_id, pk_bytes) = match registered {
             Response::Registered {
@@ -179,7 +192,7 @@ impl Deployment {
             .context("host could not load the encrypted weights")?;
         let weight_memory = weights.iter().flatten().map(|w| w.memory_bytes()).sum();
         Ok(Deployment {
-            enclave: Mutex::new(enclave),
+            enclave,
             enclave_resident,
             model_id,
             schedule,
@@ -207,9 +220,13 @@ impl Deployment {
         let mut cts = encrypt_input(&self.schedule, &self.par, &self.pk, xs)?;
         stats.client_encrypt_ms = ms(t0);
         stats.bytes_up = cts.iter().map(Vec::len).sum();
-        let query_id = match self.enclave_call(Request::StartQuery {
-            model_id: self.model_id,
-        }) {
+        let query_id = match self
+            .enclave
+            .call(Request::StartQuery {
+                model_id: self.model_id,
+            })?
+            .0
+        {
             Response::QueryStarted { query_id } => query_id,
             other => bail!("enclave refused the query: {}", describe(&other)),
         };
@@ -234,11 +251,11 @@ impl Deployment {
             s.bytes_to_enclave = out_bytes.iter().map(Vec::len).sum();
             // Enclave: nonlinear step.
             let te = Instant::now();
-            let (resp, peak) = self.enclave_step(Request::StageResult {
+            let (resp, peak) = self.enclave.call(Request::StageResult {
                 query_id,
                 stage: k as u32,
                 ciphertexts: out_bytes,
-            });
+            })?;
             s.enclave_ms = ms(te);
             s.enclave_working_peak = peak;
             match resp {
@@ -265,25 +282,6 @@ impl Deployment {
             }
         }
         bail!("the enclave released no result")
-    }
-}
-
-impl Deployment {
-    fn enclave_call(&self, req: Request) -> Response {
-        self.enclave_step(req).0
-    }
-
-    /// Sends one request to the enclave; also returns the peak of bytes
-    /// allocated during the call (exact when no other query runs meanwhile).
-    fn enclave_step(&self, req: Request) -> (Response, usize) {
-        let mut enclave = match self.enclave.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let base = alloc_meter::current();
-        alloc_meter::reset_peak();
-        let resp = enclave.handle(req);
-        (resp, alloc_meter::peak().saturating_sub(base))
     }
 }
 

@@ -1,0 +1,90 @@
+//! The enclave as a separate process: the demo through it, and what it does
+//! with malformed or hostile frames on its stdin.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+
+use hetee_enclave::wire::{codec, decode_response, encode_request, KIND_REQUEST, KIND_RESPONSE};
+use hetee_enclave::{Request, Response};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hetee");
+
+#[test]
+fn demo_through_enclave_process_matches_reference() {
+    let out = Command::new(BIN)
+        .args(["demo", "--images", "3", "--json", "--enclave-process"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["reference_agreement"].as_f64(), Some(1.0));
+}
+
+fn enclave_session(input: &[u8]) -> (std::process::ExitStatus, Vec<u8>, String) {
+    let mut child = Command::new(BIN)
+        .args(["enclave", "run"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (child.wait().unwrap(), out, err)
+}
+
+#[test]
+fn malformed_request_gets_an_error_response_and_the_enclave_keeps_serving() {
+    let c = codec();
+    let mut input = c.encode(KIND_REQUEST, b"\xff\xff\xff garbage").unwrap();
+    // A well-formed request for an unknown query after the garbage.
+    let req = encode_request(&Request::StageResult {
+        query_id: 42,
+        stage: 0,
+        ciphertexts: vec![vec![1, 2, 3]],
+    })
+    .unwrap();
+    input.extend(c.encode(KIND_REQUEST, &req).unwrap());
+    let (status, out, err) = enclave_session(&input);
+    assert!(status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let (f1, used) = c.decode(&out).unwrap();
+    let (f2, _) = c.decode(&out[used..]).unwrap();
+    assert_eq!((f1.kind, f2.kind), (KIND_RESPONSE, KIND_RESPONSE));
+    match decode_response(&f1.payload).unwrap() {
+        Response::Error { message } => assert!(message.contains("malformed request"), "{message}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    match decode_response(&f2.payload).unwrap() {
+        Response::Error { message } => {
+            assert!(message.contains("unknown or finished query"), "{message}")
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn broken_stream_ends_the_enclave_with_a_message_not_a_panic() {
+    let (status, _, err) = enclave_session(b"NOPE this is not a frame at all");
+    assert!(!status.success());
+    assert!(err.contains("enclave stream"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // An oversized frame header is refused before allocating.
+    let mut hdr = b"HTEE".to_vec();
+    hdr.extend_from_slice(&1u16.to_le_bytes());
+    hdr.push(KIND_REQUEST);
+    hdr.extend_from_slice(&u32::MAX.to_le_bytes());
+    hdr.extend_from_slice(&[0; 16]);
+    let (status, _, err) = enclave_session(&hdr);
+    assert!(!status.success());
+    assert!(!err.contains("panicked"), "{err}");
+}
