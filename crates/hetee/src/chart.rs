@@ -36,29 +36,40 @@ pub fn draw(rows: &[BenchRow], path: &Path) -> Result<()> {
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(170)
-        .build_cartesian_2d(0.0..max, 0..bars.len())
+        .build_cartesian_2d(0.0..max, (0..bars.len()).into_segmented())
         .map_err(|e| anyhow!("chart: {e}"))?;
     chart
         .configure_mesh()
         .disable_y_mesh()
         .y_labels(bars.len())
-        .y_label_formatter(&|i| bars.get(*i).map(|b| b.0.clone()).unwrap_or_default())
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => bars.get(*i).map(|b| b.0.clone()).unwrap_or_default(),
+            _ => String::new(),
+        })
         .x_desc("ms per image")
         .draw()
         .map_err(|e| anyhow!("chart: {e}"))?;
     chart
-        .draw_series(
-            bars.iter()
-                .enumerate()
-                .map(|(i, b)| Rectangle::new([(0.0, i), (b.1, i + 1)], BLUE.mix(0.5).filled())),
-        )
+        .draw_series(bars.iter().enumerate().map(|(i, b)| {
+            Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(i)),
+                    (b.1, SegmentValue::Exact(i + 1)),
+                ],
+                BLUE.mix(0.5).filled(),
+            )
+        }))
         .map_err(|e| anyhow!("chart: {e}"))?;
     chart
-        .draw_series(
-            bars.iter()
-                .enumerate()
-                .map(|(i, b)| Rectangle::new([(0.0, i), (b.2, i + 1)], RED.mix(0.7).filled())),
-        )
+        .draw_series(bars.iter().enumerate().map(|(i, b)| {
+            Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(i)),
+                    (b.2, SegmentValue::Exact(i + 1)),
+                ],
+                RED.mix(0.7).filled(),
+            )
+        }))
         .map_err(|e| anyhow!("chart: {e}"))?;
     root.present().map_err(|e| anyhow!("chart: {e}"))?;
     Ok(())
