@@ -5,7 +5,7 @@
 
 use hetee_he::planner::{plan_conv, CostModel};
 use hetee_he::{ConvPacking, ConvSpec, HeConfig};
-use hetee_model::quant::{InputQuant, LinearKind, QuantModel, QuantStage};
+use hetee_model::quant::{InputQuant, LinearKind, QuantModel, QuantStage, StageOutput};
 use serde::{Deserialize, Serialize};
 
 use crate::EnclaveError;
@@ -144,8 +144,30 @@ impl Schedule {
             {
                 return Err(bad("layer shape does not match its tail"));
             }
-            if st.tail.bias.len() != st.spec.m {
-                return Err(bad("bias length does not match the output channels"));
+            if st.tail.bias.len() != st.spec.m || st.tail.acc_scale.len() != st.spec.m {
+                return Err(bad(
+                    "bias or scale length does not match the output channels",
+                ));
+            }
+            let mut shape = st.tail.linear_output_shape();
+            for op in &st.tail.post {
+                shape = op
+                    .output_shape(shape)
+                    .ok_or_else(|| bad("a pooling window does not fit"))?;
+            }
+            if shape != st.tail.output_shape || shape[0] != st.spec.m {
+                return Err(bad("post-op shapes do not match the declared output"));
+            }
+            if let StageOutput::Requant(rq) = &st.tail.output {
+                if k + 1 == self.stages.len() {
+                    return Err(bad("the last stage must release logits"));
+                }
+                let ok_len = rq.multiplier.len() == st.spec.m && rq.shift.len() == st.spec.m;
+                if !ok_len || rq.shift.iter().any(|&s| !(1..=62).contains(&s)) || rq.min > rq.max {
+                    return Err(bad("malformed requantization parameters"));
+                }
+            } else if k + 1 != self.stages.len() {
+                return Err(bad("only the last stage may release logits"));
             }
             if let Some(next) = self.stages.get(k + 1) {
                 let out: usize = st.tail.output_shape.iter().product();
