@@ -144,7 +144,7 @@ fn step(m: &LoadedModel, k: usize, cts: &[Vec<u8>]) -> Result<Response, EnclaveE
         .par_iter()
         .map(|b| {
             let ct = ciphertext_from_bytes(b, &m.par, 3)?;
-            decrypt(&m.sk, &ct)
+            decrypt(&m.sk, &ct, m.par.plaintext())
         })
         .collect::<Result<Vec<_>, EnclaveError>>()?;
     let ys: Vec<Vec<i64>> = m
@@ -179,7 +179,34 @@ fn step(m: &LoadedModel, k: usize, cts: &[Vec<u8>]) -> Result<Response, EnclaveE
     }
 }
 
-fn decrypt(sk: &SecretKey, ct: &Ciphertext) -> Result<Vec<i64>, EnclaveError> {
+/// Decrypts to centred coefficients in `(-t/2, t/2]`.
+fn decrypt(sk: &SecretKey, ct: &Ciphertext, t: u64) -> Result<Vec<i64>, EnclaveError> {
     let pt = sk.try_decrypt(ct).map_err(hetee_he::HeError::from)?;
-    Ok(Vec::<i64>::try_decode(&pt, Encoding::poly()).map_err(hetee_he::HeError::from)?)
+    // Decode as residues and centre them here without branches: fhe's signed
+    // decoder centres with a variable-time routine.
+    let v = Vec::<u64>::try_decode(&pt, Encoding::poly()).map_err(hetee_he::HeError::from)?;
+    Ok(v.into_iter().map(|x| centre(x, t)).collect())
+}
+
+/// Branch-free centring of a residue `x < t`: `x - t` if `x > t/2`, else `x`.
+fn centre(x: u64, t: u64) -> i64 {
+    let above = ((t / 2) as i64).wrapping_sub(x as i64) >> 63; // all ones if x > t/2
+    (x as i64).wrapping_sub(t as i64 & above)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn centre_matches_the_signed_representative() {
+        for t in [3u64, 65537, 16760833] {
+            for x in [0, 1, t / 2, t / 2 + 1, t - 1] {
+                let want = if x > t / 2 {
+                    x as i64 - t as i64
+                } else {
+                    x as i64
+                };
+                assert_eq!(super::centre(x, t), want, "x={x} t={t}");
+            }
+        }
+    }
 }
