@@ -57,6 +57,7 @@ fn enclave_step(c: &mut Criterion) {
         Response::Registered {
             model_id,
             public_key,
+            ..
         } => (model_id, public_key),
         _ => panic!("register failed"),
     };

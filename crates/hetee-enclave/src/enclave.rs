@@ -4,11 +4,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use fhe::bfv::{BfvParameters, Ciphertext, Encoding, Plaintext, PublicKey, SecretKey};
-use fhe_traits::{FheDecoder, FheDecrypter, FheEncoder, FheEncrypter, Serialize as _};
+use fhe_traits::{
+    DeserializeParametrized, FheDecoder, FheDecrypter, FheEncoder, FheEncrypter, Serialize as _,
+};
+use hetee_attest::Measurement;
 use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
 use hetee_model::quant::StageOutput;
 use hetee_model::reference::finish_stage;
 use rayon::prelude::*;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::messages::{Request, Response};
 use crate::schedule::Schedule;
@@ -27,12 +31,46 @@ struct Query {
     next_stage: u32,
 }
 
+/// What the enclave seals: its model's schedule and secret key.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ModelSnapshot {
+    schedule: Schedule,
+    secret_key: Vec<u8>,
+}
+
+impl Drop for ModelSnapshot {
+    fn drop(&mut self) {
+        self.secret_key.zeroize();
+    }
+}
+
+/// Measurement used when no platform identity was given (in-process use).
+pub const DEV_MEASUREMENT: [u8; 32] = [0x5a; 32];
+/// Sealing secret used when no platform identity was given. Not a secret:
+/// the in-process simulation protects nothing.
+pub const DEV_PLATFORM_SECRET: [u8; 32] = [0xa5; 32];
+
+const SEAL_LABEL: &str = "model-v1";
+
 /// The enclave: keys, models and queries. Reads no file and no environment.
-#[derive(Default)]
 pub struct Enclave {
     models: HashMap<u64, LoadedModel>,
     queries: HashMap<u64, Query>,
     next_id: u64,
+    measurement: Measurement,
+    platform_secret: Zeroizing<[u8; 32]>,
+}
+
+impl Default for Enclave {
+    fn default() -> Self {
+        Enclave {
+            models: HashMap::new(),
+            queries: HashMap::new(),
+            next_id: 0,
+            measurement: Measurement(DEV_MEASUREMENT),
+            platform_secret: Zeroizing::new(DEV_PLATFORM_SECRET),
+        }
+    }
 }
 
 impl Enclave {
@@ -45,6 +83,11 @@ impl Enclave {
     /// [`Response::Error`].
     pub fn handle(&mut self, req: Request) -> Response {
         let r = match req {
+            Request::Init {
+                measurement,
+                platform_secret,
+            } => self.init(measurement, platform_secret),
+            Request::RestoreModel { sealed } => self.restore(&sealed),
             Request::RegisterModel { schedule } => self.register(*schedule),
             Request::StartQuery { model_id } => self.start_query(model_id),
             Request::StageResult {
@@ -63,18 +106,68 @@ impl Enclave {
         self.next_id
     }
 
+    fn init(&mut self, measurement: [u8; 32], secret: [u8; 32]) -> Result<Response, EnclaveError> {
+        if !self.models.is_empty() {
+            return Err(EnclaveError::Protocol(
+                "Init must come before any model is registered".into(),
+            ));
+        }
+        self.measurement = Measurement(measurement);
+        self.platform_secret = Zeroizing::new(secret);
+        Ok(Response::Ready)
+    }
+
     fn register(&mut self, schedule: Schedule) -> Result<Response, EnclaveError> {
         schedule.validate()?;
         let par = schedule.he.build()?;
-        let mut rng = rand::rng();
-        let sk = SecretKey::random(&par, &mut rng);
-        let pk = PublicKey::new(&sk, &mut rng);
+        let sk = SecretKey::random(&par, &mut rand::rng());
+        self.load(schedule, par, sk)
+    }
+
+    fn restore(&mut self, sealed: &[u8]) -> Result<Response, EnclaveError> {
+        let plain = hetee_attest::seal::unseal(
+            &self.platform_secret,
+            &self.measurement,
+            SEAL_LABEL,
+            sealed,
+        )
+        .map_err(|e| EnclaveError::Protocol(format!("cannot restore the model: {e}")))?;
+        let snap: ModelSnapshot = postcard::from_bytes(&plain)
+            .map_err(|e| EnclaveError::Protocol(format!("sealed model is malformed: {e}")))?;
+        snap.schedule.validate()?;
+        let par = snap.schedule.he.build()?;
+        let sk = SecretKey::from_bytes(&snap.secret_key, &par)
+            .map_err(|e| EnclaveError::Protocol(format!("sealed secret key is malformed: {e}")))?;
+        self.load(snap.schedule.clone(), par, sk)
+    }
+
+    /// Installs a model with its key; answers with the public key and the
+    /// sealed snapshot.
+    fn load(
+        &mut self,
+        schedule: Schedule,
+        par: Arc<BfvParameters>,
+        sk: SecretKey,
+    ) -> Result<Response, EnclaveError> {
+        let pk = PublicKey::new(&sk, &mut rand::rng());
+        let snap = ModelSnapshot {
+            schedule: schedule.clone(),
+            secret_key: sk.to_bytes(),
+        };
+        let plain = Zeroizing::new(
+            postcard::to_allocvec(&snap)
+                .map_err(|e| EnclaveError::Protocol(format!("cannot encode the model: {e}")))?,
+        );
+        let sealed =
+            hetee_attest::seal::seal(&self.platform_secret, &self.measurement, SEAL_LABEL, &plain)
+                .map_err(|e| EnclaveError::Protocol(format!("cannot seal the model: {e}")))?;
         let model_id = self.fresh_id();
         self.models
             .insert(model_id, LoadedModel { schedule, par, sk });
         Ok(Response::Registered {
             model_id,
             public_key: pk.to_bytes(),
+            sealed,
         })
     }
 

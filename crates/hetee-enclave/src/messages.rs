@@ -11,6 +11,21 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// A request from the host to the enclave.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
+    /// Sets the (simulated) platform identity; only accepted before any
+    /// model is registered. Real platforms derive these in hardware.
+    Init {
+        /// Measurement of the enclave binary and config.
+        measurement: [u8; 32],
+        /// Platform sealing secret (simulation: supplied by the launcher).
+        platform_secret: [u8; 32],
+    },
+    /// Restores a model from a blob sealed by an enclave with the same
+    /// measurement (after a restart); same keys, so ciphertexts made for the
+    /// model earlier still decrypt.
+    RestoreModel {
+        /// The sealed blob from [`Response::Registered`].
+        sealed: Vec<u8>,
+    },
     /// Register a compiled model; the enclave creates its HE keys.
     RegisterModel {
         /// The compiled model (no weights).
@@ -41,7 +56,12 @@ pub enum Response {
         model_id: u64,
         /// Serialized BFV public key for this model's parameters.
         public_key: Vec<u8>,
+        /// The model's keys and schedule sealed to this enclave's
+        /// measurement, for the host to store and hand back after a restart.
+        sealed: Vec<u8>,
     },
+    /// Init accepted.
+    Ready,
     /// Query started.
     QueryStarted {
         /// Id to refer to the query.

@@ -43,6 +43,8 @@ pub struct DemoReport {
     pub bytes_host_enclave: usize,
     /// Encrypted model size (bytes uploaded by the model provider).
     pub model_ciphertext_bytes: usize,
+    /// Size of the model's keys and schedule sealed by the enclave.
+    pub sealed_model_bytes: usize,
     /// Host memory held by the pre-extended encrypted weights.
     pub host_weight_memory_bytes: usize,
     /// BFV ring degree and plaintext modulus.
@@ -114,6 +116,7 @@ pub fn demo(n: usize, json: bool, enclave_process: bool) -> Result<()> {
         bytes_down: first.bytes_down,
         bytes_host_enclave: sum(&|s| s.bytes_to_enclave + s.bytes_from_enclave),
         model_ciphertext_bytes: dep.weight_bytes,
+        sealed_model_bytes: dep.sealed_model.len(),
         host_weight_memory_bytes: dep.weight_memory,
         he_params: format!(
             "N={}, t={} ({} bits), log2 q={}",
@@ -179,4 +182,9 @@ fn print_table(r: &DemoReport) {
         "  encrypted model size        {}",
         kb(r.model_ciphertext_bytes)
     );
+    println!(
+        "  host memory, ready weights  {}",
+        kb(r.host_weight_memory_bytes)
+    );
+    println!("  sealed model (keys+sched.)  {}", kb(r.sealed_model_bytes));
 }

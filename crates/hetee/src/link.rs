@@ -42,6 +42,9 @@ impl EnclaveLink for InProcess {
     }
 }
 
+/// The enclave configuration that is measured with the binary.
+const ENCLAVE_CONFIG: &[u8] = b"hetee-enclave v1; transport=stdio";
+
 /// The enclave as a child process speaking frames on stdin/stdout.
 pub struct ChildProcess {
     child: Mutex<Child>,
@@ -52,7 +55,7 @@ impl ChildProcess {
     /// Starts `hetee enclave run` from this executable.
     pub fn spawn() -> Result<Self> {
         let exe = std::env::current_exe().context("cannot locate the hetee executable")?;
-        let mut child = Command::new(exe)
+        let mut child = Command::new(&exe)
             .args(["enclave", "run"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -67,10 +70,21 @@ impl ChildProcess {
             .stdout
             .take()
             .ok_or_else(|| anyhow!("enclave stdout unavailable"))?;
-        Ok(ChildProcess {
+        let link = ChildProcess {
             child: Mutex::new(child),
             io: Mutex::new((BufWriter::new(stdin), BufReader::new(stdout))),
-        })
+        };
+        // The simulated platform: measure the binary before use and give the
+        // enclave its identity. A real TEE does this in hardware.
+        let binary = std::fs::read(&exe).context("cannot read the enclave binary to measure it")?;
+        let measurement = hetee_attest::measure(&binary, ENCLAVE_CONFIG).0;
+        match link.call(Request::Init {
+            measurement,
+            platform_secret: hetee_enclave::enclave::DEV_PLATFORM_SECRET,
+        })? {
+            (Response::Ready, _) => Ok(link),
+            (other, _) => Err(anyhow!("the enclave refused its identity: {other:?}")),
+        }
     }
 }
 

@@ -138,6 +138,9 @@ pub struct Deployment {
     pub weight_memory: usize,
     /// Bytes the enclave keeps allocated for this model (keys, schedule).
     pub enclave_resident: usize,
+    /// The model's keys and schedule sealed by the enclave (what the host
+    /// stores to restore the model after an enclave restart).
+    pub sealed_model: Vec<u8>,
 }
 
 impl Deployment {
@@ -164,11 +167,12 @@ impl Deployment {
             schedule: Box::new(schedule.clone()),
         })?;
         let enclave_resident = alloc_meter::current().saturating_sub(before);
-        let (model_id, pk_bytes) = match registered {
+        let (model_id, pk_bytes, sealed_model) = match registered {
             Response::Registered {
                 model_id,
                 public_key,
-            } => (model_id, public_key),
+                sealed,
+            } => (model_id, public_key, sealed),
             other => bail!("enclave refused the model: {}", describe(&other)),
         };
         let par = schedule.he.build()?;
@@ -193,6 +197,7 @@ impl Deployment {
         let weight_memory = weights.iter().flatten().map(|w| w.memory_bytes()).sum();
         Ok(Deployment {
             enclave,
+            sealed_model,
             enclave_resident,
             model_id,
             schedule,
