@@ -149,12 +149,10 @@ impl Schedule {
                     "bias or scale length does not match the output channels",
                 ));
             }
-            let mut shape = st.tail.linear_output_shape();
-            for op in &st.tail.post {
-                shape = op
-                    .output_shape(shape)
-                    .ok_or_else(|| bad("a pooling window does not fit"))?;
-            }
+            let shape = st
+                .tail
+                .post_output_shape()
+                .ok_or_else(|| bad("a pooling window does not fit"))?;
             if shape != st.tail.output_shape || shape[0] != st.spec.m {
                 return Err(bad("post-op shapes do not match the declared output"));
             }

@@ -79,6 +79,14 @@ impl QuantStage {
             .collect()
     }
 
+    /// Shape after the post ops, derived from the input shape and the ops,
+    /// or `None` if a pooling window does not fit.
+    pub fn post_output_shape(&self) -> Option<[usize; 3]> {
+        self.post
+            .iter()
+            .try_fold(self.linear_output_shape(), |s, op| op.output_shape(s))
+    }
+
     /// Shape of the linear output `[M, oh, ow]`.
     pub fn linear_output_shape(&self) -> [usize; 3] {
         match self.linear {
@@ -202,35 +210,27 @@ fn fold_and_group(model: &Model) -> Result<(Model, Vec<FloatStage>)> {
             shapes[i - 1].clone()
         };
         match layer {
-            Layer::Conv2d {
-                weight,
-                bias,
-                out_channels,
-                window,
-                ..
-            } => {
+            Layer::Conv2d { .. } | Layer::Dense { .. } => {
+                let (linear, m, weight, bias) = match layer {
+                    Layer::Conv2d {
+                        weight,
+                        bias,
+                        out_channels,
+                        window,
+                        ..
+                    } => (LinearKind::Conv(*window), *out_channels, weight, bias),
+                    Layer::Dense {
+                        weight,
+                        bias,
+                        out_features,
+                        ..
+                    } => (LinearKind::Dense, *out_features, weight, bias),
+                    _ => unreachable!("matched above"),
+                };
                 stages.push(FloatStage {
                     input_shape: as3(&in_shape),
-                    linear: LinearKind::Conv(*window),
-                    m: *out_channels,
-                    weight: weight.clone(),
-                    bias: bias.clone(),
-                    post: Vec::new(),
-                    has_relu: false,
-                    last_layer: 0,
-                    nodes: vec![name(i)],
-                });
-            }
-            Layer::Dense {
-                weight,
-                bias,
-                out_features,
-                ..
-            } => {
-                stages.push(FloatStage {
-                    input_shape: as3(&in_shape),
-                    linear: LinearKind::Dense,
-                    m: *out_features,
+                    linear,
+                    m,
                     weight: weight.clone(),
                     bias: bias.clone(),
                     post: Vec::new(),
@@ -261,31 +261,12 @@ fn fold_and_group(model: &Model) -> Result<(Model, Vec<FloatStage>)> {
                 st.nodes.push(name(i));
                 // Rewrite the folded linear layer in place.
                 let last = folded.layers.len() - 1;
-                folded.layers[last] = match &folded.layers[last] {
-                    Layer::Conv2d {
-                        out_channels,
-                        in_channels,
-                        window,
-                        ..
-                    } => Layer::Conv2d {
-                        weight: st.weight.clone(),
-                        bias: st.bias.clone(),
-                        out_channels: *out_channels,
-                        in_channels: *in_channels,
-                        window: *window,
-                    },
-                    Layer::Dense {
-                        out_features,
-                        in_features,
-                        ..
-                    } => Layer::Dense {
-                        weight: st.weight.clone(),
-                        bias: st.bias.clone(),
-                        out_features: *out_features,
-                        in_features: *in_features,
-                    },
-                    other => other.clone(),
-                };
+                if let Layer::Conv2d { weight, bias, .. } | Layer::Dense { weight, bias, .. } =
+                    &mut folded.layers[last]
+                {
+                    weight.clone_from(&st.weight);
+                    bias.clone_from(&st.bias);
+                }
                 st.last_layer = last;
                 continue;
             }
@@ -433,25 +414,6 @@ pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
             acc_scale.push(a);
             bias.push((fs.bias[o] as f64 / a).round() as i64);
         }
-        let lin = QuantStage {
-            input_shape: fs.input_shape,
-            linear: fs.linear,
-            out_channels: fs.m,
-            weight: Vec::new(),
-            bias: Vec::new(),
-            post: Vec::new(),
-            output_shape: [0; 3],
-            output: StageOutput::Logits,
-            acc_scale: Vec::new(),
-            acc_bound: 0,
-            nodes: Vec::new(),
-        };
-        let mut shape = lin.linear_output_shape();
-        for op in &fs.post {
-            shape = op.output_shape(shape).ok_or_else(|| {
-                ModelError::Shape(format!("pooling window does not fit in stage {k}"))
-            })?;
-        }
         let output = if k == last {
             StageOutput::Logits
         } else {
@@ -466,17 +428,23 @@ pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
             in_abs_max = max as u64;
             StageOutput::Requant(Requant::from_real(&r, min, max))
         };
-        stages.push(QuantStage {
+        let mut stage = QuantStage {
+            input_shape: fs.input_shape,
+            linear: fs.linear,
+            out_channels: fs.m,
             weight,
             bias,
             post: fs.post,
-            output_shape: shape,
+            output_shape: [0; 3],
             output,
             acc_scale,
             acc_bound,
             nodes: fs.nodes,
-            ..lin
-        });
+        };
+        stage.output_shape = stage.post_output_shape().ok_or_else(|| {
+            ModelError::Shape(format!("pooling window does not fit in stage {k}"))
+        })?;
+        stages.push(stage);
     }
     Ok(QuantModel {
         input_shape: model.input_shape.clone(),
