@@ -1,305 +1,578 @@
 //! Enclave state and request handling.
+//!
+//! Each session is a small state machine (in the style of a TLS handshake):
+//! `Handshake → Ready → Running(stage 0, 1, …) → done`. A session is taken
+//! out of its table for every step and put back only if the step succeeded,
+//! so any refused request ends the session it touched.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use fhe::bfv::{BfvParameters, Ciphertext, Encoding, Plaintext, PublicKey, SecretKey};
-use fhe_traits::{
-    DeserializeParametrized, FheDecoder, FheDecrypter, FheEncoder, FheEncrypter, Serialize as _,
+use hetee_attest::{EnclaveHandshake, Evidence, Measurement, StaticKeypair, Transport};
+use zeroize::Zeroizing;
+
+use crate::budget;
+use crate::config::EnclaveConfig;
+use crate::keys::{KeySet, ModelRecord, Sealer};
+use crate::messages::{
+    he_params_bytes, input_digest, model_id, ClientMessage, EnclaveMessage, Identity, KeyId,
+    ModelId, OutputPolicy, QueryPlan, RegisteredModel, Request, Response, SessionId, Status,
 };
-use hetee_attest::Measurement;
-use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
-use hetee_model::quant::StageOutput;
-use hetee_model::reference::finish_stage;
-use rayon::prelude::*;
-use zeroize::{Zeroize, Zeroizing};
-
-use crate::messages::{Request, Response};
 use crate::schedule::Schedule;
+use crate::step::{step, StepOutput};
 use crate::EnclaveError;
 
-/// A registered model with its keys. The secret key is zeroized on drop by `fhe`.
-struct LoadedModel {
-    schedule: Schedule,
-    par: Arc<BfvParameters>,
-    sk: SecretKey,
-}
-
-/// An inference in progress: which model, which stage comes next.
-struct Query {
-    model_id: u64,
-    next_stage: u32,
-}
-
-/// What the enclave seals: its model's schedule and secret key.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ModelSnapshot {
-    schedule: Schedule,
-    secret_key: Vec<u8>,
-}
-
-impl Drop for ModelSnapshot {
-    fn drop(&mut self) {
-        self.secret_key.zeroize();
-    }
-}
-
-/// Measurement used when no platform identity was given (in-process use).
+/// Measurement used when no platform identity was given (local mode).
 pub const DEV_MEASUREMENT: [u8; 32] = [0x5a; 32];
 /// Sealing secret used when no platform identity was given. Not a secret:
 /// the in-process simulation protects nothing.
 pub const DEV_PLATFORM_SECRET: [u8; 32] = [0xa5; 32];
+/// Most sessions open at once.
+pub const MAX_SESSIONS: usize = 1024;
 
-const SEAL_LABEL: &str = "model-v1";
+/// Where a session is.
+enum Session {
+    /// Noise message 2 sent; waiting for message 3.
+    Handshake { hs: EnclaveHandshake, key_id: KeyId },
+    /// The data provider said hello to a model; waiting for its query.
+    Ready { tx: Transport, model_id: ModelId },
+    /// A query in progress; `next_stage` is the only stage accepted.
+    Running {
+        tx: Option<Transport>,
+        model_id: ModelId,
+        next_stage: u32,
+        images: u32,
+    },
+}
 
-/// The enclave: keys, models and queries. Reads no file and no environment.
+/// The enclave: keys, models and sessions. Reads no file and no environment.
 pub struct Enclave {
-    models: HashMap<u64, LoadedModel>,
-    queries: HashMap<u64, Query>,
-    next_id: u64,
+    keysets: HashMap<KeyId, KeySet>,
+    models: HashMap<ModelId, ModelRecord>,
+    sessions: HashMap<SessionId, Session>,
     measurement: Measurement,
     platform_secret: Zeroizing<[u8; 32]>,
+    /// `None`: local (in-process, unattested) mode.
+    config: Option<EnclaveConfig>,
+    channel_key: Option<StaticKeypair>,
+    handled: u64,
 }
 
 impl Default for Enclave {
     fn default() -> Self {
         Enclave {
+            keysets: HashMap::new(),
             models: HashMap::new(),
-            queries: HashMap::new(),
-            next_id: 0,
+            sessions: HashMap::new(),
             measurement: Measurement(DEV_MEASUREMENT),
             platform_secret: Zeroizing::new(DEV_PLATFORM_SECRET),
+            config: None,
+            channel_key: None,
+            handled: 0,
         }
     }
 }
 
+fn refuse<T>(msg: impl Into<String>) -> Result<T, EnclaveError> {
+    Err(EnclaveError::Protocol(msg.into()))
+}
+
+fn session_of(req: &Request) -> Option<SessionId> {
+    match req {
+        Request::ChannelFinish { session, .. }
+        | Request::StartQuery { session, .. }
+        | Request::StageResult { session, .. }
+        | Request::CloseSession { session } => Some(*session),
+        _ => None,
+    }
+}
+
 impl Enclave {
-    /// A fresh enclave with no models.
+    /// A fresh enclave in local mode (until [`Request::Init`]).
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Handles one request. Never panics on bad input: errors become
-    /// [`Response::Error`].
+    /// [`Response::Error`], and the session the request touched is closed.
+    /// Whatever pushes the enclave over its memory budget is rolled back.
     pub fn handle(&mut self, req: Request) -> Response {
-        let r = match req {
+        self.handled += 1;
+        let touched = session_of(&req);
+        budget::reset_peak();
+        let result = self.dispatch(req);
+        let over = self
+            .config
+            .map(|c| c.budget_bytes())
+            .filter(|&b| budget::peak() > b);
+        match (result, over) {
+            (Ok(resp), None) => resp,
+            (Ok(resp), Some(b)) => {
+                self.roll_back(&resp, touched);
+                Response::Error {
+                    message: format!(
+                        "enclave memory budget of {} MiB exceeded (peak {} MiB); the request \
+                         was rolled back. Use a smaller batch or model, or raise \
+                         memory_budget_mib in the enclave config (this changes the measurement)",
+                        b >> 20,
+                        budget::peak() >> 20
+                    ),
+                }
+            }
+            (Err(e), _) => {
+                if let Some(s) = touched {
+                    self.sessions.remove(&s);
+                }
+                Response::Error {
+                    message: e.to_string(),
+                }
+            }
+        }
+    }
+
+    fn roll_back(&mut self, resp: &Response, touched: Option<SessionId>) {
+        if let Some(s) = touched {
+            self.sessions.remove(&s);
+        }
+        match resp {
+            Response::KeysCreated { key_id, .. } | Response::KeysRestored { key_id } => {
+                self.keysets.remove(key_id);
+            }
+            Response::ModelRestored { model_id }
+            | Response::ChannelReply {
+                registered: Some(RegisteredModel { model_id, .. }),
+                ..
+            } => {
+                self.models.remove(model_id);
+            }
+            Response::Registered { model_id, .. } => {
+                if let Some(m) = self.models.remove(model_id) {
+                    self.keysets.remove(&m.key_id);
+                }
+            }
+            Response::ChannelOpened { session, .. }
+            | Response::LocalQueryStarted { session } => {
+                self.sessions.remove(session);
+            }
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self, req: Request) -> Result<Response, EnclaveError> {
+        match req {
             Request::Init {
                 measurement,
                 platform_secret,
-            } => self.init(measurement, platform_secret),
-            Request::RestoreModel { sealed } => self.restore(&sealed),
-            Request::RegisterModel { schedule } => self.register(*schedule),
-            Request::StartQuery { model_id } => self.start_query(model_id),
+                config,
+            } => self.init(measurement, platform_secret, &config),
+            Request::CreateKeys { he } => {
+                let (ks, sealed) = self.sealer().create_keys(he)?;
+                let resp = Response::KeysCreated {
+                    key_id: ks.key_id,
+                    public_key: ks.public_key.clone(),
+                    sealed,
+                };
+                self.keysets.insert(ks.key_id, ks);
+                Ok(resp)
+            }
+            Request::RestoreKeys { sealed } => {
+                let ks = self.sealer().restore_keys(&sealed)?;
+                let key_id = ks.key_id;
+                self.keysets.insert(key_id, ks);
+                Ok(Response::KeysRestored { key_id })
+            }
+            Request::Identity { key_id } => Ok(Response::Identity(self.identity(&key_id)?)),
+            Request::OpenChannel {
+                key_id,
+                evidence,
+                msg1,
+            } => self.open_channel(key_id, &evidence, &msg1),
+            Request::ChannelFinish {
+                session,
+                msg3,
+                payload,
+            } => self.channel_finish(session, &msg3, &payload),
+            Request::RestoreModel { sealed } => {
+                let m = self.sealer().restore_model(&sealed)?;
+                let ks = self.keysets.get(&m.key_id).ok_or_else(|| {
+                    EnclaveError::Protocol("restore the model's key set first".into())
+                })?;
+                if ks.he != m.schedule.he {
+                    return refuse("the sealed model does not match its key set");
+                }
+                let model_id = m.model_id;
+                self.models.insert(model_id, m);
+                Ok(Response::ModelRestored { model_id })
+            }
+            Request::StartQuery {
+                session,
+                model_id,
+                payload,
+                input,
+            } => self.start_query(session, model_id, &payload, &input),
             Request::StageResult {
-                query_id,
+                session,
                 stage,
                 ciphertexts,
-            } => self.stage_result(query_id, stage, &ciphertexts),
-        };
-        r.unwrap_or_else(|e| Response::Error {
-            message: e.to_string(),
-        })
+            } => self.stage_result(session, stage, &ciphertexts),
+            Request::CloseSession { session } => {
+                self.sessions.remove(&session);
+                Ok(Response::Closed)
+            }
+            Request::Status => Ok(Response::Status(Status {
+                keysets: self.keysets.len(),
+                models: self.models.len(),
+                sessions: self.sessions.len(),
+                memory_current: budget::current() as u64,
+                memory_peak: budget::peak() as u64,
+                memory_budget: self.config.map(|c| c.budget_bytes() as u64).unwrap_or(0),
+            })),
+            Request::RegisterLocal { schedule } => self.register_local(*schedule),
+            Request::StartLocalQuery { model_id } => {
+                self.local_only("StartLocalQuery")?;
+                if !self.models.contains_key(&model_id) {
+                    return refuse("unknown model; register it first");
+                }
+                let session = self.new_session_id()?;
+                self.sessions.insert(
+                    session,
+                    Session::Running {
+                        tx: None,
+                        model_id,
+                        next_stage: 0,
+                        images: 0,
+                    },
+                );
+                Ok(Response::LocalQueryStarted { session })
+            }
+        }
     }
 
-    fn fresh_id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
+    fn sealer(&self) -> Sealer<'_> {
+        Sealer {
+            secret: &self.platform_secret,
+            measurement: &self.measurement,
+        }
     }
 
-    fn init(&mut self, measurement: [u8; 32], secret: [u8; 32]) -> Result<Response, EnclaveError> {
-        if !self.models.is_empty() {
-            return Err(EnclaveError::Protocol(
-                "Init must come before any model is registered".into(),
+    fn local_only(&self, what: &str) -> Result<(), EnclaveError> {
+        if self.config.is_some() {
+            return refuse(format!(
+                "{what} is only available to an in-process enclave; an attested enclave \
+                 releases results only over a client's channel"
             ));
+        }
+        Ok(())
+    }
+
+    fn init(
+        &mut self,
+        measurement: [u8; 32],
+        secret: [u8; 32],
+        config: &[u8],
+    ) -> Result<Response, EnclaveError> {
+        if self.handled != 1 || self.config.is_some() {
+            return refuse("Init must be the enclave's first request");
+        }
+        let config = EnclaveConfig::from_bytes(config)?;
+        if budget::is_metering() {
+            budget::set_hard_cap(config.budget_bytes().saturating_mul(2) + (256 << 20));
         }
         self.measurement = Measurement(measurement);
         self.platform_secret = Zeroizing::new(secret);
+        self.config = Some(config);
         Ok(Response::Ready)
     }
 
-    fn register(&mut self, schedule: Schedule) -> Result<Response, EnclaveError> {
-        schedule.validate()?;
-        let par = schedule.he.build()?;
-        let sk = SecretKey::random(&par, &mut rand::rng());
-        self.load(schedule, par, sk)
+    fn channel_key(&mut self) -> Result<&StaticKeypair, EnclaveError> {
+        if self.channel_key.is_none() {
+            let k = StaticKeypair::generate()
+                .map_err(|e| EnclaveError::Protocol(format!("channel key: {e}")))?;
+            self.channel_key = Some(k);
+        }
+        self.channel_key
+            .as_ref()
+            .ok_or_else(|| EnclaveError::Protocol("no channel key".into()))
     }
 
-    fn restore(&mut self, sealed: &[u8]) -> Result<Response, EnclaveError> {
-        let plain = hetee_attest::seal::unseal(
-            &self.platform_secret,
-            &self.measurement,
-            SEAL_LABEL,
-            sealed,
-        )
-        .map_err(|e| EnclaveError::Protocol(format!("cannot restore the model: {e}")))?;
-        let snap: ModelSnapshot = postcard::from_bytes(&plain)
-            .map_err(|e| EnclaveError::Protocol(format!("sealed model is malformed: {e}")))?;
-        snap.schedule.validate()?;
-        let par = snap.schedule.he.build()?;
-        let sk = SecretKey::from_bytes(&snap.secret_key, &par)
-            .map_err(|e| EnclaveError::Protocol(format!("sealed secret key is malformed: {e}")))?;
-        self.load(snap.schedule.clone(), par, sk)
-    }
-
-    /// Installs a model with its key; answers with the public key and the
-    /// sealed snapshot.
-    fn load(
-        &mut self,
-        schedule: Schedule,
-        par: Arc<BfvParameters>,
-        sk: SecretKey,
-    ) -> Result<Response, EnclaveError> {
-        let pk = PublicKey::new(&sk, &mut rand::rng());
-        let snap = ModelSnapshot {
-            schedule: schedule.clone(),
-            secret_key: sk.to_bytes(),
-        };
-        let plain = Zeroizing::new(
-            postcard::to_allocvec(&snap)
-                .map_err(|e| EnclaveError::Protocol(format!("cannot encode the model: {e}")))?,
-        );
-        let sealed =
-            hetee_attest::seal::seal(&self.platform_secret, &self.measurement, SEAL_LABEL, &plain)
-                .map_err(|e| EnclaveError::Protocol(format!("cannot seal the model: {e}")))?;
-        let model_id = self.fresh_id();
-        self.models
-            .insert(model_id, LoadedModel { schedule, par, sk });
-        Ok(Response::Registered {
-            model_id,
-            public_key: pk.to_bytes(),
-            sealed,
+    fn identity(&mut self, key_id: &KeyId) -> Result<Identity, EnclaveError> {
+        let channel_public_key = *self.channel_key()?.public();
+        let ks = self
+            .keysets
+            .get(key_id)
+            .ok_or_else(|| EnclaveError::Protocol("unknown key set".into()))?;
+        Ok(Identity {
+            key_id: *key_id,
+            measurement: self.measurement.0,
+            channel_public_key,
+            public_key: ks.public_key.clone(),
+            he_params: he_params_bytes(&ks.he),
         })
     }
 
-    fn start_query(&mut self, model_id: u64) -> Result<Response, EnclaveError> {
-        if !self.models.contains_key(&model_id) {
-            return Err(EnclaveError::Protocol(format!(
-                "unknown model {model_id}; register it first"
-            )));
+    fn new_session_id(&self) -> Result<SessionId, EnclaveError> {
+        if self.sessions.len() >= MAX_SESSIONS {
+            return refuse(format!(
+                "{MAX_SESSIONS} sessions are open; finish or close some first"
+            ));
         }
-        let query_id = self.fresh_id();
-        self.queries.insert(
-            query_id,
-            Query {
+        Ok(rand::random())
+    }
+
+    fn open_channel(
+        &mut self,
+        key_id: KeyId,
+        evidence: &[u8],
+        msg1: &[u8],
+    ) -> Result<Response, EnclaveError> {
+        let id = self.identity(&key_id)?;
+        let ev = Evidence::decode(evidence)
+            .map_err(|e| EnclaveError::Protocol(format!("evidence: {e}")))?;
+        if ev.measurement.0 != id.measurement || ev.report_data != id.report_data() {
+            return refuse("the evidence is not this enclave's for this key set");
+        }
+        let prologue = ev
+            .hash()
+            .map_err(|e| EnclaveError::Protocol(format!("evidence: {e}")))?;
+        let session = self.new_session_id()?;
+        let key = self.channel_key()?;
+        let (hs, msg2) = EnclaveHandshake::respond(key, &prologue, msg1)
+            .map_err(|e| EnclaveError::Protocol(format!("channel: {e}")))?;
+        self.sessions
+            .insert(session, Session::Handshake { hs, key_id });
+        Ok(Response::ChannelOpened { session, msg2 })
+    }
+
+    fn take(&mut self, session: &SessionId) -> Result<Session, EnclaveError> {
+        self.sessions
+            .remove(session)
+            .ok_or_else(|| EnclaveError::Protocol("unknown or closed session".into()))
+    }
+
+    fn channel_finish(
+        &mut self,
+        session: SessionId,
+        msg3: &[u8],
+        payload: &[u8],
+    ) -> Result<Response, EnclaveError> {
+        let Session::Handshake { hs, key_id } = self.take(&session)? else {
+            return refuse("the handshake of this session is already finished; session closed");
+        };
+        let mut tx = hs
+            .finish(msg3)
+            .map_err(|e| EnclaveError::Protocol(format!("channel: {e}")))?;
+        let msg = open::<ClientMessage>(&mut tx, payload)?;
+        match msg {
+            ClientMessage::RegisterModel {
+                key_id: k,
+                commitment,
+                schedule,
+                policy,
+            } => {
+                if k != key_id {
+                    return refuse("the model names another key set than its channel");
+                }
+                let ks = self
+                    .keysets
+                    .get(&key_id)
+                    .ok_or_else(|| EnclaveError::Protocol("unknown key set".into()))?;
+                schedule.validate()?;
+                if schedule.he != ks.he {
+                    return refuse("the schedule's HE parameters are not its key set's");
+                }
+                let rec = ModelRecord {
+                    model_id: model_id(&key_id, &commitment),
+                    key_id,
+                    commitment,
+                    schedule: *schedule,
+                    policy,
+                };
+                let sealed = self.sealer().seal_model(&rec)?;
+                let model_id = rec.model_id;
+                self.models.insert(model_id, rec);
+                let payload = seal(&mut tx, &EnclaveMessage::Registered { model_id })?;
+                Ok(Response::ChannelReply {
+                    payload,
+                    registered: Some(RegisteredModel { model_id, sealed }),
+                })
+            }
+            ClientMessage::Hello { model_id } => {
+                let m = self
+                    .models
+                    .get(&model_id)
+                    .ok_or_else(|| EnclaveError::Protocol("unknown model".into()))?;
+                if m.key_id != key_id {
+                    return refuse("the model is not under this channel's key set");
+                }
+                let plan = QueryPlan::of(model_id, &m.schedule)?;
+                let payload = seal(&mut tx, &EnclaveMessage::Plan(plan))?;
+                self.sessions
+                    .insert(session, Session::Ready { tx, model_id });
+                Ok(Response::ChannelReply {
+                    payload,
+                    registered: None,
+                })
+            }
+            ClientMessage::Query { .. } => refuse("a query must follow a hello; session closed"),
+        }
+    }
+
+    fn start_query(
+        &mut self,
+        session: SessionId,
+        host_model: ModelId,
+        payload: &[u8],
+        input: &[Vec<u8>],
+    ) -> Result<Response, EnclaveError> {
+        let Session::Ready { mut tx, model_id } = self.take(&session)? else {
+            return refuse("this session cannot start a query now; session closed");
+        };
+        if host_model != model_id {
+            return refuse("the host evaluates another model than the session's; session closed");
+        }
+        let ClientMessage::Query {
+            input_digest: want,
+            images,
+        } = open::<ClientMessage>(&mut tx, payload)?
+        else {
+            return refuse("expected the data provider's query; session closed");
+        };
+        let m = self
+            .models
+            .get(&model_id)
+            .ok_or_else(|| EnclaveError::Protocol("the model is gone".into()))?;
+        if input_digest(input) != want {
+            return refuse("the input ciphertexts are not the ones the data provider sent");
+        }
+        let first = &m.schedule.stages[0];
+        if input.len() != first.packing.input_count() {
+            return refuse(format!(
+                "stage 0 takes {} input ciphertexts, got {}",
+                first.packing.input_count(),
+                input.len()
+            ));
+        }
+        if images == 0 || images as usize > m.schedule.batch {
+            return refuse(format!(
+                "a query holds 1 to {} images, not {images}",
+                m.schedule.batch
+            ));
+        }
+        self.sessions.insert(
+            session,
+            Session::Running {
+                tx: Some(tx),
                 model_id,
                 next_stage: 0,
+                images,
             },
         );
-        Ok(Response::QueryStarted { query_id })
+        Ok(Response::QueryStarted)
     }
 
     fn stage_result(
         &mut self,
-        query_id: u64,
+        session: SessionId,
         stage: u32,
         cts: &[Vec<u8>],
     ) -> Result<Response, EnclaveError> {
-        let q = self.queries.get(&query_id).ok_or_else(|| {
-            EnclaveError::Protocol(format!("unknown or finished query {query_id}"))
-        })?;
-        if q.next_stage != stage {
-            let expected = q.next_stage;
-            self.queries.remove(&query_id);
-            return Err(EnclaveError::Protocol(format!(
-                "stage {stage} out of order (expected {expected}); query {query_id} aborted"
-            )));
+        let Session::Running {
+            tx,
+            model_id,
+            next_stage,
+            images,
+        } = self.take(&session)?
+        else {
+            return refuse("no query is running in this session; session closed");
+        };
+        if stage != next_stage {
+            return refuse(format!(
+                "stage {stage} out of order (expected {next_stage}); session closed"
+            ));
         }
         let m = self
             .models
-            .get(&q.model_id)
-            .ok_or_else(|| EnclaveError::Protocol("model was removed".into()))?;
-        let result = step(m, stage as usize, cts);
-        match &result {
-            Ok(Response::NextInput { .. }) => {
-                if let Some(q) = self.queries.get_mut(&query_id) {
-                    q.next_stage += 1;
-                }
-            }
-            _ => {
-                self.queries.remove(&query_id);
-            }
-        }
-        result
-    }
-}
-
-/// Decrypt, finish the stage in the clear, and re-encrypt (or release logits).
-fn step(m: &LoadedModel, k: usize, cts: &[Vec<u8>]) -> Result<Response, EnclaveError> {
-    let st = &m.schedule.stages[k];
-    if cts.len() != st.packing.output_count() {
-        return Err(EnclaveError::Protocol(format!(
-            "stage {k} needs {} ciphertexts, got {}",
-            st.packing.output_count(),
-            cts.len()
-        )));
-    }
-    let polys = cts
-        .par_iter()
-        .map(|b| {
-            let ct = ciphertext_from_bytes(b, &m.par, 3)?;
-            decrypt(&m.sk, &ct, m.par.plaintext())
-        })
-        .collect::<Result<Vec<_>, EnclaveError>>()?;
-    let ys: Vec<Vec<i64>> = m
-        .schedule
-        .unpack_stage_output(k, &polys)?
-        .into_iter()
-        .map(|acc| finish_stage(&st.tail, acc))
-        .collect();
-    match st.tail.output {
-        StageOutput::Logits => Ok(Response::Logits {
-            values: ys.iter().flat_map(|y| st.tail.dequantize(y)).collect(),
-        }),
-        StageOutput::Requant(_) => {
-            let polys = m.schedule.pack_stage_input(k + 1, &ys)?;
-            let ciphertexts = polys
-                .par_iter()
-                .map(|p| {
-                    let mut rng = rand::rng();
-                    let pt = Plaintext::try_encode(p.as_slice(), Encoding::poly(), &m.par)
-                        .map_err(hetee_he::HeError::from)?;
-                    let ct =
-                        m.sk.try_encrypt(&pt, &mut rng)
-                            .map_err(hetee_he::HeError::from)?;
-                    Ok(ciphertext_to_bytes(&ct))
+            .get(&model_id)
+            .ok_or_else(|| EnclaveError::Protocol("the model is gone".into()))?;
+        let ks = self
+            .keysets
+            .get(&m.key_id)
+            .ok_or_else(|| EnclaveError::Protocol("the model's keys are gone".into()))?;
+        match step(ks, &m.schedule, stage as usize, cts)? {
+            StepOutput::Next(ciphertexts) => {
+                self.sessions.insert(
+                    session,
+                    Session::Running {
+                        tx,
+                        model_id,
+                        next_stage: next_stage + 1,
+                        images,
+                    },
+                );
+                Ok(Response::NextInput {
+                    stage: stage + 1,
+                    ciphertexts,
                 })
-                .collect::<Result<Vec<_>, EnclaveError>>()?;
-            Ok(Response::NextInput {
-                stage: k as u32 + 1,
-                ciphertexts,
-            })
-        }
-    }
-}
-
-/// Decrypts to centred coefficients in `(-t/2, t/2]`.
-fn decrypt(sk: &SecretKey, ct: &Ciphertext, t: u64) -> Result<Vec<i64>, EnclaveError> {
-    let pt = sk.try_decrypt(ct).map_err(hetee_he::HeError::from)?;
-    // Decode as residues and centre them here without branches: fhe's signed
-    // decoder centres with a variable-time routine.
-    let v = Vec::<u64>::try_decode(&pt, Encoding::poly()).map_err(hetee_he::HeError::from)?;
-    Ok(v.into_iter().map(|x| centre(x, t)).collect())
-}
-
-/// Branch-free centring of a residue `x < t`: `x - t` if `x > t/2`, else `x`.
-fn centre(x: u64, t: u64) -> i64 {
-    let above = ((t / 2) as i64).wrapping_sub(x as i64) >> 63; // all ones if x > t/2
-    (x as i64).wrapping_sub(t as i64 & above)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn centre_matches_the_signed_representative() {
-        for t in [3u64, 65537, 16760833] {
-            for x in [0, 1, t / 2, t / 2 + 1, t - 1] {
-                let want = if x > t / 2 {
-                    x as i64 - t as i64
-                } else {
-                    x as i64
-                };
-                assert_eq!(super::centre(x, t), want, "x={x} t={t}");
             }
+            StepOutput::Logits(values) => match tx {
+                None => Ok(Response::Logits { values }),
+                Some(mut tx) => {
+                    let classes = values.len() / m.schedule.batch.max(1);
+                    let n = (images as usize * classes).min(values.len());
+                    let OutputPolicy::Logits = m.policy;
+                    let result = EnclaveMessage::Result {
+                        images,
+                        classes: classes as u32,
+                        logits: values[..n].to_vec(),
+                    };
+                    Ok(Response::Finished {
+                        payload: seal(&mut tx, &result)?,
+                    })
+                }
+            },
         }
     }
+
+    fn register_local(&mut self, schedule: Schedule) -> Result<Response, EnclaveError> {
+        self.local_only("RegisterLocal")?;
+        schedule.validate()?;
+        let (ks, sealed_keys) = self.sealer().create_keys(schedule.he.clone())?;
+        let rec = ModelRecord {
+            model_id: model_id(&ks.key_id, &[0; 32]),
+            key_id: ks.key_id,
+            commitment: [0; 32],
+            schedule,
+            policy: OutputPolicy::Logits,
+        };
+        let sealed_model = self.sealer().seal_model(&rec)?;
+        let resp = Response::Registered {
+            model_id: rec.model_id,
+            key_id: ks.key_id,
+            public_key: ks.public_key.clone(),
+            sealed_keys,
+            sealed_model,
+        };
+        self.keysets.insert(ks.key_id, ks);
+        self.models.insert(rec.model_id, rec);
+        Ok(resp)
+    }
+}
+
+fn open<T: serde::de::DeserializeOwned>(
+    tx: &mut Transport,
+    payload: &[u8],
+) -> Result<T, EnclaveError> {
+    let plain = tx
+        .open(payload)
+        .map_err(|e| EnclaveError::Protocol(format!("channel: {e}")))?;
+    postcard::from_bytes(&plain)
+        .map_err(|e| EnclaveError::Protocol(format!("malformed channel message: {e}")))
+}
+
+fn seal(tx: &mut Transport, msg: &EnclaveMessage) -> Result<Vec<u8>, EnclaveError> {
+    let plain = Zeroizing::new(
+        postcard::to_allocvec(msg)
+            .map_err(|e| EnclaveError::Protocol(format!("cannot encode reply: {e}")))?,
+    );
+    tx.seal(&plain)
+        .map_err(|e| EnclaveError::Protocol(format!("channel: {e}")))
 }

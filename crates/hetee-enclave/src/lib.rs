@@ -2,13 +2,26 @@
 //! linear stage's result, applies the exact integer nonlinear step (bias,
 //! ReLU, pooling, requantization), lays the values out for the next stage,
 //! and re-encrypts. Its only interface is [`Enclave::handle`]: one request
-//! in, one response out.
+//! in, one response out, carried over one byte stream by [`wire`].
+//!
+//! - [`messages`]: host ↔ enclave requests and client ↔ enclave channel messages;
+//! - [`enclave`]: state, sessions and dispatch;
+//! - [`keys`]: key sets, models, sealing;
+//! - [`step`]: decrypt → nonlinear step → encrypt;
+//! - [`schedule`]: the compiled model;
+//! - [`budget`]: the counting allocator behind the memory budget;
+//! - [`config`]: the measured enclave config.
 
+pub mod budget;
+pub mod config;
 pub mod enclave;
+pub mod keys;
 pub mod messages;
 pub mod schedule;
+pub mod step;
 pub mod wire;
 
+pub use config::EnclaveConfig;
 pub use enclave::Enclave;
 pub use messages::{Request, Response};
 pub use schedule::Schedule;

@@ -1,72 +1,164 @@
-//! The enclave's request/response messages. The host talks to the enclave
-//! only through these, so the enclave can move to its own process unchanged.
+//! The enclave's messages.
+//!
+//! Two layers:
+//! - [`Request`]/[`Response`]: host ↔ enclave, over the enclave's one byte
+//!   stream. The host sees all of it, so nothing secret travels here in the
+//!   clear: secrets are sealed blobs, Noise messages, or HE ciphertexts.
+//! - [`ClientMessage`]/[`EnclaveMessage`]: client ↔ enclave, inside the Noise
+//!   channel that the host only relays.
 
+use hetee_he::{ConvPacking, ConvSpec, HeConfig};
+use hetee_model::quant::InputQuant;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::schedule::Schedule;
+use crate::EnclaveError;
 
 /// Wire-format version of these messages.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Identifies a key set (random, chosen by the enclave).
+pub type KeyId = [u8; 16];
+/// Identifies a registered model: [`model_id`] of its key set and weights.
+pub type ModelId = [u8; 16];
+/// Identifies a channel and the session it carries (random).
+pub type SessionId = [u8; 16];
 
 /// A request from the host to the enclave.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
-    /// Sets the (simulated) platform identity; only accepted before any
-    /// model is registered. Real platforms derive these in hardware.
+    /// Sets the (simulated) platform identity and the measured config. Only
+    /// accepted first. Real platforms derive these in hardware.
     Init {
         /// Measurement of the enclave binary and config.
         measurement: [u8; 32],
         /// Platform sealing secret (simulation: supplied by the launcher).
         platform_secret: [u8; 32],
+        /// The measured enclave config ([`crate::EnclaveConfig::to_bytes`]).
+        config: Vec<u8>,
     },
-    /// Restores a model from a blob sealed by an enclave with the same
-    /// measurement (after a restart); same keys, so ciphertexts made for the
-    /// model earlier still decrypt.
-    RestoreModel {
-        /// The sealed blob from [`Response::Registered`].
+    /// Generates a BFV key set for these parameters.
+    CreateKeys {
+        /// Parameters the model provider asked for.
+        he: HeConfig,
+    },
+    /// Restores a key set sealed by an enclave with the same measurement.
+    RestoreKeys {
+        /// Blob from [`Response::KeysCreated`].
         sealed: Vec<u8>,
     },
-    /// Register a compiled model; the enclave creates its HE keys.
-    RegisterModel {
-        /// The compiled model (no weights).
-        schedule: Box<Schedule>,
+    /// The key set's public identity, for the platform to attest.
+    Identity {
+        /// Which key set.
+        key_id: KeyId,
     },
-    /// Start one inference query on a registered model.
+    /// Noise XK message 1 from a client who verified `evidence`.
+    OpenChannel {
+        /// Key set the evidence attests.
+        key_id: KeyId,
+        /// The evidence the client verified; its hash is the Noise prologue.
+        evidence: Vec<u8>,
+        /// Handshake message 1.
+        msg1: Vec<u8>,
+    },
+    /// Noise XK message 3 and the client's first message.
+    ChannelFinish {
+        /// From [`Response::ChannelOpened`].
+        session: SessionId,
+        /// Handshake message 3.
+        msg3: Vec<u8>,
+        /// A sealed [`ClientMessage`].
+        payload: Vec<u8>,
+    },
+    /// Restores a model sealed by an enclave with the same measurement.
+    /// Its key set must be restored first.
+    RestoreModel {
+        /// Blob from [`RegisteredModel::sealed`].
+        sealed: Vec<u8>,
+    },
+    /// Starts the query of a session that said hello.
     StartQuery {
-        /// Model id from [`Response::Registered`].
-        model_id: u64,
+        /// The session.
+        session: SessionId,
+        /// The model whose weights the host evaluates (must be the session's).
+        model_id: ModelId,
+        /// A sealed [`ClientMessage::Query`].
+        payload: Vec<u8>,
+        /// The data provider's input ciphertexts, exactly as the host will
+        /// use them for stage 0 (their digest must match the query's).
+        input: Vec<Vec<u8>>,
     },
     /// The host's encrypted result of linear stage `stage` of a query.
     StageResult {
-        /// Query id from [`Response::QueryStarted`].
-        query_id: u64,
+        /// The session.
+        session: SessionId,
         /// Stage index; stages must come in order, each once.
         stage: u32,
         /// Serialized degree-2 ciphertexts, in packing order.
         ciphertexts: Vec<Vec<u8>>,
+    },
+    /// Forgets a session (the host gave up on it).
+    CloseSession {
+        /// The session.
+        session: SessionId,
+    },
+    /// Memory and table counts.
+    Status,
+    /// Local mode only (in-process, unattested): register a model directly.
+    RegisterLocal {
+        /// The compiled model (no weights).
+        schedule: Box<Schedule>,
+    },
+    /// Local mode only: start a query whose logits come back in the clear.
+    StartLocalQuery {
+        /// From [`Response::Registered`].
+        model_id: ModelId,
     },
 }
 
 /// The enclave's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
-    /// Model registered.
-    Registered {
-        /// Id to refer to the model.
-        model_id: u64,
-        /// Serialized BFV public key for this model's parameters.
-        public_key: Vec<u8>,
-        /// The model's keys and schedule sealed to this enclave's
-        /// measurement, for the host to store and hand back after a restart.
-        sealed: Vec<u8>,
-    },
     /// Init accepted.
     Ready,
-    /// Query started.
-    QueryStarted {
-        /// Id to refer to the query.
-        query_id: u64,
+    /// A new key set.
+    KeysCreated {
+        /// Its id.
+        key_id: KeyId,
+        /// Serialized BFV public key.
+        public_key: Vec<u8>,
+        /// The key set sealed to this enclave's measurement (host stores it).
+        sealed: Vec<u8>,
     },
+    /// Key set restored.
+    KeysRestored {
+        /// Its id.
+        key_id: KeyId,
+    },
+    /// What the platform attests for a key set.
+    Identity(Identity),
+    /// Noise XK message 2.
+    ChannelOpened {
+        /// The new session.
+        session: SessionId,
+        /// Handshake message 2.
+        msg2: Vec<u8>,
+    },
+    /// The enclave's sealed answer to the client's first message.
+    ChannelReply {
+        /// A sealed [`EnclaveMessage`] for the client.
+        payload: Vec<u8>,
+        /// Set when the message registered a model: what the host stores.
+        registered: Option<RegisteredModel>,
+    },
+    /// Model restored.
+    ModelRestored {
+        /// Its id.
+        model_id: ModelId,
+    },
+    /// Query accepted; the host evaluates stage 0.
+    QueryStarted,
     /// Encrypted input of the next stage.
     NextInput {
         /// The stage these ciphertexts feed.
@@ -74,14 +166,304 @@ pub enum Response {
         /// Serialized fresh ciphertexts.
         ciphertexts: Vec<Vec<u8>>,
     },
-    /// Final dequantized logits (for the data provider).
+    /// The query's result, sealed to the data provider's channel.
+    Finished {
+        /// A sealed [`EnclaveMessage::Result`].
+        payload: Vec<u8>,
+    },
+    /// Session closed.
+    Closed,
+    /// Counts and memory.
+    Status(Status),
+    /// Local mode: model registered.
+    Registered {
+        /// Id to refer to the model.
+        model_id: ModelId,
+        /// Its key set.
+        key_id: KeyId,
+        /// Serialized BFV public key.
+        public_key: Vec<u8>,
+        /// The key set sealed, for [`Request::RestoreKeys`].
+        sealed_keys: Vec<u8>,
+        /// The model sealed, for [`Request::RestoreModel`].
+        sealed_model: Vec<u8>,
+    },
+    /// Local mode: query started.
+    LocalQueryStarted {
+        /// The session carrying it.
+        session: SessionId,
+    },
+    /// Local mode: dequantized logits in the clear.
     Logits {
         /// `batch x classes` values, image by image.
         values: Vec<f32>,
     },
-    /// The request was refused.
+    /// The request was refused; any session it touched is closed.
     Error {
-        /// What went wrong and what to do.
+        /// What went wrong and what to do (never secret data).
         message: String,
     },
+}
+
+/// A registered model as the host stores it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisteredModel {
+    /// Its id.
+    pub model_id: ModelId,
+    /// Model secrets sealed to the enclave's measurement.
+    pub sealed: Vec<u8>,
+}
+
+/// The public identity of a key set: what the report data binds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The key set.
+    pub key_id: KeyId,
+    /// The enclave's measurement.
+    pub measurement: [u8; 32],
+    /// The enclave's static Noise key.
+    pub channel_public_key: [u8; 32],
+    /// Serialized BFV public key.
+    pub public_key: Vec<u8>,
+    /// The BFV parameters, as bound in the report data ([`he_params_bytes`]).
+    pub he_params: Vec<u8>,
+}
+
+impl Identity {
+    /// SHA-256 of the public key.
+    pub fn public_key_hash(&self) -> [u8; 32] {
+        Sha256::digest(&self.public_key).into()
+    }
+
+    /// The report data the platform must attest for this identity:
+    /// `hetee_attest::report_data(channel key, SHA-256(public key), he_params)`.
+    pub fn report_data(&self) -> [u8; 64] {
+        hetee_attest::report_data(
+            &self.channel_public_key,
+            &self.public_key_hash(),
+            &self.he_params,
+        )
+    }
+}
+
+/// Enclave counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Key sets loaded.
+    pub keysets: usize,
+    /// Models loaded.
+    pub models: usize,
+    /// Open sessions.
+    pub sessions: usize,
+    /// Bytes allocated now.
+    pub memory_current: u64,
+    /// Highest allocation seen.
+    pub memory_peak: u64,
+    /// The configured budget (0: none).
+    pub memory_budget: u64,
+}
+
+/// Which part of the result the data provider receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutputPolicy {
+    /// All dequantized logits.
+    Logits,
+}
+
+/// A message from a client to the enclave, inside the channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// Model provider: the secrets of a model whose encrypted weights the
+    /// host holds.
+    RegisterModel {
+        /// Key set the weights are encrypted under.
+        key_id: KeyId,
+        /// [`weights_commitment`] of the uploaded weights.
+        commitment: [u8; 32],
+        /// Per-stage packing, scales, biases and requantization.
+        schedule: Box<Schedule>,
+        /// What a query releases.
+        policy: OutputPolicy,
+    },
+    /// Data provider: open a query session on a model.
+    Hello {
+        /// Which model.
+        model_id: ModelId,
+    },
+    /// Data provider: the input is uploaded.
+    Query {
+        /// [`input_digest`] of the input ciphertexts.
+        input_digest: [u8; 32],
+        /// Real images in the batch (the rest is padding).
+        images: u32,
+    },
+}
+
+/// A message from the enclave to a client, inside the channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum EnclaveMessage {
+    /// The model is registered.
+    Registered {
+        /// Its id.
+        model_id: ModelId,
+    },
+    /// How to encrypt a query's input.
+    Plan(QueryPlan),
+    /// The result of the query.
+    Result {
+        /// Images in the result.
+        images: u32,
+        /// Logits per image.
+        classes: u32,
+        /// `images x classes` dequantized logits.
+        logits: Vec<f32>,
+    },
+    /// The request was refused.
+    Refused {
+        /// Why.
+        message: String,
+    },
+}
+
+/// What a data provider needs to encrypt its input: public structure of
+/// the first stage only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryPlan {
+    /// The model.
+    pub model_id: ModelId,
+    /// BFV parameters.
+    pub he: HeConfig,
+    /// Input shape.
+    pub input_shape: Vec<usize>,
+    /// Input quantization.
+    pub input: InputQuant,
+    /// Images per query.
+    pub batch: usize,
+    /// First linear layer.
+    pub spec: ConvSpec,
+    /// Its packing.
+    pub packing: ConvPacking,
+    /// Logits per image.
+    pub classes: usize,
+}
+
+impl QueryPlan {
+    /// The plan of a schedule.
+    pub fn of(model_id: ModelId, s: &Schedule) -> Result<Self, EnclaveError> {
+        let first = s
+            .stages
+            .first()
+            .ok_or_else(|| EnclaveError::Schedule("no stages".into()))?;
+        let last = s
+            .stages
+            .last()
+            .ok_or_else(|| EnclaveError::Schedule("no stages".into()))?;
+        Ok(QueryPlan {
+            model_id,
+            he: s.he.clone(),
+            input_shape: s.input_shape.clone(),
+            input: s.input.clone(),
+            batch: s.batch,
+            spec: first.spec,
+            packing: first.packing,
+            classes: last.tail.output_shape.iter().product(),
+        })
+    }
+
+    /// Quantizes and packs up to `batch` images (zero images pad the rest).
+    pub fn pack_input(&self, xs: &[&[f32]]) -> Result<Vec<Vec<i64>>, EnclaveError> {
+        let per: usize = self.input_shape.iter().product();
+        if xs.is_empty() || xs.len() > self.batch {
+            return Err(EnclaveError::Schedule(format!(
+                "a query holds 1 to {} images, got {}",
+                self.batch,
+                xs.len()
+            )));
+        }
+        if per != self.spec.c * self.spec.h * self.spec.w {
+            return Err(EnclaveError::Schedule(
+                "the plan's input shape does not match its first layer".into(),
+            ));
+        }
+        let mut q = Vec::with_capacity(self.batch);
+        for x in xs {
+            if x.len() != per {
+                return Err(EnclaveError::Schedule(format!(
+                    "an image has {} values, the model takes {per}",
+                    x.len()
+                )));
+            }
+            q.push(
+                self.input
+                    .quantize(x)
+                    .map_err(|e| EnclaveError::Schedule(e.to_string()))?,
+            );
+        }
+        q.resize(self.batch, vec![0; per]);
+        let refs: Vec<&[i64]> = q.iter().map(|x| x.as_slice()).collect();
+        let packing = ConvPacking::new(self.packing.shape, self.packing.tiling, self.he.degree)
+            .map_err(EnclaveError::Schedule)?;
+        Ok(packing.pack_input(&self.spec.layout_batch(&refs)))
+    }
+}
+
+/// The canonical bytes of BFV parameters bound in the report data.
+pub fn he_params_bytes(he: &HeConfig) -> Vec<u8> {
+    postcard::to_allocvec(he).unwrap_or_default()
+}
+
+/// Parses [`he_params_bytes`].
+pub fn he_params_from_bytes(b: &[u8]) -> Result<HeConfig, EnclaveError> {
+    postcard::from_bytes(b)
+        .map_err(|e| EnclaveError::Protocol(format!("malformed HE parameters: {e}")))
+}
+
+fn hash_blobs(domain: &[u8], groups: &[&[Vec<u8>]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(domain);
+    h.update((groups.len() as u64).to_le_bytes());
+    for g in groups {
+        h.update((g.len() as u64).to_le_bytes());
+        for b in g.iter() {
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        }
+    }
+    h.finalize().into()
+}
+
+/// Commitment to a model's uploaded weight ciphertexts (per stage, in order).
+pub fn weights_commitment(stages: &[Vec<Vec<u8>>]) -> [u8; 32] {
+    let groups: Vec<&[Vec<u8>]> = stages.iter().map(|s| s.as_slice()).collect();
+    hash_blobs(b"hetee/weights/v1", &groups)
+}
+
+/// Digest binding a query's input ciphertexts.
+pub fn input_digest(cts: &[Vec<u8>]) -> [u8; 32] {
+    hash_blobs(b"hetee/input/v1", &[cts])
+}
+
+/// A model's id: derived from its key set and its weights commitment, so
+/// the model provider, the host and the enclave compute the same.
+pub fn model_id(key_id: &KeyId, commitment: &[u8; 32]) -> ModelId {
+    let mut h = Sha256::new();
+    h.update(b"hetee/model-id/v1");
+    h.update(key_id);
+    h.update(commitment);
+    let d: [u8; 32] = h.finalize().into();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&d[..16]);
+    id
+}
+
+/// Lowercase hex of an id.
+pub fn id_hex(id: &[u8]) -> String {
+    hetee_attest::evidence::hex(id)
+}
+
+/// Parses a 16-byte id from hex.
+pub fn id_from_hex(s: &str) -> Result<[u8; 16], String> {
+    let v = hetee_attest::evidence::unhex(s.trim())?;
+    v.try_into()
+        .map_err(|_| format!("an id is 32 hex digits, got {:?}", s.trim()))
 }

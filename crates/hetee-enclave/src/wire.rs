@@ -60,3 +60,14 @@ pub fn serve(
         output.flush().map_err(FrameError::from)?;
     }
 }
+
+/// `hetee enclave run`: serves a fresh enclave on stdin/stdout until stdin
+/// closes.
+pub fn serve_stdio() -> Result<(), FrameError> {
+    let mut enclave = Enclave::new();
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut input = std::io::BufReader::new(stdin.lock());
+    let mut output = std::io::BufWriter::new(stdout.lock());
+    serve(&mut enclave, &mut input, &mut output)
+}

@@ -23,6 +23,42 @@ pub struct Cli {
 enum EnclaveCommand {
     /// Serve the enclave on stdin/stdout (length-prefixed frames); started by the host.
     Run,
+    /// Print the enclave's measurement (SHA-256 of binary and config) as hex on the last line.
+    Measure {
+        /// Enclave binary to measure (default: this executable).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Memory budget in the measured config (MiB).
+        #[arg(long, default_value_t = hetee_enclave::config::DEFAULT_MEMORY_BUDGET_MIB)]
+        memory_budget_mib: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelCommand {
+    /// Model provider: verify the enclave, quantize and encrypt the model,
+    /// upload it and register its secrets over the channel. Prints the model
+    /// id alone on the last line.
+    Upload {
+        /// Server address: host:port or http://host:port.
+        #[arg(long)]
+        server: String,
+        /// ONNX model, or `mnist` / `e2dm` for a bundled one.
+        #[arg(long)]
+        model: String,
+        /// Calibration inputs (float32 .npy); bundled models use their own.
+        #[arg(long)]
+        calib: Option<PathBuf>,
+        /// The enclave measurement to accept (hex, from `hetee enclave measure`).
+        #[arg(long)]
+        expect_measurement: String,
+        /// Accept the simulated TEE platform (testing only: it protects nothing).
+        #[arg(long)]
+        allow_sim: bool,
+        /// Largest batch of images per query to plan for.
+        #[arg(long, default_value_t = 8)]
+        max_batch: usize,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -36,9 +72,54 @@ enum Command {
         /// Print the figures as JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// Run the enclave as a separate process (`hetee enclave run`).
+        /// All parties and the enclave in this process, no server (the old path).
         #[arg(long)]
-        enclave_process: bool,
+        in_process: bool,
+    },
+    /// The untrusted host: HTTP API, encrypted-model store, enclave process.
+    Serve {
+        /// Address to listen on (host:port; port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:8470")]
+        listen: String,
+        /// Directory of the store (created if missing).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The enclave's memory budget in MiB (part of its measurement).
+        #[arg(long, default_value_t = hetee_enclave::config::DEFAULT_MEMORY_BUDGET_MIB)]
+        enclave_memory_mib: u64,
+        /// Logs as JSON lines.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Model provider commands.
+    Model {
+        #[command(subcommand)]
+        cmd: ModelCommand,
+    },
+    /// Data provider: verify the enclave, encrypt the inputs, query a model
+    /// on the server and receive the logits over the channel.
+    Infer {
+        /// Server address: host:port or http://host:port.
+        #[arg(long)]
+        server: String,
+        /// Model id from `hetee model upload`.
+        #[arg(long)]
+        model_id: String,
+        /// Inputs: float32 .npy `[N, ...]` in the model's input shape.
+        #[arg(long)]
+        input: PathBuf,
+        /// Output: float32 .npy `[N, classes]` of dequantized logits.
+        #[arg(long)]
+        output: PathBuf,
+        /// The enclave measurement to accept (hex, from `hetee enclave measure`).
+        #[arg(long)]
+        expect_measurement: String,
+        /// Accept the simulated TEE platform (testing only: it protects nothing).
+        #[arg(long)]
+        allow_sim: bool,
+        /// Queries in flight at once.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
     },
     /// The enclave side.
     Enclave {
@@ -114,11 +195,92 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo {
             images,
             json,
-            enclave_process,
-        } => crate::demo::demo(images, json, enclave_process),
+            in_process,
+        } => {
+            if in_process {
+                crate::demo::demo(images, json)
+            } else {
+                crate::deployment_demo::demo(images, json)
+            }
+        }
         Command::Enclave {
             cmd: EnclaveCommand::Run,
-        } => crate::link::run_enclave_stdio(),
+        } => hetee_enclave::wire::serve_stdio().map_err(|e| anyhow::anyhow!("enclave stream: {e}")),
+        Command::Enclave {
+            cmd:
+                EnclaveCommand::Measure {
+                    binary,
+                    memory_budget_mib,
+                },
+        } => {
+            let config = hetee_enclave::EnclaveConfig { memory_budget_mib };
+            hetee_enclave::EnclaveConfig::from_bytes(&config.to_bytes())
+                .context("--memory-budget-mib must be between 16 and 1048576")?;
+            let program = match binary {
+                Some(b) => b,
+                None => std::env::current_exe()?,
+            };
+            let m = hetee_server::launcher::measure_binary(&program, &config)?;
+            println!("{}", m.to_hex());
+            Ok(())
+        }
+        Command::Serve {
+            listen,
+            data_dir,
+            enclave_memory_mib,
+            log_json,
+        } => {
+            let enclave = hetee_enclave::EnclaveConfig {
+                memory_budget_mib: enclave_memory_mib,
+            };
+            hetee_enclave::EnclaveConfig::from_bytes(&enclave.to_bytes())
+                .context("--enclave-memory-mib must be between 16 and 1048576")?;
+            crate::serve::serve(&crate::serve::ServeOptions {
+                listen,
+                data_dir,
+                enclave,
+                log_json,
+            })
+        }
+        Command::Model {
+            cmd:
+                ModelCommand::Upload {
+                    server,
+                    model,
+                    calib,
+                    expect_measurement,
+                    allow_sim,
+                    max_batch,
+                },
+        } => {
+            let trust = crate::client::trust::Trust::new(&expect_measurement, allow_sim)?;
+            let api = crate::client::http::Api::new(&server)?;
+            let (m, c) = load_model(&model, calib.as_deref())?;
+            let q = prepare(&m, &c)?;
+            let up = crate::client::model_provider::upload(&api, &trust, &q, max_batch)?;
+            eprintln!(
+                "uploaded {} bytes of encrypted weights; {} images per query",
+                up.weight_bytes, up.batch
+            );
+            println!("{}", hetee_enclave::messages::id_hex(&up.model_id));
+            Ok(())
+        }
+        Command::Infer {
+            server,
+            model_id,
+            input,
+            output,
+            expect_measurement,
+            allow_sim,
+            parallel,
+        } => crate::client::infer_file(
+            &server,
+            &model_id,
+            &input,
+            &output,
+            &crate::client::trust::Trust::new(&expect_measurement, allow_sim)?,
+            parallel,
+        ),
         Command::Run {
             model,
             input,

@@ -58,7 +58,7 @@ fn argmax(v: &[f32]) -> usize {
 }
 
 /// Runs the demo on the first `n` test images.
-pub fn demo(n: usize, json: bool, enclave_process: bool) -> Result<()> {
+pub fn demo(n: usize, json: bool) -> Result<()> {
     if n == 0 || n > 10_000 {
         bail!("--images must be between 1 and 10000");
     }
@@ -68,11 +68,7 @@ pub fn demo(n: usize, json: bool, enclave_process: bool) -> Result<()> {
     let labels = idx_labels(bundled::TEST_LABELS)?;
     let q = quantize(&model, &calib.data)?;
     eprintln!("compiling and encrypting the model...");
-    let dep = if enclave_process {
-        Deployment::with_enclave_process(&q, 1)?
-    } else {
-        Deployment::new(&q, 1)?
-    };
+    let dep = Deployment::new(&q, 1)?;
     let per = 28 * 28;
     let bar = ProgressBar::new(n as u64);
     bar.set_style(ProgressStyle::with_template(

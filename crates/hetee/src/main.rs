@@ -1,20 +1,21 @@
 //! `hetee`: confidential neural-network inference with BFV + a trusted enclave.
 
-mod alloc_meter;
 mod bench;
 mod chart;
 mod cli;
+mod client;
 mod data;
 mod demo;
-mod link;
+mod deployment_demo;
 mod parties;
 mod plan;
 mod report;
+mod serve;
 
 use clap::Parser;
 
 #[global_allocator]
-static ALLOC: alloc_meter::Meter = alloc_meter::Meter;
+static ALLOC: hetee_enclave::budget::Meter = hetee_enclave::budget::Meter;
 
 fn main() {
     let args = cli::Cli::parse();

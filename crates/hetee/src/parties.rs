@@ -1,25 +1,25 @@
-//! The three parties of a deployment, in one process for now: the model
-//! provider (compiles and encrypts the weights), the data provider (encrypts
-//! its input, reads the result) and the untrusted host (evaluates the linear
-//! layers, relays to the enclave). The enclave is reached only through
-//! [`Request`]/[`Response`] messages.
+//! The three parties in one process, with the enclave in local
+//! (unattested) mode: the model provider (compiles and encrypts the
+//! weights), the data provider (encrypts its input, reads the result) and
+//! the host (evaluates the linear layers, relays to the enclave). Used by
+//! `hetee run`, `hetee demo --in-process` and the benchmarks; the real
+//! deployment is `hetee serve` with the clients of [`crate::client`].
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use fhe::bfv::{BfvParameters, Encoding, Plaintext, PublicKey};
 use fhe_traits::{DeserializeParametrized, FheEncoder, FheEncrypter};
+use hetee_enclave::budget;
+use hetee_enclave::messages::ModelId;
 use hetee_enclave::{Request, Response, Schedule};
-use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
-use hetee_he::eval::ExtendedCiphertext;
-use hetee_he::Evaluator;
+use hetee_he::codec::ciphertext_to_bytes;
 use hetee_model::QuantModel;
+use hetee_server::host_model::HostModel;
+use hetee_server::launcher::{EnclaveLink, InProcess};
 use rayon::prelude::*;
 use serde::Serialize;
-
-use crate::alloc_meter;
-use crate::link::{ChildProcess, EnclaveLink, InProcess};
 
 /// Figures of one linear stage of one query.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -125,21 +125,19 @@ pub fn encrypt_input(
 /// weights pre-extended to the multiplication basis.
 pub struct Deployment {
     enclave: Box<dyn EnclaveLink>,
-    model_id: u64,
+    model_id: ModelId,
     /// The compiled model (public structure).
     pub schedule: Schedule,
     par: Arc<BfvParameters>,
     pk: PublicKey,
-    evaluator: Evaluator,
-    weights: Vec<Vec<ExtendedCiphertext>>,
+    host: HostModel,
     /// Bytes of encrypted weights uploaded by the model provider.
     pub weight_bytes: usize,
     /// Memory held by the pre-extended weights.
     pub weight_memory: usize,
     /// Bytes the enclave keeps allocated for this model (keys, schedule).
     pub enclave_resident: usize,
-    /// The model's keys and schedule sealed by the enclave (what the host
-    /// stores to restore the model after an enclave restart).
+    /// The model sealed by the enclave (what a host stores to restore it).
     pub sealed_model: Vec<u8>,
 }
 
@@ -148,53 +146,30 @@ impl Deployment {
     /// per query: the enclave makes keys, the model provider encrypts the
     /// weights, the host loads them.
     pub fn new(model: &QuantModel, max_batch: usize) -> Result<Self> {
-        Self::with_link(model, max_batch, Box::new(InProcess::new()))
-    }
-
-    /// Same as [`Deployment::new`] with the enclave in a child process.
-    pub fn with_enclave_process(model: &QuantModel, max_batch: usize) -> Result<Self> {
-        Self::with_link(model, max_batch, Box::new(ChildProcess::spawn()?))
-    }
-
-    fn with_link(
-        model: &QuantModel,
-        max_batch: usize,
-        enclave: Box<dyn EnclaveLink>,
-    ) -> Result<Self> {
+        let enclave: Box<dyn EnclaveLink> = Box::new(InProcess::new());
         let schedule = Schedule::compile_best(model, max_batch.max(1))?;
-        let before = alloc_meter::current();
-        let (registered, _) = enclave.call(Request::RegisterModel {
+        let before = budget::current();
+        let (registered, _) = enclave.call(Request::RegisterLocal {
             schedule: Box::new(schedule.clone()),
         })?;
-        let enclave_resident = alloc_meter::current().saturating_sub(before);
+        let enclave_resident = budget::current().saturating_sub(before);
         let (model_id, pk_bytes, sealed_model) = match registered {
             Response::Registered {
                 model_id,
                 public_key,
-                sealed,
-            } => (model_id, public_key, sealed),
+                sealed_model,
+                ..
+            } => (model_id, public_key, sealed_model),
             other => bail!("enclave refused the model: {}", describe(&other)),
         };
         let par = schedule.he.build()?;
         let pk = PublicKey::from_bytes(&pk_bytes, &par)
             .map_err(|e| anyhow!("bad public key from the enclave: {e}"))?;
-        // Model provider: encrypt and upload.
+        // Model provider: encrypt and upload; host: decode and pre-extend.
         let uploaded = encrypt_weights(model, &schedule, &par, &pk)?;
-        let weight_bytes = uploaded.iter().flatten().map(|b| b.len()).sum();
-        // Host: decode and pre-extend the weights once.
-        let evaluator = Evaluator::new(&par)?;
-        let weights = uploaded
-            .iter()
-            .map(|stage| {
-                let cts = stage
-                    .par_iter()
-                    .map(|b| ciphertext_from_bytes(b, &par, 2))
-                    .collect::<Result<Vec<_>, _>>()?;
-                evaluator.extend_all(&cts)
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .context("host could not load the encrypted weights")?;
-        let weight_memory = weights.iter().flatten().map(|w| w.memory_bytes()).sum();
+        let packings: Vec<_> = schedule.stages.iter().map(|s| s.packing).collect();
+        let host = HostModel::load(&schedule.he, &packings, &uploaded)
+            .map_err(|e| anyhow!("host could not load the encrypted weights: {e}"))?;
         Ok(Deployment {
             enclave,
             sealed_model,
@@ -203,10 +178,9 @@ impl Deployment {
             schedule,
             par,
             pk,
-            evaluator,
-            weights,
-            weight_bytes,
-            weight_memory,
+            weight_bytes: host.weight_bytes,
+            weight_memory: host.weight_memory,
+            host,
         })
     }
 
@@ -225,14 +199,14 @@ impl Deployment {
         let mut cts = encrypt_input(&self.schedule, &self.par, &self.pk, xs)?;
         stats.client_encrypt_ms = ms(t0);
         stats.bytes_up = cts.iter().map(Vec::len).sum();
-        let query_id = match self
+        let session = match self
             .enclave
-            .call(Request::StartQuery {
+            .call(Request::StartLocalQuery {
                 model_id: self.model_id,
             })?
             .0
         {
-            Response::QueryStarted { query_id } => query_id,
+            Response::LocalQueryStarted { session } => session,
             other => bail!("enclave refused the query: {}", describe(&other)),
         };
         for (k, st) in self.schedule.stages.iter().enumerate() {
@@ -243,21 +217,16 @@ impl Deployment {
             };
             // Host: linear layer.
             let th = Instant::now();
-            let inputs = cts
-                .par_iter()
-                .map(|b| ciphertext_from_bytes(b, &self.par, 2))
-                .collect::<Result<Vec<_>, _>>()?;
-            let ext = self.evaluator.extend_all(&inputs)?;
-            let outs =
-                self.evaluator
-                    .evaluate_plan(&st.packing.product_plan(), &ext, &self.weights[k])?;
-            let out_bytes: Vec<Vec<u8>> = outs.par_iter().map(ciphertext_to_bytes).collect();
+            let out_bytes = self
+                .host
+                .evaluate(k, &cts)
+                .map_err(|e| anyhow!("host, stage {k}: {e}"))?;
             s.host_ms = ms(th);
             s.bytes_to_enclave = out_bytes.iter().map(Vec::len).sum();
             // Enclave: nonlinear step.
             let te = Instant::now();
             let (resp, peak) = self.enclave.call(Request::StageResult {
-                query_id,
+                session,
                 stage: k as u32,
                 ciphertexts: out_bytes,
             })?;

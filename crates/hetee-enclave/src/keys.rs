@@ -1,0 +1,151 @@
+//! Key sets and registered models, and how they are sealed to the
+//! enclave's measurement so that a restarted enclave can take them back.
+
+use std::sync::Arc;
+
+use fhe::bfv::{BfvParameters, PublicKey, SecretKey};
+use fhe_traits::{DeserializeParametrized, Serialize as _};
+use hetee_attest::Measurement;
+use hetee_he::HeConfig;
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::messages::{KeyId, ModelId, OutputPolicy};
+use crate::schedule::Schedule;
+use crate::EnclaveError;
+
+const KEYS_LABEL: &str = "keys-v1";
+const MODEL_LABEL: &str = "model-v2";
+
+/// A BFV key set. The secret key is zeroized on drop by `fhe`.
+pub struct KeySet {
+    /// Its id.
+    pub key_id: KeyId,
+    /// The parameters.
+    pub he: HeConfig,
+    /// Built parameters.
+    pub par: Arc<BfvParameters>,
+    /// The secret key; never leaves the enclave unsealed.
+    pub sk: SecretKey,
+    /// Serialized public key (kept so it stays the same across restarts).
+    pub public_key: Vec<u8>,
+}
+
+/// What is sealed for a key set.
+#[derive(Serialize, Deserialize)]
+struct KeysSnapshot {
+    key_id: KeyId,
+    he: HeConfig,
+    secret_key: Vec<u8>,
+    public_key: Vec<u8>,
+}
+
+impl Drop for KeysSnapshot {
+    fn drop(&mut self) {
+        self.secret_key.zeroize();
+    }
+}
+
+/// A registered model: its secrets and the key set it uses.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// Its id.
+    pub model_id: ModelId,
+    /// Key set its weights are encrypted under.
+    pub key_id: KeyId,
+    /// Commitment to the uploaded weights.
+    pub commitment: [u8; 32],
+    /// The compiled model without weights.
+    pub schedule: Schedule,
+    /// What queries release.
+    pub policy: OutputPolicy,
+}
+
+/// Sealing context: the platform secret and the measurement.
+pub struct Sealer<'a> {
+    /// Platform secret.
+    pub secret: &'a [u8; 32],
+    /// This enclave's measurement.
+    pub measurement: &'a Measurement,
+}
+
+fn protocol(msg: String) -> EnclaveError {
+    EnclaveError::Protocol(msg)
+}
+
+impl Sealer<'_> {
+    fn seal(&self, label: &str, plain: &[u8]) -> Result<Vec<u8>, EnclaveError> {
+        hetee_attest::seal::seal(self.secret, self.measurement, label, plain)
+            .map_err(|e| protocol(format!("cannot seal: {e}")))
+    }
+
+    fn unseal(&self, label: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnclaveError> {
+        hetee_attest::seal::unseal(self.secret, self.measurement, label, sealed)
+            .map_err(|e| protocol(format!("cannot unseal ({label}): {e}")))
+    }
+
+    /// Generates a key set; returns it and its sealed blob.
+    pub fn create_keys(&self, he: HeConfig) -> Result<(KeySet, Vec<u8>), EnclaveError> {
+        he.check_security()?;
+        let par = he.build()?;
+        let mut rng = rand::rng();
+        let sk = SecretKey::random(&par, &mut rng);
+        let public_key = PublicKey::new(&sk, &mut rng).to_bytes();
+        let key_id: KeyId = rand::random();
+        let snap = KeysSnapshot {
+            key_id,
+            he: he.clone(),
+            secret_key: sk.to_bytes(),
+            public_key: public_key.clone(),
+        };
+        let plain = Zeroizing::new(
+            postcard::to_allocvec(&snap).map_err(|e| protocol(format!("encode keys: {e}")))?,
+        );
+        let sealed = self.seal(KEYS_LABEL, &plain)?;
+        let ks = KeySet {
+            key_id,
+            he,
+            par,
+            sk,
+            public_key,
+        };
+        Ok((ks, sealed))
+    }
+
+    /// Restores a sealed key set.
+    pub fn restore_keys(&self, sealed: &[u8]) -> Result<KeySet, EnclaveError> {
+        let plain = self.unseal(KEYS_LABEL, sealed)?;
+        let snap: KeysSnapshot = postcard::from_bytes(&plain)
+            .map_err(|e| protocol(format!("sealed keys are malformed: {e}")))?;
+        snap.he.check_security()?;
+        let par = snap.he.build()?;
+        let sk = SecretKey::from_bytes(&snap.secret_key, &par)
+            .map_err(|e| protocol(format!("sealed secret key is malformed: {e}")))?;
+        PublicKey::from_bytes(&snap.public_key, &par)
+            .map_err(|e| protocol(format!("sealed public key is malformed: {e}")))?;
+        Ok(KeySet {
+            key_id: snap.key_id,
+            he: snap.he.clone(),
+            par,
+            sk,
+            public_key: snap.public_key.clone(),
+        })
+    }
+
+    /// Seals a model record.
+    pub fn seal_model(&self, m: &ModelRecord) -> Result<Vec<u8>, EnclaveError> {
+        let plain = Zeroizing::new(
+            postcard::to_allocvec(m).map_err(|e| protocol(format!("encode model: {e}")))?,
+        );
+        self.seal(MODEL_LABEL, &plain)
+    }
+
+    /// Restores a sealed model record.
+    pub fn restore_model(&self, sealed: &[u8]) -> Result<ModelRecord, EnclaveError> {
+        let plain = self.unseal(MODEL_LABEL, sealed)?;
+        let m: ModelRecord = postcard::from_bytes(&plain)
+            .map_err(|e| protocol(format!("sealed model is malformed: {e}")))?;
+        m.schedule.validate()?;
+        Ok(m)
+    }
+}

@@ -1,0 +1,112 @@
+//! One enclave step of a query: decrypt the host's stage result, finish the
+//! stage exactly in the clear, and re-encrypt for the next stage (or release
+//! the logits).
+
+use fhe::bfv::{Ciphertext, Encoding, Plaintext, SecretKey};
+use fhe_traits::{FheDecoder, FheDecrypter, FheEncoder, FheEncrypter};
+use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
+use hetee_model::quant::StageOutput;
+use hetee_model::reference::finish_stage;
+use rayon::prelude::*;
+
+use crate::keys::KeySet;
+use crate::schedule::Schedule;
+use crate::EnclaveError;
+
+/// What a stage step produced.
+pub enum StepOutput {
+    /// Fresh ciphertexts for stage `k + 1`.
+    Next(Vec<Vec<u8>>),
+    /// Dequantized logits, `batch x classes`.
+    Logits(Vec<f32>),
+}
+
+/// Decrypt, finish stage `k` in the clear, and re-encrypt or release.
+pub fn step(
+    keys: &KeySet,
+    schedule: &Schedule,
+    k: usize,
+    cts: &[Vec<u8>],
+) -> Result<StepOutput, EnclaveError> {
+    let st = schedule
+        .stages
+        .get(k)
+        .ok_or_else(|| EnclaveError::Protocol(format!("no stage {k}")))?;
+    if cts.len() != st.packing.output_count() {
+        return Err(EnclaveError::Protocol(format!(
+            "stage {k} needs {} ciphertexts, got {}",
+            st.packing.output_count(),
+            cts.len()
+        )));
+    }
+    let polys = cts
+        .par_iter()
+        .map(|b| {
+            let ct = ciphertext_from_bytes(b, &keys.par, 3)?;
+            decrypt(&keys.sk, &ct, keys.par.plaintext())
+        })
+        .collect::<Result<Vec<_>, EnclaveError>>()?;
+    let ys: Vec<Vec<i64>> = schedule
+        .unpack_stage_output(k, &polys)?
+        .into_iter()
+        .map(|acc| finish_stage(&st.tail, acc))
+        .collect();
+    match st.tail.output {
+        StageOutput::Logits => Ok(StepOutput::Logits(
+            ys.iter().flat_map(|y| st.tail.dequantize(y)).collect(),
+        )),
+        StageOutput::Requant(_) => {
+            let polys = schedule.pack_stage_input(k + 1, &ys)?;
+            Ok(StepOutput::Next(encrypt_all(keys, &polys)?))
+        }
+    }
+}
+
+/// Encrypts polynomials under the secret key (fresh, symmetric).
+pub fn encrypt_all(keys: &KeySet, polys: &[Vec<i64>]) -> Result<Vec<Vec<u8>>, EnclaveError> {
+    polys
+        .par_iter()
+        .map(|p| {
+            let mut rng = rand::rng();
+            let pt = Plaintext::try_encode(p.as_slice(), Encoding::poly(), &keys.par)
+                .map_err(hetee_he::HeError::from)?;
+            let ct = keys
+                .sk
+                .try_encrypt(&pt, &mut rng)
+                .map_err(hetee_he::HeError::from)?;
+            Ok(ciphertext_to_bytes(&ct))
+        })
+        .collect()
+}
+
+/// Decrypts to centred coefficients in `(-t/2, t/2]`.
+pub fn decrypt(sk: &SecretKey, ct: &Ciphertext, t: u64) -> Result<Vec<i64>, EnclaveError> {
+    let pt = sk.try_decrypt(ct).map_err(hetee_he::HeError::from)?;
+    // Decode as residues and centre them here without branches: fhe's signed
+    // decoder centres with a variable-time routine.
+    let v = Vec::<u64>::try_decode(&pt, Encoding::poly()).map_err(hetee_he::HeError::from)?;
+    Ok(v.into_iter().map(|x| centre(x, t)).collect())
+}
+
+/// Branch-free centring of a residue `x < t`: `x - t` if `x > t/2`, else `x`.
+fn centre(x: u64, t: u64) -> i64 {
+    let above = ((t / 2) as i64).wrapping_sub(x as i64) >> 63; // all ones if x > t/2
+    (x as i64).wrapping_sub(t as i64 & above)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn centre_matches_the_signed_representative() {
+        for t in [3u64, 65537, 16760833] {
+            for x in [0, 1, t / 2, t / 2 + 1, t - 1] {
+                let want = if x > t / 2 {
+                    x as i64 - t as i64
+                } else {
+                    x as i64
+                };
+                assert_eq!(super::centre(x, t), want, "x={x} t={t}");
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The HTTP/JSON API (axum). Routes are thin: they parse JSON, run the
+//! host's logic ([`App`]) on a blocking thread and map errors to statuses
+//! with a JSON body. Limits: request bodies, per-request timeout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::api_types::ErrorBody;
+use crate::app::{ApiError, App};
+
+/// Largest request body (a model upload), bytes.
+pub const MAX_BODY: usize = 512 << 20;
+/// Longest a request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad(format!(
+            "malformed JSON body: {e}; see openapi.yaml for the schema"
+        ))
+    })
+}
+
+async fn blocking<T, F>(f: F) -> Result<Json<T>, ApiError>
+where
+    T: Serialize + Send + 'static,
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map(Json),
+        Err(e) => Err(ApiError {
+            status: 500,
+            message: format!("internal error: {e}"),
+        }),
+    }
+}
+
+type S = State<Arc<App>>;
+
+async fn health(State(app): S) -> Result<impl IntoResponse, ApiError> {
+    blocking(move || app.health()).await
+}
+
+async fn create_keys(State(app): S, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    let req = parse(&body)?;
+    blocking(move || app.create_keys(req)).await
+}
+
+async fn get_keys(State(app): S, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    blocking(move || app.get_keys(&id)).await
+}
+
+async fn upload_model(State(app): S, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    blocking(move || {
+        let req = parse(&body)?;
+        drop(body);
+        app.upload_model(req)
+    })
+    .await
+}
+
+async fn get_model(State(app): S, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    blocking(move || app.get_model(&id)).await
+}
+
+async fn open_session(State(app): S, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    let req = parse(&body)?;
+    blocking(move || app.open_session(req)).await
+}
+
+async fn finish_session(
+    State(app): S,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let req = parse(&body)?;
+    blocking(move || app.finish_session(&id, req)).await
+}
+
+async fn query(
+    State(app): S,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    blocking(move || {
+        let req = parse(&body)?;
+        drop(body);
+        app.query(&id, req)
+    })
+    .await
+}
+
+async fn close_session(
+    State(app): S,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    blocking(move || app.close_session(&id).map(|_| serde_json::json!({"closed": true}))).await
+}
+
+async fn fallback() -> ApiError {
+    ApiError::not_found("no such route; see openapi.yaml")
+}
+
+/// The API's routes.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/keys", post(create_keys))
+        .route("/v1/keys/{key_id}", get(get_keys))
+        .route("/v1/models", post(upload_model))
+        .route("/v1/models/{model_id}", get(get_model))
+        .route("/v1/sessions", post(open_session))
+        .route("/v1/sessions/{session}/finish", post(finish_session))
+        .route("/v1/sessions/{session}/query", post(query))
+        .route("/v1/sessions/{session}", axum::routing::delete(close_session))
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(app)
+}
+
+/// Serves the API on `listener` until Ctrl-C.
+pub async fn serve(listener: tokio::net::TcpListener, app: Arc<App>) -> std::io::Result<()> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, "hetee server listening");
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}

@@ -1,0 +1,506 @@
+//! The host's logic behind the HTTP API, synchronous (handlers run it on
+//! blocking threads). Nothing here sees a plaintext: weights and inputs are
+//! HE ciphertexts, model secrets and results are sealed blobs or Noise
+//! messages.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use hetee_enclave::messages::{
+    he_params_from_bytes, id_from_hex, id_hex, model_id, weights_commitment, ModelId, SessionId,
+};
+use hetee_enclave::{Request, Response};
+use hetee_he::ConvPacking;
+use tracing::{info, warn};
+
+use crate::api_types::*;
+use crate::host_model::{HostModel, ModelMeta};
+use crate::launcher::LinkError;
+use crate::store::{Store, StoreError};
+use crate::supervisor::{CallError, KeysRecord, Supervisor};
+
+/// An API failure: HTTP status and a message that names the fix.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// Message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400 Bad Request.
+    pub fn bad(msg: impl Into<String>) -> Self {
+        ApiError {
+            status: 400,
+            message: msg.into(),
+        }
+    }
+    /// 404 Not Found.
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        ApiError {
+            status: 404,
+            message: msg.into(),
+        }
+    }
+    /// 409 Conflict.
+    pub fn conflict(msg: impl Into<String>) -> Self {
+        ApiError {
+            status: 409,
+            message: msg.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError {
+            status: e.http_status(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Refused(m) => ApiError::conflict(format!("the enclave refused: {m}")),
+            CallError::Link(LinkError::Dead(m)) => ApiError {
+                status: 503,
+                message: format!(
+                    "the enclave died during this request ({m}); the server restarts it and \
+                     restores its models: open a new session and retry"
+                ),
+            },
+            CallError::Link(l) => ApiError {
+                status: 503,
+                message: l.to_string(),
+            },
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+struct SessionInfo {
+    model_id: Option<ModelId>,
+    busy: bool,
+}
+
+/// The host: store, enclave, loaded models and open sessions.
+pub struct App {
+    store: Arc<Store>,
+    enclave: Supervisor,
+    models: RwLock<HashMap<ModelId, Arc<HostModel>>>,
+    sessions: Mutex<HashMap<SessionId, SessionInfo>>,
+}
+
+fn parse_id(s: &str, what: &str) -> ApiResult<[u8; 16]> {
+    id_from_hex(s).map_err(|e| ApiError::bad(format!("{what}: {e}")))
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl App {
+    /// The host over a store and an enclave supervisor.
+    pub fn new(store: Arc<Store>, enclave: Supervisor) -> Self {
+        App {
+            store,
+            enclave,
+            models: RwLock::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The enclave supervisor.
+    pub fn enclave(&self) -> &Supervisor {
+        &self.enclave
+    }
+
+    /// `GET /v1/health`.
+    pub fn health(&self) -> ApiResult<Health> {
+        let st = match self.enclave.call_retry(Request::Status)? {
+            Response::Status(s) => s,
+            _ => return Err(ApiError::conflict("unexpected answer to Status")),
+        };
+        Ok(Health {
+            status: "ok".into(),
+            measurement: self.enclave.measurement().to_hex(),
+            enclave_pid: self.enclave.pid(),
+            enclave_starts: self.enclave.starts(),
+            enclave_memory_current: st.memory_current,
+            enclave_memory_peak: st.memory_peak,
+            enclave_memory_budget: st.memory_budget,
+            models: self.store.usage()?.models as usize,
+            sessions: st.sessions,
+        })
+    }
+
+    fn keys_info(&self, key_id: &[u8; 16]) -> ApiResult<KeysInfo> {
+        if self.store.keyset(&id_hex(key_id))?.is_none() {
+            return Err(ApiError::not_found(format!(
+                "no key set {}; create one with POST /v1/keys",
+                id_hex(key_id)
+            )));
+        }
+        let (id, evidence) = self.enclave.identity(key_id)?;
+        Ok(KeysInfo {
+            key_id: id_hex(&id.key_id),
+            he_params: b64(&id.he_params),
+            public_key: b64(&id.public_key),
+            channel_public_key: id_hex(&id.channel_public_key),
+            evidence: b64(&evidence),
+        })
+    }
+
+    /// `POST /v1/keys`.
+    pub fn create_keys(&self, req: CreateKeys) -> ApiResult<KeysInfo> {
+        let he = he_params_from_bytes(&unb64(&req.he_params, "he_params").map_err(ApiError::bad)?)
+            .map_err(|e| ApiError::bad(e.to_string()))?;
+        let Response::KeysCreated { key_id, sealed, .. } =
+            self.enclave.call_retry(Request::CreateKeys { he })?
+        else {
+            return Err(ApiError::conflict("unexpected answer to CreateKeys"));
+        };
+        let rec = postcard::to_allocvec(&KeysRecord { sealed })
+            .map_err(|e| ApiError::bad(format!("encode: {e}")))?;
+        self.store.put_keyset(&id_hex(&key_id), &rec)?;
+        info!(key_id = %id_hex(&key_id), "key set created");
+        self.keys_info(&key_id)
+    }
+
+    /// `GET /v1/keys/{key_id}`.
+    pub fn get_keys(&self, key_id: &str) -> ApiResult<KeysInfo> {
+        self.keys_info(&parse_id(key_id, "key id")?)
+    }
+
+    /// `POST /v1/models`: stores encrypted weights (after checking that they
+    /// decode and fit their packings).
+    pub fn upload_model(&self, req: UploadModel) -> ApiResult<ModelCreated> {
+        let key_id = parse_id(&req.key_id, "key_id")?;
+        let Some(_) = self.store.keyset(&id_hex(&key_id))? else {
+            return Err(ApiError::not_found("unknown key_id; create keys first"));
+        };
+        let (identity, _) = self.enclave.identity(&key_id)?;
+        let he = he_params_from_bytes(&identity.he_params)
+            .map_err(|e| ApiError::bad(e.to_string()))?;
+        let mut packings = Vec::new();
+        let mut weights = Vec::new();
+        for (k, st) in req.stages.iter().enumerate() {
+            let p: ConvPacking = postcard::from_bytes(
+                &unb64(&st.packing, &format!("stages[{k}].packing")).map_err(ApiError::bad)?,
+            )
+            .map_err(|e| ApiError::bad(format!("stages[{k}].packing is malformed: {e}")))?;
+            packings.push(p);
+            weights.push(
+                st.weights
+                    .iter()
+                    .map(|w| unb64(w, &format!("stages[{k}].weights")))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(ApiError::bad)?,
+            );
+        }
+        let host = HostModel::load(&he, &packings, &weights)
+            .map_err(|e| ApiError::bad(format!("the uploaded model does not load: {e}")))?;
+        let commitment = weights_commitment(&weights);
+        let id = model_id(&key_id, &commitment);
+        let meta = ModelMeta {
+            key_id,
+            commitment,
+            he,
+            packings,
+            sealed: None,
+        };
+        if self.store.model_meta(&id_hex(&id))?.is_none() {
+            let meta = postcard::to_allocvec(&meta).map_err(|e| ApiError::bad(e.to_string()))?;
+            let blob = postcard::to_allocvec(&weights).map_err(|e| ApiError::bad(e.to_string()))?;
+            self.store.put_model(&id_hex(&id), &meta, &blob)?;
+        }
+        if let Ok(mut m) = self.models.write() {
+            m.insert(id, Arc::new(host));
+        }
+        info!(model_id = %id_hex(&id), "encrypted model stored");
+        Ok(ModelCreated {
+            model_id: id_hex(&id),
+            commitment: id_hex(&commitment),
+        })
+    }
+
+    fn meta(&self, id: &ModelId) -> ApiResult<ModelMeta> {
+        let bytes = self.store.model_meta(&id_hex(id))?.ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no model {}; upload it with hetee model upload",
+                id_hex(id)
+            ))
+        })?;
+        postcard::from_bytes(&bytes)
+            .map_err(|e| ApiError::conflict(format!("stored model record is malformed: {e}")))
+    }
+
+    /// `GET /v1/models/{model_id}`.
+    pub fn get_model(&self, model_id: &str) -> ApiResult<ModelInfo> {
+        let id = parse_id(model_id, "model id")?;
+        let meta = self.meta(&id)?;
+        Ok(ModelInfo {
+            model_id: id_hex(&id),
+            registered: meta.sealed.is_some(),
+            keys: self.keys_info(&meta.key_id)?,
+        })
+    }
+
+    fn host_model(&self, id: &ModelId) -> ApiResult<Arc<HostModel>> {
+        if let Some(m) = self.models.read().ok().and_then(|m| m.get(id).cloned()) {
+            return Ok(m);
+        }
+        let meta = self.meta(id)?;
+        let blob = self
+            .store
+            .model_weights(&id_hex(id))?
+            .ok_or_else(|| ApiError::not_found("the model's weights are missing"))?;
+        let weights: Vec<Vec<Vec<u8>>> = postcard::from_bytes(&blob)
+            .map_err(|e| ApiError::conflict(format!("stored weights are malformed: {e}")))?;
+        let host = Arc::new(
+            HostModel::load(&meta.he, &meta.packings, &weights)
+                .map_err(|e| ApiError::conflict(format!("stored model does not load: {e}")))?,
+        );
+        if let Ok(mut m) = self.models.write() {
+            m.insert(*id, host.clone());
+        }
+        Ok(host)
+    }
+
+    /// `POST /v1/sessions`: relays Noise message 1 with the evidence.
+    pub fn open_session(&self, req: OpenSession) -> ApiResult<SessionOpened> {
+        let key_id = parse_id(&req.key_id, "key_id")?;
+        let model_id = match &req.model_id {
+            Some(m) => {
+                let id = parse_id(m, "model_id")?;
+                if self.meta(&id)?.key_id != key_id {
+                    return Err(ApiError::bad("the model is not under this key set"));
+                }
+                Some(id)
+            }
+            None => None,
+        };
+        let msg1 = unb64(&req.msg1, "msg1").map_err(ApiError::bad)?;
+        let (_, evidence) = self.enclave.identity(&key_id)?;
+        let Response::ChannelOpened { session, msg2 } =
+            self.enclave.call_retry(Request::OpenChannel {
+                key_id,
+                evidence,
+                msg1,
+            })?
+        else {
+            return Err(ApiError::conflict("unexpected answer to OpenChannel"));
+        };
+        if let Ok(mut s) = self.sessions.lock() {
+            s.insert(
+                session,
+                SessionInfo {
+                    model_id,
+                    busy: false,
+                },
+            );
+        }
+        Ok(SessionOpened {
+            session: id_hex(&session),
+            msg2: b64(&msg2),
+        })
+    }
+
+    /// `POST /v1/sessions/{id}/finish`: relays message 3 and the client's
+    /// first message; stores a model's sealed secrets when it registers one.
+    pub fn finish_session(&self, session: &str, req: FinishSession) -> ApiResult<Sealed> {
+        let session = parse_id(session, "session")?;
+        self.claim(&session)?;
+        let r = self.finish_inner(session, req);
+        self.release(&session, r.is_ok());
+        r
+    }
+
+    fn finish_inner(&self, session: SessionId, req: FinishSession) -> ApiResult<Sealed> {
+        let msg3 = unb64(&req.msg3, "msg3").map_err(ApiError::bad)?;
+        let payload = unb64(&req.payload, "payload").map_err(ApiError::bad)?;
+        let Response::ChannelReply {
+            payload,
+            registered,
+        } = self.enclave.call(Request::ChannelFinish {
+            session,
+            msg3,
+            payload,
+        })?
+        else {
+            return Err(ApiError::conflict("unexpected answer to ChannelFinish"));
+        };
+        if let Some(reg) = registered {
+            let mut meta = self.meta(&reg.model_id).map_err(|_| {
+                ApiError::conflict(
+                    "the enclave registered a model whose weights were never uploaded; \
+                     upload the weights first",
+                )
+            })?;
+            meta.sealed = Some(reg.sealed);
+            let bytes = postcard::to_allocvec(&meta).map_err(|e| ApiError::bad(e.to_string()))?;
+            self.store.set_model_meta(&id_hex(&reg.model_id), &bytes)?;
+            info!(model_id = %id_hex(&reg.model_id), "model registered with the enclave");
+        }
+        Ok(Sealed {
+            payload: b64(&payload),
+        })
+    }
+
+    fn claim(&self, session: &SessionId) -> ApiResult<Option<ModelId>> {
+        let mut s = self
+            .sessions
+            .lock()
+            .map_err(|_| ApiError::conflict("session table poisoned"))?;
+        let info = s.get_mut(session).ok_or_else(|| {
+            ApiError::not_found("unknown or finished session; open a new one with POST /v1/sessions")
+        })?;
+        if info.busy {
+            return Err(ApiError::conflict(
+                "this session is busy with another request; requests of a session go one at a time",
+            ));
+        }
+        info.busy = true;
+        Ok(info.model_id)
+    }
+
+    fn release(&self, session: &SessionId, keep: bool) {
+        if let Ok(mut s) = self.sessions.lock() {
+            if keep {
+                if let Some(i) = s.get_mut(session) {
+                    i.busy = false;
+                }
+            } else {
+                s.remove(session);
+            }
+        }
+        if !keep {
+            let _ = self.enclave.call(Request::CloseSession { session: *session });
+        }
+    }
+
+    /// `POST /v1/sessions/{id}/query`: runs every linear stage on the host
+    /// and every nonlinear step in the enclave; returns the sealed result.
+    pub fn query(&self, session: &str, req: RunQuery) -> ApiResult<QueryDone> {
+        let session = parse_id(session, "session")?;
+        let model = self.claim(&session)?;
+        let r = self.query_inner(session, model, req);
+        // A session carries one query: it ends here either way.
+        self.release(&session, false);
+        let job = serde_json::json!({
+            "session": id_hex(&session),
+            "model_id": model.map(|m| id_hex(&m)),
+            "ok": r.is_ok(),
+            "error": r.as_ref().err().map(|e| e.message.clone()),
+            "host_ms": r.as_ref().ok().map(|d| d.host_ms),
+            "enclave_ms": r.as_ref().ok().map(|d| d.enclave_ms),
+            "finished_unix": now_unix(),
+        });
+        if let Err(e) = self.store.put_job(&id_hex(&session), job.to_string().as_bytes()) {
+            warn!(error = %e, "cannot record the job");
+        }
+        r
+    }
+
+    fn query_inner(
+        &self,
+        session: SessionId,
+        model: Option<ModelId>,
+        req: RunQuery,
+    ) -> ApiResult<QueryDone> {
+        let model = model.ok_or_else(|| {
+            ApiError::bad("this session was opened without a model_id; it cannot run a query")
+        })?;
+        let host = self.host_model(&model)?;
+        let payload = unb64(&req.payload, "payload").map_err(ApiError::bad)?;
+        let mut cts = req
+            .input
+            .iter()
+            .map(|c| unb64(c, "input"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ApiError::bad)?;
+        let expected = host.packing(0).map(|p| p.input_count()).unwrap_or(0);
+        if cts.len() != expected {
+            return Err(ApiError::bad(format!(
+                "the model takes {expected} input ciphertexts, got {}",
+                cts.len()
+            )));
+        }
+        let t0 = Instant::now();
+        let mut enclave_ms = 0.0;
+        let mut host_ms = 0.0;
+        let te = Instant::now();
+        let Response::QueryStarted = self.enclave.call(Request::StartQuery {
+            session,
+            model_id: model,
+            payload,
+            input: cts.clone(),
+        })?
+        else {
+            return Err(ApiError::conflict("unexpected answer to StartQuery"));
+        };
+        enclave_ms += ms(te);
+        for k in 0..host.stages() {
+            let th = Instant::now();
+            let outs = host
+                .evaluate(k, &cts)
+                .map_err(|e| ApiError::bad(format!("stage {k}: {e}")))?;
+            host_ms += ms(th);
+            let te = Instant::now();
+            let resp = self.enclave.call(Request::StageResult {
+                session,
+                stage: k as u32,
+                ciphertexts: outs,
+            })?;
+            enclave_ms += ms(te);
+            match resp {
+                Response::NextInput { ciphertexts, .. } => cts = ciphertexts,
+                Response::Finished { payload } => {
+                    info!(
+                        model_id = %id_hex(&model),
+                        total_ms = ms(t0),
+                        host_ms,
+                        enclave_ms,
+                        "query done"
+                    );
+                    return Ok(QueryDone {
+                        payload: b64(&payload),
+                        host_ms,
+                        enclave_ms,
+                    });
+                }
+                _ => return Err(ApiError::conflict(format!("unexpected answer at stage {k}"))),
+            }
+        }
+        Err(ApiError::conflict(
+            "the enclave released no result after the last stage",
+        ))
+    }
+
+    /// `DELETE /v1/sessions/{id}`.
+    pub fn close_session(&self, session: &str) -> ApiResult<()> {
+        let session = parse_id(session, "session")?;
+        let known = self
+            .sessions
+            .lock()
+            .map(|mut s| s.remove(&session).is_some())
+            .unwrap_or(false);
+        if !known {
+            return Err(ApiError::not_found("unknown or finished session"));
+        }
+        let _ = self.enclave.call(Request::CloseSession { session });
+        Ok(())
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}

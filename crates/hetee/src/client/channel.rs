@@ -1,0 +1,77 @@
+//! A client's Noise channel to the enclave, relayed by the server: message
+//! 1 with `POST /v1/sessions`, message 3 and the first request with
+//! `POST /v1/sessions/{id}/finish`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use hetee_attest::{ClientHandshake, Transport};
+use hetee_enclave::messages::{id_hex, ClientMessage, EnclaveMessage, ModelId};
+use hetee_server::api_types::{b64, unb64, FinishSession, OpenSession, Sealed, SessionOpened};
+use zeroize::Zeroizing;
+
+use super::http::Api;
+use super::trust::AttestedKeys;
+
+/// An open session: its id on the server and the channel's transport.
+pub struct Session {
+    /// Session id (hex).
+    pub id: String,
+    tx: Transport,
+}
+
+impl Session {
+    /// Handshakes with the attested enclave and sends `first`; returns the
+    /// session and the enclave's answer.
+    pub fn open(
+        api: &Api,
+        keys: &AttestedKeys,
+        model_id: Option<&ModelId>,
+        first: &ClientMessage,
+    ) -> Result<(Self, EnclaveMessage)> {
+        let (hs, msg1) = ClientHandshake::new(&keys.channel_key, &keys.evidence_hash)?;
+        let opened: SessionOpened = api.post(
+            "/v1/sessions",
+            &OpenSession {
+                key_id: id_hex(&keys.key_id),
+                model_id: model_id.map(|m| id_hex(m)),
+                msg1: b64(&msg1),
+            },
+        )?;
+        let msg2 = unb64(&opened.msg2, "msg2").map_err(|e| anyhow!(e))?;
+        let (tx, msg3) = hs.finish(&msg2).context(
+            "the channel handshake failed: the server's enclave is not the one it attested \
+             (or it restarted; fetch its evidence again)",
+        )?;
+        let mut s = Session { id: opened.session, tx };
+        let payload = s.seal(first)?;
+        let reply: Sealed = api.post(
+            &format!("/v1/sessions/{}/finish", s.id),
+            &FinishSession {
+                msg3: b64(&msg3),
+                payload: b64(&payload),
+            },
+        )?;
+        let answer = s.open_reply(&reply.payload)?;
+        Ok((s, answer))
+    }
+
+    /// Seals a message for the enclave.
+    pub fn seal(&mut self, m: &ClientMessage) -> Result<Vec<u8>> {
+        let plain = Zeroizing::new(postcard::to_allocvec(m)?);
+        Ok(self.tx.seal(&plain)?)
+    }
+
+    /// Opens the enclave's base64 channel message; a refusal becomes an error.
+    pub fn open_reply(&mut self, payload_b64: &str) -> Result<EnclaveMessage> {
+        let bytes = unb64(payload_b64, "payload").map_err(|e| anyhow!(e))?;
+        let plain = self
+            .tx
+            .open(&bytes)
+            .context("the enclave's answer did not authenticate on the channel")?;
+        let m: EnclaveMessage =
+            postcard::from_bytes(&plain).context("the enclave's answer is malformed")?;
+        if let EnclaveMessage::Refused { message } = &m {
+            bail!("the enclave refused: {message}");
+        }
+        Ok(m)
+    }
+}

@@ -1,0 +1,93 @@
+//! A small blocking JSON client for the server's API.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use hetee_server::api_types::ErrorBody;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The server's base URL and an HTTP agent.
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    agent: ureq::Agent,
+}
+
+/// Normalizes `host:port` or `http://host:port[/]` to a base URL.
+pub fn base_url(addr: &str) -> Result<String> {
+    let a = addr.trim().trim_end_matches('/');
+    if a.is_empty() {
+        bail!("empty server address; pass --server host:port");
+    }
+    if a.starts_with("https://") {
+        bail!("https is not supported by this client; put a TLS proxy in front or use http://");
+    }
+    let a = a.strip_prefix("http://").unwrap_or(a);
+    if a.contains('/') || !a.contains(':') {
+        bail!("server address {addr:?} is not host:port or http://host:port");
+    }
+    Ok(format!("http://{a}"))
+}
+
+impl Api {
+    /// A client for the server at `addr`.
+    pub fn new(addr: &str) -> Result<Self> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(900)))
+            .build()
+            .into();
+        Ok(Api {
+            base: base_url(addr)?,
+            agent,
+        })
+    }
+
+    fn finish<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T> {
+        let mut resp = r.map_err(|e| anyhow!("{what}: cannot reach the server at {}: {e}", self.base))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .with_context(|| format!("{what}: reading the answer"))?;
+        if status >= 400 {
+            let msg = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            bail!("{what}: the server answered {status}: {msg}");
+        }
+        serde_json::from_slice(&body).with_context(|| format!("{what}: malformed answer"))
+    }
+
+    /// `GET path`.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        self.finish(path, self.agent.get(&url).call())
+    }
+
+    /// `POST path` with a JSON body.
+    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        let bytes = serde_json::to_vec(body)?;
+        self.finish(
+            path,
+            self.agent
+                .post(&url)
+                .header("content-type", "application/json")
+                .send(&bytes[..]),
+        )
+    }
+
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str) -> Result<serde_json::Value> {
+        let url = format!("{}{path}", self.base);
+        self.finish(path, self.agent.delete(&url).call())
+    }
+}

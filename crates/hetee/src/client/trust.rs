@@ -1,0 +1,99 @@
+//! Checking the server's enclave before trusting it: the evidence must be
+//! authentic, for the pinned measurement, and bind the channel key, the HE
+//! public key and the HE parameters the server handed over.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context, Result};
+use fhe::bfv::{BfvParameters, PublicKey};
+use fhe_traits::DeserializeParametrized;
+use hetee_attest::{Evidence, Measurement, Policy, SimVerifier, Verifiers};
+use hetee_enclave::messages::{he_params_from_bytes, id_from_hex, KeyId};
+use hetee_he::HeConfig;
+use hetee_server::api_types::{unb64, KeysInfo};
+use sha2::{Digest, Sha256};
+
+/// What a client accepts.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// Measurement of the published enclave build (hex on the command line).
+    pub measurement: Measurement,
+    /// Accept the simulated platform (protects nothing; testing only).
+    pub allow_sim: bool,
+}
+
+impl Trust {
+    /// From `--expect-measurement HEX [--allow-sim]`.
+    pub fn new(measurement_hex: &str, allow_sim: bool) -> Result<Self> {
+        let bytes = hetee_attest::evidence::unhex(measurement_hex.trim())
+            .map_err(|e| anyhow!("--expect-measurement: {e}"))?;
+        let m: [u8; 32] = bytes.try_into().map_err(|_| {
+            anyhow!("--expect-measurement takes 64 hex digits (print it with `hetee enclave measure`)")
+        })?;
+        Ok(Trust {
+            measurement: Measurement(m),
+            allow_sim,
+        })
+    }
+}
+
+/// A key set whose evidence checked out.
+pub struct AttestedKeys {
+    /// Its id.
+    pub key_id: KeyId,
+    /// BFV parameters.
+    pub he: HeConfig,
+    /// Built parameters.
+    pub par: Arc<BfvParameters>,
+    /// The enclave's HE public key.
+    pub public_key: PublicKey,
+    /// The enclave's static channel key.
+    pub channel_key: [u8; 32],
+    /// Hash of the evidence: the Noise prologue.
+    pub evidence_hash: [u8; 32],
+}
+
+/// Verifies `info` under `trust`.
+pub fn verify(info: &KeysInfo, trust: &Trust) -> Result<AttestedKeys> {
+    let ev_bytes = unb64(&info.evidence, "evidence").map_err(|e| anyhow!(e))?;
+    let ev = Evidence::decode(&ev_bytes).context("the server's evidence is malformed")?;
+    let he_params = unb64(&info.he_params, "he_params").map_err(|e| anyhow!(e))?;
+    let pk_bytes = unb64(&info.public_key, "public_key").map_err(|e| anyhow!(e))?;
+    let ck = hetee_attest::evidence::unhex(&info.channel_public_key).map_err(|e| anyhow!(e))?;
+    let channel_key: [u8; 32] = ck
+        .try_into()
+        .map_err(|_| anyhow!("the channel key is not 32 bytes"))?;
+    let pk_hash: [u8; 32] = Sha256::digest(&pk_bytes).into();
+    let mut policy = Policy::new(trust.measurement);
+    policy.allow_sim = trust.allow_sim;
+    let verifiers = Verifiers {
+        sim: Some(SimVerifier::dev()),
+        dcap: Some(hetee_attest::DcapVerifier::new()),
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    policy
+        .check_bound(&verifiers, &ev, &channel_key, &pk_hash, &he_params, now)
+        .map_err(|e| match e {
+            hetee_attest::Error::SimNotAllowed => anyhow!(
+                "refusing the server's enclave: its evidence comes from the simulated platform, \
+                 which protects nothing; pass --allow-sim only for testing"
+            ),
+            other => anyhow!("refusing the server's enclave: {other}"),
+        })?;
+    let he = he_params_from_bytes(&he_params)?;
+    let par = he.build()?;
+    let public_key = PublicKey::from_bytes(&pk_bytes, &par)
+        .map_err(|e| anyhow!("the attested HE public key does not parse: {e}"))?;
+    Ok(AttestedKeys {
+        key_id: id_from_hex(&info.key_id).map_err(|e| anyhow!(e))?,
+        he,
+        par,
+        public_key,
+        channel_key,
+        evidence_hash: ev.hash()?,
+    })
+}

@@ -1,0 +1,91 @@
+//! `hetee serve`: the untrusted host as an HTTP server, with its enclave as
+//! a child process and its store in a data directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use hetee_enclave::EnclaveConfig;
+use hetee_server::app::App;
+use hetee_server::launcher::LaunchSpec;
+use hetee_server::store::Store;
+use hetee_server::supervisor::Supervisor;
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Address to listen on (`host:port`; port 0 picks one).
+    pub listen: String,
+    /// The store's directory.
+    pub data_dir: PathBuf,
+    /// The enclave's memory budget (measured).
+    pub enclave: EnclaveConfig,
+    /// Logs as JSON lines.
+    pub log_json: bool,
+}
+
+/// Sets up structured logs on stderr (once per process). `RUST_LOG` filters.
+pub fn init_logs(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
+}
+
+/// A bound, ready server: its address and how to run it.
+pub struct Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The enclave measurement clients must pin (hex).
+    pub measurement: String,
+    listener: std::net::TcpListener,
+    app: Arc<App>,
+}
+
+impl Server {
+    /// Opens the store, starts the enclave and binds the listener.
+    pub fn bind(opts: &ServeOptions) -> Result<Self> {
+        let store = Arc::new(Store::open(&opts.data_dir)?);
+        let spec = LaunchSpec::this_executable(opts.enclave)?;
+        let sup = Supervisor::start(spec, store.clone())?;
+        let measurement = sup.measurement().to_hex();
+        let listener = std::net::TcpListener::bind(opts.listen.trim_start_matches("http://"))
+            .with_context(|| format!("cannot listen on {}", opts.listen))?;
+        listener.set_nonblocking(true)?;
+        Ok(Server {
+            addr: listener.local_addr()?,
+            measurement,
+            listener,
+            app: Arc::new(App::new(store, sup)),
+        })
+    }
+
+    /// Serves until Ctrl-C.
+    pub fn run(self) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .worker_threads(2)
+            .build()?;
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(self.listener)?;
+            hetee_server::api::serve(listener, self.app).await
+        })
+        .map_err(|e| anyhow!("server: {e}"))
+    }
+}
+
+/// `hetee serve`.
+pub fn serve(opts: &ServeOptions) -> Result<()> {
+    init_logs(opts.log_json);
+    let server = Server::bind(opts)?;
+    println!("enclave measurement {}", server.measurement);
+    println!("listening on http://{}", server.addr);
+    server.run()
+}
