@@ -32,7 +32,10 @@ pub const MAX_SESSIONS: usize = 1024;
 /// Where a session is.
 enum Session {
     /// Noise message 2 sent; waiting for message 3.
-    Handshake { hs: EnclaveHandshake, key_id: KeyId },
+    Handshake {
+        hs: Box<EnclaveHandshake>,
+        key_id: KeyId,
+    },
     /// The data provider said hello to a model; waiting for its query.
     Ready { tx: Transport, model_id: ModelId },
     /// A query in progress; `next_stage` is the only stage accepted.
@@ -55,6 +58,8 @@ pub struct Enclave {
     config: Option<EnclaveConfig>,
     channel_key: Option<StaticKeypair>,
     handled: u64,
+    /// Highest allocation seen over the enclave's life.
+    max_peak: usize,
 }
 
 impl Default for Enclave {
@@ -68,6 +73,7 @@ impl Default for Enclave {
             config: None,
             channel_key: None,
             handled: 0,
+            max_peak: 0,
         }
     }
 }
@@ -100,6 +106,7 @@ impl Enclave {
         let touched = session_of(&req);
         budget::reset_peak();
         let result = self.dispatch(req);
+        self.max_peak = self.max_peak.max(budget::peak());
         let over = self
             .config
             .map(|c| c.budget_bytes())
@@ -149,8 +156,7 @@ impl Enclave {
                     self.keysets.remove(&m.key_id);
                 }
             }
-            Response::ChannelOpened { session, .. }
-            | Response::LocalQueryStarted { session } => {
+            Response::ChannelOpened { session, .. } | Response::LocalQueryStarted { session } => {
                 self.sessions.remove(session);
             }
             _ => {}
@@ -223,7 +229,7 @@ impl Enclave {
                 models: self.models.len(),
                 sessions: self.sessions.len(),
                 memory_current: budget::current() as u64,
-                memory_peak: budget::peak() as u64,
+                memory_peak: self.max_peak as u64,
                 memory_budget: self.config.map(|c| c.budget_bytes() as u64).unwrap_or(0),
             })),
             Request::RegisterLocal { schedule } => self.register_local(*schedule),
@@ -337,8 +343,13 @@ impl Enclave {
         let key = self.channel_key()?;
         let (hs, msg2) = EnclaveHandshake::respond(key, &prologue, msg1)
             .map_err(|e| EnclaveError::Protocol(format!("channel: {e}")))?;
-        self.sessions
-            .insert(session, Session::Handshake { hs, key_id });
+        self.sessions.insert(
+            session,
+            Session::Handshake {
+                hs: Box::new(hs),
+                key_id,
+            },
+        );
         Ok(Response::ChannelOpened { session, msg2 })
     }
 
@@ -404,7 +415,7 @@ impl Enclave {
                     return refuse("the model is not under this channel's key set");
                 }
                 let plan = QueryPlan::of(model_id, &m.schedule)?;
-                let payload = seal(&mut tx, &EnclaveMessage::Plan(plan))?;
+                let payload = seal(&mut tx, &EnclaveMessage::Plan(Box::new(plan)))?;
                 self.sessions
                     .insert(session, Session::Ready { tx, model_id });
                 Ok(Response::ChannelReply {

@@ -257,7 +257,7 @@ pub struct Status {
     pub sessions: usize,
     /// Bytes allocated now.
     pub memory_current: u64,
-    /// Highest allocation seen.
+    /// Highest allocation seen since the enclave started.
     pub memory_peak: u64,
     /// The configured budget (0: none).
     pub memory_budget: u64,
@@ -308,7 +308,7 @@ pub enum EnclaveMessage {
         model_id: ModelId,
     },
     /// How to encrypt a query's input.
-    Plan(QueryPlan),
+    Plan(Box<QueryPlan>),
     /// The result of the query.
     Result {
         /// Images in the result.

@@ -20,8 +20,12 @@ use tower_http::trace::TraceLayer;
 use crate::api_types::ErrorBody;
 use crate::app::{ApiError, App};
 
-/// Largest request body (a model upload), bytes.
-pub const MAX_BODY: usize = 512 << 20;
+/// Largest model upload body, bytes.
+pub const MAX_MODEL_BODY: usize = 1 << 30;
+/// Largest query body (input ciphertexts), bytes.
+pub const MAX_QUERY_BODY: usize = 256 << 20;
+/// Largest body of every other request, bytes.
+pub const MAX_SMALL_BODY: usize = 1 << 20;
 /// Longest a request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -119,7 +123,11 @@ async fn close_session(
     State(app): S,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    blocking(move || app.close_session(&id).map(|_| serde_json::json!({"closed": true}))).await
+    blocking(move || {
+        app.close_session(&id)
+            .map(|_| serde_json::json!({"closed": true}))
+    })
+    .await
 }
 
 async fn fallback() -> ApiError {
@@ -132,14 +140,23 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/keys", post(create_keys))
         .route("/v1/keys/{key_id}", get(get_keys))
-        .route("/v1/models", post(upload_model))
+        .route(
+            "/v1/models",
+            post(upload_model).layer(DefaultBodyLimit::max(MAX_MODEL_BODY)),
+        )
         .route("/v1/models/{model_id}", get(get_model))
         .route("/v1/sessions", post(open_session))
         .route("/v1/sessions/{session}/finish", post(finish_session))
-        .route("/v1/sessions/{session}/query", post(query))
-        .route("/v1/sessions/{session}", axum::routing::delete(close_session))
+        .route(
+            "/v1/sessions/{session}/query",
+            post(query).layer(DefaultBodyLimit::max(MAX_QUERY_BODY)),
+        )
+        .route(
+            "/v1/sessions/{session}",
+            axum::routing::delete(close_session),
+        )
         .fallback(fallback)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(MAX_SMALL_BODY))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,

@@ -188,8 +188,8 @@ impl App {
             return Err(ApiError::not_found("unknown key_id; create keys first"));
         };
         let (identity, _) = self.enclave.identity(&key_id)?;
-        let he = he_params_from_bytes(&identity.he_params)
-            .map_err(|e| ApiError::bad(e.to_string()))?;
+        let he =
+            he_params_from_bytes(&identity.he_params).map_err(|e| ApiError::bad(e.to_string()))?;
         let mut packings = Vec::new();
         let mut weights = Vec::new();
         for (k, st) in req.stages.iter().enumerate() {
@@ -361,7 +361,9 @@ impl App {
             .lock()
             .map_err(|_| ApiError::conflict("session table poisoned"))?;
         let info = s.get_mut(session).ok_or_else(|| {
-            ApiError::not_found("unknown or finished session; open a new one with POST /v1/sessions")
+            ApiError::not_found(
+                "unknown or finished session; open a new one with POST /v1/sessions",
+            )
         })?;
         if info.busy {
             return Err(ApiError::conflict(
@@ -383,7 +385,9 @@ impl App {
             }
         }
         if !keep {
-            let _ = self.enclave.call(Request::CloseSession { session: *session });
+            let _ = self
+                .enclave
+                .call(Request::CloseSession { session: *session });
         }
     }
 
@@ -404,7 +408,10 @@ impl App {
             "enclave_ms": r.as_ref().ok().map(|d| d.enclave_ms),
             "finished_unix": now_unix(),
         });
-        if let Err(e) = self.store.put_job(&id_hex(&session), job.to_string().as_bytes()) {
+        if let Err(e) = self
+            .store
+            .put_job(&id_hex(&session), job.to_string().as_bytes())
+        {
             warn!(error = %e, "cannot record the job");
         }
         r
@@ -477,7 +484,11 @@ impl App {
                         enclave_ms,
                     });
                 }
-                _ => return Err(ApiError::conflict(format!("unexpected answer at stage {k}"))),
+                _ => {
+                    return Err(ApiError::conflict(format!(
+                        "unexpected answer at stage {k}"
+                    )))
+                }
             }
         }
         Err(ApiError::conflict(

@@ -123,7 +123,9 @@ impl ChildProcess {
         let pid = child.id();
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
-            return Err(LinkError::Launch("the enclave's stdio is unavailable".into()));
+            return Err(LinkError::Launch(
+                "the enclave's stdio is unavailable".into(),
+            ));
         };
         let link = ChildProcess {
             child: Mutex::new(child),

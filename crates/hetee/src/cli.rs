@@ -128,15 +128,15 @@ enum Command {
     },
     /// Runs any supported ONNX model on a batch of inputs.
     Run {
-        /// ONNX model.
+        /// ONNX model, or `mnist` / `e2dm` for a bundled one.
         #[arg(long)]
-        model: PathBuf,
+        model: String,
         /// Inputs: float32 .npy `[N, C, H, W]` or `[N, F]`, preprocessed.
         #[arg(long)]
         input: PathBuf,
-        /// Calibration inputs, same layout.
+        /// Calibration inputs, same layout (bundled models use their own).
         #[arg(long)]
-        calib: PathBuf,
+        calib: Option<PathBuf>,
         /// Output: float32 .npy `[N, classes]` of dequantized logits.
         #[arg(long)]
         output: PathBuf,
@@ -240,6 +240,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 data_dir,
                 enclave,
                 log_json,
+                enclave_program: None,
             })
         }
         Command::Model {
@@ -291,7 +292,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } => run_model(
             &model,
             &input,
-            &calib,
+            calib.as_deref(),
             &output,
             report.as_deref(),
             plaintext,
@@ -387,16 +388,15 @@ pub fn prepare(model: &Model, calib: &Tensor) -> Result<QuantModel> {
 }
 
 fn run_model(
-    model_path: &std::path::Path,
+    model_name: &str,
     input: &std::path::Path,
-    calib: &std::path::Path,
+    calib: Option<&std::path::Path>,
     output: &std::path::Path,
     report: Option<&std::path::Path>,
     plaintext: bool,
 ) -> Result<()> {
-    let model = hetee_model::onnx::import_onnx(model_path)?;
+    let (model, c) = load_model(model_name, calib)?;
     let x = data::read_npy(input).context("input")?;
-    let c = data::read_npy(calib).context("calibration set")?;
     let n = check_batch("the input", &x, &model)?;
     let q = prepare(&model, &c)?;
     let per: usize = model.input_shape.iter().product();

@@ -59,6 +59,7 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
         data_dir: dir.path().to_path_buf(),
         enclave: EnclaveConfig::default(),
         log_json: false,
+        enclave_program: None,
     })?;
     let addr = server.addr.to_string();
     // What a client pins: the published measurement of this build.

@@ -1,18 +1,7 @@
 //! `hetee`: confidential neural-network inference with BFV + a trusted enclave.
 
-mod bench;
-mod chart;
-mod cli;
-mod client;
-mod data;
-mod demo;
-mod deployment_demo;
-mod parties;
-mod plan;
-mod report;
-mod serve;
-
 use clap::Parser;
+use hetee::cli;
 
 #[global_allocator]
 static ALLOC: hetee_enclave::budget::Meter = hetee_enclave::budget::Meter;

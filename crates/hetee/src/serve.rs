@@ -23,6 +23,8 @@ pub struct ServeOptions {
     pub enclave: EnclaveConfig,
     /// Logs as JSON lines.
     pub log_json: bool,
+    /// The enclave executable (default: this one, as `hetee enclave run`).
+    pub enclave_program: Option<PathBuf>,
 }
 
 /// Sets up structured logs on stderr (once per process). `RUST_LOG` filters.
@@ -53,7 +55,10 @@ impl Server {
     /// Opens the store, starts the enclave and binds the listener.
     pub fn bind(opts: &ServeOptions) -> Result<Self> {
         let store = Arc::new(Store::open(&opts.data_dir)?);
-        let spec = LaunchSpec::this_executable(opts.enclave)?;
+        let mut spec = LaunchSpec::this_executable(opts.enclave)?;
+        if let Some(p) = &opts.enclave_program {
+            spec.program = p.clone();
+        }
         let sup = Supervisor::start(spec, store.clone())?;
         let measurement = sup.measurement().to_hex();
         let listener = std::net::TcpListener::bind(opts.listen.trim_start_matches("http://"))
@@ -65,6 +70,11 @@ impl Server {
             listener,
             app: Arc::new(App::new(store, sup)),
         })
+    }
+
+    /// The host logic (for tests and tools in this process).
+    pub fn app(&self) -> Arc<App> {
+        self.app.clone()
     }
 
     /// Serves until Ctrl-C.

@@ -41,7 +41,10 @@ impl Session {
             "the channel handshake failed: the server's enclave is not the one it attested \
              (or it restarted; fetch its evidence again)",
         )?;
-        let mut s = Session { id: opened.session, tx };
+        let mut s = Session {
+            id: opened.session,
+            tx,
+        };
         let payload = s.seal(first)?;
         let reply: Sealed = api.post(
             &format!("/v1/sessions/{}/finish", s.id),

@@ -49,7 +49,8 @@ impl Api {
         what: &str,
         r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<T> {
-        let mut resp = r.map_err(|e| anyhow!("{what}: cannot reach the server at {}: {e}", self.base))?;
+        let mut resp =
+            r.map_err(|e| anyhow!("{what}: cannot reach the server at {}: {e}", self.base))?;
         let status = resp.status().as_u16();
         let body = resp
             .body_mut()

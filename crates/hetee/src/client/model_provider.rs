@@ -4,8 +4,8 @@
 
 use anyhow::{bail, Context, Result};
 use hetee_enclave::messages::{
-    he_params_bytes, id_hex, model_id, weights_commitment, ClientMessage, EnclaveMessage,
-    ModelId, OutputPolicy,
+    he_params_bytes, id_hex, model_id, weights_commitment, ClientMessage, EnclaveMessage, ModelId,
+    OutputPolicy,
 };
 use hetee_enclave::Schedule;
 use hetee_model::QuantModel;

@@ -29,7 +29,9 @@ impl Trust {
         let bytes = hetee_attest::evidence::unhex(measurement_hex.trim())
             .map_err(|e| anyhow!("--expect-measurement: {e}"))?;
         let m: [u8; 32] = bytes.try_into().map_err(|_| {
-            anyhow!("--expect-measurement takes 64 hex digits (print it with `hetee enclave measure`)")
+            anyhow!(
+                "--expect-measurement takes 64 hex digits (print it with `hetee enclave measure`)"
+            )
         })?;
         Ok(Trust {
             measurement: Measurement(m),

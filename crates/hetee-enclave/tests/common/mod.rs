@@ -1,0 +1,527 @@
+//! Shared helpers of the enclave's integration tests: a tiny quantized model,
+//! the host's side (encrypted weights, linear stages) and an in-process
+//! client that drives the attested flow through [`Enclave::handle`].
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use fhe::bfv::{BfvParameters, Encoding, Plaintext, PublicKey};
+use fhe_traits::{DeserializeParametrized, FheEncoder, FheEncrypter};
+use hetee_attest::{ClientHandshake, Measurement, SimPlatform, Transport};
+use hetee_enclave::messages::{
+    input_digest, weights_commitment, ClientMessage, EnclaveMessage, Identity, KeyId, ModelId,
+    OutputPolicy, QueryPlan, RegisteredModel, SessionId,
+};
+use hetee_enclave::{Enclave, EnclaveConfig, Request, Response, Schedule};
+use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
+use hetee_he::eval::ExtendedCiphertext;
+use hetee_he::{Evaluator, HeConfig};
+use hetee_model::ir::{Layer, Model};
+use hetee_model::QuantModel;
+
+/// The measurement every test enclave is started with (unless a test wants another).
+pub const MEASUREMENT: [u8; 32] = [7; 32];
+/// The simulated platform secret.
+pub const PLATFORM_SECRET: [u8; 32] = [9; 32];
+
+/// A two-stage dense model (20 -> 8 -> ReLU -> 3) and one input.
+pub fn tiny_model() -> (QuantModel, Vec<f32>) {
+    let w = |n: usize, s: usize| {
+        (0..n)
+            .map(|i| (((i * 31 + s) % 23) as f32 - 11.0) / 30.0)
+            .collect::<Vec<_>>()
+    };
+    let m = Model {
+        input_shape: vec![20],
+        layers: vec![
+            Layer::Dense {
+                weight: w(8 * 20, 1),
+                bias: w(8, 2),
+                out_features: 8,
+                in_features: 20,
+            },
+            Layer::Relu,
+            Layer::Dense {
+                weight: w(3 * 8, 3),
+                bias: w(3, 4),
+                out_features: 3,
+                in_features: 8,
+            },
+        ],
+        node_names: vec!["fc1".into(), "relu".into(), "fc2".into()],
+    };
+    let calib: Vec<f32> = (0..5 * 20).map(|i| (i % 7) as f32 / 7.0).collect();
+    (
+        hetee_model::quantize(&m, &calib).unwrap(),
+        calib[..20].to_vec(),
+    )
+}
+
+/// Another input of the tiny model.
+pub fn other_input() -> Vec<f32> {
+    (0..20).map(|i| ((i * 5) % 11) as f32 / 11.0).collect()
+}
+
+/// What the reference implementation says.
+pub fn reference(q: &QuantModel, x: &[f32]) -> Vec<f32> {
+    hetee_model::reference::run_quantized(q, x).unwrap()
+}
+
+/// Init request with the given measurement and config.
+pub fn init_request(measurement: [u8; 32], config: EnclaveConfig) -> Request {
+    Request::Init {
+        measurement,
+        platform_secret: PLATFORM_SECRET,
+        config: config.to_bytes(),
+    }
+}
+
+/// A fresh enclave, Init'ed (attested mode).
+pub fn attested_enclave(measurement: [u8; 32], config: EnclaveConfig) -> Enclave {
+    let mut e = Enclave::new();
+    match e.handle(init_request(measurement, config)) {
+        Response::Ready => e,
+        other => panic!("Init refused: {other:?}"),
+    }
+}
+
+/// The error message of a response, or a panic naming what came instead.
+pub fn error_of(r: Response) -> String {
+    match r {
+        Response::Error { message } => message,
+        other => panic!("expected an error, got {}", short(&other)),
+    }
+}
+
+/// A response's variant name (responses can be megabytes of ciphertext).
+pub fn short(r: &Response) -> String {
+    match r {
+        Response::Ready => "Ready".into(),
+        Response::KeysCreated { .. } => "KeysCreated".into(),
+        Response::KeysRestored { .. } => "KeysRestored".into(),
+        Response::Identity(_) => "Identity".into(),
+        Response::ChannelOpened { .. } => "ChannelOpened".into(),
+        Response::ChannelReply { .. } => "ChannelReply".into(),
+        Response::ModelRestored { .. } => "ModelRestored".into(),
+        Response::QueryStarted => "QueryStarted".into(),
+        Response::NextInput { stage, .. } => format!("NextInput(stage {stage})"),
+        Response::Finished { .. } => "Finished".into(),
+        Response::Closed => "Closed".into(),
+        Response::Status(s) => format!("{s:?}"),
+        Response::Registered { .. } => "Registered".into(),
+        Response::LocalQueryStarted { .. } => "LocalQueryStarted".into(),
+        Response::Logits { values } => format!("Logits({values:?})"),
+        Response::Error { message } => format!("Error({message})"),
+    }
+}
+
+/// Encrypts polynomials under a serialized public key; serialized ciphertexts.
+pub fn encrypt_under(
+    public_key: &[u8],
+    par: &Arc<BfvParameters>,
+    polys: &[Vec<i64>],
+) -> Vec<Vec<u8>> {
+    let pk = PublicKey::from_bytes(public_key, par).unwrap();
+    polys
+        .iter()
+        .map(|p| {
+            let pt = Plaintext::try_encode(p.as_slice(), Encoding::poly(), par).unwrap();
+            ciphertext_to_bytes(&pk.try_encrypt(&pt, &mut rand::rng()).unwrap())
+        })
+        .collect()
+}
+
+/// A key set as the host and the clients see it.
+#[derive(Clone)]
+pub struct Keys {
+    pub key_id: KeyId,
+    pub public_key: Vec<u8>,
+    pub sealed: Vec<u8>,
+    pub identity: Identity,
+    /// Encoded evidence the host's (simulated) platform issued for it.
+    pub evidence: Vec<u8>,
+}
+
+/// Evidence of the simulated platform for an identity.
+pub fn evidence_for(measurement: [u8; 32], report_data: [u8; 64]) -> Vec<u8> {
+    SimPlatform::dev()
+        .issue(Measurement(measurement), false, report_data)
+        .encode()
+        .unwrap()
+}
+
+/// CreateKeys + Identity + evidence.
+pub fn create_keys(e: &mut Enclave, he: &HeConfig) -> Keys {
+    let (key_id, public_key, sealed) = match e.handle(Request::CreateKeys { he: he.clone() }) {
+        Response::KeysCreated {
+            key_id,
+            public_key,
+            sealed,
+        } => (key_id, public_key, sealed),
+        other => panic!("CreateKeys: {}", short(&other)),
+    };
+    let identity = identity(e, key_id);
+    assert_eq!(identity.public_key, public_key);
+    let evidence = evidence_for(identity.measurement, identity.report_data());
+    Keys {
+        key_id,
+        public_key,
+        sealed,
+        identity,
+        evidence,
+    }
+}
+
+/// The identity of a key set.
+pub fn identity(e: &mut Enclave, key_id: KeyId) -> Identity {
+    match e.handle(Request::Identity { key_id }) {
+        Response::Identity(id) => id,
+        other => panic!("Identity: {}", short(&other)),
+    }
+}
+
+/// A client's end of an open channel.
+pub struct Channel {
+    pub session: SessionId,
+    pub tx: Transport,
+}
+
+/// What the enclave answered to a channel's first message.
+pub struct Opened {
+    pub channel: Channel,
+    pub reply: EnclaveMessage,
+    pub registered: Option<RegisteredModel>,
+}
+
+/// Seals a client message.
+pub fn seal_msg(tx: &mut Transport, m: &ClientMessage) -> Vec<u8> {
+    tx.seal(&postcard::to_allocvec(m).unwrap()).unwrap()
+}
+
+/// Opens an enclave message.
+pub fn open_msg(tx: &mut Transport, payload: &[u8]) -> EnclaveMessage {
+    postcard::from_bytes(&tx.open(payload).unwrap()).unwrap()
+}
+
+/// The full client side of a channel: handshake against `enclave_key` with
+/// `evidence` as prologue, then `first` as the first message. Any refusal
+/// comes back as `Err` with what the enclave (or the handshake) said.
+pub fn connect_with(
+    e: &mut Enclave,
+    key_id: KeyId,
+    evidence: &[u8],
+    enclave_key: &[u8; 32],
+    first: &ClientMessage,
+) -> Result<Opened, String> {
+    let prologue = hetee_attest::Evidence::decode(evidence)
+        .and_then(|ev| ev.hash())
+        .map_err(|e| format!("client evidence: {e}"))?;
+    let (hs, msg1) =
+        ClientHandshake::new(enclave_key, &prologue).map_err(|e| format!("client: {e}"))?;
+    let (session, msg2) = match e.handle(Request::OpenChannel {
+        key_id,
+        evidence: evidence.to_vec(),
+        msg1,
+    }) {
+        Response::ChannelOpened { session, msg2 } => (session, msg2),
+        Response::Error { message } => return Err(message),
+        other => panic!("OpenChannel: {}", short(&other)),
+    };
+    let (mut tx, msg3) = hs
+        .finish(&msg2)
+        .map_err(|e| format!("client finish: {e}"))?;
+    let payload = seal_msg(&mut tx, first);
+    match e.handle(Request::ChannelFinish {
+        session,
+        msg3,
+        payload,
+    }) {
+        Response::ChannelReply {
+            payload,
+            registered,
+        } => {
+            let reply = open_msg(&mut tx, &payload);
+            Ok(Opened {
+                channel: Channel { session, tx },
+                reply,
+                registered,
+            })
+        }
+        Response::Error { message } => Err(message),
+        other => panic!("ChannelFinish: {}", short(&other)),
+    }
+}
+
+/// [`connect_with`] using the key set's own evidence and channel key.
+pub fn connect(e: &mut Enclave, keys: &Keys, first: &ClientMessage) -> Result<Opened, String> {
+    connect_with(
+        e,
+        keys.key_id,
+        &keys.evidence,
+        &keys.identity.channel_public_key,
+        first,
+    )
+}
+
+/// The host's copy of a model: weight ciphertexts (as uploaded) and their
+/// extended form for evaluation.
+pub struct HostModel {
+    pub schedule: Schedule,
+    pub par: Arc<BfvParameters>,
+    pub ev: Evaluator,
+    /// Uploaded weight ciphertexts, per stage.
+    pub uploaded: Vec<Vec<Vec<u8>>>,
+    weights: Vec<Vec<ExtendedCiphertext>>,
+}
+
+impl HostModel {
+    /// The model provider encrypts `q`'s packed weights under `public_key`.
+    pub fn new(q: &QuantModel, schedule: &Schedule, public_key: &[u8]) -> Self {
+        let par = schedule.he.build().unwrap();
+        let ev = Evaluator::new(&par).unwrap();
+        let uploaded: Vec<Vec<Vec<u8>>> = (0..schedule.stages.len())
+            .map(|k| {
+                let polys = schedule.pack_stage_weights(k, &q.stages[k].weight).unwrap();
+                encrypt_under(public_key, &par, &polys)
+            })
+            .collect();
+        let weights = uploaded
+            .iter()
+            .map(|w| {
+                let cts: Vec<_> = w
+                    .iter()
+                    .map(|b| ciphertext_from_bytes(b, &par, 2).unwrap())
+                    .collect();
+                ev.extend_all(&cts).unwrap()
+            })
+            .collect();
+        HostModel {
+            schedule: schedule.clone(),
+            par,
+            ev,
+            uploaded,
+            weights,
+        }
+    }
+
+    /// Commitment of the uploaded weights.
+    pub fn commitment(&self) -> [u8; 32] {
+        weights_commitment(&self.uploaded)
+    }
+
+    /// Evaluates linear stage `k` on serialized inputs.
+    pub fn evaluate(&self, k: usize, input: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let cts: Vec<_> = input
+            .iter()
+            .map(|b| ciphertext_from_bytes(b, &self.par, 2).unwrap())
+            .collect();
+        let outs = self
+            .ev
+            .evaluate_plan(
+                &self.schedule.stages[k].packing.product_plan(),
+                &self.ev.extend_all(&cts).unwrap(),
+                &self.weights[k],
+            )
+            .unwrap();
+        outs.iter().map(ciphertext_to_bytes).collect()
+    }
+}
+
+/// The RegisterModel message of a host model.
+pub fn register_message(keys: &Keys, host: &HostModel) -> ClientMessage {
+    ClientMessage::RegisterModel {
+        key_id: keys.key_id,
+        commitment: host.commitment(),
+        schedule: Box::new(host.schedule.clone()),
+        policy: OutputPolicy::Logits,
+    }
+}
+
+/// The model provider registers `host`'s model; returns what the host stores.
+pub fn register(e: &mut Enclave, keys: &Keys, host: &HostModel) -> RegisteredModel {
+    let opened = connect(e, keys, &register_message(keys, host)).unwrap();
+    let reg = opened
+        .registered
+        .expect("registration gives a sealed model");
+    match opened.reply {
+        EnclaveMessage::Registered { model_id } => assert_eq!(model_id, reg.model_id),
+        other => panic!("expected Registered, got {other:?}"),
+    }
+    reg
+}
+
+/// A data provider's session that said hello and got the plan.
+pub struct DataProvider {
+    pub channel: Channel,
+    pub plan: QueryPlan,
+}
+
+/// Hello on a new channel.
+pub fn hello(e: &mut Enclave, keys: &Keys, model_id: ModelId) -> Result<DataProvider, String> {
+    let opened = connect(e, keys, &ClientMessage::Hello { model_id })?;
+    assert!(opened.registered.is_none());
+    match opened.reply {
+        EnclaveMessage::Plan(plan) => Ok(DataProvider {
+            channel: opened.channel,
+            plan: *plan,
+        }),
+        other => panic!("expected a plan, got {other:?}"),
+    }
+}
+
+impl DataProvider {
+    /// Packs and encrypts one image under the (attested) public key.
+    pub fn encrypt(&self, public_key: &[u8], x: &[f32]) -> Vec<Vec<u8>> {
+        let par = self.plan.he.build().unwrap();
+        encrypt_under(public_key, &par, &self.plan.pack_input(&[x]).unwrap())
+    }
+
+    /// The sealed Query message for these input ciphertexts.
+    pub fn query_payload(&mut self, input: &[Vec<u8>]) -> Vec<u8> {
+        seal_msg(
+            &mut self.channel.tx,
+            &ClientMessage::Query {
+                input_digest: input_digest(input),
+                images: 1,
+            },
+        )
+    }
+
+    /// StartQuery for `model_id` with these inputs.
+    pub fn start(&mut self, e: &mut Enclave, model_id: ModelId, input: &[Vec<u8>]) -> Response {
+        let payload = self.query_payload(input);
+        e.handle(Request::StartQuery {
+            session: self.channel.session,
+            model_id,
+            payload,
+            input: input.to_vec(),
+        })
+    }
+
+    /// Opens the Finished payload.
+    pub fn result(&mut self, payload: &[u8]) -> EnclaveMessage {
+        open_msg(&mut self.channel.tx, payload)
+    }
+}
+
+/// The host runs every stage of a started query; returns the final response
+/// (Finished, Logits or the first Error).
+pub fn run_stages(
+    e: &mut Enclave,
+    host: &HostModel,
+    session: SessionId,
+    input: Vec<Vec<u8>>,
+) -> Response {
+    let mut inputs = input;
+    for k in 0..host.schedule.stages.len() {
+        let ciphertexts = host.evaluate(k, &inputs);
+        match e.handle(Request::StageResult {
+            session,
+            stage: k as u32,
+            ciphertexts,
+        }) {
+            Response::NextInput { stage, ciphertexts } => {
+                assert_eq!(stage as usize, k + 1);
+                inputs = ciphertexts;
+            }
+            other => return other,
+        }
+    }
+    panic!("the enclave asked for more stages than the model has")
+}
+
+/// A whole query by a new data provider; returns the logits it receives.
+pub fn query(
+    e: &mut Enclave,
+    keys: &Keys,
+    host: &HostModel,
+    model_id: ModelId,
+    x: &[f32],
+) -> Result<Vec<f32>, String> {
+    let mut dp = hello(e, keys, model_id)?;
+    let input = dp.encrypt(&keys.public_key, x);
+    match dp.start(e, model_id, &input) {
+        Response::QueryStarted => {}
+        Response::Error { message } => return Err(message),
+        other => panic!("StartQuery: {}", short(&other)),
+    }
+    match run_stages(e, host, dp.channel.session, input) {
+        Response::Finished { payload } => match dp.result(&payload) {
+            EnclaveMessage::Result {
+                images,
+                classes,
+                logits,
+            } => {
+                assert_eq!(images, 1);
+                assert_eq!(classes as usize, logits.len());
+                Ok(logits)
+            }
+            other => panic!("expected a result, got {other:?}"),
+        },
+        Response::Error { message } => Err(message),
+        other => panic!("last stage: {}", short(&other)),
+    }
+}
+
+/// Attested enclave with one key set and the tiny model registered.
+pub struct Setup {
+    pub enclave: Enclave,
+    pub q: QuantModel,
+    pub x: Vec<f32>,
+    pub keys: Keys,
+    pub host: HostModel,
+    pub registered: RegisteredModel,
+}
+
+impl Setup {
+    /// Everything up to a registered model.
+    pub fn new() -> Self {
+        Self::with_config(EnclaveConfig::default())
+    }
+
+    /// Same with another enclave config.
+    pub fn with_config(config: EnclaveConfig) -> Self {
+        let (q, x) = tiny_model();
+        let schedule = Schedule::compile(&q, 1).unwrap();
+        let mut enclave = attested_enclave(MEASUREMENT, config);
+        let keys = create_keys(&mut enclave, &schedule.he);
+        let host = HostModel::new(&q, &schedule, &keys.public_key);
+        let registered = register(&mut enclave, &keys, &host);
+        assert_eq!(
+            registered.model_id,
+            hetee_enclave::messages::model_id(&keys.key_id, &host.commitment())
+        );
+        Setup {
+            enclave,
+            q,
+            x,
+            keys,
+            host,
+            registered,
+        }
+    }
+
+    /// The model id.
+    pub fn model_id(&self) -> ModelId {
+        self.registered.model_id
+    }
+
+    /// A whole query.
+    pub fn query(&mut self, x: &[f32]) -> Result<Vec<f32>, String> {
+        let id = self.model_id();
+        query(&mut self.enclave, &self.keys, &self.host, id, x)
+    }
+
+    /// Enclave counters.
+    pub fn status(&mut self) -> hetee_enclave::messages::Status {
+        status(&mut self.enclave)
+    }
+}
+
+/// Enclave counters.
+pub fn status(e: &mut Enclave) -> hetee_enclave::messages::Status {
+    match e.handle(Request::Status) {
+        Response::Status(s) => s,
+        other => panic!("Status: {}", short(&other)),
+    }
+}

@@ -1,0 +1,16 @@
+//! `hetee`: confidential neural-network inference with BFV + a trusted
+//! enclave. The library behind the `hetee` command: the clients of a
+//! deployment, the server launcher, the in-process pipeline, data files,
+//! benchmarks and the CLI.
+
+pub mod bench;
+pub mod chart;
+pub mod cli;
+pub mod client;
+pub mod data;
+pub mod demo;
+pub mod deployment_demo;
+pub mod parties;
+pub mod plan;
+pub mod report;
+pub mod serve;

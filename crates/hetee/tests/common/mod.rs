@@ -1,0 +1,183 @@
+//! Shared helpers for the deployment tests: a `hetee serve` child process
+//! on a loopback port with a temp data dir, and the bundled MNIST data.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_hetee");
+
+/// Runs `hetee` with arguments.
+pub fn hetee(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run hetee")
+}
+
+/// stdout and stderr of a run, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The measurement clients pin: `hetee enclave measure`.
+pub fn measurement() -> String {
+    let out = hetee(&["enclave", "measure"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .expect("a measurement line")
+        .trim()
+        .to_string()
+}
+
+/// A running `hetee serve`.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Server {
+    /// Starts `hetee serve` on a free loopback port.
+    pub fn start(data_dir: &Path) -> Server {
+        Self::start_with(data_dir, Command::new(BIN))
+    }
+
+    /// Starts `cmd` (which must exec `hetee`) with the serve arguments.
+    pub fn start_with(data_dir: &Path, mut cmd: Command) -> Server {
+        let mut child = cmd
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hetee serve");
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut addr = None;
+        while Instant::now() < deadline {
+            match lines.next() {
+                Some(Ok(l)) => {
+                    if let Some(a) = l.strip_prefix("listening on http://") {
+                        addr = Some(a.trim().to_string());
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server did not start: {}", stderr.join().unwrap());
+        };
+        Server {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Stops the server and returns its log.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default()
+    }
+
+    /// `GET /v1/health` as JSON.
+    pub fn health(&self) -> serde_json::Value {
+        let mut r = ureq::get(&format!("http://{}/v1/health", self.addr))
+            .call()
+            .expect("health");
+        r.body_mut().read_json().expect("health json")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn gunzip(path: &str) -> Vec<u8> {
+    let f = std::fs::File::open(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(f)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// The first `n` MNIST test images, scaled to [0, 1], flat.
+pub fn mnist_images(n: usize) -> Vec<f32> {
+    let raw = gunzip("../../data/mnist/t10k-images-idx3-ubyte.gz");
+    raw[16..16 + n * 784]
+        .iter()
+        .map(|&b| b as f32 / 255.0)
+        .collect()
+}
+
+/// Writes a float32 `.npy`.
+pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_s = if shape.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_s}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend((header.len() as u16).to_le_bytes());
+    b.extend(header.as_bytes());
+    for v in data {
+        b.extend(v.to_le_bytes());
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+/// Uploads the bundled MNIST model with the CLI; returns the model id.
+pub fn upload_mnist(addr: &str, measurement: &str) -> String {
+    let out = hetee(&[
+        "model",
+        "upload",
+        "--server",
+        addr,
+        "--model",
+        "mnist",
+        "--expect-measurement",
+        measurement,
+        "--allow-sim",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 32, "model id line: {id:?}");
+    id
+}

@@ -1,0 +1,587 @@
+//! The three-party deployment: `hetee serve` with its enclave process on a
+//! loopback port, the model provider and data provider clients. Results are
+//! checked bit for bit against the plaintext integer reference.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::*;
+use hetee::client::channel::Session;
+use hetee::client::data_provider::Target;
+use hetee::client::http::Api;
+use hetee::client::trust::{verify, Trust};
+use hetee_enclave::messages::{id_from_hex, ClientMessage, EnclaveMessage};
+use hetee_server::api_types::{b64, unb64, KeysInfo, ModelInfo};
+
+fn api(s: &Server) -> Api {
+    Api::new(&s.addr).unwrap()
+}
+
+fn trust(m: &str) -> Trust {
+    Trust::new(m, true).unwrap()
+}
+
+fn quantized_mnist() -> hetee_model::QuantModel {
+    let (m, c) = hetee::cli::load_model("mnist", None).unwrap();
+    hetee::cli::prepare(&m, &c).unwrap()
+}
+
+#[test]
+fn fifty_images_through_the_server_equal_the_plaintext_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let m = measurement();
+    let id = upload_mnist(&format!("http://{}", server.addr), &m);
+    let x = dir.path().join("x.npy");
+    write_f32(&x, &[50, 1, 28, 28], &mnist_images(50));
+    let secure = dir.path().join("secure.npy");
+    let plain = dir.path().join("plain.npy");
+    let out = hetee(&[
+        "infer",
+        "--server",
+        &server.addr,
+        "--model-id",
+        &id,
+        "--input",
+        x.to_str().unwrap(),
+        "--output",
+        secure.to_str().unwrap(),
+        "--expect-measurement",
+        &m,
+        "--allow-sim",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = hetee(&[
+        "run",
+        "--model",
+        "mnist",
+        "--input",
+        x.to_str().unwrap(),
+        "--output",
+        plain.to_str().unwrap(),
+        "--plaintext",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let (a, b) = (
+        std::fs::read(&secure).unwrap(),
+        std::fs::read(&plain).unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    assert!(a == b, "secure results differ from hetee run --plaintext");
+    let log = server.stop();
+    // The host's logs name ids and timings, never plaintext or keys.
+    assert!(log.contains("query done"), "{log}");
+    assert!(!log.to_lowercase().contains("secret"), "{log}");
+}
+
+#[test]
+fn clients_refuse_a_wrong_measurement_and_sim_without_allow_sim() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let m = measurement();
+    let wrong = "ab".repeat(32);
+    let base = [
+        "model",
+        "upload",
+        "--server",
+        &server.addr,
+        "--model",
+        "e2dm",
+    ];
+    let out = hetee(&[&base[..], &["--expect-measurement", &wrong, "--allow-sim"]].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("measurement"), "{err}");
+    assert!(err.contains(&m), "the error names what was found: {err}");
+    let out = hetee(&[&base[..], &["--expect-measurement", &m]].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("simulated platform") && err.contains("--allow-sim"),
+        "{err}"
+    );
+    // Nothing was uploaded by the refused clients.
+    assert_eq!(server.health()["models"], 0);
+    // And the data provider refuses the same way.
+    let id = upload_mnist(&server.addr, &m);
+    let x = dir.path().join("x.npy");
+    write_f32(&x, &[1, 1, 28, 28], &mnist_images(1));
+    let y = dir.path().join("y.npy");
+    let args = [
+        "infer",
+        "--server",
+        &server.addr,
+        "--model-id",
+        &id,
+        "--input",
+        x.to_str().unwrap(),
+        "--output",
+        y.to_str().unwrap(),
+        "--expect-measurement",
+    ];
+    let out = hetee(&[&args[..], &[m.as_str()]].concat());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-sim"));
+    let out = hetee(&[&args[..], &[wrong.as_str(), "--allow-sim"]].concat());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("measurement"));
+    assert!(!y.exists(), "no output written on refusal");
+}
+
+#[test]
+fn tampered_evidence_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let m = measurement();
+    let t = trust(&m);
+    let api = api(&server);
+    let id = upload_mnist(&server.addr, &m);
+    let info: ModelInfo = api.get(&format!("/v1/models/{id}")).unwrap();
+    let good = info.keys.clone();
+    verify(&good, &t).expect("the genuine evidence verifies");
+
+    // A bad signature.
+    let mut ev = unb64(&good.evidence, "evidence").unwrap();
+    let last = ev.len() - 1;
+    ev[last] ^= 0x40;
+    let bad = KeysInfo {
+        evidence: b64(&ev),
+        ..good.clone()
+    };
+    let e = verify(&bad, &t)
+        .err()
+        .expect("bad signature accepted")
+        .to_string();
+    assert!(e.contains("signature") || e.contains("evidence"), "{e}");
+
+    // Swapped report data: another key set's public key under this evidence.
+    let other: KeysInfo = api
+        .post(
+            "/v1/keys",
+            &hetee_server::api_types::CreateKeys {
+                he_params: good.he_params.clone(),
+            },
+        )
+        .unwrap();
+    let swapped = KeysInfo {
+        public_key: other.public_key.clone(),
+        ..good.clone()
+    };
+    let e = verify(&swapped, &t)
+        .err()
+        .expect("swapped key accepted")
+        .to_string();
+    assert!(e.contains("report data"), "{e}");
+    let swapped = KeysInfo {
+        evidence: other.evidence.clone(),
+        ..good.clone()
+    };
+    let e = verify(&swapped, &t)
+        .err()
+        .expect("swapped evidence accepted")
+        .to_string();
+    assert!(e.contains("report data"), "{e}");
+
+    // Evidence for another measurement.
+    let e = verify(&good, &trust(&"cd".repeat(32)))
+        .err()
+        .expect("wrong measurement accepted")
+        .to_string();
+    assert!(e.contains("measurement"), "{e}");
+}
+
+#[test]
+fn a_channel_to_a_different_key_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let m = measurement();
+    let id = upload_mnist(&server.addr, &m);
+    let api = api(&server);
+    let info: ModelInfo = api.get(&format!("/v1/models/{id}")).unwrap();
+    let mut keys = verify(&info.keys, &trust(&m)).unwrap();
+    // The client pins a static key the enclave does not hold.
+    keys.channel_key = hetee_attest::StaticKeypair::generate()
+        .unwrap()
+        .public()
+        .to_owned();
+    let model = id_from_hex(&id).unwrap();
+    let r = Session::open(
+        &api,
+        &keys,
+        Some(&model),
+        &ClientMessage::Hello { model_id: model },
+    );
+    let e = r
+        .err()
+        .expect("a channel to another key succeeded")
+        .to_string();
+    assert!(e.contains("channel") || e.contains("handshake"), "{e}");
+    // The server keeps serving.
+    let t = Target::connect(&api, &trust(&m), &id).unwrap();
+    t.query(&[&mnist_images(1)]).unwrap();
+}
+
+#[test]
+fn enclave_killed_mid_query_restarts_unseals_and_serves_the_next_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let m = measurement();
+    let id = upload_mnist(&server.addr, &m);
+    let api = api(&server);
+    let t = trust(&m);
+    let q = quantized_mnist();
+    let x = mnist_images(1);
+    let target = Target::connect(&api, &t, &id).unwrap();
+    let want = hetee_model::reference::run_quantized(&q, &x).unwrap();
+    assert_eq!(target.query(&[&x]).unwrap().logits[0], want);
+
+    // A session is open in the enclave when it dies: its query fails clearly.
+    let info: ModelInfo = api.get(&format!("/v1/models/{id}")).unwrap();
+    let keys = verify(&info.keys, &t).unwrap();
+    let model = id_from_hex(&id).unwrap();
+    let (mut s, plan) = Session::open(
+        &api,
+        &keys,
+        Some(&model),
+        &ClientMessage::Hello { model_id: model },
+    )
+    .unwrap();
+    assert!(matches!(plan, EnclaveMessage::Plan(_)));
+    let pid = server.health()["enclave_pid"].as_u64().unwrap();
+    assert!(pid > 0);
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let payload = s
+        .seal(&ClientMessage::Query {
+            input_digest: [0; 32],
+            images: 1,
+        })
+        .unwrap();
+    let r: anyhow::Result<serde_json::Value> = api.post(
+        &format!("/v1/sessions/{}/query", s.id),
+        &hetee_server::api_types::RunQuery {
+            payload: b64(&payload),
+            input: vec![b64(&[0u8; 8])],
+        },
+    );
+    let e = r.err().expect("a query survived its enclave").to_string();
+    assert!(
+        e.contains("enclave died")
+            || e.contains("unknown or closed session")
+            || e.contains("input ciphertexts"),
+        "{e}"
+    );
+
+    // Killed while computing: queries run back to back while the enclave dies.
+    let api2 = api.clone();
+    let t2 = t.clone();
+    let id2 = id.clone();
+    let x2 = x.clone();
+    let runner = std::thread::spawn(move || {
+        let target = Target::connect(&api2, &t2, &id2).unwrap();
+        (0..30)
+            .map(|_| target.query(&[&x2]).map(|a| a.logits))
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let pid2 = server.health()["enclave_pid"].as_u64().unwrap();
+    Command::new("kill")
+        .args(["-9", &pid2.to_string()])
+        .status()
+        .unwrap();
+    let results = runner.join().unwrap();
+    for r in &results {
+        match r {
+            Ok(l) => assert_eq!(l[0], want),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("enclave died") || e.contains("restarted") || e.contains("channel"),
+                    "unclear error: {e}"
+                )
+            }
+        }
+    }
+    // After the restart the model is unsealed and queries succeed.
+    let target = Target::connect(&api, &t, &id).unwrap();
+    assert_eq!(target.query(&[&x]).unwrap().logits[0], want);
+    assert!(server.health()["enclave_starts"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn an_uploaded_model_survives_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let m = measurement();
+    let server = Server::start(&data);
+    let id = upload_mnist(&server.addr, &m);
+    server.stop();
+    let server = Server::start(&data);
+    let api = api(&server);
+    let x = mnist_images(3);
+    let target = Target::connect(&api, &trust(&m), &id).unwrap();
+    let xs: Vec<&[f32]> = x.chunks(784).collect();
+    let got = target.query(&xs).unwrap();
+    let q = quantized_mnist();
+    for (i, xi) in xs.iter().enumerate() {
+        assert_eq!(
+            got.logits[i],
+            hetee_model::reference::run_quantized(&q, xi).unwrap()
+        );
+    }
+}
+
+fn raw_post(addr: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .post(&format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .send(body)
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_to_string().unwrap_or_default())
+}
+
+#[test]
+fn malformed_oversized_and_out_of_order_requests_get_4xx_and_others_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let m = measurement();
+    let id = upload_mnist(&server.addr, &m);
+    let api = api(&server);
+    let t = trust(&m);
+    let target = Target::connect(&api, &t, &id).unwrap();
+    let x = mnist_images(1);
+
+    let checks: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("/v1/sessions", b"{not json".to_vec(), 400, "malformed JSON"),
+        (
+            "/v1/sessions",
+            br#"{"key_id":"zz","msg1":""}"#.to_vec(),
+            400,
+            "key_id",
+        ),
+        (
+            "/v1/keys",
+            br#"{"he_params":"!!!"}"#.to_vec(),
+            400,
+            "base64",
+        ),
+        (
+            "/v1/models",
+            br#"{"key_id":"00000000000000000000000000000000","stages":[]}"#.to_vec(),
+            404,
+            "key",
+        ),
+        (
+            "/v1/sessions/00000000000000000000000000000000/query",
+            br#"{"payload":"","input":[]}"#.to_vec(),
+            404,
+            "session",
+        ),
+        ("/v1/nothing", b"{}".to_vec(), 404, "route"),
+        // Oversized: 2 MiB to a 1 MiB route.
+        ("/v1/sessions", vec![b' '; 2 << 20], 413, ""),
+    ];
+    for (path, body, want, needle) in checks {
+        let (status, text) = raw_post(&server.addr, path, &body);
+        assert_eq!(status, want, "{path}: {text}");
+        assert!(text.contains(needle), "{path}: {text}");
+        if want != 413 {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert!(v["error"].is_string(), "{text}");
+        }
+    }
+
+    // Out of order: a query before the handshake is finished.
+    let info: ModelInfo = api.get(&format!("/v1/models/{id}")).unwrap();
+    let keys = verify(&info.keys, &t).unwrap();
+    let (_hs, msg1) =
+        hetee_attest::ClientHandshake::new(&keys.channel_key, &keys.evidence_hash).unwrap();
+    let opened: hetee_server::api_types::SessionOpened = api
+        .post(
+            "/v1/sessions",
+            &hetee_server::api_types::OpenSession {
+                key_id: info.keys.key_id.clone(),
+                model_id: Some(id.clone()),
+                msg1: b64(&msg1),
+            },
+        )
+        .unwrap();
+    let body = serde_json::to_vec(&serde_json::json!({"payload": b64(b"x"), "input": [b64(b"y")]}))
+        .unwrap();
+    let (status, text) = raw_post(
+        &server.addr,
+        &format!("/v1/sessions/{}/query", opened.session),
+        &body,
+    );
+    assert!((400..500).contains(&status), "{status} {text}");
+    // The session is gone after the refusal.
+    let (status, _) = raw_post(
+        &server.addr,
+        &format!("/v1/sessions/{}/finish", opened.session),
+        br#"{"msg3":"","payload":""}"#,
+    );
+    assert_eq!(status, 404);
+
+    // A second finish on a finished session is refused too.
+    let model = id_from_hex(&id).unwrap();
+    let (s, _) = Session::open(
+        &api,
+        &keys,
+        Some(&model),
+        &ClientMessage::Hello { model_id: model },
+    )
+    .unwrap();
+    let (status, text) = raw_post(
+        &server.addr,
+        &format!("/v1/sessions/{}/finish", s.id),
+        br#"{"msg3":"AAAA","payload":"AAAA"}"#,
+    );
+    assert!((400..500).contains(&status), "{status} {text}");
+
+    // Other sessions go on.
+    let want = hetee_model::reference::run_quantized(&quantized_mnist(), &x).unwrap();
+    assert_eq!(target.query(&[&x]).unwrap().logits[0], want);
+}
+
+#[test]
+fn read_only_or_unusable_data_dir_is_a_clear_error() {
+    // /proc refuses new entries even to root.
+    let out = hetee(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        "/proc/hetee-test-store",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not writable") && err.contains("--data-dir"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    // A data dir that is a file.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("file");
+    std::fs::write(&f, b"x").unwrap();
+    let out = hetee(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        f.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--data-dir"), "{err}");
+}
+
+#[test]
+fn a_full_data_dir_refuses_the_upload_cleanly_and_corrupts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let m = measurement();
+    // A file size limit of 28 MiB makes the 34 MiB model upload hit "disk
+    // full" (EFBIG) inside the store; SIGXFSZ is ignored so writes just fail.
+    let mut cmd = Command::new("bash");
+    cmd.args([
+        "-c",
+        &format!("trap '' XFSZ; ulimit -f 28672; exec {BIN} \"$@\""),
+        "hetee",
+    ]);
+    let server = Server::start_with(&data, cmd);
+    let api = api(&server);
+    let out = hetee(&[
+        "model",
+        "upload",
+        "--server",
+        &server.addr,
+        "--model",
+        "mnist",
+        "--expect-measurement",
+        &m,
+        "--allow-sim",
+    ]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("507") && err.contains("full"), "{err}");
+    // The server goes on: small models still fit.
+    let small = hetee(&[
+        "model",
+        "upload",
+        "--server",
+        &server.addr,
+        "--model",
+        "e2dm",
+        "--expect-measurement",
+        &m,
+        "--allow-sim",
+    ]);
+    assert!(small.status.success(), "{}", describe(&small));
+    let e2dm_id = String::from_utf8_lossy(&small.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string();
+    let _ = api;
+    server.stop();
+    // Restarted without the limit: the store opens, the small model works,
+    // the refused one left nothing behind, and the big upload now succeeds.
+    let server = Server::start(&data);
+    let api = Api::new(&server.addr).unwrap();
+    assert_eq!(server.health()["models"], 1);
+    let target = Target::connect(&api, &trust(&m), &e2dm_id).unwrap();
+    let x: Vec<f32> = (0..784).map(|i| (i % 13) as f32 / 13.0).collect();
+    target.query(&[&x]).unwrap();
+    let id = upload_mnist(&server.addr, &m);
+    assert_eq!(server.health()["models"], 2);
+    assert_eq!(id.len(), 32);
+}
+
+#[test]
+fn sixteen_data_providers_at_once_get_exact_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let m = measurement();
+    let id = upload_mnist(&server.addr, &m);
+    let api = api(&server);
+    let q = Arc::new(quantized_mnist());
+    let x = Arc::new(mnist_images(16));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let (api, m, id, q, x) = (api.clone(), m.clone(), id.clone(), q.clone(), x.clone());
+            std::thread::spawn(move || {
+                let target = Target::connect(&api, &trust(&m), &id)?;
+                let xi = &x[i * 784..(i + 1) * 784];
+                let got = target.query(&[xi])?;
+                let want = hetee_model::reference::run_quantized(&q, xi)?;
+                anyhow::ensure!(got.logits[0] == want, "session {i}: result differs");
+                Ok(())
+            })
+        })
+        .collect();
+    let errors: Vec<String> = handles
+        .into_iter()
+        .filter_map(|h| h.join().unwrap().err().map(|e| e.to_string()))
+        .collect();
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "16 concurrent data-provider sessions: {secs:.2} s, {} errors",
+        errors.len()
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+}
