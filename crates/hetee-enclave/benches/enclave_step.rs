@@ -51,7 +51,8 @@ fn enclave_step(c: &mut Criterion) {
     let q = hetee_model::quantize(&m, &calib).unwrap();
     let schedule = Schedule::compile(&q, 1).unwrap();
     let mut enclave = Enclave::new();
-    let (model_id, pk) = match enclave.handle(Request::RegisterModel {
+    // Local mode (in-process, not Init'ed): register directly.
+    let (model_id, pk) = match enclave.handle(Request::RegisterLocal {
         schedule: Box::new(schedule.clone()),
     }) {
         Response::Registered {
@@ -89,19 +90,26 @@ fn enclave_step(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("mnist_stage1_step", |b| {
         b.iter(|| {
-            let Response::QueryStarted { query_id } =
-                enclave.handle(Request::StartQuery { model_id })
+            let Response::LocalQueryStarted { session } =
+                enclave.handle(Request::StartLocalQuery { model_id })
             else {
                 panic!("start failed")
             };
-            match enclave.handle(Request::StageResult {
-                query_id,
+            let n = match enclave.handle(Request::StageResult {
+                session,
                 stage: 0,
                 ciphertexts: bytes.clone(),
             }) {
                 Response::NextInput { ciphertexts, .. } => ciphertexts.len(),
                 _ => panic!("step failed"),
-            }
+            };
+            // The session now waits for stage 1; close it so that open
+            // sessions do not pile up to the enclave's limit.
+            assert!(matches!(
+                enclave.handle(Request::CloseSession { session }),
+                Response::Closed
+            ));
+            n
         })
     });
     g.finish();

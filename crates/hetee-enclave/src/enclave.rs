@@ -7,18 +7,19 @@
 
 use std::collections::HashMap;
 
+use ed25519_dalek::SigningKey;
 use hetee_attest::{EnclaveHandshake, Evidence, Measurement, StaticKeypair, Transport};
 use zeroize::Zeroizing;
 
 use crate::budget;
 use crate::config::EnclaveConfig;
+use crate::freivalds::StageCheck;
 use crate::keys::{KeySet, ModelRecord, Sealer};
 use crate::messages::{
-    he_params_bytes, input_digest, model_id, ClientMessage, EnclaveMessage, Identity, KeyId,
-    ModelId, OutputPolicy, QueryPlan, RegisteredModel, Request, Response, SessionId, Status,
+    he_params_bytes, model_id, ClientMessage, EnclaveMessage, Identity, KeyId, ModelId,
+    OutputPolicy, QueryPlan, RegisteredModel, Request, Response, SessionId, Status,
 };
 use crate::schedule::Schedule;
-use crate::step::{step, StepOutput};
 use crate::EnclaveError;
 
 /// Measurement used when no platform identity was given (local mode).
@@ -30,33 +31,47 @@ pub const DEV_PLATFORM_SECRET: [u8; 32] = [0xa5; 32];
 pub const MAX_SESSIONS: usize = 1024;
 
 /// Where a session is.
-enum Session {
+pub(crate) enum Session {
     /// Noise message 2 sent; waiting for message 3.
     Handshake {
         hs: Box<EnclaveHandshake>,
         key_id: KeyId,
     },
     /// The data provider said hello to a model; waiting for its query.
-    Ready { tx: Transport, model_id: ModelId },
-    /// A query in progress; `next_stage` is the only stage accepted.
-    Running {
-        tx: Option<Transport>,
+    Ready {
+        tx: Box<Transport>,
         model_id: ModelId,
-        next_stage: u32,
-        images: u32,
+        client: [u8; 32],
     },
+    /// A query in progress; `next_stage` is the only stage accepted.
+    Running(Box<Running>),
+}
+
+/// A query in progress.
+pub(crate) struct Running {
+    /// The data provider's channel (`None`: local mode).
+    pub tx: Option<Transport>,
+    pub model_id: ModelId,
+    pub next_stage: u32,
+    pub images: u32,
+    /// The plaintext input of `next_stage`, per image, for its check.
+    pub x: Zeroizing<Vec<Vec<i64>>>,
+    pub input_digest: [u8; 32],
 }
 
 /// The enclave: keys, models and sessions. Reads no file and no environment.
 pub struct Enclave {
-    keysets: HashMap<KeyId, KeySet>,
-    models: HashMap<ModelId, ModelRecord>,
-    sessions: HashMap<SessionId, Session>,
+    pub(crate) keysets: HashMap<KeyId, KeySet>,
+    pub(crate) models: HashMap<ModelId, ModelRecord>,
+    pub(crate) sessions: HashMap<SessionId, Session>,
+    /// Queries run per (model, client key).
+    pub(crate) spent: HashMap<(ModelId, [u8; 32]), u64>,
     measurement: Measurement,
     platform_secret: Zeroizing<[u8; 32]>,
     /// `None`: local (in-process, unattested) mode.
     config: Option<EnclaveConfig>,
     channel_key: Option<StaticKeypair>,
+    pub(crate) signing_key: Option<SigningKey>,
     handled: u64,
     /// Highest allocation seen over the enclave's life.
     max_peak: usize,
@@ -68,6 +83,8 @@ impl Default for Enclave {
             keysets: HashMap::new(),
             models: HashMap::new(),
             sessions: HashMap::new(),
+            spent: HashMap::new(),
+            signing_key: None,
             measurement: Measurement(DEV_MEASUREMENT),
             platform_secret: Zeroizing::new(DEV_PLATFORM_SECRET),
             config: None,
@@ -78,7 +95,7 @@ impl Default for Enclave {
     }
 }
 
-fn refuse<T>(msg: impl Into<String>) -> Result<T, EnclaveError> {
+pub(crate) fn refuse<T>(msg: impl Into<String>) -> Result<T, EnclaveError> {
     Err(EnclaveError::Protocol(msg.into()))
 }
 
@@ -232,21 +249,32 @@ impl Enclave {
                 memory_peak: self.max_peak as u64,
                 memory_budget: self.config.map(|c| c.budget_bytes() as u64).unwrap_or(0),
             })),
-            Request::RegisterLocal { schedule } => self.register_local(*schedule),
-            Request::StartLocalQuery { model_id } => {
+            Request::RegisterLocal { schedule, checks } => self.register_local(*schedule, checks),
+            Request::StartLocalQuery { model_id, input } => {
                 self.local_only("StartLocalQuery")?;
-                if !self.models.contains_key(&model_id) {
-                    return refuse("unknown model; register it first");
-                }
+                let m = self.models.get(&model_id).ok_or_else(|| {
+                    EnclaveError::Protocol("unknown model; register it first".into())
+                })?;
+                let x = if m.checks.is_empty() {
+                    Zeroizing::new(Vec::new())
+                } else {
+                    let ks = self.keysets.get(&m.key_id).ok_or_else(|| {
+                        EnclaveError::Protocol("the model's keys are gone".into())
+                    })?;
+                    let polys = Zeroizing::new(crate::step::decrypt_all(ks, &input, 2)?);
+                    Zeroizing::new(m.schedule.unpack_stage_input(0, &polys)?)
+                };
                 let session = self.new_session_id()?;
                 self.sessions.insert(
                     session,
-                    Session::Running {
+                    Session::Running(Box::new(Running {
                         tx: None,
                         model_id,
                         next_stage: 0,
                         images: 0,
-                    },
+                        x,
+                        input_digest: [0; 32],
+                    })),
                 );
                 Ok(Response::LocalQueryStarted { session })
             }
@@ -300,8 +328,14 @@ impl Enclave {
             .ok_or_else(|| EnclaveError::Protocol("no channel key".into()))
     }
 
+    pub(crate) fn signing_key(&mut self) -> &SigningKey {
+        self.signing_key
+            .get_or_insert_with(|| SigningKey::from_bytes(&rand::random::<[u8; 32]>()))
+    }
+
     fn identity(&mut self, key_id: &KeyId) -> Result<Identity, EnclaveError> {
         let channel_public_key = *self.channel_key()?.public();
+        let signing_public_key = self.signing_key().verifying_key().to_bytes();
         let ks = self
             .keysets
             .get(key_id)
@@ -312,10 +346,11 @@ impl Enclave {
             channel_public_key,
             public_key: ks.public_key.clone(),
             he_params: he_params_bytes(&ks.he),
+            signing_public_key,
         })
     }
 
-    fn new_session_id(&self) -> Result<SessionId, EnclaveError> {
+    pub(crate) fn new_session_id(&self) -> Result<SessionId, EnclaveError> {
         if self.sessions.len() >= MAX_SESSIONS {
             return refuse(format!(
                 "{MAX_SESSIONS} sessions are open; finish or close some first"
@@ -353,7 +388,7 @@ impl Enclave {
         Ok(Response::ChannelOpened { session, msg2 })
     }
 
-    fn take(&mut self, session: &SessionId) -> Result<Session, EnclaveError> {
+    pub(crate) fn take(&mut self, session: &SessionId) -> Result<Session, EnclaveError> {
         self.sessions
             .remove(session)
             .ok_or_else(|| EnclaveError::Protocol("unknown or closed session".into()))
@@ -377,7 +412,9 @@ impl Enclave {
                 key_id: k,
                 commitment,
                 schedule,
+                checks,
                 policy,
+                query_budget,
             } => {
                 if k != key_id {
                     return refuse("the model names another key set than its channel");
@@ -390,13 +427,19 @@ impl Enclave {
                 if schedule.he != ks.he {
                     return refuse("the schedule's HE parameters are not its key set's");
                 }
+                if checks.is_empty() {
+                    return refuse("a model needs Freivalds check vectors for every stage");
+                }
                 let rec = ModelRecord {
                     model_id: model_id(&key_id, &commitment),
                     key_id,
                     commitment,
                     schedule: *schedule,
+                    checks,
                     policy,
+                    query_budget,
                 };
+                rec.validate_checks()?;
                 let sealed = self.sealer().seal_model(&rec)?;
                 let model_id = rec.model_id;
                 self.models.insert(model_id, rec);
@@ -416,134 +459,31 @@ impl Enclave {
                 }
                 let plan = QueryPlan::of(model_id, &m.schedule)?;
                 let payload = seal(&mut tx, &EnclaveMessage::Plan(Box::new(plan)))?;
-                self.sessions
-                    .insert(session, Session::Ready { tx, model_id });
+                let client = tx.remote_static().copied().unwrap_or([0; 32]);
+                self.sessions.insert(
+                    session,
+                    Session::Ready {
+                        tx: Box::new(tx),
+                        model_id,
+                        client,
+                    },
+                );
                 Ok(Response::ChannelReply {
                     payload,
                     registered: None,
                 })
             }
-            ClientMessage::Query { .. } => refuse("a query must follow a hello; session closed"),
-        }
-    }
-
-    fn start_query(
-        &mut self,
-        session: SessionId,
-        host_model: ModelId,
-        payload: &[u8],
-        input: &[Vec<u8>],
-    ) -> Result<Response, EnclaveError> {
-        let Session::Ready { mut tx, model_id } = self.take(&session)? else {
-            return refuse("this session cannot start a query now; session closed");
-        };
-        if host_model != model_id {
-            return refuse("the host evaluates another model than the session's; session closed");
-        }
-        let ClientMessage::Query {
-            input_digest: want,
-            images,
-        } = open::<ClientMessage>(&mut tx, payload)?
-        else {
-            return refuse("expected the data provider's query; session closed");
-        };
-        let m = self
-            .models
-            .get(&model_id)
-            .ok_or_else(|| EnclaveError::Protocol("the model is gone".into()))?;
-        if input_digest(input) != want {
-            return refuse("the input ciphertexts are not the ones the data provider sent");
-        }
-        let first = &m.schedule.stages[0];
-        if input.len() != first.packing.input_count() {
-            return refuse(format!(
-                "stage 0 takes {} input ciphertexts, got {}",
-                first.packing.input_count(),
-                input.len()
-            ));
-        }
-        if images == 0 || images as usize > m.schedule.batch {
-            return refuse(format!(
-                "a query holds 1 to {} images, not {images}",
-                m.schedule.batch
-            ));
-        }
-        self.sessions.insert(
-            session,
-            Session::Running {
-                tx: Some(tx),
-                model_id,
-                next_stage: 0,
-                images,
-            },
-        );
-        Ok(Response::QueryStarted)
-    }
-
-    fn stage_result(
-        &mut self,
-        session: SessionId,
-        stage: u32,
-        cts: &[Vec<u8>],
-    ) -> Result<Response, EnclaveError> {
-        let Session::Running {
-            tx,
-            model_id,
-            next_stage,
-            images,
-        } = self.take(&session)?
-        else {
-            return refuse("no query is running in this session; session closed");
-        };
-        if stage != next_stage {
-            return refuse(format!(
-                "stage {stage} out of order (expected {next_stage}); session closed"
-            ));
-        }
-        let m = self
-            .models
-            .get(&model_id)
-            .ok_or_else(|| EnclaveError::Protocol("the model is gone".into()))?;
-        let ks = self
-            .keysets
-            .get(&m.key_id)
-            .ok_or_else(|| EnclaveError::Protocol("the model's keys are gone".into()))?;
-        match step(ks, &m.schedule, stage as usize, cts)? {
-            StepOutput::Next(ciphertexts) => {
-                self.sessions.insert(
-                    session,
-                    Session::Running {
-                        tx,
-                        model_id,
-                        next_stage: next_stage + 1,
-                        images,
-                    },
-                );
-                Ok(Response::NextInput {
-                    stage: stage + 1,
-                    ciphertexts,
-                })
+            ClientMessage::Query { .. } | ClientMessage::ThinQuery { .. } => {
+                refuse("a query must follow a hello; session closed")
             }
-            StepOutput::Logits(values) => match tx {
-                None => Ok(Response::Logits { values }),
-                Some(mut tx) => {
-                    let classes = values.len() / m.schedule.batch.max(1);
-                    let n = (images as usize * classes).min(values.len());
-                    let OutputPolicy::Logits = m.policy;
-                    let result = EnclaveMessage::Result {
-                        images,
-                        classes: classes as u32,
-                        logits: values[..n].to_vec(),
-                    };
-                    Ok(Response::Finished {
-                        payload: seal(&mut tx, &result)?,
-                    })
-                }
-            },
         }
     }
 
-    fn register_local(&mut self, schedule: Schedule) -> Result<Response, EnclaveError> {
+    fn register_local(
+        &mut self,
+        schedule: Schedule,
+        checks: Vec<StageCheck>,
+    ) -> Result<Response, EnclaveError> {
         self.local_only("RegisterLocal")?;
         schedule.validate()?;
         let (ks, sealed_keys) = self.sealer().create_keys(schedule.he.clone())?;
@@ -552,8 +492,11 @@ impl Enclave {
             key_id: ks.key_id,
             commitment: [0; 32],
             schedule,
+            checks,
             policy: OutputPolicy::Logits,
+            query_budget: None,
         };
+        rec.validate_checks()?;
         let sealed_model = self.sealer().seal_model(&rec)?;
         let resp = Response::Registered {
             model_id: rec.model_id,
@@ -568,7 +511,7 @@ impl Enclave {
     }
 }
 
-fn open<T: serde::de::DeserializeOwned>(
+pub(crate) fn open<T: serde::de::DeserializeOwned>(
     tx: &mut Transport,
     payload: &[u8],
 ) -> Result<T, EnclaveError> {
@@ -579,7 +522,7 @@ fn open<T: serde::de::DeserializeOwned>(
         .map_err(|e| EnclaveError::Protocol(format!("malformed channel message: {e}")))
 }
 
-fn seal(tx: &mut Transport, msg: &EnclaveMessage) -> Result<Vec<u8>, EnclaveError> {
+pub(crate) fn seal(tx: &mut Transport, msg: &EnclaveMessage) -> Result<Vec<u8>, EnclaveError> {
     let plain = Zeroizing::new(
         postcard::to_allocvec(msg)
             .map_err(|e| EnclaveError::Protocol(format!("cannot encode reply: {e}")))?,

@@ -10,6 +10,7 @@ use hetee_he::HeConfig;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::freivalds::StageCheck;
 use crate::messages::{KeyId, ModelId, OutputPolicy};
 use crate::schedule::Schedule;
 use crate::EnclaveError;
@@ -57,8 +58,48 @@ pub struct ModelRecord {
     pub commitment: [u8; 32],
     /// The compiled model without weights.
     pub schedule: Schedule,
+    /// Secret Freivalds checks, one per stage (empty: unchecked, local mode only).
+    pub checks: Vec<StageCheck>,
     /// What queries release.
     pub policy: OutputPolicy,
+    /// Most queries per client key.
+    pub query_budget: Option<u64>,
+}
+
+impl ModelRecord {
+    /// Checks that the Freivalds vectors fit the schedule.
+    pub fn validate_checks(&self) -> Result<(), EnclaveError> {
+        if self.checks.is_empty() {
+            return Ok(());
+        }
+        if self.checks.len() != self.schedule.stages.len() {
+            return Err(protocol(format!(
+                "{} check vectors for {} stages",
+                self.checks.len(),
+                self.schedule.stages.len()
+            )));
+        }
+        for (k, (c, st)) in self.checks.iter().zip(&self.schedule.stages).enumerate() {
+            let outs: usize = st.tail.linear_output_shape().iter().product();
+            let ins = st.spec.c * st.spec.h * st.spec.w;
+            let in_range = c.r.iter().chain(&c.v).all(|&x| x < crate::freivalds::P);
+            if c.r.len() != outs || c.v.len() != ins || !in_range {
+                return Err(protocol(format!("stage {k}: malformed check vectors")));
+            }
+        }
+        if let OutputPolicy::TopK(k) = self.policy {
+            let classes: usize = self
+                .schedule
+                .stages
+                .last()
+                .map(|s| s.tail.output_shape.iter().product())
+                .unwrap_or(0);
+            if k == 0 || k as usize > classes {
+                return Err(protocol(format!("top-{k} of {classes} classes")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Sealing context: the platform secret and the measurement.
@@ -146,6 +187,7 @@ impl Sealer<'_> {
         let m: ModelRecord = postcard::from_bytes(&plain)
             .map_err(|e| protocol(format!("sealed model is malformed: {e}")))?;
         m.schedule.validate()?;
+        m.validate_checks()?;
         Ok(m)
     }
 }

@@ -7,7 +7,9 @@
 //! - [`messages`]: host ↔ enclave requests and client ↔ enclave channel messages;
 //! - [`enclave`]: state, sessions and dispatch;
 //! - [`keys`]: key sets, models, sealing;
-//! - [`step`]: decrypt → nonlinear step → encrypt;
+//! - [`step`]: decrypt → Freivalds check → nonlinear step → encrypt;
+//! - [`freivalds`]: the checks of the host's linear layers;
+//! - [`policy`]: output policies, branch-free;
 //! - [`schedule`]: the compiled model;
 //! - [`budget`]: the counting allocator behind the memory budget;
 //! - [`config`]: the measured enclave config.
@@ -15,8 +17,11 @@
 pub mod budget;
 pub mod config;
 pub mod enclave;
+pub mod freivalds;
 pub mod keys;
 pub mod messages;
+pub mod policy;
+mod query;
 pub mod schedule;
 pub mod step;
 pub mod wire;
@@ -38,4 +43,7 @@ pub enum EnclaveError {
     /// A request that does not fit the current state.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The host's work failed a check.
+    #[error("{0}")]
+    Integrity(String),
 }

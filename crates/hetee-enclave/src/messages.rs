@@ -12,6 +12,7 @@ use hetee_model::quant::InputQuant;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::freivalds::StageCheck;
 use crate::schedule::Schedule;
 use crate::EnclaveError;
 
@@ -109,11 +110,16 @@ pub enum Request {
     RegisterLocal {
         /// The compiled model (no weights).
         schedule: Box<Schedule>,
+        /// Freivalds checks (empty: none).
+        checks: Vec<StageCheck>,
     },
     /// Local mode only: start a query whose logits come back in the clear.
     StartLocalQuery {
         /// From [`Response::Registered`].
         model_id: ModelId,
+        /// The stage-0 input ciphertexts (decrypted for the first check if
+        /// the model has checks).
+        input: Vec<Vec<u8>>,
     },
 }
 
@@ -157,8 +163,12 @@ pub enum Response {
         /// Its id.
         model_id: ModelId,
     },
-    /// Query accepted; the host evaluates stage 0.
-    QueryStarted,
+    /// Query accepted; the host evaluates stage 0 on the data provider's
+    /// ciphertexts, or on `input` for a thin query (encrypted by the enclave).
+    QueryStarted {
+        /// Stage-0 input of a thin query.
+        input: Option<Vec<Vec<u8>>>,
+    },
     /// Encrypted input of the next stage.
     NextInput {
         /// The stage these ciphertexts feed.
@@ -227,6 +237,8 @@ pub struct Identity {
     pub public_key: Vec<u8>,
     /// The BFV parameters, as bound in the report data ([`he_params_bytes`]).
     pub he_params: Vec<u8>,
+    /// The enclave's Ed25519 key that signs results.
+    pub signing_public_key: [u8; 32],
 }
 
 impl Identity {
@@ -237,13 +249,25 @@ impl Identity {
 
     /// The report data the platform must attest for this identity:
     /// `hetee_attest::report_data(channel key, SHA-256(public key), he_params)`.
+    /// The second half binds the result-signing key:
+    /// `SHA-256("hetee/result-key/v1" ‖ signing key)`.
     pub fn report_data(&self) -> [u8; 64] {
-        hetee_attest::report_data(
+        let mut rd = hetee_attest::report_data(
             &self.channel_public_key,
             &self.public_key_hash(),
             &self.he_params,
-        )
+        );
+        rd[32..].copy_from_slice(&signing_key_binding(&self.signing_public_key));
+        rd
     }
+}
+
+/// The report-data half that binds a result-signing key.
+pub fn signing_key_binding(key: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"hetee/result-key/v1");
+    h.update(key);
+    h.finalize().into()
 }
 
 /// Enclave counters.
@@ -263,11 +287,63 @@ pub struct Status {
     pub memory_budget: u64,
 }
 
-/// Which part of the result the data provider receives.
+/// Which part of the result the data provider receives (set by the model
+/// provider).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OutputPolicy {
     /// All dequantized logits.
     Logits,
+    /// The labels of the `k` highest logits, best first.
+    TopK(u32),
+    /// The label of the highest logit.
+    Label,
+}
+
+impl OutputPolicy {
+    /// Parses `logits`, `label` or `top-K`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "logits" => Ok(OutputPolicy::Logits),
+            "label" => Ok(OutputPolicy::Label),
+            _ => s
+                .strip_prefix("top-")
+                .and_then(|k| k.parse::<u32>().ok())
+                .filter(|&k| k >= 1)
+                .map(OutputPolicy::TopK)
+                .ok_or_else(|| format!("output policy {s:?} is not logits, label or top-K")),
+        }
+    }
+}
+
+/// What the enclave signs for a data provider: enough to show a third
+/// party what the model said on which input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryResult {
+    /// The model.
+    pub model_id: ModelId,
+    /// Commitment to its weights.
+    pub commitment: [u8; 32],
+    /// Digest of the input (ciphertexts, or plaintext for a thin query).
+    pub input_digest: [u8; 32],
+    /// Images in the query.
+    pub images: u32,
+    /// Logits per image.
+    pub classes: u32,
+    /// The policy applied.
+    pub policy: OutputPolicy,
+    /// `images x classes` logits (policy `Logits`), else empty.
+    pub logits: Vec<f32>,
+    /// `images x k` labels, best first (policies `TopK` and `Label`), else empty.
+    pub labels: Vec<u32>,
+}
+
+impl QueryResult {
+    /// The bytes the enclave signs.
+    pub fn signed_message(&self) -> Vec<u8> {
+        let mut m = b"hetee/result/v1".to_vec();
+        m.extend(postcard::to_allocvec(self).unwrap_or_default());
+        m
+    }
 }
 
 /// A message from a client to the enclave, inside the channel.
@@ -282,8 +358,12 @@ pub enum ClientMessage {
         commitment: [u8; 32],
         /// Per-stage packing, scales, biases and requantization.
         schedule: Box<Schedule>,
+        /// Secret Freivalds check vectors, one per stage.
+        checks: Vec<StageCheck>,
         /// What a query releases.
         policy: OutputPolicy,
+        /// Most queries one client key may run (`None`: unlimited).
+        query_budget: Option<u64>,
     },
     /// Data provider: open a query session on a model.
     Hello {
@@ -297,6 +377,12 @@ pub enum ClientMessage {
         /// Real images in the batch (the rest is padding).
         images: u32,
     },
+    /// Thin data provider: the input in the clear, for the enclave to
+    /// quantize, pack and encrypt.
+    ThinQuery {
+        /// The images (each in the model's input shape).
+        images: Vec<Vec<f32>>,
+    },
 }
 
 /// A message from the enclave to a client, inside the channel.
@@ -309,14 +395,12 @@ pub enum EnclaveMessage {
     },
     /// How to encrypt a query's input.
     Plan(Box<QueryPlan>),
-    /// The result of the query.
+    /// The result of the query, signed by the enclave's result key.
     Result {
-        /// Images in the result.
-        images: u32,
-        /// Logits per image.
-        classes: u32,
-        /// `images x classes` dequantized logits.
-        logits: Vec<f32>,
+        /// The result.
+        result: QueryResult,
+        /// Ed25519 signature of [`QueryResult::signed_message`].
+        signature: Vec<u8>,
     },
     /// The request was refused.
     Refused {
@@ -441,6 +525,15 @@ pub fn weights_commitment(stages: &[Vec<Vec<u8>>]) -> [u8; 32] {
 /// Digest binding a query's input ciphertexts.
 pub fn input_digest(cts: &[Vec<u8>]) -> [u8; 32] {
     hash_blobs(b"hetee/input/v1", &[cts])
+}
+
+/// Digest of a thin query's plaintext input.
+pub fn thin_input_digest(images: &[Vec<f32>]) -> [u8; 32] {
+    let bytes: Vec<Vec<u8>> = images
+        .iter()
+        .map(|x| x.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    hash_blobs(b"hetee/thin-input/v1", &[&bytes])
 }
 
 /// A model's id: derived from its key set and its weights commitment, so

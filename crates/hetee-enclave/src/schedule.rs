@@ -209,6 +209,44 @@ impl Schedule {
         Ok(st.packing.pack_input(&st.spec.layout_batch(&refs)))
     }
 
+    /// The per-image inputs `[c, h, w]` of stage `stage` from its decrypted
+    /// input polynomials: the inverse of [`Schedule::pack_stage_input`], each
+    /// value read from one of the places it was packed (values the layer
+    /// never reads stay 0).
+    pub fn unpack_stage_input(
+        &self,
+        stage: usize,
+        polys: &[Vec<i64>],
+    ) -> Result<Vec<Vec<i64>>, EnclaveError> {
+        let st = self
+            .stages
+            .get(stage)
+            .ok_or_else(|| EnclaveError::Schedule(format!("no stage {stage}")))?;
+        if polys.len() != st.packing.input_count()
+            || polys.iter().any(|p| p.len() != self.he.degree)
+        {
+            return Err(EnclaveError::Protocol(format!(
+                "stage {stage}: wrong number or size of inputs"
+            )));
+        }
+        let need = st.spec.c * st.spec.h * st.spec.w;
+        // Pack labels instead of values to learn where each value goes.
+        let labels: Vec<Vec<i64>> = (0..self.batch)
+            .map(|i| (0..need).map(|j| (i * need + j + 1) as i64).collect())
+            .collect();
+        let places = self.pack_stage_input(stage, &labels)?;
+        let mut out = vec![vec![0i64; need]; self.batch];
+        for (poly, values) in places.iter().zip(polys) {
+            for (&label, &v) in poly.iter().zip(values) {
+                if label > 0 {
+                    let l = label as usize - 1;
+                    out[l / need][l % need] = v;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The linear outputs `[m, oh, ow]` of every image from the decrypted polynomials.
     pub fn unpack_stage_output(
         &self,

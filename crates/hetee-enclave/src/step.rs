@@ -9,24 +9,49 @@ use hetee_model::quant::StageOutput;
 use hetee_model::reference::finish_stage;
 use rayon::prelude::*;
 
+use zeroize::Zeroizing;
+
+use crate::freivalds::StageCheck;
 use crate::keys::KeySet;
 use crate::schedule::Schedule;
 use crate::EnclaveError;
 
 /// What a stage step produced.
 pub enum StepOutput {
-    /// Fresh ciphertexts for stage `k + 1`.
-    Next(Vec<Vec<u8>>),
+    /// Fresh ciphertexts for stage `k + 1`, and their plaintext (per image),
+    /// which the enclave keeps to check the next stage.
+    Next(Vec<Vec<u8>>, Zeroizing<Vec<Vec<i64>>>),
     /// Dequantized logits, `batch x classes`.
     Logits(Vec<f32>),
 }
 
-/// Decrypt, finish stage `k` in the clear, and re-encrypt or release.
+/// The fixed message of a failed integrity check (no detail leaks).
+pub const INTEGRITY_FAILURE: &str =
+    "integrity: the host's stage result failed the check; session closed";
+
+/// Decrypts ciphertexts of `polys` polynomials to centred coefficients.
+pub fn decrypt_all(
+    keys: &KeySet,
+    cts: &[Vec<u8>],
+    polys: usize,
+) -> Result<Vec<Vec<i64>>, EnclaveError> {
+    cts.par_iter()
+        .map(|b| {
+            let ct = ciphertext_from_bytes(b, &keys.par, polys)?;
+            decrypt(&keys.sk, &ct, keys.par.plaintext())
+        })
+        .collect()
+}
+
+/// Decrypt, check against the stage's input `x` (per image) with `check`,
+/// finish stage `k` in the clear, and re-encrypt or release.
 pub fn step(
     keys: &KeySet,
     schedule: &Schedule,
     k: usize,
     cts: &[Vec<u8>],
+    x: &[Vec<i64>],
+    check: Option<&StageCheck>,
 ) -> Result<StepOutput, EnclaveError> {
     let st = schedule
         .stages
@@ -39,25 +64,29 @@ pub fn step(
             cts.len()
         )));
     }
-    let polys = cts
-        .par_iter()
-        .map(|b| {
-            let ct = ciphertext_from_bytes(b, &keys.par, 3)?;
-            decrypt(&keys.sk, &ct, keys.par.plaintext())
-        })
-        .collect::<Result<Vec<_>, EnclaveError>>()?;
-    let ys: Vec<Vec<i64>> = schedule
-        .unpack_stage_output(k, &polys)?
-        .into_iter()
-        .map(|acc| finish_stage(&st.tail, acc))
-        .collect();
+    let polys = Zeroizing::new(decrypt_all(keys, cts, 3)?);
+    let accs = Zeroizing::new(schedule.unpack_stage_output(k, &polys)?);
+    if let Some(c) = check {
+        let mut ok = x.len() == accs.len();
+        for (xi, yi) in x.iter().zip(accs.iter()) {
+            ok &= c.holds(xi, yi);
+        }
+        if !ok {
+            return Err(EnclaveError::Integrity(INTEGRITY_FAILURE.into()));
+        }
+    }
+    let ys: Zeroizing<Vec<Vec<i64>>> = Zeroizing::new(
+        accs.iter()
+            .map(|acc| finish_stage(&st.tail, acc.clone()))
+            .collect(),
+    );
     match st.tail.output {
         StageOutput::Logits => Ok(StepOutput::Logits(
             ys.iter().flat_map(|y| st.tail.dequantize(y)).collect(),
         )),
         StageOutput::Requant(_) => {
-            let polys = schedule.pack_stage_input(k + 1, &ys)?;
-            Ok(StepOutput::Next(encrypt_all(keys, &polys)?))
+            let polys = Zeroizing::new(schedule.pack_stage_input(k + 1, &ys)?);
+            Ok(StepOutput::Next(encrypt_all(keys, &polys)?, ys))
         }
     }
 }

@@ -41,8 +41,9 @@ fn schedule() -> Schedule {
     Schedule::compile(&hetee_model::quantize(&m, &calib).unwrap(), 2).unwrap()
 }
 
+/// Registers in local mode (an in-process enclave, not Init'ed).
 fn register(s: Schedule) -> Response {
-    Enclave::new().handle(Request::RegisterModel {
+    Enclave::new().handle(Request::RegisterLocal {
         schedule: Box::new(s),
     })
 }
@@ -56,7 +57,33 @@ fn refused(s: Schedule, what: &str) {
 
 #[test]
 fn valid_schedule_is_accepted() {
-    assert!(matches!(register(schedule()), Response::Registered { .. }));
+    match register(schedule()) {
+        Response::Registered {
+            model_id,
+            key_id,
+            public_key,
+            sealed_keys,
+            sealed_model,
+        } => {
+            assert!(!public_key.is_empty());
+            // Another in-process enclave takes the sealed key set and model back.
+            let mut e = Enclave::new();
+            match e.handle(Request::RestoreKeys {
+                sealed: sealed_keys,
+            }) {
+                Response::KeysRestored { key_id: k } => assert_eq!(k, key_id),
+                _ => panic!("keys not restored"),
+            }
+            match e.handle(Request::RestoreModel {
+                sealed: sealed_model,
+            }) {
+                Response::ModelRestored { model_id: m } => assert_eq!(m, model_id),
+                _ => panic!("model not restored"),
+            }
+        }
+        Response::Error { message } => panic!("refused a valid schedule: {message}"),
+        _ => panic!("unexpected response"),
+    }
 }
 
 #[test]

@@ -1,201 +1,246 @@
-//! Sealing: a model registered in one enclave instance keeps working in a
-//! restarted one with the same measurement (same keys: earlier ciphertexts
-//! still decrypt), and nothing else can unseal it.
+//! Sealing: key sets and models registered in one enclave instance keep
+//! working in a restarted one with the same measurement and platform (same
+//! keys: ciphertexts made before the restart still decrypt), and nothing
+//! else can unseal them.
 
-use fhe::bfv::{Encoding, Plaintext, PublicKey};
-use fhe_traits::{DeserializeParametrized, FheEncoder, FheEncrypter};
-use hetee_enclave::{Enclave, Request, Response, Schedule};
-use hetee_he::codec::ciphertext_to_bytes;
-use hetee_he::Evaluator;
-use hetee_model::ir::{Layer, Model};
+mod common;
 
-fn model() -> (hetee_model::QuantModel, Vec<f32>) {
-    let w = |n: usize, s: usize| {
-        (0..n)
-            .map(|i| (((i * 31 + s) % 23) as f32 - 11.0) / 30.0)
-            .collect::<Vec<_>>()
-    };
-    let m = Model {
-        input_shape: vec![20],
-        layers: vec![
-            Layer::Dense {
-                weight: w(8 * 20, 1),
-                bias: w(8, 2),
-                out_features: 8,
-                in_features: 20,
-            },
-            Layer::Relu,
-            Layer::Dense {
-                weight: w(3 * 8, 3),
-                bias: w(3, 4),
-                out_features: 3,
-                in_features: 8,
-            },
-        ],
-        node_names: vec!["fc1".into(), "relu".into(), "fc2".into()],
-    };
-    let calib: Vec<f32> = (0..5 * 20).map(|i| (i % 7) as f32 / 7.0).collect();
-    (
-        hetee_model::quantize(&m, &calib).unwrap(),
-        calib[..20].to_vec(),
-    )
+use common::*;
+use hetee_enclave::{Enclave, EnclaveConfig, Request, Response};
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
-fn call(e: &mut Enclave, r: Request) -> Response {
-    e.handle(r)
+/// What the host keeps across an enclave restart.
+struct Stored {
+    setup: Setup,
+    /// An input encrypted (under the old public key) before the restart.
+    old_input: Vec<Vec<u8>>,
+    logits: Vec<f32>,
 }
 
-/// Runs the model end to end through `enclave` with the host's encrypted
-/// weights and input made under `pk`; returns the logits.
-fn infer(
-    enclave: &mut Enclave,
-    model_id: u64,
-    s: &Schedule,
-    q: &hetee_model::QuantModel,
-    pk: &PublicKey,
-    x: &[f32],
-) -> Result<Vec<f32>, String> {
-    let par = s.he.build().unwrap();
-    let enc = |polys: Vec<Vec<i64>>| {
-        polys
-            .iter()
-            .map(|p| {
-                pk.try_encrypt(
-                    &Plaintext::try_encode(p.as_slice(), Encoding::poly(), &par).unwrap(),
-                    &mut rand::rng(),
-                )
-                .unwrap()
-            })
-            .collect::<Vec<_>>()
-    };
-    let ev = Evaluator::new(&par).unwrap();
-    let Response::QueryStarted { query_id } = call(enclave, Request::StartQuery { model_id })
-    else {
-        return Err("no query".into());
-    };
-    let mut inputs = enc(s
-        .pack_stage_input(0, &[s.input.quantize(x).unwrap()])
-        .unwrap());
-    for (k, st) in s.stages.iter().enumerate() {
-        let w = ev
-            .extend_all(&enc(s.pack_stage_weights(k, &q.stages[k].weight).unwrap()))
-            .unwrap();
-        let outs = ev
-            .evaluate_plan(
-                &st.packing.product_plan(),
-                &ev.extend_all(&inputs).unwrap(),
-                &w,
-            )
-            .unwrap();
-        let req = Request::StageResult {
-            query_id,
-            stage: k as u32,
-            ciphertexts: outs.iter().map(ciphertext_to_bytes).collect(),
-        };
-        match call(enclave, req) {
-            Response::NextInput { ciphertexts, .. } => {
-                inputs = ciphertexts
-                    .iter()
-                    .map(|b| hetee_he::codec::ciphertext_from_bytes(b, &par, 2).unwrap())
-                    .collect();
-            }
-            Response::Logits { values } => return Ok(values),
-            Response::Error { message } => return Err(message),
-            _ => return Err("unexpected".into()),
-        }
+fn before_restart() -> Stored {
+    let mut setup = Setup::new();
+    let id = setup.model_id();
+    let logits = setup.query(&setup.x.clone()).unwrap();
+    assert_eq!(bits(&logits), bits(&reference(&setup.q, &setup.x)));
+    let dp = hello(&mut setup.enclave, &setup.keys, id).unwrap();
+    let old_input = dp.encrypt(&setup.keys.public_key, &setup.x);
+    Stored {
+        setup,
+        old_input,
+        logits,
     }
-    Err("no logits".into())
 }
 
-fn register(e: &mut Enclave, s: &Schedule) -> (u64, Vec<u8>, Vec<u8>) {
-    match call(
-        e,
-        Request::RegisterModel {
-            schedule: Box::new(s.clone()),
+fn restore_keys(e: &mut Enclave, sealed: &[u8]) -> Response {
+    e.handle(Request::RestoreKeys {
+        sealed: sealed.to_vec(),
+    })
+}
+
+fn restore_model(e: &mut Enclave, sealed: &[u8]) -> Response {
+    e.handle(Request::RestoreModel {
+        sealed: sealed.to_vec(),
+    })
+}
+
+#[test]
+fn restarted_enclave_restores_keys_and_model_and_old_ciphertexts_still_work() {
+    let Stored {
+        setup: old,
+        old_input,
+        logits,
+    } = before_restart();
+    let Setup {
+        enclave,
+        q,
+        x,
+        keys: old_keys,
+        host,
+        registered,
+    } = old;
+    drop(enclave);
+
+    // Restart: same measurement and platform secret.
+    let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    match restore_keys(&mut e, &old_keys.sealed) {
+        Response::KeysRestored { key_id } => assert_eq!(key_id, old_keys.key_id),
+        other => panic!("RestoreKeys: {}", short(&other)),
+    }
+    match restore_model(&mut e, &registered.sealed) {
+        Response::ModelRestored { model_id } => assert_eq!(model_id, registered.model_id),
+        other => panic!("RestoreModel: {}", short(&other)),
+    }
+    let st = status(&mut e);
+    assert_eq!((st.keysets, st.models, st.sessions), (1, 1, 0));
+
+    // Same HE public key; the channel key is new, so new evidence.
+    let id = identity(&mut e, old_keys.key_id);
+    assert_eq!(id.public_key, old_keys.public_key);
+    let keys = Keys {
+        evidence: evidence_for(id.measurement, id.report_data()),
+        identity: id,
+        ..old_keys.clone()
+    };
+
+    // A query with the input and the weights encrypted before the restart.
+    let mut dp = hello(&mut e, &keys, registered.model_id).unwrap();
+    let r = dp.start(&mut e, registered.model_id, &old_input);
+    assert!(matches!(r, Response::QueryStarted), "{}", short(&r));
+    match run_stages(&mut e, &host, dp.channel.session, old_input) {
+        Response::Finished { payload } => match dp.result(&payload) {
+            hetee_enclave::messages::EnclaveMessage::Result { logits: got, .. } => {
+                assert_eq!(bits(&got), bits(&logits))
+            }
+            other => panic!("{other:?}"),
         },
-    ) {
-        Response::Registered {
-            model_id,
-            public_key,
-            sealed,
-        } => (model_id, public_key, sealed),
-        _ => panic!("register failed"),
+        other => panic!("{}", short(&other)),
+    }
+    // And a fresh one.
+    let got = query(&mut e, &keys, &host, registered.model_id, &x).unwrap();
+    assert_eq!(bits(&got), bits(&reference(&q, &x)));
+}
+
+#[test]
+fn another_measurement_or_platform_cannot_unseal() {
+    let Stored { setup, .. } = before_restart();
+    let (sealed_keys, sealed_model) = (setup.keys.sealed.clone(), setup.registered.sealed.clone());
+
+    let mut other_measurement = attested_enclave([8; 32], EnclaveConfig::default());
+    let mut other_platform = Enclave::new();
+    assert!(matches!(
+        other_platform.handle(Request::Init {
+            measurement: MEASUREMENT,
+            platform_secret: [10; 32],
+            config: EnclaveConfig::default().to_bytes(),
+        }),
+        Response::Ready
+    ));
+    // Local mode: the development measurement and secret.
+    let mut local = Enclave::new();
+    for (name, e) in [
+        ("other measurement", &mut other_measurement),
+        ("other platform", &mut other_platform),
+        ("local mode", &mut local),
+    ] {
+        let msg = error_of(restore_keys(e, &sealed_keys));
+        assert!(msg.contains("cannot unseal"), "{name}: {msg}");
+        let msg = error_of(restore_model(e, &sealed_model));
+        assert!(msg.contains("cannot unseal"), "{name}: {msg}");
+        let st = status(e);
+        assert_eq!((st.keysets, st.models), (0, 0), "{name}");
     }
 }
 
 #[test]
-fn restarted_enclave_unseals_and_keeps_serving_with_the_same_keys() {
-    let (q, x) = model();
-    let s = Schedule::compile(&q, 1).unwrap();
-    let init = || Request::Init {
-        measurement: [7; 32],
-        platform_secret: [9; 32],
-    };
-    let mut a = Enclave::new();
-    assert!(matches!(call(&mut a, init()), Response::Ready));
-    let (id_a, pk, sealed) = register(&mut a, &s);
-    let par = s.he.build().unwrap();
-    let pk = PublicKey::from_bytes(&pk, &par).unwrap();
-    let before = infer(&mut a, id_a, &s, &q, &pk, &x).unwrap();
-    assert_eq!(
-        before,
-        hetee_model::reference::run_quantized(&q, &x).unwrap()
-    );
-    drop(a);
+fn tampered_truncated_or_mixed_up_blobs_are_refused() {
+    let Stored { setup, .. } = before_restart();
+    let (sealed_keys, sealed_model) = (setup.keys.sealed.clone(), setup.registered.sealed.clone());
+    let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
 
-    // Restart: same measurement and platform, restore from the sealed blob,
-    // and use ciphertexts made under the old public key.
-    let mut b = Enclave::new();
-    assert!(matches!(call(&mut b, init()), Response::Ready));
-    let id_b = match call(
-        &mut b,
-        Request::RestoreModel {
-            sealed: sealed.clone(),
-        },
-    ) {
-        Response::Registered { model_id, .. } => model_id,
-        Response::Error { message } => panic!("{message}"),
-        _ => panic!("unexpected"),
+    let flip = |b: &[u8], at: usize| {
+        let mut v = b.to_vec();
+        v[at] ^= 1;
+        v
     };
-    assert_eq!(infer(&mut b, id_b, &s, &q, &pk, &x).unwrap(), before);
-
-    // A changed enclave binary (other measurement) cannot unseal.
-    let mut c = Enclave::new();
-    call(
-        &mut c,
-        Request::Init {
-            measurement: [8; 32],
-            platform_secret: [9; 32],
-        },
-    );
-    match call(
-        &mut c,
-        Request::RestoreModel {
-            sealed: sealed.clone(),
-        },
-    ) {
-        Response::Error { message } => assert!(message.contains("cannot restore"), "{message}"),
-        _ => panic!("a different measurement unsealed the model"),
+    for bad in [
+        flip(&sealed_keys, sealed_keys.len() / 2),
+        flip(&sealed_keys, sealed_keys.len() - 1),
+        sealed_keys[..sealed_keys.len() - 1].to_vec(),
+        sealed_keys[..10].to_vec(),
+        Vec::new(),
+        sealed_model.clone(),
+    ] {
+        let msg = error_of(restore_keys(&mut e, &bad));
+        assert!(msg.contains("cannot unseal"), "{msg}");
     }
-    // A tampered or truncated blob is refused.
-    let mut d = Enclave::new();
-    call(&mut d, init());
-    let mut bad = sealed.clone();
-    let mid = bad.len() / 2;
-    bad[mid] ^= 1;
     assert!(matches!(
-        call(&mut d, Request::RestoreModel { sealed: bad }),
-        Response::Error { .. }
+        restore_keys(&mut e, &sealed_keys),
+        Response::KeysRestored { .. }
+    ));
+    for bad in [
+        flip(&sealed_model, sealed_model.len() / 2),
+        flip(&sealed_model, 0),
+        sealed_model[..sealed_model.len() - 1].to_vec(),
+        sealed_model[..10].to_vec(),
+        sealed_keys.clone(),
+    ] {
+        let msg = error_of(restore_model(&mut e, &bad));
+        assert!(msg.contains("cannot unseal"), "{msg}");
+    }
+    let st = status(&mut e);
+    assert_eq!((st.keysets, st.models), (1, 0));
+    assert!(matches!(
+        restore_model(&mut e, &sealed_model),
+        Response::ModelRestored { .. }
+    ));
+}
+
+#[test]
+fn a_model_needs_its_keys_restored_first() {
+    let Stored { setup, .. } = before_restart();
+    let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let msg = error_of(restore_model(&mut e, &setup.registered.sealed));
+    assert!(msg.contains("restore the model's key set first"), "{msg}");
+    assert_eq!(status(&mut e).models, 0);
+
+    // Another key set (same parameters) is not its key set.
+    let other = create_keys(&mut e, &setup.host.schedule.he);
+    assert_ne!(other.key_id, setup.keys.key_id);
+    let msg = error_of(restore_model(&mut e, &setup.registered.sealed));
+    assert!(msg.contains("restore the model's key set first"), "{msg}");
+
+    assert!(matches!(
+        restore_keys(&mut e, &setup.keys.sealed),
+        Response::KeysRestored { .. }
     ));
     assert!(matches!(
-        call(
-            &mut d,
-            Request::RestoreModel {
-                sealed: sealed[..10].to_vec()
-            }
-        ),
-        Response::Error { .. }
+        restore_model(&mut e, &setup.registered.sealed),
+        Response::ModelRestored { .. }
     ));
-    // Init after a model is loaded is refused.
-    assert!(matches!(call(&mut b, init()), Response::Error { .. }));
+    let st = status(&mut e);
+    assert_eq!((st.keysets, st.models), (2, 1));
+}
+
+#[test]
+fn init_is_only_accepted_as_the_first_request() {
+    let init = || init_request(MEASUREMENT, EnclaveConfig::default());
+    // Twice.
+    let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let msg = error_of(e.handle(init()));
+    assert!(
+        msg.contains("Init must be the enclave's first request"),
+        "{msg}"
+    );
+
+    // After any other request.
+    let mut e = Enclave::new();
+    assert!(matches!(e.handle(Request::Status), Response::Status(_)));
+    let msg = error_of(e.handle(init()));
+    assert!(
+        msg.contains("Init must be the enclave's first request"),
+        "{msg}"
+    );
+
+    // After keys and a model are loaded in a running enclave.
+    let Stored { mut setup, .. } = before_restart();
+    let msg = error_of(setup.enclave.handle(init()));
+    assert!(msg.contains("first request"), "{msg}");
+    // ...which keeps serving.
+    let x = setup.x.clone();
+    assert_eq!(
+        bits(&setup.query(&x).unwrap()),
+        bits(&reference(&setup.q, &x))
+    );
+
+    // A malformed config is refused (and a later Init is still not first).
+    let mut e = Enclave::new();
+    let msg = error_of(e.handle(Request::Init {
+        measurement: MEASUREMENT,
+        platform_secret: PLATFORM_SECRET,
+        config: b"hetee-enclave v2\ntransport=stdio\nmemory_budget_mib=1\n".to_vec(),
+    }));
+    assert!(msg.contains("malformed enclave config"), "{msg}");
 }

@@ -23,7 +23,7 @@ use crate::app::{ApiError, App};
 /// Largest model upload body, bytes.
 pub const MAX_MODEL_BODY: usize = 1 << 30;
 /// Largest query body (input ciphertexts), bytes.
-pub const MAX_QUERY_BODY: usize = 256 << 20;
+pub const MAX_QUERY_BODY: usize = 64 << 20;
 /// Largest body of every other request, bytes.
 pub const MAX_SMALL_BODY: usize = 1 << 20;
 /// Longest a request may take.

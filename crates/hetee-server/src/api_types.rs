@@ -65,7 +65,9 @@ pub struct KeysInfo {
     pub public_key: String,
     /// The enclave's static Noise key (hex).
     pub channel_public_key: String,
-    /// Encoded attestation evidence, base64; its report data binds the three fields above.
+    /// The enclave's Ed25519 result-signing key (hex).
+    pub signing_public_key: String,
+    /// Encoded attestation evidence, base64; its report data binds the four fields above.
     pub evidence: String,
 }
 

@@ -73,6 +73,10 @@ impl From<CallError> for ApiError {
                      restores its models: open a new session and retry"
                 ),
             },
+            CallError::Link(LinkError::TooLarge(m)) => ApiError {
+                status: 413,
+                message: m,
+            },
             CallError::Link(l) => ApiError {
                 status: 503,
                 message: l.to_string(),
@@ -155,6 +159,7 @@ impl App {
             he_params: b64(&id.he_params),
             public_key: b64(&id.public_key),
             channel_public_key: id_hex(&id.channel_public_key),
+            signing_public_key: id_hex(&id.signing_public_key),
             evidence: b64(&evidence),
         })
     }
@@ -278,6 +283,11 @@ impl App {
     /// `POST /v1/sessions`: relays Noise message 1 with the evidence.
     pub fn open_session(&self, req: OpenSession) -> ApiResult<SessionOpened> {
         let key_id = parse_id(&req.key_id, "key_id")?;
+        if self.store.keyset(&id_hex(&key_id))?.is_none() {
+            return Err(ApiError::not_found(
+                "unknown key_id; fetch the model's keys with GET /v1/models/{id}",
+            ));
+        }
         let model_id = match &req.model_id {
             Some(m) => {
                 let id = parse_id(m, "model_id")?;
@@ -290,8 +300,10 @@ impl App {
         };
         let msg1 = unb64(&req.msg1, "msg1").map_err(ApiError::bad)?;
         let (_, evidence) = self.enclave.identity(&key_id)?;
+        // No retry: a restarted enclave has another channel key, so msg1 is
+        // useless to it; the client must attest again.
         let Response::ChannelOpened { session, msg2 } =
-            self.enclave.call_retry(Request::OpenChannel {
+            self.enclave.call(Request::OpenChannel {
                 key_id,
                 evidence,
                 msg1,
@@ -435,7 +447,8 @@ impl App {
             .collect::<Result<Vec<_>, _>>()
             .map_err(ApiError::bad)?;
         let expected = host.packing(0).map(|p| p.input_count()).unwrap_or(0);
-        if cts.len() != expected {
+        // A thin query sends no ciphertexts: the enclave encrypts the input.
+        if !cts.is_empty() && cts.len() != expected {
             return Err(ApiError::bad(format!(
                 "the model takes {expected} input ciphertexts, got {}",
                 cts.len()
@@ -445,7 +458,7 @@ impl App {
         let mut enclave_ms = 0.0;
         let mut host_ms = 0.0;
         let te = Instant::now();
-        let Response::QueryStarted = self.enclave.call(Request::StartQuery {
+        let Response::QueryStarted { input } = self.enclave.call(Request::StartQuery {
             session,
             model_id: model,
             payload,
@@ -454,6 +467,9 @@ impl App {
         else {
             return Err(ApiError::conflict("unexpected answer to StartQuery"));
         };
+        if let Some(input) = input {
+            cts = input;
+        }
         enclave_ms += ms(te);
         for k in 0..host.stages() {
             let th = Instant::now();

@@ -22,6 +22,9 @@ pub enum LinkError {
     /// The enclave could not be started.
     #[error("cannot start the enclave: {0}")]
     Launch(String),
+    /// A message too large for the enclave's stream (nothing was sent).
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// A connection to one enclave.
@@ -159,13 +162,20 @@ impl ChildProcess {
 
 impl EnclaveLink for ChildProcess {
     fn call(&self, req: Request) -> Result<(Response, usize), LinkError> {
-        let payload = encode_request(&req).map_err(LinkError::Dead)?;
+        let payload = encode_request(&req).map_err(LinkError::TooLarge)?;
+        let c = codec();
+        if payload.len() > c.max_payload() as usize {
+            return Err(LinkError::TooLarge(format!(
+                "a {} MiB message is over the enclave's {} MiB frame limit; send less per query",
+                payload.len() >> 20,
+                c.max_payload() >> 20
+            )));
+        }
         let mut io = match self.io.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
         let (w, r) = &mut *io;
-        let c = codec();
         c.write(w, KIND_REQUEST, &payload)
             .and_then(|_| w.flush().map_err(Into::into))
             .map_err(|e| LinkError::Dead(format!("write: {e}")))?;

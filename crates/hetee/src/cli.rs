@@ -58,13 +58,20 @@ enum ModelCommand {
         /// Largest batch of images per query to plan for.
         #[arg(long, default_value_t = 8)]
         max_batch: usize,
+        /// What a query releases: `logits`, `label` or `top-K` (e.g. `top-3`).
+        #[arg(long, default_value = "logits")]
+        output_policy: String,
+        /// Most queries one data-provider key may run (default: unlimited).
+        #[arg(long)]
+        query_budget: Option<u64>,
     },
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Runs the bundled MNIST CNN on bundled test images, fully encrypted,
-    /// with all three parties in this process.
+    /// Runs the bundled MNIST CNN on bundled test images, fully encrypted:
+    /// by default the real deployment (server and enclave process on
+    /// loopback, both clients); `--in-process` keeps everything in one process.
     Demo {
         /// How many test images (up to 10000).
         #[arg(long, default_value_t = 100)]
@@ -86,7 +93,7 @@ enum Command {
         data_dir: PathBuf,
         /// The enclave's memory budget in MiB (part of its measurement).
         #[arg(long, default_value_t = hetee_enclave::config::DEFAULT_MEMORY_BUDGET_MIB)]
-        enclave_memory_mib: u64,
+        memory_budget_mib: u64,
         /// Logs as JSON lines.
         #[arg(long)]
         log_json: bool,
@@ -120,6 +127,26 @@ enum Command {
         /// Queries in flight at once.
         #[arg(long, default_value_t = 4)]
         parallel: usize,
+        /// Thin client: send the input to the enclave over the channel and
+        /// let it encrypt (no HE on this machine).
+        #[arg(long)]
+        thin: bool,
+        /// Write the enclave-signed results (receipts) as JSON here.
+        #[arg(long)]
+        receipt: Option<PathBuf>,
+    },
+    /// Checks receipts written by `hetee infer --receipt`: the evidence
+    /// under the pinned measurement and the enclave's signature.
+    VerifyReceipt {
+        /// The receipts file.
+        #[arg(long)]
+        receipt: PathBuf,
+        /// The enclave measurement to accept (hex).
+        #[arg(long)]
+        expect_measurement: String,
+        /// Accept the simulated TEE platform (testing only).
+        #[arg(long)]
+        allow_sim: bool,
     },
     /// The enclave side.
     Enclave {
@@ -227,14 +254,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve {
             listen,
             data_dir,
-            enclave_memory_mib,
+            memory_budget_mib,
             log_json,
         } => {
-            let enclave = hetee_enclave::EnclaveConfig {
-                memory_budget_mib: enclave_memory_mib,
-            };
+            let enclave = hetee_enclave::EnclaveConfig { memory_budget_mib };
             hetee_enclave::EnclaveConfig::from_bytes(&enclave.to_bytes())
-                .context("--enclave-memory-mib must be between 16 and 1048576")?;
+                .context("--memory-budget-mib must be between 16 and 1048576")?;
             crate::serve::serve(&crate::serve::ServeOptions {
                 listen,
                 data_dir,
@@ -252,13 +277,21 @@ pub fn run(cli: Cli) -> Result<()> {
                     expect_measurement,
                     allow_sim,
                     max_batch,
+                    output_policy,
+                    query_budget,
                 },
         } => {
+            let terms = crate::client::model_provider::Terms {
+                max_batch,
+                policy: hetee_enclave::messages::OutputPolicy::parse(&output_policy)
+                    .map_err(|e| anyhow::anyhow!("--output-policy: {e}"))?,
+                query_budget,
+            };
             let trust = crate::client::trust::Trust::new(&expect_measurement, allow_sim)?;
             let api = crate::client::http::Api::new(&server)?;
             let (m, c) = load_model(&model, calib.as_deref())?;
             let q = prepare(&m, &c)?;
-            let up = crate::client::model_provider::upload(&api, &trust, &q, max_batch)?;
+            let up = crate::client::model_provider::upload(&api, &trust, &q, &terms)?;
             eprintln!(
                 "uploaded {} bytes of encrypted weights; {} images per query",
                 up.weight_bytes, up.batch
@@ -274,14 +307,34 @@ pub fn run(cli: Cli) -> Result<()> {
             expect_measurement,
             allow_sim,
             parallel,
-        } => crate::client::infer_file(
-            &server,
-            &model_id,
-            &input,
-            &output,
-            &crate::client::trust::Trust::new(&expect_measurement, allow_sim)?,
+            thin,
+            receipt,
+        } => crate::client::infer_file(&crate::client::InferJob {
+            server: &server,
+            model_id: &model_id,
+            input: &input,
+            output: &output,
+            trust: &crate::client::trust::Trust::new(&expect_measurement, allow_sim)?,
             parallel,
-        ),
+            thin,
+            receipt: receipt.as_deref(),
+        }),
+        Command::VerifyReceipt {
+            receipt,
+            expect_measurement,
+            allow_sim,
+        } => {
+            let trust = crate::client::trust::Trust::new(&expect_measurement, allow_sim)?;
+            let text = std::fs::read_to_string(&receipt)
+                .with_context(|| format!("cannot read {}", receipt.display()))?;
+            let receipts: Vec<crate::client::data_provider::Receipt> =
+                serde_json::from_str(&text).context("the receipts file is malformed")?;
+            for (i, r) in receipts.iter().enumerate() {
+                r.verify(&trust).with_context(|| format!("receipt {i}"))?;
+            }
+            println!("{} receipts verified", receipts.len());
+            Ok(())
+        }
         Command::Run {
             model,
             input,

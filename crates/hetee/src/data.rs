@@ -51,10 +51,23 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Tensor> {
 
 /// Writes a float32 `.npy` file.
 pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    write_npy_of(path, shape, data)
+}
+
+/// Writes an int32 `.npy` file (labels).
+pub fn write_npy_i32(path: &Path, shape: &[usize], data: &[i32]) -> Result<()> {
+    write_npy_of(path, shape, data)
+}
+
+fn write_npy_of<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
+    path: &Path,
+    shape: &[usize],
+    data: &[T],
+) -> Result<()> {
     let mut buf = Vec::new();
     {
         use npyz::WriterBuilder;
-        let mut w = npyz::WriteOptions::<f32>::new()
+        let mut w = npyz::WriteOptions::<T>::new()
             .default_dtype()
             .shape(&shape.iter().map(|&d| d as u64).collect::<Vec<_>>())
             .writer(std::io::Cursor::new(&mut buf))

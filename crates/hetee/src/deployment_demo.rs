@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::cli::median;
 use crate::client::data_provider::Target;
 use crate::client::http::Api;
-use crate::client::model_provider::upload;
+use crate::client::model_provider::{upload, Terms};
 use crate::client::trust::Trust;
 use crate::data::{bundled, idx_images, idx_labels};
 use crate::serve::{ServeOptions, Server};
@@ -78,7 +78,11 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
 
     eprintln!("model provider: compiling, encrypting and uploading the model...");
     let t = Instant::now();
-    let up = upload(&api, &trust, &q, 1)?;
+    let terms = Terms {
+        max_batch: 1,
+        ..Terms::default()
+    };
+    let up = upload(&api, &trust, &q, &terms)?;
     let upload_ms = t.elapsed().as_secs_f64() * 1e3;
     let model_id = hetee_enclave::messages::id_hex(&up.model_id);
     eprintln!("model provider: model {model_id} registered");

@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Result};
 use fhe::bfv::{BfvParameters, Encoding, Plaintext, PublicKey};
 use fhe_traits::{DeserializeParametrized, FheEncoder, FheEncrypter};
 use hetee_enclave::budget;
+use hetee_enclave::freivalds::StageCheck;
 use hetee_enclave::messages::ModelId;
 use hetee_enclave::{Request, Response, Schedule};
 use hetee_he::codec::ciphertext_to_bytes;
@@ -146,11 +147,28 @@ impl Deployment {
     /// per query: the enclave makes keys, the model provider encrypts the
     /// weights, the host loads them.
     pub fn new(model: &QuantModel, max_batch: usize) -> Result<Self> {
+        Self::with_checks(model, max_batch, true)
+    }
+
+    /// [`Deployment::new`], with or without the Freivalds checks of the
+    /// host's work (to measure what they cost).
+    pub fn with_checks(model: &QuantModel, max_batch: usize, checked: bool) -> Result<Self> {
         let enclave: Box<dyn EnclaveLink> = Box::new(InProcess::new());
         let schedule = Schedule::compile_best(model, max_batch.max(1))?;
+        let checks = if checked {
+            let mut rng = rand::rng();
+            model
+                .stages
+                .iter()
+                .map(|st| StageCheck::draw(st, &mut rng))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let before = budget::current();
         let (registered, _) = enclave.call(Request::RegisterLocal {
             schedule: Box::new(schedule.clone()),
+            checks,
         })?;
         let enclave_resident = budget::current().saturating_sub(before);
         let (model_id, pk_bytes, sealed_model) = match registered {
@@ -203,6 +221,7 @@ impl Deployment {
             .enclave
             .call(Request::StartLocalQuery {
                 model_id: self.model_id,
+                input: cts.clone(),
             })?
             .0
         {

@@ -1,4 +1,4 @@
-//! The enclave as a separate process: the demo through it, and what it does
+//! The enclave as a separate process (`hetee enclave run`): what it does
 //! with malformed or hostile frames on its stdin.
 
 use std::io::{Read, Write};
@@ -8,18 +8,6 @@ use hetee_enclave::wire::{codec, decode_response, encode_request, KIND_REQUEST, 
 use hetee_enclave::{Request, Response};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hetee");
-
-#[test]
-fn demo_through_enclave_process_matches_reference() {
-    let out = Command::new(BIN)
-        .args(["demo", "--images", "3", "--json", "--enclave-process"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["reference_agreement"].as_f64(), Some(1.0));
-}
 
 fn enclave_session(input: &[u8]) -> (std::process::ExitStatus, Vec<u8>, String) {
     let mut child = Command::new(BIN)
@@ -46,9 +34,9 @@ fn enclave_session(input: &[u8]) -> (std::process::ExitStatus, Vec<u8>, String) 
 fn malformed_request_gets_an_error_response_and_the_enclave_keeps_serving() {
     let c = codec();
     let mut input = c.encode(KIND_REQUEST, b"\xff\xff\xff garbage").unwrap();
-    // A well-formed request for an unknown query after the garbage.
+    // A well-formed request for an unknown session after the garbage.
     let req = encode_request(&Request::StageResult {
-        query_id: 42,
+        session: [42; 16],
         stage: 0,
         ciphertexts: vec![vec![1, 2, 3]],
     })
@@ -66,7 +54,7 @@ fn malformed_request_gets_an_error_response_and_the_enclave_keeps_serving() {
     }
     match decode_response(&f2.payload).unwrap() {
         Response::Error { message } => {
-            assert!(message.contains("unknown or finished query"), "{message}")
+            assert!(message.contains("unknown or closed session"), "{message}")
         }
         other => panic!("expected an error, got {other:?}"),
     }

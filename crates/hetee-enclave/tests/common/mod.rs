@@ -18,6 +18,8 @@ use hetee_he::eval::ExtendedCiphertext;
 use hetee_he::{Evaluator, HeConfig};
 use hetee_model::ir::{Layer, Model};
 use hetee_model::QuantModel;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 /// The measurement every test enclave is started with (unless a test wants another).
 pub const MEASUREMENT: [u8; 32] = [7; 32];
@@ -121,12 +123,22 @@ pub fn encrypt_under(
     par: &Arc<BfvParameters>,
     polys: &[Vec<i64>],
 ) -> Vec<Vec<u8>> {
+    encrypt_with(public_key, par, polys, &mut rand::rng())
+}
+
+/// [`encrypt_under`] with the given randomness.
+pub fn encrypt_with<R: rand::RngCore + rand::CryptoRng>(
+    public_key: &[u8],
+    par: &Arc<BfvParameters>,
+    polys: &[Vec<i64>],
+    rng: &mut R,
+) -> Vec<Vec<u8>> {
     let pk = PublicKey::from_bytes(public_key, par).unwrap();
     polys
         .iter()
         .map(|p| {
             let pt = Plaintext::try_encode(p.as_slice(), Encoding::poly(), par).unwrap();
-            ciphertext_to_bytes(&pk.try_encrypt(&pt, &mut rand::rng()).unwrap())
+            ciphertext_to_bytes(&pk.try_encrypt(&pt, rng).unwrap())
         })
         .collect()
 }
@@ -276,13 +288,16 @@ pub struct HostModel {
 
 impl HostModel {
     /// The model provider encrypts `q`'s packed weights under `public_key`.
+    /// The encryption randomness is seeded, so the same model under the
+    /// same key always gives the same ciphertexts (and commitment).
     pub fn new(q: &QuantModel, schedule: &Schedule, public_key: &[u8]) -> Self {
         let par = schedule.he.build().unwrap();
         let ev = Evaluator::new(&par).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(2024);
         let uploaded: Vec<Vec<Vec<u8>>> = (0..schedule.stages.len())
             .map(|k| {
                 let polys = schedule.pack_stage_weights(k, &q.stages[k].weight).unwrap();
-                encrypt_under(public_key, &par, &polys)
+                encrypt_with(public_key, &par, &polys, &mut rng)
             })
             .collect();
         let weights = uploaded

@@ -5,10 +5,16 @@
 use anyhow::{anyhow, bail, Result};
 use fhe::bfv::{Encoding, Plaintext};
 use fhe_traits::{FheEncoder, FheEncrypter};
-use hetee_enclave::messages::{id_from_hex, input_digest, ClientMessage, EnclaveMessage};
+use std::sync::{Arc, RwLock};
+
+use hetee_enclave::messages::{
+    id_from_hex, id_hex, input_digest, thin_input_digest, ClientMessage, EnclaveMessage,
+    QueryResult,
+};
 use hetee_he::codec::ciphertext_to_bytes;
-use hetee_server::api_types::{b64, ModelInfo, QueryDone, RunQuery};
+use hetee_server::api_types::{b64, KeysInfo, ModelInfo, QueryDone, RunQuery};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use super::channel::Session;
 use super::http::Api;
@@ -17,7 +23,10 @@ use super::trust::{verify, AttestedKeys, Trust};
 /// A model the data provider has checked.
 pub struct Target {
     api: Api,
-    keys: AttestedKeys,
+    trust: Trust,
+    /// The attested keys and what they were verified from; refreshed when
+    /// the enclave restarts (new channel key, new evidence).
+    current: RwLock<Arc<(AttestedKeys, KeysInfo)>>,
     model_id: [u8; 16],
     /// Images per query.
     pub batch: usize,
@@ -25,23 +34,68 @@ pub struct Target {
 
 /// The result of one query.
 pub struct Answer {
-    /// Logits per image.
+    /// Logits per image (policy `Logits`; empty otherwise).
     pub logits: Vec<Vec<f32>>,
+    /// Labels per image, best first (policies `TopK`, `Label`; empty otherwise).
+    pub labels: Vec<Vec<u32>>,
+    /// The signed result, to show a third party what the model said.
+    pub receipt: Receipt,
     /// Host time reported by the server (ms).
     pub host_ms: f64,
     /// Enclave time reported by the server (ms).
     pub enclave_ms: f64,
 }
 
+/// A result signed by the attested enclave, with the evidence that binds
+/// the signing key. Anyone who trusts the measurement can check it with
+/// [`Receipt::verify`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The result as signed.
+    pub result: QueryResult,
+    /// Ed25519 signature (hex).
+    pub signature: String,
+    /// The enclave's attested keys and evidence at query time.
+    pub keys: KeysInfo,
+}
+
+impl Receipt {
+    /// Checks the evidence under `trust` and the signature under the key it binds.
+    pub fn verify(&self, trust: &Trust) -> Result<()> {
+        self.verify_against(&verify(&self.keys, trust)?)
+    }
+}
+
 impl Target {
     /// Fetches the model's attested keys and verifies them.
     pub fn connect(api: &Api, trust: &Trust, model_id: &str) -> Result<Self> {
         let id = id_from_hex(model_id).map_err(|e| anyhow!("--model-id: {e}"))?;
-        let info: ModelInfo = api.get(&format!("/v1/models/{}", model_id.trim()))?;
-        if !info.registered {
-            bail!("model {model_id} is uploaded but its provider has not registered it yet");
+        let mut last = None;
+        // An enclave restart between the two steps invalidates the keys:
+        // fetch them again and retry.
+        for _ in 0..3 {
+            match Self::connect_once(api, trust, id) {
+                Ok(t) => return Ok(t),
+                Err(e) if is_restart(&e) => last = Some(e),
+                Err(e) => return Err(e),
+            }
         }
-        let keys = verify(&info.keys, trust)?;
+        Err(last.unwrap_or_else(|| anyhow!("cannot connect")))
+    }
+
+    fn fetch(api: &Api, trust: &Trust, id: &[u8; 16]) -> Result<(AttestedKeys, KeysInfo)> {
+        let info: ModelInfo = api.get(&format!("/v1/models/{}", id_hex(id)))?;
+        if !info.registered {
+            bail!(
+                "model {} is uploaded but its provider has not registered it yet",
+                id_hex(id)
+            );
+        }
+        Ok((verify(&info.keys, trust)?, info.keys))
+    }
+
+    fn connect_once(api: &Api, trust: &Trust, id: [u8; 16]) -> Result<Self> {
+        let (keys, info) = Self::fetch(api, trust, &id)?;
         // Ask the enclave (not the host) how a query is laid out.
         let (s, answer) = Session::open(
             api,
@@ -55,41 +109,79 @@ impl Target {
         };
         Ok(Target {
             api: api.clone(),
-            keys,
+            trust: trust.clone(),
+            current: RwLock::new(Arc::new((keys, info))),
             model_id: id,
             batch: plan.batch,
         })
     }
 
-    /// One query of up to the model's batch of images, in its own session.
+    fn keys(&self) -> Arc<(AttestedKeys, KeysInfo)> {
+        match self.current.read() {
+            Ok(k) => k.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// One query of up to the model's batch of images, in its own session:
+    /// the input is encrypted here under the attested key.
     pub fn query(&self, xs: &[&[f32]]) -> Result<Answer> {
-        let (mut s, answer) = Session::open(
-            &self.api,
-            &self.keys,
-            Some(&self.model_id),
-            &ClientMessage::Hello {
-                model_id: self.model_id,
-            },
-        )?;
+        self.run(xs, false)
+    }
+
+    /// A thin query: the input goes to the enclave over the channel and
+    /// the enclave encrypts it (for clients that cannot run HE).
+    pub fn query_thin(&self, xs: &[&[f32]]) -> Result<Answer> {
+        self.run(xs, true)
+    }
+
+    fn run(&self, xs: &[&[f32]], thin: bool) -> Result<Answer> {
+        let hello = ClientMessage::Hello {
+            model_id: self.model_id,
+        };
+        let mut current = self.keys();
+        let opened = match Session::open(&self.api, &current.0, Some(&self.model_id), &hello) {
+            Err(e) if is_restart(&e) => {
+                // The enclave restarted since we attested it: attest again.
+                let fresh = Arc::new(Self::fetch(&self.api, &self.trust, &self.model_id)?);
+                if let Ok(mut w) = self.current.write() {
+                    *w = fresh.clone();
+                }
+                current = fresh;
+                Session::open(&self.api, &current.0, Some(&self.model_id), &hello)
+            }
+            r => r,
+        };
+        let (mut s, answer) = opened?;
+        let (keys, info) = (&current.0, &current.1);
         let EnclaveMessage::Plan(plan) = answer else {
             bail!("the enclave did not send a query plan");
         };
-        if plan.he != self.keys.he || plan.model_id != self.model_id {
+        if plan.he != keys.he || plan.model_id != self.model_id {
             bail!("the enclave's plan does not match the attested keys; refusing");
         }
-        let polys = plan.pack_input(xs)?;
-        let cts = polys
-            .par_iter()
-            .map(|p| {
-                let pt = Plaintext::try_encode(p.as_slice(), Encoding::poly(), &self.keys.par)?;
-                let ct = self.keys.public_key.try_encrypt(&pt, &mut rand::rng())?;
-                Ok(ciphertext_to_bytes(&ct))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let payload = s.seal(&ClientMessage::Query {
-            input_digest: input_digest(&cts),
-            images: xs.len() as u32,
-        })?;
+        let (msg, cts, digest) = if thin {
+            let images: Vec<Vec<f32>> = xs.iter().map(|x| x.to_vec()).collect();
+            let digest = thin_input_digest(&images);
+            (ClientMessage::ThinQuery { images }, Vec::new(), digest)
+        } else {
+            let polys = plan.pack_input(xs)?;
+            let cts = polys
+                .par_iter()
+                .map(|p| {
+                    let pt = Plaintext::try_encode(p.as_slice(), Encoding::poly(), &keys.par)?;
+                    let ct = keys.public_key.try_encrypt(&pt, &mut rand::rng())?;
+                    Ok(ciphertext_to_bytes(&ct))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let digest = input_digest(&cts);
+            let msg = ClientMessage::Query {
+                input_digest: digest,
+                images: xs.len() as u32,
+            };
+            (msg, cts, digest)
+        };
+        let payload = s.seal(&msg)?;
         let done: QueryDone = self.api.post(
             &format!("/v1/sessions/{}/query", s.id),
             &RunQuery {
@@ -97,22 +189,57 @@ impl Target {
                 input: cts.iter().map(|c| b64(c)).collect(),
             },
         )?;
-        match s.open_reply(&done.payload)? {
-            EnclaveMessage::Result {
-                images,
-                classes,
-                logits,
-            } if images as usize == xs.len() && logits.len() == xs.len() * classes as usize => {
-                Ok(Answer {
-                    logits: logits
-                        .chunks(classes.max(1) as usize)
-                        .map(<[f32]>::to_vec)
-                        .collect(),
-                    host_ms: done.host_ms,
-                    enclave_ms: done.enclave_ms,
-                })
-            }
-            _ => bail!("the enclave's result does not match the query"),
+        let EnclaveMessage::Result { result, signature } = s.open_reply(&done.payload)? else {
+            bail!("the enclave sent no result");
+        };
+        let receipt = Receipt {
+            result,
+            signature: hetee_attest::evidence::hex(&signature),
+            keys: info.clone(),
+        };
+        receipt.verify_against(keys)?;
+        let r = &receipt.result;
+        if r.images as usize != xs.len() || r.model_id != self.model_id || r.input_digest != digest
+        {
+            bail!("the enclave's result does not match the query");
         }
+        let classes = r.classes.max(1) as usize;
+        let per_label = r.labels.len() / xs.len();
+        if !r.logits.is_empty() && r.logits.len() != xs.len() * classes {
+            bail!("the enclave's result has the wrong size");
+        }
+        Ok(Answer {
+            logits: r.logits.chunks(classes).map(<[f32]>::to_vec).collect(),
+            labels: r
+                .labels
+                .chunks(per_label.max(1))
+                .map(<[u32]>::to_vec)
+                .collect(),
+            host_ms: done.host_ms,
+            enclave_ms: done.enclave_ms,
+            receipt,
+        })
+    }
+}
+
+/// Whether an error means the enclave restarted under the client (its
+/// channel key and evidence changed).
+fn is_restart(e: &anyhow::Error) -> bool {
+    let s = format!("{e:#}");
+    s.contains("answered 503")
+        || s.contains("evidence is not this enclave's")
+        || s.contains("channel handshake failed")
+        || s.contains("protocol: channel")
+}
+
+impl Receipt {
+    fn verify_against(&self, keys: &AttestedKeys) -> Result<()> {
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&keys.signing_key)
+            .map_err(|e| anyhow!("the attested signing key is invalid: {e}"))?;
+        let sig = hetee_attest::evidence::unhex(&self.signature).map_err(|e| anyhow!(e))?;
+        let sig = ed25519_dalek::Signature::from_slice(&sig)
+            .map_err(|e| anyhow!("malformed signature: {e}"))?;
+        vk.verify_strict(&self.result.signed_message(), &sig)
+            .map_err(|_| anyhow!("the result's signature does not verify"))
     }
 }

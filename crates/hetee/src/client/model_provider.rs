@@ -3,6 +3,7 @@
 //! hand the per-layer secrets to the enclave over the channel.
 
 use anyhow::{bail, Context, Result};
+use hetee_enclave::freivalds::StageCheck;
 use hetee_enclave::messages::{
     he_params_bytes, id_hex, model_id, weights_commitment, ClientMessage, EnclaveMessage, ModelId,
     OutputPolicy,
@@ -26,9 +27,37 @@ pub struct Uploaded {
     pub batch: usize,
 }
 
-/// Uploads `model` (compiled for up to `max_batch` images per query).
-pub fn upload(api: &Api, trust: &Trust, model: &QuantModel, max_batch: usize) -> Result<Uploaded> {
-    let schedule = Schedule::compile_best(model, max_batch.max(1))?;
+/// What the model provider decides about its model's queries.
+#[derive(Debug, Clone, Copy)]
+pub struct Terms {
+    /// Largest batch of images per query to plan for.
+    pub max_batch: usize,
+    /// What a query releases.
+    pub policy: OutputPolicy,
+    /// Most queries per client key (`None`: unlimited).
+    pub query_budget: Option<u64>,
+}
+
+impl Default for Terms {
+    fn default() -> Self {
+        Terms {
+            max_batch: 8,
+            policy: OutputPolicy::Logits,
+            query_budget: None,
+        }
+    }
+}
+
+/// Uploads `model` on `terms`.
+pub fn upload(api: &Api, trust: &Trust, model: &QuantModel, terms: &Terms) -> Result<Uploaded> {
+    let schedule = Schedule::compile_best(model, terms.max_batch.max(1))?;
+    // Secret check vectors for the host's linear layers (Freivalds).
+    let mut rng = rand::rng();
+    let checks: Vec<StageCheck> = model
+        .stages
+        .iter()
+        .map(|st| StageCheck::draw(st, &mut rng))
+        .collect();
     let info: KeysInfo = api.post(
         "/v1/keys",
         &CreateKeys {
@@ -73,7 +102,9 @@ pub fn upload(api: &Api, trust: &Trust, model: &QuantModel, max_batch: usize) ->
             key_id: keys.key_id,
             commitment,
             schedule: Box::new(schedule.clone()),
-            policy: OutputPolicy::Logits,
+            checks,
+            policy: terms.policy,
+            query_budget: terms.query_budget,
         },
     )?;
     match answer {

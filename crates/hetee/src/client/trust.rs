@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use fhe::bfv::{BfvParameters, PublicKey};
 use fhe_traits::DeserializeParametrized;
 use hetee_attest::{Evidence, Measurement, Policy, SimVerifier, Verifiers};
-use hetee_enclave::messages::{he_params_from_bytes, id_from_hex, KeyId};
+use hetee_enclave::messages::{he_params_from_bytes, id_from_hex, signing_key_binding, KeyId};
 use hetee_he::HeConfig;
 use hetee_server::api_types::{unb64, KeysInfo};
 use sha2::{Digest, Sha256};
@@ -54,6 +54,13 @@ pub struct AttestedKeys {
     pub channel_key: [u8; 32],
     /// Hash of the evidence: the Noise prologue.
     pub evidence_hash: [u8; 32],
+    /// The enclave's result-signing key.
+    pub signing_key: [u8; 32],
+}
+
+fn key32(hex: &str, what: &str) -> Result<[u8; 32]> {
+    let v = hetee_attest::evidence::unhex(hex).map_err(|e| anyhow!("{what}: {e}"))?;
+    v.try_into().map_err(|_| anyhow!("{what} is not 32 bytes"))
 }
 
 /// Verifies `info` under `trust`.
@@ -62,11 +69,13 @@ pub fn verify(info: &KeysInfo, trust: &Trust) -> Result<AttestedKeys> {
     let ev = Evidence::decode(&ev_bytes).context("the server's evidence is malformed")?;
     let he_params = unb64(&info.he_params, "he_params").map_err(|e| anyhow!(e))?;
     let pk_bytes = unb64(&info.public_key, "public_key").map_err(|e| anyhow!(e))?;
-    let ck = hetee_attest::evidence::unhex(&info.channel_public_key).map_err(|e| anyhow!(e))?;
-    let channel_key: [u8; 32] = ck
-        .try_into()
-        .map_err(|_| anyhow!("the channel key is not 32 bytes"))?;
+    let channel_key = key32(&info.channel_public_key, "the channel key")?;
+    let signing_key = key32(&info.signing_public_key, "the result-signing key")?;
     let pk_hash: [u8; 32] = Sha256::digest(&pk_bytes).into();
+    // What the report data must be: the channel key, HE key and parameters,
+    // and (second half) the result-signing key.
+    let mut expected = hetee_attest::report_data(&channel_key, &pk_hash, &he_params);
+    expected[32..].copy_from_slice(&signing_key_binding(&signing_key));
     let mut policy = Policy::new(trust.measurement);
     policy.allow_sim = trust.allow_sim;
     let verifiers = Verifiers {
@@ -78,7 +87,7 @@ pub fn verify(info: &KeysInfo, trust: &Trust) -> Result<AttestedKeys> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     policy
-        .check_bound(&verifiers, &ev, &channel_key, &pk_hash, &he_params, now)
+        .check(&verifiers, &ev, &expected, now)
         .map_err(|e| match e {
             hetee_attest::Error::SimNotAllowed => anyhow!(
                 "refusing the server's enclave: its evidence comes from the simulated platform, \
@@ -97,5 +106,6 @@ pub fn verify(info: &KeysInfo, trust: &Trust) -> Result<AttestedKeys> {
         public_key,
         channel_key,
         evidence_hash: ev.hash()?,
+        signing_key,
     })
 }

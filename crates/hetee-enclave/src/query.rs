@@ -1,0 +1,191 @@
+//! The query half of a session: `Ready → Running(stage 0, 1, …) → done`.
+//! Each stage's decrypted result is checked (Freivalds) against the input
+//! the enclave itself holds before anything is computed from it; the final
+//! result goes through the model's output policy, is signed, and is sealed
+//! to the data provider's channel.
+
+use ed25519_dalek::Signer;
+use hetee_attest::Transport;
+use zeroize::Zeroizing;
+
+use crate::enclave::{open, refuse, seal, Enclave, Running, Session};
+use crate::messages::{
+    input_digest, thin_input_digest, ClientMessage, EnclaveMessage, ModelId, QueryResult, Response,
+    SessionId,
+};
+use crate::policy;
+use crate::step::{decrypt_all, encrypt_all, step, StepOutput};
+use crate::EnclaveError;
+
+impl Enclave {
+    pub(crate) fn start_query(
+        &mut self,
+        session: SessionId,
+        host_model: ModelId,
+        payload: &[u8],
+        input: &[Vec<u8>],
+    ) -> Result<Response, EnclaveError> {
+        let Session::Ready {
+            mut tx,
+            model_id,
+            client,
+        } = self.take(&session)?
+        else {
+            return refuse("this session cannot start a query now; session closed");
+        };
+        if host_model != model_id {
+            return refuse("the host evaluates another model than the session's; session closed");
+        }
+        let msg = open::<ClientMessage>(&mut tx, payload)?;
+        let m = self
+            .models
+            .get(&model_id)
+            .ok_or_else(|| EnclaveError::Protocol("the model is gone".into()))?;
+        let ks = self
+            .keysets
+            .get(&m.key_id)
+            .ok_or_else(|| EnclaveError::Protocol("the model's keys are gone".into()))?;
+        let batch = m.schedule.batch;
+        let spent = self.spent.get(&(model_id, client)).copied().unwrap_or(0);
+        if m.query_budget.is_some_and(|b| spent >= b) {
+            return refuse("this client's query budget for the model is spent");
+        }
+        let (x, digest, images, thin_input) = match msg {
+            ClientMessage::Query {
+                input_digest: want,
+                images,
+            } => {
+                if input_digest(input) != want {
+                    return refuse("the input ciphertexts are not the ones the data provider sent");
+                }
+                let need = m.schedule.stages[0].packing.input_count();
+                if input.len() != need {
+                    return refuse(format!(
+                        "stage 0 takes {need} input ciphertexts, got {}",
+                        input.len()
+                    ));
+                }
+                // The stage-0 check needs the input in the clear.
+                let polys = Zeroizing::new(decrypt_all(ks, input, 2)?);
+                let x = Zeroizing::new(m.schedule.unpack_stage_input(0, &polys)?);
+                (x, want, images, None)
+            }
+            ClientMessage::ThinQuery { images } => {
+                if !input.is_empty() {
+                    return refuse("a thin query carries no ciphertexts");
+                }
+                if images.is_empty() || images.len() > batch {
+                    return refuse(format!("a query holds 1 to {batch} images"));
+                }
+                let per: usize = m.schedule.input_shape.iter().product();
+                let mut x = Zeroizing::new(Vec::with_capacity(batch));
+                for img in &images {
+                    if img.len() != per {
+                        return refuse(format!("an image has {} values, not {per}", img.len()));
+                    }
+                    x.push(
+                        m.schedule
+                            .input
+                            .quantize(img)
+                            .map_err(|e| EnclaveError::Protocol(e.to_string()))?,
+                    );
+                }
+                x.resize(batch, vec![0; per]);
+                let polys = Zeroizing::new(m.schedule.pack_stage_input(0, &x)?);
+                let cts = encrypt_all(ks, &polys)?;
+                let digest = thin_input_digest(&images);
+                (x, digest, images.len() as u32, Some(cts))
+            }
+            _ => return refuse("expected the data provider's query; session closed"),
+        };
+        if images == 0 || images as usize > batch {
+            return refuse(format!("a query holds 1 to {batch} images, not {images}"));
+        }
+        *self.spent.entry((model_id, client)).or_insert(0) += 1;
+        self.sessions.insert(
+            session,
+            Session::Running(Box::new(Running {
+                tx: Some(*tx),
+                model_id,
+                next_stage: 0,
+                images,
+                x,
+                input_digest: digest,
+            })),
+        );
+        Ok(Response::QueryStarted { input: thin_input })
+    }
+
+    pub(crate) fn stage_result(
+        &mut self,
+        session: SessionId,
+        stage: u32,
+        cts: &[Vec<u8>],
+    ) -> Result<Response, EnclaveError> {
+        let Session::Running(mut run) = self.take(&session)? else {
+            return refuse("no query is running in this session; session closed");
+        };
+        if stage != run.next_stage {
+            return refuse(format!(
+                "stage {stage} out of order (expected {}); session closed",
+                run.next_stage
+            ));
+        }
+        let m = self
+            .models
+            .get(&run.model_id)
+            .ok_or_else(|| EnclaveError::Protocol("the model is gone".into()))?;
+        let ks = self
+            .keysets
+            .get(&m.key_id)
+            .ok_or_else(|| EnclaveError::Protocol("the model's keys are gone".into()))?;
+        let check = m.checks.get(stage as usize);
+        if check.is_none() && run.tx.is_some() {
+            return refuse("the model has no checks; session closed");
+        }
+        match step(ks, &m.schedule, stage as usize, cts, &run.x, check)? {
+            StepOutput::Next(ciphertexts, ys) => {
+                run.next_stage += 1;
+                run.x = ys;
+                self.sessions.insert(session, Session::Running(run));
+                Ok(Response::NextInput {
+                    stage: stage + 1,
+                    ciphertexts,
+                })
+            }
+            StepOutput::Logits(values) => {
+                let classes = values.len() / m.schedule.batch.max(1);
+                let Some(tx) = run.tx.as_mut() else {
+                    return Ok(Response::Logits { values });
+                };
+                let n = (run.images as usize * classes).min(values.len());
+                let (logits, labels) = policy::apply(m.policy, &values[..n], classes);
+                let result = QueryResult {
+                    model_id: run.model_id,
+                    commitment: m.commitment,
+                    input_digest: run.input_digest,
+                    images: run.images,
+                    classes: classes as u32,
+                    policy: m.policy,
+                    logits,
+                    labels,
+                };
+                let payload = sign_and_seal(self, tx, result)?;
+                Ok(Response::Finished { payload })
+            }
+        }
+    }
+}
+
+fn sign_and_seal(
+    e: &mut Enclave,
+    tx: &mut Transport,
+    result: QueryResult,
+) -> Result<Vec<u8>, EnclaveError> {
+    let signature = e
+        .signing_key()
+        .sign(&result.signed_message())
+        .to_bytes()
+        .to_vec();
+    seal(tx, &EnclaveMessage::Result { result, signature })
+}

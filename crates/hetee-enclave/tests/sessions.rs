@@ -1,0 +1,753 @@
+//! The attested protocol, driven in process through `Enclave::handle`: a
+//! model provider registers over a Noise channel bound to the evidence, a
+//! data provider queries over its own channel, and the host relays and
+//! evaluates. Every refusal is checked by its message, and so is what it
+//! does to the session it touched.
+
+mod common;
+
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use common::*;
+use hetee_attest::{ClientHandshake, Measurement, SimPlatform, StaticKeypair};
+use hetee_enclave::budget;
+use hetee_enclave::messages::{
+    input_digest, model_id, ClientMessage, EnclaveMessage, OutputPolicy, QueryPlan,
+};
+use hetee_enclave::{EnclaveConfig, Request, Response, Schedule};
+use hetee_he::HeConfig;
+use hetee_model::ir::{Layer, Model, Pads, Window};
+
+// The budget is enforced only with the counting allocator installed.
+#[global_allocator]
+static METER: budget::Meter = budget::Meter;
+
+/// The meter and the hard cap are process-wide: the budget tests run alone,
+/// everything else may run in parallel.
+static LOCK: RwLock<()> = RwLock::new(());
+
+fn shared() -> RwLockReadGuard<'static, ()> {
+    LOCK.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Exclusive access; on drop, puts the hard cap back to the default
+/// config's (an Init with a 16 MiB budget lowers it for the whole process).
+struct Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>);
+
+fn exclusive() -> Exclusive {
+    let g = Exclusive(LOCK.write().unwrap_or_else(|e| e.into_inner()));
+    // The budget counts the whole process. A failed test's backtrace leaves
+    // its symbol cache allocated, which would fail these tests too.
+    assert!(
+        budget::current() < 4 << 20,
+        "{} MiB already allocated before a budget test (another test failed?); \
+         run it alone",
+        budget::current() >> 20
+    );
+    g
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn attested_query_matches_the_reference_bit_for_bit() {
+    let _g = shared();
+    let mut s = Setup::new();
+    assert!(budget::is_metering());
+
+    // The attested identity binds this key set's public key and parameters.
+    let id = identity(&mut s.enclave, s.keys.key_id);
+    assert_eq!(id.measurement, MEASUREMENT);
+    assert_eq!(id.public_key, s.keys.public_key);
+    assert_eq!(
+        hetee_enclave::messages::he_params_from_bytes(&id.he_params).unwrap(),
+        s.host.schedule.he
+    );
+
+    // The plan is the first stage's public structure.
+    let id = s.model_id();
+    let dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let want = QueryPlan::of(s.model_id(), &s.host.schedule).unwrap();
+    assert_eq!(dp.plan, want);
+    assert_eq!(dp.plan.classes, 3);
+    s.enclave.handle(Request::CloseSession {
+        session: dp.channel.session,
+    });
+
+    for x in [s.x.clone(), other_input()] {
+        let got = s.query(&x).unwrap();
+        assert_eq!(bits(&got), bits(&reference(&s.q, &x)));
+    }
+    // Finished sessions are gone; keys and model stay.
+    let st = s.status();
+    assert_eq!((st.keysets, st.models, st.sessions), (1, 1, 0));
+}
+
+#[test]
+fn a_finished_session_takes_no_more_stages() {
+    let _g = shared();
+    let mut s = Setup::new();
+    let id = s.model_id();
+    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let input = dp.encrypt(&s.keys.public_key, &s.x);
+    assert!(matches!(
+        dp.start(&mut s.enclave, id, &input),
+        Response::QueryStarted
+    ));
+    let session = dp.channel.session;
+    let r = run_stages(&mut s.enclave, &s.host, session, input.clone());
+    assert!(matches!(r, Response::Finished { .. }), "{}", short(&r));
+    let again = s.enclave.handle(Request::StageResult {
+        session,
+        stage: 1,
+        ciphertexts: s.host.evaluate(0, &input),
+    });
+    assert!(error_of(again).contains("unknown or closed session"));
+}
+
+#[test]
+fn out_of_order_stages_close_the_session() {
+    let _g = shared();
+    let mut s = Setup::new();
+    let id = s.model_id();
+
+    // Stage 1 first.
+    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let input = dp.encrypt(&s.keys.public_key, &s.x);
+    assert!(matches!(
+        dp.start(&mut s.enclave, id, &input),
+        Response::QueryStarted
+    ));
+    let session = dp.channel.session;
+    let out0 = s.host.evaluate(0, &input);
+    let msg = error_of(s.enclave.handle(Request::StageResult {
+        session,
+        stage: 1,
+        ciphertexts: out0.clone(),
+    }));
+    assert!(msg.contains("stage 1 out of order (expected 0)"), "{msg}");
+    assert_eq!(s.status().sessions, 0);
+    let msg = error_of(s.enclave.handle(Request::StageResult {
+        session,
+        stage: 0,
+        ciphertexts: out0,
+    }));
+    assert!(msg.contains("unknown or closed session"), "{msg}");
+
+    // Stage 0 twice.
+    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let input = dp.encrypt(&s.keys.public_key, &s.x);
+    assert!(matches!(
+        dp.start(&mut s.enclave, id, &input),
+        Response::QueryStarted
+    ));
+    let session = dp.channel.session;
+    let out0 = s.host.evaluate(0, &input);
+    let next = match s.enclave.handle(Request::StageResult {
+        session,
+        stage: 0,
+        ciphertexts: out0.clone(),
+    }) {
+        Response::NextInput {
+            stage: 1,
+            ciphertexts,
+        } => ciphertexts,
+        other => panic!("{}", short(&other)),
+    };
+    let msg = error_of(s.enclave.handle(Request::StageResult {
+        session,
+        stage: 0,
+        ciphertexts: out0,
+    }));
+    assert!(msg.contains("stage 0 out of order (expected 1)"), "{msg}");
+    let msg = error_of(s.enclave.handle(Request::StageResult {
+        session,
+        stage: 1,
+        ciphertexts: s.host.evaluate(1, &next),
+    }));
+    assert!(msg.contains("unknown or closed session"), "{msg}");
+
+    // A stage result before the query started (session only said hello).
+    let dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let msg = error_of(s.enclave.handle(Request::StageResult {
+        session: dp.channel.session,
+        stage: 0,
+        ciphertexts: vec![],
+    }));
+    assert!(msg.contains("no query is running"), "{msg}");
+    assert_eq!(s.status().sessions, 0);
+}
+
+#[test]
+fn wrong_ciphertext_count_closes_the_session() {
+    let _g = shared();
+    let mut s = Setup::new();
+    let id = s.model_id();
+    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let input = dp.encrypt(&s.keys.public_key, &s.x);
+    assert!(matches!(
+        dp.start(&mut s.enclave, id, &input),
+        Response::QueryStarted
+    ));
+    let mut out0 = s.host.evaluate(0, &input);
+    out0.push(out0[0].clone());
+    let msg = error_of(s.enclave.handle(Request::StageResult {
+        session: dp.channel.session,
+        stage: 0,
+        ciphertexts: out0,
+    }));
+    assert!(msg.contains("ciphertexts, got"), "{msg}");
+    assert_eq!(s.status().sessions, 0);
+}
+
+#[test]
+fn input_other_than_the_digest_is_refused() {
+    let _g = shared();
+    let mut s = Setup::new();
+    let id = s.model_id();
+    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let committed = dp.encrypt(&s.keys.public_key, &s.x);
+    // The host swaps in another encryption (of another image).
+    let swapped = dp.encrypt(&s.keys.public_key, &other_input());
+    assert_ne!(input_digest(&committed), input_digest(&swapped));
+    let payload = dp.query_payload(&committed);
+    let msg = error_of(s.enclave.handle(Request::StartQuery {
+        session: dp.channel.session,
+        model_id: id,
+        payload: payload.clone(),
+        input: swapped,
+    }));
+    assert!(msg.contains("not the ones the data provider sent"), "{msg}");
+    // The session is gone, even with the right input now.
+    let msg = error_of(s.enclave.handle(Request::StartQuery {
+        session: dp.channel.session,
+        model_id: id,
+        payload,
+        input: committed,
+    }));
+    assert!(msg.contains("unknown or closed session"), "{msg}");
+    assert_eq!(s.status().sessions, 0);
+}
+
+#[test]
+fn start_query_for_another_model_is_refused() {
+    let _g = shared();
+    let mut s = Setup::new();
+    // A second model under the same key set (batch 2: other packing,
+    // other weights, other commitment).
+    let schedule2 = Schedule::compile(&s.q, 2).unwrap();
+    let host2 = HostModel::new(&s.q, &schedule2, &s.keys.public_key);
+    let reg2 = register(&mut s.enclave, &s.keys, &host2);
+    assert_ne!(reg2.model_id, s.model_id());
+    assert_eq!(s.status().models, 2);
+
+    let id = s.model_id();
+    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let input = dp.encrypt(&s.keys.public_key, &s.x);
+    let msg = error_of(dp.start(&mut s.enclave, reg2.model_id, &input));
+    assert!(msg.contains("another model than the session's"), "{msg}");
+    assert_eq!(s.status().sessions, 0);
+
+    // The second model works on its own (one image padded to a batch of 2).
+    let logits = query(&mut s.enclave, &s.keys, &host2, reg2.model_id, &s.x).unwrap();
+    assert_eq!(bits(&logits), bits(&reference(&s.q, &s.x)));
+}
+
+#[test]
+fn evidence_must_be_this_enclaves_for_this_key_set() {
+    let _g = shared();
+    let mut s = Setup::new();
+    let hello_msg = ClientMessage::Hello {
+        model_id: s.model_id(),
+    };
+    let ck = s.keys.identity.channel_public_key;
+    let rd = s.keys.identity.report_data();
+    let key_id = s.keys.key_id;
+
+    // Another measurement.
+    let ev = evidence_for([8; 32], rd);
+    let err = connect_with(&mut s.enclave, key_id, &ev, &ck, &hello_msg)
+        .err()
+        .expect("evidence of another measurement was accepted");
+    assert!(err.contains("not this enclave's"), "{err}");
+
+    // Report data of another key set of the same enclave.
+    let other = create_keys(&mut s.enclave, &s.host.schedule.he);
+    assert_ne!(other.identity.report_data(), rd);
+    let err = connect_with(&mut s.enclave, key_id, &other.evidence, &ck, &hello_msg)
+        .err()
+        .expect("evidence of another key set was accepted");
+    assert!(err.contains("not this enclave's"), "{err}");
+
+    // Zeroed report data, and bytes that are not evidence.
+    let ev = evidence_for(MEASUREMENT, [0; 64]);
+    let err = connect_with(&mut s.enclave, key_id, &ev, &ck, &hello_msg)
+        .err()
+        .expect("evidence without the key binding was accepted");
+    assert!(err.contains("not this enclave's"), "{err}");
+    let (_, msg1) = ClientHandshake::new(&ck, &[0; 32]).unwrap();
+    let msg = error_of(s.enclave.handle(Request::OpenChannel {
+        key_id,
+        evidence: b"HTEV garbage".to_vec(),
+        msg1,
+    }));
+    assert!(msg.contains("evidence"), "{msg}");
+
+    // An unknown key set.
+    let err = connect_with(&mut s.enclave, [3; 16], &s.keys.evidence, &ck, &hello_msg)
+        .err()
+        .expect("an unknown key set was accepted");
+    assert!(err.contains("unknown key set"), "{err}");
+
+    assert_eq!(s.status().sessions, 0);
+    // The right evidence still works.
+    assert!(connect(&mut s.enclave, &s.keys, &hello_msg).is_ok());
+}
+
+#[test]
+fn a_client_with_the_wrong_enclave_key_gets_no_channel() {
+    let _g = shared();
+    let mut s = Setup::new();
+    let hello_msg = ClientMessage::Hello {
+        model_id: s.model_id(),
+    };
+    let impostor = StaticKeypair::generate().unwrap();
+    match connect_with(
+        &mut s.enclave,
+        s.keys.key_id,
+        &s.keys.evidence,
+        impostor.public(),
+        &hello_msg,
+    ) {
+        Ok(o) => panic!("a channel to the wrong key gave {:?}", o.reply),
+        Err(e) => assert!(e.contains("channel"), "{e}"),
+    }
+    assert_eq!(s.status().sessions, 0);
+}
+
+#[test]
+fn evidence_swapped_by_the_host_breaks_the_handshake() {
+    let _g = shared();
+    let mut s = Setup::new();
+    // The client verified the non-debug evidence; the host shows the enclave
+    // a debug variant (same measurement and report data, other hash).
+    let id = &s.keys.identity;
+    let debug_ev = SimPlatform::dev()
+        .issue(Measurement(id.measurement), true, id.report_data())
+        .encode()
+        .unwrap();
+    assert_ne!(debug_ev, s.keys.evidence);
+    let prologue = hetee_attest::Evidence::decode(&s.keys.evidence)
+        .unwrap()
+        .hash()
+        .unwrap();
+    let (hs, msg1) = ClientHandshake::new(&id.channel_public_key, &prologue).unwrap();
+    match s.enclave.handle(Request::OpenChannel {
+        key_id: s.keys.key_id,
+        evidence: debug_ev,
+        msg1,
+    }) {
+        Response::Error { message } => assert!(message.contains("channel"), "{message}"),
+        Response::ChannelOpened { msg2, .. } => {
+            assert!(hs.finish(&msg2).is_err(), "the handshake survived a swap")
+        }
+        other => panic!("{}", short(&other)),
+    }
+    assert_eq!(s.status().sessions, 0);
+}
+
+#[test]
+fn query_before_hello_and_unknown_models_are_refused() {
+    let _g = shared();
+    let mut s = Setup::new();
+    let q = ClientMessage::Query {
+        input_digest: [0; 32],
+        images: 1,
+    };
+    let err = connect(&mut s.enclave, &s.keys, &q)
+        .err()
+        .expect("a query without hello was accepted");
+    assert!(err.contains("must follow a hello"), "{err}");
+
+    let err = connect(
+        &mut s.enclave,
+        &s.keys,
+        &ClientMessage::Hello { model_id: [1; 16] },
+    )
+    .err()
+    .expect("hello to an unknown model was accepted");
+    assert!(err.contains("unknown model"), "{err}");
+
+    // A second Hello instead of the Query in a ready session.
+    let id = s.model_id();
+    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let payload = seal_msg(&mut dp.channel.tx, &ClientMessage::Hello { model_id: id });
+    let msg = error_of(s.enclave.handle(Request::StartQuery {
+        session: dp.channel.session,
+        model_id: id,
+        payload,
+        input: vec![],
+    }));
+    assert!(msg.contains("expected the data provider's query"), "{msg}");
+
+    // StartQuery on a session whose handshake never finished.
+    let (_hs, msg1) = ClientHandshake::new(
+        &s.keys.identity.channel_public_key,
+        &hetee_attest::Evidence::decode(&s.keys.evidence)
+            .unwrap()
+            .hash()
+            .unwrap(),
+    )
+    .unwrap();
+    let session = match s.enclave.handle(Request::OpenChannel {
+        key_id: s.keys.key_id,
+        evidence: s.keys.evidence.clone(),
+        msg1,
+    }) {
+        Response::ChannelOpened { session, .. } => session,
+        other => panic!("{}", short(&other)),
+    };
+    let msg = error_of(s.enclave.handle(Request::StartQuery {
+        session,
+        model_id: id,
+        payload: vec![0; 40],
+        input: vec![],
+    }));
+    assert!(msg.contains("cannot start a query now"), "{msg}");
+    assert_eq!(s.status().sessions, 0);
+}
+
+#[test]
+fn bad_registrations_are_refused() {
+    let _g = shared();
+    let mut s = Setup::new();
+    let other = create_keys(&mut s.enclave, &s.host.schedule.he);
+    let before = s.status().models;
+
+    // The model names another key set than its channel's.
+    let msg = register_message(&other, &s.host);
+    let err = connect(&mut s.enclave, &s.keys, &msg)
+        .err()
+        .expect("accepted");
+    assert!(err.contains("another key set than its channel"), "{err}");
+
+    // HE parameters that are not the key set's.
+    // (Same degree, so the schedule itself is consistent; other modulus.)
+    let mut schedule = s.host.schedule.clone();
+    schedule.he = HeConfig::for_accumulator_bound(1 << 24).unwrap();
+    assert_eq!(schedule.he.degree, s.host.schedule.he.degree);
+    assert_ne!(schedule.he, s.host.schedule.he);
+    let msg = ClientMessage::RegisterModel {
+        key_id: s.keys.key_id,
+        commitment: [5; 32],
+        schedule: Box::new(schedule),
+        policy: OutputPolicy::Logits,
+    };
+    let err = connect(&mut s.enclave, &s.keys, &msg)
+        .err()
+        .expect("accepted");
+    assert!(err.contains("not its key set's"), "{err}");
+
+    // An inconsistent schedule.
+    let mut schedule = s.host.schedule.clone();
+    schedule.stages[0].tail.bias.pop();
+    let msg = ClientMessage::RegisterModel {
+        key_id: s.keys.key_id,
+        commitment: [5; 32],
+        schedule: Box::new(schedule),
+        policy: OutputPolicy::Logits,
+    };
+    let err = connect(&mut s.enclave, &s.keys, &msg)
+        .err()
+        .expect("accepted");
+    assert!(err.contains("bias"), "{err}");
+
+    let st = s.status();
+    assert_eq!((st.models, st.sessions), (before, 0));
+
+    // A Hello over a channel of another key set than the model's.
+    let id = s.model_id();
+    let err = connect(
+        &mut s.enclave,
+        &other,
+        &ClientMessage::Hello { model_id: id },
+    )
+    .err()
+    .expect("accepted");
+    assert!(err.contains("not under this channel's key set"), "{err}");
+}
+
+#[test]
+fn local_mode_requests_are_refused_after_init() {
+    let _g = shared();
+    let mut s = Setup::new();
+    let msg = error_of(s.enclave.handle(Request::RegisterLocal {
+        schedule: Box::new(s.host.schedule.clone()),
+    }));
+    assert!(
+        msg.contains("RegisterLocal is only available to an in-process enclave"),
+        "{msg}"
+    );
+    let msg = error_of(s.enclave.handle(Request::StartLocalQuery {
+        model_id: s.model_id(),
+    }));
+    assert!(
+        msg.contains("StartLocalQuery is only available to an in-process enclave"),
+        "{msg}"
+    );
+    let st = s.status();
+    assert_eq!((st.keysets, st.models, st.sessions), (1, 1, 0));
+    // And Init is not accepted again.
+    let msg = error_of(
+        s.enclave
+            .handle(init_request(MEASUREMENT, EnclaveConfig::default())),
+    );
+    assert!(msg.contains("first request"), "{msg}");
+}
+
+#[test]
+fn interleaved_sessions_of_two_clients_both_succeed() {
+    let _g = shared();
+    let mut s = Setup::new();
+    let id = s.model_id();
+    let xs = [s.x.clone(), other_input()];
+    let mut dps: Vec<DataProvider> = (0..2)
+        .map(|_| hello(&mut s.enclave, &s.keys, id).unwrap())
+        .collect();
+    assert_ne!(dps[0].channel.session, dps[1].channel.session);
+    let mut inputs: Vec<Vec<Vec<u8>>> = dps
+        .iter()
+        .zip(&xs)
+        .map(|(dp, x)| dp.encrypt(&s.keys.public_key, x))
+        .collect();
+    for (dp, input) in dps.iter_mut().zip(&inputs) {
+        assert!(matches!(
+            dp.start(&mut s.enclave, id, input),
+            Response::QueryStarted
+        ));
+    }
+    // A model provider's handshake in the middle of it.
+    let other = HostModel::new(
+        &s.q,
+        &Schedule::compile(&s.q, 2).unwrap(),
+        &s.keys.public_key,
+    );
+    register(&mut s.enclave, &s.keys, &other);
+
+    let stages = s.host.schedule.stages.len();
+    let mut payloads = vec![None, None];
+    for k in 0..stages {
+        for i in [1, 0] {
+            let ciphertexts = s.host.evaluate(k, &inputs[i]);
+            match s.enclave.handle(Request::StageResult {
+                session: dps[i].channel.session,
+                stage: k as u32,
+                ciphertexts,
+            }) {
+                Response::NextInput { ciphertexts, .. } if k + 1 < stages => {
+                    inputs[i] = ciphertexts
+                }
+                Response::Finished { payload } if k + 1 == stages => payloads[i] = Some(payload),
+                other => panic!("client {i} stage {k}: {}", short(&other)),
+            }
+        }
+    }
+    for i in 0..2 {
+        match dps[i].result(payloads[i].as_ref().unwrap()) {
+            EnclaveMessage::Result { logits, .. } => {
+                assert_eq!(bits(&logits), bits(&reference(&s.q, &xs[i])), "client {i}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_ne!(
+        bits(&reference(&s.q, &xs[0])),
+        bits(&reference(&s.q, &xs[1]))
+    );
+    // Each result was sealed to its own channel only.
+    assert!(dps[0]
+        .channel
+        .tx
+        .open(payloads[1].as_ref().unwrap())
+        .is_err());
+    assert_eq!(s.status().sessions, 0);
+}
+
+#[test]
+fn close_session_forgets_it() {
+    let _g = shared();
+    let mut s = Setup::new();
+    let id = s.model_id();
+    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    assert_eq!(s.status().sessions, 1);
+    assert!(matches!(
+        s.enclave.handle(Request::CloseSession {
+            session: dp.channel.session
+        }),
+        Response::Closed
+    ));
+    assert_eq!(s.status().sessions, 0);
+    let input = dp.encrypt(&s.keys.public_key, &s.x);
+    let msg = error_of(dp.start(&mut s.enclave, id, &input));
+    assert!(msg.contains("unknown or closed session"), "{msg}");
+}
+
+// --- Memory budget -------------------------------------------------------
+
+const SMALL: EnclaveConfig = EnclaveConfig {
+    memory_budget_mib: 16,
+};
+
+#[test]
+fn keys_over_the_memory_budget_are_refused_and_rolled_back() {
+    let _g = exclusive();
+    let (q, _) = tiny_model();
+    let he4 = Schedule::compile(&q, 1).unwrap().he;
+    let he8 = HeConfig::for_accumulator_bound(1 << 40).unwrap();
+    assert_eq!((he4.degree, he8.degree), (4096, 8192));
+
+    let mut e = attested_enclave(MEASUREMENT, SMALL);
+    assert_eq!(status(&mut e).memory_budget, 16 << 20);
+    // N = 4096 keys fit (about 8 MiB).
+    let keys = create_keys(&mut e, &he4);
+    assert!(budget::peak() < 16 << 20);
+    let before = status(&mut e);
+    assert_eq!(before.keysets, 1);
+
+    // N = 8192 keys take about 60 MiB.
+    let msg = error_of(e.handle(Request::CreateKeys { he: he8.clone() }));
+    assert!(msg.contains("memory budget of 16 MiB exceeded"), "{msg}");
+    assert!(budget::peak() > 16 << 20);
+    let after = status(&mut e);
+    assert_eq!(after.keysets, 1);
+    assert!(
+        after.memory_current < before.memory_current + (1 << 20),
+        "not freed: {before:?} -> {after:?}"
+    );
+    // Still serving the key set it has.
+    assert_eq!(identity(&mut e, keys.key_id).public_key, keys.public_key);
+    drop(e);
+
+    // The same request is fine with the default budget.
+    let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let r = e.handle(Request::CreateKeys { he: he8 });
+    assert!(matches!(r, Response::KeysCreated { .. }), "{}", short(&r));
+}
+
+/// An MNIST-sized CNN: conv 5x5 (16) -> ReLU -> max pool -> conv 5x5 (32)
+/// -> ReLU -> dense as a conv (10).
+fn mnist_like() -> (hetee_model::QuantModel, Vec<f32>) {
+    let mut seed = 1u64;
+    let mut w = |n: usize| {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.6
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut conv = |m: usize, c: usize, k: usize| Layer::Conv2d {
+        weight: w(m * c * k * k),
+        bias: w(m),
+        out_channels: m,
+        in_channels: c,
+        window: Window {
+            kernel: (k, k),
+            strides: (1, 1),
+            pads: Pads::default(),
+        },
+    };
+    let layers = vec![
+        conv(16, 1, 5),
+        Layer::Relu,
+        Layer::MaxPool(Window {
+            kernel: (2, 2),
+            strides: (2, 2),
+            pads: Pads::default(),
+        }),
+        conv(32, 16, 5),
+        Layer::Relu,
+        conv(10, 32, 8),
+    ];
+    let m = Model {
+        input_shape: vec![1, 28, 28],
+        node_names: (0..layers.len()).map(|i| format!("l{i}")).collect(),
+        layers,
+    };
+    let calib: Vec<f32> = (0..4 * 784).map(|i| (i % 251) as f32 / 251.0).collect();
+    (
+        hetee_model::quantize(&m, &calib).unwrap(),
+        calib[..784].to_vec(),
+    )
+}
+
+#[test]
+fn a_stage_over_the_memory_budget_closes_its_session() {
+    let _g = exclusive();
+    let (q, x) = mnist_like();
+    // 16 images per query: stage 0 has 56 output ciphertexts, and the
+    // enclave's step on them needs several MiB on top of its key set.
+    let schedule = Schedule::compile(&q, 16).unwrap();
+    assert_eq!(schedule.he.degree, 4096);
+
+    let mut e = attested_enclave(MEASUREMENT, SMALL);
+    let keys = create_keys(&mut e, &schedule.he);
+    // The host's copy of the model lives in this process too: register with
+    // its commitment, then drop it so it does not count against the budget.
+    let commitment = HostModel::new(&q, &schedule, &keys.public_key).commitment();
+    let msg = ClientMessage::RegisterModel {
+        key_id: keys.key_id,
+        commitment,
+        schedule: Box::new(schedule.clone()),
+        policy: OutputPolicy::Logits,
+    };
+    let opened = connect(&mut e, &keys, &msg).unwrap();
+    let id = opened.registered.unwrap().model_id;
+    assert_eq!(id, model_id(&keys.key_id, &commitment));
+    let mut dp = hello(&mut e, &keys, id).unwrap();
+    let input = dp.encrypt(&keys.public_key, &x);
+    let r = dp.start(&mut e, id, &input);
+    assert!(matches!(r, Response::QueryStarted), "{}", short(&r));
+    let session = dp.channel.session;
+
+    // The host evaluates stage 0 (same seeded weights, same commitment).
+    let out0 = {
+        let host = HostModel::new(&q, &schedule, &keys.public_key);
+        assert_eq!(host.commitment(), commitment);
+        host.evaluate(0, &input)
+    };
+    assert_eq!(out0.len(), schedule.stages[0].packing.output_count());
+    let before = status(&mut e);
+    assert_eq!((before.keysets, before.models, before.sessions), (1, 1, 1));
+    assert!(before.memory_current < 16 << 20, "{before:?}");
+
+    let msg = error_of(e.handle(Request::StageResult {
+        session,
+        stage: 0,
+        ciphertexts: out0.clone(),
+    }));
+    assert!(msg.contains("memory budget of 16 MiB exceeded"), "{msg}");
+    assert!(budget::peak() > 16 << 20);
+    let after = status(&mut e);
+    assert_eq!((after.keysets, after.models, after.sessions), (1, 1, 0));
+    assert!(
+        after.memory_current < before.memory_current + (1 << 20),
+        "not freed: {before:?} -> {after:?}"
+    );
+    let msg = error_of(e.handle(Request::StageResult {
+        session,
+        stage: 0,
+        ciphertexts: out0,
+    }));
+    assert!(msg.contains("unknown or closed session"), "{msg}");
+}
