@@ -89,6 +89,20 @@ impl StaticKeypair {
     pub fn public(&self) -> &[u8; 32] {
         &self.public
     }
+
+    /// A key pair from its 32-byte private key (e.g. a client's saved key).
+    pub fn from_private(private: &[u8; 32]) -> Self {
+        let public = curve25519_dalek::MontgomeryPoint::mul_base_clamped(*private).to_bytes();
+        Self {
+            private: Zeroizing::new(*private),
+            public,
+        }
+    }
+
+    /// The private key, to save it (zeroized when dropped).
+    pub fn private_bytes(&self) -> Zeroizing<[u8; 32]> {
+        self.private.clone()
+    }
 }
 
 impl fmt::Debug for StaticKeypair {

@@ -274,3 +274,17 @@ fn attested_channel_end_to_end() {
     let q = ct.seal(b"query key").unwrap();
     assert_eq!(&et.open(&q).unwrap()[..], b"query key");
 }
+
+#[test]
+fn a_saved_private_key_gives_the_same_public_key_and_the_enclave_sees_it() {
+    use hetee_attest::{ClientHandshake, EnclaveHandshake, StaticKeypair};
+    let client = StaticKeypair::generate().unwrap();
+    let again = StaticKeypair::from_private(&client.private_bytes());
+    assert_eq!(again.public(), client.public());
+    let enclave = StaticKeypair::generate().unwrap();
+    let (hs, m1) = ClientHandshake::with_client_key(&again, enclave.public(), b"p").unwrap();
+    let (ehs, m2) = EnclaveHandshake::respond(&enclave, b"p", &m1).unwrap();
+    let (_tx, m3) = hs.finish(&m2).unwrap();
+    let etx = ehs.finish(&m3).unwrap();
+    assert_eq!(etx.remote_static(), Some(client.public()));
+}

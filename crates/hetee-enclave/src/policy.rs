@@ -9,7 +9,10 @@ fn key(x: f32) -> i64 {
     (b ^ ((((b >> 31) as u32) >> 1) as i32)) as i64
 }
 
-/// All ones if `a > b` (keys fit in 33 bits, so no overflow).
+/// Below every key (keys fit in 32 bits), so comparisons cannot overflow.
+const NONE: i64 = -(1 << 40);
+
+/// All ones if `a > b` (both within ±2^40, so no overflow).
 fn gt_mask(a: i64, b: i64) -> i64 {
     b.wrapping_sub(a) >> 63
 }
@@ -26,7 +29,7 @@ pub fn top_k(values: &[f32], k: usize) -> Vec<u32> {
     let mut keys: Vec<i64> = values.iter().map(|&v| key(v)).collect();
     let mut out = Vec::with_capacity(k);
     for _ in 0..k.min(values.len()) {
-        let mut best = i64::MIN;
+        let mut best = NONE;
         let mut best_i = 0i64;
         for (i, &kv) in keys.iter().enumerate() {
             let take = gt_mask(kv, best);
@@ -36,7 +39,7 @@ pub fn top_k(values: &[f32], k: usize) -> Vec<u32> {
         out.push(best_i as u32);
         for (i, kv) in keys.iter_mut().enumerate() {
             let hit = eq_mask(i as u64, best_i as u64);
-            *kv = (i64::MIN & hit) | (*kv & !hit);
+            *kv = (NONE & hit) | (*kv & !hit);
         }
     }
     out
@@ -73,6 +76,9 @@ mod tests {
         assert_eq!(top_k(&v, v.len()), idx);
         assert_eq!(top_k(&v, 1), vec![8]);
         assert_eq!(top_k(&v, 3), vec![8, 2, 3]);
+        // All positive: the first value must not be skipped.
+        assert_eq!(top_k(&[9.0, 1.0, 2.0], 2), vec![0, 2]);
+        assert_eq!(top_k(&[1.0, 9.0, 2.0], 1), vec![1]);
     }
 
     #[test]

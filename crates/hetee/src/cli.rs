@@ -134,6 +134,10 @@ enum Command {
         /// Write the enclave-signed results (receipts) as JSON here.
         #[arg(long)]
         receipt: Option<PathBuf>,
+        /// Long-term client key (hex file, created if missing); the model's
+        /// query budget counts per client key. Default: a throwaway key.
+        #[arg(long)]
+        client_key: Option<PathBuf>,
     },
     /// Checks receipts written by `hetee infer --receipt`: the evidence
     /// under the pinned measurement and the enclave's signature.
@@ -309,6 +313,7 @@ pub fn run(cli: Cli) -> Result<()> {
             parallel,
             thin,
             receipt,
+            client_key,
         } => crate::client::infer_file(&crate::client::InferJob {
             server: &server,
             model_id: &model_id,
@@ -318,6 +323,7 @@ pub fn run(cli: Cli) -> Result<()> {
             parallel,
             thin,
             receipt: receipt.as_deref(),
+            client_key: client_key.as_deref(),
         }),
         Command::VerifyReceipt {
             receipt,

@@ -3,7 +3,7 @@
 //! `POST /v1/sessions/{id}/finish`.
 
 use anyhow::{anyhow, bail, Context, Result};
-use hetee_attest::{ClientHandshake, Transport};
+use hetee_attest::{ClientHandshake, StaticKeypair, Transport};
 use hetee_enclave::messages::{id_hex, ClientMessage, EnclaveMessage, ModelId};
 use hetee_server::api_types::{b64, unb64, FinishSession, OpenSession, Sealed, SessionOpened};
 use zeroize::Zeroizing;
@@ -27,7 +27,22 @@ impl Session {
         model_id: Option<&ModelId>,
         first: &ClientMessage,
     ) -> Result<(Self, EnclaveMessage)> {
-        let (hs, msg1) = ClientHandshake::new(&keys.channel_key, &keys.evidence_hash)?;
+        Self::open_as(api, keys, model_id, first, None)
+    }
+
+    /// [`Session::open`] with a long-term client key, which the enclave
+    /// sees (query budgets count per client key); `None`: a throwaway key.
+    pub fn open_as(
+        api: &Api,
+        keys: &AttestedKeys,
+        model_id: Option<&ModelId>,
+        first: &ClientMessage,
+        client: Option<&StaticKeypair>,
+    ) -> Result<(Self, EnclaveMessage)> {
+        let (hs, msg1) = match client {
+            Some(k) => ClientHandshake::with_client_key(k, &keys.channel_key, &keys.evidence_hash)?,
+            None => ClientHandshake::new(&keys.channel_key, &keys.evidence_hash)?,
+        };
         let opened: SessionOpened = api.post(
             "/v1/sessions",
             &OpenSession {
@@ -76,5 +91,34 @@ impl Session {
             bail!("the enclave refused: {message}");
         }
         Ok(m)
+    }
+}
+
+/// Loads a client key from `path`, or creates it (mode 0600) if missing.
+pub fn load_or_create_key(path: &std::path::Path) -> Result<StaticKeypair> {
+    match std::fs::read(path) {
+        Ok(b) => {
+            let hex = String::from_utf8_lossy(&b);
+            let v = hetee_attest::evidence::unhex(hex.trim())
+                .map_err(|e| anyhow!("client key {}: {e}", path.display()))?;
+            let k: [u8; 32] = v
+                .try_into()
+                .map_err(|_| anyhow!("client key {} is not 64 hex digits", path.display()))?;
+            Ok(StaticKeypair::from_private(&k))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let k = StaticKeypair::generate()?;
+            let hex = Zeroizing::new(hetee_attest::evidence::hex(&k.private_bytes()[..]));
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            use std::io::Write;
+            opts.open(path)
+                .and_then(|mut f| f.write_all(hex.as_bytes()))
+                .with_context(|| format!("cannot create client key {}", path.display()))?;
+            Ok(k)
+        }
+        Err(e) => Err(anyhow!("cannot read client key {}: {e}", path.display())),
     }
 }

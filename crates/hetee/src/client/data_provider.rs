@@ -7,6 +7,8 @@ use fhe::bfv::{Encoding, Plaintext};
 use fhe_traits::{FheEncoder, FheEncrypter};
 use std::sync::{Arc, RwLock};
 
+use hetee_attest::StaticKeypair;
+
 use hetee_enclave::messages::{
     id_from_hex, id_hex, input_digest, thin_input_digest, ClientMessage, EnclaveMessage,
     QueryResult,
@@ -27,6 +29,7 @@ pub struct Target {
     /// The attested keys and what they were verified from; refreshed when
     /// the enclave restarts (new channel key, new evidence).
     current: RwLock<Arc<(AttestedKeys, KeysInfo)>>,
+    client: Option<Arc<StaticKeypair>>,
     model_id: [u8; 16],
     /// Images per query.
     pub batch: usize,
@@ -111,9 +114,17 @@ impl Target {
             api: api.clone(),
             trust: trust.clone(),
             current: RwLock::new(Arc::new((keys, info))),
+            client: None,
             model_id: id,
             batch: plan.batch,
         })
+    }
+
+    /// Queries as this long-term client key (the enclave counts query
+    /// budgets per client key).
+    pub fn with_client_key(mut self, key: StaticKeypair) -> Self {
+        self.client = Some(Arc::new(key));
+        self
     }
 
     fn keys(&self) -> Arc<(AttestedKeys, KeysInfo)> {
@@ -140,7 +151,9 @@ impl Target {
             model_id: self.model_id,
         };
         let mut current = self.keys();
-        let opened = match Session::open(&self.api, &current.0, Some(&self.model_id), &hello) {
+        let client = self.client.as_deref();
+        let id = Some(&self.model_id);
+        let opened = match Session::open_as(&self.api, &current.0, id, &hello, client) {
             Err(e) if is_restart(&e) => {
                 // The enclave restarted since we attested it: attest again.
                 let fresh = Arc::new(Self::fetch(&self.api, &self.trust, &self.model_id)?);
@@ -148,7 +161,7 @@ impl Target {
                     *w = fresh.clone();
                 }
                 current = fresh;
-                Session::open(&self.api, &current.0, Some(&self.model_id), &hello)
+                Session::open_as(&self.api, &current.0, id, &hello, client)
             }
             r => r,
         };

@@ -34,6 +34,8 @@ pub struct InferJob<'a> {
     pub thin: bool,
     /// Where to write the receipts.
     pub receipt: Option<&'a Path>,
+    /// Long-term client key file (created if missing).
+    pub client_key: Option<&'a Path>,
 }
 
 /// `hetee infer`: every image of `input` through the model, `parallel`
@@ -41,7 +43,10 @@ pub struct InferJob<'a> {
 pub fn infer_file(job: &InferJob) -> Result<()> {
     let api = http::Api::new(job.server)?;
     let x = crate::data::read_npy(job.input).context("input")?;
-    let target = data_provider::Target::connect(&api, job.trust, job.model_id)?;
+    let mut target = data_provider::Target::connect(&api, job.trust, job.model_id)?;
+    if let Some(p) = job.client_key {
+        target = target.with_client_key(channel::load_or_create_key(p)?);
+    }
     let n = *x.shape.first().unwrap_or(&0);
     if n == 0 {
         bail!("the input holds no samples");
