@@ -70,6 +70,81 @@ pub struct BenchOptions<'a> {
     pub json: Option<&'a Path>,
     /// SVG chart file.
     pub chart: Option<&'a Path>,
+    /// Measure only the cost of the Freivalds checks.
+    pub freivalds: bool,
+}
+
+/// What the Freivalds checks cost the enclave (latency mode, one thread
+/// count), measured side by side: checked and unchecked queries alternate.
+#[derive(Debug, Clone, Serialize)]
+pub struct FreivaldsRow {
+    /// Model.
+    pub model: String,
+    /// Rayon threads.
+    pub threads: usize,
+    /// Queries per variant.
+    pub queries: usize,
+    /// Median enclave time per query with the checks (ms).
+    pub enclave_ms_checked: f64,
+    /// Median enclave time per query without them (ms).
+    pub enclave_ms_unchecked: f64,
+    /// Extra enclave time, % of the checked enclave time.
+    pub overhead_pct: f64,
+}
+
+/// `hetee bench --freivalds`.
+pub fn freivalds(o: &BenchOptions) -> Result<Vec<FreivaldsRow>> {
+    let images = idx_images(bundled::TEST_IMAGES)?;
+    let mut rows = Vec::new();
+    for name in &o.models {
+        let (model, calib) = load_model(name, None)?;
+        let q = prepare(&model, &calib)?;
+        let checked = Deployment::with_checks(&q, 1, true)?;
+        let unchecked = Deployment::with_checks(&q, 1, false)?;
+        for &t in &o.threads {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
+            let (mut with, mut without) = (Vec::new(), Vec::new());
+            pool.install(|| -> Result<()> {
+                for _ in 0..o.runs.max(1) {
+                    for x in images.data.chunks(28 * 28).take(o.images.max(1)) {
+                        with.push(checked.infer(x)?.1.enclave_ms());
+                        without.push(unchecked.infer(x)?.1.enclave_ms());
+                    }
+                }
+                Ok(())
+            })?;
+            let queries = with.len();
+            let (a, b) = (median(with), median(without));
+            rows.push(FreivaldsRow {
+                model: name.clone(),
+                threads: t,
+                queries,
+                enclave_ms_checked: a,
+                enclave_ms_unchecked: b,
+                overhead_pct: 100.0 * (a - b) / a.max(1e-9),
+            });
+        }
+    }
+    println!(
+        "{:<6} {:>3} {:>7} {:>12} {:>12} {:>10}",
+        "model", "thr", "queries", "encl checked", "encl plain", "overhead %"
+    );
+    for r in &rows {
+        println!(
+            "{:<6} {:>3} {:>7} {:>12.3} {:>12.3} {:>10.1}",
+            r.model,
+            r.threads,
+            r.queries,
+            r.enclave_ms_checked,
+            r.enclave_ms_unchecked,
+            r.overhead_pct
+        );
+    }
+    if let Some(p) = o.json {
+        std::fs::write(p, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    Ok(rows)
 }
 
 fn per_image(stats: &[QueryStats], f: impl Fn(&QueryStats) -> f64) -> f64 {

@@ -202,6 +202,9 @@ enum Command {
         /// Models, comma separated.
         #[arg(long, value_delimiter = ',', default_value = "mnist,e2dm")]
         models: Vec<String>,
+        /// Measure only what the Freivalds checks cost the enclave.
+        #[arg(long)]
+        freivalds: bool,
     },
     /// Prints the per-layer packing plan of a model.
     Plan {
@@ -364,6 +367,7 @@ pub fn run(cli: Cli) -> Result<()> {
             images,
             batch,
             models,
+            freivalds,
         } => {
             let all = std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -374,7 +378,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 threads
             };
             threads.dedup();
-            crate::bench::bench(&crate::bench::BenchOptions {
+            let o = crate::bench::BenchOptions {
                 models,
                 threads,
                 runs,
@@ -382,8 +386,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 batch,
                 json: json.as_deref(),
                 chart: chart.as_deref(),
-            })
-            .map(|_| ())
+                freivalds,
+            };
+            if freivalds {
+                crate::bench::freivalds(&o).map(|_| ())
+            } else {
+                crate::bench::bench(&o).map(|_| ())
+            }
         }
         Command::Plan {
             model,
