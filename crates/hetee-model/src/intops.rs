@@ -127,10 +127,51 @@ pub fn add_bias(x: &mut [i64], bias: &[i64]) {
     }
 }
 
-/// Rounded division `round(s / c)`, halves rounded up, for `c > 0`.
+/// Rounded division `round(s / c)`, halves rounded up, for a public
+/// `0 < c < 2^40` and a secret `|s| < 2^60`: constant time (no hardware
+/// division, whose latency depends on the operands).
 #[inline]
 pub fn div_round(s: i64, c: i64) -> i64 {
-    (2 * s + c).div_euclid(2 * c)
+    div_floor_ct(2 * s + c, 2 * c)
+}
+
+/// `floor(n / d)` for `d > 0`, without branches or division instructions.
+pub fn div_floor_ct(n: i64, d: i64) -> i64 {
+    let neg = n >> 63; // all ones if n < 0
+    // floor(n/d) = -ceil(-n/d) = -floor((-n + d - 1) / d) for n < 0.
+    let a = ((n ^ neg).wrapping_sub(neg) as u64).wrapping_add((d - 1) as u64 & neg as u64);
+    let q = udiv_ct(a, d as u64) as i64;
+    (q ^ neg).wrapping_sub(neg)
+}
+
+/// Restoring binary division of `a` by `0 < d < 2^62`, branch-free.
+fn udiv_ct(a: u64, d: u64) -> u64 {
+    let (mut q, mut r) = (0u64, 0u64);
+    for i in (0..64).rev() {
+        r = (r << 1) | ((a >> i) & 1);
+        // r < 2d < 2^63, so the borrow shows in the top bit.
+        let ge = ((r.wrapping_sub(d) >> 63) ^ 1).wrapping_neg();
+        r = r.wrapping_sub(d & ge);
+        q |= (ge & 1) << i;
+    }
+    q
+}
+
+#[cfg(test)]
+mod ct_tests {
+    #[test]
+    fn constant_time_division_matches_div_euclid() {
+        for d in [1i64, 2, 3, 7, 9, 16, 49, 196, 1 << 20, (1 << 39) + 3] {
+            for n in [0i64, 1, -1, 5, -5, 48, -48, 49, -49, 1 << 50, -(1 << 50), 123456789, -987654321] {
+                assert_eq!(super::div_floor_ct(n, d), n.div_euclid(d), "{n} / {d}");
+            }
+        }
+        for s in -20..20 {
+            for c in 1..6 {
+                assert_eq!(super::div_round(s, c), (2 * s + c).div_euclid(2 * c));
+            }
+        }
+    }
 }
 
 /// Applies one post-op to `x` of shape `s`, returning the new values and shape.
