@@ -271,7 +271,7 @@ fn enclave_killed_mid_query_restarts_unseals_and_serves_the_next_query() {
             input: vec![b64(&[0u8; 8])],
         },
     );
-    let e = r.err().expect("a query survived its enclave").to_string();
+    let e = r.expect_err("a query survived its enclave").to_string();
     assert!(
         e.contains("enclave died")
             || e.contains("unknown or closed session")
