@@ -54,6 +54,7 @@ fn enclave_step(c: &mut Criterion) {
     // Local mode (in-process, not Init'ed): register directly.
     let (model_id, pk) = match enclave.handle(Request::RegisterLocal {
         schedule: Box::new(schedule.clone()),
+        checks: vec![],
     }) {
         Response::Registered {
             model_id,
@@ -91,7 +92,10 @@ fn enclave_step(c: &mut Criterion) {
     g.bench_function("mnist_stage1_step", |b| {
         b.iter(|| {
             let Response::LocalQueryStarted { session } =
-                enclave.handle(Request::StartLocalQuery { model_id })
+                enclave.handle(Request::StartLocalQuery {
+                    model_id,
+                    input: vec![],
+                })
             else {
                 panic!("start failed")
             };

@@ -45,6 +45,7 @@ fn schedule() -> Schedule {
 fn register(s: Schedule) -> Response {
     Enclave::new().handle(Request::RegisterLocal {
         schedule: Box::new(s),
+        checks: vec![],
     })
 }
 

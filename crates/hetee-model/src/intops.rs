@@ -138,7 +138,7 @@ pub fn div_round(s: i64, c: i64) -> i64 {
 /// `floor(n / d)` for `d > 0`, without branches or division instructions.
 pub fn div_floor_ct(n: i64, d: i64) -> i64 {
     let neg = n >> 63; // all ones if n < 0
-    // floor(n/d) = -ceil(-n/d) = -floor((-n + d - 1) / d) for n < 0.
+                       // floor(n/d) = -ceil(-n/d) = -floor((-n + d - 1) / d) for n < 0.
     let a = ((n ^ neg).wrapping_sub(neg) as u64).wrapping_add((d - 1) as u64 & neg as u64);
     let q = udiv_ct(a, d as u64) as i64;
     (q ^ neg).wrapping_sub(neg)
@@ -162,7 +162,21 @@ mod ct_tests {
     #[test]
     fn constant_time_division_matches_div_euclid() {
         for d in [1i64, 2, 3, 7, 9, 16, 49, 196, 1 << 20, (1 << 39) + 3] {
-            for n in [0i64, 1, -1, 5, -5, 48, -48, 49, -49, 1 << 50, -(1 << 50), 123456789, -987654321] {
+            for n in [
+                0i64,
+                1,
+                -1,
+                5,
+                -5,
+                48,
+                -48,
+                49,
+                -49,
+                1 << 50,
+                -(1 << 50),
+                123456789,
+                -987654321,
+            ] {
                 assert_eq!(super::div_floor_ct(n, d), n.div_euclid(d), "{n} / {d}");
             }
         }

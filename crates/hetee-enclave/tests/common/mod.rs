@@ -5,12 +5,14 @@
 
 use std::sync::Arc;
 
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use fhe::bfv::{BfvParameters, Encoding, Plaintext, PublicKey};
 use fhe_traits::{DeserializeParametrized, FheEncoder, FheEncrypter};
-use hetee_attest::{ClientHandshake, Measurement, SimPlatform, Transport};
+use hetee_attest::{ClientHandshake, Measurement, SimPlatform, StaticKeypair, Transport};
+use hetee_enclave::freivalds::StageCheck;
 use hetee_enclave::messages::{
     input_digest, weights_commitment, ClientMessage, EnclaveMessage, Identity, KeyId, ModelId,
-    OutputPolicy, QueryPlan, RegisteredModel, SessionId,
+    OutputPolicy, QueryPlan, QueryResult, RegisteredModel, SessionId,
 };
 use hetee_enclave::{Enclave, EnclaveConfig, Request, Response, Schedule};
 use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
@@ -105,7 +107,9 @@ pub fn short(r: &Response) -> String {
         Response::ChannelOpened { .. } => "ChannelOpened".into(),
         Response::ChannelReply { .. } => "ChannelReply".into(),
         Response::ModelRestored { .. } => "ModelRestored".into(),
-        Response::QueryStarted => "QueryStarted".into(),
+        Response::QueryStarted { input } => {
+            format!("QueryStarted(thin: {})", input.is_some())
+        }
         Response::NextInput { stage, .. } => format!("NextInput(stage {stage})"),
         Response::Finished { .. } => "Finished".into(),
         Response::Closed => "Closed".into(),
@@ -225,11 +229,26 @@ pub fn connect_with(
     enclave_key: &[u8; 32],
     first: &ClientMessage,
 ) -> Result<Opened, String> {
+    connect_as(e, key_id, evidence, enclave_key, None, first)
+}
+
+/// [`connect_with`] with a long-term client key (`None`: a fresh one).
+pub fn connect_as(
+    e: &mut Enclave,
+    key_id: KeyId,
+    evidence: &[u8],
+    enclave_key: &[u8; 32],
+    client: Option<&StaticKeypair>,
+    first: &ClientMessage,
+) -> Result<Opened, String> {
     let prologue = hetee_attest::Evidence::decode(evidence)
         .and_then(|ev| ev.hash())
         .map_err(|e| format!("client evidence: {e}"))?;
-    let (hs, msg1) =
-        ClientHandshake::new(enclave_key, &prologue).map_err(|e| format!("client: {e}"))?;
+    let (hs, msg1) = match client {
+        Some(k) => ClientHandshake::with_client_key(k, enclave_key, &prologue),
+        None => ClientHandshake::new(enclave_key, &prologue),
+    }
+    .map_err(|e| format!("client: {e}"))?;
     let (session, msg2) = match e.handle(Request::OpenChannel {
         key_id,
         evidence: evidence.to_vec(),
@@ -283,6 +302,9 @@ pub struct HostModel {
     pub ev: Evaluator,
     /// Uploaded weight ciphertexts, per stage.
     pub uploaded: Vec<Vec<Vec<u8>>>,
+    /// The model provider's secret Freivalds vectors (kept here for
+    /// convenience; the host never sees them).
+    pub checks: Vec<StageCheck>,
     weights: Vec<Vec<ExtendedCiphertext>>,
 }
 
@@ -310,11 +332,17 @@ impl HostModel {
                 ev.extend_all(&cts).unwrap()
             })
             .collect();
+        let checks = q
+            .stages
+            .iter()
+            .map(|st| StageCheck::draw(st, &mut rng))
+            .collect();
         HostModel {
             schedule: schedule.clone(),
             par,
             ev,
             uploaded,
+            checks,
             weights,
         }
     }
@@ -344,17 +372,34 @@ impl HostModel {
 
 /// The RegisterModel message of a host model.
 pub fn register_message(keys: &Keys, host: &HostModel) -> ClientMessage {
+    register_message_with(keys, host, OutputPolicy::Logits, None)
+}
+
+/// Same with a policy and a query budget.
+pub fn register_message_with(
+    keys: &Keys,
+    host: &HostModel,
+    policy: OutputPolicy,
+    query_budget: Option<u64>,
+) -> ClientMessage {
     ClientMessage::RegisterModel {
         key_id: keys.key_id,
         commitment: host.commitment(),
         schedule: Box::new(host.schedule.clone()),
-        policy: OutputPolicy::Logits,
+        checks: host.checks.clone(),
+        policy,
+        query_budget,
     }
 }
 
 /// The model provider registers `host`'s model; returns what the host stores.
 pub fn register(e: &mut Enclave, keys: &Keys, host: &HostModel) -> RegisteredModel {
-    let opened = connect(e, keys, &register_message(keys, host)).unwrap();
+    register_with(e, keys, &register_message(keys, host))
+}
+
+/// Registers with the given RegisterModel message.
+pub fn register_with(e: &mut Enclave, keys: &Keys, msg: &ClientMessage) -> RegisteredModel {
+    let opened = connect(e, keys, msg).unwrap();
     let reg = opened
         .registered
         .expect("registration gives a sealed model");
@@ -373,7 +418,24 @@ pub struct DataProvider {
 
 /// Hello on a new channel.
 pub fn hello(e: &mut Enclave, keys: &Keys, model_id: ModelId) -> Result<DataProvider, String> {
-    let opened = connect(e, keys, &ClientMessage::Hello { model_id })?;
+    hello_as(e, keys, None, model_id)
+}
+
+/// Hello on a new channel with a long-term client key.
+pub fn hello_as(
+    e: &mut Enclave,
+    keys: &Keys,
+    client: Option<&StaticKeypair>,
+    model_id: ModelId,
+) -> Result<DataProvider, String> {
+    let opened = connect_as(
+        e,
+        keys.key_id,
+        &keys.evidence,
+        &keys.identity.channel_public_key,
+        client,
+        &ClientMessage::Hello { model_id },
+    )?;
     assert!(opened.registered.is_none());
     match opened.reply {
         EnclaveMessage::Plan(plan) => Ok(DataProvider {
@@ -413,9 +475,19 @@ impl DataProvider {
         })
     }
 
-    /// Opens the Finished payload.
-    pub fn result(&mut self, payload: &[u8]) -> EnclaveMessage {
-        open_msg(&mut self.channel.tx, payload)
+    /// Opens the Finished payload and checks the enclave's signature with
+    /// the attested result key.
+    pub fn result(&mut self, keys: &Keys, payload: &[u8]) -> QueryResult {
+        match open_msg(&mut self.channel.tx, payload) {
+            EnclaveMessage::Result { result, signature } => {
+                let key = VerifyingKey::from_bytes(&keys.identity.signing_public_key).unwrap();
+                let sig = Signature::from_slice(&signature).unwrap();
+                key.verify(&result.signed_message(), &sig)
+                    .expect("the result's signature does not verify");
+                result
+            }
+            other => panic!("expected a result, got {other:?}"),
+        }
     }
 }
 
@@ -456,23 +528,23 @@ pub fn query(
     let mut dp = hello(e, keys, model_id)?;
     let input = dp.encrypt(&keys.public_key, x);
     match dp.start(e, model_id, &input) {
-        Response::QueryStarted => {}
+        Response::QueryStarted { input: None } => {}
         Response::Error { message } => return Err(message),
         other => panic!("StartQuery: {}", short(&other)),
     }
+    let digest = input_digest(&input);
     match run_stages(e, host, dp.channel.session, input) {
-        Response::Finished { payload } => match dp.result(&payload) {
-            EnclaveMessage::Result {
-                images,
-                classes,
-                logits,
-            } => {
-                assert_eq!(images, 1);
-                assert_eq!(classes as usize, logits.len());
-                Ok(logits)
-            }
-            other => panic!("expected a result, got {other:?}"),
-        },
+        Response::Finished { payload } => {
+            let r = dp.result(keys, &payload);
+            assert_eq!(r.model_id, model_id);
+            assert_eq!(r.commitment, host.commitment());
+            assert_eq!(r.input_digest, digest);
+            assert_eq!(r.images, 1);
+            assert_eq!(r.policy, OutputPolicy::Logits);
+            assert_eq!(r.classes as usize, r.logits.len());
+            assert!(r.labels.is_empty());
+            Ok(r.logits)
+        }
         Response::Error { message } => Err(message),
         other => panic!("last stage: {}", short(&other)),
     }
