@@ -16,8 +16,9 @@ use crate::config::EnclaveConfig;
 use crate::freivalds::StageCheck;
 use crate::keys::{KeySet, ModelRecord, Sealer};
 use crate::messages::{
-    he_params_bytes, model_id, ClientMessage, EnclaveMessage, Identity, KeyId, ModelId,
-    OutputPolicy, QueryPlan, RegisteredModel, Request, Response, SessionId, Status,
+    he_params_bytes, model_id, registration_digest, upload_id, ClientMessage, EnclaveMessage,
+    Identity, KeyId, ModelId, OutputPolicy, QueryPlan, RegisteredModel, Request, Response,
+    SessionId, Status,
 };
 use crate::schedule::Schedule;
 use crate::EnclaveError;
@@ -121,6 +122,10 @@ impl Enclave {
     pub fn handle(&mut self, req: Request) -> Response {
         self.handled += 1;
         let touched = session_of(&req);
+        let had: (Vec<KeyId>, Vec<ModelId>) = (
+            self.keysets.keys().copied().collect(),
+            self.models.keys().copied().collect(),
+        );
         budget::reset_peak();
         let result = self.dispatch(req);
         self.max_peak = self.max_peak.max(budget::peak());
@@ -131,7 +136,7 @@ impl Enclave {
         match (result, over) {
             (Ok(resp), None) => resp,
             (Ok(resp), Some(b)) => {
-                self.roll_back(&resp, touched);
+                self.roll_back(&resp, touched, &had);
                 Response::Error {
                     message: format!(
                         "enclave memory budget of {} MiB exceeded (peak {} MiB); the request \
@@ -153,31 +158,24 @@ impl Enclave {
         }
     }
 
-    fn roll_back(&mut self, resp: &Response, touched: Option<SessionId>) {
+    /// Undoes what a refused request added: the session it touched or
+    /// opened, and any key set or model that was not loaded before it.
+    fn roll_back(
+        &mut self,
+        resp: &Response,
+        touched: Option<SessionId>,
+        had: &(Vec<KeyId>, Vec<ModelId>),
+    ) {
         if let Some(s) = touched {
             self.sessions.remove(&s);
         }
-        match resp {
-            Response::KeysCreated { key_id, .. } | Response::KeysRestored { key_id } => {
-                self.keysets.remove(key_id);
-            }
-            Response::ModelRestored { model_id }
-            | Response::ChannelReply {
-                registered: Some(RegisteredModel { model_id, .. }),
-                ..
-            } => {
-                self.models.remove(model_id);
-            }
-            Response::Registered { model_id, .. } => {
-                if let Some(m) = self.models.remove(model_id) {
-                    self.keysets.remove(&m.key_id);
-                }
-            }
-            Response::ChannelOpened { session, .. } | Response::LocalQueryStarted { session } => {
-                self.sessions.remove(session);
-            }
-            _ => {}
+        if let Response::ChannelOpened { session, .. } | Response::LocalQueryStarted { session } =
+            resp
+        {
+            self.sessions.remove(session);
         }
+        self.keysets.retain(|k, _| had.0.contains(k));
+        self.models.retain(|m, _| had.1.contains(m));
     }
 
     fn dispatch(&mut self, req: Request) -> Result<Response, EnclaveError> {
@@ -200,7 +198,8 @@ impl Enclave {
             Request::RestoreKeys { sealed } => {
                 let ks = self.sealer().restore_keys(&sealed)?;
                 let key_id = ks.key_id;
-                self.keysets.insert(key_id, ks);
+                // Already loaded: keep what is there.
+                self.keysets.entry(key_id).or_insert(ks);
                 Ok(Response::KeysRestored { key_id })
             }
             Request::Identity { key_id } => Ok(Response::Identity(self.identity(&key_id)?)),
@@ -223,7 +222,7 @@ impl Enclave {
                     return refuse("the sealed model does not match its key set");
                 }
                 let model_id = m.model_id;
-                self.models.insert(model_id, m);
+                self.models.entry(model_id).or_insert(m);
                 Ok(Response::ModelRestored { model_id })
             }
             Request::StartQuery {
@@ -430,8 +429,13 @@ impl Enclave {
                 if checks.is_empty() {
                     return refuse("a model needs Freivalds check vectors for every stage");
                 }
+                let digest = registration_digest(&schedule, &checks, policy, query_budget);
+                let id = model_id(&key_id, &commitment, &digest);
+                if self.models.contains_key(&id) {
+                    return refuse("this model is already registered");
+                }
                 let rec = ModelRecord {
-                    model_id: model_id(&key_id, &commitment),
+                    model_id: id,
                     key_id,
                     commitment,
                     schedule: *schedule,
@@ -446,7 +450,11 @@ impl Enclave {
                 let payload = seal(&mut tx, &EnclaveMessage::Registered { model_id })?;
                 Ok(Response::ChannelReply {
                     payload,
-                    registered: Some(RegisteredModel { model_id, sealed }),
+                    registered: Some(RegisteredModel {
+                        model_id,
+                        upload_id: upload_id(&key_id, &commitment),
+                        sealed,
+                    }),
                 })
             }
             ClientMessage::Hello { model_id } => {
@@ -488,7 +496,7 @@ impl Enclave {
         schedule.validate()?;
         let (ks, sealed_keys) = self.sealer().create_keys(schedule.he.clone())?;
         let rec = ModelRecord {
-            model_id: model_id(&ks.key_id, &[0; 32]),
+            model_id: model_id(&ks.key_id, &[0; 32], &[0; 32]),
             key_id: ks.key_id,
             commitment: [0; 32],
             schedule,

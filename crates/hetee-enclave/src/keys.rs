@@ -83,7 +83,8 @@ impl ModelRecord {
             let outs: usize = st.tail.linear_output_shape().iter().product();
             let ins = st.spec.c * st.spec.h * st.spec.w;
             let in_range = c.r.iter().chain(&c.v).all(|&x| x < crate::freivalds::P);
-            if c.r.len() != outs || c.v.len() != ins || !in_range {
+            let degenerate = c.r.iter().all(|&x| x == 0);
+            if c.r.len() != outs || c.v.len() != ins || !in_range || degenerate {
                 return Err(protocol(format!("stage {k}: malformed check vectors")));
             }
         }

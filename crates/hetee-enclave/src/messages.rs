@@ -21,7 +21,7 @@ pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Identifies a key set (random, chosen by the enclave).
 pub type KeyId = [u8; 16];
-/// Identifies a registered model: [`model_id`] of its key set and weights.
+/// Identifies a registered model: [`model_id`] of its key set, weights and secrets.
 pub type ModelId = [u8; 16];
 /// Identifies a channel and the session it carries (random).
 pub type SessionId = [u8; 16];
@@ -220,6 +220,8 @@ pub enum Response {
 pub struct RegisteredModel {
     /// Its id.
     pub model_id: ModelId,
+    /// The upload whose weights it uses ([`upload_id`]).
+    pub upload_id: [u8; 16],
     /// Model secrets sealed to the enclave's measurement.
     pub sealed: Vec<u8>,
 }
@@ -536,17 +538,45 @@ pub fn thin_input_digest(images: &[Vec<f32>]) -> [u8; 32] {
     hash_blobs(b"hetee/thin-input/v1", &[&bytes])
 }
 
-/// A model's id: derived from its key set and its weights commitment, so
-/// the model provider, the host and the enclave compute the same.
-pub fn model_id(key_id: &KeyId, commitment: &[u8; 32]) -> ModelId {
+fn id16(parts: &[&[u8]]) -> [u8; 16] {
     let mut h = Sha256::new();
-    h.update(b"hetee/model-id/v1");
-    h.update(key_id);
-    h.update(commitment);
+    for p in parts {
+        h.update(p);
+    }
     let d: [u8; 32] = h.finalize().into();
     let mut id = [0u8; 16];
     id.copy_from_slice(&d[..16]);
     id
+}
+
+/// An upload's id: derived from the key set and the weights commitment, so
+/// the model provider and the host compute the same.
+pub fn upload_id(key_id: &KeyId, commitment: &[u8; 32]) -> [u8; 16] {
+    id16(&[b"hetee/upload-id/v1", key_id, commitment])
+}
+
+/// Digest of a registration's secrets (schedule, checks, policy, budget).
+pub fn registration_digest(
+    schedule: &Schedule,
+    checks: &[StageCheck],
+    policy: OutputPolicy,
+    query_budget: Option<u64>,
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"hetee/registration/v1");
+    h.update(postcard::to_allocvec(schedule).unwrap_or_default());
+    h.update(postcard::to_allocvec(checks).unwrap_or_default());
+    h.update(postcard::to_allocvec(&policy).unwrap_or_default());
+    h.update(postcard::to_allocvec(&query_budget).unwrap_or_default());
+    h.finalize().into()
+}
+
+/// A registered model's id: binds the key set, the weights commitment and
+/// the registration's secrets. The host cannot compute it (the check vectors
+/// are secret random), so it cannot register another model under the id a
+/// model provider hands to its data providers.
+pub fn model_id(key_id: &KeyId, commitment: &[u8; 32], registration: &[u8; 32]) -> ModelId {
+    id16(&[b"hetee/model-id/v2", key_id, commitment, registration])
 }
 
 /// Lowercase hex of an id.

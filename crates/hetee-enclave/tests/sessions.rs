@@ -832,7 +832,6 @@ fn label_policy_and_query_budget_per_client_key() {
 /// check vectors (which pass every Freivalds check), one-hot queries then
 /// return the first layer's weights.
 #[test]
-#[ignore = "BUG: RegisterModel overwrites an existing model (enclave.rs channel_finish)"]
 fn re_registration_cannot_replace_a_registered_model() {
     let _g = shared();
     let mut s = Setup::new();
@@ -989,6 +988,7 @@ fn a_stage_over_the_memory_budget_closes_its_session() {
         let host = HostModel::new(&q, &schedule, &keys.public_key);
         (host.commitment(), host.checks.clone())
     };
+    let checks_sent = checks.clone();
     let msg = ClientMessage::RegisterModel {
         key_id: keys.key_id,
         commitment,
@@ -999,7 +999,13 @@ fn a_stage_over_the_memory_budget_closes_its_session() {
     };
     let opened = connect(&mut e, &keys, &msg).unwrap();
     let id = opened.registered.unwrap().model_id;
-    assert_eq!(id, model_id(&keys.key_id, &commitment));
+    let digest = hetee_enclave::messages::registration_digest(
+        &schedule,
+        &checks_sent,
+        OutputPolicy::Logits,
+        None,
+    );
+    assert_eq!(id, model_id(&keys.key_id, &commitment, &digest));
     let mut dp = hello(&mut e, &keys, id).unwrap();
     let input = dp.encrypt(&keys.public_key, &x);
     let r = dp.start(&mut e, id, &input);
@@ -1047,7 +1053,6 @@ fn a_stage_over_the_memory_budget_closes_its_session() {
 /// loaded goes over the budget, and `Enclave::roll_back` removes the key set
 /// by its id: the one loaded earlier is gone too.
 #[test]
-#[ignore = "BUG: roll_back removes a key set (or model) that existed before the refused request"]
 fn a_refused_restore_keeps_what_was_loaded() {
     let _g = exclusive();
     let (q, _) = tiny_model();

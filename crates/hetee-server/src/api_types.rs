@@ -41,7 +41,7 @@ pub struct Health {
     pub enclave_memory_peak: u64,
     /// Enclave memory budget (bytes).
     pub enclave_memory_budget: u64,
-    /// Models in the store.
+    /// Registered models in the store.
     pub models: usize,
     /// Sessions open in the enclave.
     pub sessions: usize,
@@ -92,8 +92,9 @@ pub struct UploadModel {
 /// `POST /v1/models` answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelCreated {
-    /// Model id (hex): derived from the key set and the commitment.
-    pub model_id: String,
+    /// Upload id (hex): derived from the key set and the commitment. The
+    /// model id comes when the model provider registers the model's secrets.
+    pub upload_id: String,
     /// Commitment to the weights (hex).
     pub commitment: String,
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hetee_enclave::messages::{
-    he_params_from_bytes, id_from_hex, id_hex, model_id, weights_commitment, ModelId, SessionId,
+    he_params_from_bytes, id_from_hex, id_hex, upload_id, weights_commitment, ModelId, SessionId,
 };
 use hetee_enclave::{Request, Response};
 use hetee_he::ConvPacking;
@@ -141,9 +141,18 @@ impl App {
             enclave_memory_current: st.memory_current,
             enclave_memory_peak: st.memory_peak,
             enclave_memory_budget: st.memory_budget,
-            models: self.store.usage()?.models as usize,
+            models: self.registered_models()?,
             sessions: st.sessions,
         })
+    }
+
+    fn registered_models(&self) -> ApiResult<usize> {
+        Ok(self
+            .store
+            .models()?
+            .iter()
+            .filter(|(_, m)| postcard::from_bytes::<ModelMeta>(m).is_ok_and(|m| m.sealed.is_some()))
+            .count())
     }
 
     fn keys_info(&self, key_id: &[u8; 16]) -> ApiResult<KeysInfo> {
@@ -214,13 +223,14 @@ impl App {
         let host = HostModel::load(&he, &packings, &weights)
             .map_err(|e| ApiError::bad(format!("the uploaded model does not load: {e}")))?;
         let commitment = weights_commitment(&weights);
-        let id = model_id(&key_id, &commitment);
+        let id = upload_id(&key_id, &commitment);
         let meta = ModelMeta {
             key_id,
             commitment,
             he,
             packings,
             sealed: None,
+            weights_of: None,
         };
         if self.store.model_meta(&id_hex(&id))?.is_none() {
             let meta = postcard::to_allocvec(&meta).map_err(|e| ApiError::bad(e.to_string()))?;
@@ -230,9 +240,9 @@ impl App {
         if let Ok(mut m) = self.models.write() {
             m.insert(id, Arc::new(host));
         }
-        info!(model_id = %id_hex(&id), "encrypted model stored");
+        info!(upload_id = %id_hex(&id), "encrypted weights stored");
         Ok(ModelCreated {
-            model_id: id_hex(&id),
+            upload_id: id_hex(&id),
             commitment: id_hex(&commitment),
         })
     }
@@ -252,9 +262,16 @@ impl App {
     pub fn get_model(&self, model_id: &str) -> ApiResult<ModelInfo> {
         let id = parse_id(model_id, "model id")?;
         let meta = self.meta(&id)?;
+        if meta.sealed.is_none() {
+            return Err(ApiError::not_found(format!(
+                "{} is an upload, not a registered model; use the model id that \
+                 hetee model upload printed",
+                id_hex(&id)
+            )));
+        }
         Ok(ModelInfo {
             model_id: id_hex(&id),
-            registered: meta.sealed.is_some(),
+            registered: true,
             keys: self.keys_info(&meta.key_id)?,
         })
     }
@@ -266,7 +283,7 @@ impl App {
         let meta = self.meta(id)?;
         let blob = self
             .store
-            .model_weights(&id_hex(id))?
+            .model_weights(&id_hex(&meta.weights_of.unwrap_or(*id)))?
             .ok_or_else(|| ApiError::not_found("the model's weights are missing"))?;
         let weights: Vec<Vec<Vec<u8>>> = postcard::from_bytes(&blob)
             .map_err(|e| ApiError::conflict(format!("stored weights are malformed: {e}")))?;
@@ -351,16 +368,21 @@ impl App {
             return Err(ApiError::conflict("unexpected answer to ChannelFinish"));
         };
         if let Some(reg) = registered {
-            let mut meta = self.meta(&reg.model_id).map_err(|_| {
+            let mut meta = self.meta(&reg.upload_id).map_err(|_| {
                 ApiError::conflict(
                     "the enclave registered a model whose weights were never uploaded; \
                      upload the weights first",
                 )
             })?;
             meta.sealed = Some(reg.sealed);
+            meta.weights_of = Some(reg.upload_id);
             let bytes = postcard::to_allocvec(&meta).map_err(|e| ApiError::bad(e.to_string()))?;
-            self.store.set_model_meta(&id_hex(&reg.model_id), &bytes)?;
-            info!(model_id = %id_hex(&reg.model_id), "model registered with the enclave");
+            self.store.put_model(&id_hex(&reg.model_id), &bytes, &[])?;
+            info!(
+                model_id = %id_hex(&reg.model_id),
+                upload_id = %id_hex(&reg.upload_id),
+                "model registered with the enclave"
+            );
         }
         Ok(Sealed {
             payload: b64(&payload),

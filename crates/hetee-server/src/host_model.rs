@@ -23,8 +23,12 @@ pub struct ModelMeta {
     pub he: HeConfig,
     /// Packing of each stage (public structure).
     pub packings: Vec<ConvPacking>,
-    /// The model's secrets sealed by the enclave, once registered.
+    /// The model's secrets sealed by the enclave (registered models only;
+    /// `None` for an upload).
     pub sealed: Option<Vec<u8>>,
+    /// For a registered model: the upload holding its weights.
+    #[serde(default)]
+    pub weights_of: Option<[u8; 16]>,
 }
 
 /// Failures of the host's evaluation (bad ciphertexts from a client).

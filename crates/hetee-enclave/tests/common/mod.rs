@@ -576,7 +576,16 @@ impl Setup {
         let registered = register(&mut enclave, &keys, &host);
         assert_eq!(
             registered.model_id,
-            hetee_enclave::messages::model_id(&keys.key_id, &host.commitment())
+            hetee_enclave::messages::model_id(
+                &keys.key_id,
+                &host.commitment(),
+                &hetee_enclave::messages::registration_digest(
+                    &host.schedule,
+                    &host.checks,
+                    OutputPolicy::Logits,
+                    None
+                )
+            )
         );
         Setup {
             enclave,

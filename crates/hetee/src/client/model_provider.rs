@@ -5,8 +5,8 @@
 use anyhow::{bail, Context, Result};
 use hetee_enclave::freivalds::StageCheck;
 use hetee_enclave::messages::{
-    he_params_bytes, id_hex, model_id, weights_commitment, ClientMessage, EnclaveMessage, ModelId,
-    OutputPolicy,
+    he_params_bytes, id_hex, model_id, registration_digest, upload_id, weights_commitment,
+    ClientMessage, EnclaveMessage, ModelId, OutputPolicy,
 };
 use hetee_enclave::Schedule;
 use hetee_model::QuantModel;
@@ -70,7 +70,9 @@ pub fn upload(api: &Api, trust: &Trust, model: &QuantModel, terms: &Terms) -> Re
     }
     let weights = encrypt_weights(model, &schedule, &keys.par, &keys.public_key)?;
     let commitment = weights_commitment(&weights);
-    let want_id = model_id(&keys.key_id, &commitment);
+    let upload = upload_id(&keys.key_id, &commitment);
+    let digest = registration_digest(&schedule, &checks, terms.policy, terms.query_budget);
+    let want_id = model_id(&keys.key_id, &commitment, &digest);
     let stages = schedule
         .stages
         .iter()
@@ -91,7 +93,7 @@ pub fn upload(api: &Api, trust: &Trust, model: &QuantModel, terms: &Terms) -> Re
             },
         )
         .context("uploading the encrypted weights")?;
-    if created.model_id != id_hex(&want_id) || created.commitment != id_hex(&commitment) {
+    if created.upload_id != id_hex(&upload) || created.commitment != id_hex(&commitment) {
         bail!("the server stored the weights under another commitment than ours; refusing");
     }
     let (_, answer) = Session::open(
