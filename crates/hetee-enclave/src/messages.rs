@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::freivalds::StageCheck;
-use crate::schedule::Schedule;
+use crate::schedule::{check_packing, Schedule};
 use crate::EnclaveError;
 
 /// Wire-format version of these messages.
@@ -458,7 +458,6 @@ impl QueryPlan {
 
     /// Quantizes and packs up to `batch` images (zero images pad the rest).
     pub fn pack_input(&self, xs: &[&[f32]]) -> Result<Vec<Vec<i64>>, EnclaveError> {
-        let per: usize = self.input_shape.iter().product();
         if xs.is_empty() || xs.len() > self.batch {
             return Err(EnclaveError::Schedule(format!(
                 "a query holds 1 to {} images, got {}",
@@ -466,7 +465,11 @@ impl QueryPlan {
                 xs.len()
             )));
         }
-        if per != self.spec.c * self.spec.h * self.spec.w {
+        let packing = check_packing(&self.spec, &self.packing, self.batch, self.he.degree)
+            .map_err(EnclaveError::Schedule)?;
+        let per = self.spec.c * self.spec.h * self.spec.w;
+        let shape_len = (self.input_shape.iter()).try_fold(1usize, |a, &d| a.checked_mul(d));
+        if shape_len != Some(per) {
             return Err(EnclaveError::Schedule(
                 "the plan's input shape does not match its first layer".into(),
             ));
@@ -487,8 +490,6 @@ impl QueryPlan {
         }
         q.resize(self.batch, vec![0; per]);
         let refs: Vec<&[i64]> = q.iter().map(|x| x.as_slice()).collect();
-        let packing = ConvPacking::new(self.packing.shape, self.packing.tiling, self.he.degree)
-            .map_err(EnclaveError::Schedule)?;
         Ok(packing.pack_input(&self.spec.layout_batch(&refs)))
     }
 }
@@ -589,4 +590,60 @@ pub fn id_from_hex(s: &str) -> Result<[u8; 16], String> {
     let v = hetee_attest::evidence::unhex(s.trim())?;
     v.try_into()
         .map_err(|_| format!("an id is 32 hex digits, got {:?}", s.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hetee_he::Tiling;
+
+    fn plan() -> QueryPlan {
+        let he = HeConfig::for_accumulator_bound(1000).unwrap();
+        let spec = ConvSpec::dense(4, 2);
+        let tiling = Tiling {
+            ct: 4,
+            ht: 1,
+            wt: 1,
+            mt: 2,
+        };
+        let packing = ConvPacking::new(spec.batched_shape(1), tiling, he.degree).unwrap();
+        QueryPlan {
+            model_id: [0; 16],
+            he,
+            input_shape: vec![4],
+            input: InputQuant {
+                scale: 0.1,
+                min: -127,
+                max: 127,
+            },
+            batch: 1,
+            spec,
+            packing,
+            classes: 2,
+        }
+    }
+
+    #[test]
+    fn pack_input_refuses_malformed_plans() {
+        // Found by fuzz/ (channel_messages): sizes of a decoded plan overflowed.
+        let x = [0.5f32; 4];
+        assert!(plan().pack_input(&[&x]).is_ok());
+        let mut p = plan();
+        p.input_shape = vec![1 << 32, 1 << 32, 4];
+        assert!(p.pack_input(&[&x]).is_err());
+        let mut p = plan();
+        p.batch = usize::MAX;
+        assert!(p.pack_input(&[&x]).is_err());
+        let mut p = plan();
+        p.spec.pads = [usize::MAX; 4];
+        assert!(p.pack_input(&[&x]).is_err());
+        let mut p = plan();
+        p.packing.tiling = Tiling {
+            ct: 1 << 32,
+            ht: 1 << 32,
+            wt: 1 << 32,
+            mt: 1 << 32,
+        };
+        assert!(p.pack_input(&[&x]).is_err());
+    }
 }

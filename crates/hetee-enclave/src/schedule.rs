@@ -55,6 +55,40 @@ pub fn conv_spec(stage: &QuantStage) -> ConvSpec {
     }
 }
 
+/// Most images per query.
+pub const MAX_BATCH: usize = 4096;
+
+/// Checks a layer and its packing for `batch` images under ring `degree`:
+/// well formed, consistent, and small enough that nothing computed from
+/// them overflows. Returns the packing.
+pub(crate) fn check_packing(
+    spec: &ConvSpec,
+    packing: &ConvPacking,
+    batch: usize,
+    degree: usize,
+) -> Result<ConvPacking, String> {
+    spec.validate()?;
+    if batch == 0 || batch > MAX_BATCH {
+        return Err(format!(
+            "batch {batch} out of range 1..={MAX_BATCH}; the packing does not match the layer"
+        ));
+    }
+    let bs = spec.batched_shape(batch);
+    let fits = |ds: [usize; 3]| {
+        ds.iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .is_some_and(|n| n <= hetee_he::layout::MAX_VALUES)
+    };
+    if !fits([bs.c, bs.h, bs.w]) || !fits([bs.m, bs.oh, bs.ow]) {
+        return Err(format!("{batch} images of this layer are too large"));
+    }
+    let p = ConvPacking::new(packing.shape, packing.tiling, packing.degree)?;
+    if p.shape != bs || p.degree != degree {
+        return Err("packing does not match the layer".into());
+    }
+    Ok(p)
+}
+
 impl Schedule {
     /// Chooses parameters from the model's accumulator bound and plans every
     /// stage for `batch` images per query.
@@ -130,15 +164,8 @@ impl Schedule {
         }
         for (k, st) in self.stages.iter().enumerate() {
             let bad = |what: &str| EnclaveError::Schedule(format!("stage {k}: {what}"));
-            st.spec.validate().map_err(|e| bad(&e))?;
-            let p = ConvPacking::new(st.packing.shape, st.packing.tiling, st.packing.degree)
+            check_packing(&st.spec, &st.packing, self.batch, self.he.degree)
                 .map_err(|e| bad(&e))?;
-            if self.batch == 0
-                || p.shape != st.spec.batched_shape(self.batch)
-                || p.degree != self.he.degree
-            {
-                return Err(bad("packing does not match the layer"));
-            }
             if st.tail.linear_output_shape()
                 != [st.spec.m, st.spec.output_hw().0, st.spec.output_hw().1]
             {

@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::packing::ConvShape;
 
+/// Largest dimension, stride or padding [`ConvSpec::validate`] accepts.
+pub const MAX_DIM: usize = 1 << 20;
+/// Most values of a layer's (padded) input, output or kernel that
+/// [`ConvSpec::validate`] accepts.
+pub const MAX_VALUES: usize = 1 << 26;
+
 /// A linear layer as the HE scheme sees it: a convolution with stride and
 /// padding over an integer tensor `[c, h, w]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,9 +66,29 @@ impl ConvSpec {
         )
     }
 
-    /// Checks that the layer is well formed.
+    /// Checks that the layer is well formed, and small enough that no size
+    /// derived from it (padded input, phases, kernel, output) overflows.
     pub fn validate(&self) -> Result<(), String> {
+        let dims = [
+            self.c, self.h, self.w, self.m, self.kh, self.kw, self.sh, self.sw,
+        ];
+        if dims.iter().chain(&self.pads).any(|&d| d > MAX_DIM) {
+            return Err(format!("a dimension exceeds {MAX_DIM} in {self:?}"));
+        }
         let (hp, wp) = self.padded();
+        let fits = |ds: &[usize]| {
+            ds.iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .is_some_and(|n| n <= MAX_VALUES)
+        };
+        if !fits(&[self.c, hp, wp]) || !fits(&[self.m, hp, wp]) {
+            return Err(format!(
+                "layer tensors exceed {MAX_VALUES} values in {self:?}"
+            ));
+        }
+        if !fits(&[self.m, self.c, self.kh, self.kw]) {
+            return Err(format!("kernel exceeds {MAX_VALUES} values in {self:?}"));
+        }
         if self.c == 0
             || self.m == 0
             || self.kh == 0
@@ -262,5 +288,51 @@ impl ConvSpec {
             }
         }
         y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_refuses_sizes_that_would_overflow() {
+        // Found by fuzz/ (channel_messages): padding and products overflowed.
+        let ok = ConvSpec {
+            c: 3,
+            h: 28,
+            w: 28,
+            m: 8,
+            kh: 3,
+            kw: 3,
+            sh: 2,
+            sw: 2,
+            pads: [1; 4],
+        };
+        assert!(ok.validate().is_ok());
+        let huge = [
+            ConvSpec {
+                pads: [usize::MAX, 0, usize::MAX, 0],
+                ..ok
+            },
+            ConvSpec {
+                c: 1 << 20,
+                h: 1 << 20,
+                w: 1 << 20,
+                ..ok
+            },
+            ConvSpec {
+                m: usize::MAX,
+                ..ok
+            },
+            ConvSpec {
+                sh: usize::MAX,
+                ..ok
+            },
+            ConvSpec::dense(1 << 20, 1 << 20),
+        ];
+        for s in huge {
+            assert!(s.validate().is_err(), "{s:?}");
+        }
     }
 }

@@ -115,7 +115,10 @@ impl ConvPacking {
         if t.ct > shape.c || t.mt > shape.m || t.ht > shape.h || t.wt > shape.w {
             return Err(format!("tiling {t:?} larger than {shape:?}"));
         }
-        let need = t.mt * t.ct * t.ht * t.wt;
+        let need = [t.mt, t.ct, t.ht, t.wt]
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .unwrap_or(usize::MAX);
         if need > degree {
             return Err(format!(
                 "tiling {t:?} needs {need} coefficients > N = {degree}"
@@ -363,4 +366,32 @@ pub fn evaluate_plain(p: &ConvPacking, x: &[i64], k: &[i64]) -> Vec<i64> {
         })
         .collect();
     p.unpack_output(&outs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_refuses_a_tiling_whose_size_overflows() {
+        // Found by fuzz/ (channel_messages): `mt * ct * ht * wt` overflowed.
+        let big = 1usize << 32;
+        let shape = ConvShape {
+            c: big,
+            h: big,
+            w: big,
+            m: big,
+            kh: 1,
+            kw: 1,
+            oh: 1,
+            ow: 1,
+        };
+        let tiling = Tiling {
+            ct: big,
+            ht: big,
+            wt: big,
+            mt: big,
+        };
+        assert!(ConvPacking::new(shape, tiling, 4096).is_err());
+    }
 }

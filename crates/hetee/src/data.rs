@@ -25,6 +25,9 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Tensor> {
     if !bytes.starts_with(b"\x93NUMPY") {
         bail!("missing the NumPy magic header; save the array with numpy.save");
     }
+    if !header_nesting_ok(bytes) {
+        bail!("malformed .npy header: nested too deep for a float32 array");
+    }
     let npy = npyz::NpyFile::new(bytes).context("malformed .npy header")?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     if npy.order() != npyz::Order::C {
@@ -38,8 +41,12 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Tensor> {
             dtype.descr()
         );
     }
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= bytes.len() / 4)
+        .with_context(|| format!("the shape {shape:?} needs more values than the file holds"))?;
     let data: Vec<f32> = npy.into_vec().context("truncated or corrupt .npy data")?;
-    let n: usize = shape.iter().product();
     if data.len() != n {
         bail!(
             "the array holds {} values but its shape {shape:?} needs {n}",
@@ -47,6 +54,27 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Tensor> {
         );
     }
     Ok(Tensor { shape, data })
+}
+
+/// Whether the `.npy` header dict nests at most two deep (`{.. 'shape': (..)}`),
+/// as every float32 header does. npyz's header parser takes time exponential
+/// in the nesting of `[` and `{`, so deeper headers are refused before it runs.
+fn header_nesting_ok(bytes: &[u8]) -> bool {
+    let start = if bytes.get(6) == Some(&1) { 10 } else { 12 };
+    let mut depth = 0usize;
+    for &b in bytes.iter().skip(start).take_while(|&&b| b != b'\n') {
+        match b {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > 2 {
+                    return false;
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
 }
 
 /// Writes a float32 `.npy` file.
@@ -129,4 +157,48 @@ pub fn idx_labels(gz: &[u8]) -> Result<Vec<u8>> {
     }
     let n = be_u32(&b, 4)?;
     Ok(b.get(8..8 + n).context("truncated IDX labels")?.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A v1 `.npy` file with this header dict and no data.
+    fn npy_with_header(dict: &str) -> Vec<u8> {
+        let mut h = dict.to_string();
+        while (10 + h.len() + 1) % 64 != 0 {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        b.extend_from_slice(h.as_bytes());
+        b
+    }
+
+    #[test]
+    fn parse_npy_refuses_deeply_nested_headers_quickly() {
+        // Found by fuzz/ (npy): npyz's parser is exponential in this nesting.
+        for open in ["[", "{"] {
+            let b = npy_with_header(&format!(
+                "{}{{'descr': '<f4', 'fortran_order': False, 'shape': (0, ), }}",
+                open.repeat(100)
+            ));
+            let t = std::time::Instant::now();
+            assert!(parse_npy(&b).is_err());
+            assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        }
+        let ok = npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 2), }");
+        assert_eq!(parse_npy(&ok).unwrap().shape, vec![0, 2]);
+    }
+
+    #[test]
+    fn parse_npy_refuses_shapes_larger_than_the_file() {
+        let b = npy_with_header(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (8589934592, 2147483648), }",
+        );
+        assert!(parse_npy(&b).is_err());
+        let b = npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (1000, ), }");
+        assert!(parse_npy(&b).is_err());
+    }
 }

@@ -649,5 +649,15 @@ fn demo_json() {
             .is_some_and(|a| (0.0..=1.0).contains(&a)),
         "{v}"
     );
+    assert!(v["weight_bytes"].as_u64().is_some_and(|n| n > 0), "{v}");
+    assert_eq!(v["measurement"].as_str().map(str::len), Some(64), "{v}");
+}
+
+#[test]
+fn demo_in_process_json() {
+    let out = hetee(&["demo", "--images", "3", "--json", "--in-process"]);
+    assert!(out.status.success(), "demo failed:\n{}", describe(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["reference_agreement"].as_f64(), Some(1.0), "{v}");
     assert!(v["ct_products"].as_u64().is_some_and(|n| n > 0), "{v}");
 }
