@@ -67,7 +67,8 @@ impl HeConfig {
 
     /// Total bits of the ciphertext modulus q.
     pub fn log2_q(&self) -> u32 {
-        self.moduli_sizes.iter().sum::<usize>() as u32
+        let bits = (self.moduli_sizes.iter()).fold(0usize, |a, &b| a.saturating_add(b));
+        u32::try_from(bits).unwrap_or(u32::MAX)
     }
 
     /// Refuses parameter sets weaker than 128 bits by the HE standard.
@@ -101,7 +102,7 @@ impl HeConfig {
 
     /// Largest `|acc|` these parameters decode exactly.
     pub fn max_abs_value(&self) -> u64 {
-        (self.plaintext_modulus - 1) / 2
+        self.plaintext_modulus.saturating_sub(1) / 2
     }
 
     /// Builds the `fhe` parameters (after the security check).
@@ -113,5 +114,24 @@ impl HeConfig {
             .set_moduli_sizes(&self.moduli_sizes)
             .build_arc()
             .map_err(|e| HeError::Params(format!("fhe refused the parameters: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_parameters_are_refused_without_overflow() {
+        // Found by fuzz/ review: the sum of the prime sizes wrapped (and then
+        // passed the security bound), and t = 0 underflowed.
+        let mut he = HeConfig::for_accumulator_bound(1000).unwrap();
+        he.moduli_sizes = vec![usize::MAX, 2];
+        assert_eq!(he.log2_q(), u32::MAX);
+        assert!(he.check_security().is_err());
+        he.moduli_sizes = vec![1 << 32, 30];
+        assert!(he.check_security().is_err());
+        he.plaintext_modulus = 0;
+        assert_eq!(he.max_abs_value(), 0);
     }
 }

@@ -6,12 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tower_http::timeout::TimeoutLayer;
@@ -42,6 +43,37 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Reads a request body of at most `limit` bytes. A larger body is drained
+/// (up to a cap) before the 413 goes out, so that the client, still
+/// sending, reads the answer instead of a reset connection.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let mut body = body;
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    let drain_cap = limit.saturating_mul(2).max(8 << 20);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad(format!("cannot read the body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= limit {
+                buf.extend_from_slice(&data);
+            } else if seen > drain_cap {
+                break;
+            }
+        }
+    }
+    if seen > limit {
+        return Err(ApiError {
+            status: 413,
+            message: format!(
+                "request body of at least {seen} bytes is over this route's limit of {limit} \
+                 bytes; send less per request"
+            ),
+        });
+    }
+    Ok(Bytes::from(buf))
+}
+
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad(format!(
@@ -70,8 +102,8 @@ async fn health(State(app): S) -> Result<impl IntoResponse, ApiError> {
     blocking(move || app.health()).await
 }
 
-async fn create_keys(State(app): S, body: Bytes) -> Result<impl IntoResponse, ApiError> {
-    let req = parse(&body)?;
+async fn create_keys(State(app): S, body: Body) -> Result<impl IntoResponse, ApiError> {
+    let req = parse(&read_body(body, MAX_SMALL_BODY).await?)?;
     blocking(move || app.create_keys(req)).await
 }
 
@@ -79,7 +111,8 @@ async fn get_keys(State(app): S, Path(id): Path<String>) -> Result<impl IntoResp
     blocking(move || app.get_keys(&id)).await
 }
 
-async fn upload_model(State(app): S, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+async fn upload_model(State(app): S, body: Body) -> Result<impl IntoResponse, ApiError> {
+    let body = read_body(body, MAX_MODEL_BODY).await?;
     blocking(move || {
         let req = parse(&body)?;
         drop(body);
@@ -92,25 +125,26 @@ async fn get_model(State(app): S, Path(id): Path<String>) -> Result<impl IntoRes
     blocking(move || app.get_model(&id)).await
 }
 
-async fn open_session(State(app): S, body: Bytes) -> Result<impl IntoResponse, ApiError> {
-    let req = parse(&body)?;
+async fn open_session(State(app): S, body: Body) -> Result<impl IntoResponse, ApiError> {
+    let req = parse(&read_body(body, MAX_SMALL_BODY).await?)?;
     blocking(move || app.open_session(req)).await
 }
 
 async fn finish_session(
     State(app): S,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let req = parse(&body)?;
+    let req = parse(&read_body(body, MAX_SMALL_BODY).await?)?;
     blocking(move || app.finish_session(&id, req)).await
 }
 
 async fn query(
     State(app): S,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
+    let body = read_body(body, MAX_QUERY_BODY).await?;
     blocking(move || {
         let req = parse(&body)?;
         drop(body);
@@ -140,23 +174,18 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/keys", post(create_keys))
         .route("/v1/keys/{key_id}", get(get_keys))
-        .route(
-            "/v1/models",
-            post(upload_model).layer(DefaultBodyLimit::max(MAX_MODEL_BODY)),
-        )
+        .route("/v1/models", post(upload_model))
         .route("/v1/models/{model_id}", get(get_model))
         .route("/v1/sessions", post(open_session))
         .route("/v1/sessions/{session}/finish", post(finish_session))
-        .route(
-            "/v1/sessions/{session}/query",
-            post(query).layer(DefaultBodyLimit::max(MAX_QUERY_BODY)),
-        )
+        .route("/v1/sessions/{session}/query", post(query))
         .route(
             "/v1/sessions/{session}",
             axum::routing::delete(close_session),
         )
         .fallback(fallback)
-        .layer(DefaultBodyLimit::max(MAX_SMALL_BODY))
+        // Each handler enforces its own limit (see `read_body`).
+        .layer(DefaultBodyLimit::disable())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
