@@ -2,10 +2,15 @@
 //! [`ClientMessage`] and [`EnclaveMessage`], then what the enclave does with
 //! a model provider's schedule (validate, derive the query plan, pack and
 //! unpack) and what a data provider does with a plan (`pack_input`).
-//! Nothing may panic; `validate` must refuse garbage with an error.
+//! The enclave's own checks of a registration (`validate`,
+//! `validate_checks`) come first, as in `Enclave::handle`; only a model that
+//! passes them is used further. Nothing may panic; the checks must refuse
+//! garbage with an error.
 #![no_main]
 
-use hetee_enclave::messages::{ClientMessage, EnclaveMessage, QueryPlan};
+use hetee_enclave::keys::ModelRecord;
+use hetee_enclave::messages::{thin_input_digest, ClientMessage, EnclaveMessage, QueryPlan};
+use hetee_enclave::policy;
 use hetee_enclave::Schedule;
 use libfuzzer_sys::fuzz_target;
 
@@ -76,13 +81,54 @@ fn use_schedule(s: &Schedule) {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = postcard::from_bytes::<ClientMessage>(data) {
-        if let ClientMessage::RegisterModel { schedule, .. } = &msg {
-            if schedule.validate().is_ok() {
-                use_schedule(schedule);
+        match msg {
+            ClientMessage::RegisterModel {
+                key_id,
+                commitment,
+                schedule,
+                checks,
+                policy,
+                query_budget,
+            } => {
+                if schedule.validate().is_ok() {
+                    let rec = ModelRecord {
+                        model_id: [0; 16],
+                        key_id,
+                        commitment,
+                        schedule: *schedule,
+                        checks,
+                        policy,
+                        query_budget,
+                    };
+                    if rec.validate_checks().is_ok() {
+                        use_schedule(&rec.schedule);
+                        let classes = rec
+                            .schedule
+                            .stages
+                            .last()
+                            .map(|s| s.tail.output_shape.iter().product::<usize>())
+                            .unwrap_or(0);
+                        if classes <= MAX_VALUES {
+                            let logits: Vec<f32> =
+                                (0..classes).map(|i| (i % 5) as f32 - 2.0).collect();
+                            let _ = policy::apply(rec.policy, &logits, classes);
+                        }
+                    }
+                }
             }
+            ClientMessage::ThinQuery { images } => {
+                let _ = thin_input_digest(&images);
+            }
+            ClientMessage::Hello { .. } | ClientMessage::Query { .. } => {}
         }
     }
-    if let Ok(EnclaveMessage::Plan(plan)) = postcard::from_bytes::<EnclaveMessage>(data) {
-        pack(&plan);
+    if let Ok(msg) = postcard::from_bytes::<EnclaveMessage>(data) {
+        match msg {
+            EnclaveMessage::Plan(plan) => pack(&plan),
+            EnclaveMessage::Result { result, .. } => {
+                let _ = result.signed_message();
+            }
+            _ => {}
+        }
     }
 });

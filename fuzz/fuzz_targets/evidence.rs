@@ -28,14 +28,8 @@ fuzz_target!(|data: &[u8]| {
             dcap: Some(DcapVerifier::new()),
         };
         let _ = policy.check(&verifiers, &ev, &ev.report_data, NOW);
-        let _ = Policy::new(ev.measurement).check_bound(
-            &verifiers,
-            &ev,
-            &[0; 32],
-            &[0; 32],
-            b"",
-            NOW,
-        );
+        let _ =
+            Policy::new(ev.measurement).check_bound(&verifiers, &ev, &[0; 32], &[0; 32], b"", NOW);
     }
 
     // The bytes as a raw DCAP quote: parse (unverified) and verify.

@@ -4,6 +4,8 @@
 //! separate build). It reads the sample DCAP quote shipped in the `dcap-qvl`
 //! crate source (found under `$CARGO_HOME/registry/src`) when it is there.
 #![no_main]
+// The init block exits before the (empty) fuzz loop.
+#![allow(unreachable_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,9 +14,10 @@ use fhe::bfv::{BfvParameters, Ciphertext, Encoding, Plaintext, PublicKey, Secret
 use fhe_traits::{DeserializeParametrized, FheEncoder, FheEncrypter};
 use hetee_attest::frame::FrameCodec;
 use hetee_attest::{ClientHandshake, Evidence, Measurement, SimPlatform};
+use hetee_enclave::freivalds::StageCheck;
 use hetee_enclave::keys::{ModelRecord, Sealer};
 use hetee_enclave::messages::{
-    ClientMessage, EnclaveMessage, Identity, OutputPolicy, QueryPlan, RegisteredModel,
+    ClientMessage, EnclaveMessage, Identity, OutputPolicy, QueryPlan, QueryResult,
 };
 use hetee_enclave::{wire, Enclave, EnclaveConfig, Request, Response, Schedule};
 use hetee_he::codec::ciphertext_to_bytes;
@@ -85,17 +88,42 @@ fn onnx_model(path: &Path) -> Option<QuantModel> {
     hetee_model::quantize(&m, &calib).ok()
 }
 
-fn schedules() -> Vec<(String, Schedule)> {
+/// Compiled schedules with their Freivalds checks.
+fn schedules() -> Vec<(String, Schedule, Vec<StageCheck>)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut checks = |q: &QuantModel| -> Vec<StageCheck> {
+        q.stages
+            .iter()
+            .map(|st| StageCheck::draw(st, &mut rng))
+            .collect()
+    };
+    let tiny = tiny_model();
     let mut out = vec![
-        ("tiny".to_string(), Schedule::compile(&tiny_model(), 1).unwrap()),
-        ("tiny-b4".to_string(), Schedule::compile(&tiny_model(), 4).unwrap()),
+        (
+            "tiny".to_string(),
+            Schedule::compile(&tiny, 1).unwrap(),
+            checks(&tiny),
+        ),
+        (
+            "tiny-b4".to_string(),
+            Schedule::compile(&tiny, 4).unwrap(),
+            checks(&tiny),
+        ),
     ];
-    for f in ["testdata/onnx/deep_conv.onnx", "testdata/onnx/avgpool.onnx", "models/mnist.onnx"] {
+    for f in [
+        "testdata/onnx/deep_conv.onnx",
+        "testdata/onnx/avgpool.onnx",
+        "models/mnist.onnx",
+    ] {
         if let Some(q) = onnx_model(&root.join(f)) {
             if let Ok(s) = Schedule::compile(&q, 2) {
-                let name = Path::new(f).file_stem().unwrap().to_string_lossy().into_owned();
-                out.push((name, s));
+                let name = Path::new(f)
+                    .file_stem()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((name, s, checks(&q)));
             }
         }
     }
@@ -149,10 +177,14 @@ fn dcap_sample() -> Option<(Vec<u8>, Vec<u8>)> {
 }
 
 fn write_all() {
-    let he = he();
-    let par = he.build().unwrap();
-    let cts = ciphertexts(&par);
     let scheds = schedules();
+    // The `ciphertext` target's parameters.
+    let ct_par = he().build().unwrap();
+    let cts = ciphertexts(&ct_par);
+    // The key set and the enclave seeds use the tiny model's parameters.
+    let he = scheds[0].1.he.clone();
+    let par = he.build().unwrap();
+    let tiny_cts = ciphertexts(&par);
 
     // ciphertext
     for (n, b) in &cts {
@@ -169,18 +201,24 @@ fn write_all() {
         hetee_attest::seal::unseal(&SEALED_SECRET, &SEALED_MEASUREMENT, "keys-v1", &sealed_keys)
             .unwrap();
     let tiny = &scheds[0].1;
-    assert_eq!(tiny.he, he, "the seed schedules use the seed key set's parameters");
+    let tiny_checks = &scheds[0].2;
     let rec = ModelRecord {
-        model_id: hetee_enclave::messages::model_id(&ks.key_id, &[3; 32]),
+        model_id: [5; 16],
         key_id: ks.key_id,
         commitment: [3; 32],
         schedule: tiny.clone(),
+        checks: tiny_checks.clone(),
         policy: OutputPolicy::Logits,
+        query_budget: Some(10),
     };
     let sealed_model = sealer.seal_model(&rec).unwrap();
-    let model_plain =
-        hetee_attest::seal::unseal(&SEALED_SECRET, &SEALED_MEASUREMENT, "model-v2", &sealed_model)
-            .unwrap();
+    let model_plain = hetee_attest::seal::unseal(
+        &SEALED_SECRET,
+        &SEALED_MEASUREMENT,
+        "model-v2",
+        &sealed_model,
+    )
+    .unwrap();
 
     // sealed: mode byte + payload
     let with = |m: u8, b: &[u8]| [&[m][..], b].concat();
@@ -189,9 +227,11 @@ fn write_all() {
     put("sealed", "restore-model", &with(2, &sealed_model));
     put("sealed", "plain-keys", &with(3, &keys_plain));
     put("sealed", "plain-model", &with(4, &model_plain));
-    for (n, s) in &scheds[1..] {
+    for (n, s, c) in &scheds[1..] {
         let mut r = rec.clone();
         r.schedule = s.clone();
+        r.checks = c.clone();
+        r.policy = OutputPolicy::TopK(2);
         put("sealed", &format!("plain-model-{n}"), &with(4, &enc(&r)));
     }
 
@@ -207,23 +247,35 @@ fn write_all() {
         channel_public_key: [9; 32],
         public_key: ks.public_key.clone(),
         he_params: hetee_enclave::messages::he_params_bytes(&he),
+        signing_public_key: [8; 32],
     };
     let evidence = SimPlatform::dev()
         .issue(SEALED_MEASUREMENT, false, identity.report_data())
         .encode()
         .unwrap();
-    let (_, msg1) = ClientHandshake::new(&[9; 32], &Evidence::decode(&evidence).unwrap().hash().unwrap()).unwrap();
-    let ct3 = cts[1].1.clone();
+    let (_, msg1) = ClientHandshake::new(
+        &[9; 32],
+        &Evidence::decode(&evidence).unwrap().hash().unwrap(),
+    )
+    .unwrap();
+    let ct3 = tiny_cts[1].1.clone();
     let reqs: Vec<(&str, Vec<Request>)> = vec![
         ("init", vec![init.clone()]),
         ("status", vec![Request::Status]),
-        ("create-keys", vec![init.clone(), Request::CreateKeys { he: he.clone() }]),
+        (
+            "create-keys",
+            vec![init.clone(), Request::CreateKeys { he: he.clone() }],
+        ),
         (
             "restore",
             vec![
                 init.clone(),
-                Request::RestoreKeys { sealed: sealed_keys.clone() },
-                Request::RestoreModel { sealed: sealed_model.clone() },
+                Request::RestoreKeys {
+                    sealed: sealed_keys.clone(),
+                },
+                Request::RestoreModel {
+                    sealed: sealed_model.clone(),
+                },
                 Request::Identity { key_id: ks.key_id },
             ],
         ),
@@ -231,25 +283,54 @@ fn write_all() {
             "open-channel",
             vec![
                 init.clone(),
-                Request::RestoreKeys { sealed: sealed_keys.clone() },
-                Request::OpenChannel { key_id: ks.key_id, evidence: evidence.clone(), msg1: msg1.clone() },
-                Request::ChannelFinish { session: [4; 16], msg3: vec![5; 64], payload: vec![6; 48] },
+                Request::RestoreKeys {
+                    sealed: sealed_keys.clone(),
+                },
+                Request::OpenChannel {
+                    key_id: ks.key_id,
+                    evidence: evidence.clone(),
+                    msg1: msg1.clone(),
+                },
+                Request::ChannelFinish {
+                    session: [4; 16],
+                    msg3: vec![5; 64],
+                    payload: vec![6; 48],
+                },
             ],
         ),
         (
             "query",
             vec![
-                Request::StartQuery { session: [4; 16], model_id: rec.model_id, payload: vec![6; 40], input: vec![cts[0].1.clone()] },
-                Request::StageResult { session: [4; 16], stage: 0, ciphertexts: vec![ct3.clone()] },
+                Request::StartQuery {
+                    session: [4; 16],
+                    model_id: rec.model_id,
+                    payload: vec![6; 40],
+                    input: vec![tiny_cts[0].1.clone()],
+                },
+                Request::StageResult {
+                    session: [4; 16],
+                    stage: 0,
+                    ciphertexts: vec![ct3.clone()],
+                },
                 Request::CloseSession { session: [4; 16] },
             ],
         ),
         (
             "local",
             vec![
-                Request::RegisterLocal { schedule: Box::new(tiny.clone()) },
-                Request::StartLocalQuery { model_id: rec.model_id },
-                Request::StageResult { session: [0; 16], stage: 0, ciphertexts: vec![ct3.clone()] },
+                Request::RegisterLocal {
+                    schedule: Box::new(tiny.clone()),
+                    checks: tiny_checks.clone(),
+                },
+                Request::StartLocalQuery {
+                    model_id: rec.model_id,
+                    input: vec![tiny_cts[0].1.clone()],
+                },
+                Request::StageResult {
+                    session: [0; 16],
+                    stage: 0,
+                    ciphertexts: vec![ct3.clone()],
+                },
                 Request::Status,
             ],
         ),
@@ -264,41 +345,90 @@ fn write_all() {
             .collect();
         put("wire_request", &format!("{n}-framed"), &framed);
     }
-    put("wire_request", "frame", &FrameCodec::new(1 << 20).encode(1, b"hello").unwrap());
+    put(
+        "wire_request",
+        "frame",
+        &FrameCodec::new(1 << 20).encode(1, b"hello").unwrap(),
+    );
 
     // channel_messages
-    for (n, s) in &scheds {
+    for (n, s, c) in &scheds {
         let m = ClientMessage::RegisterModel {
             key_id: ks.key_id,
             commitment: [3; 32],
             schedule: Box::new(s.clone()),
-            policy: OutputPolicy::Logits,
+            checks: c.clone(),
+            policy: OutputPolicy::Label,
+            query_budget: None,
         };
         put("channel_messages", &format!("register-{n}"), &enc(&m));
         let plan = QueryPlan::of([8; 16], s).unwrap();
-        put("channel_messages", &format!("plan-{n}"), &enc(&EnclaveMessage::Plan(Box::new(plan))));
+        put(
+            "channel_messages",
+            &format!("plan-{n}"),
+            &enc(&EnclaveMessage::Plan(Box::new(plan))),
+        );
     }
-    put("channel_messages", "hello", &enc(&ClientMessage::Hello { model_id: [1; 16] }));
+    put(
+        "channel_messages",
+        "hello",
+        &enc(&ClientMessage::Hello { model_id: [1; 16] }),
+    );
     put(
         "channel_messages",
         "query",
-        &enc(&ClientMessage::Query { input_digest: [2; 32], images: 1 }),
+        &enc(&ClientMessage::Query {
+            input_digest: [2; 32],
+            images: 1,
+        }),
     );
     put(
         "channel_messages",
-        "result",
-        &enc(&EnclaveMessage::Result { images: 1, classes: 3, logits: vec![0.5, -1.0, 2.0] }),
+        "thin-query",
+        &enc(&ClientMessage::ThinQuery {
+            images: vec![vec![0.25; 20]],
+        }),
     );
-    put("channel_messages", "registered", &enc(&EnclaveMessage::Registered { model_id: [1; 16] }));
-    put("channel_messages", "refused", &enc(&EnclaveMessage::Refused { message: "no".into() }));
-    let _ = RegisteredModel { model_id: [0; 16], sealed: Vec::new() };
+    let result = QueryResult {
+        model_id: [1; 16],
+        commitment: [2; 32],
+        input_digest: [3; 32],
+        images: 1,
+        classes: 3,
+        policy: OutputPolicy::Logits,
+        logits: vec![0.5, -1.0, 2.0],
+        labels: Vec::new(),
+    };
+    put(
+        "channel_messages",
+        "result",
+        &enc(&EnclaveMessage::Result {
+            result,
+            signature: vec![0; 64],
+        }),
+    );
+    put(
+        "channel_messages",
+        "registered",
+        &enc(&EnclaveMessage::Registered { model_id: [1; 16] }),
+    );
+    put(
+        "channel_messages",
+        "refused",
+        &enc(&EnclaveMessage::Refused {
+            message: "no".into(),
+        }),
+    );
 
     // evidence
     put("evidence", "sim", &evidence);
     put(
         "evidence",
         "sim-debug",
-        &SimPlatform::dev().issue(Measurement([1; 32]), true, [7; 64]).encode().unwrap(),
+        &SimPlatform::dev()
+            .issue(Measurement([1; 32]), true, [7; 64])
+            .encode()
+            .unwrap(),
     );
     match dcap_sample() {
         Some((quote, collateral)) => {
@@ -306,14 +436,23 @@ fn write_all() {
             put("evidence", "dcap", &ev.encode().unwrap());
             put("evidence", "dcap-quote", &quote);
             let cut = (quote.len() as u16).to_le_bytes();
-            put("evidence", "dcap-split", &[&cut[..], &quote, &collateral].concat());
+            put(
+                "evidence",
+                "dcap-split",
+                &[&cut[..], &quote, &collateral].concat(),
+            );
         }
         None => println!("dcap-qvl's sample quote not found; no DCAP seeds"),
     }
 
     // npy
     let tmp = std::env::temp_dir().join(format!("hetee-seed-{}.npy", std::process::id()));
-    for (n, shape) in [("1x20", vec![1usize, 20]), ("2x1x4x4", vec![2, 1, 4, 4]), ("0", vec![0]), ("scalar", vec![])] {
+    for (n, shape) in [
+        ("1x20", vec![1usize, 20]),
+        ("2x1x4x4", vec![2, 1, 4, 4]),
+        ("0", vec![0]),
+        ("scalar", vec![]),
+    ] {
         let len: usize = shape.iter().product();
         let data: Vec<f32> = (0..len).map(|i| i as f32 / 3.0).collect();
         hetee::data::write_npy(&tmp, &shape, &data).unwrap();
@@ -327,7 +466,8 @@ fn write_all() {
         for f in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
             let p = f.path();
             if p.extension().is_some_and(|e| e == "onnx") {
-                let name = format!("{dir}-{}", p.file_name().unwrap().to_string_lossy()).replace('/', "-");
+                let name =
+                    format!("{dir}-{}", p.file_name().unwrap().to_string_lossy()).replace('/', "-");
                 put("onnx", &name, &std::fs::read(&p).unwrap());
             }
         }
@@ -336,8 +476,18 @@ fn write_all() {
     // Sanity: the seeds do what they should.
     let mut e = Enclave::new();
     assert!(matches!(e.handle(init), Response::Ready));
-    assert!(matches!(e.handle(Request::RestoreKeys { sealed: sealed_keys }), Response::KeysRestored { .. }));
-    assert!(matches!(e.handle(Request::RestoreModel { sealed: sealed_model }), Response::ModelRestored { .. }));
+    assert!(matches!(
+        e.handle(Request::RestoreKeys {
+            sealed: sealed_keys
+        }),
+        Response::KeysRestored { .. }
+    ));
+    assert!(matches!(
+        e.handle(Request::RestoreModel {
+            sealed: sealed_model
+        }),
+        Response::ModelRestored { .. }
+    ));
     let _ = PublicKey::from_bytes(&ks.public_key, &par).unwrap();
 }
 
