@@ -30,6 +30,8 @@ pub struct KeySet {
     pub sk: SecretKey,
     /// Serialized public key (kept so it stays the same across restarts).
     pub public_key: Vec<u8>,
+    /// The public key.
+    pub pk: PublicKey,
 }
 
 /// What is sealed for a key set.
@@ -132,7 +134,8 @@ impl Sealer<'_> {
         let par = he.build()?;
         let mut rng = rand::rng();
         let sk = SecretKey::random(&par, &mut rng);
-        let public_key = PublicKey::new(&sk, &mut rng).to_bytes();
+        let pk = PublicKey::new(&sk, &mut rng);
+        let public_key = pk.to_bytes();
         let key_id: KeyId = rand::random();
         let snap = KeysSnapshot {
             key_id,
@@ -150,6 +153,7 @@ impl Sealer<'_> {
             par,
             sk,
             public_key,
+            pk,
         };
         Ok((ks, sealed))
     }
@@ -163,7 +167,7 @@ impl Sealer<'_> {
         let par = snap.he.build()?;
         let sk = SecretKey::from_bytes(&snap.secret_key, &par)
             .map_err(|e| protocol(format!("sealed secret key is malformed: {e}")))?;
-        PublicKey::from_bytes(&snap.public_key, &par)
+        let pk = PublicKey::from_bytes(&snap.public_key, &par)
             .map_err(|e| protocol(format!("sealed public key is malformed: {e}")))?;
         Ok(KeySet {
             key_id: snap.key_id,
@@ -171,6 +175,7 @@ impl Sealer<'_> {
             par,
             sk,
             public_key: snap.public_key.clone(),
+            pk,
         })
     }
 

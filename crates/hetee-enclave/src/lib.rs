@@ -9,6 +9,7 @@
 //! - [`keys`]: key sets, models, sealing;
 //! - [`step`]: decrypt → Freivalds check → nonlinear step → encrypt;
 //! - [`freivalds`]: the checks of the host's linear layers;
+//! - [`input_binding`]: input ciphertexts bound to the data provider who made them;
 //! - [`policy`]: output policies, branch-free;
 //! - [`schedule`]: the compiled model;
 //! - [`budget`]: the counting allocator behind the memory budget;
@@ -18,6 +19,7 @@ pub mod budget;
 pub mod config;
 pub mod enclave;
 pub mod freivalds;
+pub mod input_binding;
 pub mod keys;
 pub mod messages;
 pub mod policy;

@@ -378,6 +378,9 @@ pub enum ClientMessage {
         input_digest: [u8; 32],
         /// Real images in the batch (the rest is padding).
         images: u32,
+        /// The secret seed of the input's encryption randomness
+        /// ([`crate::input_binding`]): proves the sender made the input.
+        seed: [u8; 32],
     },
     /// Thin data provider: the input in the clear, for the enclave to
     /// quantize, pack and encrypt.

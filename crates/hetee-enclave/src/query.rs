@@ -9,6 +9,7 @@ use hetee_attest::Transport;
 use zeroize::Zeroizing;
 
 use crate::enclave::{open, refuse, seal, Enclave, Running, Session};
+use crate::input_binding::made_with;
 use crate::messages::{
     input_digest, thin_input_digest, ClientMessage, EnclaveMessage, ModelId, QueryResult, Response,
     SessionId,
@@ -54,6 +55,7 @@ impl Enclave {
             ClientMessage::Query {
                 input_digest: want,
                 images,
+                seed,
             } => {
                 if input_digest(input) != want {
                     return refuse("the input ciphertexts are not the ones the data provider sent");
@@ -67,6 +69,11 @@ impl Enclave {
                 }
                 // The stage-0 check needs the input in the clear.
                 let polys = Zeroizing::new(decrypt_all(ks, input, 2)?);
+                if !made_with(&ks.pk, &ks.par, &polys, &seed, input)? {
+                    return refuse(
+                        "the input ciphertexts were not made by this session's data provider",
+                    );
+                }
                 let x = Zeroizing::new(m.schedule.unpack_stage_input(0, &polys)?);
                 (x, want, images, None)
             }

@@ -59,6 +59,7 @@ fn start(e: &mut Enclave, keys: &Keys, model_id: ModelId, images: &[Vec<f32>]) -
         &ClientMessage::Query {
             input_digest: input_digest(&input),
             images: images.len() as u32,
+            seed: dp.seed,
         },
     );
     match e.handle(Request::StartQuery {
@@ -106,9 +107,8 @@ fn start_thin(e: &mut Enclave, keys: &Keys, model_id: ModelId, images: &[Vec<f32
 
 /// The data provider packs and encrypts a batch of images.
 fn encrypt_images(dp: &DataProvider, keys: &Keys, images: &[Vec<f32>]) -> Vec<Vec<u8>> {
-    let par = dp.plan.he.build().unwrap();
     let refs: Vec<&[f32]> = images.iter().map(Vec::as_slice).collect();
-    encrypt_under(&keys.public_key, &par, &dp.plan.pack_input(&refs).unwrap())
+    dp.encrypt_images(&keys.public_key, &refs)
 }
 
 impl Flight {
@@ -1079,7 +1079,7 @@ fn attack_input_swap() {
             payload: payload.clone(),
             input,
         }));
-        refused_publicly(&msg, "not the ones the data provider sent", &[]);
+        refused_publicly(&msg, "the input ciphertexts", &[]);
         let msg = error_of(s.enclave.handle(Request::StartQuery {
             session: dp.channel.session,
             model_id: id,
@@ -1100,7 +1100,7 @@ fn attack_input_swap() {
         payload: payload.clone(),
         input: one.input.clone(),
     }));
-    refused_publicly(&msg, "not the ones the data provider sent", &[]);
+    refused_publicly(&msg, "the input ciphertexts", &[]);
     let msg = error_of(s.enclave.handle(Request::StartQuery {
         session: two.channel.session,
         model_id: id,
@@ -1212,6 +1212,8 @@ fn spy_query(
         &ClientMessage::Query {
             input_digest: input_digest(input),
             images: 1,
+            // The host can only prove its own seed.
+            seed: spy.seed,
         },
     );
     let r = e.handle(Request::StartQuery {
@@ -1252,8 +1254,6 @@ fn spy_query(
 /// Re-randomizing the ciphertexts (adding an encryption of zero) changes
 /// their digest, so a cache of digests seen would not stop it.
 #[test]
-#[ignore = "BUG: a data provider's input ciphertexts are not bound to its session; \
-            the host replays them in a session of its own and receives the result"]
 fn attack_replayed_input_in_a_host_opened_session() {
     let mut s = Setup::new();
     let id = s.model_id();
@@ -1292,8 +1292,6 @@ fn attack_replayed_input_in_a_host_opened_session() {
 /// enclave's encrypted activations of a running query) as the input of a
 /// query of its own: the released "logits" are the victim's plaintext.
 #[test]
-#[ignore = "BUG: a host-registered model under the victim's key set plus input replay \
-            decrypts any data provider's input, thin input or activations"]
 fn attack_replayed_input_through_a_host_registered_model() {
     let mut s = Setup::new();
     let id = s.model_id();

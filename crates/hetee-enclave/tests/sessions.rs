@@ -372,6 +372,7 @@ fn query_before_hello_and_unknown_models_are_refused() {
     let q = ClientMessage::Query {
         input_digest: [0; 32],
         images: 1,
+        seed: [0; 32],
     };
     let err = connect(&mut s.enclave, &s.keys, &q)
         .err()

@@ -262,6 +262,7 @@ fn enclave_killed_mid_query_restarts_unseals_and_serves_the_next_query() {
         .seal(&ClientMessage::Query {
             input_digest: [0; 32],
             images: 1,
+            seed: [0; 32],
         })
         .unwrap();
     let r: anyhow::Result<serde_json::Value> = api.post(

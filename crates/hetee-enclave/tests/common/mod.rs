@@ -414,6 +414,8 @@ pub fn register_with(e: &mut Enclave, keys: &Keys, msg: &ClientMessage) -> Regis
 pub struct DataProvider {
     pub channel: Channel,
     pub plan: QueryPlan,
+    /// The secret seed of this provider's input encryption.
+    pub seed: [u8; 32],
 }
 
 /// Hello on a new channel.
@@ -441,6 +443,7 @@ pub fn hello_as(
         EnclaveMessage::Plan(plan) => Ok(DataProvider {
             channel: opened.channel,
             plan: *plan,
+            seed: rand::random(),
         }),
         other => panic!("expected a plan, got {other:?}"),
     }
@@ -449,8 +452,15 @@ pub fn hello_as(
 impl DataProvider {
     /// Packs and encrypts one image under the (attested) public key.
     pub fn encrypt(&self, public_key: &[u8], x: &[f32]) -> Vec<Vec<u8>> {
+        self.encrypt_images(public_key, &[x])
+    }
+
+    /// Packs and encrypts images with this provider's seed.
+    pub fn encrypt_images(&self, public_key: &[u8], xs: &[&[f32]]) -> Vec<Vec<u8>> {
         let par = self.plan.he.build().unwrap();
-        encrypt_under(public_key, &par, &self.plan.pack_input(&[x]).unwrap())
+        let pk = PublicKey::from_bytes(public_key, &par).unwrap();
+        let polys = self.plan.pack_input(xs).unwrap();
+        hetee_enclave::input_binding::encrypt_input(&pk, &par, &polys, &self.seed).unwrap()
     }
 
     /// The sealed Query message for these input ciphertexts.
@@ -460,6 +470,7 @@ impl DataProvider {
             &ClientMessage::Query {
                 input_digest: input_digest(input),
                 images: 1,
+                seed: self.seed,
             },
         )
     }

@@ -3,8 +3,7 @@
 //! never sees them).
 
 use anyhow::{anyhow, bail, Result};
-use fhe::bfv::{Encoding, Plaintext};
-use fhe_traits::{FheEncoder, FheEncrypter};
+use hetee_enclave::input_binding::encrypt_input;
 use std::sync::{Arc, RwLock};
 
 use hetee_attest::StaticKeypair;
@@ -13,9 +12,7 @@ use hetee_enclave::messages::{
     id_from_hex, id_hex, input_digest, thin_input_digest, ClientMessage, EnclaveMessage,
     QueryResult,
 };
-use hetee_he::codec::ciphertext_to_bytes;
 use hetee_server::api_types::{b64, KeysInfo, ModelInfo, QueryDone, RunQuery};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::channel::Session;
@@ -179,18 +176,15 @@ impl Target {
             (ClientMessage::ThinQuery { images }, Vec::new(), digest)
         } else {
             let polys = plan.pack_input(xs)?;
-            let cts = polys
-                .par_iter()
-                .map(|p| {
-                    let pt = Plaintext::try_encode(p.as_slice(), Encoding::poly(), &keys.par)?;
-                    let ct = keys.public_key.try_encrypt(&pt, &mut rand::rng())?;
-                    Ok(ciphertext_to_bytes(&ct))
-                })
-                .collect::<Result<Vec<_>>>()?;
+            // Fresh secret randomness, revealed only to the enclave: it
+            // proves that this session made these ciphertexts.
+            let seed: [u8; 32] = rand::random();
+            let cts = encrypt_input(&keys.public_key, &keys.par, &polys, &seed)?;
             let digest = input_digest(&cts);
             let msg = ClientMessage::Query {
                 input_digest: digest,
                 images: xs.len() as u32,
+                seed,
             };
             (msg, cts, digest)
         };
