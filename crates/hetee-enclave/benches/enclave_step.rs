@@ -95,6 +95,7 @@ fn enclave_step(c: &mut Criterion) {
                 enclave.handle(Request::StartLocalQuery {
                     model_id,
                     input: vec![],
+                    seed: None,
                 })
             else {
                 panic!("start failed")

@@ -249,7 +249,11 @@ impl Enclave {
                 memory_budget: self.config.map(|c| c.budget_bytes() as u64).unwrap_or(0),
             })),
             Request::RegisterLocal { schedule, checks } => self.register_local(*schedule, checks),
-            Request::StartLocalQuery { model_id, input } => {
+            Request::StartLocalQuery {
+                model_id,
+                input,
+                seed,
+            } => {
                 self.local_only("StartLocalQuery")?;
                 let m = self.models.get(&model_id).ok_or_else(|| {
                     EnclaveError::Protocol("unknown model; register it first".into())
@@ -261,6 +265,12 @@ impl Enclave {
                         EnclaveError::Protocol("the model's keys are gone".into())
                     })?;
                     let polys = Zeroizing::new(crate::step::decrypt_all(ks, &input, 2)?);
+                    if let Some(seed) = seed {
+                        if !crate::input_binding::made_with(&ks.pk, &ks.par, &polys, &seed, &input)?
+                        {
+                            return refuse("the input ciphertexts were not made with this seed");
+                        }
+                    }
                     Zeroizing::new(m.schedule.unpack_stage_input(0, &polys)?)
                 };
                 let session = self.new_session_id()?;

@@ -120,6 +120,9 @@ pub enum Request {
         /// The stage-0 input ciphertexts (decrypted for the first check if
         /// the model has checks).
         input: Vec<Vec<u8>>,
+        /// If set, the input must have been made with this seed
+        /// ([`crate::input_binding`]), as in an attested query.
+        seed: Option<[u8; 32]>,
     },
 }
 

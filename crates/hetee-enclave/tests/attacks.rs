@@ -545,6 +545,7 @@ impl Unchecked {
         let session = match self.e.handle(Request::StartLocalQuery {
             model_id: self.model_id,
             input: input.clone(),
+            seed: None,
         }) {
             Response::LocalQueryStarted { session } => session,
             other => panic!("{}", short(&other)),

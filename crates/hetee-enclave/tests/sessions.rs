@@ -506,6 +506,7 @@ fn local_mode_requests_are_refused_after_init() {
     let msg = error_of(s.enclave.handle(Request::StartLocalQuery {
         model_id: s.model_id(),
         input: vec![],
+        seed: None,
     }));
     assert!(
         msg.contains("StartLocalQuery is only available to an in-process enclave"),

@@ -84,12 +84,17 @@ pub struct FreivaldsRow {
     pub threads: usize,
     /// Queries per variant.
     pub queries: usize,
-    /// Median enclave time per query with the checks (ms).
+    /// Median enclave time per query with all integrity measures: the
+    /// checks and the input binding (ms).
+    pub enclave_ms_full: f64,
+    /// Median enclave time per query with the Freivalds checks only (ms).
     pub enclave_ms_checked: f64,
-    /// Median enclave time per query without them (ms).
+    /// Median enclave time per query without either (ms).
     pub enclave_ms_unchecked: f64,
-    /// Extra enclave time, % of the checked enclave time.
-    pub overhead_pct: f64,
+    /// What the Freivalds checks add, % of the full enclave time.
+    pub freivalds_pct: f64,
+    /// What the input binding adds, % of the full enclave time.
+    pub binding_pct: f64,
 }
 
 /// `hetee bench --freivalds`.
@@ -99,45 +104,51 @@ pub fn freivalds(o: &BenchOptions) -> Result<Vec<FreivaldsRow>> {
     for name in &o.models {
         let (model, calib) = load_model(name, None)?;
         let q = prepare(&model, &calib)?;
-        let checked = Deployment::with_checks(&q, 1, true)?;
-        let unchecked = Deployment::with_checks(&q, 1, false)?;
+        let full = Deployment::with_integrity(&q, 1, true, true)?;
+        let checked = Deployment::with_integrity(&q, 1, true, false)?;
+        let unchecked = Deployment::with_integrity(&q, 1, false, false)?;
         for &t in &o.threads {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
-            let (mut with, mut without) = (Vec::new(), Vec::new());
+            let (mut f, mut c, mut u) = (Vec::new(), Vec::new(), Vec::new());
             pool.install(|| -> Result<()> {
                 for _ in 0..o.runs.max(1) {
                     for x in images.data.chunks(28 * 28).take(o.images.max(1)) {
-                        with.push(checked.infer(x)?.1.enclave_ms());
-                        without.push(unchecked.infer(x)?.1.enclave_ms());
+                        f.push(full.infer(x)?.1.enclave_ms());
+                        c.push(checked.infer(x)?.1.enclave_ms());
+                        u.push(unchecked.infer(x)?.1.enclave_ms());
                     }
                 }
                 Ok(())
             })?;
-            let queries = with.len();
-            let (a, b) = (median(with), median(without));
+            let queries = f.len();
+            let (a, b, c) = (median(f), median(c), median(u));
             rows.push(FreivaldsRow {
                 model: name.clone(),
                 threads: t,
                 queries,
-                enclave_ms_checked: a,
-                enclave_ms_unchecked: b,
-                overhead_pct: 100.0 * (a - b) / a.max(1e-9),
+                enclave_ms_full: a,
+                enclave_ms_checked: b,
+                enclave_ms_unchecked: c,
+                freivalds_pct: 100.0 * (b - c) / a.max(1e-9),
+                binding_pct: 100.0 * (a - b) / a.max(1e-9),
             });
         }
     }
     println!(
-        "{:<6} {:>3} {:>7} {:>12} {:>12} {:>10}",
-        "model", "thr", "queries", "encl checked", "encl plain", "overhead %"
+        "{:<6} {:>3} {:>7} {:>10} {:>10} {:>10} {:>11} {:>10}",
+        "model", "thr", "queries", "encl full", "checks", "none", "freivalds%", "binding%"
     );
     for r in &rows {
         println!(
-            "{:<6} {:>3} {:>7} {:>12.3} {:>12.3} {:>10.1}",
+            "{:<6} {:>3} {:>7} {:>10.3} {:>10.3} {:>10.3} {:>11.1} {:>10.1}",
             r.model,
             r.threads,
             r.queries,
+            r.enclave_ms_full,
             r.enclave_ms_checked,
             r.enclave_ms_unchecked,
-            r.overhead_pct
+            r.freivalds_pct,
+            r.binding_pct
         );
     }
     if let Some(p) = o.json {

@@ -104,6 +104,7 @@ pub fn encrypt_input(
     par: &Arc<BfvParameters>,
     pk: &PublicKey,
     xs: &[&[f32]],
+    seed: Option<&[u8; 32]>,
 ) -> Result<Vec<Vec<u8>>> {
     if xs.is_empty() || xs.len() > schedule.batch {
         bail!(
@@ -119,7 +120,12 @@ pub fn encrypt_input(
         .collect::<Result<Vec<_>>>()?;
     q.resize(schedule.batch, vec![0; per]);
     let polys = schedule.pack_stage_input(0, &q)?;
-    polys.par_iter().map(|p| encrypt_poly(p, par, pk)).collect()
+    match seed {
+        Some(seed) => Ok(hetee_enclave::input_binding::encrypt_input(
+            pk, par, &polys, seed,
+        )?),
+        None => polys.par_iter().map(|p| encrypt_poly(p, par, pk)).collect(),
+    }
 }
 
 /// The untrusted host with one registered model, holding the encrypted
@@ -140,6 +146,7 @@ pub struct Deployment {
     pub enclave_resident: usize,
     /// The model sealed by the enclave (what a host stores to restore it).
     pub sealed_model: Vec<u8>,
+    bound_input: bool,
 }
 
 impl Deployment {
@@ -153,6 +160,18 @@ impl Deployment {
     /// [`Deployment::new`], with or without the Freivalds checks of the
     /// host's work (to measure what they cost).
     pub fn with_checks(model: &QuantModel, max_batch: usize, checked: bool) -> Result<Self> {
+        Self::with_integrity(model, max_batch, checked, checked)
+    }
+
+    /// [`Deployment::new`] choosing the integrity measures: the Freivalds
+    /// checks, and the binding of the input to its maker (seeded encryption
+    /// the enclave verifies), to measure what each costs.
+    pub fn with_integrity(
+        model: &QuantModel,
+        max_batch: usize,
+        checked: bool,
+        bound_input: bool,
+    ) -> Result<Self> {
         let enclave: Box<dyn EnclaveLink> = Box::new(InProcess::new());
         let schedule = Schedule::compile_best(model, max_batch.max(1))?;
         let checks = if checked {
@@ -189,6 +208,7 @@ impl Deployment {
         let host = HostModel::load(&schedule.he, &packings, &uploaded)
             .map_err(|e| anyhow!("host could not load the encrypted weights: {e}"))?;
         Ok(Deployment {
+            bound_input: bound_input && checked,
             enclave,
             sealed_model,
             enclave_resident,
@@ -214,7 +234,8 @@ impl Deployment {
         let t0 = Instant::now();
         let mut stats = QueryStats::default();
         // Data provider.
-        let mut cts = encrypt_input(&self.schedule, &self.par, &self.pk, xs)?;
+        let seed: Option<[u8; 32]> = self.bound_input.then(rand::random);
+        let mut cts = encrypt_input(&self.schedule, &self.par, &self.pk, xs, seed.as_ref())?;
         stats.client_encrypt_ms = ms(t0);
         stats.bytes_up = cts.iter().map(Vec::len).sum();
         let session = match self
@@ -222,6 +243,7 @@ impl Deployment {
             .call(Request::StartLocalQuery {
                 model_id: self.model_id,
                 input: cts.clone(),
+                seed,
             })?
             .0
         {
