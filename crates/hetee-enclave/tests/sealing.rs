@@ -17,6 +17,8 @@ struct Stored {
     setup: Setup,
     /// An input encrypted (under the old public key) before the restart.
     old_input: Vec<Vec<u8>>,
+    /// The seed its data provider encrypted it with (the provider keeps it).
+    old_seed: [u8; 32],
     logits: Vec<f32>,
 }
 
@@ -27,7 +29,9 @@ fn before_restart() -> Stored {
     assert_eq!(bits(&logits), bits(&reference(&setup.q, &setup.x)));
     let dp = hello(&mut setup.enclave, &setup.keys, id).unwrap();
     let old_input = dp.encrypt(&setup.keys.public_key, &setup.x);
+    let old_seed = dp.seed;
     Stored {
+        old_seed,
         setup,
         old_input,
         logits,
@@ -51,6 +55,7 @@ fn restarted_enclave_restores_keys_and_model_and_old_ciphertexts_still_work() {
     let Stored {
         setup: old,
         old_input,
+        old_seed,
         logits,
     } = before_restart();
     let Setup {
@@ -86,7 +91,9 @@ fn restarted_enclave_restores_keys_and_model_and_old_ciphertexts_still_work() {
     };
 
     // A query with the input and the weights encrypted before the restart.
+    // The same data provider sends its input again: it still has the seed.
     let mut dp = hello(&mut e, &keys, registered.model_id).unwrap();
+    dp.seed = old_seed;
     let r = dp.start(&mut e, registered.model_id, &old_input);
     assert!(
         matches!(r, Response::QueryStarted { input: None }),
