@@ -5,6 +5,7 @@
 
 use hetee_he::planner::{plan_conv, CostModel};
 use hetee_he::{ConvPacking, ConvSpec, HeConfig};
+use hetee_model::intops::PostOp;
 use hetee_model::quant::{InputQuant, LinearKind, QuantModel, QuantStage, StageOutput};
 use serde::{Deserialize, Serialize};
 
@@ -180,7 +181,21 @@ impl Schedule {
                 .tail
                 .post_output_shape()
                 .ok_or_else(|| bad("a pooling window does not fit"))?;
-            if shape != st.tail.output_shape || shape[0] != st.spec.m {
+            let size = |d: &[usize]| d.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
+            let fits = |d: &[usize]| size(d).is_some_and(|n| n <= hetee_he::layout::MAX_VALUES);
+            // Pooling takes one step per output and window tap: bound that too.
+            let mut s = st.tail.linear_output_shape();
+            for op in &st.tail.post {
+                let out = op.output_shape(s).unwrap_or([0; 3]);
+                if let PostOp::MaxPool(w) | PostOp::AvgPool { window: w, .. } = op {
+                    if !fits(&[out[0], out[1], out[2], w.kernel.0, w.kernel.1]) {
+                        return Err(bad("a pooling window is too large"));
+                    }
+                }
+                s = out;
+            }
+            let fits = fits(&shape);
+            if shape != st.tail.output_shape || shape[0] != st.spec.m || !fits {
                 return Err(bad("post-op shapes do not match the declared output"));
             }
             if let StageOutput::Requant(rq) = &st.tail.output {
@@ -195,8 +210,9 @@ impl Schedule {
                 return Err(bad("only the last stage may release logits"));
             }
             if let Some(next) = self.stages.get(k + 1) {
-                let out: usize = st.tail.output_shape.iter().product();
-                if out != next.spec.c * next.spec.h * next.spec.w {
+                let len = |d: &[usize]| d.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
+                let out = len(&st.tail.output_shape);
+                if out.is_none() || out != len(&[next.spec.c, next.spec.h, next.spec.w]) {
                     return Err(bad("output size does not match the next stage's input"));
                 }
             }
@@ -314,5 +330,85 @@ impl Schedule {
         }
         let k: Vec<i64> = weight.iter().map(|&w| w as i64).collect();
         Ok(st.packing.pack_weights(&s.layout_kernel(&k)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hetee_model::{Layer, Model};
+
+    fn two_stages() -> Schedule {
+        let m = Model {
+            input_shape: vec![4],
+            layers: vec![
+                Layer::Dense {
+                    weight: vec![0.1; 12],
+                    bias: vec![0.0; 3],
+                    out_features: 3,
+                    in_features: 4,
+                },
+                Layer::Relu,
+                Layer::Dense {
+                    weight: vec![0.2; 6],
+                    bias: vec![0.0; 2],
+                    out_features: 2,
+                    in_features: 3,
+                },
+            ],
+            node_names: vec!["a".into(), "r".into(), "b".into()],
+        };
+        let calib: Vec<f32> = (0..8).map(|i| i as f32 / 8.0).collect();
+        Schedule::compile(&hetee_model::quantize(&m, &calib).unwrap(), 1).unwrap()
+    }
+
+    #[test]
+    fn validate_refuses_sizes_that_overflow() {
+        // Found by fuzz/ (channel_messages): the next stage's input size overflowed.
+        let s = two_stages();
+        assert!(s.validate().is_ok());
+        let mut t = s.clone();
+        t.stages[1].spec.c = 1 << 32;
+        t.stages[1].spec.h = 1 << 32;
+        assert!(t.validate().is_err());
+        let mut t = s.clone();
+        t.stages[0].tail.output_shape = [usize::MAX, 2, 2];
+        assert!(t.validate().is_err());
+        let mut t = s.clone();
+        t.batch = usize::MAX;
+        assert!(t.validate().is_err());
+        // A pooling padding that blows the last stage's output up.
+        let mut t = s;
+        let last = t.stages.last_mut().unwrap();
+        let big = 1 << 40;
+        last.tail
+            .post
+            .push(hetee_model::intops::PostOp::MaxPool(hetee_model::Window {
+                kernel: (1, 1),
+                strides: (1, 1),
+                pads: hetee_model::Pads {
+                    top: big,
+                    left: 0,
+                    bottom: 0,
+                    right: big,
+                },
+            }));
+        last.tail.output_shape = [2, big + 1, big + 1];
+        assert!(t.validate().is_err());
+        // A pooling window far larger than its input: 2^60 steps per query.
+        let last = t.stages.last_mut().unwrap();
+        last.tail.post = vec![hetee_model::intops::PostOp::MaxPool(hetee_model::Window {
+            kernel: (1 << 30, 1 << 30),
+            strides: (1, 1),
+            pads: hetee_model::Pads {
+                top: 1 << 30,
+                left: 1 << 30,
+                bottom: 0,
+                right: 0,
+            },
+        })];
+        last.tail.output_shape = [2, 2, 2];
+        let e = t.validate().unwrap_err().to_string();
+        assert!(e.contains("pooling window is too large"), "{e}");
     }
 }

@@ -46,8 +46,12 @@ impl Window {
     /// Output height and width of this window over an `h x w` map, or `None`
     /// if the window does not fit.
     pub fn output_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
-        let hp = h + self.pads.top + self.pads.bottom;
-        let wp = w + self.pads.left + self.pads.right;
+        let hp = h
+            .checked_add(self.pads.top)?
+            .checked_add(self.pads.bottom)?;
+        let wp = w
+            .checked_add(self.pads.left)?
+            .checked_add(self.pads.right)?;
         let (kh, kw) = self.kernel;
         let (sh, sw) = self.strides;
         if hp < kh || wp < kw || sh == 0 || sw == 0 || kh == 0 || kw == 0 {
@@ -134,4 +138,30 @@ pub struct Model {
     pub layers: Vec<Layer>,
     /// Name of each layer's source node (same length as `layers`), for messages.
     pub node_names: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_hw_refuses_padding_that_overflows() {
+        // Found by fuzz/ (channel_messages): `h + top + bottom` overflowed.
+        let mut w = Window {
+            kernel: (2, 2),
+            strides: (1, 1),
+            pads: Pads {
+                top: 1,
+                left: 0,
+                bottom: 1,
+                right: 0,
+            },
+        };
+        assert_eq!(w.output_hw(4, 4), Some((5, 3)));
+        w.pads.top = usize::MAX;
+        assert_eq!(w.output_hw(4, 4), None);
+        w.pads.top = 0;
+        w.pads.right = usize::MAX;
+        assert_eq!(w.output_hw(4, 4), None);
+    }
 }
