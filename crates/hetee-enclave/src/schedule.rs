@@ -230,10 +230,7 @@ impl Schedule {
         stage: usize,
         xs: &[Vec<i64>],
     ) -> Result<Vec<Vec<i64>>, EnclaveError> {
-        let st = self
-            .stages
-            .get(stage)
-            .ok_or_else(|| EnclaveError::Schedule(format!("no stage {stage}")))?;
+        let st = self.stage(stage)?;
         if xs.len() != self.batch {
             return Err(EnclaveError::Schedule(format!(
                 "stage {stage} takes {} images, got {}",
@@ -252,6 +249,12 @@ impl Schedule {
         Ok(st.packing.pack_input(&st.spec.layout_batch(&refs)))
     }
 
+    fn stage(&self, stage: usize) -> Result<&StageSchedule, EnclaveError> {
+        self.stages
+            .get(stage)
+            .ok_or_else(|| EnclaveError::Schedule(format!("no stage {stage}")))
+    }
+
     /// The per-image inputs `[c, h, w]` of stage `stage` from its decrypted
     /// input polynomials: the inverse of [`Schedule::pack_stage_input`], each
     /// value read from one of the places it was packed (values the layer
@@ -261,10 +264,7 @@ impl Schedule {
         stage: usize,
         polys: &[Vec<i64>],
     ) -> Result<Vec<Vec<i64>>, EnclaveError> {
-        let st = self
-            .stages
-            .get(stage)
-            .ok_or_else(|| EnclaveError::Schedule(format!("no stage {stage}")))?;
+        let st = self.stage(stage)?;
         if polys.len() != st.packing.input_count()
             || polys.iter().any(|p| p.len() != self.he.degree)
         {
@@ -296,10 +296,7 @@ impl Schedule {
         stage: usize,
         polys: &[Vec<i64>],
     ) -> Result<Vec<Vec<i64>>, EnclaveError> {
-        let st = self
-            .stages
-            .get(stage)
-            .ok_or_else(|| EnclaveError::Schedule(format!("no stage {stage}")))?;
+        let st = self.stage(stage)?;
         if polys.len() != st.packing.output_count()
             || polys.iter().any(|p| p.len() != self.he.degree)
         {
@@ -318,10 +315,7 @@ impl Schedule {
         stage: usize,
         weight: &[i8],
     ) -> Result<Vec<Vec<i64>>, EnclaveError> {
-        let st = self
-            .stages
-            .get(stage)
-            .ok_or_else(|| EnclaveError::Schedule(format!("no stage {stage}")))?;
+        let st = self.stage(stage)?;
         let s = &st.spec;
         if weight.len() != s.m * s.c * s.kh * s.kw {
             return Err(EnclaveError::Schedule(format!(
