@@ -3,7 +3,7 @@
 //! Every message names what went wrong and what to do about it. None of these errors carries
 //! secret material: they may be logged and sent back to a peer.
 
-use crate::evidence::Platform;
+use crate::evidence::PlatformKind;
 
 /// Result alias used throughout `hetee-attest`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -86,14 +86,14 @@ pub enum Error {
     #[error("this verifier handles {expected} evidence but got {found} evidence; use the verifier for {found} (or `Verifiers`, which picks by platform)")]
     WrongPlatform {
         /// The platform the verifier handles.
-        expected: Platform,
+        expected: PlatformKind,
         /// The platform named in the evidence.
-        found: Platform,
+        found: PlatformKind,
     },
 
     /// No verifier is configured for the evidence's platform.
-    #[error("no verifier is configured for {0} evidence; configure one (e.g. Verifiers {{ sim: Some(..), dcap: Some(..) }})")]
-    NoVerifier(Platform),
+    #[error("no verifier is configured for {0} evidence; configure one (e.g. Verifiers::production(), or set that platform's field of Verifiers)")]
+    NoVerifier(PlatformKind),
 
     /// The evidence came from the simulated platform, and the policy does not allow it.
     #[error("evidence is from the simulated platform, which protects nothing; pass --allow-sim to accept it for testing")]
@@ -138,6 +138,10 @@ pub enum Error {
     #[error("DCAP collateral is not valid: {0}; re-fetch it from a PCCS (JSON as produced by dcap-qvl's CollateralClient)")]
     BadCollateral(String),
 
+    /// The SEV-SNP certificates attached to the evidence are missing or not valid.
+    #[error("SEV-SNP certificates are not valid: {0}; attach the VCEK (and ASK) as an AMD certificate table, as the kernel's configfs-tsm auxblob or hetee_attest::layout::snp_cert_table gives them")]
+    BadCertificates(String),
+
     // ----- channel -----
     /// A Noise handshake step failed.
     #[error("Noise handshake failed at {step}: {reason}; the enclave static key or the evidence hash (prologue) differ between the sides, or a handshake message was altered — re-verify the evidence and restart the handshake")]
@@ -166,4 +170,9 @@ pub enum Error {
     /// A sealed blob could not be opened.
     #[error("cannot unseal: {0}; the blob was sealed by a different enclave build (measurement), under another label or platform secret, or it was corrupted — re-create the sealed data")]
     Unseal(String),
+
+    // ----- platform -----
+    /// The TEE platform under the enclave could not give what was asked.
+    #[error("TEE platform: {0}")]
+    Platform(String),
 }

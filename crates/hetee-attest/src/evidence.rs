@@ -1,24 +1,36 @@
 //! Evidence: what an enclave shows a client to prove which code it runs and which keys it holds.
 //!
-//! Two platforms share one format:
-//! - [`Platform::Sim`]: the simulated TEE. A [`SimPlatform`] (run by the untrusted host!) signs
+//! All platforms share one format:
+//! - [`PlatformKind::Sim`]: the simulated TEE. A [`SimPlatform`] (run by the untrusted host!) signs
 //!   the measurement, debug flag and report data with an Ed25519 root key. It keeps the real
 //!   structure (measurement, signed evidence, key binding) but **protects nothing**: whoever
 //!   runs the simulator can sign anything. Verifiers refuse it unless told otherwise.
-//! - [`Platform::SgxDcap`]: a real Intel SGX DCAP quote (plus the PCCS collateral needed to
+//! - [`PlatformKind::SgxDcap`]: a real Intel SGX DCAP quote (plus the PCCS collateral needed to
 //!   verify it offline). The plain fields are copies of what the signed quote says; verifiers
 //!   check that they agree.
+//! - [`PlatformKind::TdxDcap`]: an Intel TDX quote (v4/v5) plus its DCAP collateral JSON, like
+//!   SGX. The measurement is a hash of the TD's measured registers
+//!   ([`crate::layout::tdx_measurement`]).
+//! - [`PlatformKind::SevSnp`]: a raw AMD SEV-SNP attestation report (1184 bytes); the collateral
+//!   is AMD's certificate table ([`crate::layout::snp_cert_table`]) holding the VCEK and
+//!   optionally the ASK and ARK. The measurement is a hash of the launch measurement, host data,
+//!   policy and VMPL ([`crate::layout::snp_measurement`]).
 //!
 //! ## Canonical encoding (version 1, little-endian)
 //!
 //! ```text
-//! "HTEV" | u16 version=1 | u8 platform (1 = sim, 2 = sgx-dcap) | measurement [32]
+//! "HTEV" | u16 version=1 | u8 platform (1 = sim, 2 = sgx-dcap, 3 = tdx-dcap, 4 = sev-snp)
+//!        | measurement [32]
 //!        | u8 debug (0 or 1) | report_data [64]
 //!        | u32 proof_len | proof | u32 collateral_len | collateral
 //! ```
 //!
 //! For `Sim` the proof is the 64-byte Ed25519 signature and the collateral is empty; for
-//! `SgxDcap` the proof is the raw quote and the collateral is dcap-qvl's collateral JSON.
+//! `SgxDcap` and `TdxDcap` the proof is the raw quote and the collateral is dcap-qvl's collateral
+//! JSON; for `SevSnp` the proof is the raw report and the collateral the certificate table.
+//! Producers inside an enclave leave the collateral empty when they cannot fetch it (it is signed
+//! by Intel or AMD itself, so the host may attach it — but it is part of [`Evidence::hash`], so
+//! attach it before the hash is used).
 //! Decoding is strict: unknown versions or platforms, a debug byte other than 0/1, lengths over
 //! the limits and trailing bytes are all errors.
 
@@ -64,14 +76,18 @@ pub fn dev_root_public() -> VerifyingKey {
 /// The TEE platform that produced a piece of evidence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
-pub enum Platform {
+pub enum PlatformKind {
     /// The simulated platform: structure only, no protection.
     Sim = 1,
     /// Intel SGX with a DCAP (ECDSA) quote.
     SgxDcap = 2,
+    /// Intel TDX with a DCAP (ECDSA) quote.
+    TdxDcap = 3,
+    /// AMD SEV-SNP with a VCEK-signed attestation report.
+    SevSnp = 4,
 }
 
-impl Platform {
+impl PlatformKind {
     /// The byte used in the encoding.
     pub fn to_byte(self) -> u8 {
         self as u8
@@ -82,23 +98,28 @@ impl Platform {
         match b {
             1 => Ok(Self::Sim),
             2 => Ok(Self::SgxDcap),
+            3 => Ok(Self::TdxDcap),
+            4 => Ok(Self::SevSnp),
             other => Err(Error::MalformedEvidence(format!(
-                "unknown platform byte {other} (known: 1 = sim, 2 = sgx-dcap)"
+                "unknown platform byte {other} (known: 1 = sim, 2 = sgx-dcap, 3 = tdx-dcap, 4 = sev-snp)"
             ))),
         }
     }
 }
 
-impl fmt::Display for Platform {
+impl fmt::Display for PlatformKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Sim => "sim",
             Self::SgxDcap => "sgx-dcap",
+            Self::TdxDcap => "tdx-dcap",
+            Self::SevSnp => "sev-snp",
         })
     }
 }
 
-/// A 32-byte code measurement: [`measure`] for the simulated platform, MRENCLAVE for SGX.
+/// A 32-byte code measurement: [`measure`] for the simulated platform, MRENCLAVE for SGX, a hash
+/// of the measured registers for TDX and SEV-SNP (see [`crate::layout`]).
 ///
 /// Displays and parses as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -181,16 +202,17 @@ pub fn report_data(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Evidence {
     /// Which platform produced it.
-    pub platform: Platform,
+    pub platform: PlatformKind,
     /// The code measurement it claims.
     pub measurement: Measurement,
     /// Whether it claims a debug enclave (memory readable by the host).
     pub debug: bool,
     /// The 64 bytes of report data it claims (see [`report_data`]).
     pub report_data: [u8; 64],
-    /// Ed25519 signature (sim) or raw DCAP quote (sgx-dcap).
+    /// Ed25519 signature (sim), raw DCAP quote (sgx-dcap, tdx-dcap) or raw report (sev-snp).
     pub proof: Vec<u8>,
-    /// Verification collateral: empty (sim) or dcap-qvl collateral JSON (sgx-dcap).
+    /// Verification collateral: empty (sim), dcap-qvl collateral JSON (sgx-dcap, tdx-dcap) or an
+    /// AMD certificate table (sev-snp); may be empty if the producer could not fetch it.
     pub collateral: Vec<u8>,
 }
 
@@ -242,7 +264,7 @@ impl Evidence {
                 "unsupported evidence version {version} (this build reads version {EVIDENCE_VERSION})"
             )));
         }
-        let platform = Platform::from_byte(r.array::<1>("platform")?[0])?;
+        let platform = PlatformKind::from_byte(r.array::<1>("platform")?[0])?;
         let measurement = Measurement(r.array::<32>("measurement")?);
         let debug = match r.array::<1>("debug flag")?[0] {
             0 => false,
@@ -262,7 +284,7 @@ impl Evidence {
                 bytes.len() - r.pos
             )));
         }
-        if platform == Platform::Sim {
+        if platform == PlatformKind::Sim {
             if proof.len() != ed25519_dalek::SIGNATURE_LENGTH {
                 return Err(Error::MalformedEvidence(format!(
                     "simulated evidence must carry a 64-byte signature, got {} bytes",
@@ -296,14 +318,68 @@ impl Evidence {
     #[cfg(feature = "dcap")]
     pub fn from_dcap_quote(quote: Vec<u8>, collateral_json: Vec<u8>) -> Result<Self> {
         let fields = crate::verify::sgx_fields_unverified(&quote)?;
-        Ok(Self {
-            platform: Platform::SgxDcap,
+        Ok(Self::with_fields(
+            PlatformKind::SgxDcap,
+            fields,
+            quote,
+            collateral_json,
+        ))
+    }
+
+    /// Wraps a raw SGX DCAP quote (as Gramine's `/dev/attestation/quote` gives it) without
+    /// needing the `dcap` feature: fields are read with [`crate::layout::sgx_quote_fields`].
+    /// Nothing is verified here.
+    pub fn from_sgx_quote(quote: Vec<u8>, collateral_json: Vec<u8>) -> Result<Self> {
+        let fields = crate::layout::sgx_quote_fields(&quote)?;
+        Ok(Self::with_fields(
+            PlatformKind::SgxDcap,
+            fields,
+            quote,
+            collateral_json,
+        ))
+    }
+
+    /// Wraps a raw Intel TDX quote (v4 or v5) and its DCAP collateral JSON as evidence, copying
+    /// the measurement ([`crate::layout::tdx_measurement`]), debug flag (any TUD bit of
+    /// TDATTRIBUTES) and REPORTDATA out of the quote. Nothing is verified here.
+    pub fn from_tdx_quote(quote: Vec<u8>, collateral_json: Vec<u8>) -> Result<Self> {
+        let fields = crate::layout::tdx_quote_fields(&quote)?;
+        Ok(Self::with_fields(
+            PlatformKind::TdxDcap,
+            fields,
+            quote,
+            collateral_json,
+        ))
+    }
+
+    /// Wraps a raw AMD SEV-SNP attestation report and its certificate table
+    /// ([`crate::layout::snp_cert_table`]; empty if the host attaches it later) as evidence,
+    /// copying the measurement ([`crate::layout::snp_measurement`]), debug flag (policy bit 19)
+    /// and REPORT_DATA out of the report. Nothing is verified here.
+    pub fn from_snp_report(report: Vec<u8>, cert_table: Vec<u8>) -> Result<Self> {
+        let fields = crate::layout::snp_report_fields(&report)?;
+        Ok(Self::with_fields(
+            PlatformKind::SevSnp,
+            fields,
+            report,
+            cert_table,
+        ))
+    }
+
+    fn with_fields(
+        platform: PlatformKind,
+        fields: crate::layout::ReportFields,
+        proof: Vec<u8>,
+        collateral: Vec<u8>,
+    ) -> Self {
+        Self {
+            platform,
             measurement: fields.measurement,
             debug: fields.debug,
             report_data: fields.report_data,
-            proof: quote,
-            collateral: collateral_json,
-        })
+            proof,
+            collateral,
+        }
     }
 }
 
@@ -378,7 +454,7 @@ impl SimPlatform {
     /// Issues signed evidence for an enclave with this measurement, debug flag and report data.
     pub fn issue(&self, measurement: Measurement, debug: bool, report_data: [u8; 64]) -> Evidence {
         let mut ev = Evidence {
-            platform: Platform::Sim,
+            platform: PlatformKind::Sim,
             measurement,
             debug,
             report_data,

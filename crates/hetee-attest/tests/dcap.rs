@@ -2,7 +2,7 @@
 //! see tests/data/README.md), with `now` pinned inside the collateral's validity window.
 #![cfg(feature = "dcap")]
 
-use hetee_attest::evidence::{Evidence, Measurement, Platform};
+use hetee_attest::evidence::{Evidence, Measurement, PlatformKind};
 use hetee_attest::verify::{DcapVerifier, EvidenceVerifier, Policy, SimVerifier, Verifiers};
 use hetee_attest::Error;
 
@@ -38,7 +38,7 @@ fn sample_report_data() -> [u8; 64] {
 #[test]
 fn extracts_fields_from_the_quote() {
     let ev = evidence();
-    assert_eq!(ev.platform, Platform::SgxDcap);
+    assert_eq!(ev.platform, PlatformKind::SgxDcap);
     assert_eq!(ev.measurement, MRENCLAVE.parse::<Measurement>().unwrap());
     assert!(!ev.debug);
     assert_eq!(ev.report_data, sample_report_data());
@@ -50,7 +50,7 @@ fn extracts_fields_from_the_quote() {
 #[test]
 fn verifies_the_real_sample_quote_offline() {
     let r = verifier().verify(&evidence(), NOW).unwrap();
-    assert_eq!(r.platform, Platform::SgxDcap);
+    assert_eq!(r.platform, PlatformKind::SgxDcap);
     assert_eq!(r.measurement.to_hex(), MRENCLAVE);
     assert!(!r.debug);
     assert_eq!(r.report_data, sample_report_data());
@@ -59,9 +59,10 @@ fn verifies_the_real_sample_quote_offline() {
 
     // Through the policy, with the dispatching verifier.
     let v = Verifiers {
-        sim: Some(SimVerifier::dev()),
         dcap: Some(verifier()),
-    };
+        ..Verifiers::default()
+    }
+    .with_sim(SimVerifier::dev());
     let policy = Policy::new(MRENCLAVE.parse().unwrap());
     let r = policy
         .check(&v, &evidence(), &sample_report_data(), NOW)

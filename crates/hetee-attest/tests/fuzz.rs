@@ -6,7 +6,7 @@ use std::io::Cursor;
 use proptest::prelude::*;
 
 use hetee_attest::channel::{ClientHandshake, EnclaveHandshake, StaticKeypair, Transport};
-use hetee_attest::evidence::{measure, Evidence, Measurement, Platform, SimPlatform};
+use hetee_attest::evidence::{measure, Evidence, Measurement, PlatformKind, SimPlatform};
 use hetee_attest::frame::FrameCodec;
 use hetee_attest::seal::{seal, unseal};
 use hetee_attest::verify::{EvidenceVerifier, SimVerifier};
@@ -21,7 +21,12 @@ fn transports() -> (Transport, Transport) {
 
 fn arb_evidence() -> impl Strategy<Value = Evidence> {
     (
-        prop_oneof![Just(Platform::Sim), Just(Platform::SgxDcap)],
+        prop_oneof![
+            Just(PlatformKind::Sim),
+            Just(PlatformKind::SgxDcap),
+            Just(PlatformKind::TdxDcap),
+            Just(PlatformKind::SevSnp)
+        ],
         any::<[u8; 32]>(),
         any::<bool>(),
         proptest::collection::vec(any::<u8>(), 64),
@@ -32,8 +37,8 @@ fn arb_evidence() -> impl Strategy<Value = Evidence> {
             let mut report_data = [0u8; 64];
             report_data.copy_from_slice(&rd);
             match platform {
-                Platform::Sim => SimPlatform::dev().issue(Measurement(m), debug, report_data),
-                Platform::SgxDcap => Evidence {
+                PlatformKind::Sim => SimPlatform::dev().issue(Measurement(m), debug, report_data),
+                _ => Evidence {
                     platform,
                     measurement: Measurement(m),
                     debug,
@@ -178,7 +183,7 @@ mod dcap {
             q.truncate(cut.max(1));
             let _ = Evidence::from_dcap_quote(q.clone(), COLLATERAL.to_vec());
             let ev = Evidence {
-                platform: Platform::SgxDcap,
+                platform: PlatformKind::SgxDcap,
                 measurement: Measurement([0; 32]),
                 debug: false,
                 report_data: [0; 64],
@@ -194,6 +199,80 @@ mod dcap {
             c[pos] = val;
             let ev = Evidence::from_dcap_quote(QUOTE.to_vec(), c).unwrap();
             let _ = DcapVerifier::new().verify(&ev, NOW);
+        }
+    }
+}
+
+/// Mutated TDX quotes and SEV-SNP reports/certificate tables never panic the parsers or the
+/// verifiers.
+#[cfg(all(feature = "tdx", feature = "snp"))]
+mod tdx_snp {
+    use super::*;
+    use hetee_attest::layout::{snp_cert_table, SnpCertKind};
+    use hetee_attest::verify::{SnpVerifier, TdxVerifier};
+
+    const TDX: &[u8] = include_bytes!("data/tdx_quote");
+    const TDX_COLLATERAL: &[u8] = include_bytes!("data/tdx_quote_collateral.json");
+    const VCEK: &[u8] = include_bytes!("data/snp_vcek_milan.der");
+    const NOW: u64 = 1_751_328_000;
+
+    fn snp_report() -> Vec<u8> {
+        let s = include_str!("data/snp_report_milan.hex").trim();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn raw(platform: PlatformKind, proof: Vec<u8>, collateral: Vec<u8>) -> Evidence {
+        Evidence {
+            platform,
+            measurement: Measurement([0; 32]),
+            debug: false,
+            report_data: [0; 64],
+            proof,
+            collateral,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn mutated_tdx_quote_never_panics(
+            edits in proptest::collection::vec((0usize..TDX.len(), any::<u8>()), 1..8),
+            cut in 0usize..=TDX.len(),
+        ) {
+            let mut q = TDX.to_vec();
+            for (pos, val) in edits {
+                q[pos] = val;
+            }
+            q.truncate(cut);
+            let _ = Evidence::from_tdx_quote(q.clone(), TDX_COLLATERAL.to_vec());
+            let ev = raw(PlatformKind::TdxDcap, q, TDX_COLLATERAL.to_vec());
+            let _ = TdxVerifier::new().verify(&ev, NOW);
+        }
+
+        #[test]
+        fn mutated_snp_report_and_table_never_panic(
+            edits in proptest::collection::vec((0usize..0x4A0, any::<u8>()), 1..8),
+            table_edits in proptest::collection::vec((0usize..VCEK.len() + 48, any::<u8>()), 0..4),
+            cut in 0usize..=VCEK.len() + 48,
+        ) {
+            let mut r = snp_report();
+            for (pos, val) in edits {
+                r[pos] = val;
+            }
+            let mut t = snp_cert_table(&[(SnpCertKind::Vcek, VCEK)]);
+            for (pos, val) in table_edits {
+                if let Some(b) = t.get_mut(pos) {
+                    *b = val;
+                }
+            }
+            t.truncate(cut);
+            let _ = Evidence::from_snp_report(r.clone(), t.clone());
+            let ev = raw(PlatformKind::SevSnp, r, t);
+            let _ = SnpVerifier::new().verify(&ev, NOW);
         }
     }
 }
