@@ -8,26 +8,19 @@
 use std::collections::HashMap;
 
 use ed25519_dalek::SigningKey;
+use hetee_attest::platform::Platform;
 use hetee_attest::{EnclaveHandshake, Evidence, Measurement, StaticKeypair, Transport};
+use hetee_proto::channel::{ClientMessage, EnclaveMessage};
+use hetee_proto::host::{Request, Response, Status};
+use hetee_proto::ids::{he_params_bytes, ClientKey, Identity, KeyId, ModelId, SessionId};
 use zeroize::Zeroizing;
 
 use crate::budget;
 use crate::config::EnclaveConfig;
-use crate::freivalds::StageCheck;
 use crate::keys::{KeySet, ModelRecord, Sealer};
-use crate::messages::{
-    he_params_bytes, model_id, registration_digest, upload_id, ClientMessage, EnclaveMessage,
-    Identity, KeyId, ModelId, OutputPolicy, QueryPlan, RegisteredModel, Request, Response,
-    SessionId, Status,
-};
-use crate::schedule::Schedule;
+use crate::state::ModelState;
 use crate::EnclaveError;
 
-/// Measurement used when no platform identity was given (local mode).
-pub const DEV_MEASUREMENT: [u8; 32] = [0x5a; 32];
-/// Sealing secret used when no platform identity was given. Not a secret:
-/// the in-process simulation protects nothing.
-pub const DEV_PLATFORM_SECRET: [u8; 32] = [0xa5; 32];
 /// Most sessions open at once.
 pub const MAX_SESSIONS: usize = 1024;
 
@@ -42,7 +35,7 @@ pub(crate) enum Session {
     Ready {
         tx: Box<Transport>,
         model_id: ModelId,
-        client: [u8; 32],
+        client: ClientKey,
     },
     /// A query in progress; `next_stage` is the only stage accepted.
     Running(Box<Running>),
@@ -50,8 +43,10 @@ pub(crate) enum Session {
 
 /// A query in progress.
 pub(crate) struct Running {
-    /// The data provider's channel (`None`: local mode).
-    pub tx: Option<Transport>,
+    /// The data provider's channel.
+    pub tx: Transport,
+    /// The data provider's long-term key.
+    pub client: ClientKey,
     pub model_id: ModelId,
     pub next_stage: u32,
     pub images: u32,
@@ -60,40 +55,21 @@ pub(crate) struct Running {
     pub input_digest: [u8; 32],
 }
 
-/// The enclave: keys, models and sessions. Reads no file and no environment.
+/// The enclave: keys, models, their states and sessions. Reads no file and
+/// no environment; its identity comes from its platform.
 pub struct Enclave {
     pub(crate) keysets: HashMap<KeyId, KeySet>,
     pub(crate) models: HashMap<ModelId, ModelRecord>,
+    pub(crate) states: HashMap<ModelId, ModelState>,
     pub(crate) sessions: HashMap<SessionId, Session>,
-    /// Queries run per (model, client key).
-    pub(crate) spent: HashMap<(ModelId, [u8; 32]), u64>,
+    platform: Box<dyn Platform>,
     measurement: Measurement,
-    platform_secret: Zeroizing<[u8; 32]>,
-    /// `None`: local (in-process, unattested) mode.
-    config: Option<EnclaveConfig>,
+    sealing_key: Option<Zeroizing<[u8; 32]>>,
+    config: EnclaveConfig,
     channel_key: Option<StaticKeypair>,
     pub(crate) signing_key: Option<SigningKey>,
-    handled: u64,
     /// Highest allocation seen over the enclave's life.
     max_peak: usize,
-}
-
-impl Default for Enclave {
-    fn default() -> Self {
-        Enclave {
-            keysets: HashMap::new(),
-            models: HashMap::new(),
-            sessions: HashMap::new(),
-            spent: HashMap::new(),
-            signing_key: None,
-            measurement: Measurement(DEV_MEASUREMENT),
-            platform_secret: Zeroizing::new(DEV_PLATFORM_SECRET),
-            config: None,
-            channel_key: None,
-            handled: 0,
-            max_peak: 0,
-        }
-    }
 }
 
 pub(crate) fn refuse<T>(msg: impl Into<String>) -> Result<T, EnclaveError> {
@@ -110,17 +86,39 @@ fn session_of(req: &Request) -> Option<SessionId> {
     }
 }
 
+/// What a handled request may leave behind for the host besides its answer.
+pub(crate) type Outcome = Result<Response, (EnclaveError, Option<hetee_proto::host::SealedState>)>;
+
 impl Enclave {
-    /// A fresh enclave in local mode (until [`Request::Init`]).
-    pub fn new() -> Self {
-        Self::default()
+    /// An enclave on `platform` with the measured `config`.
+    pub fn new(platform: Box<dyn Platform>, config: EnclaveConfig) -> Self {
+        if budget::is_metering() {
+            budget::set_hard_cap(config.budget_bytes().saturating_mul(2) + (256 << 20));
+        }
+        Enclave {
+            keysets: HashMap::new(),
+            models: HashMap::new(),
+            states: HashMap::new(),
+            sessions: HashMap::new(),
+            measurement: platform.measurement(),
+            platform,
+            sealing_key: None,
+            config,
+            channel_key: None,
+            signing_key: None,
+            max_peak: 0,
+        }
+    }
+
+    /// The measurement the platform reports for this enclave.
+    pub fn measurement(&self) -> Measurement {
+        self.measurement
     }
 
     /// Handles one request. Never panics on bad input: errors become
     /// [`Response::Error`], and the session the request touched is closed.
     /// Whatever pushes the enclave over its memory budget is rolled back.
     pub fn handle(&mut self, req: Request) -> Response {
-        self.handled += 1;
         let touched = session_of(&req);
         let had: (Vec<KeyId>, Vec<ModelId>) = (
             self.keysets.keys().copied().collect(),
@@ -129,30 +127,27 @@ impl Enclave {
         budget::reset_peak();
         let result = self.dispatch(req);
         self.max_peak = self.max_peak.max(budget::peak());
-        let over = self
-            .config
-            .map(|c| c.budget_bytes())
-            .filter(|&b| budget::peak() > b);
-        match (result, over) {
-            (Ok(resp), None) => resp,
-            (Ok(resp), Some(b)) => {
+        let budget_bytes = self.config.budget_bytes();
+        let over = budget::peak() > budget_bytes;
+        match result {
+            Ok(resp) if !over => resp,
+            Ok(resp) => {
                 self.roll_back(&resp, touched, &had);
-                Response::Error {
-                    message: format!(
-                        "enclave memory budget of {} MiB exceeded (peak {} MiB); the request \
-                         was rolled back. Use a smaller batch or model, or raise \
-                         memory_budget_mib in the enclave config (this changes the measurement)",
-                        b >> 20,
-                        budget::peak() >> 20
-                    ),
-                }
+                Response::error(format!(
+                    "enclave memory budget of {} MiB exceeded (peak {} MiB); the request \
+                     was rolled back. Use a smaller batch or model, or raise \
+                     memory_budget_mib in the enclave config (this changes the measurement)",
+                    budget_bytes >> 20,
+                    budget::peak() >> 20
+                ))
             }
-            (Err(e), _) => {
+            Err((e, state)) => {
                 if let Some(s) = touched {
                     self.sessions.remove(&s);
                 }
                 Response::Error {
                     message: e.to_string(),
+                    state,
                 }
             }
         }
@@ -169,24 +164,29 @@ impl Enclave {
         if let Some(s) = touched {
             self.sessions.remove(&s);
         }
-        if let Response::ChannelOpened { session, .. } | Response::LocalQueryStarted { session } =
-            resp
-        {
+        if let Response::ChannelOpened { session, .. } = resp {
             self.sessions.remove(session);
         }
         self.keysets.retain(|k, _| had.0.contains(k));
         self.models.retain(|m, _| had.1.contains(m));
+        self.states.retain(|m, _| had.1.contains(m));
     }
 
-    fn dispatch(&mut self, req: Request) -> Result<Response, EnclaveError> {
+    fn dispatch(&mut self, req: Request) -> Outcome {
         match req {
-            Request::Init {
-                measurement,
-                platform_secret,
-                config,
-            } => self.init(measurement, platform_secret, &config),
-            Request::CreateKeys { he } => {
-                let (ks, sealed) = self.sealer().create_keys(he)?;
+            Request::StageResult {
+                session,
+                stage,
+                ciphertexts,
+            } => self.stage_result(session, stage, &ciphertexts),
+            other => self.dispatch_simple(other).map_err(|e| (e, None)),
+        }
+    }
+
+    fn dispatch_simple(&mut self, req: Request) -> Result<Response, EnclaveError> {
+        match req {
+            Request::CreateKeys { he, owner } => {
+                let (ks, sealed) = self.sealer()?.create_keys(he, owner)?;
                 let resp = Response::KeysCreated {
                     key_id: ks.key_id,
                     public_key: ks.public_key.clone(),
@@ -196,13 +196,17 @@ impl Enclave {
                 Ok(resp)
             }
             Request::RestoreKeys { sealed } => {
-                let ks = self.sealer().restore_keys(&sealed)?;
+                let ks = self.sealer()?.restore_keys(&sealed)?;
                 let key_id = ks.key_id;
                 // Already loaded: keep what is there.
                 self.keysets.entry(key_id).or_insert(ks);
                 Ok(Response::KeysRestored { key_id })
             }
-            Request::Identity { key_id } => Ok(Response::Identity(self.identity(&key_id)?)),
+            Request::Evidence { key_id } => {
+                let identity = self.identity(&key_id)?;
+                let evidence = self.platform.evidence(&identity.report_data())?.encode()?;
+                Ok(Response::Evidence { identity, evidence })
+            }
             Request::OpenChannel {
                 key_id,
                 evidence,
@@ -214,7 +218,7 @@ impl Enclave {
                 payload,
             } => self.channel_finish(session, &msg3, &payload),
             Request::RestoreModel { sealed } => {
-                let m = self.sealer().restore_model(&sealed)?;
+                let m = self.sealer()?.restore_model(&sealed)?;
                 let ks = self.keysets.get(&m.key_id).ok_or_else(|| {
                     EnclaveError::Protocol("restore the model's key set first".into())
                 })?;
@@ -225,17 +229,14 @@ impl Enclave {
                 self.models.entry(model_id).or_insert(m);
                 Ok(Response::ModelRestored { model_id })
             }
+            Request::RestoreState { sealed } => self.restore_state(&sealed),
             Request::StartQuery {
                 session,
                 model_id,
                 payload,
                 input,
             } => self.start_query(session, model_id, &payload, &input),
-            Request::StageResult {
-                session,
-                stage,
-                ciphertexts,
-            } => self.stage_result(session, stage, &ciphertexts),
+            Request::StageResult { .. } => refuse("stage results are handled apart"),
             Request::CloseSession { session } => {
                 self.sessions.remove(&session);
                 Ok(Response::Closed)
@@ -246,84 +247,47 @@ impl Enclave {
                 sessions: self.sessions.len(),
                 memory_current: budget::current() as u64,
                 memory_peak: self.max_peak as u64,
-                memory_budget: self.config.map(|c| c.budget_bytes() as u64).unwrap_or(0),
+                memory_budget: self.config.budget_bytes() as u64,
             })),
-            Request::RegisterLocal { schedule, checks } => self.register_local(*schedule, checks),
-            Request::StartLocalQuery {
-                model_id,
-                input,
-                seed,
-            } => {
-                self.local_only("StartLocalQuery")?;
-                let m = self.models.get(&model_id).ok_or_else(|| {
-                    EnclaveError::Protocol("unknown model; register it first".into())
-                })?;
-                let x = if m.checks.is_empty() {
-                    Zeroizing::new(Vec::new())
-                } else {
-                    let ks = self.keysets.get(&m.key_id).ok_or_else(|| {
-                        EnclaveError::Protocol("the model's keys are gone".into())
-                    })?;
-                    let polys = Zeroizing::new(crate::step::decrypt_all(ks, &input, 2)?);
-                    if let Some(seed) = seed {
-                        if !crate::input_binding::made_with(&ks.pk, &ks.par, &polys, &seed, &input)?
-                        {
-                            return refuse("the input ciphertexts were not made with this seed");
-                        }
-                    }
-                    Zeroizing::new(m.schedule.unpack_stage_input(0, &polys)?)
-                };
-                let session = self.new_session_id()?;
-                self.sessions.insert(
-                    session,
-                    Session::Running(Box::new(Running {
-                        tx: None,
-                        model_id,
-                        next_stage: 0,
-                        images: 0,
-                        x,
-                        input_digest: [0; 32],
-                    })),
-                );
-                Ok(Response::LocalQueryStarted { session })
+        }
+    }
+
+    fn restore_state(&mut self, sealed: &[u8]) -> Result<Response, EnclaveError> {
+        let st: ModelState = self
+            .sealer()?
+            .unseal_record(crate::state::STATE_LABEL, sealed)?;
+        if !self.models.contains_key(&st.model_id) {
+            return refuse("restore the state's model first");
+        }
+        let (model_id, version) = (st.model_id, st.version);
+        match self.states.get(&model_id) {
+            Some(cur) if cur.version > version => {
+                return refuse(format!(
+                    "a newer state (version {}) of this model is loaded; version {version} \
+                     is a replay",
+                    cur.version
+                ))
+            }
+            _ => {
+                self.states.insert(model_id, st);
             }
         }
+        Ok(Response::StateRestored { model_id, version })
     }
 
-    fn sealer(&self) -> Sealer<'_> {
-        Sealer {
-            secret: &self.platform_secret,
+    /// The sealing context: the platform's key, asked for once.
+    pub(crate) fn sealer(&mut self) -> Result<Sealer<'_>, EnclaveError> {
+        if self.sealing_key.is_none() {
+            self.sealing_key = Some(self.platform.sealing_key()?);
+        }
+        let secret = self
+            .sealing_key
+            .as_deref()
+            .ok_or_else(|| EnclaveError::Protocol("no sealing key".into()))?;
+        Ok(Sealer {
+            secret,
             measurement: &self.measurement,
-        }
-    }
-
-    fn local_only(&self, what: &str) -> Result<(), EnclaveError> {
-        if self.config.is_some() {
-            return refuse(format!(
-                "{what} is only available to an in-process enclave; an attested enclave \
-                 releases results only over a client's channel"
-            ));
-        }
-        Ok(())
-    }
-
-    fn init(
-        &mut self,
-        measurement: [u8; 32],
-        secret: [u8; 32],
-        config: &[u8],
-    ) -> Result<Response, EnclaveError> {
-        if self.handled != 1 || self.config.is_some() {
-            return refuse("Init must be the enclave's first request");
-        }
-        let config = EnclaveConfig::from_bytes(config)?;
-        if budget::is_metering() {
-            budget::set_hard_cap(config.budget_bytes().saturating_mul(2) + (256 << 20));
-        }
-        self.measurement = Measurement(measurement);
-        self.platform_secret = Zeroizing::new(secret);
-        self.config = Some(config);
-        Ok(Response::Ready)
+        })
     }
 
     fn channel_key(&mut self) -> Result<&StaticKeypair, EnclaveError> {
@@ -356,6 +320,7 @@ impl Enclave {
             public_key: ks.public_key.clone(),
             he_params: he_params_bytes(&ks.he),
             signing_public_key,
+            owner: ks.owner,
         })
     }
 
@@ -375,18 +340,14 @@ impl Enclave {
         msg1: &[u8],
     ) -> Result<Response, EnclaveError> {
         let id = self.identity(&key_id)?;
-        let ev = Evidence::decode(evidence)
-            .map_err(|e| EnclaveError::Protocol(format!("evidence: {e}")))?;
+        let ev = Evidence::decode(evidence)?;
         if ev.measurement.0 != id.measurement || ev.report_data != id.report_data() {
             return refuse("the evidence is not this enclave's for this key set");
         }
-        let prologue = ev
-            .hash()
-            .map_err(|e| EnclaveError::Protocol(format!("evidence: {e}")))?;
+        let prologue = ev.hash()?;
         let session = self.new_session_id()?;
         let key = self.channel_key()?;
-        let (hs, msg2) = EnclaveHandshake::respond(key, &prologue, msg1)
-            .map_err(|e| EnclaveError::Protocol(format!("channel: {e}")))?;
+        let (hs, msg2) = EnclaveHandshake::respond(key, &prologue, msg1)?;
         self.sessions.insert(
             session,
             Session::Handshake {
@@ -412,72 +373,14 @@ impl Enclave {
         let Session::Handshake { hs, key_id } = self.take(&session)? else {
             return refuse("the handshake of this session is already finished; session closed");
         };
-        let mut tx = hs
-            .finish(msg3)
-            .map_err(|e| EnclaveError::Protocol(format!("channel: {e}")))?;
-        let msg = open::<ClientMessage>(&mut tx, payload)?;
+        let mut tx = hs.finish(msg3)?;
+        let client: ClientKey = *tx
+            .remote_static()
+            .ok_or_else(|| EnclaveError::Protocol("the channel has no client key".into()))?;
+        let msg = decode(&tx.open(payload)?)?;
         match msg {
-            ClientMessage::RegisterModel {
-                key_id: k,
-                commitment,
-                schedule,
-                checks,
-                policy,
-                query_budget,
-            } => {
-                if k != key_id {
-                    return refuse("the model names another key set than its channel");
-                }
-                let ks = self
-                    .keysets
-                    .get(&key_id)
-                    .ok_or_else(|| EnclaveError::Protocol("unknown key set".into()))?;
-                schedule.validate()?;
-                if schedule.he != ks.he {
-                    return refuse("the schedule's HE parameters are not its key set's");
-                }
-                if checks.is_empty() {
-                    return refuse("a model needs Freivalds check vectors for every stage");
-                }
-                let digest = registration_digest(&schedule, &checks, policy, query_budget);
-                let id = model_id(&key_id, &commitment, &digest);
-                if self.models.contains_key(&id) {
-                    return refuse("this model is already registered");
-                }
-                let rec = ModelRecord {
-                    model_id: id,
-                    key_id,
-                    commitment,
-                    schedule: *schedule,
-                    checks,
-                    policy,
-                    query_budget,
-                };
-                rec.validate_checks()?;
-                let sealed = self.sealer().seal_model(&rec)?;
-                let model_id = rec.model_id;
-                self.models.insert(model_id, rec);
-                let payload = seal(&mut tx, &EnclaveMessage::Registered { model_id })?;
-                Ok(Response::ChannelReply {
-                    payload,
-                    registered: Some(RegisteredModel {
-                        model_id,
-                        upload_id: upload_id(&key_id, &commitment),
-                        sealed,
-                    }),
-                })
-            }
             ClientMessage::Hello { model_id } => {
-                let m = self
-                    .models
-                    .get(&model_id)
-                    .ok_or_else(|| EnclaveError::Protocol("unknown model".into()))?;
-                if m.key_id != key_id {
-                    return refuse("the model is not under this channel's key set");
-                }
-                let plan = QueryPlan::of(model_id, &m.schedule)?;
-                let payload = seal(&mut tx, &EnclaveMessage::Plan(Box::new(plan)))?;
-                let client = tx.remote_static().copied().unwrap_or([0; 32]);
+                let payload = self.hello(key_id, client, model_id, &mut tx)?;
                 self.sessions.insert(
                     session,
                     Session::Ready {
@@ -489,54 +392,20 @@ impl Enclave {
                 Ok(Response::ChannelReply {
                     payload,
                     registered: None,
+                    state: None,
                 })
             }
             ClientMessage::Query { .. } | ClientMessage::ThinQuery { .. } => {
                 refuse("a query must follow a hello; session closed")
             }
+            owner_message => self.owner_message(key_id, client, owner_message, &mut tx),
         }
-    }
-
-    fn register_local(
-        &mut self,
-        schedule: Schedule,
-        checks: Vec<StageCheck>,
-    ) -> Result<Response, EnclaveError> {
-        self.local_only("RegisterLocal")?;
-        schedule.validate()?;
-        let (ks, sealed_keys) = self.sealer().create_keys(schedule.he.clone())?;
-        let rec = ModelRecord {
-            model_id: model_id(&ks.key_id, &[0; 32], &[0; 32]),
-            key_id: ks.key_id,
-            commitment: [0; 32],
-            schedule,
-            checks,
-            policy: OutputPolicy::Logits,
-            query_budget: None,
-        };
-        rec.validate_checks()?;
-        let sealed_model = self.sealer().seal_model(&rec)?;
-        let resp = Response::Registered {
-            model_id: rec.model_id,
-            key_id: ks.key_id,
-            public_key: ks.public_key.clone(),
-            sealed_keys,
-            sealed_model,
-        };
-        self.keysets.insert(ks.key_id, ks);
-        self.models.insert(rec.model_id, rec);
-        Ok(resp)
     }
 }
 
-pub(crate) fn open<T: serde::de::DeserializeOwned>(
-    tx: &mut Transport,
-    payload: &[u8],
-) -> Result<T, EnclaveError> {
-    let plain = tx
-        .open(payload)
-        .map_err(|e| EnclaveError::Protocol(format!("channel: {e}")))?;
-    postcard::from_bytes(&plain)
+/// Decodes a client message.
+pub(crate) fn decode(plain: &[u8]) -> Result<ClientMessage, EnclaveError> {
+    postcard::from_bytes(plain)
         .map_err(|e| EnclaveError::Protocol(format!("malformed channel message: {e}")))
 }
 
@@ -545,6 +414,5 @@ pub(crate) fn seal(tx: &mut Transport, msg: &EnclaveMessage) -> Result<Vec<u8>, 
         postcard::to_allocvec(msg)
             .map_err(|e| EnclaveError::Protocol(format!("cannot encode reply: {e}")))?,
     );
-    tx.seal(&plain)
-        .map_err(|e| EnclaveError::Protocol(format!("channel: {e}")))
+    Ok(tx.seal(&plain)?)
 }

@@ -10,13 +10,15 @@ use hetee_he::HeConfig;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
+use hetee_proto::channel::{ModelTerms, OutputPolicy};
+use hetee_proto::ids::{ClientKey, KeyId, ModelId};
+
 use crate::freivalds::StageCheck;
-use crate::messages::{KeyId, ModelId, OutputPolicy};
 use crate::schedule::Schedule;
 use crate::EnclaveError;
 
-const KEYS_LABEL: &str = "keys-v1";
-const MODEL_LABEL: &str = "model-v2";
+const KEYS_LABEL: &str = "keys-v2";
+const MODEL_LABEL: &str = "model-v3";
 
 /// A BFV key set. The secret key is zeroized on drop by `fhe`.
 pub struct KeySet {
@@ -24,6 +26,9 @@ pub struct KeySet {
     pub key_id: KeyId,
     /// The parameters.
     pub he: HeConfig,
+    /// The model provider who asked for it: only its channel key may
+    /// register or manage models under this key set.
+    pub owner: ClientKey,
     /// Built parameters.
     pub par: Arc<BfvParameters>,
     /// The secret key; never leaves the enclave unsealed.
@@ -39,6 +44,7 @@ pub struct KeySet {
 struct KeysSnapshot {
     key_id: KeyId,
     he: HeConfig,
+    owner: ClientKey,
     secret_key: Vec<u8>,
     public_key: Vec<u8>,
 }
@@ -60,19 +66,17 @@ pub struct ModelRecord {
     pub commitment: [u8; 32],
     /// The compiled model without weights.
     pub schedule: Schedule,
-    /// Secret Freivalds checks, one per stage (empty: unchecked, local mode only).
+    /// Freivalds checks, one per stage, drawn by the enclave at registration.
     pub checks: Vec<StageCheck>,
-    /// What queries release.
-    pub policy: OutputPolicy,
-    /// Most queries per client key.
-    pub query_budget: Option<u64>,
+    /// Policy, budget and lock threshold.
+    pub terms: ModelTerms,
 }
 
 impl ModelRecord {
-    /// Checks that the Freivalds vectors fit the schedule.
+    /// Checks that the Freivalds vectors fit the schedule and the terms make sense.
     pub fn validate_checks(&self) -> Result<(), EnclaveError> {
-        if self.checks.is_empty() {
-            return Ok(());
+        if self.terms.lock_after == 0 {
+            return Err(protocol("the lock threshold must be at least 1".into()));
         }
         if self.checks.len() != self.schedule.stages.len() {
             return Err(protocol(format!(
@@ -90,7 +94,7 @@ impl ModelRecord {
                 return Err(protocol(format!("stage {k}: malformed check vectors")));
             }
         }
-        if let OutputPolicy::TopK(k) = self.policy {
+        if let OutputPolicy::TopK(k) = self.terms.policy {
             let classes: usize = self
                 .schedule
                 .stages
@@ -105,9 +109,9 @@ impl ModelRecord {
     }
 }
 
-/// Sealing context: the platform secret and the measurement.
+/// Sealing context: the platform's sealing key and the measurement.
 pub struct Sealer<'a> {
-    /// Platform secret.
+    /// The platform's sealing key (bound to the measurement by the platform).
     pub secret: &'a [u8; 32],
     /// This enclave's measurement.
     pub measurement: &'a Measurement,
@@ -128,8 +132,12 @@ impl Sealer<'_> {
             .map_err(|e| protocol(format!("cannot unseal ({label}): {e}")))
     }
 
-    /// Generates a key set; returns it and its sealed blob.
-    pub fn create_keys(&self, he: HeConfig) -> Result<(KeySet, Vec<u8>), EnclaveError> {
+    /// Generates a key set owned by `owner`; returns it and its sealed blob.
+    pub fn create_keys(
+        &self,
+        he: HeConfig,
+        owner: ClientKey,
+    ) -> Result<(KeySet, Vec<u8>), EnclaveError> {
         he.check_security()?;
         let par = he.build()?;
         let mut rng = rand::rng();
@@ -140,6 +148,7 @@ impl Sealer<'_> {
         let snap = KeysSnapshot {
             key_id,
             he: he.clone(),
+            owner,
             secret_key: sk.to_bytes(),
             public_key: public_key.clone(),
         };
@@ -150,6 +159,7 @@ impl Sealer<'_> {
         let ks = KeySet {
             key_id,
             he,
+            owner,
             par,
             sk,
             public_key,
@@ -172,11 +182,31 @@ impl Sealer<'_> {
         Ok(KeySet {
             key_id: snap.key_id,
             he: snap.he.clone(),
+            owner: snap.owner,
             par,
             sk,
             public_key: snap.public_key.clone(),
             pk,
         })
+    }
+
+    /// Seals any record under `label`.
+    pub fn seal_record<T: Serialize>(&self, label: &str, r: &T) -> Result<Vec<u8>, EnclaveError> {
+        let plain = Zeroizing::new(
+            postcard::to_allocvec(r).map_err(|e| protocol(format!("encode {label}: {e}")))?,
+        );
+        self.seal(label, &plain)
+    }
+
+    /// Opens a record sealed under `label`.
+    pub fn unseal_record<T: serde::de::DeserializeOwned>(
+        &self,
+        label: &str,
+        sealed: &[u8],
+    ) -> Result<T, EnclaveError> {
+        let plain = self.unseal(label, sealed)?;
+        postcard::from_bytes(&plain)
+            .map_err(|e| protocol(format!("sealed {label} is malformed: {e}")))
     }
 
     /// Seals a model record.

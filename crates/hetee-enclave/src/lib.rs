@@ -1,37 +1,39 @@
 //! The trusted part of hetee. It holds the HE secret keys, decrypts each
-//! linear stage's result, applies the exact integer nonlinear step (bias,
-//! ReLU, pooling, requantization), lays the values out for the next stage,
-//! and re-encrypts. Its only interface is [`Enclave::handle`]: one request
-//! in, one response out, carried over one byte stream by [`wire`].
+//! linear stage's result, checks it, applies the exact integer nonlinear
+//! step (bias, ReLU, pooling, requantization), lays the values out for the
+//! next stage, and re-encrypts. Its only interface is [`Enclave::handle`]:
+//! one request in, one response out, carried over one byte stream by
+//! [`stream`]. Its identity (measurement, evidence, sealing key) comes from
+//! its [`hetee_attest::platform::Platform`], never from the host.
 //!
-//! - [`messages`]: host ↔ enclave requests and client ↔ enclave channel messages;
 //! - [`enclave`]: state, sessions and dispatch;
-//! - [`keys`]: key sets, models, sealing;
+//! - [`register`]: model registration and the owner's management messages;
+//! - [`query`]: a data provider's query, stage by stage;
+//! - [`keys`]: key sets, registered models, sealing;
+//! - [`state`]: a model's mutable state (lock, incidents, budgets, allow list);
 //! - [`step`]: decrypt → Freivalds check → nonlinear step → encrypt;
 //! - [`freivalds`]: the checks of the host's linear layers;
-//! - [`input_binding`]: input ciphertexts bound to the data provider who made them;
 //! - [`policy`]: output policies, branch-free;
-//! - [`schedule`]: the compiled model;
 //! - [`budget`]: the counting allocator behind the memory budget;
-//! - [`config`]: the measured enclave config.
+//! - [`stream`]: the request loop over one byte stream.
+//!
+//! The protocol types live in [`hetee_proto`]; [`messages`] and
+//! [`schedule`] re-export them for the enclave's users.
 
 pub mod budget;
-pub mod config;
 pub mod enclave;
 pub mod freivalds;
-pub mod input_binding;
 pub mod keys;
-pub mod messages;
 pub mod policy;
 mod query;
-pub mod schedule;
+mod register;
+pub mod state;
 pub mod step;
-pub mod wire;
+pub mod stream;
 
-pub use config::EnclaveConfig;
 pub use enclave::Enclave;
-pub use messages::{Request, Response};
-pub use schedule::Schedule;
+pub use hetee_proto::{config, input_binding, messages, schedule};
+pub use hetee_proto::{EnclaveConfig, Request, Response, Schedule};
 
 /// Errors inside the enclave.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,12 @@ pub enum EnclaveError {
     /// HE layer error.
     #[error(transparent)]
     He(#[from] hetee_he::HeError),
+    /// A malformed schedule, plan or message.
+    #[error(transparent)]
+    Proto(#[from] hetee_proto::ProtoError),
+    /// The platform under the enclave failed.
+    #[error(transparent)]
+    Platform(#[from] hetee_attest::Error),
     /// The compiled model is inconsistent.
     #[error("schedule: {0}")]
     Schedule(String),

@@ -1,7 +1,7 @@
 //! The model provider's output policy, applied to the final logits without
 //! branches or indexing on their values.
 
-use crate::messages::OutputPolicy;
+use hetee_proto::channel::OutputPolicy;
 
 /// Order-preserving integer key of a finite `f32`.
 fn key(x: f32) -> i64 {

@@ -8,14 +8,14 @@ use ed25519_dalek::Signer;
 use hetee_attest::Transport;
 use zeroize::Zeroizing;
 
-use crate::enclave::{open, refuse, seal, Enclave, Running, Session};
+use crate::enclave::{decode, refuse, seal, Enclave, Outcome, Running, Session};
 use crate::input_binding::made_with;
 use crate::messages::{
     input_digest, thin_input_digest, ClientMessage, EnclaveMessage, ModelId, QueryResult, Response,
     SessionId,
 };
 use crate::policy;
-use crate::step::{decrypt_all, encrypt_all, step, StepOutput};
+use crate::step::{decrypt_all, encrypt_all, step, StepOutput, INTEGRITY_FAILURE};
 use crate::EnclaveError;
 
 impl Enclave {
@@ -37,7 +37,7 @@ impl Enclave {
         if host_model != model_id {
             return refuse("the host evaluates another model than the session's; session closed");
         }
-        let msg = open::<ClientMessage>(&mut tx, payload)?;
+        let msg = decode(&tx.open(payload)?)?;
         let m = self
             .models
             .get(&model_id)
@@ -47,10 +47,8 @@ impl Enclave {
             .get(&m.key_id)
             .ok_or_else(|| EnclaveError::Protocol("the model's keys are gone".into()))?;
         let batch = m.schedule.batch;
-        let spent = self.spent.get(&(model_id, client)).copied().unwrap_or(0);
-        if m.query_budget.is_some_and(|b| spent >= b) {
-            return refuse("this client's query budget for the model is spent");
-        }
+        let mut state = self.state_of(&model_id)?.clone();
+        state.admit(&client, &m.terms)?;
         let (x, digest, images, thin_input) = match msg {
             ClientMessage::Query {
                 input_digest: want,
@@ -75,6 +73,9 @@ impl Enclave {
                     );
                 }
                 let x = Zeroizing::new(m.schedule.unpack_stage_input(0, &polys)?);
+                if !in_range(&x, m.schedule.input.min, m.schedule.input.max) {
+                    return refuse("the input holds values outside the model's input range");
+                }
                 (x, want, images, None)
             }
             ClientMessage::ThinQuery { images } => {
@@ -86,7 +87,7 @@ impl Enclave {
                 }
                 let per: usize = m.schedule.input_shape.iter().product();
                 let mut x = Zeroizing::new(Vec::with_capacity(batch));
-                for img in &images {
+                for img in images.iter() {
                     if img.len() != per {
                         return refuse(format!("an image has {} values, not {per}", img.len()));
                     }
@@ -108,11 +109,14 @@ impl Enclave {
         if images == 0 || images as usize > batch {
             return refuse(format!("a query holds 1 to {batch} images, not {images}"));
         }
-        *self.spent.entry((model_id, client)).or_insert(0) += 1;
+        state.spend(&client, &m.terms);
+        let sealed_state = state.seal(&self.sealer()?)?;
+        self.states.insert(model_id, state);
         self.sessions.insert(
             session,
             Session::Running(Box::new(Running {
-                tx: Some(*tx),
+                tx: *tx,
+                client,
                 model_id,
                 next_stage: 0,
                 images,
@@ -120,7 +124,10 @@ impl Enclave {
                 input_digest: digest,
             })),
         );
-        Ok(Response::QueryStarted { input: thin_input })
+        Ok(Response::QueryStarted {
+            input: thin_input,
+            state: sealed_state,
+        })
     }
 
     pub(crate) fn stage_result(
@@ -128,29 +135,29 @@ impl Enclave {
         session: SessionId,
         stage: u32,
         cts: &[Vec<u8>],
-    ) -> Result<Response, EnclaveError> {
-        let Session::Running(mut run) = self.take(&session)? else {
-            return refuse("no query is running in this session; session closed");
+    ) -> Outcome {
+        let plain = |e| (e, None);
+        let Session::Running(mut run) = self.take(&session).map_err(plain)? else {
+            return refuse("no query is running in this session; session closed").map_err(plain);
         };
         if stage != run.next_stage {
             return refuse(format!(
                 "stage {stage} out of order (expected {}); session closed",
                 run.next_stage
-            ));
+            ))
+            .map_err(plain);
         }
-        let m = self
-            .models
-            .get(&run.model_id)
-            .ok_or_else(|| EnclaveError::Protocol("the model is gone".into()))?;
-        let ks = self
-            .keysets
-            .get(&m.key_id)
-            .ok_or_else(|| EnclaveError::Protocol("the model's keys are gone".into()))?;
-        let check = m.checks.get(stage as usize);
-        if check.is_none() && run.tx.is_some() {
-            return refuse("the model has no checks; session closed");
-        }
-        match step(ks, &m.schedule, stage as usize, cts, &run.x, check)? {
+        let (m, ks) = self.model_and_keys(&run.model_id).map_err(plain)?;
+        let Some(check) = m.checks.get(stage as usize) else {
+            return refuse("the model has no check for this stage; session closed").map_err(plain);
+        };
+        let out = match step(ks, &m.schedule, stage as usize, cts, &run.x, Some(check)) {
+            Ok(out) => out,
+            Err(EnclaveError::Integrity(_)) => return Err(self.failed_check(&run, stage)),
+            Err(e) => return Err(plain(e)),
+        };
+        let (m, _) = self.model_and_keys(&run.model_id).map_err(plain)?;
+        match out {
             StepOutput::Next(ciphertexts, ys) => {
                 run.next_stage += 1;
                 run.x = ys;
@@ -162,26 +169,67 @@ impl Enclave {
             }
             StepOutput::Logits(values) => {
                 let classes = values.len() / m.schedule.batch.max(1);
-                let Some(tx) = run.tx.as_mut() else {
-                    return Ok(Response::Logits { values });
-                };
                 let n = (run.images as usize * classes).min(values.len());
-                let (logits, labels) = policy::apply(m.policy, &values[..n], classes);
+                let (logits, labels) = policy::apply(m.terms.policy, &values[..n], classes);
                 let result = QueryResult {
                     model_id: run.model_id,
                     commitment: m.commitment,
                     input_digest: run.input_digest,
                     images: run.images,
                     classes: classes as u32,
-                    policy: m.policy,
-                    logits,
-                    labels,
+                    policy: m.terms.policy,
+                    logits: Zeroizing::new(logits),
+                    labels: Zeroizing::new(labels),
                 };
-                let payload = sign_and_seal(self, tx, result)?;
+                let payload = sign_and_seal(self, &mut run.tx, result).map_err(plain)?;
                 Ok(Response::Finished { payload })
             }
         }
     }
+
+    fn model_and_keys(
+        &self,
+        model_id: &ModelId,
+    ) -> Result<(&crate::keys::ModelRecord, &crate::keys::KeySet), EnclaveError> {
+        let m = self
+            .models
+            .get(model_id)
+            .ok_or_else(|| EnclaveError::Protocol("the model is gone".into()))?;
+        let ks = self
+            .keysets
+            .get(&m.key_id)
+            .ok_or_else(|| EnclaveError::Protocol("the model's keys are gone".into()))?;
+        Ok((m, ks))
+    }
+
+    /// A stage result failed its check: log the incident, lock the model
+    /// once the owner's threshold is reached, and answer with the one fixed
+    /// refusal and the new sealed state. The session is already closed.
+    fn failed_check(
+        &mut self,
+        run: &Running,
+        stage: u32,
+    ) -> (EnclaveError, Option<hetee_proto::host::SealedState>) {
+        let refusal = EnclaveError::Integrity(INTEGRITY_FAILURE.into());
+        let Some(terms) = self.models.get(&run.model_id).map(|m| m.terms) else {
+            return (refusal, None);
+        };
+        let Some(state) = self.states.get_mut(&run.model_id) else {
+            return (refusal, None);
+        };
+        state.record_failure(stage, run.client, &terms);
+        let state = state.clone();
+        let sealed = self.sealer().and_then(|s| state.seal(&s)).ok();
+        (refusal, sealed)
+    }
+}
+
+/// Whether every value lies in `[min, max]`, without branching on a value.
+fn in_range(x: &[Vec<i64>], min: i64, max: i64) -> bool {
+    let bad = x.iter().flatten().fold(0i64, |acc, &v| {
+        acc | v.wrapping_sub(min) | max.wrapping_sub(v)
+    });
+    bad >= 0
 }
 
 fn sign_and_seal(

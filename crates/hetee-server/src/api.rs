@@ -18,8 +18,8 @@ use serde::Serialize;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::api_types::ErrorBody;
 use crate::app::{ApiError, App};
+use hetee_proto::api::ErrorBody;
 
 /// Largest model upload body, bytes.
 pub const MAX_MODEL_BODY: usize = 1 << 30;

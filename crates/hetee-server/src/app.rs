@@ -7,16 +7,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use hetee_enclave::messages::{
+use hetee_he::ConvPacking;
+use hetee_proto::api::*;
+use hetee_proto::ids::{
     he_params_from_bytes, id_from_hex, id_hex, upload_id, weights_commitment, ModelId, SessionId,
 };
-use hetee_enclave::{Request, Response};
-use hetee_he::ConvPacking;
+use hetee_proto::{Request, Response};
 use tracing::{info, warn};
 
-use crate::api_types::*;
 use crate::host_model::{HostModel, ModelMeta};
 use crate::launcher::LinkError;
+use crate::stage_loop::{run_query, QueryError};
 use crate::store::{Store, StoreError};
 use crate::supervisor::{CallError, KeysRecord, Supervisor};
 
@@ -81,6 +82,16 @@ impl From<CallError> for ApiError {
                 status: 503,
                 message: l.to_string(),
             },
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::Enclave(c) => c.into(),
+            QueryError::Host { .. } => ApiError::bad(e.to_string()),
+            QueryError::Unexpected(_) => ApiError::conflict(e.to_string()),
         }
     }
 }
@@ -169,6 +180,7 @@ impl App {
             public_key: b64(&id.public_key),
             channel_public_key: id_hex(&id.channel_public_key),
             signing_public_key: id_hex(&id.signing_public_key),
+            owner: id_hex(&id.owner),
             evidence: b64(&evidence),
         })
     }
@@ -177,8 +189,12 @@ impl App {
     pub fn create_keys(&self, req: CreateKeys) -> ApiResult<KeysInfo> {
         let he = he_params_from_bytes(&unb64(&req.he_params, "he_params").map_err(ApiError::bad)?)
             .map_err(|e| ApiError::bad(e.to_string()))?;
+        let owner: [u8; 32] = hetee_attest::evidence::unhex(&req.owner)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| ApiError::bad("owner: 64 hex digits of a Noise static public key"))?;
         let Response::KeysCreated { key_id, sealed, .. } =
-            self.enclave.call_retry(Request::CreateKeys { he })?
+            self.enclave.call_retry(Request::CreateKeys { he, owner })?
         else {
             return Err(ApiError::conflict("unexpected answer to CreateKeys"));
         };
@@ -247,6 +263,11 @@ impl App {
         })
     }
 
+    /// What the store holds for an upload or a registered model.
+    pub fn registered(&self, id: &ModelId) -> ApiResult<ModelMeta> {
+        self.meta(id)
+    }
+
     fn meta(&self, id: &ModelId) -> ApiResult<ModelMeta> {
         let bytes = self.store.model_meta(&id_hex(id))?.ok_or_else(|| {
             ApiError::not_found(format!(
@@ -276,7 +297,8 @@ impl App {
         })
     }
 
-    fn host_model(&self, id: &ModelId) -> ApiResult<Arc<HostModel>> {
+    /// The host's loaded copy of a model's encrypted weights.
+    pub fn host_model(&self, id: &ModelId) -> ApiResult<Arc<HostModel>> {
         if let Some(m) = self.models.read().ok().and_then(|m| m.get(id).cloned()) {
             return Ok(m);
         }
@@ -359,6 +381,7 @@ impl App {
         let Response::ChannelReply {
             payload,
             registered,
+            ..
         } = self.enclave.call(Request::ChannelFinish {
             session,
             msg3,
@@ -462,7 +485,7 @@ impl App {
         })?;
         let host = self.host_model(&model)?;
         let payload = unb64(&req.payload, "payload").map_err(ApiError::bad)?;
-        let mut cts = req
+        let cts = req
             .input
             .iter()
             .map(|c| unb64(c, "input"))
@@ -477,61 +500,21 @@ impl App {
             )));
         }
         let t0 = Instant::now();
-        let mut enclave_ms = 0.0;
-        let mut host_ms = 0.0;
-        let te = Instant::now();
-        let Response::QueryStarted { input } = self.enclave.call(Request::StartQuery {
-            session,
-            model_id: model,
-            payload,
-            input: cts.clone(),
-        })?
-        else {
-            return Err(ApiError::conflict("unexpected answer to StartQuery"));
-        };
-        if let Some(input) = input {
-            cts = input;
-        }
-        enclave_ms += ms(te);
-        for k in 0..host.stages() {
-            let th = Instant::now();
-            let outs = host
-                .evaluate(k, &cts)
-                .map_err(|e| ApiError::bad(format!("stage {k}: {e}")))?;
-            host_ms += ms(th);
-            let te = Instant::now();
-            let resp = self.enclave.call(Request::StageResult {
-                session,
-                stage: k as u32,
-                ciphertexts: outs,
-            })?;
-            enclave_ms += ms(te);
-            match resp {
-                Response::NextInput { ciphertexts, .. } => cts = ciphertexts,
-                Response::Finished { payload } => {
-                    info!(
-                        model_id = %id_hex(&model),
-                        total_ms = ms(t0),
-                        host_ms,
-                        enclave_ms,
-                        "query done"
-                    );
-                    return Ok(QueryDone {
-                        payload: b64(&payload),
-                        host_ms,
-                        enclave_ms,
-                    });
-                }
-                _ => {
-                    return Err(ApiError::conflict(format!(
-                        "unexpected answer at stage {k}"
-                    )))
-                }
-            }
-        }
-        Err(ApiError::conflict(
-            "the enclave released no result after the last stage",
-        ))
+        let (payload, trace) = run_query(&self.enclave, &host, session, model, payload, cts)?;
+        let (host_ms, enclave_ms) = (trace.host_ms(), trace.enclave_ms());
+        info!(
+            model_id = %id_hex(&model),
+            total_ms = ms(t0),
+            host_ms,
+            enclave_ms,
+            "query done"
+        );
+        Ok(QueryDone {
+            payload: b64(&payload),
+            host_ms,
+            enclave_ms,
+            stages: trace.stages,
+        })
     }
 
     /// `DELETE /v1/sessions/{id}`.

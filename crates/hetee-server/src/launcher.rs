@@ -1,17 +1,21 @@
 //! How the host reaches the enclave: in this process (tests, benchmarks,
-//! `--in-process`), or as a child process speaking length-prefixed frames
-//! over its stdin/stdout. The simulated platform measures the child's binary
-//! and config before it starts, as a TEE loader would.
+//! `--in-process`), or as the separate `hetee-enclave` binary speaking
+//! length-prefixed frames over its stdin/stdout. The host hands the enclave
+//! no identity and no secret: the enclave's platform measures it. The host
+//! computes the same measurement of the binary and config it launches, to
+//! print what clients should pin.
 
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
 
+use hetee_attest::platform::SimTee;
 use hetee_attest::Measurement;
 use hetee_enclave::budget;
-use hetee_enclave::wire::{codec, decode_response, encode_request, KIND_REQUEST, KIND_RESPONSE};
-use hetee_enclave::{Enclave, EnclaveConfig, Request, Response};
+use hetee_enclave::Enclave;
+use hetee_proto::wire::{codec, decode_response, encode_request, KIND_REQUEST, KIND_RESPONSE};
+use hetee_proto::{EnclaveConfig, Request, Response};
 
 /// Failures reaching the enclave.
 #[derive(Debug, thiserror::Error)]
@@ -34,19 +38,24 @@ pub trait EnclaveLink: Send + Sync {
     fn call(&self, req: Request) -> Result<(Response, usize), LinkError>;
 }
 
-/// The enclave in this process (unattested local mode).
+/// The enclave in this process, on the simulated platform (`hetee run`,
+/// `bench`, `demo --in-process`, tests). It speaks the same protocol as the
+/// enclave process; only the stream is missing.
 pub struct InProcess(Mutex<Enclave>);
 
-impl InProcess {
-    /// A fresh enclave.
-    pub fn new() -> Self {
-        InProcess(Mutex::new(Enclave::new()))
-    }
-}
+/// Domain of the in-process enclave's simulated measurement.
+const IN_PROCESS: &[u8] = b"hetee in-process enclave (simulated, protects nothing)";
 
-impl Default for InProcess {
-    fn default() -> Self {
-        Self::new()
+impl InProcess {
+    /// A fresh in-process enclave with `config`.
+    pub fn new(config: EnclaveConfig) -> Self {
+        let platform = SimTee::new(Self::measurement(&config));
+        InProcess(Mutex::new(Enclave::new(Box::new(platform), config)))
+    }
+
+    /// The simulated measurement of an in-process enclave with `config`.
+    pub fn measurement(config: &EnclaveConfig) -> Measurement {
+        hetee_attest::measure(IN_PROCESS, &config.to_bytes())
     }
 }
 
@@ -62,33 +71,73 @@ impl EnclaveLink for InProcess {
     }
 }
 
+/// Name of the enclave executable.
+pub const ENCLAVE_BINARY: &str = "hetee-enclave";
+
 /// What to launch as the enclave.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
-    /// The executable.
+    /// The enclave executable.
     pub program: PathBuf,
-    /// Its arguments (e.g. `["enclave", "run"]`).
-    pub args: Vec<String>,
+    /// The platform it runs on (`sim`, `tdx`, `snp`, `gramine`).
+    pub platform: String,
     /// The measured config.
     pub config: EnclaveConfig,
 }
 
 impl LaunchSpec {
-    /// `hetee enclave run` from this executable.
-    pub fn this_executable(config: EnclaveConfig) -> Result<Self, LinkError> {
-        let program = std::env::current_exe()
-            .map_err(|e| LinkError::Launch(format!("cannot locate this executable: {e}")))?;
+    /// The `hetee-enclave` binary at `program`, or the one installed beside
+    /// this executable (or one folder up, for test binaries in `deps/`).
+    pub fn new(
+        program: Option<PathBuf>,
+        platform: &str,
+        config: EnclaveConfig,
+    ) -> Result<Self, LinkError> {
+        let program = match program {
+            Some(p) => p,
+            None => find_enclave_binary()?,
+        };
         Ok(LaunchSpec {
             program,
-            args: vec!["enclave".into(), "run".into()],
+            platform: platform.to_string(),
             config,
         })
+    }
+
+    /// The enclave's arguments.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "run".into(),
+            "--platform".into(),
+            self.platform.clone(),
+            "--memory-budget-mib".into(),
+            self.config.memory_budget_mib.to_string(),
+        ]
     }
 
     /// The measurement of the binary and config (what clients pin).
     pub fn measure(&self) -> Result<Measurement, LinkError> {
         measure_binary(&self.program, &self.config)
     }
+}
+
+/// The `hetee-enclave` binary installed beside this executable.
+pub fn find_enclave_binary() -> Result<PathBuf, LinkError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| LinkError::Launch(format!("cannot locate this executable: {e}")))?;
+    let name = format!("{ENCLAVE_BINARY}{}", std::env::consts::EXE_SUFFIX);
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join(&name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            LinkError::Launch(format!(
+                "no {name} beside {}; build it with `cargo build --release -p hetee-enclave-bin` \
+                 or pass --enclave-binary",
+                exe.display()
+            ))
+        })
 }
 
 /// Measures an enclave binary with its config.
@@ -111,11 +160,11 @@ pub struct ChildProcess {
 }
 
 impl ChildProcess {
-    /// Measures and starts the enclave, then gives it its identity.
-    pub fn spawn(spec: &LaunchSpec, platform_secret: [u8; 32]) -> Result<Self, LinkError> {
+    /// Measures and starts the enclave.
+    pub fn spawn(spec: &LaunchSpec) -> Result<Self, LinkError> {
         let measurement = spec.measure()?;
         let mut child = Command::new(&spec.program)
-            .args(&spec.args)
+            .args(spec.args())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -136,20 +185,16 @@ impl ChildProcess {
             measurement,
             pid,
         };
-        match link.call(Request::Init {
-            measurement: measurement.0,
-            platform_secret,
-            config: spec.config.to_bytes(),
-        })? {
-            (Response::Ready, _) => Ok(link),
-            (Response::Error { message }, _) => Err(LinkError::Launch(format!(
-                "the enclave refused its identity: {message}"
+        match link.call(Request::Status)? {
+            (Response::Status(_), _) => Ok(link),
+            (Response::Error { message, .. }, _) => Err(LinkError::Launch(format!(
+                "the enclave does not answer: {message}"
             ))),
-            _ => Err(LinkError::Launch("unexpected answer to Init".into())),
+            _ => Err(LinkError::Launch("unexpected answer to Status".into())),
         }
     }
 
-    /// The measurement the platform took before starting it.
+    /// The measurement the host computed before starting it.
     pub fn measurement(&self) -> Measurement {
         self.measurement
     }

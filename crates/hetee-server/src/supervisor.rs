@@ -1,21 +1,22 @@
 //! Keeps one enclave process alive for the host: starts it, restores every
-//! sealed key set and model from the store into it, and restarts it when it
-//! dies. Also plays the simulated platform: it issues the evidence for the
-//! measurement it took before starting the enclave.
+//! sealed key set, model and model state from the store into it, and
+//! restarts it when it dies. Every sealed state the enclave hands back (a
+//! query counted, a failed check, an owner's change) is stored here, so
+//! nothing above has to remember to.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use hetee_attest::{Measurement, SimPlatform};
-use hetee_enclave::enclave::DEV_PLATFORM_SECRET;
-use hetee_enclave::messages::{id_hex, Identity, KeyId};
-use hetee_enclave::{Request, Response};
+use hetee_attest::Measurement;
+use hetee_proto::host::SealedState;
+use hetee_proto::ids::{id_hex, Identity, KeyId};
+use hetee_proto::{Request, Response};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::host_model::ModelMeta;
-use crate::launcher::{ChildProcess, EnclaveLink, LaunchSpec, LinkError};
+use crate::launcher::{ChildProcess, EnclaveLink, InProcess, LaunchSpec, LinkError};
 use crate::store::Store;
 
 /// What the store keeps for a key set.
@@ -37,16 +38,25 @@ pub enum CallError {
 }
 
 struct Incarnation {
-    child: Arc<ChildProcess>,
+    child: Arc<dyn EnclaveLink>,
+    pid: u32,
     number: u64,
+}
+
+/// How the supervisor starts an enclave.
+pub enum Launch {
+    /// The `hetee-enclave` binary as a child process.
+    Process(LaunchSpec),
+    /// An enclave in this process on the simulated platform (`hetee run`,
+    /// `bench`, `demo --in-process`, tests).
+    InProcess(hetee_proto::EnclaveConfig),
 }
 
 type EvidenceCache = HashMap<KeyId, (u64, Identity, Vec<u8>)>;
 
 /// The enclave process and its restarts.
 pub struct Supervisor {
-    spec: LaunchSpec,
-    platform: SimPlatform,
+    launch: Launch,
     measurement: Measurement,
     store: Arc<Store>,
     current: Mutex<Option<Incarnation>>,
@@ -56,11 +66,13 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Measures the enclave binary and starts it, restoring what the store holds.
-    pub fn start(spec: LaunchSpec, store: Arc<Store>) -> Result<Self, LinkError> {
-        let measurement = spec.measure()?;
+    pub fn start(launch: Launch, store: Arc<Store>) -> Result<Self, LinkError> {
+        let measurement = match &launch {
+            Launch::Process(spec) => spec.measure()?,
+            Launch::InProcess(config) => InProcess::measurement(config),
+        };
         let s = Supervisor {
-            spec,
-            platform: SimPlatform::dev(),
+            launch,
             measurement,
             store,
             current: Mutex::new(None),
@@ -71,7 +83,8 @@ impl Supervisor {
         Ok(s)
     }
 
-    /// The measurement clients must pin.
+    /// The measurement of the binary and config the host launches (what
+    /// clients should pin; the enclave's own evidence is what they check).
     pub fn measurement(&self) -> Measurement {
         self.measurement
     }
@@ -83,10 +96,7 @@ impl Supervisor {
 
     /// Process id of the running enclave (0 if none).
     pub fn pid(&self) -> u32 {
-        self.lock_current()
-            .as_ref()
-            .map(|i| i.child.pid())
-            .unwrap_or(0)
+        self.lock_current().as_ref().map(|i| i.pid).unwrap_or(0)
     }
 
     fn lock_current(&self) -> std::sync::MutexGuard<'_, Option<Incarnation>> {
@@ -96,27 +106,31 @@ impl Supervisor {
         }
     }
 
-    fn link(&self) -> Result<(Arc<ChildProcess>, u64), LinkError> {
+    fn link(&self) -> Result<(Arc<dyn EnclaveLink>, u64), LinkError> {
         let mut cur = self.lock_current();
         if let Some(i) = cur.as_ref() {
             return Ok((i.child.clone(), i.number));
         }
-        let child = Arc::new(ChildProcess::spawn(&self.spec, DEV_PLATFORM_SECRET)?);
+        let (child, pid): (Arc<dyn EnclaveLink>, u32) = match &self.launch {
+            Launch::Process(spec) => {
+                let c = ChildProcess::spawn(spec)?;
+                let pid = c.pid();
+                (Arc::new(c), pid)
+            }
+            Launch::InProcess(config) => (Arc::new(InProcess::new(*config)), std::process::id()),
+        };
         let number = self.starts.fetch_add(1, Ordering::Relaxed) + 1;
-        self.restore_into(&child);
-        info!(
-            pid = child.pid(),
-            incarnation = number,
-            "enclave started and restored"
-        );
+        self.restore_into(child.as_ref());
+        info!(pid, incarnation = number, "enclave started and restored");
         *cur = Some(Incarnation {
             child: child.clone(),
+            pid,
             number,
         });
         Ok((child, number))
     }
 
-    fn restore_into(&self, child: &ChildProcess) {
+    fn restore_into(&self, child: &dyn EnclaveLink) {
         let keysets = self.store.keysets().unwrap_or_else(|e| {
             warn!(error = %e, "cannot list key sets to restore");
             Vec::new()
@@ -128,7 +142,7 @@ impl Supervisor {
             };
             match child.call(Request::RestoreKeys { sealed: rec.sealed }) {
                 Ok((Response::KeysRestored { .. }, _)) => {}
-                Ok((Response::Error { message }, _)) => {
+                Ok((Response::Error { message, .. }, _)) => {
                     warn!(key_id = %id, %message, "enclave cannot restore a key set")
                 }
                 other => warn!(key_id = %id, ?other, "restore failed"),
@@ -146,11 +160,32 @@ impl Supervisor {
             let Some(sealed) = meta.sealed else { continue };
             match child.call(Request::RestoreModel { sealed }) {
                 Ok((Response::ModelRestored { .. }, _)) => {}
-                Ok((Response::Error { message }, _)) => {
+                Ok((Response::Error { message, .. }, _)) => {
                     warn!(model_id = %id, %message, "enclave cannot restore a model")
                 }
                 other => warn!(model_id = %id, ?other, "restore failed"),
             }
+        }
+        let states = self.store.states().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot list model states to restore");
+            Vec::new()
+        });
+        for (id, version, sealed) in states {
+            match child.call(Request::RestoreState { sealed }) {
+                Ok((Response::StateRestored { .. }, _)) => {}
+                Ok((Response::Error { message, .. }, _)) => {
+                    warn!(model_id = %id, version, %message, "enclave cannot restore a model state")
+                }
+                other => warn!(model_id = %id, ?other, "restore failed"),
+            }
+        }
+    }
+
+    /// Stores a sealed state the enclave handed back (newest version wins).
+    pub fn persist(&self, state: &SealedState) {
+        let id = id_hex(&state.model_id);
+        if let Err(e) = self.store.put_state(&id, state.version, &state.sealed) {
+            warn!(model_id = %id, version = state.version, error = %e, "cannot store a model state");
         }
     }
 
@@ -162,13 +197,38 @@ impl Supervisor {
         }
     }
 
-    /// Sends one request to the current enclave. A dead enclave makes this
-    /// call fail and is restarted (and restored) on the next call.
+    /// Sends one request to the current enclave and stores any sealed state
+    /// it answers with. A dead enclave makes this call fail and is restarted
+    /// (and restored) on the next call.
     pub fn call(&self, req: Request) -> Result<Response, CallError> {
+        self.call_measured(req).map(|(r, _)| r)
+    }
+
+    /// [`call`](Self::call), also returning the peak bytes an in-process
+    /// enclave allocated for the request (0 for a process).
+    pub fn call_measured(&self, req: Request) -> Result<(Response, usize), CallError> {
         let (child, number) = self.link()?;
         match child.call(req) {
-            Ok((Response::Error { message }, _)) => Err(CallError::Refused(message)),
-            Ok((r, _)) => Ok(r),
+            Ok((Response::Error { message, state }, _)) => {
+                if let Some(s) = state {
+                    self.persist(&s);
+                }
+                Err(CallError::Refused(message))
+            }
+            Ok((r, peak)) => {
+                match &r {
+                    Response::QueryStarted { state, .. }
+                    | Response::ChannelReply {
+                        state: Some(state), ..
+                    } => self.persist(state),
+                    Response::ChannelReply {
+                        registered: Some(reg),
+                        ..
+                    } => self.persist(&reg.state),
+                    _ => {}
+                }
+                Ok((r, peak))
+            }
             Err(e) => {
                 self.bury(number, &e);
                 Err(e.into())
@@ -191,7 +251,7 @@ impl Supervisor {
         self.link().map(|_| ())
     }
 
-    /// The attested identity of a key set: the enclave's identity and the
+    /// The attested identity of a key set: the enclave's identity and its
     /// platform's evidence for it (cached per enclave process).
     pub fn identity(&self, key_id: &KeyId) -> Result<(Identity, Vec<u8>), CallError> {
         let (_, number) = self.link()?;
@@ -202,19 +262,22 @@ impl Supervisor {
                 }
             }
         }
-        let Response::Identity(id) = self.call_retry(Request::Identity { key_id: *key_id })? else {
-            return Err(CallError::Refused("unexpected answer to Identity".into()));
+        let Response::Evidence { identity, evidence } =
+            self.call_retry(Request::Evidence { key_id: *key_id })?
+        else {
+            return Err(CallError::Refused("unexpected answer to Evidence".into()));
         };
         let (_, number) = self.link()?;
-        let ev = self
-            .platform
-            .issue(self.measurement, false, id.report_data())
-            .encode()
-            .map_err(|e| CallError::Refused(format!("cannot encode evidence: {e}")))?;
-        if let Ok(mut cache) = self.evidence.lock() {
-            cache.insert(*key_id, (number, id.clone(), ev.clone()));
+        if identity.measurement != self.measurement.0 {
+            warn!(
+                key_id = %id_hex(key_id),
+                "the enclave reports another measurement than the host computed for its binary"
+            );
         }
-        info!(key_id = %id_hex(key_id), incarnation = number, "evidence issued");
-        Ok((id, ev))
+        if let Ok(mut cache) = self.evidence.lock() {
+            cache.insert(*key_id, (number, identity.clone(), evidence.clone()));
+        }
+        info!(key_id = %id_hex(key_id), incarnation = number, "evidence obtained");
+        Ok((identity, evidence))
     }
 }

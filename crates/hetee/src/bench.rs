@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::cli::{load_model, median, prepare};
 use crate::data::{bundled, idx_images};
-use crate::parties::{Deployment, QueryStats};
+use crate::harness::{Harness, QueryStats};
 use hetee_model::reference;
 
 /// One row of the benchmark table and JSON.
@@ -70,99 +70,13 @@ pub struct BenchOptions<'a> {
     pub json: Option<&'a Path>,
     /// SVG chart file.
     pub chart: Option<&'a Path>,
-    /// Measure only the cost of the Freivalds checks.
-    pub freivalds: bool,
-}
-
-/// What the Freivalds checks cost the enclave (latency mode, one thread
-/// count), measured side by side: checked and unchecked queries alternate.
-#[derive(Debug, Clone, Serialize)]
-pub struct FreivaldsRow {
-    /// Model.
-    pub model: String,
-    /// Rayon threads.
-    pub threads: usize,
-    /// Queries per variant.
-    pub queries: usize,
-    /// Median enclave time per query with all integrity measures: the
-    /// checks and the input binding (ms).
-    pub enclave_ms_full: f64,
-    /// Median enclave time per query with the Freivalds checks only (ms).
-    pub enclave_ms_checked: f64,
-    /// Median enclave time per query without either (ms).
-    pub enclave_ms_unchecked: f64,
-    /// What the Freivalds checks add, % of the full enclave time.
-    pub freivalds_pct: f64,
-    /// What the input binding adds, % of the full enclave time.
-    pub binding_pct: f64,
-}
-
-/// `hetee bench --freivalds`.
-pub fn freivalds(o: &BenchOptions) -> Result<Vec<FreivaldsRow>> {
-    let images = idx_images(bundled::TEST_IMAGES)?;
-    let mut rows = Vec::new();
-    for name in &o.models {
-        let (model, calib) = load_model(name, None)?;
-        let q = prepare(&model, &calib)?;
-        let full = Deployment::with_integrity(&q, 1, true, true)?;
-        let checked = Deployment::with_integrity(&q, 1, true, false)?;
-        let unchecked = Deployment::with_integrity(&q, 1, false, false)?;
-        for &t in &o.threads {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
-            let (mut f, mut c, mut u) = (Vec::new(), Vec::new(), Vec::new());
-            pool.install(|| -> Result<()> {
-                for _ in 0..o.runs.max(1) {
-                    for x in images.data.chunks(28 * 28).take(o.images.max(1)) {
-                        f.push(full.infer(x)?.1.enclave_ms());
-                        c.push(checked.infer(x)?.1.enclave_ms());
-                        u.push(unchecked.infer(x)?.1.enclave_ms());
-                    }
-                }
-                Ok(())
-            })?;
-            let queries = f.len();
-            let (a, b, c) = (median(f), median(c), median(u));
-            rows.push(FreivaldsRow {
-                model: name.clone(),
-                threads: t,
-                queries,
-                enclave_ms_full: a,
-                enclave_ms_checked: b,
-                enclave_ms_unchecked: c,
-                freivalds_pct: 100.0 * (b - c) / a.max(1e-9),
-                binding_pct: 100.0 * (a - b) / a.max(1e-9),
-            });
-        }
-    }
-    println!(
-        "{:<6} {:>3} {:>7} {:>10} {:>10} {:>10} {:>11} {:>10}",
-        "model", "thr", "queries", "encl full", "checks", "none", "freivalds%", "binding%"
-    );
-    for r in &rows {
-        println!(
-            "{:<6} {:>3} {:>7} {:>10.3} {:>10.3} {:>10.3} {:>11.1} {:>10.1}",
-            r.model,
-            r.threads,
-            r.queries,
-            r.enclave_ms_full,
-            r.enclave_ms_checked,
-            r.enclave_ms_unchecked,
-            r.freivalds_pct,
-            r.binding_pct
-        );
-    }
-    if let Some(p) = o.json {
-        std::fs::write(p, serde_json::to_string_pretty(&rows)?)
-            .with_context(|| format!("cannot write {}", p.display()))?;
-    }
-    Ok(rows)
 }
 
 fn per_image(stats: &[QueryStats], f: impl Fn(&QueryStats) -> f64) -> f64 {
     median(stats.iter().map(f).collect())
 }
 
-fn sum_stages(s: &QueryStats, f: impl Fn(&crate::parties::StageStats) -> usize) -> usize {
+fn sum_stages(s: &QueryStats, f: impl Fn(&hetee_proto::api::StageStats) -> usize) -> usize {
     s.stages.iter().map(f).sum()
 }
 
@@ -174,8 +88,8 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
     for name in &o.models {
         let (model, calib) = load_model(name, None)?;
         let q = prepare(&model, &calib)?;
-        let dep = Deployment::new(&q, 1)?;
-        let dep_batch = Deployment::new(&q, o.batch.max(1))?;
+        let dep = Harness::new(&q, 1)?;
+        let dep_batch = Harness::new(&q, o.batch.max(1))?;
         for &t in &o.threads {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
             pool.install(|| -> Result<()> {
@@ -256,12 +170,12 @@ fn row(
     stats: &[QueryStats],
     plaintext_ms: f64,
     wall_s: Option<f64>,
-    dep: &Deployment,
+    dep: &Harness,
 ) -> BenchRow {
     let first = &stats[0];
     // Per-query figures cover `batch` images.
     let per_q = dep.schedule.batch as f64;
-    let host = per_image(stats, |s| s.host_ms() + s.client_encrypt_ms) / per_q;
+    let host = per_image(stats, |s| s.host_ms() + s.client_ms) / per_q;
     let encl = per_image(stats, |s| s.enclave_ms()) / per_q;
     let latency = per_image(stats, |s| s.total_ms);
     let (throughput, per_img) = match wall_s {

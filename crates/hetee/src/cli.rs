@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use rayon::prelude::*;
 
 use crate::data::{self, Tensor};
-use crate::parties::Deployment;
+use crate::harness::Harness;
 use hetee_model::{quantize, reference, Model, QuantModel};
 
 /// Confidential neural-network inference: BFV on the untrusted host, exact
@@ -21,15 +21,15 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum EnclaveCommand {
-    /// Serve the enclave on stdin/stdout (length-prefixed frames); started by the host.
-    Run,
-    /// Print the enclave's measurement (SHA-256 of binary and config) as hex on the last line.
+    /// Print the measurement of the enclave binary (`hetee-enclave`) with its
+    /// config (SHA-256, what the simulated platform attests) as hex on the
+    /// last line. The CLI itself is not measured.
     Measure {
-        /// Enclave binary to measure (default: this executable).
+        /// Enclave binary to measure (default: `hetee-enclave` beside this executable).
         #[arg(long)]
         binary: Option<PathBuf>,
         /// Memory budget in the measured config (MiB).
-        #[arg(long, default_value_t = hetee_enclave::config::DEFAULT_MEMORY_BUDGET_MIB)]
+        #[arg(long, default_value_t = hetee_proto::config::DEFAULT_MEMORY_BUDGET_MIB)]
         memory_budget_mib: u64,
     },
 }
@@ -40,21 +40,12 @@ enum ModelCommand {
     /// upload it and register its secrets over the channel. Prints the model
     /// id alone on the last line.
     Upload {
-        /// Server address: host:port or http://host:port.
-        #[arg(long)]
-        server: String,
         /// ONNX model, or `mnist` / `e2dm` for a bundled one.
         #[arg(long)]
         model: String,
         /// Calibration inputs (float32 .npy); bundled models use their own.
         #[arg(long)]
         calib: Option<PathBuf>,
-        /// The enclave measurement to accept (hex, from `hetee enclave measure`).
-        #[arg(long)]
-        expect_measurement: String,
-        /// Accept the simulated TEE platform (testing only: it protects nothing).
-        #[arg(long)]
-        allow_sim: bool,
         /// Largest batch of images per query to plan for.
         #[arg(long, default_value_t = 8)]
         max_batch: usize,
@@ -64,7 +55,68 @@ enum ModelCommand {
         /// Most queries one data-provider key may run (default: unlimited).
         #[arg(long)]
         query_budget: Option<u64>,
+        /// Failed integrity checks after which the model locks.
+        #[arg(long, default_value_t = 1)]
+        lock_after: u32,
+        /// Data providers allowed to query: a file of client public keys
+        /// (64 hex digits per line). Default: anyone.
+        #[arg(long)]
+        allow_clients: Option<PathBuf>,
+        #[command(flatten)]
+        owner: OwnerArgs,
     },
+    /// Owner: the model's state (lock, incidents, budgets spent, allow list,
+    /// state version), read from the enclave over the owner's channel.
+    Status {
+        /// Model id from `hetee model upload`.
+        #[arg(long)]
+        model_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        owner: OwnerArgs,
+    },
+    /// Owner: clear the model's lock and incident log.
+    Unlock {
+        /// Model id from `hetee model upload`.
+        #[arg(long)]
+        model_id: String,
+        #[command(flatten)]
+        owner: OwnerArgs,
+    },
+    /// Owner: replace the list of data providers allowed to query.
+    Allow {
+        /// Model id from `hetee model upload`.
+        #[arg(long)]
+        model_id: String,
+        /// File of client public keys (64 hex digits per line).
+        #[arg(long, conflicts_with = "open", required_unless_present = "open")]
+        allow_clients: Option<PathBuf>,
+        /// Let anyone query.
+        #[arg(long)]
+        open: bool,
+        #[command(flatten)]
+        owner: OwnerArgs,
+    },
+}
+
+/// How the model owner reaches and checks the enclave, and who it is.
+#[derive(clap::Args, Debug)]
+pub struct OwnerArgs {
+    /// Server address: host:port or http://host:port.
+    #[arg(long)]
+    pub server: String,
+    /// The enclave measurement to accept (hex, from `hetee enclave measure`).
+    #[arg(long)]
+    pub expect_measurement: String,
+    /// Accept the simulated TEE platform (testing only: it protects nothing).
+    #[arg(long)]
+    pub allow_sim: bool,
+    /// The owner's long-term key (hex file, created on first use). The key
+    /// set and every model under it belong to this key: keep it.
+    #[arg(long)]
+    pub client_key: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -92,11 +144,17 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
         /// The enclave's memory budget in MiB (part of its measurement).
-        #[arg(long, default_value_t = hetee_enclave::config::DEFAULT_MEMORY_BUDGET_MIB)]
+        #[arg(long, default_value_t = hetee_proto::config::DEFAULT_MEMORY_BUDGET_MIB)]
         memory_budget_mib: u64,
         /// Logs as JSON lines.
         #[arg(long)]
         log_json: bool,
+        /// The TEE platform the enclave runs on: sim, tdx, snp or gramine.
+        #[arg(long, default_value = "sim")]
+        platform: String,
+        /// The enclave binary (default: `hetee-enclave` beside this executable).
+        #[arg(long)]
+        enclave_binary: Option<PathBuf>,
     },
     /// Model provider commands.
     Model {
@@ -134,8 +192,9 @@ enum Command {
         /// Write the enclave-signed results (receipts) as JSON here.
         #[arg(long)]
         receipt: Option<PathBuf>,
-        /// Long-term client key (hex file, created if missing); the model's
-        /// query budget counts per client key. Default: a throwaway key.
+        /// Long-term client key (hex file, created if missing): the key a
+        /// model's owner lists to allow queries, and by which budgets count.
+        /// Default: a throwaway key (enough for open models).
         #[arg(long)]
         client_key: Option<PathBuf>,
     },
@@ -202,9 +261,6 @@ enum Command {
         /// Models, comma separated.
         #[arg(long, value_delimiter = ',', default_value = "mnist,e2dm")]
         models: Vec<String>,
-        /// Measure only what the Freivalds checks cost the enclave.
-        #[arg(long)]
-        freivalds: bool,
     },
     /// Prints the per-layer packing plan of a model.
     Plan {
@@ -238,21 +294,18 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Enclave {
-            cmd: EnclaveCommand::Run,
-        } => hetee_enclave::wire::serve_stdio().map_err(|e| anyhow::anyhow!("enclave stream: {e}")),
-        Command::Enclave {
             cmd:
                 EnclaveCommand::Measure {
                     binary,
                     memory_budget_mib,
                 },
         } => {
-            let config = hetee_enclave::EnclaveConfig { memory_budget_mib };
-            hetee_enclave::EnclaveConfig::from_bytes(&config.to_bytes())
+            let config = hetee_proto::EnclaveConfig { memory_budget_mib };
+            hetee_proto::EnclaveConfig::from_bytes(&config.to_bytes())
                 .context("--memory-budget-mib must be between 16 and 1048576")?;
             let program = match binary {
                 Some(b) => b,
-                None => std::env::current_exe()?,
+                None => hetee_server::launcher::find_enclave_binary()?,
             };
             let m = hetee_server::launcher::measure_binary(&program, &config)?;
             println!("{}", m.to_hex());
@@ -263,49 +316,22 @@ pub fn run(cli: Cli) -> Result<()> {
             data_dir,
             memory_budget_mib,
             log_json,
+            platform,
+            enclave_binary,
         } => {
-            let enclave = hetee_enclave::EnclaveConfig { memory_budget_mib };
-            hetee_enclave::EnclaveConfig::from_bytes(&enclave.to_bytes())
+            let enclave = hetee_proto::EnclaveConfig { memory_budget_mib };
+            hetee_proto::EnclaveConfig::from_bytes(&enclave.to_bytes())
                 .context("--memory-budget-mib must be between 16 and 1048576")?;
             crate::serve::serve(&crate::serve::ServeOptions {
                 listen,
                 data_dir,
                 enclave,
                 log_json,
-                enclave_program: None,
+                enclave_program: enclave_binary,
+                platform,
             })
         }
-        Command::Model {
-            cmd:
-                ModelCommand::Upload {
-                    server,
-                    model,
-                    calib,
-                    expect_measurement,
-                    allow_sim,
-                    max_batch,
-                    output_policy,
-                    query_budget,
-                },
-        } => {
-            let terms = crate::client::model_provider::Terms {
-                max_batch,
-                policy: hetee_enclave::messages::OutputPolicy::parse(&output_policy)
-                    .map_err(|e| anyhow::anyhow!("--output-policy: {e}"))?,
-                query_budget,
-            };
-            let trust = crate::client::trust::Trust::new(&expect_measurement, allow_sim)?;
-            let api = crate::client::http::Api::new(&server)?;
-            let (m, c) = load_model(&model, calib.as_deref())?;
-            let q = prepare(&m, &c)?;
-            let up = crate::client::model_provider::upload(&api, &trust, &q, &terms)?;
-            eprintln!(
-                "uploaded {} bytes of encrypted weights; {} images per query",
-                up.weight_bytes, up.batch
-            );
-            println!("{}", hetee_enclave::messages::id_hex(&up.model_id));
-            Ok(())
-        }
+        Command::Model { cmd } => model_command(cmd),
         Command::Infer {
             server,
             model_id,
@@ -367,7 +393,6 @@ pub fn run(cli: Cli) -> Result<()> {
             images,
             batch,
             models,
-            freivalds,
         } => {
             let all = std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -386,13 +411,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 batch,
                 json: json.as_deref(),
                 chart: chart.as_deref(),
-                freivalds,
             };
-            if freivalds {
-                crate::bench::freivalds(&o).map(|_| ())
-            } else {
-                crate::bench::bench(&o).map(|_| ())
-            }
+            crate::bench::bench(&o).map(|_| ())
         }
         Command::Plan {
             model,
@@ -481,7 +501,7 @@ fn run_model(
         out.extend(outs.into_iter().flatten());
     } else {
         // Many inputs: the planner may stack several images per product.
-        let d = Deployment::new(&q, n.min(MAX_BATCH))?;
+        let d = Harness::new(&q, n.min(MAX_BATCH))?;
         let results = samples
             .par_chunks(d.schedule.batch)
             .map(|chunk| d.infer_batch(chunk))
@@ -509,4 +529,43 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+fn model_command(cmd: ModelCommand) -> Result<()> {
+    use crate::owner;
+    match cmd {
+        ModelCommand::Upload {
+            model,
+            calib,
+            max_batch,
+            output_policy,
+            query_budget,
+            lock_after,
+            allow_clients,
+            owner: o,
+        } => {
+            let terms = owner::terms(
+                max_batch,
+                &output_policy,
+                query_budget,
+                lock_after,
+                allow_clients.as_deref(),
+            )?;
+            let (m, c) = load_model(&model, calib.as_deref())?;
+            let q = prepare(&m, &c)?;
+            owner::upload(&o, &q, &terms)
+        }
+        ModelCommand::Status {
+            model_id,
+            json,
+            owner: o,
+        } => owner::status(&o, &model_id, json),
+        ModelCommand::Unlock { model_id, owner: o } => owner::unlock(&o, &model_id),
+        ModelCommand::Allow {
+            model_id,
+            allow_clients,
+            open: _,
+            owner: o,
+        } => owner::allow(&o, &model_id, allow_clients.as_deref()),
+    }
 }

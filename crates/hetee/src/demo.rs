@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::cli::median;
 use crate::data::{bundled, idx_images, idx_labels};
-use crate::parties::Deployment;
+use crate::harness::Harness;
 use hetee_model::{float, onnx::import_onnx_bytes, quantize, reference};
 
 /// The figures `hetee demo` prints.
@@ -68,7 +68,7 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
     let labels = idx_labels(bundled::TEST_LABELS)?;
     let q = quantize(&model, &calib.data)?;
     eprintln!("compiling and encrypting the model...");
-    let dep = Deployment::new(&q, 1)?;
+    let dep = Harness::new(&q, 1)?;
     let per = 28 * 28;
     let bar = ProgressBar::new(n as u64);
     bar.set_style(ProgressStyle::with_template(
@@ -93,7 +93,7 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
     }
     bar.finish_and_clear();
     let first = &stats[0];
-    let sum = |f: &dyn Fn(&crate::parties::StageStats) -> usize| {
+    let sum = |f: &dyn Fn(&hetee_proto::api::StageStats) -> usize| {
         first.stages.iter().map(f).sum::<usize>()
     };
     let r = DemoReport {
@@ -112,7 +112,7 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
         bytes_down: first.bytes_down,
         bytes_host_enclave: sum(&|s| s.bytes_to_enclave + s.bytes_from_enclave),
         model_ciphertext_bytes: dep.weight_bytes,
-        sealed_model_bytes: dep.sealed_model.len(),
+        sealed_model_bytes: dep.sealed_model_bytes,
         host_weight_memory_bytes: dep.weight_memory,
         he_params: format!(
             "N={}, t={} ({} bits), log2 q={}",

@@ -16,8 +16,8 @@ use crate::client::model_provider::{upload, Terms};
 use crate::client::trust::Trust;
 use crate::data::{bundled, idx_images, idx_labels};
 use crate::serve::{ServeOptions, Server};
-use hetee_enclave::EnclaveConfig;
 use hetee_model::{onnx::import_onnx_bytes, quantize, reference};
+use hetee_proto::EnclaveConfig;
 
 /// What the deployment demo prints.
 #[derive(Debug, Serialize)]
@@ -60,6 +60,7 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
         enclave: EnclaveConfig::default(),
         log_json: false,
         enclave_program: None,
+        platform: "sim".into(),
     })?;
     let addr = server.addr.to_string();
     // What a client pins: the published measurement of this build.
@@ -82,12 +83,13 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
         max_batch: 1,
         ..Terms::default()
     };
-    let up = upload(&api, &trust, &q, &terms)?;
+    let owner = hetee_attest::StaticKeypair::generate()?;
+    let up = upload(&api, &trust, &owner, &q, &terms)?;
     let upload_ms = t.elapsed().as_secs_f64() * 1e3;
-    let model_id = hetee_enclave::messages::id_hex(&up.model_id);
+    let model_id = hetee_proto::ids::id_hex(&up.model_id);
     eprintln!("model provider: model {model_id} registered");
 
-    let target = Target::connect(&api, &trust, &model_id)?;
+    let target = Target::connect(std::sync::Arc::new(api), &trust, &model_id, None)?;
     let bar = ProgressBar::new(n as u64);
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} images, {elapsed} elapsed, eta {eta}",

@@ -1,7 +1,7 @@
 //! `hetee`: confidential neural-network inference with BFV + a trusted
 //! enclave. The library behind the `hetee` command: the clients of a
-//! deployment, the server launcher, the in-process pipeline, data files,
-//! benchmarks and the CLI.
+//! deployment, the model owner's commands, the in-process harness, data
+//! files, benchmarks and the CLI.
 
 pub mod bench;
 pub mod chart;
@@ -10,7 +10,8 @@ pub mod client;
 pub mod data;
 pub mod demo;
 pub mod deployment_demo;
-pub mod parties;
+pub mod harness;
+pub mod owner;
 pub mod plan;
 pub mod report;
 pub mod serve;

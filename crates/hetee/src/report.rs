@@ -3,13 +3,13 @@
 use serde_json::{json, Value};
 
 use crate::cli::median;
-use crate::parties::{Deployment, QueryStats};
+use crate::harness::{Harness, QueryStats};
 use hetee_model::QuantModel;
 
 /// Builds the per-layer report: packing, products, enclave work, times, bytes.
 pub fn layer_report(
     q: &QuantModel,
-    dep: Option<&Deployment>,
+    dep: Option<&Harness>,
     stats: &[QueryStats],
     images: usize,
     plaintext: bool,
@@ -28,7 +28,7 @@ pub fn layer_report(
             });
             if let Some(d) = dep {
                 let p = &d.schedule.stages[k].packing;
-                let col = |f: &dyn Fn(&crate::parties::StageStats) -> f64| {
+                let col = |f: &dyn Fn(&hetee_proto::api::StageStats) -> f64| {
                     median(stats.iter().map(|s| f(&s.stages[k])).collect())
                 };
                 v["packing"] = json!({

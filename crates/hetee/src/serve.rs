@@ -1,16 +1,17 @@
 //! `hetee serve`: the untrusted host as an HTTP server, with its enclave as
-//! a child process and its store in a data directory.
+//! a child process (the `hetee-enclave` binary) and its store in a data
+//! directory.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
-use hetee_enclave::EnclaveConfig;
+use hetee_proto::EnclaveConfig;
 use hetee_server::app::App;
 use hetee_server::launcher::LaunchSpec;
 use hetee_server::store::Store;
-use hetee_server::supervisor::Supervisor;
+use hetee_server::supervisor::{Launch, Supervisor};
 
 /// How to run the server.
 #[derive(Debug, Clone)]
@@ -23,8 +24,10 @@ pub struct ServeOptions {
     pub enclave: EnclaveConfig,
     /// Logs as JSON lines.
     pub log_json: bool,
-    /// The enclave executable (default: this one, as `hetee enclave run`).
+    /// The enclave executable (default: `hetee-enclave` beside this one).
     pub enclave_program: Option<PathBuf>,
+    /// The TEE platform the enclave runs on (`sim`, `tdx`, `snp`, `gramine`).
+    pub platform: String,
 }
 
 /// Sets up structured logs on stderr (once per process). `RUST_LOG` filters.
@@ -55,11 +58,8 @@ impl Server {
     /// Opens the store, starts the enclave and binds the listener.
     pub fn bind(opts: &ServeOptions) -> Result<Self> {
         let store = Arc::new(Store::open(&opts.data_dir)?);
-        let mut spec = LaunchSpec::this_executable(opts.enclave)?;
-        if let Some(p) = &opts.enclave_program {
-            spec.program = p.clone();
-        }
-        let sup = Supervisor::start(spec, store.clone())?;
+        let spec = LaunchSpec::new(opts.enclave_program.clone(), &opts.platform, opts.enclave)?;
+        let sup = Supervisor::start(Launch::Process(spec), store.clone())?;
         let measurement = sup.measurement().to_hex();
         let listener = std::net::TcpListener::bind(opts.listen.trim_start_matches("http://"))
             .with_context(|| format!("cannot listen on {}", opts.listen))?;

@@ -2,13 +2,13 @@
 //! 1 with `POST /v1/sessions`, message 3 and the first request with
 //! `POST /v1/sessions/{id}/finish`.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use hetee_attest::{ClientHandshake, StaticKeypair, Transport};
-use hetee_enclave::messages::{id_hex, ClientMessage, EnclaveMessage, ModelId};
-use hetee_server::api_types::{b64, unb64, FinishSession, OpenSession, Sealed, SessionOpened};
+use hetee_proto::api::{b64, unb64, FinishSession, OpenSession, Sealed, SessionOpened};
+use hetee_proto::messages::{id_hex, ClientMessage, EnclaveMessage, ModelId};
 use zeroize::Zeroizing;
 
-use super::http::Api;
+use super::relay::Relay;
 use super::trust::AttestedKeys;
 
 /// An open session: its id on the server and the channel's transport.
@@ -22,7 +22,7 @@ impl Session {
     /// Handshakes with the attested enclave and sends `first`; returns the
     /// session and the enclave's answer.
     pub fn open(
-        api: &Api,
+        api: &dyn Relay,
         keys: &AttestedKeys,
         model_id: Option<&ModelId>,
         first: &ClientMessage,
@@ -31,9 +31,10 @@ impl Session {
     }
 
     /// [`Session::open`] with a long-term client key, which the enclave
-    /// sees (query budgets count per client key); `None`: a throwaway key.
+    /// sees (key set ownership, allow lists and query budgets go by client
+    /// key); `None`: a throwaway key.
     pub fn open_as(
-        api: &Api,
+        api: &dyn Relay,
         keys: &AttestedKeys,
         model_id: Option<&ModelId>,
         first: &ClientMessage,
@@ -43,14 +44,11 @@ impl Session {
             Some(k) => ClientHandshake::with_client_key(k, &keys.channel_key, &keys.evidence_hash)?,
             None => ClientHandshake::new(&keys.channel_key, &keys.evidence_hash)?,
         };
-        let opened: SessionOpened = api.post(
-            "/v1/sessions",
-            &OpenSession {
-                key_id: id_hex(&keys.key_id),
-                model_id: model_id.map(|m| id_hex(m)),
-                msg1: b64(&msg1),
-            },
-        )?;
+        let opened: SessionOpened = api.open_session(&OpenSession {
+            key_id: id_hex(&keys.key_id),
+            model_id: model_id.map(|m| id_hex(m)),
+            msg1: b64(&msg1),
+        })?;
         let msg2 = unb64(&opened.msg2, "msg2").map_err(|e| anyhow!(e))?;
         let (tx, msg3) = hs.finish(&msg2).context(
             "the channel handshake failed: the server's enclave is not the one it attested \
@@ -61,8 +59,8 @@ impl Session {
             tx,
         };
         let payload = s.seal(first)?;
-        let reply: Sealed = api.post(
-            &format!("/v1/sessions/{}/finish", s.id),
+        let reply: Sealed = api.finish_session(
+            &s.id,
             &FinishSession {
                 msg3: b64(&msg3),
                 payload: b64(&payload),
@@ -85,12 +83,7 @@ impl Session {
             .tx
             .open(&bytes)
             .context("the enclave's answer did not authenticate on the channel")?;
-        let m: EnclaveMessage =
-            postcard::from_bytes(&plain).context("the enclave's answer is malformed")?;
-        if let EnclaveMessage::Refused { message } = &m {
-            bail!("the enclave refused: {message}");
-        }
-        Ok(m)
+        postcard::from_bytes(&plain).context("the enclave's answer is malformed")
     }
 }
 

@@ -2,26 +2,26 @@
 //! attested HE key, and receive the logits over the channel (the server
 //! never sees them).
 
-use anyhow::{anyhow, bail, Result};
-use hetee_enclave::input_binding::encrypt_input;
 use std::sync::{Arc, RwLock};
 
+use anyhow::{anyhow, bail, Result};
 use hetee_attest::StaticKeypair;
-
-use hetee_enclave::messages::{
+use hetee_proto::api::{b64, KeysInfo, ModelInfo, QueryDone, RunQuery};
+use hetee_proto::input_binding::encrypt_input;
+use hetee_proto::messages::{
     id_from_hex, id_hex, input_digest, thin_input_digest, ClientMessage, EnclaveMessage,
     QueryResult,
 };
-use hetee_server::api_types::{b64, KeysInfo, ModelInfo, QueryDone, RunQuery};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use super::channel::Session;
-use super::http::Api;
+use super::relay::Relay;
 use super::trust::{verify, AttestedKeys, Trust};
 
 /// A model the data provider has checked.
 pub struct Target {
-    api: Api,
+    api: Arc<dyn Relay>,
     trust: Trust,
     /// The attested keys and what they were verified from; refreshed when
     /// the enclave restarts (new channel key, new evidence).
@@ -44,6 +44,12 @@ pub struct Answer {
     pub host_ms: f64,
     /// Enclave time reported by the server (ms).
     pub enclave_ms: f64,
+    /// Per-stage figures reported by the server.
+    pub stages: Vec<hetee_proto::api::StageStats>,
+    /// Ciphertext bytes this client sent.
+    pub bytes_up: usize,
+    /// Sealed result bytes this client received.
+    pub bytes_down: usize,
 }
 
 /// A result signed by the attested enclave, with the evidence that binds
@@ -67,14 +73,22 @@ impl Receipt {
 }
 
 impl Target {
-    /// Fetches the model's attested keys and verifies them.
-    pub fn connect(api: &Api, trust: &Trust, model_id: &str) -> Result<Self> {
+    /// Fetches the model's attested keys, verifies them and asks the
+    /// enclave for the query plan, as `client` (a long-term key the model's
+    /// owner may list; `None`: a throwaway key, for open models).
+    pub fn connect(
+        api: Arc<dyn Relay>,
+        trust: &Trust,
+        model_id: &str,
+        client: Option<StaticKeypair>,
+    ) -> Result<Self> {
         let id = id_from_hex(model_id).map_err(|e| anyhow!("--model-id: {e}"))?;
+        let client = client.map(Arc::new);
         let mut last = None;
         // An enclave restart between the two steps invalidates the keys:
         // fetch them again and retry.
         for _ in 0..3 {
-            match Self::connect_once(api, trust, id) {
+            match Self::connect_once(api.clone(), trust, id, client.clone()) {
                 Ok(t) => return Ok(t),
                 Err(e) if is_restart(&e) => last = Some(e),
                 Err(e) => return Err(e),
@@ -83,8 +97,8 @@ impl Target {
         Err(last.unwrap_or_else(|| anyhow!("cannot connect")))
     }
 
-    fn fetch(api: &Api, trust: &Trust, id: &[u8; 16]) -> Result<(AttestedKeys, KeysInfo)> {
-        let info: ModelInfo = api.get(&format!("/v1/models/{}", id_hex(id)))?;
+    fn fetch(api: &dyn Relay, trust: &Trust, id: &[u8; 16]) -> Result<(AttestedKeys, KeysInfo)> {
+        let info: ModelInfo = api.model(&id_hex(id))?;
         if !info.registered {
             bail!(
                 "model {} is uploaded but its provider has not registered it yet",
@@ -94,34 +108,33 @@ impl Target {
         Ok((verify(&info.keys, trust)?, info.keys))
     }
 
-    fn connect_once(api: &Api, trust: &Trust, id: [u8; 16]) -> Result<Self> {
-        let (keys, info) = Self::fetch(api, trust, &id)?;
+    fn connect_once(
+        api: Arc<dyn Relay>,
+        trust: &Trust,
+        id: [u8; 16],
+        client: Option<Arc<StaticKeypair>>,
+    ) -> Result<Self> {
+        let (keys, info) = Self::fetch(api.as_ref(), trust, &id)?;
         // Ask the enclave (not the host) how a query is laid out.
-        let (s, answer) = Session::open(
-            api,
+        let (s, answer) = Session::open_as(
+            api.as_ref(),
             &keys,
             Some(&id),
             &ClientMessage::Hello { model_id: id },
+            client.as_deref(),
         )?;
-        let _ = api.delete(&format!("/v1/sessions/{}", s.id));
+        api.close_session(&s.id);
         let EnclaveMessage::Plan(plan) = answer else {
             bail!("the enclave did not send a query plan");
         };
         Ok(Target {
-            api: api.clone(),
+            api,
             trust: trust.clone(),
             current: RwLock::new(Arc::new((keys, info))),
-            client: None,
+            client,
             model_id: id,
             batch: plan.batch,
         })
-    }
-
-    /// Queries as this long-term client key (the enclave counts query
-    /// budgets per client key).
-    pub fn with_client_key(mut self, key: StaticKeypair) -> Self {
-        self.client = Some(Arc::new(key));
-        self
     }
 
     fn keys(&self) -> Arc<(AttestedKeys, KeysInfo)> {
@@ -150,15 +163,16 @@ impl Target {
         let mut current = self.keys();
         let client = self.client.as_deref();
         let id = Some(&self.model_id);
-        let opened = match Session::open_as(&self.api, &current.0, id, &hello, client) {
+        let api = self.api.as_ref();
+        let opened = match Session::open_as(api, &current.0, id, &hello, client) {
             Err(e) if is_restart(&e) => {
                 // The enclave restarted since we attested it: attest again.
-                let fresh = Arc::new(Self::fetch(&self.api, &self.trust, &self.model_id)?);
+                let fresh = Arc::new(Self::fetch(api, &self.trust, &self.model_id)?);
                 if let Ok(mut w) = self.current.write() {
                     *w = fresh.clone();
                 }
                 current = fresh;
-                Session::open_as(&self.api, &current.0, id, &hello, client)
+                Session::open_as(api, &current.0, id, &hello, client)
             }
             r => r,
         };
@@ -171,14 +185,14 @@ impl Target {
             bail!("the enclave's plan does not match the attested keys; refusing");
         }
         let (msg, cts, digest) = if thin {
-            let images: Vec<Vec<f32>> = xs.iter().map(|x| x.to_vec()).collect();
+            let images = Zeroizing::new(xs.iter().map(|x| x.to_vec()).collect::<Vec<_>>());
             let digest = thin_input_digest(&images);
             (ClientMessage::ThinQuery { images }, Vec::new(), digest)
         } else {
             let polys = plan.pack_input(xs)?;
             // Fresh secret randomness, revealed only to the enclave: it
             // proves that this session made these ciphertexts.
-            let seed: [u8; 32] = rand::random();
+            let seed = Zeroizing::new(rand::random::<[u8; 32]>());
             let cts = encrypt_input(&keys.public_key, &keys.par, &polys, &seed)?;
             let digest = input_digest(&cts);
             let msg = ClientMessage::Query {
@@ -189,8 +203,9 @@ impl Target {
             (msg, cts, digest)
         };
         let payload = s.seal(&msg)?;
-        let done: QueryDone = self.api.post(
-            &format!("/v1/sessions/{}/query", s.id),
+        let bytes_up: usize = cts.iter().map(Vec::len).sum();
+        let done: QueryDone = api.query(
+            &s.id,
             &RunQuery {
                 payload: b64(&payload),
                 input: cts.iter().map(|c| b64(c)).collect(),
@@ -224,6 +239,9 @@ impl Target {
                 .collect(),
             host_ms: done.host_ms,
             enclave_ms: done.enclave_ms,
+            bytes_up,
+            bytes_down: done.payload.len() * 3 / 4,
+            stages: done.stages,
             receipt,
         })
     }

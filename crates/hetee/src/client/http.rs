@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use hetee_server::api_types::ErrorBody;
+use hetee_proto::api::ErrorBody;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 

@@ -9,6 +9,7 @@ pub mod channel;
 pub mod data_provider;
 pub mod http;
 pub mod model_provider;
+pub mod relay;
 pub mod trust;
 
 use std::path::Path;
@@ -41,12 +42,13 @@ pub struct InferJob<'a> {
 /// `hetee infer`: every image of `input` through the model, `parallel`
 /// queries at a time.
 pub fn infer_file(job: &InferJob) -> Result<()> {
-    let api = http::Api::new(job.server)?;
+    let api: std::sync::Arc<dyn relay::Relay> = std::sync::Arc::new(http::Api::new(job.server)?);
     let x = crate::data::read_npy(job.input).context("input")?;
-    let mut target = data_provider::Target::connect(&api, job.trust, job.model_id)?;
-    if let Some(p) = job.client_key {
-        target = target.with_client_key(channel::load_or_create_key(p)?);
-    }
+    let client = job
+        .client_key
+        .map(channel::load_or_create_key)
+        .transpose()?;
+    let target = data_provider::Target::connect(api, job.trust, job.model_id, client)?;
     let n = *x.shape.first().unwrap_or(&0);
     if n == 0 {
         bail!("the input holds no samples");

@@ -1,21 +1,32 @@
 //! The model provider: compile and quantize its model, check the enclave,
 //! encrypt the packed weights under the enclave's HE key, upload them, and
-//! hand the per-layer secrets to the enclave over the channel.
+//! register the model over its channel. The key set belongs to the model
+//! provider's long-term channel key: only that key can register models
+//! under it, read their state, unlock them or change who may query.
+
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use hetee_enclave::freivalds::StageCheck;
-use hetee_enclave::messages::{
-    he_params_bytes, id_hex, model_id, registration_digest, upload_id, weights_commitment,
-    ClientMessage, EnclaveMessage, ModelId, OutputPolicy,
-};
-use hetee_enclave::Schedule;
+use fhe::bfv::{BfvParameters, Encoding, Plaintext, PublicKey};
+use fhe_traits::{FheEncoder, FheEncrypter};
+use hetee_attest::StaticKeypair;
+use hetee_he::codec::ciphertext_to_bytes;
 use hetee_model::QuantModel;
-use hetee_server::api_types::{b64, CreateKeys, KeysInfo, ModelCreated, StageUpload, UploadModel};
+use hetee_proto::api::{
+    b64, CreateKeys, KeysInfo, ModelCreated, ModelInfo, StageUpload, UploadModel,
+};
+use hetee_proto::channel::{AllowList, ModelReport, ModelTerms};
+use hetee_proto::messages::{
+    he_params_bytes, id_from_hex, id_hex, model_id, registration_digest, upload_id,
+    weights_commitment, ClientMessage, EnclaveMessage, ModelId,
+};
+use hetee_proto::Schedule;
+use rayon::prelude::*;
+use zeroize::Zeroizing;
 
 use super::channel::Session;
-use super::http::Api;
-use super::trust::{verify, Trust};
-use crate::parties::encrypt_weights;
+use super::relay::Relay;
+use super::trust::{verify, AttestedKeys, Trust};
 
 /// What an upload produced.
 pub struct Uploaded {
@@ -27,52 +38,104 @@ pub struct Uploaded {
     pub batch: usize,
 }
 
-/// What the model provider decides about its model's queries.
-#[derive(Debug, Clone, Copy)]
+/// What the model provider decides about its model.
+#[derive(Debug, Clone)]
 pub struct Terms {
     /// Largest batch of images per query to plan for.
     pub max_batch: usize,
-    /// What a query releases.
-    pub policy: OutputPolicy,
-    /// Most queries per client key (`None`: unlimited).
-    pub query_budget: Option<u64>,
+    /// Policy, budget and lock threshold (fixed at registration).
+    pub model: ModelTerms,
+    /// Who may query at first (changeable later).
+    pub allow: AllowList,
 }
 
 impl Default for Terms {
     fn default() -> Self {
         Terms {
             max_batch: 8,
-            policy: OutputPolicy::Logits,
-            query_budget: None,
+            model: ModelTerms::default(),
+            allow: AllowList::Open,
         }
     }
 }
 
-/// Uploads `model` on `terms`.
-pub fn upload(api: &Api, trust: &Trust, model: &QuantModel, terms: &Terms) -> Result<Uploaded> {
-    let schedule = Schedule::compile_best(model, terms.max_batch.max(1))?;
-    // Secret check vectors for the host's linear layers (Freivalds).
-    let mut rng = rand::rng();
-    let checks: Vec<StageCheck> = model
+/// The model provider's side: encrypt every stage's packed weights under
+/// the enclave's public key.
+pub fn encrypt_weights(
+    model: &QuantModel,
+    schedule: &Schedule,
+    par: &Arc<BfvParameters>,
+    pk: &PublicKey,
+) -> Result<Vec<Vec<Vec<u8>>>> {
+    model
         .stages
         .iter()
-        .map(|st| StageCheck::draw(st, &mut rng))
-        .collect();
-    let info: KeysInfo = api.post(
-        "/v1/keys",
-        &CreateKeys {
-            he_params: b64(&he_params_bytes(&schedule.he)),
-        },
-    )?;
+        .enumerate()
+        .map(|(k, st)| {
+            let polys = schedule.pack_stage_weights(k, &st.weight)?;
+            polys
+                .par_iter()
+                .map(|p| {
+                    let pt = Plaintext::try_encode(p.as_slice(), Encoding::poly(), par)?;
+                    let ct = pk.try_encrypt(&pt, &mut rand::rng())?;
+                    Ok(ciphertext_to_bytes(&ct))
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect()
+}
+
+/// The registration message of a model, and the id the enclave must answer.
+pub fn registration(
+    keys: &AttestedKeys,
+    model: &QuantModel,
+    schedule: &Schedule,
+    commitment: [u8; 32],
+    terms: &Terms,
+) -> (ClientMessage, ModelId) {
+    let weights = Zeroizing::new(
+        model
+            .stages
+            .iter()
+            .map(|s| s.weight.clone())
+            .collect::<Vec<_>>(),
+    );
+    let digest = registration_digest(schedule, &weights, &terms.model);
+    let want = model_id(&keys.key_id, &commitment, &digest);
+    let msg = ClientMessage::RegisterModel {
+        key_id: keys.key_id,
+        commitment,
+        schedule: Box::new(schedule.clone()),
+        weights,
+        terms: terms.model,
+        allow: terms.allow.clone(),
+    };
+    (msg, want)
+}
+
+/// Uploads and registers `model` on `terms`, as `owner`.
+pub fn upload(
+    api: &dyn Relay,
+    trust: &Trust,
+    owner: &StaticKeypair,
+    model: &QuantModel,
+    terms: &Terms,
+) -> Result<Uploaded> {
+    let schedule = Schedule::compile_best(model, terms.max_batch.max(1))?;
+    let info: KeysInfo = api.create_keys(&CreateKeys {
+        he_params: b64(&he_params_bytes(&schedule.he)),
+        owner: id_hex(owner.public()),
+    })?;
     let keys = verify(&info, trust)?;
     if keys.he != schedule.he {
         bail!("the enclave made keys for other HE parameters than requested; refusing");
     }
+    if keys.owner != *owner.public() {
+        bail!("the enclave's key set belongs to another key than ours; refusing to use it");
+    }
     let weights = encrypt_weights(model, &schedule, &keys.par, &keys.public_key)?;
     let commitment = weights_commitment(&weights);
     let upload = upload_id(&keys.key_id, &commitment);
-    let digest = registration_digest(&schedule, &checks, terms.policy, terms.query_budget);
-    let want_id = model_id(&keys.key_id, &commitment, &digest);
     let stages = schedule
         .stages
         .iter()
@@ -85,30 +148,16 @@ pub fn upload(api: &Api, trust: &Trust, model: &QuantModel, terms: &Terms) -> Re
         })
         .collect::<Result<Vec<_>>>()?;
     let created: ModelCreated = api
-        .post(
-            "/v1/models",
-            &UploadModel {
-                key_id: id_hex(&keys.key_id),
-                stages,
-            },
-        )
+        .upload(&UploadModel {
+            key_id: id_hex(&keys.key_id),
+            stages,
+        })
         .context("uploading the encrypted weights")?;
     if created.upload_id != id_hex(&upload) || created.commitment != id_hex(&commitment) {
         bail!("the server stored the weights under another commitment than ours; refusing");
     }
-    let (_, answer) = Session::open(
-        api,
-        &keys,
-        None,
-        &ClientMessage::RegisterModel {
-            key_id: keys.key_id,
-            commitment,
-            schedule: Box::new(schedule.clone()),
-            checks,
-            policy: terms.policy,
-            query_budget: terms.query_budget,
-        },
-    )?;
+    let (msg, want_id) = registration(&keys, model, &schedule, commitment, terms);
+    let (_, answer) = Session::open_as(api, &keys, None, &msg, Some(owner))?;
     match answer {
         EnclaveMessage::Registered { model_id } if model_id == want_id => Ok(Uploaded {
             model_id,
@@ -117,4 +166,72 @@ pub fn upload(api: &Api, trust: &Trust, model: &QuantModel, terms: &Terms) -> Re
         }),
         _ => bail!("the enclave did not confirm the registration"),
     }
+}
+
+/// What the owner can do to a registered model.
+pub enum Manage {
+    /// Read its state.
+    Status,
+    /// Clear the lock and the incident log.
+    Unlock,
+    /// Replace the allow list.
+    Allow(AllowList),
+}
+
+/// Sends an owner's message about `model_id` over a channel of its own and
+/// returns the model's state as the enclave reports it.
+pub fn manage(
+    api: &dyn Relay,
+    trust: &Trust,
+    owner: &StaticKeypair,
+    model_id: &str,
+    what: Manage,
+) -> Result<ModelReport> {
+    let id = id_from_hex(model_id).map_err(|e| anyhow::anyhow!("--model-id: {e}"))?;
+    let info: ModelInfo = api.model(&id_hex(&id))?;
+    let keys = verify(&info.keys, trust)?;
+    if keys.owner != *owner.public() {
+        bail!(
+            "model {model_id} belongs to key {}, not to this client key; pass the owner's --client-key",
+            id_hex(&keys.owner)
+        );
+    }
+    let msg = match what {
+        Manage::Status => ClientMessage::ModelStatus { model_id: id },
+        Manage::Unlock => ClientMessage::Unlock { model_id: id },
+        Manage::Allow(allow) => ClientMessage::SetAllowList {
+            model_id: id,
+            allow,
+        },
+    };
+    let (_, answer) = Session::open_as(api, &keys, None, &msg, Some(owner))?;
+    match answer {
+        EnclaveMessage::Report(r) if r.model_id == id => Ok(*r),
+        _ => bail!("the enclave did not report the model's state"),
+    }
+}
+
+/// Reads an allow list file: one client public key (64 hex digits) per
+/// line; blank lines and `#` comments are skipped.
+pub fn read_allow_list(path: &std::path::Path) -> Result<AllowList> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the allow list {}", path.display()))?;
+    let mut keys = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let v = hetee_attest::evidence::unhex(line)
+            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), n + 1))?;
+        let k: [u8; 32] = v.try_into().map_err(|_| {
+            anyhow::anyhow!(
+                "{}:{}: a client key is 64 hex digits",
+                path.display(),
+                n + 1
+            )
+        })?;
+        keys.push(k);
+    }
+    Ok(AllowList::Only(keys))
 }

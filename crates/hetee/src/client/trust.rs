@@ -1,6 +1,7 @@
 //! Checking the server's enclave before trusting it: the evidence must be
 //! authentic, for the pinned measurement, and bind the channel key, the HE
-//! public key and the HE parameters the server handed over.
+//! public key, the HE parameters, the key set's owner and the result-signing
+//! key the server handed over.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,9 +10,9 @@ use anyhow::{anyhow, Context, Result};
 use fhe::bfv::{BfvParameters, PublicKey};
 use fhe_traits::DeserializeParametrized;
 use hetee_attest::{Evidence, Measurement, Policy, SimVerifier, Verifiers};
-use hetee_enclave::messages::{he_params_from_bytes, id_from_hex, signing_key_binding, KeyId};
 use hetee_he::HeConfig;
-use hetee_server::api_types::{unb64, KeysInfo};
+use hetee_proto::api::{unb64, KeysInfo};
+use hetee_proto::ids::{he_params_from_bytes, id_from_hex, key_set_binding, KeyId};
 use sha2::{Digest, Sha256};
 
 /// What a client accepts.
@@ -56,6 +57,8 @@ pub struct AttestedKeys {
     pub evidence_hash: [u8; 32],
     /// The enclave's result-signing key.
     pub signing_key: [u8; 32],
+    /// The key set's owner (a model provider's long-term channel key).
+    pub owner: [u8; 32],
 }
 
 fn key32(hex: &str, what: &str) -> Result<[u8; 32]> {
@@ -71,17 +74,16 @@ pub fn verify(info: &KeysInfo, trust: &Trust) -> Result<AttestedKeys> {
     let pk_bytes = unb64(&info.public_key, "public_key").map_err(|e| anyhow!(e))?;
     let channel_key = key32(&info.channel_public_key, "the channel key")?;
     let signing_key = key32(&info.signing_public_key, "the result-signing key")?;
+    let owner = key32(&info.owner, "the key set's owner")?;
+    let key_id = id_from_hex(&info.key_id).map_err(|e| anyhow!(e))?;
     let pk_hash: [u8; 32] = Sha256::digest(&pk_bytes).into();
     // What the report data must be: the channel key, HE key and parameters,
-    // and (second half) the result-signing key.
+    // and (second half) the key set, its owner and the result-signing key.
     let mut expected = hetee_attest::report_data(&channel_key, &pk_hash, &he_params);
-    expected[32..].copy_from_slice(&signing_key_binding(&signing_key));
+    expected[32..].copy_from_slice(&key_set_binding(&key_id, &owner, &signing_key));
     let mut policy = Policy::new(trust.measurement);
     policy.allow_sim = trust.allow_sim;
-    let verifiers = Verifiers {
-        sim: Some(SimVerifier::dev()),
-        dcap: Some(hetee_attest::DcapVerifier::new()),
-    };
+    let verifiers = Verifiers::production().with_sim(SimVerifier::dev());
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -100,7 +102,8 @@ pub fn verify(info: &KeysInfo, trust: &Trust) -> Result<AttestedKeys> {
     let public_key = PublicKey::from_bytes(&pk_bytes, &par)
         .map_err(|e| anyhow!("the attested HE public key does not parse: {e}"))?;
     Ok(AttestedKeys {
-        key_id: id_from_hex(&info.key_id).map_err(|e| anyhow!(e))?,
+        key_id,
+        owner,
         he,
         par,
         public_key,

@@ -9,7 +9,7 @@ use hetee_model::intops::PostOp;
 use hetee_model::quant::{InputQuant, LinearKind, QuantModel, QuantStage, StageOutput};
 use serde::{Deserialize, Serialize};
 
-use crate::EnclaveError;
+use crate::ProtoError;
 
 /// One stage: the linear layer's HE layout and its nonlinear tail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,9 +93,9 @@ pub(crate) fn check_packing(
 impl Schedule {
     /// Chooses parameters from the model's accumulator bound and plans every
     /// stage for `batch` images per query.
-    pub fn compile(model: &QuantModel, batch: usize) -> Result<Self, EnclaveError> {
+    pub fn compile(model: &QuantModel, batch: usize) -> Result<Self, ProtoError> {
         if batch == 0 || batch > 4096 {
-            return Err(EnclaveError::Schedule(format!(
+            return Err(ProtoError::Schedule(format!(
                 "batch {batch} out of range 1..=4096"
             )));
         }
@@ -108,9 +108,9 @@ impl Schedule {
             .map(|(k, st)| {
                 let spec = conv_spec(st);
                 spec.validate()
-                    .map_err(|e| EnclaveError::Schedule(format!("stage {k}: {e}")))?;
+                    .map_err(|e| ProtoError::Schedule(format!("stage {k}: {e}")))?;
                 let packing = plan_conv(spec.batched_shape(batch), he.degree, &cost)
-                    .map_err(|e| EnclaveError::Schedule(format!("stage {k}: {e}")))?;
+                    .map_err(|e| ProtoError::Schedule(format!("stage {k}: {e}")))?;
                 Ok(StageSchedule {
                     spec,
                     packing,
@@ -120,7 +120,7 @@ impl Schedule {
                     },
                 })
             })
-            .collect::<Result<Vec<_>, EnclaveError>>()?;
+            .collect::<Result<Vec<_>, ProtoError>>()?;
         Ok(Schedule {
             he,
             input_shape: model.input_shape.clone(),
@@ -132,7 +132,7 @@ impl Schedule {
 
     /// Compiles for the batch size (a power of two up to `max_batch`) with
     /// the lowest predicted cost per image.
-    pub fn compile_best(model: &QuantModel, max_batch: usize) -> Result<Self, EnclaveError> {
+    pub fn compile_best(model: &QuantModel, max_batch: usize) -> Result<Self, ProtoError> {
         let mut best = Self::compile(model, 1)?;
         let mut best_cost = best.predicted_cost();
         let mut b = 2;
@@ -156,15 +156,15 @@ impl Schedule {
     }
 
     /// Checks that the stages chain together and fit the parameters.
-    pub fn validate(&self) -> Result<(), EnclaveError> {
+    pub fn validate(&self) -> Result<(), ProtoError> {
         self.he.check_security()?;
         if self.stages.is_empty() {
-            return Err(EnclaveError::Schedule(
+            return Err(ProtoError::Schedule(
                 "a schedule needs at least one stage".into(),
             ));
         }
         for (k, st) in self.stages.iter().enumerate() {
-            let bad = |what: &str| EnclaveError::Schedule(format!("stage {k}: {what}"));
+            let bad = |what: &str| ProtoError::Schedule(format!("stage {k}: {what}"));
             check_packing(&st.spec, &st.packing, self.batch, self.he.degree)
                 .map_err(|e| bad(&e))?;
             if st.tail.linear_output_shape()
@@ -229,10 +229,10 @@ impl Schedule {
         &self,
         stage: usize,
         xs: &[Vec<i64>],
-    ) -> Result<Vec<Vec<i64>>, EnclaveError> {
+    ) -> Result<Vec<Vec<i64>>, ProtoError> {
         let st = self.stage(stage)?;
         if xs.len() != self.batch {
-            return Err(EnclaveError::Schedule(format!(
+            return Err(ProtoError::Schedule(format!(
                 "stage {stage} takes {} images, got {}",
                 self.batch,
                 xs.len()
@@ -240,7 +240,7 @@ impl Schedule {
         }
         let need = st.spec.c * st.spec.h * st.spec.w;
         if let Some(x) = xs.iter().find(|x| x.len() != need) {
-            return Err(EnclaveError::Schedule(format!(
+            return Err(ProtoError::Schedule(format!(
                 "stage {stage} input has {} values, expected {need}",
                 x.len()
             )));
@@ -249,10 +249,10 @@ impl Schedule {
         Ok(st.packing.pack_input(&st.spec.layout_batch(&refs)))
     }
 
-    fn stage(&self, stage: usize) -> Result<&StageSchedule, EnclaveError> {
+    fn stage(&self, stage: usize) -> Result<&StageSchedule, ProtoError> {
         self.stages
             .get(stage)
-            .ok_or_else(|| EnclaveError::Schedule(format!("no stage {stage}")))
+            .ok_or_else(|| ProtoError::Schedule(format!("no stage {stage}")))
     }
 
     /// The per-image inputs `[c, h, w]` of stage `stage` from its decrypted
@@ -263,12 +263,12 @@ impl Schedule {
         &self,
         stage: usize,
         polys: &[Vec<i64>],
-    ) -> Result<Vec<Vec<i64>>, EnclaveError> {
+    ) -> Result<Vec<Vec<i64>>, ProtoError> {
         let st = self.stage(stage)?;
         if polys.len() != st.packing.input_count()
             || polys.iter().any(|p| p.len() != self.he.degree)
         {
-            return Err(EnclaveError::Protocol(format!(
+            return Err(ProtoError::Protocol(format!(
                 "stage {stage}: wrong number or size of inputs"
             )));
         }
@@ -295,12 +295,12 @@ impl Schedule {
         &self,
         stage: usize,
         polys: &[Vec<i64>],
-    ) -> Result<Vec<Vec<i64>>, EnclaveError> {
+    ) -> Result<Vec<Vec<i64>>, ProtoError> {
         let st = self.stage(stage)?;
         if polys.len() != st.packing.output_count()
             || polys.iter().any(|p| p.len() != self.he.degree)
         {
-            return Err(EnclaveError::Protocol(format!(
+            return Err(ProtoError::Protocol(format!(
                 "stage {stage}: wrong number or size of outputs"
             )));
         }
@@ -314,11 +314,11 @@ impl Schedule {
         &self,
         stage: usize,
         weight: &[i8],
-    ) -> Result<Vec<Vec<i64>>, EnclaveError> {
+    ) -> Result<Vec<Vec<i64>>, ProtoError> {
         let st = self.stage(stage)?;
         let s = &st.spec;
         if weight.len() != s.m * s.c * s.kh * s.kw {
-            return Err(EnclaveError::Schedule(format!(
+            return Err(ProtoError::Schedule(format!(
                 "stage {stage}: wrong weight count"
             )));
         }

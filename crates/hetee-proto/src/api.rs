@@ -50,8 +50,11 @@ pub struct Health {
 /// `POST /v1/keys` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateKeys {
-    /// Canonical BFV parameters (`hetee_enclave::messages::he_params_bytes`), base64.
+    /// Canonical BFV parameters (`hetee_proto::ids::he_params_bytes`), base64.
     pub he_params: String,
+    /// The model provider's long-term Noise static public key (hex): the
+    /// key set's owner, bound in the evidence.
+    pub owner: String,
 }
 
 /// A key set's attested identity (`POST /v1/keys`, `GET /v1/keys/{key_id}`).
@@ -67,7 +70,9 @@ pub struct KeysInfo {
     pub channel_public_key: String,
     /// The enclave's Ed25519 result-signing key (hex).
     pub signing_public_key: String,
-    /// Encoded attestation evidence, base64; its report data binds the four fields above.
+    /// The key set's owner: a model provider's long-term Noise key (hex).
+    pub owner: String,
+    /// Encoded attestation evidence, base64; its report data binds the fields above.
     pub evidence: String,
 }
 
@@ -166,4 +171,29 @@ pub struct QueryDone {
     pub host_ms: f64,
     /// Enclave time (ms).
     pub enclave_ms: f64,
+    /// Per linear stage: products, times, ciphertexts and bytes.
+    #[serde(default)]
+    pub stages: Vec<StageStats>,
+}
+
+/// Figures of one linear stage of one query (public: counts, sizes, times).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StageStats {
+    /// ct x ct products on the host.
+    pub products: usize,
+    /// Host time: operand extension and products (ms).
+    pub host_ms: f64,
+    /// Enclave time: decrypt, check, nonlinear step, encrypt (ms).
+    pub enclave_ms: f64,
+    /// Ciphertexts the enclave decrypted.
+    pub enclave_decrypts: usize,
+    /// Ciphertexts the enclave encrypted.
+    pub enclave_encrypts: usize,
+    /// Bytes host -> enclave.
+    pub bytes_to_enclave: usize,
+    /// Bytes enclave -> host.
+    pub bytes_from_enclave: usize,
+    /// Peak bytes an in-process enclave allocated for this stage (0 when
+    /// the enclave is a separate process).
+    pub enclave_working_peak: usize,
 }

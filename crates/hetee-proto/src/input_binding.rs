@@ -20,7 +20,7 @@ use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::EnclaveError;
+use crate::ProtoError;
 
 /// The randomness of input ciphertext `i` under `seed`.
 fn input_rng(seed: &[u8; 32], i: usize) -> ChaCha20Rng {
@@ -38,7 +38,7 @@ pub fn encrypt_input(
     par: &Arc<BfvParameters>,
     polys: &[Vec<i64>],
     seed: &[u8; 32],
-) -> Result<Vec<Vec<u8>>, EnclaveError> {
+) -> Result<Vec<Vec<u8>>, ProtoError> {
     polys
         .par_iter()
         .enumerate()
@@ -60,6 +60,6 @@ pub fn made_with(
     polys: &[Vec<i64>],
     seed: &[u8; 32],
     input: &[Vec<u8>],
-) -> Result<bool, EnclaveError> {
+) -> Result<bool, ProtoError> {
     Ok(encrypt_input(pk, par, polys, seed)? == input)
 }

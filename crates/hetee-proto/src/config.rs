@@ -2,7 +2,7 @@
 //! part of the enclave's identity: changing the budget changes the
 //! measurement clients pin.
 
-use crate::EnclaveError;
+use crate::ProtoError;
 
 /// Default memory budget (MiB).
 pub const DEFAULT_MEMORY_BUDGET_MIB: u64 = 1024;
@@ -33,8 +33,8 @@ impl EnclaveConfig {
     }
 
     /// Parses [`EnclaveConfig::to_bytes`]; anything else is refused.
-    pub fn from_bytes(b: &[u8]) -> Result<Self, EnclaveError> {
-        let bad = || EnclaveError::Protocol("malformed enclave config".into());
+    pub fn from_bytes(b: &[u8]) -> Result<Self, ProtoError> {
+        let bad = || ProtoError::Protocol("malformed enclave config".into());
         let s = std::str::from_utf8(b).map_err(|_| bad())?;
         let mib = s
             .strip_prefix("hetee-enclave v2\ntransport=stdio\nmemory_budget_mib=")

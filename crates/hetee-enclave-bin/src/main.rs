@@ -1,0 +1,81 @@
+//! `hetee-enclave`: the enclave as a plain `main` behind one byte stream
+//! (the Fortanix EDP shape). It is the only measured artifact: the enclave
+//! crate, the stream loop and the memory meter; no CLI, HTTP, ONNX import,
+//! benchmarks or charts.
+//!
+//! ```text
+//! hetee-enclave run [--platform sim|tdx|snp|gramine] [--memory-budget-mib N]
+//! ```
+//!
+//! It reads requests from stdin and writes responses to stdout, in frames
+//! ([`hetee_proto::wire`](hetee_enclave::messages)); diagnostics go to
+//! stderr. Its measurement, evidence and sealing key come from the platform;
+//! the host hands it nothing but requests. The memory budget is part of the
+//! measured config, so a host that changes it changes the measurement.
+
+use std::process::ExitCode;
+
+use hetee_enclave::budget::Meter;
+use hetee_enclave::{Enclave, EnclaveConfig};
+
+#[global_allocator]
+static METER: Meter = Meter;
+
+const USAGE: &str =
+    "usage: hetee-enclave run [--platform sim|tdx|snp|gramine] [--memory-budget-mib N]";
+
+fn parse(args: &[String]) -> Result<(String, EnclaveConfig), String> {
+    let mut it = args.iter();
+    if it.next().map(String::as_str) != Some("run") {
+        return Err(USAGE.into());
+    }
+    let mut platform = "sim".to_string();
+    let mut config = EnclaveConfig::default();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        match flag.as_str() {
+            "--platform" => platform = value.clone(),
+            "--memory-budget-mib" => {
+                config.memory_budget_mib = value
+                    .parse()
+                    .map_err(|_| format!("--memory-budget-mib {value:?} is not a number"))?
+            }
+            _ => return Err(format!("unknown option {flag}\n{USAGE}")),
+        }
+    }
+    // Refuse configs the enclave would not accept (e.g. an absurd budget).
+    EnclaveConfig::from_bytes(&config.to_bytes()).map_err(|e| e.to_string())?;
+    Ok((platform, config))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (name, config) = match parse(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("hetee-enclave: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let platform = match hetee_attest::platform::open(&name, &config.to_bytes()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("hetee-enclave: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut enclave = Enclave::new(platform, config);
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut input = std::io::BufReader::new(stdin.lock());
+    let mut output = std::io::BufWriter::new(stdout.lock());
+    match hetee_enclave::stream::serve(&mut enclave, &mut input, &mut output) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hetee-enclave: stream: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

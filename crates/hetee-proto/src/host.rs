@@ -1,0 +1,231 @@
+//! Host ↔ enclave requests and responses, over the enclave's one byte
+//! stream. The host sees all of it, so nothing secret travels here in the
+//! clear: secrets are sealed blobs, Noise messages, or HE ciphertexts.
+//!
+//! The enclave takes no identity and no secret from the host: its
+//! measurement, evidence and sealing key come from its platform.
+
+use hetee_he::HeConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ClientKey, Identity, KeyId, ModelId, SessionId};
+
+/// A request from the host to the enclave.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Generates a BFV key set for these parameters, owned by `owner`.
+    CreateKeys {
+        /// Parameters the model provider asked for.
+        he: HeConfig,
+        /// The model provider's long-term channel key. Only a channel from
+        /// this key may register or manage models under the key set; the
+        /// owner checks this field in the attested [`Identity`].
+        owner: ClientKey,
+    },
+    /// Restores a key set sealed by an enclave with the same measurement.
+    RestoreKeys {
+        /// Blob from [`Response::KeysCreated`].
+        sealed: Vec<u8>,
+    },
+    /// The key set's public identity and the platform's evidence for it.
+    Evidence {
+        /// Which key set.
+        key_id: KeyId,
+    },
+    /// Noise XK message 1 from a client who verified `evidence`.
+    OpenChannel {
+        /// Key set the evidence attests.
+        key_id: KeyId,
+        /// The evidence the client verified; its hash is the Noise prologue.
+        evidence: Vec<u8>,
+        /// Handshake message 1.
+        msg1: Vec<u8>,
+    },
+    /// Noise XK message 3 and the client's first message.
+    ChannelFinish {
+        /// From [`Response::ChannelOpened`].
+        session: SessionId,
+        /// Handshake message 3.
+        msg3: Vec<u8>,
+        /// A sealed client message.
+        payload: Vec<u8>,
+    },
+    /// Restores a model sealed by an enclave with the same measurement.
+    /// Its key set must be restored first.
+    RestoreModel {
+        /// Blob from [`RegisteredModel::sealed`].
+        sealed: Vec<u8>,
+    },
+    /// Restores a model's sealed state (lock, budgets, allow list).
+    /// A state older than the one loaded is refused.
+    RestoreState {
+        /// Blob from [`SealedState::sealed`].
+        sealed: Vec<u8>,
+    },
+    /// Starts the query of a session that said hello.
+    StartQuery {
+        /// The session.
+        session: SessionId,
+        /// The model whose weights the host evaluates (must be the session's).
+        model_id: ModelId,
+        /// A sealed query message.
+        payload: Vec<u8>,
+        /// The data provider's input ciphertexts, exactly as the host will
+        /// use them for stage 0 (their digest must match the query's).
+        input: Vec<Vec<u8>>,
+    },
+    /// The host's encrypted result of linear stage `stage` of a query.
+    StageResult {
+        /// The session.
+        session: SessionId,
+        /// Stage index; stages must come in order, each once.
+        stage: u32,
+        /// Serialized degree-2 ciphertexts, in packing order.
+        ciphertexts: Vec<Vec<u8>>,
+    },
+    /// Forgets a session (the host gave up on it).
+    CloseSession {
+        /// The session.
+        session: SessionId,
+    },
+    /// Memory and table counts.
+    Status,
+}
+
+/// The enclave's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    /// A new key set.
+    KeysCreated {
+        /// Its id.
+        key_id: KeyId,
+        /// Serialized BFV public key.
+        public_key: Vec<u8>,
+        /// The key set sealed to this enclave's measurement (host stores it).
+        sealed: Vec<u8>,
+    },
+    /// Key set restored.
+    KeysRestored {
+        /// Its id.
+        key_id: KeyId,
+    },
+    /// A key set's identity and the platform's evidence for it.
+    Evidence {
+        /// The identity it attests.
+        identity: Identity,
+        /// Encoded [`hetee_attest::Evidence`].
+        evidence: Vec<u8>,
+    },
+    /// Noise XK message 2.
+    ChannelOpened {
+        /// The new session.
+        session: SessionId,
+        /// Handshake message 2.
+        msg2: Vec<u8>,
+    },
+    /// The enclave's sealed answer to the client's first message.
+    ChannelReply {
+        /// A sealed enclave message for the client.
+        payload: Vec<u8>,
+        /// Set when the message registered a model: what the host stores.
+        registered: Option<RegisteredModel>,
+        /// Set when the message changed a model's state: what the host stores.
+        state: Option<SealedState>,
+    },
+    /// Model restored.
+    ModelRestored {
+        /// Its id.
+        model_id: ModelId,
+    },
+    /// Model state restored.
+    StateRestored {
+        /// Its model.
+        model_id: ModelId,
+        /// Its version.
+        version: u64,
+    },
+    /// Query accepted; the host evaluates stage 0 on the data provider's
+    /// ciphertexts, or on `input` for a thin query (encrypted by the enclave).
+    QueryStarted {
+        /// Stage-0 input of a thin query.
+        input: Option<Vec<Vec<u8>>>,
+        /// The model's state with this query counted: what the host stores.
+        state: SealedState,
+    },
+    /// Encrypted input of the next stage.
+    NextInput {
+        /// The stage these ciphertexts feed.
+        stage: u32,
+        /// Serialized fresh ciphertexts.
+        ciphertexts: Vec<Vec<u8>>,
+    },
+    /// The query's result, sealed to the data provider's channel.
+    Finished {
+        /// A sealed [`crate::channel::EnclaveMessage::Result`].
+        payload: Vec<u8>,
+    },
+    /// Session closed.
+    Closed,
+    /// Counts and memory.
+    Status(Status),
+    /// The request was refused; any session it touched is closed.
+    Error {
+        /// What went wrong and what to do (never secret data).
+        message: String,
+        /// Set when the refusal changed a model's state (a failed check
+        /// locks it): what the host stores.
+        state: Option<SealedState>,
+    },
+}
+
+impl Response {
+    /// A refusal that changed no state.
+    pub fn error(message: impl Into<String>) -> Self {
+        Response::Error {
+            message: message.into(),
+            state: None,
+        }
+    }
+}
+
+/// A registered model as the host stores it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisteredModel {
+    /// Its id.
+    pub model_id: ModelId,
+    /// The upload whose weights it uses ([`crate::ids::upload_id`]).
+    pub upload_id: [u8; 16],
+    /// Model secrets sealed to the enclave's measurement.
+    pub sealed: Vec<u8>,
+    /// Its first sealed state.
+    pub state: SealedState,
+}
+
+/// A model's mutable state sealed by the enclave, for the host to store and
+/// give back after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedState {
+    /// The model.
+    pub model_id: ModelId,
+    /// The state's version (public, so the host keeps the newest).
+    pub version: u64,
+    /// The sealed blob.
+    pub sealed: Vec<u8>,
+}
+
+/// Enclave counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Key sets loaded.
+    pub keysets: usize,
+    /// Models loaded.
+    pub models: usize,
+    /// Open sessions.
+    pub sessions: usize,
+    /// Bytes allocated now.
+    pub memory_current: u64,
+    /// Highest allocation seen since the enclave started.
+    pub memory_peak: u64,
+    /// The configured budget (0: none).
+    pub memory_budget: u64,
+}

@@ -1,0 +1,149 @@
+//! The host's half of a query, one loop for every path: the HTTP server,
+//! `hetee run`, `bench`, `demo --in-process` and the tests all start a query
+//! and feed the enclave stage by stage through [`run_query`]. The host
+//! evaluates each linear stage on ciphertexts ([`HostModel::evaluate`]) and
+//! hands the result to the enclave, which answers with the next stage's
+//! input or, after the last stage, the result sealed to the data provider.
+
+use std::time::Instant;
+
+use hetee_proto::api::StageStats;
+use hetee_proto::ids::{ModelId, SessionId};
+use hetee_proto::{Request, Response};
+use serde::Serialize;
+
+use crate::host_model::HostModel;
+use crate::launcher::LinkError;
+use crate::supervisor::{CallError, Supervisor};
+
+/// Anything that answers enclave requests: the supervised enclave process
+/// or an in-process enclave. A refusal is an `Err`.
+pub trait EnclaveCall {
+    /// Sends `req`; returns the answer and the peak bytes the enclave
+    /// allocated for it (0 when unknown).
+    fn call_enclave(&self, req: Request) -> Result<(Response, usize), CallError>;
+}
+
+impl EnclaveCall for Supervisor {
+    fn call_enclave(&self, req: Request) -> Result<(Response, usize), CallError> {
+        self.call_measured(req)
+    }
+}
+
+/// Why a query failed on the host's side.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The enclave refused or is unreachable.
+    #[error(transparent)]
+    Enclave(#[from] CallError),
+    /// The host could not evaluate a stage (bad ciphertexts from the client).
+    #[error("stage {stage}: {message}")]
+    Host {
+        /// The stage.
+        stage: usize,
+        /// What went wrong.
+        message: String,
+    },
+    /// The enclave answered out of protocol.
+    #[error("the enclave answered out of protocol: {0}")]
+    Unexpected(String),
+}
+
+impl From<LinkError> for QueryError {
+    fn from(e: LinkError) -> Self {
+        QueryError::Enclave(CallError::Link(e))
+    }
+}
+
+/// What one query cost.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueryTrace {
+    /// Enclave time starting the query (input check, thin encryption) (ms).
+    pub start_ms: f64,
+    /// Per stage.
+    pub stages: Vec<StageStats>,
+}
+
+impl QueryTrace {
+    /// Host time summed over stages.
+    pub fn host_ms(&self) -> f64 {
+        self.stages.iter().map(|s| s.host_ms).sum()
+    }
+    /// Enclave time: the start and every stage.
+    pub fn enclave_ms(&self) -> f64 {
+        self.start_ms + self.stages.iter().map(|s| s.enclave_ms).sum::<f64>()
+    }
+}
+
+/// Starts the query of `session` on `model` (`payload` is the data
+/// provider's sealed query, `input` its stage-0 ciphertexts, empty for a
+/// thin query) and runs every stage. Returns the result sealed to the data
+/// provider and the figures.
+pub fn run_query(
+    enclave: &dyn EnclaveCall,
+    host: &HostModel,
+    session: SessionId,
+    model: ModelId,
+    payload: Vec<u8>,
+    input: Vec<Vec<u8>>,
+) -> Result<(Vec<u8>, QueryTrace), QueryError> {
+    let mut trace = QueryTrace::default();
+    let te = Instant::now();
+    let (started, _) = enclave.call_enclave(Request::StartQuery {
+        session,
+        model_id: model,
+        payload,
+        input: input.clone(),
+    })?;
+    let Response::QueryStarted { input: thin, .. } = started else {
+        return Err(QueryError::Unexpected("not QueryStarted".into()));
+    };
+    trace.start_ms = ms(te);
+    let mut cts = thin.unwrap_or(input);
+    for k in 0..host.stages() {
+        let packing = host
+            .packing(k)
+            .ok_or_else(|| QueryError::Unexpected(format!("no stage {k}")))?;
+        let mut s = StageStats {
+            products: packing.product_count(),
+            enclave_decrypts: packing.output_count(),
+            ..Default::default()
+        };
+        let th = Instant::now();
+        let outs = host.evaluate(k, &cts).map_err(|e| QueryError::Host {
+            stage: k,
+            message: e.to_string(),
+        })?;
+        s.host_ms = ms(th);
+        s.bytes_to_enclave = outs.iter().map(Vec::len).sum();
+        let te = Instant::now();
+        let (resp, peak) = enclave.call_enclave(Request::StageResult {
+            session,
+            stage: k as u32,
+            ciphertexts: outs,
+        })?;
+        s.enclave_ms = ms(te);
+        s.enclave_working_peak = peak;
+        match resp {
+            Response::NextInput { ciphertexts, .. } => {
+                s.enclave_encrypts = ciphertexts.len();
+                s.bytes_from_enclave = ciphertexts.iter().map(Vec::len).sum();
+                trace.stages.push(s);
+                cts = ciphertexts;
+            }
+            Response::Finished { payload } => {
+                s.bytes_from_enclave = payload.len();
+                trace.stages.push(s);
+                return Ok((payload, trace));
+            }
+            _ => return Err(QueryError::Unexpected(format!("at stage {k}"))),
+        }
+    }
+    Err(QueryError::Unexpected(
+        "no result after the last stage".into(),
+    ))
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}

@@ -1,0 +1,54 @@
+//! How a client reaches the host: the HTTP API of `hetee serve` ([`Api`]),
+//! or a host in this process (the in-process harness). The client code is
+//! the same either way; the host only relays sealed messages and computes
+//! on ciphertexts.
+
+use anyhow::Result;
+use hetee_proto::api::{
+    CreateKeys, FinishSession, KeysInfo, ModelCreated, ModelInfo, OpenSession, QueryDone, RunQuery,
+    Sealed, SessionOpened, UploadModel,
+};
+
+use super::http::Api;
+
+/// The host's API as a client sees it.
+pub trait Relay: Send + Sync {
+    /// `POST /v1/keys`: a key set owned by `req.owner`, with its evidence.
+    fn create_keys(&self, req: &CreateKeys) -> Result<KeysInfo>;
+    /// `GET /v1/models/{id}`: a registered model and its attested key set.
+    fn model(&self, model_id: &str) -> Result<ModelInfo>;
+    /// `POST /v1/models`: stores encrypted weights.
+    fn upload(&self, req: &UploadModel) -> Result<ModelCreated>;
+    /// `POST /v1/sessions`: relays Noise message 1.
+    fn open_session(&self, req: &OpenSession) -> Result<SessionOpened>;
+    /// `POST /v1/sessions/{id}/finish`: relays message 3 and the first message.
+    fn finish_session(&self, session: &str, req: &FinishSession) -> Result<Sealed>;
+    /// `POST /v1/sessions/{id}/query`: runs the query.
+    fn query(&self, session: &str, req: &RunQuery) -> Result<QueryDone>;
+    /// `DELETE /v1/sessions/{id}` (best effort).
+    fn close_session(&self, session: &str);
+}
+
+impl Relay for Api {
+    fn create_keys(&self, req: &CreateKeys) -> Result<KeysInfo> {
+        self.post("/v1/keys", req)
+    }
+    fn model(&self, model_id: &str) -> Result<ModelInfo> {
+        self.get(&format!("/v1/models/{model_id}"))
+    }
+    fn upload(&self, req: &UploadModel) -> Result<ModelCreated> {
+        self.post("/v1/models", req)
+    }
+    fn open_session(&self, req: &OpenSession) -> Result<SessionOpened> {
+        self.post("/v1/sessions", req)
+    }
+    fn finish_session(&self, session: &str, req: &FinishSession) -> Result<Sealed> {
+        self.post(&format!("/v1/sessions/{session}/finish"), req)
+    }
+    fn query(&self, session: &str, req: &RunQuery) -> Result<QueryDone> {
+        self.post(&format!("/v1/sessions/{session}/query"), req)
+    }
+    fn close_session(&self, session: &str) {
+        let _ = self.delete(&format!("/v1/sessions/{session}"));
+    }
+}

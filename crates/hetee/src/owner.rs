@@ -1,0 +1,142 @@
+//! The model owner's commands: `hetee model upload`, `status`, `unlock` and
+//! `allow`. Each verifies the enclave, then speaks to it over a channel
+//! opened with the owner's long-term key, the key its key sets belong to.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use hetee_model::QuantModel;
+use hetee_proto::channel::{AllowList, ModelReport, ModelTerms, OutputPolicy};
+use hetee_proto::ids::id_hex;
+
+use crate::cli::OwnerArgs;
+use crate::client::channel::load_or_create_key;
+use crate::client::http::Api;
+use crate::client::model_provider::{self, read_allow_list, Manage, Terms};
+use crate::client::trust::Trust;
+
+/// The terms of `hetee model upload`'s flags.
+pub fn terms(
+    max_batch: usize,
+    output_policy: &str,
+    query_budget: Option<u64>,
+    lock_after: u32,
+    allow_clients: Option<&Path>,
+) -> Result<Terms> {
+    if lock_after == 0 {
+        return Err(anyhow!("--lock-after must be at least 1"));
+    }
+    Ok(Terms {
+        max_batch,
+        model: ModelTerms {
+            policy: OutputPolicy::parse(output_policy)
+                .map_err(|e| anyhow!("--output-policy: {e}"))?,
+            query_budget,
+            lock_after,
+        },
+        allow: match allow_clients {
+            Some(p) => read_allow_list(p)?,
+            None => AllowList::Open,
+        },
+    })
+}
+
+/// `hetee model upload`: prints the model id alone on the last line.
+pub fn upload(o: &OwnerArgs, q: &QuantModel, terms: &Terms) -> Result<()> {
+    let trust = Trust::new(&o.expect_measurement, o.allow_sim)?;
+    let api = Api::new(&o.server)?;
+    let key = load_or_create_key(&o.client_key)?;
+    let up = model_provider::upload(&api, &trust, &key, q, terms)?;
+    eprintln!(
+        "uploaded {} bytes of encrypted weights; {} images per query; owner key {}",
+        up.weight_bytes,
+        up.batch,
+        id_hex(key.public())
+    );
+    println!("{}", id_hex(&up.model_id));
+    Ok(())
+}
+
+fn manage(o: &OwnerArgs, model_id: &str, what: Manage) -> Result<ModelReport> {
+    let trust = Trust::new(&o.expect_measurement, o.allow_sim)?;
+    let api = Api::new(&o.server)?;
+    let key = load_or_create_key(&o.client_key)?;
+    model_provider::manage(&api, &trust, &key, model_id, what)
+}
+
+/// `hetee model status`.
+pub fn status(o: &OwnerArgs, model_id: &str, json: bool) -> Result<()> {
+    let r = manage(o, model_id, Manage::Status)?;
+    if json {
+        println!("{}", report_json(&r));
+    } else {
+        print_report(&r);
+    }
+    Ok(())
+}
+
+/// `hetee model unlock`.
+pub fn unlock(o: &OwnerArgs, model_id: &str) -> Result<()> {
+    let r = manage(o, model_id, Manage::Unlock)?;
+    print_report(&r);
+    Ok(())
+}
+
+/// `hetee model allow`: `None` opens the model to anyone.
+pub fn allow(o: &OwnerArgs, model_id: &str, list: Option<&Path>) -> Result<()> {
+    let allow = match list {
+        Some(p) => read_allow_list(p)?,
+        None => AllowList::Open,
+    };
+    let r = manage(o, model_id, Manage::Allow(allow))?;
+    print_report(&r);
+    Ok(())
+}
+
+/// The report as JSON (keys in hex).
+pub fn report_json(r: &ModelReport) -> serde_json::Value {
+    let allow = match &r.allow {
+        AllowList::Open => serde_json::Value::String("open".into()),
+        AllowList::Only(keys) => keys.iter().map(|k| id_hex(k)).collect(),
+    };
+    serde_json::json!({
+        "model_id": id_hex(&r.model_id),
+        "version": r.version,
+        "locked": r.locked,
+        "failures": r.failures,
+        "lock_after": r.terms.lock_after,
+        "query_budget": r.terms.query_budget,
+        "allow": allow,
+        "spent": r.spent.iter().map(|(k, n)| serde_json::json!({"client": id_hex(k), "queries": n})).collect::<Vec<_>>(),
+        "incidents": r.incidents.iter().map(|i| serde_json::json!({"seq": i.seq, "stage": i.stage, "client": id_hex(&i.client)})).collect::<Vec<_>>(),
+    })
+}
+
+fn print_report(r: &ModelReport) {
+    println!("model        {}", id_hex(&r.model_id));
+    println!("state        version {}", r.version);
+    println!(
+        "lock         {} ({} failed checks since the last unlock; locks after {})",
+        if r.locked { "LOCKED" } else { "open" },
+        r.failures,
+        r.terms.lock_after
+    );
+    match &r.allow {
+        AllowList::Open => println!("allowed      anyone"),
+        AllowList::Only(k) => println!("allowed      {} client keys", k.len()),
+    }
+    if let Some(b) = r.terms.query_budget {
+        println!(
+            "budget       {b} queries per client key; {} keys tracked",
+            r.spent.len()
+        );
+    }
+    for i in &r.incidents {
+        println!(
+            "incident #{}: stage {} failed its check in a session of client {}",
+            i.seq,
+            i.stage,
+            id_hex(&i.client)
+        );
+    }
+}
