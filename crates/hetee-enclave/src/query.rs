@@ -147,6 +147,11 @@ impl Enclave {
             ))
             .map_err(plain);
         }
+        // A lock stops running queries too: otherwise a host could open many
+        // sessions first and spend each on one more forged result.
+        if self.state_of(&run.model_id).map_err(plain)?.locked {
+            return Err(plain(EnclaveError::Protocol(crate::state::LOCKED.into())));
+        }
         let (m, ks) = self.model_and_keys(&run.model_id).map_err(plain)?;
         let Some(check) = m.checks.get(stage as usize) else {
             return refuse("the model has no check for this stage; session closed").map_err(plain);

@@ -13,6 +13,12 @@
 //! 3. the enclave still serves others: an honest session opened before the
 //!    attack (and left mid-query) and a new one opened after it both end
 //!    with logits equal to `run_quantized`, bit for bit.
+//!
+//! The models of the forgery tests lock only after [`LENIENT`] failed
+//! checks, so that each forgery meets the check itself; with the default
+//! threshold of 1 the first failed check locks the model (tested in
+//! `ownership_attacks.rs`). Before any forgery is refused, [`Unchecked`]
+//! shows what it decrypts to without the check.
 
 mod common;
 
@@ -21,8 +27,12 @@ use std::sync::Arc;
 use common::*;
 use fhe::bfv::{BfvParameters, Ciphertext, Encoding, Plaintext, PublicKey};
 use fhe_traits::{DeserializeParametrized, FheEncoder, FheEncrypter};
-use hetee_enclave::messages::{input_digest, ClientMessage, ModelId, QueryPlan, SessionId};
-use hetee_enclave::step::INTEGRITY_FAILURE;
+use hetee_attest::Measurement;
+use hetee_enclave::keys::{KeySet, Sealer};
+use hetee_enclave::messages::{
+    input_digest, AllowList, ClientMessage, ModelId, ModelTerms, QueryPlan, SessionId,
+};
+use hetee_enclave::step::{step, StepOutput, INTEGRITY_FAILURE};
 use hetee_enclave::{Enclave, EnclaveConfig, Request, Response, Schedule};
 use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes, encoded_len};
 use hetee_he::eval::output_level;
@@ -59,7 +69,7 @@ fn start(e: &mut Enclave, keys: &Keys, model_id: ModelId, images: &[Vec<f32>]) -
         &ClientMessage::Query {
             input_digest: input_digest(&input),
             images: images.len() as u32,
-            seed: dp.seed,
+            seed: zeroize::Zeroizing::new(dp.seed),
         },
     );
     match e.handle(Request::StartQuery {
@@ -68,7 +78,7 @@ fn start(e: &mut Enclave, keys: &Keys, model_id: ModelId, images: &[Vec<f32>]) -
         payload,
         input: input.clone(),
     }) {
-        Response::QueryStarted { input: None } => {}
+        Response::QueryStarted { input: None, .. } => {}
         other => panic!("StartQuery: {}", short(&other)),
     }
     Flight {
@@ -85,7 +95,7 @@ fn start_thin(e: &mut Enclave, keys: &Keys, model_id: ModelId, images: &[Vec<f32
     let payload = seal_msg(
         &mut dp.channel.tx,
         &ClientMessage::ThinQuery {
-            images: images.to_vec(),
+            images: zeroize::Zeroizing::new(images.to_vec()),
         },
     );
     let input = match e.handle(Request::StartQuery {
@@ -94,7 +104,9 @@ fn start_thin(e: &mut Enclave, keys: &Keys, model_id: ModelId, images: &[Vec<f32
         payload,
         input: vec![],
     }) {
-        Response::QueryStarted { input: Some(cts) } => cts,
+        Response::QueryStarted {
+            input: Some(cts), ..
+        } => cts,
         other => panic!("thin StartQuery: {}", short(&other)),
     };
     Flight {
@@ -203,7 +215,7 @@ impl Flight {
 /// (2): the response to an attack is an error, never a release.
 fn refused(r: Response) -> String {
     match r {
-        Response::Error { message } => message,
+        Response::Error { message, .. } => message,
         other => panic!("the enclave accepted the attack: {}", short(&other)),
     }
 }
@@ -255,15 +267,31 @@ fn others_still_served(s: &mut Setup, by: Flight) {
     assert_eq!(s.status().sessions, 0);
 }
 
+/// Failed checks after which the models of the forgery tests lock: high, so
+/// that every forgery meets the check itself. The lock has tests of its own.
+const LENIENT: u32 = 1_000_000;
+
+/// The tiny model, one image per query, locking only after [`LENIENT`]
+/// failed checks.
+fn lenient() -> Setup {
+    batch_setup(1)
+}
+
 /// The tiny model compiled for `batch` images per query (several output
-/// ciphertexts per stage from batch 256 on).
+/// ciphertexts per stage from batch 256 on), locking only after
+/// [`LENIENT`] failed checks.
 fn batch_setup(batch: usize) -> Setup {
     let (q, x) = tiny_model();
     let schedule = Schedule::compile(&q, batch).unwrap();
     let mut enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
     let keys = create_keys(&mut enclave, &schedule.he);
     let host = HostModel::new(&q, &schedule, &keys.public_key);
-    let registered = register(&mut enclave, &keys, &host);
+    let terms = ModelTerms {
+        lock_after: LENIENT,
+        ..ModelTerms::default()
+    };
+    let msg = register_message_terms(&keys, &host, terms, AllowList::Open);
+    let registered = register_with(&mut enclave, &keys, &msg);
     Setup {
         enclave,
         q,
@@ -476,45 +504,35 @@ fn nudged(
     forged
 }
 
-/// A local-mode enclave whose model has no checks: it releases the logits
-/// of whatever last-stage result the host sends, which shows what a
-/// forgery decrypts to.
+/// The enclave's own stage step without any check (a library function, not
+/// reachable through the protocol), on a key set whose secret the test
+/// holds: it shows what a forgery decrypts to, so that the refusals below
+/// come from the checks and not from malformed input.
 struct Unchecked {
-    e: Enclave,
+    ks: KeySet,
     q: QuantModel,
     x: Vec<f32>,
     host: HostModel,
     forger: Forger,
-    model_id: ModelId,
-    public_key: Vec<u8>,
 }
 
 impl Unchecked {
     fn new() -> Self {
         let (q, x) = tiny_model();
         let schedule = Schedule::compile(&q, 1).unwrap();
-        let mut e = Enclave::new();
-        let (model_id, public_key) = match e.handle(Request::RegisterLocal {
-            schedule: Box::new(schedule.clone()),
-            checks: vec![],
-        }) {
-            Response::Registered {
-                model_id,
-                public_key,
-                ..
-            } => (model_id, public_key),
-            other => panic!("{}", short(&other)),
+        let sealer = Sealer {
+            secret: &[1; 32],
+            measurement: &Measurement(MEASUREMENT),
         };
-        let host = HostModel::new(&q, &schedule, &public_key);
-        let forger = Forger::new(&host, &public_key);
+        let (ks, _) = sealer.create_keys(schedule.he.clone(), [0; 32]).unwrap();
+        let host = HostModel::new(&q, &schedule, &ks.public_key);
+        let forger = Forger::new(&host, &ks.public_key);
         Unchecked {
-            e,
+            ks,
             q,
             x,
             host,
             forger,
-            model_id,
-            public_key,
         }
     }
 
@@ -537,38 +555,25 @@ impl Unchecked {
         tail.dequantize(&finish_stage(tail, acc))
     }
 
-    /// A query whose last-stage result is `forge(honest)`; the released logits.
+    /// A query whose last-stage result is `forge(honest)`; the logits an
+    /// unchecked step releases.
     fn run(&mut self, forge: impl Fn(&Forger, &[Vec<u8>]) -> Vec<Vec<u8>>) -> Vec<f32> {
-        let plan = QueryPlan::of(self.model_id, &self.host.schedule).unwrap();
+        let schedule = &self.host.schedule;
+        let plan = QueryPlan::of([0; 16], [0; 16], [0; 32], schedule).unwrap();
         let packed = plan.pack_input(&[self.x.as_slice()]).unwrap();
-        let mut input = encrypt_under(&self.public_key, &self.host.par, &packed);
-        let session = match self.e.handle(Request::StartLocalQuery {
-            model_id: self.model_id,
-            input: input.clone(),
-            seed: None,
-        }) {
-            Response::LocalQueryStarted { session } => session,
-            other => panic!("{}", short(&other)),
-        };
+        let mut input = encrypt_under(&self.ks.public_key, &self.host.par, &packed);
         let last = self.last();
         for k in 0..last {
-            match self.e.handle(Request::StageResult {
-                session,
-                stage: k as u32,
-                ciphertexts: self.host.evaluate(k, &input),
-            }) {
-                Response::NextInput { ciphertexts, .. } => input = ciphertexts,
-                other => panic!("{}", short(&other)),
+            let cts = self.host.evaluate(k, &input);
+            match step(&self.ks, schedule, k, &cts, &[], None).unwrap() {
+                StepOutput::Next(next, _) => input = next,
+                StepOutput::Logits(_) => panic!("logits before the last stage"),
             }
         }
         let forged = forge(&self.forger, &self.host.evaluate(last, &input));
-        match self.e.handle(Request::StageResult {
-            session,
-            stage: last as u32,
-            ciphertexts: forged,
-        }) {
-            Response::Logits { values } => values,
-            other => panic!("{}", short(&other)),
+        match step(&self.ks, schedule, last, &forged, &[], None).unwrap() {
+            StepOutput::Logits(values) => values,
+            StepOutput::Next(..) => panic!("no logits at the last stage"),
         }
     }
 }
@@ -577,7 +582,7 @@ impl Unchecked {
 
 #[test]
 fn attack_substituted_stage_result() {
-    let mut s = Setup::new();
+    let mut s = lenient();
     let id = s.model_id();
     let forger = Forger::new(&s.host, &s.keys.public_key);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -604,7 +609,7 @@ fn attack_substituted_stage_result() {
 
 #[test]
 fn attack_replayed_stage_result() {
-    let mut s = Setup::new();
+    let mut s = lenient();
     let id = s.model_id();
     let x = s.x.clone();
     let by = bystander(&mut s, &x);
@@ -660,7 +665,7 @@ fn attack_replayed_stage_result() {
 #[test]
 fn attack_reordered_stages() {
     // Stage 1 before stage 0.
-    let mut s = Setup::new();
+    let mut s = lenient();
     let id = s.model_id();
     let by = bystander(&mut s, &other_input());
     let f = start(&mut s.enclave, &s.keys, id, &[s.x.clone()]);
@@ -790,7 +795,7 @@ fn attack_dropped_and_truncated() {
 
 #[test]
 fn attack_scaled_result() {
-    let mut s = Setup::new();
+    let mut s = lenient();
     let id = s.model_id();
     let forger = Forger::new(&s.host, &s.keys.public_key);
     let by = bystander(&mut s, &other_input());
@@ -828,7 +833,7 @@ fn attack_scaled_result() {
 
 #[test]
 fn attack_other_sessions_ciphertexts() {
-    let mut s = Setup::new();
+    let mut s = lenient();
     let id = s.model_id();
     let last = s.host.schedule.stages.len() - 1;
     let xa = other_input();
@@ -866,7 +871,7 @@ fn attack_other_sessions_ciphertexts() {
 
 #[test]
 fn attack_other_models_ciphertexts() {
-    let mut s = Setup::new();
+    let mut s = lenient();
     let y = s.model_id();
     let last = s.host.schedule.stages.len() - 1;
     // Model X: other weights, same key set.
@@ -959,7 +964,7 @@ fn attack_chosen_plaintext_ciphertext() {
     }
 
     // The attested enclave refuses every one of them, at every stage.
-    let mut s = Setup::new();
+    let mut s = lenient();
     let last = s.host.schedule.stages.len() - 1;
     let id = s.model_id();
     let forger = Forger::new(&s.host, &s.keys.public_key);
@@ -1013,7 +1018,7 @@ fn attack_chosen_plaintext_ciphertext() {
 
 #[test]
 fn attack_single_coefficient_flip_is_always_refused() {
-    let mut s = Setup::new();
+    let mut s = lenient();
     let id = s.model_id();
     let forger = Forger::new(&s.host, &s.keys.public_key);
     let by = bystander(&mut s, &other_input());
@@ -1038,7 +1043,7 @@ fn attack_single_coefficient_flip_is_always_refused() {
 
 #[test]
 fn attack_input_swap() {
-    let mut s = Setup::new();
+    let mut s = lenient();
     let id = s.model_id();
     let forger = Forger::new(&s.host, &s.keys.public_key);
     let by = bystander(&mut s, &other_input());
@@ -1139,7 +1144,7 @@ fn attack_input_swap() {
         input: one_input.clone(),
     });
     assert!(
-        matches!(r, Response::QueryStarted { input: None }),
+        matches!(r, Response::QueryStarted { input: None, .. }),
         "{}",
         short(&r)
     );
@@ -1168,10 +1173,10 @@ fn attack_input_swap() {
 
 #[test]
 fn attack_thin_query_tamper() {
-    let mut s = Setup::new();
+    let mut s = lenient();
     let id = s.model_id();
     let by = bystander(&mut s, &other_input());
-    let plan = QueryPlan::of(id, &s.host.schedule).unwrap();
+    let plan = QueryPlan::of(id, s.keys.key_id, *s.keys.owner.public(), &s.host.schedule).unwrap();
     let mut one_hot = vec![0f32; s.x.len()];
     one_hot[3] = 1.0;
     let zeros = vec![0f32; s.x.len()];
@@ -1214,7 +1219,7 @@ fn spy_query(
             input_digest: input_digest(input),
             images: 1,
             // The host can only prove its own seed.
-            seed: spy.seed,
+            seed: zeroize::Zeroizing::new(spy.seed),
         },
     );
     let r = e.handle(Request::StartQuery {
@@ -1233,13 +1238,13 @@ fn spy_query(
         return None;
     }
     assert!(
-        matches!(r, Response::QueryStarted { input: None }),
+        matches!(r, Response::QueryStarted { input: None, .. }),
         "{}",
         short(&r)
     );
     let session = spy.channel.session;
     match run_stages(e, host, session, input.to_vec()) {
-        Response::Finished { payload } => Some(spy.result(keys, &payload).logits),
+        Response::Finished { payload } => Some(spy.result(keys, &payload).logits.to_vec()),
         Response::Error { .. } => {
             assert_closed(e, session, 0, host.evaluate(0, input));
             None
@@ -1256,7 +1261,7 @@ fn spy_query(
 /// their digest, so a cache of digests seen would not stop it.
 #[test]
 fn attack_replayed_input_in_a_host_opened_session() {
-    let mut s = Setup::new();
+    let mut s = lenient();
     let id = s.model_id();
     let forger = Forger::new(&s.host, &s.keys.public_key);
     // The victim's query; the host saw its input in StartQuery.
@@ -1286,7 +1291,8 @@ fn attack_replayed_input_in_a_host_opened_session() {
     others_still_served(&mut s, victim);
 }
 
-/// Worse: anyone may register a model under any key set. The host registers
+/// Worse, before key sets had owners: anyone could register a model under
+/// any key set. The host registers
 /// a one-stage model with the victim model's first-layer shape and packing
 /// (public) whose weights select input values, then replays ciphertexts it
 /// saw (a data provider's input, a thin query's enclave-made input, the
@@ -1294,7 +1300,7 @@ fn attack_replayed_input_in_a_host_opened_session() {
 /// query of its own: the released "logits" are the victim's plaintext.
 #[test]
 fn attack_replayed_input_through_a_host_registered_model() {
-    let mut s = Setup::new();
+    let mut s = lenient();
     let id = s.model_id();
     // The victim's quantized input and stage-1 input (activations), for
     // comparison only.
@@ -1384,7 +1390,17 @@ fn selection_model(s: &mut Setup, stage: usize, offset: usize) -> Option<(HostMo
     schedule.stages = vec![layer];
     schedule.input_shape = vec![n];
     let host = HostModel::new(&q, &schedule, &s.keys.public_key);
-    let opened = connect(&mut s.enclave, &s.keys, &register_message(&s.keys, &host)).ok()?;
+    // The host speaks with a key of its own: it does not hold the owner's.
+    let host_key = hetee_attest::StaticKeypair::generate().unwrap();
+    let opened = connect_as(
+        &mut s.enclave,
+        s.keys.key_id,
+        &s.keys.evidence,
+        &s.keys.identity.channel_public_key,
+        Some(&host_key),
+        &register_message(&s.keys, &host),
+    )
+    .ok()?;
     let id = opened.registered?.model_id;
     Some((host, id))
 }
