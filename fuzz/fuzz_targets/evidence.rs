@@ -5,7 +5,7 @@
 #![no_main]
 
 use hetee_attest::verify::EvidenceVerifier;
-use hetee_attest::{DcapVerifier, Evidence, Platform, Policy, SimVerifier, Verifiers};
+use hetee_attest::{DcapVerifier, Evidence, PlatformKind, Policy, SimVerifier, Verifiers};
 use libfuzzer_sys::fuzz_target;
 
 /// 2025-07-01, inside the validity window of dcap-qvl's sample collateral.
@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
 
     // The bytes as a raw DCAP quote: parse (unverified) and verify.
     if let Ok(ev) = Evidence::from_dcap_quote(data.to_vec(), Vec::new()) {
-        assert_eq!(ev.platform, Platform::SgxDcap);
+        assert_eq!(ev.platform, PlatformKind::SgxDcap);
         let _ = ev.encode();
     }
     if data.len() > 2 {
@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
         let cut = (u16::from_le_bytes([data[0], data[1]]) as usize).min(data.len() - 2);
         let (quote, collateral) = data[2..].split_at(cut);
         let ev = Evidence {
-            platform: Platform::SgxDcap,
+            platform: PlatformKind::SgxDcap,
             measurement: hetee_attest::Measurement([0; 32]),
             debug: false,
             report_data: [0; 64],

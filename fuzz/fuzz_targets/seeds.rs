@@ -82,7 +82,7 @@ fn tiny_model() -> QuantModel {
 /// A conv model from the repository's ONNX test files.
 fn onnx_model(path: &Path) -> Option<QuantModel> {
     let bytes = std::fs::read(path).ok()?;
-    let m = hetee_model::onnx::import_onnx_bytes(&bytes, "seed").ok()?;
+    let m = hetee_onnx::import_onnx_bytes(&bytes, "seed").ok()?;
     let per: usize = m.input_shape.iter().product();
     let calib: Vec<f32> = (0..4 * per).map(|i| (i % 13) as f32 / 13.0).collect();
     hetee_model::quantize(&m, &calib).ok()

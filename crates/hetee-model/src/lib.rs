@@ -1,15 +1,14 @@
-//! Model IR, ONNX import, integer quantization and the plaintext integer
-//! reference executor that secure inference must match bit for bit.
+//! Model IR, integer quantization and the plaintext integer reference
+//! executor that secure inference must match bit for bit.
 //!
-//! With the default `onnx` feature off, this crate has no heavy
-//! dependencies: the enclave uses it for the integer semantics only.
+//! No heavy dependencies: the enclave uses it for the integer semantics.
+//! ONNX import lives in `hetee-onnx`, so no ONNX code can reach the
+//! enclave binary.
 
 pub mod error;
 pub mod float;
 pub mod intops;
 pub mod ir;
-#[cfg(feature = "onnx")]
-pub mod onnx;
 pub mod quant;
 pub mod reference;
 

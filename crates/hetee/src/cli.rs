@@ -434,8 +434,8 @@ pub fn load_model(name: &str, calib: Option<&std::path::Path>) -> Result<(Model,
         _ => None,
     };
     let model = match bundled {
-        Some(bytes) => hetee_model::onnx::import_onnx_bytes(bytes, name)?,
-        None => hetee_model::onnx::import_onnx(std::path::Path::new(name))?,
+        Some(bytes) => hetee_onnx::import_onnx_bytes(bytes, name)?,
+        None => hetee_onnx::import_onnx(std::path::Path::new(name))?,
     };
     let calib = match (calib, bundled) {
         (Some(p), _) => data::read_npy(p).context("calibration set")?,

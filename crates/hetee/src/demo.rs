@@ -8,7 +8,8 @@ use serde::Serialize;
 use crate::cli::median;
 use crate::data::{bundled, idx_images, idx_labels};
 use crate::harness::Harness;
-use hetee_model::{float, onnx::import_onnx_bytes, quantize, reference};
+use hetee_model::{float, quantize, reference};
+use hetee_onnx::import_onnx_bytes;
 
 /// The figures `hetee demo` prints.
 #[derive(Debug, Serialize)]

@@ -16,7 +16,8 @@ use crate::client::model_provider::{upload, Terms};
 use crate::client::trust::Trust;
 use crate::data::{bundled, idx_images, idx_labels};
 use crate::serve::{ServeOptions, Server};
-use hetee_model::{onnx::import_onnx_bytes, quantize, reference};
+use hetee_model::{quantize, reference};
+use hetee_onnx::import_onnx_bytes;
 use hetee_proto::EnclaveConfig;
 
 /// What the deployment demo prints.

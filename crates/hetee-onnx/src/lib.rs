@@ -11,9 +11,9 @@ use std::path::Path;
 use tract_onnx::pb::{GraphProto, TensorProto};
 use tract_onnx::prelude::*;
 
-use crate::error::{ModelError, Result};
-use crate::float::layer_output_shape;
-use crate::ir::{Layer, Model};
+use hetee_model::error::{ModelError, Result};
+use hetee_model::float::layer_output_shape;
+use hetee_model::ir::{Layer, Model};
 
 mod consts;
 mod node;

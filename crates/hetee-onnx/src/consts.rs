@@ -10,7 +10,7 @@ use tract_onnx::prelude::*;
 
 use super::node::Ctx;
 use super::Importer;
-use crate::error::{ModelError, Result};
+use hetee_model::error::{ModelError, Result};
 
 /// Largest activation (values per sample) accepted for the model input.
 const MAX_INPUT: usize = 1 << 28;

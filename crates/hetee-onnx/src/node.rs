@@ -2,8 +2,8 @@
 
 use tract_onnx::pb::{AttributeProto, GraphProto, NodeProto};
 
-use crate::error::{ModelError, Result};
-use crate::ir::{Pads, Window};
+use hetee_model::error::{ModelError, Result};
+use hetee_model::ir::{Pads, Window};
 
 /// Largest kernel, stride or padding accepted from an attribute.
 pub(super) const MAX_ATTR: i64 = 1 << 16;

@@ -1,12 +1,11 @@
 //! Import of every bundled ONNX file (testdata/onnx and models), checked
 //! against tract's float execution and the onnxruntime outputs recorded in
 //! testdata/onnx/manifest.json; plus malformed files that must fail cleanly.
-#![cfg(feature = "onnx")]
 
 use std::path::{Path, PathBuf};
 
 use hetee_model::float::{output_shape, run_float, run_float_trace};
-use hetee_model::onnx::{import_onnx, import_onnx_bytes, tract_float_reference};
+use hetee_onnx::{import_onnx, import_onnx_bytes, tract_float_reference};
 use hetee_model::ModelError;
 use serde_json::Value;
 

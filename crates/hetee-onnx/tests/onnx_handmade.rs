@@ -1,9 +1,8 @@
 //! Import of small ONNX models built in memory, one feature at a time, each
 //! checked against tract's own float execution of the same bytes.
-#![cfg(feature = "onnx")]
 
 use hetee_model::float::{layer_shapes, run_float};
-use hetee_model::onnx::{import_onnx, import_onnx_bytes, tract_float_reference};
+use hetee_onnx::{import_onnx, import_onnx_bytes, tract_float_reference};
 use hetee_model::{Layer, ModelError};
 use prost::Message;
 use tract_onnx::pb::{
