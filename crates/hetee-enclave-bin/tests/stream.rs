@@ -1,17 +1,17 @@
-//! The enclave as a separate process (`hetee enclave run`): what it does
+//! The enclave as a separate process (`hetee-enclave run`): what it does
 //! with malformed or hostile frames on its stdin.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
-use hetee_enclave::wire::{codec, decode_response, encode_request, KIND_REQUEST, KIND_RESPONSE};
-use hetee_enclave::{Request, Response};
+use hetee_proto::wire::{codec, decode_response, encode_request, KIND_REQUEST, KIND_RESPONSE};
+use hetee_proto::{Request, Response};
 
-const BIN: &str = env!("CARGO_BIN_EXE_hetee");
+const BIN: &str = env!("CARGO_BIN_EXE_hetee-enclave");
 
 fn enclave_session(input: &[u8]) -> (std::process::ExitStatus, Vec<u8>, String) {
     let mut child = Command::new(BIN)
-        .args(["enclave", "run"])
+        .args(["run"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -49,11 +49,13 @@ fn malformed_request_gets_an_error_response_and_the_enclave_keeps_serving() {
     let (f2, _) = c.decode(&out[used..]).unwrap();
     assert_eq!((f1.kind, f2.kind), (KIND_RESPONSE, KIND_RESPONSE));
     match decode_response(&f1.payload).unwrap() {
-        Response::Error { message } => assert!(message.contains("malformed request"), "{message}"),
+        Response::Error { message, .. } => {
+            assert!(message.contains("malformed request"), "{message}")
+        }
         other => panic!("expected an error, got {other:?}"),
     }
     match decode_response(&f2.payload).unwrap() {
-        Response::Error { message } => {
+        Response::Error { message, .. } => {
             assert!(message.contains("unknown or closed session"), "{message}")
         }
         other => panic!("expected an error, got {other:?}"),
@@ -64,7 +66,7 @@ fn malformed_request_gets_an_error_response_and_the_enclave_keeps_serving() {
 fn broken_stream_ends_the_enclave_with_a_message_not_a_panic() {
     let (status, _, err) = enclave_session(b"NOPE this is not a frame at all");
     assert!(!status.success());
-    assert!(err.contains("enclave stream"), "{err}");
+    assert!(err.contains("hetee-enclave: stream"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     // An oversized frame header is refused before allocating.
     let mut hdr = b"HTEE".to_vec();
