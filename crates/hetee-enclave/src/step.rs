@@ -22,7 +22,7 @@ pub enum StepOutput {
     /// which the enclave keeps to check the next stage.
     Next(Vec<Vec<u8>>, Zeroizing<Vec<Vec<i64>>>),
     /// Dequantized logits, `batch x classes`.
-    Logits(Vec<f32>),
+    Logits(Zeroizing<Vec<f32>>),
 }
 
 /// The fixed message of a failed integrity check (no detail leaks).
@@ -81,9 +81,9 @@ pub fn step(
             .collect(),
     );
     match st.tail.output {
-        StageOutput::Logits => Ok(StepOutput::Logits(
+        StageOutput::Logits => Ok(StepOutput::Logits(Zeroizing::new(
             ys.iter().flat_map(|y| st.tail.dequantize(y)).collect(),
-        )),
+        ))),
         StageOutput::Requant(_) => {
             let polys = Zeroizing::new(schedule.pack_stage_input(k + 1, &ys)?);
             Ok(StepOutput::Next(encrypt_all(keys, &polys)?, ys))
