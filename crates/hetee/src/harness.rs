@@ -141,7 +141,7 @@ impl Harness {
         let host = app.host_model(&up.model_id).map_err(api_err)?;
         let target = Target::connect(relay, &trust, &id, Some(StaticKeypair::generate()?))?;
         Ok(Harness {
-            schedule: Schedule::compile_best(model, terms.max_batch)?,
+            schedule: up.schedule,
             model_id: id_from_hex(&id).map_err(|e| anyhow!(e))?,
             weight_bytes: up.weight_bytes,
             weight_memory: host.weight_memory,

@@ -36,6 +36,8 @@ pub struct Uploaded {
     pub weight_bytes: usize,
     /// Images per query the schedule was planned for.
     pub batch: usize,
+    /// The compiled model (public structure).
+    pub schedule: Schedule,
 }
 
 /// What the model provider decides about its model.
@@ -163,6 +165,7 @@ pub fn upload(
             model_id,
             weight_bytes: weights.iter().flatten().map(Vec::len).sum(),
             batch: schedule.batch,
+            schedule,
         }),
         _ => bail!("the enclave did not confirm the registration"),
     }
