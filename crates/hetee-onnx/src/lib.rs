@@ -16,7 +16,10 @@ use hetee_model::float::layer_output_shape;
 use hetee_model::ir::{Layer, Model};
 
 mod consts;
+mod floor;
 mod node;
+
+pub use floor::TractPlan;
 
 use consts::{constant_value, input_shape};
 use node::{graph_err, node_name, Ctx};

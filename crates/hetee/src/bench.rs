@@ -1,5 +1,7 @@
 //! `hetee bench`: latency and batch throughput of the bundled models, side
-//! by side with the plaintext integer reference, as medians over runs.
+//! by side in the same run with the plaintext floor (the float model on
+//! tract's optimized plan, the fastest plaintext engine here) and the
+//! plaintext integer reference, as medians over runs.
 
 use std::path::Path;
 use std::time::Instant;
@@ -12,6 +14,7 @@ use crate::cli::{load_model, median, prepare};
 use crate::data::{bundled, idx_images};
 use crate::harness::{Harness, QueryStats};
 use hetee_model::reference;
+use hetee_onnx::TractPlan;
 
 /// One row of the benchmark table and JSON.
 #[derive(Debug, Clone, Serialize)]
@@ -28,9 +31,16 @@ pub struct BenchRow {
     pub latency_ms: f64,
     /// Images per second.
     pub throughput_img_s: f64,
-    /// Median plaintext integer reference time per image (ms), same run.
+    /// The fastest plaintext engine of this row (`tract` or `reference`).
+    pub plaintext_engine: String,
+    /// Its median time per image (ms), same run, same batch mode.
     pub plaintext_ms: f64,
-    /// Secure latency (or time per image in batch mode) / plaintext time.
+    /// The float model on tract's optimized plan, per image (ms).
+    pub tract_ms: f64,
+    /// The plaintext integer reference (what secure inference matches bit
+    /// for bit), per image (ms).
+    pub reference_ms: f64,
+    /// Secure latency (or time per image in batch mode) / `plaintext_ms`.
     pub ratio: f64,
     /// Host CPU time per image (ms).
     pub host_ms: f64,
@@ -90,6 +100,10 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
         let q = prepare(&model, &calib)?;
         let dep = Harness::new(&q, 1)?;
         let dep_batch = Harness::new(&q, o.batch.max(1))?;
+        let onnx = crate::cli::bundled_onnx(name)
+            .with_context(|| format!("{name} is not a bundled model"))?;
+        let tract1 = TractPlan::new(onnx, &model.input_shape, 1)?;
+        let tract_b = TractPlan::new(onnx, &model.input_shape, o.batch.max(1))?;
         for &t in &o.threads {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
             pool.install(|| -> Result<()> {
@@ -100,11 +114,15 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
                 for _ in 0..o.runs.max(1) {
                     let mut stats = Vec::with_capacity(n);
                     let mut plain = Vec::with_capacity(n);
+                    let mut floor = Vec::with_capacity(n);
                     for x in xs.iter().take(n) {
                         stats.push(dep.infer(x)?.1);
                         let tp = Instant::now();
                         std::hint::black_box(reference::run_quantized(&q, x)?);
                         plain.push(tp.elapsed().as_secs_f64() * 1e3);
+                        let tf = Instant::now();
+                        std::hint::black_box(tract1.run(x)?);
+                        floor.push(tf.elapsed().as_secs_f64() * 1e3);
                     }
                     run_rows.push(row(
                         name,
@@ -112,7 +130,10 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
                         t,
                         n,
                         &stats,
-                        median(plain),
+                        Plain {
+                            tract_ms: median(floor),
+                            reference_ms: median(plain),
+                        },
                         None,
                         &dep,
                     ));
@@ -134,13 +155,20 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
                         .take(b)
                         .try_for_each(|x| reference::run_quantized(&q, x).map(|_| ()))?;
                     let plain = tp.elapsed().as_secs_f64() * 1e3 / b as f64;
+                    let flat: Vec<f32> = xs[..b].concat();
+                    let tf = Instant::now();
+                    std::hint::black_box(tract_b.run(&flat)?);
+                    let floor = tf.elapsed().as_secs_f64() * 1e3 / b as f64;
                     run_rows.push(row(
                         name,
                         "batch",
                         t,
                         b,
                         &stats,
-                        plain,
+                        Plain {
+                            tract_ms: floor,
+                            reference_ms: plain,
+                        },
                         Some(wall),
                         &dep_batch,
                     ));
@@ -161,6 +189,12 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
     Ok(rows)
 }
 
+/// Plaintext times per image of one row, measured in the same run.
+struct Plain {
+    tract_ms: f64,
+    reference_ms: f64,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn row(
     model: &str,
@@ -168,10 +202,15 @@ fn row(
     threads: usize,
     n: usize,
     stats: &[QueryStats],
-    plaintext_ms: f64,
+    plain: Plain,
     wall_s: Option<f64>,
     dep: &Harness,
 ) -> BenchRow {
+    let (plaintext_engine, plaintext_ms) = if plain.tract_ms <= plain.reference_ms {
+        ("tract", plain.tract_ms)
+    } else {
+        ("reference", plain.reference_ms)
+    };
     let first = &stats[0];
     // Per-query figures cover `batch` images.
     let per_q = dep.schedule.batch as f64;
@@ -194,7 +233,10 @@ fn row(
         images: n,
         latency_ms: latency,
         throughput_img_s: throughput,
+        plaintext_engine: plaintext_engine.into(),
         plaintext_ms,
+        tract_ms: plain.tract_ms,
+        reference_ms: plain.reference_ms,
         ratio: per_img / plaintext_ms.max(1e-9),
         host_ms: host,
         enclave_ms: encl,
@@ -218,7 +260,7 @@ fn median_row(mut runs: Vec<BenchRow>) -> BenchRow {
 fn print_table(rows: &[BenchRow]) {
     println!(
         "{:<6} {:<8} {:>3} {:>5} {:>5} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8} {:>6} {:>7} {:>9} {:>5} {:>5} {:>5}",
-        "model", "mode", "thr", "imgs", "stack", "lat ms", "img/s", "plain ms", "ratio", "host ms", "encl ms", "share", "peakMiB", "bytes up", "prods", "decr", "encr"
+        "model", "mode", "thr", "imgs", "stack", "lat ms", "img/s", "floor ms", "ratio", "host ms", "encl ms", "share", "peakMiB", "bytes up", "prods", "decr", "encr"
     );
     for r in rows {
         println!(

@@ -425,14 +425,19 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// A bundled model (`mnist`, `e2dm`) with its calibration set, or an ONNX
-/// file with the given calibration file.
-pub fn load_model(name: &str, calib: Option<&std::path::Path>) -> Result<(Model, Tensor)> {
-    let bundled = match name {
+/// The ONNX bytes of a bundled model (`mnist`, `e2dm`).
+pub fn bundled_onnx(name: &str) -> Option<&'static [u8]> {
+    match name {
         "mnist" => Some(data::bundled::MNIST_ONNX),
         "e2dm" => Some(data::bundled::E2DM_ONNX),
         _ => None,
-    };
+    }
+}
+
+/// A bundled model (`mnist`, `e2dm`) with its calibration set, or an ONNX
+/// file with the given calibration file.
+pub fn load_model(name: &str, calib: Option<&std::path::Path>) -> Result<(Model, Tensor)> {
+    let bundled = bundled_onnx(name);
     let model = match bundled {
         Some(bytes) => hetee_onnx::import_onnx_bytes(bytes, name)?,
         None => hetee_onnx::import_onnx(std::path::Path::new(name))?,
