@@ -1,13 +1,18 @@
-//! The enclave's share of a query: one nonlinear step (decrypt, unpack,
-//! bias + ReLU + max pool + requantize, lay out, pack, encrypt) on an
-//! MNIST-sized stage (16x24x24 conv output -> 16x12x12 -> next conv).
+//! The enclave's share of a query: one nonlinear step (decrypt, check,
+//! unpack, bias + ReLU + max pool + requantize, lay out, pack, encrypt) on
+//! an MNIST-sized stage (16x24x24 conv output -> 16x12x12 -> next conv).
+//!
+//! The model is registered and every query is opened over the attested
+//! channel, as in production; only the `StageResult` of stage 0 is timed.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
 use criterion::{criterion_group, criterion_main, Criterion};
-use fhe::bfv::{Encoding, Plaintext, PublicKey};
-use fhe_traits::{DeserializeParametrized, FheEncoder, FheEncrypter};
-use hetee_enclave::{Enclave, Request, Response, Schedule};
-use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
-use hetee_he::Evaluator;
+use hetee_enclave::{EnclaveConfig, Request, Response, Schedule};
 use hetee_model::ir::{Layer, Model, Pads, Window};
 use rand::{Rng, SeedableRng};
 
@@ -50,71 +55,58 @@ fn enclave_step(c: &mut Criterion) {
     let calib: Vec<f32> = (0..4 * 784).map(|i| (i % 251) as f32 / 251.0).collect();
     let q = hetee_model::quantize(&m, &calib).unwrap();
     let schedule = Schedule::compile(&q, 1).unwrap();
-    let mut enclave = Enclave::new();
-    // Local mode (in-process, not Init'ed): register directly.
-    let (model_id, pk) = match enclave.handle(Request::RegisterLocal {
-        schedule: Box::new(schedule.clone()),
-        checks: vec![],
-    }) {
-        Response::Registered {
-            model_id,
-            public_key,
-            ..
-        } => (model_id, public_key),
-        _ => panic!("register failed"),
-    };
-    let par = schedule.he.build().unwrap();
-    let pk = PublicKey::from_bytes(&pk, &par).unwrap();
-    let enc = |polys: Vec<Vec<i64>>| {
-        polys
-            .iter()
-            .map(|p| {
-                let pt = Plaintext::try_encode(p.as_slice(), Encoding::poly(), &par).unwrap();
-                pk.try_encrypt(&pt, &mut rand::rng()).unwrap()
-            })
-            .collect::<Vec<_>>()
-    };
-    let x = schedule.input.quantize(&calib[..784]).unwrap();
-    let inputs = enc(schedule.pack_stage_input(0, &[x]).unwrap());
-    let weights = enc(schedule.pack_stage_weights(0, &q.stages[0].weight).unwrap());
-    let ev = Evaluator::new(&par).unwrap();
-    let outs = ev
-        .evaluate_plan(
-            &schedule.stages[0].packing.product_plan(),
-            &ev.extend_all(&inputs).unwrap(),
-            &ev.extend_all(&weights).unwrap(),
-        )
-        .unwrap();
-    let bytes: Vec<Vec<u8>> = outs.iter().map(ciphertext_to_bytes).collect();
-    assert!(ciphertext_from_bytes(&bytes[0], &par, 3).is_ok());
+    let mut enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let keys = create_keys(&mut enclave, &schedule.he);
+    let host = HostModel::new(&q, &schedule, &keys.public_key);
+    let model_id = register(&mut enclave, &keys, &host).model_id;
+
+    // One data provider's input and the host's (honest) stage-0 result on
+    // it; every timed query sends the same input with the same seed.
+    let dp = hello(&mut enclave, &keys, model_id).unwrap();
+    let seed = dp.seed;
+    let input = dp.encrypt(&keys.public_key, &calib[..784]);
+    let out0 = host.evaluate(0, &input);
+    enclave.handle(Request::CloseSession {
+        session: dp.channel.session,
+    });
+
     let mut g = c.benchmark_group("enclave");
     g.sample_size(20);
     g.bench_function("mnist_stage1_step", |b| {
-        b.iter(|| {
-            let Response::LocalQueryStarted { session } =
-                enclave.handle(Request::StartLocalQuery {
-                    model_id,
-                    input: vec![],
-                    seed: None,
-                })
-            else {
-                panic!("start failed")
-            };
-            let n = match enclave.handle(Request::StageResult {
-                session,
-                stage: 0,
-                ciphertexts: bytes.clone(),
-            }) {
-                Response::NextInput { ciphertexts, .. } => ciphertexts.len(),
-                _ => panic!("step failed"),
-            };
-            // The session now waits for stage 1; close it so that open
-            // sessions do not pile up to the enclave's limit.
-            assert!(matches!(
-                enclave.handle(Request::CloseSession { session }),
-                Response::Closed
-            ));
-            n
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                // Not timed: the channel, the hello and the query's start.
+                let mut dp = hello(&mut enclave, &keys, model_id).unwrap();
+                dp.seed = seed;
+                let r = dp.start(&mut enclave, model_id, &input);
+                assert!(
+                    matches!(r, Response::QueryStarted { input: None, .. }),
+                    "start failed: {}",
+                    short(&r)
+                );
+                let session = dp.channel.session;
+                let t = Instant::now();
+                let r = enclave.handle(Request::StageResult {
+                    session,
+                    stage: 0,
+                    ciphertexts: out0.clone(),
+                });
+                total += t.elapsed();
+                match r {
+                    Response::NextInput { ciphertexts, .. } => {
+                        std::hint::black_box(ciphertexts);
+                    }
+                    other => panic!("step failed: {}", short(&other)),
+                }
+                // The session now waits for stage 1; close it so that open
+                // sessions do not pile up to the enclave's limit.
+                assert!(matches!(
+                    enclave.handle(Request::CloseSession { session }),
+                    Response::Closed
+                ));
+            }
+            total
         })
     });
     g.finish();

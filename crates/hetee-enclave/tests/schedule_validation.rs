@@ -1,12 +1,17 @@
 //! The enclave refuses inconsistent schedules (a model provider's mistake or
 //! a tampered registration) with an error instead of panicking later.
 
-use hetee_enclave::{Enclave, Request, Response, Schedule};
+mod common;
+
+use common::*;
+use hetee_enclave::messages::{AllowList, ClientMessage, ModelTerms, RegisteredModel};
+use hetee_enclave::{EnclaveConfig, Request, Response, Schedule};
 use hetee_model::intops::PostOp;
 use hetee_model::ir::{Layer, Model, Pads, Window};
 use hetee_model::quant::StageOutput;
+use hetee_model::QuantModel;
 
-fn schedule() -> Schedule {
+fn model() -> QuantModel {
     let w = |n: usize| {
         (0..n)
             .map(|i| ((i * 37 % 17) as f32 - 8.0) / 20.0)
@@ -38,53 +43,76 @@ fn schedule() -> Schedule {
         node_names: vec!["c".into(), "r".into(), "f".into(), "d".into()],
     };
     let calib: Vec<f32> = (0..3 * 128).map(|i| (i % 13) as f32 / 13.0).collect();
-    Schedule::compile(&hetee_model::quantize(&m, &calib).unwrap(), 2).unwrap()
+    hetee_model::quantize(&m, &calib).unwrap()
 }
 
-/// Registers in local mode (an in-process enclave, not Init'ed).
-fn register(s: Schedule) -> Response {
-    Enclave::new().handle(Request::RegisterLocal {
+fn schedule() -> Schedule {
+    Schedule::compile(&model(), 2).unwrap()
+}
+
+/// The key set's owner registers `s` (with the model's int8 weights) in a
+/// fresh attested enclave whose key set has the valid schedule's parameters.
+/// Returns the answer and the enclave's model count after it.
+fn register(s: Schedule) -> (Result<RegisteredModel, String>, Keys, usize) {
+    let weights: Vec<Vec<i8>> = model().stages.iter().map(|st| st.weight.clone()).collect();
+    let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let keys = create_keys(&mut e, &schedule().he);
+    let msg = ClientMessage::RegisterModel {
+        key_id: keys.key_id,
+        commitment: [5; 32],
         schedule: Box::new(s),
-        checks: vec![],
-    })
+        weights: zeroize::Zeroizing::new(weights),
+        terms: ModelTerms::default(),
+        allow: AllowList::Open,
+    };
+    let r = connect(&mut e, &keys, &msg).map(|o| o.registered.expect("no sealed model"));
+    let st = status(&mut e);
+    assert_eq!(st.sessions, 0);
+    (r, keys, st.models)
 }
 
 fn refused(s: Schedule, what: &str) {
     match register(s) {
-        Response::Error { message } => assert!(message.contains(what), "{message}"),
-        _ => panic!("accepted a bad schedule ({what})"),
+        (Err(message), _, models) => {
+            assert!(message.contains(what), "{what}: {message}");
+            assert_eq!(models, 0, "{what}: a refused model was stored");
+        }
+        (Ok(_), ..) => panic!("accepted a bad schedule ({what})"),
     }
 }
 
 #[test]
 fn valid_schedule_is_accepted() {
-    match register(schedule()) {
-        Response::Registered {
-            model_id,
-            key_id,
-            public_key,
-            sealed_keys,
-            sealed_model,
-        } => {
-            assert!(!public_key.is_empty());
-            // Another in-process enclave takes the sealed key set and model back.
-            let mut e = Enclave::new();
-            match e.handle(Request::RestoreKeys {
-                sealed: sealed_keys,
-            }) {
-                Response::KeysRestored { key_id: k } => assert_eq!(k, key_id),
-                _ => panic!("keys not restored"),
-            }
-            match e.handle(Request::RestoreModel {
-                sealed: sealed_model,
-            }) {
-                Response::ModelRestored { model_id: m } => assert_eq!(m, model_id),
-                _ => panic!("model not restored"),
-            }
-        }
-        Response::Error { message } => panic!("refused a valid schedule: {message}"),
-        _ => panic!("unexpected response"),
+    let (reg, keys, models) = register(schedule());
+    let reg = reg.unwrap_or_else(|e| panic!("refused a valid schedule: {e}"));
+    assert_eq!(models, 1);
+    assert_eq!(reg.state.model_id, reg.model_id);
+    assert_eq!(reg.state.version, 1);
+    // Another enclave with the same measurement takes the sealed key set,
+    // model and state back.
+    let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    match e.handle(Request::RestoreKeys {
+        sealed: keys.sealed.clone(),
+    }) {
+        Response::KeysRestored { key_id } => assert_eq!(key_id, keys.key_id),
+        other => panic!("keys not restored: {}", short(&other)),
     }
+    match e.handle(Request::RestoreModel {
+        sealed: reg.sealed.clone(),
+    }) {
+        Response::ModelRestored { model_id } => assert_eq!(model_id, reg.model_id),
+        other => panic!("model not restored: {}", short(&other)),
+    }
+    match e.handle(Request::RestoreState {
+        sealed: reg.state.sealed.clone(),
+    }) {
+        Response::StateRestored { model_id, version } => {
+            assert_eq!((model_id, version), (reg.model_id, 1))
+        }
+        other => panic!("state not restored: {}", short(&other)),
+    }
+    let st = status(&mut e);
+    assert_eq!((st.keysets, st.models), (1, 1));
 }
 
 #[test]

@@ -6,18 +6,20 @@
 
 mod common;
 
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use common::*;
 use hetee_attest::{ClientHandshake, Measurement, SimPlatform, StaticKeypair};
 use hetee_enclave::budget;
 use hetee_enclave::messages::{
-    input_digest, model_id, thin_input_digest, ClientMessage, EnclaveMessage, OutputPolicy,
-    QueryPlan,
+    input_digest, model_id, thin_input_digest, AllowList, ClientMessage, Incident, ModelId,
+    ModelTerms, OutputPolicy, QueryPlan, Status,
 };
-use hetee_enclave::{EnclaveConfig, Request, Response, Schedule};
+use hetee_enclave::state::LOCKED;
+use hetee_enclave::{Enclave, EnclaveConfig, Request, Response, Schedule};
 use hetee_he::HeConfig;
 use hetee_model::ir::{Layer, Model, Pads, Window};
+use zeroize::Zeroizing;
 
 // The budget is enforced only with the counting allocator installed.
 #[global_allocator]
@@ -32,7 +34,8 @@ fn shared() -> RwLockReadGuard<'static, ()> {
 }
 
 /// Exclusive access; on drop, puts the hard cap back to the default
-/// config's (an Init with a 16 MiB budget lowers it for the whole process).
+/// config's (an enclave built with a 16 MiB budget lowers it for the whole
+/// process).
 struct Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>);
 
 fn exclusive() -> Exclusive {
@@ -58,6 +61,35 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+/// A RegisterModel message under `keys` (open to everyone).
+fn registration(
+    keys: &Keys,
+    commitment: [u8; 32],
+    schedule: Schedule,
+    weights: &[Vec<i8>],
+    terms: ModelTerms,
+) -> ClientMessage {
+    ClientMessage::RegisterModel {
+        key_id: keys.key_id,
+        commitment,
+        schedule: Box::new(schedule),
+        weights: Zeroizing::new(weights.to_vec()),
+        terms,
+        allow: AllowList::Open,
+    }
+}
+
+/// The owner's view of a model.
+fn report(e: &mut Enclave, keys: &Keys, model_id: ModelId) -> hetee_enclave::messages::ModelReport {
+    let (r, sealed) = manage(e, keys, &ClientMessage::ModelStatus { model_id }).unwrap();
+    assert!(sealed.is_none(), "reading the status changed the state");
+    r
+}
+
+fn counts(st: &Status) -> (usize, usize, usize) {
+    (st.keysets, st.models, st.sessions)
+}
+
 #[test]
 fn attested_query_matches_the_reference_bit_for_bit() {
     let _g = shared();
@@ -76,8 +108,16 @@ fn attested_query_matches_the_reference_bit_for_bit() {
     // The plan is the first stage's public structure.
     let id = s.model_id();
     let dp = hello(&mut s.enclave, &s.keys, id).unwrap();
-    let want = QueryPlan::of(s.model_id(), &s.host.schedule).unwrap();
+    let want = QueryPlan::of(
+        s.model_id(),
+        s.keys.key_id,
+        *s.keys.owner.public(),
+        &s.host.schedule,
+    )
+    .unwrap();
     assert_eq!(dp.plan, want);
+    // The data provider learns whose model it queries.
+    assert_eq!(&dp.plan.owner, s.keys.owner.public());
     assert_eq!(dp.plan.classes, 3);
     s.enclave.handle(Request::CloseSession {
         session: dp.channel.session,
@@ -101,7 +141,7 @@ fn a_finished_session_takes_no_more_stages() {
     let input = dp.encrypt(&s.keys.public_key, &s.x);
     assert!(matches!(
         dp.start(&mut s.enclave, id, &input),
-        Response::QueryStarted { input: None }
+        Response::QueryStarted { input: None, .. }
     ));
     let session = dp.channel.session;
     let r = run_stages(&mut s.enclave, &s.host, session, input.clone());
@@ -125,7 +165,7 @@ fn out_of_order_stages_close_the_session() {
     let input = dp.encrypt(&s.keys.public_key, &s.x);
     assert!(matches!(
         dp.start(&mut s.enclave, id, &input),
-        Response::QueryStarted { input: None }
+        Response::QueryStarted { input: None, .. }
     ));
     let session = dp.channel.session;
     let out0 = s.host.evaluate(0, &input);
@@ -148,7 +188,7 @@ fn out_of_order_stages_close_the_session() {
     let input = dp.encrypt(&s.keys.public_key, &s.x);
     assert!(matches!(
         dp.start(&mut s.enclave, id, &input),
-        Response::QueryStarted { input: None }
+        Response::QueryStarted { input: None, .. }
     ));
     let session = dp.channel.session;
     let out0 = s.host.evaluate(0, &input);
@@ -196,7 +236,7 @@ fn wrong_ciphertext_count_closes_the_session() {
     let input = dp.encrypt(&s.keys.public_key, &s.x);
     assert!(matches!(
         dp.start(&mut s.enclave, id, &input),
-        Response::QueryStarted { input: None }
+        Response::QueryStarted { input: None, .. }
     ));
     let mut out0 = s.host.evaluate(0, &input);
     out0.push(out0[0].clone());
@@ -329,7 +369,10 @@ fn a_client_with_the_wrong_enclave_key_gets_no_channel() {
         &hello_msg,
     ) {
         Ok(o) => panic!("a channel to the wrong key gave {:?}", o.reply),
-        Err(e) => assert!(e.contains("channel"), "{e}"),
+        Err(e) => assert!(
+            e.contains("Noise handshake failed at enclave reading message 1"),
+            "{e}"
+        ),
     }
     assert_eq!(s.status().sessions, 0);
 }
@@ -356,7 +399,10 @@ fn evidence_swapped_by_the_host_breaks_the_handshake() {
         evidence: debug_ev,
         msg1,
     }) {
-        Response::Error { message } => assert!(message.contains("channel"), "{message}"),
+        Response::Error { message, .. } => assert!(
+            message.contains("Noise handshake failed at enclave reading message 1"),
+            "{message}"
+        ),
         Response::ChannelOpened { msg2, .. } => {
             assert!(hs.finish(&msg2).is_err(), "the handshake survived a swap")
         }
@@ -372,7 +418,7 @@ fn query_before_hello_and_unknown_models_are_refused() {
     let q = ClientMessage::Query {
         input_digest: [0; 32],
         images: 1,
-        seed: [0; 32],
+        seed: Zeroizing::new([0; 32]),
     };
     let err = connect(&mut s.enclave, &s.keys, &q)
         .err()
@@ -447,14 +493,13 @@ fn bad_registrations_are_refused() {
     schedule.he = HeConfig::for_accumulator_bound(1 << 24).unwrap();
     assert_eq!(schedule.he.degree, s.host.schedule.he.degree);
     assert_ne!(schedule.he, s.host.schedule.he);
-    let msg = ClientMessage::RegisterModel {
-        key_id: s.keys.key_id,
-        commitment: [5; 32],
-        schedule: Box::new(schedule),
-        checks: s.host.checks.clone(),
-        policy: OutputPolicy::Logits,
-        query_budget: None,
-    };
+    let msg = registration(
+        &s.keys,
+        [5; 32],
+        schedule,
+        &s.host.plain_weights,
+        ModelTerms::default(),
+    );
     let err = connect(&mut s.enclave, &s.keys, &msg)
         .err()
         .expect("accepted");
@@ -463,14 +508,13 @@ fn bad_registrations_are_refused() {
     // An inconsistent schedule.
     let mut schedule = s.host.schedule.clone();
     schedule.stages[0].tail.bias.pop();
-    let msg = ClientMessage::RegisterModel {
-        key_id: s.keys.key_id,
-        commitment: [5; 32],
-        schedule: Box::new(schedule),
-        checks: s.host.checks.clone(),
-        policy: OutputPolicy::Logits,
-        query_budget: None,
-    };
+    let msg = registration(
+        &s.keys,
+        [5; 32],
+        schedule,
+        &s.host.plain_weights,
+        ModelTerms::default(),
+    );
     let err = connect(&mut s.enclave, &s.keys, &msg)
         .err()
         .expect("accepted");
@@ -491,36 +535,252 @@ fn bad_registrations_are_refused() {
     assert!(err.contains("not under this channel's key set"), "{err}");
 }
 
+// --- Owners: registration and management ---------------------------------
+
+const NOT_OWNER: &str = "only the key set's owner may register or manage its models";
+const UNLISTED: &str = "this client key is not on the model's allow list";
+
+/// Replaces the local-mode test (local mode is gone): registering is the
+/// key set owner's alone. Another key, even one that owns a key set of its
+/// own in the same enclave, is refused and nothing is stored.
 #[test]
-fn local_mode_requests_are_refused_after_init() {
+fn only_the_key_set_owner_registers_models() {
     let _g = shared();
     let mut s = Setup::new();
-    let msg = error_of(s.enclave.handle(Request::RegisterLocal {
-        schedule: Box::new(s.host.schedule.clone()),
-        checks: s.host.checks.clone(),
-    }));
-    assert!(
-        msg.contains("RegisterLocal is only available to an in-process enclave"),
-        "{msg}"
+    let mallory = Arc::new(StaticKeypair::generate().unwrap());
+    let own = create_keys_for(&mut s.enclave, &s.host.schedule.he, mallory.clone());
+    let before = s.status();
+    assert_eq!(counts(&before), (2, 1, 0));
+
+    // A new upload under the victim's key set (batch 2: other commitment).
+    let host2 = HostModel::new(
+        &s.q,
+        &Schedule::compile(&s.q, 2).unwrap(),
+        &s.keys.public_key,
     );
-    let msg = error_of(s.enclave.handle(Request::StartLocalQuery {
-        model_id: s.model_id(),
-        input: vec![],
-        seed: None,
-    }));
-    assert!(
-        msg.contains("StartLocalQuery is only available to an in-process enclave"),
-        "{msg}"
-    );
-    let st = s.status();
-    assert_eq!((st.keysets, st.models, st.sessions), (1, 1, 0));
-    // And Init is not accepted again.
-    let msg = error_of(
-        s.enclave
-            .handle(init_request(MEASUREMENT, EnclaveConfig::default())),
-    );
-    assert!(msg.contains("first request"), "{msg}");
+    let msg = register_message(&s.keys, &host2);
+    let anonymous = StaticKeypair::generate().unwrap();
+    for (name, who) in [("a fresh key", &anonymous), ("another owner", &*mallory)] {
+        let err = connect_as(
+            &mut s.enclave,
+            s.keys.key_id,
+            &s.keys.evidence,
+            &s.keys.identity.channel_public_key,
+            Some(who),
+            &msg,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{name} registered a model under another's key set"));
+        assert!(err.contains(NOT_OWNER), "{name}: {err}");
+        assert_eq!(counts(&s.status()), counts(&before), "{name}");
+    }
+    // Nor through a channel to a key set it owns.
+    let err = connect(&mut s.enclave, &own, &msg)
+        .err()
+        .expect("registered under another key set than the channel's");
+    assert!(err.contains("another key set than its channel"), "{err}");
+    assert_eq!(counts(&s.status()), counts(&before));
+
+    // The owner can.
+    let reg = register(&mut s.enclave, &s.keys, &host2);
+    assert_ne!(reg.model_id, s.model_id());
+    assert_eq!(s.status().models, before.models + 1);
 }
+
+/// One registration per upload (key set + commitment): the owner cannot
+/// change a registered model's terms or schedule by registering it again.
+#[test]
+fn an_upload_is_registered_once() {
+    let _g = shared();
+    let mut s = Setup::new();
+    let id = s.model_id();
+    let again = [
+        register_message(&s.keys, &s.host),
+        register_message_with(&s.keys, &s.host, OutputPolicy::Label, Some(1)),
+        registration(
+            &s.keys,
+            s.host.commitment(),
+            Schedule::compile(&s.q, 2).unwrap(),
+            &s.host.plain_weights,
+            ModelTerms::default(),
+        ),
+    ];
+    for msg in &again {
+        let err = connect(&mut s.enclave, &s.keys, msg)
+            .err()
+            .expect("an upload was registered twice");
+        assert!(
+            err.contains("this upload is already registered; a model's secrets never change"),
+            "{err}"
+        );
+    }
+    assert_eq!(counts(&s.status()), (1, 1, 0));
+    // The model keeps its terms: all logits, no budget.
+    let r = report(&mut s.enclave, &s.keys, id);
+    assert_eq!(r.terms, ModelTerms::default());
+    let x = s.x.clone();
+    for _ in 0..2 {
+        assert_eq!(bits(&s.query(&x).unwrap()), bits(&reference(&s.q, &x)));
+    }
+}
+
+#[test]
+fn the_owner_manages_its_model_and_nobody_else_can() {
+    let _g = shared();
+    let mut s = Setup::new();
+    let id = s.model_id();
+
+    let r = report(&mut s.enclave, &s.keys, id);
+    assert_eq!(r.model_id, id);
+    assert_eq!((r.version, r.locked, r.failures), (1, false, 0));
+    assert_eq!(r.terms, ModelTerms::default());
+    assert_eq!(r.allow, AllowList::Open);
+    assert!(r.spent.is_empty() && r.incidents.is_empty());
+
+    // Another key: every management message is refused and changes nothing.
+    let mallory = Arc::new(StaticKeypair::generate().unwrap());
+    let listed = AllowList::Only(vec![*mallory.public()]);
+    let msgs = [
+        ClientMessage::ModelStatus { model_id: id },
+        ClientMessage::Unlock { model_id: id },
+        ClientMessage::SetAllowList {
+            model_id: id,
+            allow: listed.clone(),
+        },
+    ];
+    for msg in &msgs {
+        let err = connect_as(
+            &mut s.enclave,
+            s.keys.key_id,
+            &s.keys.evidence,
+            &s.keys.identity.channel_public_key,
+            Some(&mallory),
+            msg,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("a non-owner's {msg:?} was accepted"));
+        assert!(err.contains(NOT_OWNER), "{err}");
+    }
+    // Owning another key set does not help either.
+    let own = create_keys_for(&mut s.enclave, &s.host.schedule.he, mallory.clone());
+    for msg in &msgs {
+        let err = connect(&mut s.enclave, &own, msg)
+            .err()
+            .unwrap_or_else(|| panic!("{msg:?} through another key set was accepted"));
+        assert!(err.contains("no such model under this key set"), "{err}");
+    }
+    assert_eq!(s.status().sessions, 0);
+    let r = report(&mut s.enclave, &s.keys, id);
+    assert_eq!((r.version, r.locked), (1, false));
+    assert_eq!(r.allow, AllowList::Open);
+
+    // The owner's changes each give a new version and sealed state.
+    let (r, sealed) = manage(
+        &mut s.enclave,
+        &s.keys,
+        &ClientMessage::Unlock { model_id: id },
+    )
+    .unwrap();
+    let sealed = sealed.expect("unlock gives a new sealed state");
+    assert_eq!((r.version, sealed.version, sealed.model_id), (2, 2, id));
+    assert!(!r.locked);
+    let (r, sealed) = manage(
+        &mut s.enclave,
+        &s.keys,
+        &ClientMessage::SetAllowList {
+            model_id: id,
+            allow: listed.clone(),
+        },
+    )
+    .unwrap();
+    assert_eq!((r.version, sealed.unwrap().version), (3, 3));
+    assert_eq!(r.allow, listed);
+    assert_eq!(report(&mut s.enclave, &s.keys, id).allow, listed);
+
+    // An unknown model.
+    let err = connect(
+        &mut s.enclave,
+        &s.keys,
+        &ClientMessage::ModelStatus { model_id: [9; 16] },
+    )
+    .err()
+    .expect("the status of an unknown model");
+    assert!(err.contains("no such model under this key set"), "{err}");
+    assert_eq!(s.status().sessions, 0);
+}
+
+#[test]
+fn the_allow_list_refuses_unlisted_keys_at_hello() {
+    let _g = shared();
+    let alice = StaticKeypair::generate().unwrap();
+    let bob = StaticKeypair::generate().unwrap();
+    let mut s = Setup::with_terms(
+        EnclaveConfig::default(),
+        ModelTerms::default(),
+        AllowList::Only(vec![*alice.public()]),
+    );
+    let id = s.model_id();
+    let x = s.x.clone();
+    for (name, who) in [("bob", Some(&bob)), ("a fresh key", None)] {
+        let err = hello_as(&mut s.enclave, &s.keys, who, id)
+            .err()
+            .unwrap_or_else(|| panic!("{name} said hello to a model that does not list it"));
+        assert!(err.contains(UNLISTED), "{name}: {err}");
+        assert_eq!(s.status().sessions, 0);
+    }
+    let (logits, _) = query_as(&mut s.enclave, &s.keys, &s.host, id, Some(&alice), &x).unwrap();
+    assert_eq!(bits(&logits), bits(&reference(&s.q, &x)));
+}
+
+#[test]
+fn set_allow_list_takes_effect_for_new_sessions() {
+    let _g = shared();
+    let mut s = Setup::new();
+    let id = s.model_id();
+    let x = s.x.clone();
+    let alice = StaticKeypair::generate().unwrap();
+    let bob = StaticKeypair::generate().unwrap();
+    // Bob said hello while the model was open to everyone.
+    let mut bob_ready = hello_as(&mut s.enclave, &s.keys, Some(&bob), id).unwrap();
+
+    let set = |e: &mut Enclave, keys: &Keys, allow: AllowList| {
+        let (r, sealed) = manage(
+            e,
+            keys,
+            &ClientMessage::SetAllowList {
+                model_id: id,
+                allow: allow.clone(),
+            },
+        )
+        .unwrap();
+        assert_eq!(r.allow, allow);
+        assert!(sealed.is_some());
+    };
+    set(
+        &mut s.enclave,
+        &s.keys,
+        AllowList::Only(vec![*alice.public()]),
+    );
+
+    let err = hello_as(&mut s.enclave, &s.keys, Some(&bob), id)
+        .err()
+        .expect("an unlisted key said hello");
+    assert!(err.contains(UNLISTED), "{err}");
+    // The session that said hello before is admitted again when its query
+    // starts, and closed.
+    let input = bob_ready.encrypt(&s.keys.public_key, &x);
+    let msg = error_of(bob_ready.start(&mut s.enclave, id, &input));
+    assert!(msg.contains(UNLISTED), "{msg}");
+    assert_eq!(s.status().sessions, 0);
+    assert!(query_as(&mut s.enclave, &s.keys, &s.host, id, Some(&alice), &x).is_ok());
+
+    // Open again: bob may query.
+    set(&mut s.enclave, &s.keys, AllowList::Open);
+    let (logits, _) = query_as(&mut s.enclave, &s.keys, &s.host, id, Some(&bob), &x).unwrap();
+    assert_eq!(bits(&logits), bits(&reference(&s.q, &x)));
+}
+
+// --- Sessions ------------------------------------------------------------
 
 #[test]
 fn interleaved_sessions_of_two_clients_both_succeed() {
@@ -540,7 +800,7 @@ fn interleaved_sessions_of_two_clients_both_succeed() {
     for (dp, input) in dps.iter_mut().zip(&inputs) {
         assert!(matches!(
             dp.start(&mut s.enclave, id, input),
-            Response::QueryStarted { input: None }
+            Response::QueryStarted { input: None, .. }
         ));
     }
     // A model provider's handshake in the middle of it.
@@ -611,34 +871,59 @@ fn close_session_forgets_it() {
 
 // --- Integrity, thin queries, policies, budgets --------------------------
 
+/// The refusal of a failed check: the one fixed message, and the model's
+/// new sealed state (the incident is logged).
+fn failed_check(r: Response) -> hetee_enclave::messages::SealedState {
+    match r {
+        Response::Error {
+            message,
+            state: Some(state),
+        } => {
+            assert_eq!(
+                message,
+                "integrity: the host's stage result failed the check; session closed"
+            );
+            state
+        }
+        other => panic!("expected a failed check, got {}", short(&other)),
+    }
+}
+
 #[test]
 fn a_wrong_stage_result_fails_the_freivalds_check() {
     let _g = shared();
-    let mut s = Setup::new();
+    // Three failed checks lock the model: two leave it serving.
+    let terms = ModelTerms {
+        lock_after: 3,
+        ..ModelTerms::default()
+    };
+    let mut s = Setup::with_terms(EnclaveConfig::default(), terms, AllowList::Open);
     let id = s.model_id();
+    let client = StaticKeypair::generate().unwrap();
 
     // The host evaluates stage 0 on other ciphertexts than the committed input.
-    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let mut dp = hello_as(&mut s.enclave, &s.keys, Some(&client), id).unwrap();
     let input = dp.encrypt(&s.keys.public_key, &s.x);
     let other = dp.encrypt(&s.keys.public_key, &other_input());
     assert!(matches!(
         dp.start(&mut s.enclave, id, &input),
-        Response::QueryStarted { input: None }
+        Response::QueryStarted { input: None, .. }
     ));
-    let msg = error_of(s.enclave.handle(Request::StageResult {
+    let state = failed_check(s.enclave.handle(Request::StageResult {
         session: dp.channel.session,
         stage: 0,
         ciphertexts: s.host.evaluate(0, &other),
     }));
-    assert!(msg.contains("integrity"), "{msg}");
+    assert_eq!((state.model_id, state.version), (id, 2));
     assert_eq!(s.status().sessions, 0);
 
     // Stage 0 is right but stage 1 gets the input of another query.
-    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let client2 = StaticKeypair::generate().unwrap();
+    let mut dp = hello_as(&mut s.enclave, &s.keys, Some(&client2), id).unwrap();
     let input = dp.encrypt(&s.keys.public_key, &s.x);
     assert!(matches!(
         dp.start(&mut s.enclave, id, &input),
-        Response::QueryStarted { input: None }
+        Response::QueryStarted { input: None, .. }
     ));
     let session = dp.channel.session;
     let r = s.enclave.handle(Request::StageResult {
@@ -655,7 +940,7 @@ fn a_wrong_stage_result_fails_the_freivalds_check() {
     let input2 = dp2.encrypt(&s.keys.public_key, &other_input());
     assert!(matches!(
         dp2.start(&mut s.enclave, id, &input2),
-        Response::QueryStarted { input: None }
+        Response::QueryStarted { input: None, .. }
     ));
     let Response::NextInput {
         ciphertexts: next2, ..
@@ -667,12 +952,12 @@ fn a_wrong_stage_result_fails_the_freivalds_check() {
     else {
         panic!("stage 0 of the second query failed")
     };
-    let msg = error_of(s.enclave.handle(Request::StageResult {
+    let state = failed_check(s.enclave.handle(Request::StageResult {
         session,
         stage: 1,
         ciphertexts: s.host.evaluate(1, &next2),
     }));
-    assert!(msg.contains("integrity"), "{msg}");
+    assert_eq!(state.version, 3);
     // The other query is unaffected.
     let r = run_stages_from(&mut s.enclave, &s.host, dp2.channel.session, 1, next2);
     let Response::Finished { payload } = r else {
@@ -680,6 +965,78 @@ fn a_wrong_stage_result_fails_the_freivalds_check() {
     };
     let got = dp2.result(&s.keys, &payload).logits;
     assert_eq!(bits(&got), bits(&reference(&s.q, &other_input())));
+
+    // Both failures are logged for the owner; below the threshold, the
+    // model still serves.
+    let r = report(&mut s.enclave, &s.keys, id);
+    assert_eq!((r.version, r.failures, r.locked), (3, 2, false));
+    assert_eq!(
+        r.incidents,
+        vec![
+            Incident {
+                seq: 1,
+                stage: 0,
+                client: *client.public()
+            },
+            Incident {
+                seq: 2,
+                stage: 1,
+                client: *client2.public()
+            },
+        ]
+    );
+    let x = s.x.clone();
+    assert_eq!(bits(&s.query(&x).unwrap()), bits(&reference(&s.q, &x)));
+}
+
+#[test]
+fn a_failed_check_locks_the_model_until_its_owner_unlocks_it() {
+    let _g = shared();
+    let mut s = Setup::new();
+    assert_eq!(s.registered.state.version, 1);
+    let id = s.model_id();
+    let x = s.x.clone();
+    // A session that said hello before the failure.
+    let mut early = hello(&mut s.enclave, &s.keys, id).unwrap();
+
+    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let input = dp.encrypt(&s.keys.public_key, &x);
+    let other = dp.encrypt(&s.keys.public_key, &other_input());
+    assert!(matches!(
+        dp.start(&mut s.enclave, id, &input),
+        Response::QueryStarted { input: None, .. }
+    ));
+    let state = failed_check(s.enclave.handle(Request::StageResult {
+        session: dp.channel.session,
+        stage: 0,
+        ciphertexts: s.host.evaluate(0, &other),
+    }));
+    assert_eq!(state.version, 2);
+
+    // Locked (the default threshold is one failure): no hello, and no
+    // query from a session that said hello before.
+    let err = s.query(&x).expect_err("a locked model answered");
+    assert_eq!(err, format!("protocol: {LOCKED}"));
+    let early_input = early.encrypt(&s.keys.public_key, &x);
+    let msg = error_of(early.start(&mut s.enclave, id, &early_input));
+    assert!(msg.contains(LOCKED), "{msg}");
+    assert_eq!(s.status().sessions, 0);
+
+    let r = report(&mut s.enclave, &s.keys, id);
+    assert_eq!((r.version, r.failures, r.locked), (2, 1, true));
+    assert_eq!(r.incidents.len(), 1);
+    assert_eq!(r.incidents[0].stage, 0);
+
+    let (r, sealed) = manage(
+        &mut s.enclave,
+        &s.keys,
+        &ClientMessage::Unlock { model_id: id },
+    )
+    .unwrap();
+    assert_eq!((r.version, r.failures, r.locked), (3, 0, false));
+    assert!(r.incidents.is_empty());
+    assert_eq!(sealed.unwrap().version, 3);
+    assert_eq!(bits(&s.query(&x).unwrap()), bits(&reference(&s.q, &x)));
 }
 
 /// [`run_stages`] from stage `k`.
@@ -704,38 +1061,87 @@ fn run_stages_from(
     panic!("no result")
 }
 
+/// The enclave draws the checks itself from the weights it is sent: the
+/// weights must fit the schedule, and the terms must make sense.
 #[test]
-fn registration_needs_well_formed_checks() {
+fn registration_needs_well_formed_weights_and_terms() {
     let _g = shared();
     let mut s = Setup::new();
-    let mut checks = s.host.checks.clone();
-    for (what, bad) in [
-        ("needs Freivalds check vectors", vec![]),
-        ("check vectors for", checks[..1].to_vec()),
-        ("malformed check vectors", {
-            checks[1].r.pop();
-            checks.clone()
+    let w = s.host.plain_weights.clone();
+    let bad_weights: Vec<(&str, Vec<Vec<i8>>)> = vec![
+        ("0 weight tensors for 2 stages", vec![]),
+        ("1 weight tensors for 2 stages", w[..1].to_vec()),
+        ("3 weight tensors for 2 stages", {
+            let mut v = w.clone();
+            v.push(w[1].clone());
+            v
         }),
-    ] {
-        let msg = ClientMessage::RegisterModel {
-            key_id: s.keys.key_id,
-            commitment: [6; 32],
-            schedule: Box::new(s.host.schedule.clone()),
-            checks: bad,
-            policy: OutputPolicy::Logits,
-            query_budget: None,
-        };
+        ("stage 1: the weights do not fit the layer", {
+            let mut v = w.clone();
+            v[1].pop();
+            v
+        }),
+        ("stage 0: the weights do not fit the layer", {
+            let mut v = w.clone();
+            v[0].push(1);
+            v
+        }),
+        (
+            "stage 0: the weights do not fit the layer",
+            vec![w[1].clone(), w[0].clone()],
+        ),
+    ];
+    // A commitment of no registered upload, so that nothing else refuses it.
+    let fresh = [6; 32];
+    for (what, bad) in bad_weights {
+        let msg = registration(
+            &s.keys,
+            fresh,
+            s.host.schedule.clone(),
+            &bad,
+            ModelTerms::default(),
+        );
         let err = connect(&mut s.enclave, &s.keys, &msg)
             .err()
             .expect("accepted");
-        assert!(err.contains(what), "{err}");
+        assert!(err.contains(what), "{what}: {err}");
     }
-    let msg = register_message_with(&s.keys, &s.host, OutputPolicy::TopK(4), None);
-    let err = connect(&mut s.enclave, &s.keys, &msg)
-        .err()
-        .expect("top-4 of 3 classes accepted");
-    assert!(err.contains("top-4 of 3 classes"), "{err}");
-    assert_eq!(s.status().models, 1);
+    for (what, terms) in [
+        (
+            "the lock threshold must be at least 1",
+            ModelTerms {
+                lock_after: 0,
+                ..ModelTerms::default()
+            },
+        ),
+        (
+            "top-4 of 3 classes",
+            ModelTerms {
+                policy: OutputPolicy::TopK(4),
+                ..ModelTerms::default()
+            },
+        ),
+    ] {
+        let msg = registration(&s.keys, fresh, s.host.schedule.clone(), &w, terms);
+        let err = connect(&mut s.enclave, &s.keys, &msg)
+            .err()
+            .expect("accepted");
+        assert!(err.contains(what), "{what}: {err}");
+    }
+    assert_eq!(counts(&s.status()), (1, 1, 0));
+    // The same upload with well-formed weights and terms is accepted.
+    let msg = registration(
+        &s.keys,
+        fresh,
+        s.host.schedule.clone(),
+        &w,
+        ModelTerms {
+            policy: OutputPolicy::TopK(3),
+            ..ModelTerms::default()
+        },
+    );
+    assert!(connect(&mut s.enclave, &s.keys, &msg).is_ok());
+    assert_eq!(s.status().models, 2);
 }
 
 #[test]
@@ -748,7 +1154,7 @@ fn thin_query_matches_the_reference() {
     let payload = seal_msg(
         &mut dp.channel.tx,
         &ClientMessage::ThinQuery {
-            images: images.clone(),
+            images: Zeroizing::new(images.clone()),
         },
     );
     let input = match s.enclave.handle(Request::StartQuery {
@@ -757,7 +1163,9 @@ fn thin_query_matches_the_reference() {
         payload,
         input: vec![],
     }) {
-        Response::QueryStarted { input: Some(cts) } => cts,
+        Response::QueryStarted {
+            input: Some(cts), ..
+        } => cts,
         other => panic!("{}", short(&other)),
     };
     let Response::Finished { payload } =
@@ -771,7 +1179,12 @@ fn thin_query_matches_the_reference() {
 
     // A thin query with ciphertexts attached is refused.
     let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
-    let payload = seal_msg(&mut dp.channel.tx, &ClientMessage::ThinQuery { images });
+    let payload = seal_msg(
+        &mut dp.channel.tx,
+        &ClientMessage::ThinQuery {
+            images: Zeroizing::new(images),
+        },
+    );
     let msg = error_of(s.enclave.handle(Request::StartQuery {
         session: dp.channel.session,
         model_id: id,
@@ -805,7 +1218,7 @@ fn label_policy_and_query_budget_per_client_key() {
         let mut dp = hello_as(e, &keys, Some(who), id)?;
         let input = dp.encrypt(&keys.public_key, &x);
         match dp.start(e, id, &input) {
-            Response::QueryStarted { input: None } => {}
+            Response::QueryStarted { input: None, .. } => {}
             other => return Err(error_of(other)),
         }
         match run_stages(e, &host, dp.channel.session, input) {
@@ -817,22 +1230,28 @@ fn label_policy_and_query_budget_per_client_key() {
         let r = run(&mut e, &alice).unwrap();
         assert_eq!(r.policy, OutputPolicy::Label);
         assert!(r.logits.is_empty(), "the label policy released logits");
-        assert_eq!(r.labels, vec![best]);
+        assert_eq!(*r.labels, vec![best]);
     }
     let err = run(&mut e, &alice).expect_err("a third query was allowed");
     assert!(err.contains("query budget for the model is spent"), "{err}");
     // Another client key has its own budget.
     let bob = StaticKeypair::generate().unwrap();
-    assert_eq!(run(&mut e, &bob).unwrap().labels, vec![best]);
+    assert_eq!(*run(&mut e, &bob).unwrap().labels, vec![best]);
+    // The owner sees what each key spent: one state version per query.
+    let r = report(&mut e, &keys, id);
+    let mut spent = vec![(*alice.public(), 2), (*bob.public(), 1)];
+    spent.sort();
+    assert_eq!(r.spent, spent);
+    assert_eq!(r.version, 1 + 3);
 }
 
-/// Anyone who can open a channel can register a model under any key set.
-/// Registering again with the victim's key set and commitment (both known
-/// to the host) gives the victim's model id, and the enclave replaces the
-/// victim's schedule, checks and policy with the attacker's: with a
-/// one-stage schedule that releases stage 0's accumulators and all-zero
-/// check vectors (which pass every Freivalds check), one-hot queries then
-/// return the first layer's weights.
+/// Before key sets had owners, anyone who could open a channel could
+/// register a model under any key set. Registering again with the victim's
+/// key set and commitment (both known to the host) gave the victim's model
+/// id, and the enclave replaced the victim's schedule, checks and policy
+/// with the attacker's: with a one-stage schedule that releases stage 0's
+/// accumulators, one-hot queries then returned the first layer's weights.
+/// Now only the owner registers, and an upload is registered once.
 #[test]
 fn re_registration_cannot_replace_a_registered_model() {
     let _g = shared();
@@ -847,27 +1266,33 @@ fn re_registration_cannot_replace_a_registered_model() {
     tail.output = hetee_model::quant::StageOutput::Logits;
     tail.output_shape = tail.linear_output_shape();
     tail.bias.iter_mut().for_each(|b| *b = 0);
-    let zero = hetee_enclave::freivalds::StageCheck {
-        r: vec![0; s.host.checks[0].r.len()],
-        v: vec![0; s.host.checks[0].v.len()],
-    };
-    let attack = ClientMessage::RegisterModel {
-        key_id: s.keys.key_id,
-        commitment: s.host.commitment(),
-        schedule: Box::new(evil),
-        checks: vec![zero],
-        policy: OutputPolicy::Logits,
-        query_budget: None,
-    };
-    // Either the enclave refuses, or the victim's model is untouched.
-    if let Ok(o) = connect(&mut s.enclave, &s.keys, &attack) {
-        if let EnclaveMessage::Registered { model_id } = o.reply {
-            assert_ne!(
-                model_id, id,
-                "the attacker's registration took the victim's id"
-            );
-        }
-    }
+    let attack = registration(
+        &s.keys,
+        s.host.commitment(),
+        evil,
+        &s.host.plain_weights[..1],
+        ModelTerms::default(),
+    );
+    // The attacker (any key but the owner's) is refused as a non-owner...
+    let attacker = StaticKeypair::generate().unwrap();
+    let err = connect_as(
+        &mut s.enclave,
+        s.keys.key_id,
+        &s.keys.evidence,
+        &s.keys.identity.channel_public_key,
+        Some(&attacker),
+        &attack,
+    )
+    .err()
+    .expect("a non-owner re-registered the victim's upload");
+    assert!(err.contains(NOT_OWNER), "{err}");
+    // ...and the owner's own key could not replace the model either.
+    let err = connect(&mut s.enclave, &s.keys, &attack)
+        .err()
+        .expect("an upload was registered twice");
+    assert!(err.contains("already registered"), "{err}");
+    assert_eq!(s.status().models, 1);
+
     let mut one_hot = vec![0f32; s.x.len()];
     one_hot[0] = 1.0;
     let dp = hello(&mut s.enclave, &s.keys, id).unwrap();
@@ -905,7 +1330,10 @@ fn keys_over_the_memory_budget_are_refused_and_rolled_back() {
     assert_eq!(before.keysets, 1);
 
     // N = 8192 keys take about 60 MiB.
-    let msg = error_of(e.handle(Request::CreateKeys { he: he8.clone() }));
+    let msg = error_of(e.handle(Request::CreateKeys {
+        he: he8.clone(),
+        owner: [1; 32],
+    }));
     assert!(msg.contains("memory budget of 16 MiB exceeded"), "{msg}");
     assert!(budget::peak() > 16 << 20);
     let after = status(&mut e);
@@ -920,7 +1348,10 @@ fn keys_over_the_memory_budget_are_refused_and_rolled_back() {
 
     // The same request is fine with the default budget.
     let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
-    let r = e.handle(Request::CreateKeys { he: he8 });
+    let r = e.handle(Request::CreateKeys {
+        he: he8,
+        owner: [1; 32],
+    });
     assert!(matches!(r, Response::KeysCreated { .. }), "{}", short(&r));
 }
 
@@ -986,33 +1417,27 @@ fn a_stage_over_the_memory_budget_closes_its_session() {
     let keys = create_keys(&mut e, &schedule.he);
     // The host's copy of the model lives in this process too: register with
     // its commitment, then drop it so it does not count against the budget.
-    let (commitment, checks) = {
+    let (commitment, weights) = {
         let host = HostModel::new(&q, &schedule, &keys.public_key);
-        (host.commitment(), host.checks.clone())
+        (host.commitment(), host.plain_weights.clone())
     };
-    let checks_sent = checks.clone();
-    let msg = ClientMessage::RegisterModel {
-        key_id: keys.key_id,
+    let msg = registration(
+        &keys,
         commitment,
-        schedule: Box::new(schedule.clone()),
-        checks,
-        policy: OutputPolicy::Logits,
-        query_budget: None,
-    };
+        schedule.clone(),
+        &weights,
+        ModelTerms::default(),
+    );
     let opened = connect(&mut e, &keys, &msg).unwrap();
     let id = opened.registered.unwrap().model_id;
-    let digest = hetee_enclave::messages::registration_digest(
-        &schedule,
-        &checks_sent,
-        OutputPolicy::Logits,
-        None,
-    );
+    let digest =
+        hetee_enclave::messages::registration_digest(&schedule, &weights, &ModelTerms::default());
     assert_eq!(id, model_id(&keys.key_id, &commitment, &digest));
     let mut dp = hello(&mut e, &keys, id).unwrap();
     let input = dp.encrypt(&keys.public_key, &x);
     let r = dp.start(&mut e, id, &input);
     assert!(
-        matches!(r, Response::QueryStarted { input: None }),
+        matches!(r, Response::QueryStarted { input: None, .. }),
         "{}",
         short(&r)
     );
@@ -1069,8 +1494,8 @@ fn a_refused_restore_keeps_what_was_loaded() {
     }));
     assert!(msg.contains("memory budget"), "{msg}");
     assert_eq!(identity(&mut e, b.key_id).public_key, b.public_key);
-    match e.handle(Request::Identity { key_id: a.key_id }) {
-        Response::Identity(id) => assert_eq!(id.public_key, a.public_key),
+    match e.handle(Request::Evidence { key_id: a.key_id }) {
+        Response::Evidence { identity, .. } => assert_eq!(identity.public_key, a.public_key),
         other => panic!("key set A was lost: {}", short(&other)),
     }
 }

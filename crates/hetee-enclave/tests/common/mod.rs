@@ -8,11 +8,12 @@ use std::sync::Arc;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use fhe::bfv::{BfvParameters, Encoding, Plaintext, PublicKey};
 use fhe_traits::{DeserializeParametrized, FheEncoder, FheEncrypter};
+use hetee_attest::platform::SimTee;
 use hetee_attest::{ClientHandshake, Measurement, SimPlatform, StaticKeypair, Transport};
-use hetee_enclave::freivalds::StageCheck;
 use hetee_enclave::messages::{
-    input_digest, weights_commitment, ClientMessage, EnclaveMessage, Identity, KeyId, ModelId,
-    OutputPolicy, QueryPlan, QueryResult, RegisteredModel, SessionId,
+    input_digest, weights_commitment, AllowList, ClientMessage, EnclaveMessage, Identity, KeyId,
+    ModelId, ModelReport, ModelTerms, OutputPolicy, QueryPlan, QueryResult, RegisteredModel,
+    SessionId,
 };
 use hetee_enclave::{Enclave, EnclaveConfig, Request, Response, Schedule};
 use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
@@ -23,10 +24,8 @@ use hetee_model::QuantModel;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-/// The measurement every test enclave is started with (unless a test wants another).
+/// The measurement every test enclave's platform reports (unless a test wants another).
 pub const MEASUREMENT: [u8; 32] = [7; 32];
-/// The simulated platform secret.
-pub const PLATFORM_SECRET: [u8; 32] = [9; 32];
 
 /// A two-stage dense model (20 -> 8 -> ReLU -> 3) and one input.
 pub fn tiny_model() -> (QuantModel, Vec<f32>) {
@@ -71,28 +70,15 @@ pub fn reference(q: &QuantModel, x: &[f32]) -> Vec<f32> {
     hetee_model::reference::run_quantized(q, x).unwrap()
 }
 
-/// Init request with the given measurement and config.
-pub fn init_request(measurement: [u8; 32], config: EnclaveConfig) -> Request {
-    Request::Init {
-        measurement,
-        platform_secret: PLATFORM_SECRET,
-        config: config.to_bytes(),
-    }
-}
-
-/// A fresh enclave, Init'ed (attested mode).
+/// A fresh enclave on the simulated platform with this measurement.
 pub fn attested_enclave(measurement: [u8; 32], config: EnclaveConfig) -> Enclave {
-    let mut e = Enclave::new();
-    match e.handle(init_request(measurement, config)) {
-        Response::Ready => e,
-        other => panic!("Init refused: {other:?}"),
-    }
+    Enclave::new(Box::new(SimTee::new(Measurement(measurement))), config)
 }
 
 /// The error message of a response, or a panic naming what came instead.
 pub fn error_of(r: Response) -> String {
     match r {
-        Response::Error { message } => message,
+        Response::Error { message, .. } => message,
         other => panic!("expected an error, got {}", short(&other)),
     }
 }
@@ -100,24 +86,26 @@ pub fn error_of(r: Response) -> String {
 /// A response's variant name (responses can be megabytes of ciphertext).
 pub fn short(r: &Response) -> String {
     match r {
-        Response::Ready => "Ready".into(),
         Response::KeysCreated { .. } => "KeysCreated".into(),
         Response::KeysRestored { .. } => "KeysRestored".into(),
-        Response::Identity(_) => "Identity".into(),
+        Response::Evidence { .. } => "Evidence".into(),
+        Response::StateRestored { version, .. } => format!("StateRestored({version})"),
         Response::ChannelOpened { .. } => "ChannelOpened".into(),
         Response::ChannelReply { .. } => "ChannelReply".into(),
         Response::ModelRestored { .. } => "ModelRestored".into(),
-        Response::QueryStarted { input } => {
+        Response::QueryStarted { input, .. } => {
             format!("QueryStarted(thin: {})", input.is_some())
         }
         Response::NextInput { stage, .. } => format!("NextInput(stage {stage})"),
         Response::Finished { .. } => "Finished".into(),
         Response::Closed => "Closed".into(),
         Response::Status(s) => format!("{s:?}"),
-        Response::Registered { .. } => "Registered".into(),
-        Response::LocalQueryStarted { .. } => "LocalQueryStarted".into(),
-        Response::Logits { values } => format!("Logits({values:?})"),
-        Response::Error { message } => format!("Error({message})"),
+        Response::Error { message, state } => {
+            format!(
+                "Error({message}; state: {:?})",
+                state.as_ref().map(|s| s.version)
+            )
+        }
     }
 }
 
@@ -147,15 +135,17 @@ pub fn encrypt_with<R: rand::RngCore + rand::CryptoRng>(
         .collect()
 }
 
-/// A key set as the host and the clients see it.
+/// A key set as the host and the clients see it, and its owner's key.
 #[derive(Clone)]
 pub struct Keys {
     pub key_id: KeyId,
     pub public_key: Vec<u8>,
     pub sealed: Vec<u8>,
     pub identity: Identity,
-    /// Encoded evidence the host's (simulated) platform issued for it.
+    /// Encoded evidence the enclave's (simulated) platform issued for it.
     pub evidence: Vec<u8>,
+    /// The model provider who owns the key set.
+    pub owner: Arc<StaticKeypair>,
 }
 
 /// Evidence of the simulated platform for an identity.
@@ -166,9 +156,17 @@ pub fn evidence_for(measurement: [u8; 32], report_data: [u8; 64]) -> Vec<u8> {
         .unwrap()
 }
 
-/// CreateKeys + Identity + evidence.
+/// CreateKeys (owned by a fresh model-provider key) + evidence.
 pub fn create_keys(e: &mut Enclave, he: &HeConfig) -> Keys {
-    let (key_id, public_key, sealed) = match e.handle(Request::CreateKeys { he: he.clone() }) {
+    create_keys_for(e, he, Arc::new(StaticKeypair::generate().unwrap()))
+}
+
+/// CreateKeys owned by `owner` + evidence.
+pub fn create_keys_for(e: &mut Enclave, he: &HeConfig, owner: Arc<StaticKeypair>) -> Keys {
+    let (key_id, public_key, sealed) = match e.handle(Request::CreateKeys {
+        he: he.clone(),
+        owner: *owner.public(),
+    }) {
         Response::KeysCreated {
             key_id,
             public_key,
@@ -176,24 +174,44 @@ pub fn create_keys(e: &mut Enclave, he: &HeConfig) -> Keys {
         } => (key_id, public_key, sealed),
         other => panic!("CreateKeys: {}", short(&other)),
     };
-    let identity = identity(e, key_id);
+    let (identity, evidence) = evidence(e, key_id);
     assert_eq!(identity.public_key, public_key);
-    let evidence = evidence_for(identity.measurement, identity.report_data());
+    assert_eq!(&identity.owner, owner.public());
     Keys {
         key_id,
         public_key,
         sealed,
         identity,
         evidence,
+        owner,
+    }
+}
+
+/// The identity of a key set and the platform's evidence for it.
+pub fn evidence(e: &mut Enclave, key_id: KeyId) -> (Identity, Vec<u8>) {
+    match e.handle(Request::Evidence { key_id }) {
+        Response::Evidence { identity, evidence } => (identity, evidence),
+        other => panic!("Evidence: {}", short(&other)),
+    }
+}
+
+/// A key set as clients see it after the enclave restarted (or in another
+/// enclave that restored it): same key set and owner, the identity and
+/// evidence this enclave gives now (its channel and result keys are new).
+pub fn reattest(e: &mut Enclave, keys: &Keys) -> Keys {
+    let (identity, evidence) = evidence(e, keys.key_id);
+    assert_eq!(identity.public_key, keys.public_key);
+    assert_eq!(&identity.owner, keys.owner.public());
+    Keys {
+        identity,
+        evidence,
+        ..keys.clone()
     }
 }
 
 /// The identity of a key set.
 pub fn identity(e: &mut Enclave, key_id: KeyId) -> Identity {
-    match e.handle(Request::Identity { key_id }) {
-        Response::Identity(id) => id,
-        other => panic!("Identity: {}", short(&other)),
-    }
+    evidence(e, key_id).0
 }
 
 /// A client's end of an open channel.
@@ -207,6 +225,7 @@ pub struct Opened {
     pub channel: Channel,
     pub reply: EnclaveMessage,
     pub registered: Option<RegisteredModel>,
+    pub state: Option<hetee_enclave::messages::SealedState>,
 }
 
 /// Seals a client message.
@@ -255,7 +274,7 @@ pub fn connect_as(
         msg1,
     }) {
         Response::ChannelOpened { session, msg2 } => (session, msg2),
-        Response::Error { message } => return Err(message),
+        Response::Error { message, .. } => return Err(message),
         other => panic!("OpenChannel: {}", short(&other)),
     };
     let (mut tx, msg3) = hs
@@ -270,28 +289,45 @@ pub fn connect_as(
         Response::ChannelReply {
             payload,
             registered,
+            state,
         } => {
             let reply = open_msg(&mut tx, &payload);
             Ok(Opened {
                 channel: Channel { session, tx },
                 reply,
                 registered,
+                state,
             })
         }
-        Response::Error { message } => Err(message),
+        Response::Error { message, .. } => Err(message),
         other => panic!("ChannelFinish: {}", short(&other)),
     }
 }
 
-/// [`connect_with`] using the key set's own evidence and channel key.
+/// [`connect_with`] using the key set's own evidence and channel key, as
+/// the key set's owner.
 pub fn connect(e: &mut Enclave, keys: &Keys, first: &ClientMessage) -> Result<Opened, String> {
-    connect_with(
+    connect_as(
         e,
         keys.key_id,
         &keys.evidence,
         &keys.identity.channel_public_key,
+        Some(&keys.owner),
         first,
     )
+}
+
+/// An owner's management message; the model's report and new sealed state.
+pub fn manage(
+    e: &mut Enclave,
+    keys: &Keys,
+    msg: &ClientMessage,
+) -> Result<(ModelReport, Option<hetee_enclave::messages::SealedState>), String> {
+    let opened = connect(e, keys, msg)?;
+    match opened.reply {
+        EnclaveMessage::Report(r) => Ok((*r, opened.state)),
+        other => panic!("expected a report, got {other:?}"),
+    }
 }
 
 /// The host's copy of a model: weight ciphertexts (as uploaded) and their
@@ -302,9 +338,9 @@ pub struct HostModel {
     pub ev: Evaluator,
     /// Uploaded weight ciphertexts, per stage.
     pub uploaded: Vec<Vec<Vec<u8>>>,
-    /// The model provider's secret Freivalds vectors (kept here for
-    /// convenience; the host never sees them).
-    pub checks: Vec<StageCheck>,
+    /// The model provider's plaintext weights (sent to the enclave over the
+    /// channel at registration; the host never sees them).
+    pub plain_weights: Vec<Vec<i8>>,
     weights: Vec<Vec<ExtendedCiphertext>>,
 }
 
@@ -332,17 +368,12 @@ impl HostModel {
                 ev.extend_all(&cts).unwrap()
             })
             .collect();
-        let checks = q
-            .stages
-            .iter()
-            .map(|st| StageCheck::draw(st, &mut rng))
-            .collect();
         HostModel {
             schedule: schedule.clone(),
             par,
             ev,
             uploaded,
-            checks,
+            plain_weights: q.stages.iter().map(|s| s.weight.clone()).collect(),
             weights,
         }
     }
@@ -382,13 +413,32 @@ pub fn register_message_with(
     policy: OutputPolicy,
     query_budget: Option<u64>,
 ) -> ClientMessage {
+    register_message_terms(
+        keys,
+        host,
+        ModelTerms {
+            policy,
+            query_budget,
+            lock_after: 1,
+        },
+        AllowList::Open,
+    )
+}
+
+/// Same with any terms and allow list.
+pub fn register_message_terms(
+    keys: &Keys,
+    host: &HostModel,
+    terms: ModelTerms,
+    allow: AllowList,
+) -> ClientMessage {
     ClientMessage::RegisterModel {
         key_id: keys.key_id,
         commitment: host.commitment(),
         schedule: Box::new(host.schedule.clone()),
-        checks: host.checks.clone(),
-        policy,
-        query_budget,
+        weights: zeroize::Zeroizing::new(host.plain_weights.clone()),
+        terms,
+        allow,
     }
 }
 
@@ -470,7 +520,7 @@ impl DataProvider {
             &ClientMessage::Query {
                 input_digest: input_digest(input),
                 images: 1,
-                seed: self.seed,
+                seed: zeroize::Zeroizing::new(self.seed),
             },
         )
     }
@@ -536,13 +586,27 @@ pub fn query(
     model_id: ModelId,
     x: &[f32],
 ) -> Result<Vec<f32>, String> {
-    let mut dp = hello(e, keys, model_id)?;
+    query_as(e, keys, host, model_id, None, x).map(|(logits, _)| logits)
+}
+
+/// [`query`] by a data provider with this long-term key (`None`: a fresh
+/// one); also returns the sealed state the query's start gave the host.
+pub fn query_as(
+    e: &mut Enclave,
+    keys: &Keys,
+    host: &HostModel,
+    model_id: ModelId,
+    client: Option<&StaticKeypair>,
+    x: &[f32],
+) -> Result<(Vec<f32>, hetee_enclave::messages::SealedState), String> {
+    let mut dp = hello_as(e, keys, client, model_id)?;
     let input = dp.encrypt(&keys.public_key, x);
-    match dp.start(e, model_id, &input) {
-        Response::QueryStarted { input: None } => {}
-        Response::Error { message } => return Err(message),
+    let state = match dp.start(e, model_id, &input) {
+        Response::QueryStarted { input: None, state } => state,
+        Response::Error { message, .. } => return Err(message),
         other => panic!("StartQuery: {}", short(&other)),
-    }
+    };
+    assert_eq!(state.model_id, model_id);
     let digest = input_digest(&input);
     match run_stages(e, host, dp.channel.session, input) {
         Response::Finished { payload } => {
@@ -554,9 +618,9 @@ pub fn query(
             assert_eq!(r.policy, OutputPolicy::Logits);
             assert_eq!(r.classes as usize, r.logits.len());
             assert!(r.labels.is_empty());
-            Ok(r.logits)
+            Ok((r.logits.to_vec(), state))
         }
-        Response::Error { message } => Err(message),
+        Response::Error { message, .. } => Err(message),
         other => panic!("last stage: {}", short(&other)),
     }
 }
@@ -579,12 +643,21 @@ impl Setup {
 
     /// Same with another enclave config.
     pub fn with_config(config: EnclaveConfig) -> Self {
+        Self::with_terms(config, ModelTerms::default(), AllowList::Open)
+    }
+
+    /// Same with the model registered under these terms and allow list.
+    pub fn with_terms(config: EnclaveConfig, terms: ModelTerms, allow: AllowList) -> Self {
         let (q, x) = tiny_model();
         let schedule = Schedule::compile(&q, 1).unwrap();
         let mut enclave = attested_enclave(MEASUREMENT, config);
         let keys = create_keys(&mut enclave, &schedule.he);
         let host = HostModel::new(&q, &schedule, &keys.public_key);
-        let registered = register(&mut enclave, &keys, &host);
+        let registered = register_with(
+            &mut enclave,
+            &keys,
+            &register_message_terms(&keys, &host, terms, allow),
+        );
         assert_eq!(
             registered.model_id,
             hetee_enclave::messages::model_id(
@@ -592,9 +665,8 @@ impl Setup {
                 &host.commitment(),
                 &hetee_enclave::messages::registration_digest(
                     &host.schedule,
-                    &host.checks,
-                    OutputPolicy::Logits,
-                    None
+                    &host.plain_weights,
+                    &terms
                 )
             )
         );
