@@ -124,6 +124,13 @@ impl Enclave {
             self.keysets.keys().copied().collect(),
             self.models.keys().copied().collect(),
         );
+        // Requests that may change a model's state: keep the old states so
+        // that a rollback leaves the enclave at the version the host stored.
+        let states_before = matches!(
+            req,
+            Request::StartQuery { .. } | Request::ChannelFinish { .. } | Request::RestoreState { .. }
+        )
+        .then(|| self.states.clone());
         budget::reset_peak();
         let result = self.dispatch(req);
         self.max_peak = self.max_peak.max(budget::peak());
@@ -133,6 +140,9 @@ impl Enclave {
             Ok(resp) if !over => resp,
             Ok(resp) => {
                 self.roll_back(&resp, touched, &had);
+                if let Some(states) = states_before {
+                    self.states = states;
+                }
                 Response::error(format!(
                     "enclave memory budget of {} MiB exceeded (peak {} MiB); the request \
                      was rolled back. Use a smaller batch or model, or raise \
