@@ -109,8 +109,13 @@ impl Enclave {
         if images == 0 || images as usize > batch {
             return refuse(format!("a query holds 1 to {batch} images, not {images}"));
         }
+        let before = state.version;
         state.spend(&client, &m.terms);
-        let sealed_state = state.seal(&self.sealer()?)?;
+        let sealed_state = if state.version != before {
+            Some(state.seal(&self.sealer()?)?)
+        } else {
+            None
+        };
         self.states.insert(model_id, state);
         self.sessions.insert(
             session,

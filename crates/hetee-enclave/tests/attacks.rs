@@ -572,7 +572,7 @@ impl Unchecked {
         }
         let forged = forge(&self.forger, &self.host.evaluate(last, &input));
         match step(&self.ks, schedule, last, &forged, &[], None).unwrap() {
-            StepOutput::Logits(values) => values,
+            StepOutput::Logits(values) => values.to_vec(),
             StepOutput::Next(..) => panic!("no logits at the last stage"),
         }
     }

@@ -520,7 +520,7 @@ fn attack_budget_survives_an_enclave_restart() {
         let mut q = hello_as(&mut s.enclave, &s.keys, Some(&dp), id).unwrap();
         let input = q.encrypt(&s.keys.public_key, &x);
         match q.start(&mut s.enclave, id, &input) {
-            Response::QueryStarted { state, .. } => states.push(state),
+            Response::QueryStarted { state, .. } => states.push(state.unwrap()),
             other => panic!("{}", short(&other)),
         }
         assert!(matches!(

@@ -45,12 +45,9 @@ fn before_restart() -> Stored {
     )
     .unwrap();
     assert_eq!(bits(&logits), bits(&reference(&setup.q, &setup.x)));
-    // No budget: a query changes nothing in the state (sealed afresh, though).
-    let first = &setup.registered.state;
-    assert_eq!(
-        (state.model_id, state.version),
-        (first.model_id, first.version)
-    );
+    // No budget: a query changes nothing in the state, so nothing new is sealed.
+    assert!(state.is_none(), "an unbudgeted query sealed a new state");
+    let state = setup.registered.state.clone();
     let dp = hello(&mut setup.enclave, &setup.keys, id).unwrap();
     let old_input = dp.encrypt(&setup.keys.public_key, &setup.x);
     let old_seed = dp.seed;
@@ -483,7 +480,7 @@ fn budgets_allow_lists_and_locks_survive_a_restart() {
     let mut newest = s.registered.state.clone();
     assert_eq!(newest.version, 1);
     for v in [2, 3] {
-        newest = run(&mut s.enclave, &s.keys, &alice).unwrap();
+        newest = run(&mut s.enclave, &s.keys, &alice).unwrap().unwrap();
         assert_eq!(newest.version, v);
     }
     let err = run(&mut s.enclave, &s.keys, &alice).unwrap_err();
@@ -510,7 +507,7 @@ fn budgets_allow_lists_and_locks_survive_a_restart() {
     assert!(err.contains(spent), "{err}");
     let err = run(&mut e, &keys, &carol).unwrap_err();
     assert!(err.contains(unlisted), "{err}");
-    newest = run(&mut e, &keys, &bob).unwrap();
+    newest = run(&mut e, &keys, &bob).unwrap().unwrap();
     assert_eq!(newest.version, 5);
     let (report, sealed) =
         manage(&mut e, &keys, &ClientMessage::ModelStatus { model_id: id }).unwrap();
@@ -529,7 +526,10 @@ fn budgets_allow_lists_and_locks_survive_a_restart() {
     let input = dp.encrypt(&keys.public_key, &x);
     let other = dp.encrypt(&keys.public_key, &other_input());
     match dp.start(&mut e, id, &input) {
-        Response::QueryStarted { input: None, state } => assert_eq!(state.version, 6),
+        Response::QueryStarted {
+            input: None,
+            state: Some(state),
+        } => assert_eq!(state.version, 6),
         other => panic!("{}", short(&other)),
     }
     newest = match e.handle(Request::StageResult {
@@ -591,7 +591,7 @@ fn budgets_allow_lists_and_locks_survive_a_restart() {
     )
     .unwrap();
     assert_eq!(sealed.unwrap().version, 9);
-    newest = run(&mut e, &keys, &carol).unwrap();
+    newest = run(&mut e, &keys, &carol).unwrap().unwrap();
     assert_eq!(newest.version, 10);
     let err = run(&mut e, &keys, &alice).unwrap_err();
     assert!(err.contains(spent), "{err}");

@@ -149,8 +149,9 @@ pub enum Response {
     QueryStarted {
         /// Stage-0 input of a thin query.
         input: Option<Vec<Vec<u8>>>,
-        /// The model's state with this query counted: what the host stores.
-        state: SealedState,
+        /// The model's state with this query counted (budgeted models
+        /// only; `None` when the state did not change): what the host stores.
+        state: Option<SealedState>,
     },
     /// Encrypted input of the next stage.
     NextInput {

@@ -217,7 +217,9 @@ impl Supervisor {
             }
             Ok((r, peak)) => {
                 match &r {
-                    Response::QueryStarted { state, .. }
+                    Response::QueryStarted {
+                        state: Some(state), ..
+                    }
                     | Response::ChannelReply {
                         state: Some(state), ..
                     } => self.persist(state),
