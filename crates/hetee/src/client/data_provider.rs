@@ -255,6 +255,9 @@ fn is_restart(e: &anyhow::Error) -> bool {
         || s.contains("evidence is not this enclave's")
         || s.contains("channel handshake failed")
         || s.contains("protocol: channel")
+        // The enclave's own report of a message 1 it cannot decrypt (made
+        // for the channel key of the enclave before the restart).
+        || s.contains("Noise handshake failed")
 }
 
 impl Receipt {
