@@ -12,12 +12,23 @@ use common::*;
 use hetee::client::channel::Session;
 use hetee::client::data_provider::Target;
 use hetee::client::http::Api;
+use hetee::client::relay::Relay;
 use hetee::client::trust::{verify, Trust};
-use hetee_enclave::messages::{id_from_hex, ClientMessage, EnclaveMessage};
-use hetee_server::api_types::{b64, unb64, KeysInfo, ModelInfo};
+use hetee_proto::api::{b64, unb64, CreateKeys, KeysInfo, ModelInfo, OpenSession, RunQuery};
+use hetee_proto::messages::{id_from_hex, id_hex, ClientMessage, EnclaveMessage};
 
 fn api(s: &Server) -> Api {
     Api::new(&s.addr).unwrap()
+}
+
+/// The API as the clients' relay.
+fn relay(api: &Api) -> Arc<dyn Relay> {
+    Arc::new(api.clone())
+}
+
+/// A data provider's view of an open model (throwaway client key).
+fn target(api: &Api, m: &str, id: &str) -> Target {
+    Target::connect(relay(api), &trust(m), id, None).unwrap()
 }
 
 fn trust(m: &str) -> Trust {
@@ -34,7 +45,8 @@ fn fifty_images_through_the_server_equal_the_plaintext_run() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     let m = measurement();
-    let id = upload_mnist(&format!("http://{}", server.addr), &m);
+    let owner = dir.path().join("owner.key");
+    let id = upload_mnist(&format!("http://{}", server.addr), &m, &owner);
     let x = dir.path().join("x.npy");
     write_f32(&x, &[50, 1, 28, 28], &mnist_images(50));
     let secure = dir.path().join("secure.npy");
@@ -83,6 +95,7 @@ fn clients_refuse_a_wrong_measurement_and_sim_without_allow_sim() {
     let server = Server::start(&dir.path().join("data"));
     let m = measurement();
     let wrong = "ab".repeat(32);
+    let owner = dir.path().join("owner.key");
     let base = [
         "model",
         "upload",
@@ -90,6 +103,8 @@ fn clients_refuse_a_wrong_measurement_and_sim_without_allow_sim() {
         &server.addr,
         "--model",
         "e2dm",
+        "--client-key",
+        owner.to_str().unwrap(),
     ];
     let out = hetee(&[&base[..], &["--expect-measurement", &wrong, "--allow-sim"]].concat());
     assert!(!out.status.success());
@@ -106,7 +121,7 @@ fn clients_refuse_a_wrong_measurement_and_sim_without_allow_sim() {
     // Nothing was uploaded by the refused clients.
     assert_eq!(server.health()["models"], 0);
     // And the data provider refuses the same way.
-    let id = upload_mnist(&server.addr, &m);
+    let id = upload_mnist(&server.addr, &m, &owner);
     let x = dir.path().join("x.npy");
     write_f32(&x, &[1, 1, 28, 28], &mnist_images(1));
     let y = dir.path().join("y.npy");
@@ -138,7 +153,8 @@ fn tampered_evidence_is_refused() {
     let m = measurement();
     let t = trust(&m);
     let api = api(&server);
-    let id = upload_mnist(&server.addr, &m);
+    let owner = dir.path().join("owner.key");
+    let id = upload_mnist(&server.addr, &m, &owner);
     let info: ModelInfo = api.get(&format!("/v1/models/{id}")).unwrap();
     let good = info.keys.clone();
     verify(&good, &t).expect("the genuine evidence verifies");
@@ -161,8 +177,9 @@ fn tampered_evidence_is_refused() {
     let other: KeysInfo = api
         .post(
             "/v1/keys",
-            &hetee_server::api_types::CreateKeys {
+            &CreateKeys {
                 he_params: good.he_params.clone(),
+                owner: good.owner.clone(),
             },
         )
         .unwrap();
@@ -185,6 +202,17 @@ fn tampered_evidence_is_refused() {
         .to_string();
     assert!(e.contains("report data"), "{e}");
 
+    // Another owner under this evidence: the key set's owner is bound too.
+    let swapped = KeysInfo {
+        owner: id_hex(hetee_attest::StaticKeypair::generate().unwrap().public()),
+        ..good.clone()
+    };
+    let e = verify(&swapped, &t)
+        .err()
+        .expect("swapped owner accepted")
+        .to_string();
+    assert!(e.contains("report data"), "{e}");
+
     // Evidence for another measurement.
     let e = verify(&good, &trust(&"cd".repeat(32)))
         .err()
@@ -198,7 +226,7 @@ fn a_channel_to_a_different_key_fails() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     let m = measurement();
-    let id = upload_mnist(&server.addr, &m);
+    let id = upload_mnist(&server.addr, &m, &dir.path().join("owner.key"));
     let api = api(&server);
     let info: ModelInfo = api.get(&format!("/v1/models/{id}")).unwrap();
     let mut keys = verify(&info.keys, &trust(&m)).unwrap();
@@ -220,7 +248,7 @@ fn a_channel_to_a_different_key_fails() {
         .to_string();
     assert!(e.contains("channel") || e.contains("handshake"), "{e}");
     // The server keeps serving.
-    let t = Target::connect(&api, &trust(&m), &id).unwrap();
+    let t = target(&api, &m, &id);
     t.query(&[&mnist_images(1)]).unwrap();
 }
 
@@ -229,12 +257,12 @@ fn enclave_killed_mid_query_restarts_unseals_and_serves_the_next_query() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     let m = measurement();
-    let id = upload_mnist(&server.addr, &m);
+    let id = upload_mnist(&server.addr, &m, &dir.path().join("owner.key"));
     let api = api(&server);
     let t = trust(&m);
     let q = quantized_mnist();
     let x = mnist_images(1);
-    let target = Target::connect(&api, &t, &id).unwrap();
+    let target = target(&api, &m, &id);
     let want = hetee_model::reference::run_quantized(&q, &x).unwrap();
     assert_eq!(target.query(&[&x]).unwrap().logits[0], want);
 
@@ -262,12 +290,12 @@ fn enclave_killed_mid_query_restarts_unseals_and_serves_the_next_query() {
         .seal(&ClientMessage::Query {
             input_digest: [0; 32],
             images: 1,
-            seed: [0; 32],
+            seed: zeroize::Zeroizing::new([0; 32]),
         })
         .unwrap();
     let r: anyhow::Result<serde_json::Value> = api.post(
         &format!("/v1/sessions/{}/query", s.id),
-        &hetee_server::api_types::RunQuery {
+        &RunQuery {
             payload: b64(&payload),
             input: vec![b64(&[0u8; 8])],
         },
@@ -281,12 +309,12 @@ fn enclave_killed_mid_query_restarts_unseals_and_serves_the_next_query() {
     );
 
     // Killed while computing: queries run back to back while the enclave dies.
-    let api2 = api.clone();
+    let api2 = relay(&api);
     let t2 = t.clone();
     let id2 = id.clone();
     let x2 = x.clone();
     let runner = std::thread::spawn(move || {
-        let target = Target::connect(&api2, &t2, &id2).unwrap();
+        let target = Target::connect(api2, &t2, &id2, None).unwrap();
         (0..30)
             .map(|_| target.query(&[&x2]).map(|a| a.logits))
             .collect::<Vec<_>>()
@@ -311,7 +339,7 @@ fn enclave_killed_mid_query_restarts_unseals_and_serves_the_next_query() {
         }
     }
     // After the restart the model is unsealed and queries succeed.
-    let target = Target::connect(&api, &t, &id).unwrap();
+    let target = Target::connect(relay(&api), &t, &id, None).unwrap();
     assert_eq!(target.query(&[&x]).unwrap().logits[0], want);
     assert!(server.health()["enclave_starts"].as_u64().unwrap() >= 2);
 }
@@ -322,12 +350,12 @@ fn an_uploaded_model_survives_a_server_restart() {
     let data = dir.path().join("data");
     let m = measurement();
     let server = Server::start(&data);
-    let id = upload_mnist(&server.addr, &m);
+    let id = upload_mnist(&server.addr, &m, &dir.path().join("owner.key"));
     server.stop();
     let server = Server::start(&data);
     let api = api(&server);
     let x = mnist_images(3);
-    let target = Target::connect(&api, &trust(&m), &id).unwrap();
+    let target = target(&api, &m, &id);
     let xs: Vec<&[f32]> = x.chunks(784).collect();
     let got = target.query(&xs).unwrap();
     let q = quantized_mnist();
@@ -358,10 +386,10 @@ fn malformed_oversized_and_out_of_order_requests_get_4xx_and_others_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     let m = measurement();
-    let id = upload_mnist(&server.addr, &m);
+    let id = upload_mnist(&server.addr, &m, &dir.path().join("owner.key"));
     let api = api(&server);
     let t = trust(&m);
-    let target = Target::connect(&api, &t, &id).unwrap();
+    let target = target(&api, &m, &id);
     let x = mnist_images(1);
 
     let checks: Vec<(&str, Vec<u8>, u16, &str)> = vec![
@@ -374,7 +402,7 @@ fn malformed_oversized_and_out_of_order_requests_get_4xx_and_others_go_on() {
         ),
         (
             "/v1/keys",
-            br#"{"he_params":"!!!"}"#.to_vec(),
+            format!(r#"{{"he_params":"!!!","owner":"{}"}}"#, "ab".repeat(32)).into_bytes(),
             400,
             "base64",
         ),
@@ -407,10 +435,10 @@ fn malformed_oversized_and_out_of_order_requests_get_4xx_and_others_go_on() {
     let keys = verify(&info.keys, &t).unwrap();
     let (_hs, msg1) =
         hetee_attest::ClientHandshake::new(&keys.channel_key, &keys.evidence_hash).unwrap();
-    let opened: hetee_server::api_types::SessionOpened = api
+    let opened: hetee_proto::api::SessionOpened = api
         .post(
             "/v1/sessions",
-            &hetee_server::api_types::OpenSession {
+            &OpenSession {
                 key_id: info.keys.key_id.clone(),
                 model_id: Some(id.clone()),
                 msg1: b64(&msg1),
@@ -502,6 +530,7 @@ fn a_full_data_dir_refuses_the_upload_cleanly_and_corrupts_nothing() {
     ]);
     let server = Server::start_with(&data, cmd);
     let api = api(&server);
+    let owner = dir.path().join("owner.key");
     let out = hetee(&[
         "model",
         "upload",
@@ -512,6 +541,8 @@ fn a_full_data_dir_refuses_the_upload_cleanly_and_corrupts_nothing() {
         "--expect-measurement",
         &m,
         "--allow-sim",
+        "--client-key",
+        owner.to_str().unwrap(),
     ]);
     assert!(!out.status.success(), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -527,6 +558,8 @@ fn a_full_data_dir_refuses_the_upload_cleanly_and_corrupts_nothing() {
         "--expect-measurement",
         &m,
         "--allow-sim",
+        "--client-key",
+        owner.to_str().unwrap(),
     ]);
     assert!(small.status.success(), "{}", describe(&small));
     let e2dm_id = String::from_utf8_lossy(&small.stdout)
@@ -542,10 +575,10 @@ fn a_full_data_dir_refuses_the_upload_cleanly_and_corrupts_nothing() {
     let server = Server::start(&data);
     let api = Api::new(&server.addr).unwrap();
     assert_eq!(server.health()["models"], 1);
-    let target = Target::connect(&api, &trust(&m), &e2dm_id).unwrap();
+    let target = target(&api, &m, &e2dm_id);
     let x: Vec<f32> = (0..784).map(|i| (i % 13) as f32 / 13.0).collect();
     target.query(&[&x]).unwrap();
-    let id = upload_mnist(&server.addr, &m);
+    let id = upload_mnist(&server.addr, &m, &owner);
     assert_eq!(server.health()["models"], 2);
     assert_eq!(id.len(), 32);
 }
@@ -555,7 +588,7 @@ fn sixteen_data_providers_at_once_get_exact_results() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     let m = measurement();
-    let id = upload_mnist(&server.addr, &m);
+    let id = upload_mnist(&server.addr, &m, &dir.path().join("owner.key"));
     let api = api(&server);
     let q = Arc::new(quantized_mnist());
     let x = Arc::new(mnist_images(16));
@@ -564,7 +597,7 @@ fn sixteen_data_providers_at_once_get_exact_results() {
         .map(|i| {
             let (api, m, id, q, x) = (api.clone(), m.clone(), id.clone(), q.clone(), x.clone());
             std::thread::spawn(move || {
-                let target = Target::connect(&api, &trust(&m), &id)?;
+                let target = Target::connect(relay(&api), &trust(&m), &id, None)?;
                 let xi = &x[i * 784..(i + 1) * 784];
                 let got = target.query(&[xi])?;
                 let want = hetee_model::reference::run_quantized(&q, xi)?;

@@ -3,48 +3,17 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::*;
 
-fn upload(addr: &str, m: &str, model: &str, extra: &[&str]) -> String {
-    let mut args = vec![
-        "model",
-        "upload",
-        "--server",
-        addr,
-        "--model",
-        model,
-        "--expect-measurement",
-        m,
-        "--allow-sim",
-    ];
-    args.extend_from_slice(extra);
-    let out = hetee(&args);
-    assert!(out.status.success(), "{}", describe(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_string()
+/// Uploads `model` as the owner whose key is `owner.key` in `dir`.
+fn upload(dir: &Path, addr: &str, m: &str, model: &str, extra: &[&str]) -> String {
+    upload_as(addr, m, model, &dir.join("owner.key"), extra)
 }
 
 fn infer(addr: &str, m: &str, id: &str, x: &str, y: &str, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "infer",
-        "--server",
-        addr,
-        "--model-id",
-        id,
-        "--input",
-        x,
-        "--output",
-        y,
-        "--expect-measurement",
-        m,
-        "--allow-sim",
-    ];
-    args.extend_from_slice(extra);
-    hetee(&args)
+    common::infer(addr, m, id, Path::new(x), Path::new(y), extra)
 }
 
 fn read_npy(path: &std::path::Path) -> (Vec<usize>, String, Vec<u8>) {
@@ -67,7 +36,7 @@ fn thin_queries_equal_the_normal_path_and_receipts_verify() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     let m = measurement();
-    let id = upload(&server.addr, &m, "mnist", &[]);
+    let id = upload(dir.path(), &server.addr, &m, "mnist", &[]);
     let x = dir.path().join("x.npy");
     write_f32(&x, &[20, 1, 28, 28], &mnist_images(20));
     let (normal, thin) = (dir.path().join("n.npy"), dir.path().join("t.npy"));
@@ -147,7 +116,13 @@ fn label_and_top_k_policies_release_only_labels() {
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
 
-    let label_id = upload(&server.addr, &m, "e2dm", &["--output-policy", "label"]);
+    let label_id = upload(
+        dir.path(),
+        &server.addr,
+        &m,
+        "e2dm",
+        &["--output-policy", "label"],
+    );
     let y = dir.path().join("label.npy");
     let out = infer(
         &server.addr,
@@ -170,7 +145,13 @@ fn label_and_top_k_policies_release_only_labels() {
         );
     }
 
-    let top_id = upload(&server.addr, &m, "e2dm", &["--output-policy", "top-3"]);
+    let top_id = upload(
+        dir.path(),
+        &server.addr,
+        &m,
+        "e2dm",
+        &["--output-policy", "top-3"],
+    );
     let y = dir.path().join("top.npy");
     let out = infer(
         &server.addr,
@@ -207,6 +188,8 @@ fn label_and_top_k_policies_release_only_labels() {
         "--expect-measurement",
         &m,
         "--allow-sim",
+        "--client-key",
+        dir.path().join("owner.key").to_str().unwrap(),
         "--output-policy",
         "top-0",
     ]);
@@ -220,6 +203,7 @@ fn the_query_budget_counts_per_client_key() {
     let server = Server::start(&dir.path().join("data"));
     let m = measurement();
     let id = upload(
+        dir.path(),
         &server.addr,
         &m,
         "e2dm",

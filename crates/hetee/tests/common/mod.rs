@@ -158,26 +158,96 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) {
     std::fs::write(path, b).unwrap();
 }
 
-/// Uploads the bundled MNIST model with the CLI; returns the model id.
-pub fn upload_mnist(addr: &str, measurement: &str) -> String {
-    let out = hetee(&[
+/// The public key (64 hex digits) of the client key in `path`, created if
+/// missing: what an owner lists in `--allow-clients`.
+pub fn public_key_hex(path: &Path) -> String {
+    let k = hetee::client::channel::load_or_create_key(path).expect("client key");
+    hetee_proto::ids::id_hex(k.public())
+}
+
+/// The model id a successful `hetee model upload` printed on its last line.
+pub fn model_id_of(out: &Output) -> String {
+    assert!(out.status.success(), "{}", describe(out));
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 32, "model id line: {id:?}");
+    id
+}
+
+/// Uploads `model` (`mnist`, `e2dm` or an ONNX file) as the owner whose
+/// long-term key is in `owner_key` (created if missing); returns the model id.
+pub fn upload_as(
+    addr: &str,
+    measurement: &str,
+    model: &str,
+    owner_key: &Path,
+    extra: &[&str],
+) -> String {
+    let mut args = vec![
         "model",
         "upload",
         "--server",
         addr,
         "--model",
-        "mnist",
+        model,
         "--expect-measurement",
         measurement,
         "--allow-sim",
+        "--client-key",
+        owner_key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    model_id_of(&hetee(&args))
+}
+
+/// Uploads the bundled MNIST model with the CLI as the owner in
+/// `owner_key`; returns the model id.
+pub fn upload_mnist(addr: &str, measurement: &str, owner_key: &Path) -> String {
+    upload_as(addr, measurement, "mnist", owner_key, &[])
+}
+
+/// `hetee infer` of `x` into `y`, with extra flags (e.g. `--client-key`).
+pub fn infer(
+    addr: &str,
+    measurement: &str,
+    id: &str,
+    x: &Path,
+    y: &Path,
+    extra: &[&str],
+) -> Output {
+    let mut args = vec![
+        "infer",
+        "--server",
+        addr,
+        "--model-id",
+        id,
+        "--input",
+        x.to_str().unwrap(),
+        "--output",
+        y.to_str().unwrap(),
+        "--expect-measurement",
+        measurement,
+        "--allow-sim",
+    ];
+    args.extend_from_slice(extra);
+    hetee(&args)
+}
+
+/// `hetee run --plaintext` of `x` into `y` (the bit-exact reference).
+pub fn run_plaintext(model: &str, x: &Path, y: &Path) {
+    let out = hetee(&[
+        "run",
+        "--model",
+        model,
+        "--input",
+        x.to_str().unwrap(),
+        "--output",
+        y.to_str().unwrap(),
+        "--plaintext",
     ]);
     assert!(out.status.success(), "{}", describe(&out));
-    let id = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_string();
-    assert_eq!(id.len(), 32, "model id line: {id:?}");
-    id
 }
