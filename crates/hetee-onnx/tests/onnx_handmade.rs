@@ -2,8 +2,8 @@
 //! checked against tract's own float execution of the same bytes.
 
 use hetee_model::float::{layer_shapes, run_float};
-use hetee_onnx::{import_onnx, import_onnx_bytes, tract_float_reference};
 use hetee_model::{Layer, ModelError};
+use hetee_onnx::{import_onnx, import_onnx_bytes, tract_float_reference};
 use prost::Message;
 use tract_onnx::pb::{
     self, attribute_proto::AttributeType, tensor_shape_proto::dimension, type_proto,

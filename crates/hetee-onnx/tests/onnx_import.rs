@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use hetee_model::float::{output_shape, run_float, run_float_trace};
-use hetee_onnx::{import_onnx, import_onnx_bytes, tract_float_reference};
 use hetee_model::ModelError;
+use hetee_onnx::{import_onnx, import_onnx_bytes, tract_float_reference};
 use serde_json::Value;
 
 fn root() -> PathBuf {
