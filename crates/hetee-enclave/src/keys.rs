@@ -6,6 +6,7 @@ use std::sync::Arc;
 use fhe::bfv::{BfvParameters, PublicKey, SecretKey};
 use fhe_traits::{DeserializeParametrized, Serialize as _};
 use hetee_attest::Measurement;
+use hetee_he::secret::SecretOps;
 use hetee_he::HeConfig;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
@@ -33,6 +34,8 @@ pub struct KeySet {
     pub par: Arc<BfvParameters>,
     /// The secret key; never leaves the enclave unsealed.
     pub sk: SecretKey,
+    /// The secret key prepared for fast decryption and encryption.
+    pub ops: SecretOps,
     /// Serialized public key (kept so it stays the same across restarts).
     pub public_key: Vec<u8>,
     /// The public key.
@@ -143,6 +146,7 @@ impl Sealer<'_> {
         let mut rng = rand::rng();
         let sk = SecretKey::random(&par, &mut rng);
         let pk = PublicKey::new(&sk, &mut rng);
+        let ops = SecretOps::from_secret_key_bytes(&par, &Zeroizing::new(sk.to_bytes()))?;
         let public_key = pk.to_bytes();
         let key_id: KeyId = rand::random();
         let snap = KeysSnapshot {
@@ -162,6 +166,7 @@ impl Sealer<'_> {
             owner,
             par,
             sk,
+            ops,
             public_key,
             pk,
         };
@@ -175,6 +180,7 @@ impl Sealer<'_> {
             .map_err(|e| protocol(format!("sealed keys are malformed: {e}")))?;
         snap.he.check_security()?;
         let par = snap.he.build()?;
+        let ops = SecretOps::from_secret_key_bytes(&par, &snap.secret_key)?;
         let sk = SecretKey::from_bytes(&snap.secret_key, &par)
             .map_err(|e| protocol(format!("sealed secret key is malformed: {e}")))?;
         let pk = PublicKey::from_bytes(&snap.public_key, &par)
@@ -185,6 +191,7 @@ impl Sealer<'_> {
             owner: snap.owner,
             par,
             sk,
+            ops,
             public_key: snap.public_key.clone(),
             pk,
         })

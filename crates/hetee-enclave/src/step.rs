@@ -2,8 +2,8 @@
 //! stage exactly in the clear, and re-encrypt for the next stage (or release
 //! the logits).
 
-use fhe::bfv::{Ciphertext, Encoding, Plaintext, SecretKey};
-use fhe_traits::{FheDecoder, FheDecrypter, FheEncoder, FheEncrypter};
+use fhe::bfv::Ciphertext;
+use hetee_he::secret::SecretOps;
 use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
 use hetee_model::quant::StageOutput;
 use hetee_model::reference::finish_stage;
@@ -38,7 +38,7 @@ pub fn decrypt_all(
     cts.par_iter()
         .map(|b| {
             let ct = ciphertext_from_bytes(b, &keys.par, polys)?;
-            decrypt(&keys.sk, &ct, keys.par.plaintext())
+            decrypt(&keys.ops, &ct, keys.par.plaintext())
         })
         .collect()
 }
@@ -91,30 +91,22 @@ pub fn step(
     }
 }
 
-/// Encrypts polynomials under the secret key (fresh, symmetric).
+/// Encrypts polynomials under the secret key (fresh, symmetric, at the top
+/// level).
 pub fn encrypt_all(keys: &KeySet, polys: &[Vec<i64>]) -> Result<Vec<Vec<u8>>, EnclaveError> {
     polys
         .par_iter()
         .map(|p| {
-            let mut rng = rand::rng();
-            let pt = Plaintext::try_encode(p.as_slice(), Encoding::poly(), &keys.par)
-                .map_err(hetee_he::HeError::from)?;
-            let ct = keys
-                .sk
-                .try_encrypt(&pt, &mut rng)
-                .map_err(hetee_he::HeError::from)?;
+            let ct = keys.ops.encrypt(p, &mut rand::rng())?;
             Ok(ciphertext_to_bytes(&ct))
         })
         .collect()
 }
 
 /// Decrypts to centred coefficients in `(-t/2, t/2]`.
-pub fn decrypt(sk: &SecretKey, ct: &Ciphertext, t: u64) -> Result<Vec<i64>, EnclaveError> {
-    let pt = sk.try_decrypt(ct).map_err(hetee_he::HeError::from)?;
-    // Decode as residues and centre them here without branches: fhe's signed
-    // decoder centres with a variable-time routine.
-    let v = Vec::<u64>::try_decode(&pt, Encoding::poly()).map_err(hetee_he::HeError::from)?;
-    Ok(v.into_iter().map(|x| centre(x, t)).collect())
+pub fn decrypt(ops: &SecretOps, ct: &Ciphertext, t: u64) -> Result<Vec<i64>, EnclaveError> {
+    let v = ops.decrypt(ct)?;
+    Ok(v.iter().map(|&x| centre(x, t)).collect())
 }
 
 /// Branch-free centring of a residue `x < t`: `x - t` if `x > t/2`, else `x`.

@@ -4,7 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use fhe::bfv::{Encoding, Plaintext, PublicKey, SecretKey};
-use fhe_traits::{FheDecoder, FheDecrypter, FheEncoder, FheEncrypter};
+use fhe_traits::{FheDecoder, FheDecrypter, FheEncoder, FheEncrypter, Serialize};
 use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
 use hetee_he::packing::{ConvPacking, ConvShape, Tiling};
 use hetee_he::{Evaluator, HeConfig};
@@ -39,6 +39,25 @@ fn he_ops(c: &mut Criterion) {
             let p = sk.try_decrypt(&prod).unwrap();
             Vec::<i64>::try_decode(&p, Encoding::poly()).unwrap()
         })
+    });
+    let ops = hetee_he::secret::SecretOps::from_secret_key_bytes(&par, &sk.to_bytes()).unwrap();
+    g.bench_function("decrypt_degree2_kept_key", |bn| {
+        bn.iter(|| ops.decrypt(&prod).unwrap())
+    });
+    let mut low = prod.clone();
+    low.switch_to_level(hetee_he::eval::output_level(&par))
+        .unwrap();
+    g.bench_function("decrypt_degree2_output_level_fhe", |bn| {
+        bn.iter(|| {
+            let p = sk.try_decrypt(&low).unwrap();
+            Vec::<i64>::try_decode(&p, Encoding::poly()).unwrap()
+        })
+    });
+    g.bench_function("decrypt_degree2_output_level_kept_key", |bn| {
+        bn.iter(|| ops.decrypt(&low).unwrap())
+    });
+    g.bench_function("encrypt_secret_key_kept_key", |bn| {
+        bn.iter(|| ops.encrypt(&v, &mut rand::rng()).unwrap())
     });
     g.bench_function("encrypt_secret_key", |bn| {
         bn.iter(|| -> fhe::bfv::Ciphertext { sk.try_encrypt(&pt, &mut rand::rng()).unwrap() })

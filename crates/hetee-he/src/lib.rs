@@ -1,7 +1,9 @@
 //! The HE inference scheme of hetee: BFV parameters, the coefficient packing
 //! of convolutions and dense layers (any channels, kernel, stride, padding,
 //! with tiling), the ct x ct evaluator of the untrusted host, and safe
-//! (de)serialization of ciphertexts. Pure computation, no I/O.
+//! (de)serialization of ciphertexts, and secret-key decryption and
+//! encryption with the key prepared once ([`secret`]). Pure computation, no
+//! I/O.
 
 pub mod codec;
 pub mod eval;
@@ -9,6 +11,7 @@ pub mod layout;
 pub mod packing;
 pub mod params;
 pub mod planner;
+pub mod secret;
 
 pub use eval::Evaluator;
 pub use layout::ConvSpec;
