@@ -118,7 +118,13 @@ impl Harness {
     /// encrypts and uploads the weights, and registers the model; the data
     /// provider attests the enclave and fetches the query plan.
     pub fn new(model: &QuantModel, max_batch: usize) -> Result<Self> {
-        let config = EnclaveConfig::default();
+        // The allocation meter counts the whole process, and here the host
+        // shares it with the enclave: the budget would count the host's
+        // work too, so the harness sets the largest one (the enclave
+        // process of `hetee serve` enforces the real budget).
+        let config = EnclaveConfig {
+            memory_budget_mib: 1 << 20,
+        };
         let dir = tempfile::tempdir()?;
         let store = Arc::new(Store::open(dir.path())?);
         let sup = Supervisor::start(Launch::InProcess(config), store.clone())?;
