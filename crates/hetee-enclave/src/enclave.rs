@@ -128,7 +128,9 @@ impl Enclave {
         // that a rollback leaves the enclave at the version the host stored.
         let states_before = matches!(
             req,
-            Request::StartQuery { .. } | Request::ChannelFinish { .. } | Request::RestoreState { .. }
+            Request::StartQuery { .. }
+                | Request::ChannelFinish { .. }
+                | Request::RestoreState { .. }
         )
         .then(|| self.states.clone());
         budget::reset_peak();

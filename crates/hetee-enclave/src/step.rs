@@ -3,8 +3,8 @@
 //! the logits).
 
 use fhe::bfv::Ciphertext;
-use hetee_he::secret::SecretOps;
 use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
+use hetee_he::secret::SecretOps;
 use hetee_model::quant::StageOutput;
 use hetee_model::reference::finish_stage;
 use rayon::prelude::*;
