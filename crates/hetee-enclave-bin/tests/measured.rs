@@ -70,7 +70,6 @@ fn attested_measurement(args: &[&str]) -> [u8; 32] {
     let Response::Evidence { identity, evidence } = call(Request::Evidence { key_id }) else {
         panic!("Evidence refused");
     };
-    drop(call);
     drop(stdin);
     assert!(child.wait().unwrap().success());
     let ev = hetee_attest::Evidence::decode(&evidence).unwrap();
