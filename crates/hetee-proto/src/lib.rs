@@ -10,11 +10,13 @@
 //! - [`schedule`]: the compiled model (packing, nonlinear tails);
 //! - [`input_binding`]: input ciphertexts bound to the data provider who made them;
 //! - [`config`]: the measured enclave config;
-//! - [`api`]: the JSON bodies of the HTTP API.
+//! - [`api`]: the JSON bodies of the HTTP API;
+//! - [`bodies`]: the binary bodies of the routes that carry ciphertexts.
 //!
 //! [`messages`] re-exports the message types in one place.
 
 pub mod api;
+pub mod bodies;
 pub mod channel;
 pub mod config;
 pub mod host;

@@ -1,6 +1,8 @@
-//! The HTTP/JSON API (axum). Routes are thin: they parse JSON, run the
-//! host's logic ([`App`]) on a blocking thread and map errors to statuses
-//! with a JSON body. Limits: request bodies, per-request timeout.
+//! The HTTP/JSON API (axum). Routes are thin: they parse JSON (or, for the
+//! two routes that carry ciphertexts, a binary `application/octet-stream`
+//! body, [`hetee_proto::bodies`]), run the host's logic ([`App`]) on a
+//! blocking thread and map errors to statuses with a JSON body. Limits:
+//! request bodies, per-request timeout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +10,8 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,6 +23,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::app::{ApiError, App};
 use hetee_proto::api::ErrorBody;
+use hetee_proto::bodies::{QueryBody, UploadBody, OCTET_STREAM};
 
 /// Largest model upload body, bytes.
 pub const MAX_MODEL_BODY: usize = 1 << 30;
@@ -111,9 +115,26 @@ async fn get_keys(State(app): S, Path(id): Path<String>) -> Result<impl IntoResp
     blocking(move || app.get_keys(&id)).await
 }
 
-async fn upload_model(State(app): S, body: Body) -> Result<impl IntoResponse, ApiError> {
+/// Whether the request carries a binary body ([`hetee_proto::bodies`]).
+fn is_binary(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(OCTET_STREAM))
+}
+
+async fn upload_model(
+    State(app): S,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
     let body = read_body(body, MAX_MODEL_BODY).await?;
     blocking(move || {
+        if is_binary(&headers) {
+            let req = UploadBody::decode(&body).map_err(ApiError::bad)?;
+            drop(body);
+            return app.upload_model_bytes(req);
+        }
         let req = parse(&body)?;
         drop(body);
         app.upload_model(req)
@@ -142,10 +163,16 @@ async fn finish_session(
 async fn query(
     State(app): S,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
     let body = read_body(body, MAX_QUERY_BODY).await?;
     blocking(move || {
+        if is_binary(&headers) {
+            let req = QueryBody::decode(&body).map_err(ApiError::bad)?;
+            drop(body);
+            return app.query_bytes(&id, req);
+        }
         let req = parse(&body)?;
         drop(body);
         app.query(&id, req)

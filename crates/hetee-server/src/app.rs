@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hetee_he::ConvPacking;
 use hetee_proto::api::*;
+use hetee_proto::bodies::{QueryBody, StageBody, UploadBody};
 use hetee_proto::ids::{
     he_params_from_bytes, id_from_hex, id_hex, upload_id, weights_commitment, ModelId, SessionId,
 };
@@ -210,10 +211,34 @@ impl App {
         self.keys_info(&parse_id(key_id, "key id")?)
     }
 
-    /// `POST /v1/models`: stores encrypted weights (after checking that they
-    /// decode and fit their packings).
+    /// `POST /v1/models` with a JSON body: decodes it and stores the weights
+    /// like [`App::upload_model_bytes`].
     pub fn upload_model(&self, req: UploadModel) -> ApiResult<ModelCreated> {
         let key_id = parse_id(&req.key_id, "key_id")?;
+        let stages = req
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(k, st)| {
+                Ok(StageBody {
+                    packing: unb64(&st.packing, &format!("stages[{k}].packing"))
+                        .map_err(ApiError::bad)?,
+                    weights: st
+                        .weights
+                        .iter()
+                        .map(|w| unb64(w, &format!("stages[{k}].weights")))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(ApiError::bad)?,
+                })
+            })
+            .collect::<ApiResult<Vec<_>>>()?;
+        self.upload_model_bytes(UploadBody { key_id, stages })
+    }
+
+    /// `POST /v1/models`: stores encrypted weights (after checking that they
+    /// decode and fit their packings).
+    pub fn upload_model_bytes(&self, req: UploadBody) -> ApiResult<ModelCreated> {
+        let key_id = req.key_id;
         let Some(_) = self.store.keyset(&id_hex(&key_id))? else {
             return Err(ApiError::not_found("unknown key_id; create keys first"));
         };
@@ -222,19 +247,11 @@ impl App {
             he_params_from_bytes(&identity.he_params).map_err(|e| ApiError::bad(e.to_string()))?;
         let mut packings = Vec::new();
         let mut weights = Vec::new();
-        for (k, st) in req.stages.iter().enumerate() {
-            let p: ConvPacking = postcard::from_bytes(
-                &unb64(&st.packing, &format!("stages[{k}].packing")).map_err(ApiError::bad)?,
-            )
-            .map_err(|e| ApiError::bad(format!("stages[{k}].packing is malformed: {e}")))?;
+        for (k, st) in req.stages.into_iter().enumerate() {
+            let p: ConvPacking = postcard::from_bytes(&st.packing)
+                .map_err(|e| ApiError::bad(format!("stages[{k}].packing is malformed: {e}")))?;
             packings.push(p);
-            weights.push(
-                st.weights
-                    .iter()
-                    .map(|w| unb64(w, &format!("stages[{k}].weights")))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(ApiError::bad)?,
-            );
+            weights.push(st.weights);
         }
         let host = HostModel::load(&he, &packings, &weights)
             .map_err(|e| ApiError::bad(format!("the uploaded model does not load: {e}")))?;
@@ -451,6 +468,19 @@ impl App {
     /// `POST /v1/sessions/{id}/query`: runs every linear stage on the host
     /// and every nonlinear step in the enclave; returns the sealed result.
     pub fn query(&self, session: &str, req: RunQuery) -> ApiResult<QueryDone> {
+        let payload = unb64(&req.payload, "payload").map_err(ApiError::bad)?;
+        let input = req
+            .input
+            .iter()
+            .map(|c| unb64(c, "input"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ApiError::bad)?;
+        self.query_bytes(session, QueryBody { payload, input })
+    }
+
+    /// `POST /v1/sessions/{id}/query` with the query as bytes (binary body,
+    /// or the in-process relay).
+    pub fn query_bytes(&self, session: &str, req: QueryBody) -> ApiResult<QueryDone> {
         let session = parse_id(session, "session")?;
         let model = self.claim(&session)?;
         let r = self.query_inner(session, model, req);
@@ -478,19 +508,16 @@ impl App {
         &self,
         session: SessionId,
         model: Option<ModelId>,
-        req: RunQuery,
+        req: QueryBody,
     ) -> ApiResult<QueryDone> {
         let model = model.ok_or_else(|| {
             ApiError::bad("this session was opened without a model_id; it cannot run a query")
         })?;
         let host = self.host_model(&model)?;
-        let payload = unb64(&req.payload, "payload").map_err(ApiError::bad)?;
-        let cts = req
-            .input
-            .iter()
-            .map(|c| unb64(c, "input"))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ApiError::bad)?;
+        let QueryBody {
+            payload,
+            input: cts,
+        } = req;
         let expected = host.packing(0).map(|p| p.input_count()).unwrap_or(0);
         // A thin query sends no ciphertexts: the enclave encrypts the input.
         if !cts.is_empty() && cts.len() != expected {

@@ -21,7 +21,10 @@ use hetee_onnx::TractPlan;
 pub struct BenchRow {
     /// `mnist` or `e2dm`.
     pub model: String,
-    /// `latency` (one image at a time) or `batch` (many images at once).
+    /// `latency` (one image at a time, in process), `batch` (many images
+    /// stacked per query, in process), `served` (one image at a time
+    /// through `hetee serve` on loopback) or `clientsN` (N concurrent
+    /// single-image clients through it).
     pub mode: String,
     /// Rayon threads.
     pub threads: usize,
@@ -80,9 +83,14 @@ pub struct BenchOptions<'a> {
     pub json: Option<&'a Path>,
     /// SVG chart file.
     pub chart: Option<&'a Path>,
+    /// Also measure the whole deployment on loopback (`served` rows).
+    pub served: bool,
+    /// Also run this many concurrent single-image clients through it
+    /// (`clientsN` rows; 0: none).
+    pub clients: usize,
 }
 
-fn per_image(stats: &[QueryStats], f: impl Fn(&QueryStats) -> f64) -> f64 {
+pub(crate) fn per_image(stats: &[QueryStats], f: impl Fn(&QueryStats) -> f64) -> f64 {
     median(stats.iter().map(f).collect())
 }
 
@@ -135,7 +143,7 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
                             reference_ms: median(plain),
                         },
                         None,
-                        &dep,
+                        (&dep).into(),
                     ));
                 }
                 rows.push(median_row(run_rows));
@@ -170,12 +178,38 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
                             reference_ms: plain,
                         },
                         Some(wall),
-                        &dep_batch,
+                        (&dep_batch).into(),
                     ));
                 }
                 rows.push(median_row(run_rows));
                 Ok(())
             })?;
+        }
+        if o.served || o.clients > 0 {
+            // The server evaluates on its global pool (all cores).
+            let n = o.images.max(1).max(o.clients);
+            let xs: Vec<&[f32]> = images.data.chunks(per).take(n).collect();
+            let served = crate::bench_served::Served::start(&q)?;
+            let plain = || -> Result<Plain> {
+                let mut floor = Vec::with_capacity(n);
+                let mut reference_ms = Vec::with_capacity(n);
+                for x in &xs {
+                    let tf = Instant::now();
+                    std::hint::black_box(tract1.run(x)?);
+                    floor.push(tf.elapsed().as_secs_f64() * 1e3);
+                    let tp = Instant::now();
+                    std::hint::black_box(reference::run_quantized(&q, x)?);
+                    reference_ms.push(tp.elapsed().as_secs_f64() * 1e3);
+                }
+                Ok(Plain {
+                    tract_ms: median(floor),
+                    reference_ms: median(reference_ms),
+                })
+            };
+            let all = o.threads.iter().copied().max().unwrap_or(1);
+            rows.extend(crate::bench_served::rows(
+                name, &served, &xs, all, o.runs, o.clients, plain,
+            )?);
         }
     }
     print_table(&rows);
@@ -190,13 +224,31 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
 }
 
 /// Plaintext times per image of one row, measured in the same run.
-struct Plain {
-    tract_ms: f64,
-    reference_ms: f64,
+pub(crate) struct Plain {
+    pub tract_ms: f64,
+    pub reference_ms: f64,
+}
+
+/// What a row needs to know of the deployment it measured.
+pub(crate) struct Footprint {
+    /// Images per query.
+    pub batch: usize,
+    /// Enclave memory held for the model, or the enclave's whole peak when
+    /// the working set is not reported per stage (bytes).
+    pub enclave_resident: usize,
+}
+
+impl From<&Harness> for Footprint {
+    fn from(h: &Harness) -> Self {
+        Footprint {
+            batch: h.schedule.batch,
+            enclave_resident: h.enclave_resident,
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn row(
+pub(crate) fn row(
     model: &str,
     mode: &str,
     threads: usize,
@@ -204,7 +256,7 @@ fn row(
     stats: &[QueryStats],
     plain: Plain,
     wall_s: Option<f64>,
-    dep: &Harness,
+    dep: Footprint,
 ) -> BenchRow {
     let (plaintext_engine, plaintext_ms) = if plain.tract_ms <= plain.reference_ms {
         ("tract", plain.tract_ms)
@@ -213,7 +265,7 @@ fn row(
     };
     let first = &stats[0];
     // Per-query figures cover `batch` images.
-    let per_q = dep.schedule.batch as f64;
+    let per_q = dep.batch as f64;
     let host = per_image(stats, |s| s.host_ms() + s.client_ms) / per_q;
     let encl = per_image(stats, |s| s.enclave_ms()) / per_q;
     let latency = per_image(stats, |s| s.total_ms);
@@ -242,7 +294,7 @@ fn row(
         enclave_ms: encl,
         enclave_share: encl / (host + encl).max(1e-9),
         enclave_peak_mib: (dep.enclave_resident + working) as f64 / (1 << 20) as f64,
-        batch: dep.schedule.batch,
+        batch: dep.batch,
         bytes_up: first.bytes_up as f64 / per_q,
         bytes_down: first.bytes_down as f64 / per_q,
         ct_products: sum_stages(first, |s| s.products) as f64 / per_q,
@@ -252,7 +304,7 @@ fn row(
 }
 
 /// The run whose headline figure (latency or throughput) is the median.
-fn median_row(mut runs: Vec<BenchRow>) -> BenchRow {
+pub(crate) fn median_row(mut runs: Vec<BenchRow>) -> BenchRow {
     runs.sort_by(|a, b| a.throughput_img_s.total_cmp(&b.throughput_img_s));
     runs.swap_remove(runs.len() / 2)
 }

@@ -261,6 +261,14 @@ enum Command {
         /// Models, comma separated.
         #[arg(long, value_delimiter = ',', default_value = "mnist,e2dm")]
         models: Vec<String>,
+        /// Also measure the whole deployment on loopback: `hetee serve`
+        /// with its enclave process, clients over HTTP.
+        #[arg(long)]
+        served: bool,
+        /// Also run this many concurrent single-image clients through the
+        /// served deployment (e.g. 16).
+        #[arg(long, default_value_t = 0)]
+        clients: usize,
     },
     /// Prints the per-layer packing plan of a model.
     Plan {
@@ -393,6 +401,8 @@ pub fn run(cli: Cli) -> Result<()> {
             images,
             batch,
             models,
+            served,
+            clients,
         } => {
             let all = std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -411,6 +421,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 batch,
                 json: json.as_deref(),
                 chart: chart.as_deref(),
+                served,
+                clients,
             };
             crate::bench::bench(&o).map(|_| ())
         }

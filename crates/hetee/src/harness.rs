@@ -15,9 +15,10 @@ use hetee_attest::StaticKeypair;
 use hetee_enclave::budget;
 use hetee_model::QuantModel;
 use hetee_proto::api::{
-    CreateKeys, FinishSession, KeysInfo, ModelCreated, ModelInfo, OpenSession, QueryDone, RunQuery,
-    Sealed, SessionOpened, StageStats, UploadModel,
+    CreateKeys, FinishSession, KeysInfo, ModelCreated, ModelInfo, OpenSession, QueryDone, Sealed,
+    SessionOpened, StageStats,
 };
+use hetee_proto::bodies::{QueryBody, UploadBody};
 use hetee_proto::ids::{id_from_hex, id_hex, ModelId};
 use hetee_proto::{EnclaveConfig, Schedule};
 use hetee_server::app::{ApiError, App};
@@ -26,7 +27,7 @@ use hetee_server::store::Store;
 use hetee_server::supervisor::{Launch, Supervisor};
 use serde::Serialize;
 
-use crate::client::data_provider::Target;
+use crate::client::data_provider::{Answer, Target};
 use crate::client::model_provider::{upload, Terms};
 use crate::client::relay::Relay;
 use crate::client::trust::Trust;
@@ -50,6 +51,20 @@ pub struct QueryStats {
 }
 
 impl QueryStats {
+    /// The figures of a data provider's answer that took `total_ms`.
+    pub fn of(a: &Answer, total_ms: f64) -> Self {
+        let server_ms = a.host_ms + a.enclave_ms;
+        let stage_enclave: f64 = a.stages.iter().map(|s| s.enclave_ms).sum();
+        QueryStats {
+            client_ms: (total_ms - server_ms).max(0.0),
+            bytes_up: a.bytes_up,
+            bytes_down: a.bytes_down,
+            total_ms,
+            start_ms: (a.enclave_ms - stage_enclave).max(0.0),
+            stages: a.stages.clone(),
+        }
+    }
+
     /// Host time summed over stages.
     pub fn host_ms(&self) -> f64 {
         self.stages.iter().map(|s| s.host_ms).sum()
@@ -74,8 +89,8 @@ impl Relay for LocalRelay {
     fn model(&self, model_id: &str) -> Result<ModelInfo> {
         self.0.get_model(model_id).map_err(api_err)
     }
-    fn upload(&self, req: &UploadModel) -> Result<ModelCreated> {
-        self.0.upload_model(req.clone()).map_err(api_err)
+    fn upload(&self, req: &UploadBody) -> Result<ModelCreated> {
+        self.0.upload_model_bytes(req.clone()).map_err(api_err)
     }
     fn open_session(&self, req: &OpenSession) -> Result<SessionOpened> {
         self.0.open_session(req.clone()).map_err(api_err)
@@ -83,8 +98,8 @@ impl Relay for LocalRelay {
     fn finish_session(&self, session: &str, req: &FinishSession) -> Result<Sealed> {
         self.0.finish_session(session, req.clone()).map_err(api_err)
     }
-    fn query(&self, session: &str, req: &RunQuery) -> Result<QueryDone> {
-        self.0.query(session, req.clone()).map_err(api_err)
+    fn query(&self, session: &str, req: &QueryBody) -> Result<QueryDone> {
+        self.0.query_bytes(session, req.clone()).map_err(api_err)
     }
     fn close_session(&self, session: &str) {
         let _ = self.0.close_session(session);
@@ -175,17 +190,7 @@ impl Harness {
     pub fn infer_batch(&self, xs: &[&[f32]]) -> Result<(Vec<Vec<f32>>, QueryStats)> {
         let t0 = Instant::now();
         let a = self.target.query(xs)?;
-        let total_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let server_ms = a.host_ms + a.enclave_ms;
-        let stage_enclave: f64 = a.stages.iter().map(|s| s.enclave_ms).sum();
-        let stats = QueryStats {
-            client_ms: (total_ms - server_ms).max(0.0),
-            bytes_up: a.bytes_up,
-            bytes_down: a.bytes_down,
-            total_ms,
-            start_ms: (a.enclave_ms - stage_enclave).max(0.0),
-            stages: a.stages,
-        };
+        let stats = QueryStats::of(&a, t0.elapsed().as_secs_f64() * 1e3);
         Ok((a.logits, stats))
     }
 }

@@ -4,6 +4,7 @@
 //! files, benchmarks and the CLI.
 
 pub mod bench;
+pub mod bench_served;
 pub mod chart;
 pub mod cli;
 pub mod client;

@@ -430,6 +430,29 @@ fn malformed_oversized_and_out_of_order_requests_get_4xx_and_others_go_on() {
         assert!(v["error"].is_string(), "{text}");
     }
 
+    // Malformed binary bodies on the routes that carry ciphertexts.
+    let unknown_query = format!("/v1/sessions/{}/query", "00".repeat(16));
+    let binary: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("/v1/models", b"junk".to_vec(), "does not start"),
+        ("/v1/models", b"HUPL\x01short".to_vec(), "truncated"),
+        (&unknown_query, b"HQRY\x02".to_vec(), "version"),
+        (
+            &unknown_query,
+            b"HQRY\x01\0\0\0\0\xff\xff\xff\xff".to_vec(),
+            "items",
+        ),
+    ];
+    for (path, body, needle) in binary {
+        let e = api
+            .post_bytes::<serde_json::Value>(path, "application/octet-stream", &body)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("answered 400") && e.contains(needle),
+            "{path}: {e}"
+        );
+    }
+
     // Out of order: a query before the handshake is finished.
     let info: ModelInfo = api.get(&format!("/v1/models/{id}")).unwrap();
     let keys = verify(&info.keys, &t).unwrap();

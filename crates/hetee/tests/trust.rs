@@ -18,7 +18,8 @@ use hetee::client::model_provider::{encrypt_weights, registration, Terms};
 use hetee::client::relay::Relay;
 use hetee::client::trust::{verify, Trust};
 use hetee_attest::StaticKeypair;
-use hetee_proto::api::{b64, CreateKeys, KeysInfo, ModelCreated, StageUpload, UploadModel};
+use hetee_proto::api::{b64, CreateKeys, KeysInfo, ModelCreated};
+use hetee_proto::bodies::{StageBody, UploadBody};
 use hetee_proto::channel::AllowList;
 use hetee_proto::messages::{
     he_params_bytes, id_from_hex, id_hex, weights_commitment, ClientMessage, EnclaveMessage,
@@ -324,14 +325,14 @@ fn attack_host_cannot_register_under_anothers_key_set() {
         .stages
         .iter()
         .zip(&weights)
-        .map(|(st, w)| StageUpload {
-            packing: b64(&postcard::to_allocvec(&st.packing).unwrap()),
-            weights: w.iter().map(|c| b64(c)).collect(),
+        .map(|(st, w)| StageBody {
+            packing: postcard::to_allocvec(&st.packing).unwrap(),
+            weights: w.clone(),
         })
         .collect();
     let created: ModelCreated = api
-        .upload(&UploadModel {
-            key_id: info.key_id.clone(),
+        .upload(&UploadBody {
+            key_id: keys.key_id,
             stages,
         })
         .unwrap();

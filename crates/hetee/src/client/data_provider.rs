@@ -6,7 +6,8 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::{anyhow, bail, Result};
 use hetee_attest::StaticKeypair;
-use hetee_proto::api::{b64, KeysInfo, ModelInfo, QueryDone, RunQuery};
+use hetee_proto::api::{KeysInfo, ModelInfo, QueryDone};
+use hetee_proto::bodies::QueryBody;
 use hetee_proto::input_binding::encrypt_input;
 use hetee_proto::messages::{
     id_from_hex, id_hex, input_digest, thin_input_digest, ClientMessage, EnclaveMessage,
@@ -206,9 +207,9 @@ impl Target {
         let bytes_up: usize = cts.iter().map(Vec::len).sum();
         let done: QueryDone = api.query(
             &s.id,
-            &RunQuery {
-                payload: b64(&payload),
-                input: cts.iter().map(|c| b64(c)).collect(),
+            &QueryBody {
+                payload,
+                input: cts,
             },
         )?;
         let EnclaveMessage::Result { result, signature } = s.open_reply(&done.payload)? else {

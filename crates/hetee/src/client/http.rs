@@ -86,6 +86,23 @@ impl Api {
         )
     }
 
+    /// `POST path` with a binary body of `content_type`.
+    pub fn post_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        self.finish(
+            path,
+            self.agent
+                .post(&url)
+                .header("content-type", content_type)
+                .send(bytes),
+        )
+    }
+
     /// `DELETE path`.
     pub fn delete(&self, path: &str) -> Result<serde_json::Value> {
         let url = format!("{}{path}", self.base);

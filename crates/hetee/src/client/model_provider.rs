@@ -12,9 +12,8 @@ use fhe_traits::{FheEncoder, FheEncrypter};
 use hetee_attest::StaticKeypair;
 use hetee_he::codec::ciphertext_to_bytes;
 use hetee_model::QuantModel;
-use hetee_proto::api::{
-    b64, CreateKeys, KeysInfo, ModelCreated, ModelInfo, StageUpload, UploadModel,
-};
+use hetee_proto::api::{b64, CreateKeys, KeysInfo, ModelCreated, ModelInfo};
+use hetee_proto::bodies::{StageBody, UploadBody};
 use hetee_proto::channel::{AllowList, ModelReport, ModelTerms};
 use hetee_proto::messages::{
     he_params_bytes, id_from_hex, id_hex, model_id, registration_digest, upload_id,
@@ -143,15 +142,15 @@ pub fn upload(
         .iter()
         .zip(&weights)
         .map(|(st, w)| {
-            Ok(StageUpload {
-                packing: b64(&postcard::to_allocvec(&st.packing)?),
-                weights: w.iter().map(|c| b64(c)).collect(),
+            Ok(StageBody {
+                packing: postcard::to_allocvec(&st.packing)?,
+                weights: w.clone(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
     let created: ModelCreated = api
-        .upload(&UploadModel {
-            key_id: id_hex(&keys.key_id),
+        .upload(&UploadBody {
+            key_id: keys.key_id,
             stages,
         })
         .context("uploading the encrypted weights")?;

@@ -1,13 +1,15 @@
 //! How a client reaches the host: the HTTP API of `hetee serve` ([`Api`]),
 //! or a host in this process (the in-process harness). The client code is
 //! the same either way; the host only relays sealed messages and computes
-//! on ciphertexts.
+//! on ciphertexts. Ciphertexts travel as binary bodies
+//! ([`hetee_proto::bodies`]), everything else as JSON.
 
 use anyhow::Result;
 use hetee_proto::api::{
-    CreateKeys, FinishSession, KeysInfo, ModelCreated, ModelInfo, OpenSession, QueryDone, RunQuery,
-    Sealed, SessionOpened, UploadModel,
+    CreateKeys, FinishSession, KeysInfo, ModelCreated, ModelInfo, OpenSession, QueryDone, Sealed,
+    SessionOpened,
 };
+use hetee_proto::bodies::{QueryBody, UploadBody, OCTET_STREAM};
 
 use super::http::Api;
 
@@ -18,13 +20,13 @@ pub trait Relay: Send + Sync {
     /// `GET /v1/models/{id}`: a registered model and its attested key set.
     fn model(&self, model_id: &str) -> Result<ModelInfo>;
     /// `POST /v1/models`: stores encrypted weights.
-    fn upload(&self, req: &UploadModel) -> Result<ModelCreated>;
+    fn upload(&self, req: &UploadBody) -> Result<ModelCreated>;
     /// `POST /v1/sessions`: relays Noise message 1.
     fn open_session(&self, req: &OpenSession) -> Result<SessionOpened>;
     /// `POST /v1/sessions/{id}/finish`: relays message 3 and the first message.
     fn finish_session(&self, session: &str, req: &FinishSession) -> Result<Sealed>;
     /// `POST /v1/sessions/{id}/query`: runs the query.
-    fn query(&self, session: &str, req: &RunQuery) -> Result<QueryDone>;
+    fn query(&self, session: &str, req: &QueryBody) -> Result<QueryDone>;
     /// `DELETE /v1/sessions/{id}` (best effort).
     fn close_session(&self, session: &str);
 }
@@ -36,8 +38,8 @@ impl Relay for Api {
     fn model(&self, model_id: &str) -> Result<ModelInfo> {
         self.get(&format!("/v1/models/{model_id}"))
     }
-    fn upload(&self, req: &UploadModel) -> Result<ModelCreated> {
-        self.post("/v1/models", req)
+    fn upload(&self, req: &UploadBody) -> Result<ModelCreated> {
+        self.post_bytes("/v1/models", OCTET_STREAM, &req.encode())
     }
     fn open_session(&self, req: &OpenSession) -> Result<SessionOpened> {
         self.post("/v1/sessions", req)
@@ -45,8 +47,12 @@ impl Relay for Api {
     fn finish_session(&self, session: &str, req: &FinishSession) -> Result<Sealed> {
         self.post(&format!("/v1/sessions/{session}/finish"), req)
     }
-    fn query(&self, session: &str, req: &RunQuery) -> Result<QueryDone> {
-        self.post(&format!("/v1/sessions/{session}/query"), req)
+    fn query(&self, session: &str, req: &QueryBody) -> Result<QueryDone> {
+        self.post_bytes(
+            &format!("/v1/sessions/{session}/query"),
+            OCTET_STREAM,
+            &req.encode(),
+        )
     }
     fn close_session(&self, session: &str) {
         let _ = self.delete(&format!("/v1/sessions/{session}"));
