@@ -8,7 +8,10 @@
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hetee_attest::platform::SimTee;
 use hetee_attest::Measurement;
@@ -29,6 +32,12 @@ pub enum LinkError {
     /// A message too large for the enclave's stream (nothing was sent).
     #[error("{0}")]
     TooLarge(String),
+    /// The enclave did not answer in time; it was killed.
+    #[error(
+        "the enclave did not answer within {0} s and was killed; the host restarts it \
+         (raise --enclave-timeout for very large queries)"
+    )]
+    TimedOut(u64),
 }
 
 /// A connection to one enclave.
@@ -83,7 +92,12 @@ pub struct LaunchSpec {
     pub platform: String,
     /// The measured config.
     pub config: EnclaveConfig,
+    /// Longest one call may take before the enclave is killed.
+    pub timeout: Duration,
 }
+
+/// Default of [`LaunchSpec::timeout`].
+pub const DEFAULT_ENCLAVE_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl LaunchSpec {
     /// The `hetee-enclave` binary at `program`, or the one installed beside
@@ -101,6 +115,7 @@ impl LaunchSpec {
             program,
             platform: platform.to_string(),
             config,
+            timeout: DEFAULT_ENCLAVE_TIMEOUT,
         })
     }
 
@@ -153,10 +168,11 @@ pub fn measure_binary(program: &Path, config: &EnclaveConfig) -> Result<Measurem
 
 /// The enclave as a child process speaking frames on stdin/stdout.
 pub struct ChildProcess {
-    child: Mutex<Child>,
+    child: Arc<Mutex<Child>>,
     io: Mutex<(BufWriter<ChildStdin>, BufReader<ChildStdout>)>,
     measurement: Measurement,
     pid: u32,
+    timeout: Duration,
 }
 
 impl ChildProcess {
@@ -180,10 +196,11 @@ impl ChildProcess {
             ));
         };
         let link = ChildProcess {
-            child: Mutex::new(child),
+            child: Arc::new(Mutex::new(child)),
             io: Mutex::new((BufWriter::new(stdin), BufReader::new(stdout))),
             measurement,
             pid,
+            timeout: spec.timeout,
         };
         match link.call(Request::Status)? {
             (Response::Status(_), _) => Ok(link),
@@ -221,13 +238,33 @@ impl EnclaveLink for ChildProcess {
             Err(poisoned) => poisoned.into_inner(),
         };
         let (w, r) = &mut *io;
-        c.write(w, KIND_REQUEST, &payload)
+        // A watchdog kills the enclave if this call outlives the timeout:
+        // the blocked read then ends, and the supervisor restarts it.
+        let (done, watch) = mpsc::channel::<()>();
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let (child, flag, timeout) = (self.child.clone(), timed_out.clone(), self.timeout);
+        let watchdog = std::thread::spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) = watch.recv_timeout(timeout) {
+                flag.store(true, Ordering::Release);
+                if let Ok(mut c) = child.lock() {
+                    let _ = c.kill();
+                }
+            }
+        });
+        let result = c
+            .write(w, KIND_REQUEST, &payload)
             .and_then(|_| w.flush().map_err(Into::into))
-            .map_err(|e| LinkError::Dead(format!("write: {e}")))?;
-        let bytes = c
-            .read_kind(r, KIND_RESPONSE)
-            .map_err(|e| LinkError::Dead(format!("read: {e}")))?;
-        Ok((decode_response(&bytes).map_err(LinkError::Dead)?, 0))
+            .map_err(|e| LinkError::Dead(format!("write: {e}")))
+            .and_then(|_| {
+                c.read_kind(r, KIND_RESPONSE)
+                    .map_err(|e| LinkError::Dead(format!("read: {e}")))
+            });
+        drop(done);
+        let _ = watchdog.join();
+        if timed_out.load(Ordering::Acquire) {
+            return Err(LinkError::TimedOut(self.timeout.as_secs()));
+        }
+        Ok((decode_response(&result?).map_err(LinkError::Dead)?, 0))
     }
 }
 

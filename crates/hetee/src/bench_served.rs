@@ -44,6 +44,7 @@ impl Served {
             log_json: false,
             enclave_program: None,
             platform: "sim".into(),
+            enclave_timeout: hetee_server::launcher::DEFAULT_ENCLAVE_TIMEOUT,
         })?;
         let addr = server.addr.to_string();
         let trust = Trust::new(&server.measurement, true)?;

@@ -155,6 +155,10 @@ enum Command {
         /// The enclave binary (default: `hetee-enclave` beside this executable).
         #[arg(long)]
         enclave_binary: Option<PathBuf>,
+        /// Seconds one enclave call may take before the enclave is killed
+        /// and restarted (the request gets a clear error).
+        #[arg(long, default_value_t = 120)]
+        enclave_timeout: u64,
     },
     /// Model provider commands.
     Model {
@@ -326,6 +330,7 @@ pub fn run(cli: Cli) -> Result<()> {
             log_json,
             platform,
             enclave_binary,
+            enclave_timeout,
         } => {
             let enclave = hetee_proto::EnclaveConfig { memory_budget_mib };
             hetee_proto::EnclaveConfig::from_bytes(&enclave.to_bytes())
@@ -337,6 +342,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 log_json,
                 enclave_program: enclave_binary,
                 platform,
+                enclave_timeout: std::time::Duration::from_secs(enclave_timeout.max(1)),
             })
         }
         Command::Model { cmd } => model_command(cmd),

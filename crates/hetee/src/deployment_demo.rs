@@ -62,6 +62,7 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
         log_json: false,
         enclave_program: None,
         platform: "sim".into(),
+        enclave_timeout: hetee_server::launcher::DEFAULT_ENCLAVE_TIMEOUT,
     })?;
     let addr = server.addr.to_string();
     // What a client pins: the published measurement of this build.

@@ -28,6 +28,9 @@ pub struct ServeOptions {
     pub enclave_program: Option<PathBuf>,
     /// The TEE platform the enclave runs on (`sim`, `tdx`, `snp`, `gramine`).
     pub platform: String,
+    /// Longest one enclave call may take before the enclave is killed and
+    /// restarted.
+    pub enclave_timeout: std::time::Duration,
 }
 
 /// Sets up structured logs on stderr (once per process). `RUST_LOG` filters.
@@ -58,7 +61,8 @@ impl Server {
     /// Opens the store, starts the enclave and binds the listener.
     pub fn bind(opts: &ServeOptions) -> Result<Self> {
         let store = Arc::new(Store::open(&opts.data_dir)?);
-        let spec = LaunchSpec::new(opts.enclave_program.clone(), &opts.platform, opts.enclave)?;
+        let mut spec = LaunchSpec::new(opts.enclave_program.clone(), &opts.platform, opts.enclave)?;
+        spec.timeout = opts.enclave_timeout;
         let sup = Supervisor::start(Launch::Process(spec), store.clone())?;
         let measurement = sup.measurement().to_hex();
         let listener = std::net::TcpListener::bind(opts.listen.trim_start_matches("http://"))
