@@ -109,7 +109,7 @@ def torch_models():
             nn.Conv2d(40, 40, 3, padding=1), nn.ReLU(),
             nn.Conv2d(40, 36, 5, stride=2, padding=2), nn.ReLU(),
             nn.Flatten(), nn.Linear(36 * 8 * 8, 10))),
-        ("unsupported_sigmoid.onnx", [8], 4, "Sigmoid", lambda: Seq(nn.Linear(8, 4), nn.Sigmoid())),
+        ("sigmoid.onnx", [8], 4, None, lambda: Seq(nn.Linear(8, 4), nn.Sigmoid())),
     ]
 
 
@@ -239,6 +239,19 @@ def main():
         print(f"{fname:26s} {os.path.getsize(path):7d} B  ops={ops}  relu-active={['%.2f' % a for a in relu_activity(model, shape)]}")
         manifest.append({"file": fname, "input_shape": shape, "classes": classes,
                          "expect_error": expect_error, "ref_output": ref.tolist()})
+
+    # An op hetee refuses: sigmoid.onnx with its Sigmoid node turned into a
+    # Hardmax (the same bytes with the op and node name renamed).
+    path = os.path.join(out_dir, "unsupported_hardmax.onnx")
+    with open(os.path.join(out_dir, "sigmoid.onnx"), "rb") as f:
+        raw = f.read()
+    assert raw.count(b"Sigmoid") == 2
+    with open(path, "wb") as f:
+        f.write(raw.replace(b"Sigmoid", b"Hardmax"))
+    onnx.checker.check_model(onnx.load(path))
+    _, ref = check_with_ort(path, [8], 4)
+    manifest.append({"file": "unsupported_hardmax.onnx", "input_shape": [8], "classes": 4,
+                     "expect_error": "Hardmax", "ref_output": ref.tolist()})
 
     path = os.path.join(out_dir, "gemm_alpha_beta.onnx")
     gemm_alpha_beta(path, None)

@@ -93,6 +93,10 @@ pub fn layer_output_shape(
             Ok(input.to_vec())
         }
         Layer::Relu => Ok(input.to_vec()),
+        Layer::Act(a) => {
+            a.check(input.first().copied().unwrap_or(0))?;
+            Ok(input.to_vec())
+        }
         Layer::MaxPool(window) | Layer::AvgPool { window, .. } => {
             let [c, h, w] = chw(input, layer.name())?;
             let p = window.pads;
@@ -234,6 +238,14 @@ fn run_layer(layer: &Layer, in_shape: &[usize], out_shape: &[usize], x: &[f32]) 
                 .collect()
         }
         Layer::Relu => x.iter().map(|&v| v.max(0.0)).collect(),
+        Layer::Act(a) => {
+            // Channel = first dimension ([C, H, W] or the features of [F]).
+            let per = (x.len() / in_shape.first().copied().unwrap_or(1).max(1)).max(1);
+            x.iter()
+                .enumerate()
+                .map(|(i, &v)| a.eval(v as f64, i / per) as f32)
+                .collect()
+        }
         Layer::MaxPool(window) => pool(x, in_shape, out_shape, window, None),
         Layer::AvgPool {
             window,

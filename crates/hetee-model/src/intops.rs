@@ -1,5 +1,5 @@
 //! The exact integer semantics of everything between two linear layers:
-//! bias, ReLU, max / average pooling and requantization. The enclave and the
+//! bias, ReLU, activation tables, max / average pooling and requantization. The enclave and the
 //! plaintext reference both run this code, so they agree bit for bit.
 //!
 //! Values are `i64` accumulators laid out `[C, H, W]`. Comparisons are
@@ -8,12 +8,17 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ir::Window;
+use crate::lut::Lut;
 
 /// A nonlinear or pooling op applied to a stage's accumulators, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PostOp {
-    /// `max(x, 0)`.
+    /// `max(x, 0)` (exact on accumulators and on 8-bit values alike: every
+    /// quantization grid has its zero at 0).
     Relu,
+    /// Any other elementwise activation: requantize to 8 bits, then a
+    /// constant-time table lookup ([`Lut`]). Its output is 8-bit.
+    Lut(Lut),
     /// Max pooling; padded positions are ignored.
     MaxPool(Window),
     /// Average pooling: window sum, then rounded division by the count.
@@ -31,11 +36,20 @@ impl PostOp {
     /// Output shape of this op on `[c, h, w]`, or `None` if the window does not fit.
     pub fn output_shape(&self, s: [usize; 3]) -> Option<[usize; 3]> {
         match self {
-            PostOp::Relu => Some(s),
+            PostOp::Relu | PostOp::Lut(_) => Some(s),
             PostOp::MaxPool(w) | PostOp::AvgPool { window: w, .. } => {
                 w.output_hw(s[1], s[2]).map(|(h, ww)| [s[0], h, ww])
             }
             PostOp::GlobalAvgPool => Some([s[0], 1, 1]),
+        }
+    }
+
+    /// Checks the op's own parameters against its input shape `s` (the
+    /// shape itself is checked by [`PostOp::output_shape`]).
+    pub fn check(&self, s: [usize; 3]) -> Result<(), String> {
+        match self {
+            PostOp::Lut(lut) => lut.check(s[0]),
+            _ => Ok(()),
         }
     }
 }
@@ -55,6 +69,17 @@ pub struct Requant {
 }
 
 impl Requant {
+    /// The identity on values already in `[min, max]` (clamps the rest):
+    /// `(v * 2^30 + 2^29) >> 30 = v` for every integer `v`.
+    pub fn identity(channels: usize, min: i64, max: i64) -> Self {
+        Requant {
+            multiplier: vec![1 << 30; channels],
+            shift: vec![30; channels],
+            min,
+            max,
+        }
+    }
+
     /// Fixed-point form of the real multipliers `r[c] > 0`.
     pub fn from_real(r: &[f64], min: i64, max: i64) -> Self {
         let mut multiplier = Vec::with_capacity(r.len());
@@ -192,6 +217,7 @@ mod ct_tests {
 pub fn apply_post(op: &PostOp, x: Vec<i64>, s: [usize; 3]) -> (Vec<i64>, [usize; 3]) {
     match op {
         PostOp::Relu => (x.into_iter().map(|v| select_max(v, 0)).collect(), s),
+        PostOp::Lut(lut) => (lut.apply(x, s[0]), s),
         PostOp::GlobalAvgPool => {
             let hw = s[1] * s[2];
             let y = x

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::activation::Activation;
+
 /// Spatial padding of a 2-D window: top, left, bottom, right (ONNX order
 /// `[x1_begin, x2_begin, x1_end, x2_end]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -98,6 +100,8 @@ pub enum Layer {
     },
     /// Rectified linear unit.
     Relu,
+    /// Any other elementwise activation (quantized to a lookup table).
+    Act(Activation),
     /// Max pooling (padding is ignored, i.e. minus infinity).
     MaxPool(Window),
     /// Average pooling.
@@ -121,6 +125,7 @@ impl Layer {
             Layer::Dense { .. } => "Dense",
             Layer::BatchNorm { .. } => "BatchNorm",
             Layer::Relu => "Relu",
+            Layer::Act(a) => a.name(),
             Layer::MaxPool(_) => "MaxPool",
             Layer::AvgPool { .. } => "AvgPool",
             Layer::GlobalAvgPool => "GlobalAvgPool",

@@ -6,13 +6,22 @@
 //! and every stage output are 8-bit per tensor (`[0, 255]` after a ReLU,
 //! `[-127, 127]` otherwise), biases are integers in accumulator units and
 //! requantization is an integer multiply + shift ([`Requant`]).
+//!
+//! A run of consecutive activations other than a leading ReLU becomes one
+//! table ([`Lut`]): the values are requantized to an 8-bit grid calibrated
+//! on the run's input, and the table maps the grid to an 8-bit output grid
+//! that covers everything the function takes on it. After a table the
+//! stage's values are 8-bit already, so the stage ends with the identity
+//! requantization (or, for the last stage, logits at the table's scale).
 
 use serde::{Deserialize, Serialize};
 
+use crate::activation::Activation;
 use crate::error::{ModelError, Result};
 use crate::float::{layer_shapes, run_float_trace};
 use crate::intops::{PostOp, Requant};
 use crate::ir::{Layer, Model, Window};
+use crate::quant_post::{quantize_post, Domain, PostPlan};
 
 /// The linear part of a stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +60,9 @@ pub struct QuantStage {
     pub output_shape: [usize; 3],
     /// Requantization or final logits.
     pub output: StageOutput,
-    /// Real value of one accumulator unit, per output channel.
+    /// Real value of one accumulator unit, per output channel. (Logits
+    /// after an activation table are in the table's units instead; see
+    /// [`QuantStage::dequantize`].)
     pub acc_scale: Vec<f64>,
     /// Largest possible |accumulator| (weights x input range x fan-in).
     pub acc_bound: u64,
@@ -68,8 +79,17 @@ impl QuantStage {
         }
     }
 
-    /// Dequantizes this stage's final accumulators (`[M, ...]`) into floats.
+    /// Dequantizes this stage's final values (`[M, ...]`) into floats: at
+    /// the last activation table's output scale if the stage has one, else
+    /// per channel at `acc_scale`.
     pub fn dequantize(&self, acc: &[i64]) -> Vec<f32> {
+        let lut_scale = self.post.iter().rev().find_map(|op| match op {
+            PostOp::Lut(l) => Some(l.out_scale),
+            _ => None,
+        });
+        if let Some(s) = lut_scale {
+            return acc.iter().map(|&v| (v as f64 * s) as f32).collect();
+        }
         let per = (acc.len() / self.acc_scale.len().max(1)).max(1);
         acc.iter()
             .enumerate()
@@ -179,7 +199,10 @@ struct FloatStage {
     m: usize,
     weight: Vec<f32>,
     bias: Vec<f32>,
-    post: Vec<PostOp>,
+    post: Vec<PostPlan>,
+    /// Whether the last post op is a run of activations that the next
+    /// activation joins.
+    open_acts: bool,
     has_relu: bool,
     /// Index in the folded model of the stage's last layer.
     last_layer: usize,
@@ -234,6 +257,7 @@ fn fold_and_group(model: &Model) -> Result<(Model, Vec<FloatStage>)> {
                     weight: weight.clone(),
                     bias: bias.clone(),
                     post: Vec::new(),
+                    open_acts: false,
                     has_relu: false,
                     last_layer: 0,
                     nodes: vec![name(i)],
@@ -270,8 +294,17 @@ fn fold_and_group(model: &Model) -> Result<(Model, Vec<FloatStage>)> {
                 st.last_layer = last;
                 continue;
             }
-            Layer::Flatten => {}
-            Layer::Relu | Layer::MaxPool(_) | Layer::AvgPool { .. } | Layer::GlobalAvgPool => {
+            Layer::Flatten => {
+                if let Some(st) = stages.last_mut() {
+                    st.open_acts = false;
+                }
+            }
+            Layer::Relu
+            | Layer::Act(_)
+            | Layer::MaxPool(_)
+            | Layer::AvgPool { .. }
+            | Layer::GlobalAvgPool => {
+                let input_layer = folded.layers.len().wrapping_sub(1);
                 let Some(st) = stages.last_mut() else {
                     return Err(ModelError::Unsupported {
                         node: name(i),
@@ -279,7 +312,29 @@ fn fold_and_group(model: &Model) -> Result<(Model, Vec<FloatStage>)> {
                         what: "the model must start with a Conv or Gemm/MatMul; ops before the first linear layer are not supported".into(),
                     });
                 };
-                st.post.push(match layer {
+                let act = match layer {
+                    Layer::Act(a) => Some(a.clone()),
+                    Layer::Relu if st.open_acts => Some(Activation::Relu),
+                    _ => None,
+                };
+                if let Some(a) = act {
+                    match st.post.last_mut() {
+                        Some(PostPlan::Acts { acts, .. }) if st.open_acts => acts.push(a),
+                        _ => st.post.push(PostPlan::Acts {
+                            acts: vec![a],
+                            input_layer,
+                            node: name(i),
+                        }),
+                    }
+                    st.open_acts = true;
+                    st.nodes.push(name(i));
+                    folded.layers.push(layer.clone());
+                    folded.node_names.push(name(i));
+                    st.last_layer = folded.layers.len() - 1;
+                    continue;
+                }
+                st.open_acts = false;
+                st.post.push(PostPlan::Op(match layer {
                     Layer::Relu => {
                         st.has_relu = true;
                         PostOp::Relu
@@ -293,7 +348,7 @@ fn fold_and_group(model: &Model) -> Result<(Model, Vec<FloatStage>)> {
                         count_include_pad: *count_include_pad,
                     },
                     _ => PostOp::GlobalAvgPool,
-                });
+                }));
                 st.nodes.push(name(i));
             }
         }
@@ -331,7 +386,8 @@ pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
         )));
     }
     let (folded, fstages) = fold_and_group(model)?;
-    // Calibrate: max |value| of the input and of every stage output.
+    // Calibrate: max |value| of the input, and the range of every layer's
+    // output (stage outputs and the inputs of activation tables).
     let in_max = max_abs(calib.iter().copied());
     let signed_input = calib.iter().any(|&v| v < 0.0);
     // Calibration runs the float model on every sample: spread over cores.
@@ -340,17 +396,19 @@ pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
         .map(|n| n.get())
         .unwrap_or(1);
     let per_thread = samples.len().div_ceil(threads);
-    let partial: Vec<Result<Vec<f64>>> = std::thread::scope(|scope| {
+    let partial: Vec<Result<Vec<(f64, f64)>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = samples
             .chunks(per_thread.max(1))
             .map(|part| {
-                let (folded, fstages) = (&folded, &fstages);
+                let folded = &folded;
                 scope.spawn(move || {
-                    let mut m = vec![0f64; fstages.len()];
+                    let mut m = vec![(0f64, 0f64); folded.layers.len()];
                     for sample in part {
                         let trace = run_float_trace(folded, sample)?;
-                        for (k, st) in fstages.iter().enumerate() {
-                            m[k] = m[k].max(max_abs(trace[st.last_layer].iter().copied()));
+                        for (r, t) in m.iter_mut().zip(&trace) {
+                            *r = t
+                                .iter()
+                                .fold(*r, |(lo, hi), &v| (lo.min(v as f64), hi.max(v as f64)));
                         }
                     }
                     Ok(m)
@@ -365,12 +423,19 @@ pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
             })
             .collect()
     });
-    let mut out_max = vec![0f64; fstages.len()];
+    let mut ranges = vec![(0f64, 0f64); folded.layers.len()];
     for p in partial {
-        for (o, v) in out_max.iter_mut().zip(p?) {
-            *o = o.max(v);
+        for (r, (lo, hi)) in ranges.iter_mut().zip(p?) {
+            *r = (r.0.min(lo), r.1.max(hi));
         }
     }
+    let out_max: Vec<f64> = fstages
+        .iter()
+        .map(|st| {
+            let (lo, hi) = ranges[st.last_layer];
+            hi.max(-lo)
+        })
+        .collect();
     if in_max == 0.0 {
         return Err(ModelError::Data(
             "the calibration inputs are all zero; pass representative samples".into(),
@@ -414,8 +479,21 @@ pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
             acc_scale.push(a);
             bias.push((fs.bias[o] as f64 / a).round() as i64);
         }
+        let linear_shape = match fs.linear {
+            LinearKind::Conv(w) => {
+                let [_, h, wd] = fs.input_shape;
+                let (oh, ow) = w.output_hw(h, wd).unwrap_or((0, 0));
+                [fs.m, oh, ow]
+            }
+            LinearKind::Dense => [fs.m, 1, 1],
+        };
+        let (post, domain) = quantize_post(fs.post, linear_shape, &acc_scale, &ranges, k)?;
         let output = if k == last {
             StageOutput::Logits
+        } else if let Domain::Int8 { scale, min, max } = domain {
+            s_in = scale;
+            in_abs_max = min.unsigned_abs().max(max.unsigned_abs());
+            StageOutput::Requant(Requant::identity(fs.m, min, max))
         } else {
             let (min, max) = if fs.has_relu { (0, 255) } else { (-127, 127) };
             let s_out = if out_max[k] > 0.0 {
@@ -434,7 +512,7 @@ pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
             out_channels: fs.m,
             weight,
             bias,
-            post: fs.post,
+            post,
             output_shape: [0; 3],
             output,
             acc_scale,

@@ -15,16 +15,19 @@ use hetee_model::error::{ModelError, Result};
 use hetee_model::float::layer_output_shape;
 use hetee_model::ir::{Layer, Model};
 
+mod activations;
 mod consts;
 mod floor;
 mod node;
 
 pub use floor::TractPlan;
 
+use activations::ACTIVATION_OPS;
 use consts::{constant_value, input_shape};
 use node::{graph_err, node_name, Ctx};
 
-/// The ONNX ops the importer translates (MatMul also absorbs a following Add).
+/// The ONNX ops the importer translates (MatMul also absorbs a following
+/// Add), besides the activations of [`ACTIVATION_OPS`].
 const KNOWN_OPS: [&str; 12] = [
     "Identity",
     "Dropout",
@@ -237,9 +240,19 @@ impl<'a> Importer<'a> {
                 }
                 many => {
                     let who: Vec<String> = many.iter().map(|&i| node_name(self.g, i)).collect();
+                    let ops: Vec<&str> = many
+                        .iter()
+                        .map(|&i| self.g.node[i].op_type.as_str())
+                        .collect();
+                    let hint = if ops.contains(&"Mul") && ops.contains(&"Softplus") {
+                        " (this looks like Mish exported as Mul(x, Tanh(Softplus(x))): \
+                         export the single ONNX op Mish, opset 18, instead)"
+                    } else {
+                        ""
+                    };
                     return Err(graph_err(format!(
                         "tensor '{cur}' feeds several nodes {who:?}; only a single chain of layers \
-                         is supported (no branches or residual connections)"
+                         is supported (no branches or residual connections){hint}"
                     )));
                 }
             };
@@ -271,7 +284,8 @@ impl<'a> Importer<'a> {
     /// Translates the node `cx` whose data input is the activation `x`.
     fn translate(&self, cx: &Ctx, x: &str, shape: &[usize]) -> Result<Step> {
         let n = cx.node;
-        let known = KNOWN_OPS.contains(&n.op_type.as_str());
+        let op = n.op_type.as_str();
+        let known = KNOWN_OPS.contains(&op) || ACTIVATION_OPS.contains(&op);
         if !(n.domain.is_empty() || n.domain == "ai.onnx") || !known {
             let op = match n.domain.as_str() {
                 "" | "ai.onnx" => n.op_type.clone(),
@@ -446,6 +460,9 @@ impl<'a> Importer<'a> {
                     layer: Some(dense(w, bias, k, nout)),
                     next,
                 })
+            }
+            op if ACTIVATION_OPS.contains(&op) => {
+                step(Some(Layer::Act(self.activation(cx, shape)?)))
             }
             _ => Err(ModelError::UnsupportedOp {
                 node: cx.name.clone(),

@@ -430,9 +430,9 @@ fn unsupported_attributes_are_named() {
 
 #[test]
 fn unknown_ops_branches_and_bad_weights_are_rejected() {
-    match import_err(&one_node("Sigmoid", vec![], &[3], vec![])) {
+    match import_err(&one_node("Hardmax", vec![], &[3], vec![])) {
         ModelError::UnsupportedOp { node, op } => {
-            assert_eq!((node.as_str(), op.as_str()), ("the_node", "Sigmoid"))
+            assert_eq!((node.as_str(), op.as_str()), ("the_node", "Hardmax"))
         }
         e => panic!("{e:?}"),
     }

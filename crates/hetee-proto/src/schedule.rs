@@ -186,6 +186,7 @@ impl Schedule {
             // Pooling takes one step per output and window tap: bound that too.
             let mut s = st.tail.linear_output_shape();
             for op in &st.tail.post {
+                op.check(s).map_err(|e| bad(&e))?;
                 let out = op.output_shape(s).unwrap_or([0; 3]);
                 if let PostOp::MaxPool(w) | PostOp::AvgPool { window: w, .. } = op {
                     if !fits(&[out[0], out[1], out[2], w.kernel.0, w.kernel.1]) {

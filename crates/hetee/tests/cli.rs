@@ -576,7 +576,7 @@ fn bad_calibration_inf() {
 
 #[test]
 fn bad_model_unsupported_op() {
-    let e = entry("unsupported_sigmoid.onnx");
+    let e = entry("unsupported_hardmax.onnx");
     let op = e.expect_error.expect("manifest names the unsupported op");
     let dir = TempDir::new().unwrap();
     let per: usize = e.input_shape.iter().product();
@@ -585,7 +585,7 @@ fn bad_model_unsupported_op() {
     let c = dir.path().join("calib.npy");
     write_f32(&x, &shape(2), &random(6, 2 * per, 0.0, 1.0));
     write_f32(&c, &shape(4), &random(7, 4 * per, 0.0, 1.0));
-    let model = format!("{TESTDATA}/unsupported_sigmoid.onnx");
+    let model = format!("{TESTDATA}/unsupported_hardmax.onnx");
     run_must_fail(dir.path(), &model, &x, &c, &[&op, "not supported"]);
 }
 
