@@ -8,8 +8,8 @@ use hetee_proto::api::{b64, unb64, FinishSession, OpenSession, Sealed, SessionOp
 use hetee_proto::messages::{id_hex, ClientMessage, EnclaveMessage, ModelId};
 use zeroize::Zeroizing;
 
-use super::relay::Relay;
-use super::trust::AttestedKeys;
+use crate::relay::Relay;
+use crate::trust::AttestedKeys;
 
 /// An open session: its id on the server and the channel's transport.
 pub struct Session {

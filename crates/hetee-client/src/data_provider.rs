@@ -16,9 +16,9 @@ use hetee_proto::messages::{
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::channel::Session;
-use super::relay::Relay;
-use super::trust::{verify, AttestedKeys, Trust};
+use crate::channel::Session;
+use crate::relay::Relay;
+use crate::trust::{verify, AttestedKeys, Trust};
 
 /// A model the data provider has checked.
 pub struct Target {

@@ -23,9 +23,9 @@ use hetee_proto::Schedule;
 use rayon::prelude::*;
 use zeroize::Zeroizing;
 
-use super::channel::Session;
-use super::relay::Relay;
-use super::trust::{verify, AttestedKeys, Trust};
+use crate::channel::Session;
+use crate::relay::Relay;
+use crate::trust::{verify, AttestedKeys, Trust};
 
 /// What an upload produced.
 pub struct Uploaded {

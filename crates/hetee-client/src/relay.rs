@@ -11,7 +11,7 @@ use hetee_proto::api::{
 };
 use hetee_proto::bodies::{QueryBody, UploadBody, OCTET_STREAM};
 
-use super::http::Api;
+use crate::http::Api;
 
 /// The host's API as a client sees it.
 pub trait Relay: Send + Sync {

@@ -357,7 +357,7 @@ pub fn run(cli: Cli) -> Result<()> {
             thin,
             receipt,
             client_key,
-        } => crate::client::infer_file(&crate::client::InferJob {
+        } => crate::infer::infer_file(&crate::infer::InferJob {
             server: &server,
             model_id: &model_id,
             input: &input,

@@ -1,17 +1,7 @@
-//! The two clients of a deployment, talking to `hetee serve` over HTTP:
-//! - [`model_provider`]: quantize, encrypt the weights, upload, register the secrets;
-//! - [`data_provider`]: encrypt inputs, query, receive the result over the channel.
-//!
-//! Both first verify the enclave's evidence ([`trust`]) and speak to the
-//! enclave only through a Noise channel bound to it ([`channel`]).
+//! `hetee infer`: a data provider's batch of images from an `.npy` file
+//! through a served model, several queries in flight.
 
-pub mod channel;
-pub mod data_provider;
-pub mod http;
-pub mod model_provider;
-pub mod relay;
-pub mod trust;
-
+use hetee_client::{channel, data_provider, http, relay, trust};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};

@@ -7,7 +7,10 @@ pub mod bench;
 pub mod bench_served;
 pub mod chart;
 pub mod cli;
-pub mod client;
+pub mod infer;
+
+/// The clients (the `hetee-client` crate).
+pub use hetee_client as client;
 pub mod data;
 pub mod demo;
 pub mod deployment_demo;

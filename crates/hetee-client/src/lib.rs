@@ -1,0 +1,19 @@
+//! The two clients of a hetee deployment, talking to the host over a
+//! [`relay::Relay`] (the HTTP API of `hetee serve`, or a host in the same
+//! process):
+//! - [`model_provider`]: quantize, encrypt the weights, upload, register
+//!   the model with the enclave, and manage it as the key set's owner;
+//! - [`data_provider`]: encrypt inputs, query, receive the result over the
+//!   channel.
+//!
+//! Both first verify the enclave's evidence ([`trust`]) and speak to the
+//! enclave only through a Noise channel bound to it ([`channel`]). This
+//! crate links no server or enclave code: only the protocol types
+//! (`hetee-proto`), the attestation crate and the HE layer.
+
+pub mod channel;
+pub mod data_provider;
+pub mod http;
+pub mod model_provider;
+pub mod relay;
+pub mod trust;
