@@ -13,7 +13,6 @@ use anyhow::Result;
 use hetee_attest::StaticKeypair;
 use hetee_model::QuantModel;
 use hetee_proto::api::Health;
-use hetee_proto::EnclaveConfig;
 
 use crate::bench::{median_row, row, BenchRow, Footprint, Plain};
 use crate::client::data_provider::Target;
@@ -37,15 +36,7 @@ impl Served {
     /// uploads `q` (one image per query).
     pub fn start(q: &QuantModel) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let server = Server::bind(&ServeOptions {
-            listen: "127.0.0.1:0".into(),
-            data_dir: dir.path().to_path_buf(),
-            enclave: EnclaveConfig::default(),
-            log_json: false,
-            enclave_program: None,
-            platform: "sim".into(),
-            enclave_timeout: hetee_server::launcher::DEFAULT_ENCLAVE_TIMEOUT,
-        })?;
+        let server = Server::bind(&ServeOptions::loopback(dir.path()))?;
         let addr = server.addr.to_string();
         let trust = Trust::new(&server.measurement, true)?;
         std::thread::spawn(move || server.run());

@@ -18,7 +18,6 @@ use crate::data::{bundled, idx_images, idx_labels};
 use crate::serve::{ServeOptions, Server};
 use hetee_model::{quantize, reference};
 use hetee_onnx::import_onnx_bytes;
-use hetee_proto::EnclaveConfig;
 
 /// What the deployment demo prints.
 #[derive(Debug, Serialize)]
@@ -55,15 +54,7 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
         bail!("--images must be between 1 and 10000");
     }
     let dir = tempfile::tempdir()?;
-    let server = Server::bind(&ServeOptions {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.path().to_path_buf(),
-        enclave: EnclaveConfig::default(),
-        log_json: false,
-        enclave_program: None,
-        platform: "sim".into(),
-        enclave_timeout: hetee_server::launcher::DEFAULT_ENCLAVE_TIMEOUT,
-    })?;
+    let server = Server::bind(&ServeOptions::loopback(dir.path()))?;
     let addr = server.addr.to_string();
     // What a client pins: the published measurement of this build.
     let measurement = server.measurement.clone();

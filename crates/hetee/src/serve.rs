@@ -57,6 +57,22 @@ pub struct Server {
     app: Arc<App>,
 }
 
+impl ServeOptions {
+    /// A server on a free loopback port with a simulated enclave process and
+    /// its store in `data_dir` (demo, benchmarks).
+    pub fn loopback(data_dir: &std::path::Path) -> Self {
+        ServeOptions {
+            listen: "127.0.0.1:0".into(),
+            data_dir: data_dir.to_path_buf(),
+            enclave: EnclaveConfig::default(),
+            log_json: false,
+            enclave_program: None,
+            platform: "sim".into(),
+            enclave_timeout: hetee_server::launcher::DEFAULT_ENCLAVE_TIMEOUT,
+        }
+    }
+}
+
 impl Server {
     /// Opens the store, starts the enclave and binds the listener.
     pub fn bind(opts: &ServeOptions) -> Result<Self> {
