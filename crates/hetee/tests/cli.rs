@@ -346,6 +346,8 @@ model_tests! {
     run_matmul_add, ref_matmul_add: "matmul_add.onnx", [-1.0, 1.0];
     run_gemm_alpha_beta, ref_gemm_alpha_beta: "gemm_alpha_beta.onnx", [-1.0, 1.0];
     run_deep_conv, ref_deep_conv: "deep_conv.onnx", [0.0, 1.0];
+    // Sigmoid through its exact 256-entry table, against onnxruntime.
+    run_sigmoid, ref_sigmoid: "sigmoid.onnx", [-1.0, 1.0];
 }
 
 // The dense models again with unsigned [0, 1) inputs, which quantize to
@@ -380,6 +382,7 @@ fn manifest_is_covered() {
         "matmul_add.onnx",
         "gemm_alpha_beta.onnx",
         "deep_conv.onnx",
+        "sigmoid.onnx",
     ];
     for (file, e) in manifest() {
         match e.expect_error {
