@@ -1,8 +1,8 @@
 //! Not a fuzzer: writes valid encodings into `corpus/<target>/seed-*` so the
 //! fuzzers start past the first bytes, then exits. Run it with
 //! `cargo fuzz run seeds` (it is built with the fuzz targets, so it costs no
-//! separate build). It reads the sample DCAP quote shipped in the `dcap-qvl`
-//! crate source (found under `$CARGO_HOME/registry/src`) when it is there.
+//! separate build). The SGX, TDX and SEV-SNP evidence seeds are the sample
+//! quotes and report in `crates/hetee-attest/tests/data`.
 #![no_main]
 // The init block exits before the (empty) fuzz loop.
 #![allow(unreachable_code)]
@@ -13,23 +13,29 @@ use std::sync::Arc;
 use fhe::bfv::{BfvParameters, Ciphertext, Encoding, Plaintext, PublicKey, SecretKey};
 use fhe_traits::{DeserializeParametrized, FheEncoder, FheEncrypter};
 use hetee_attest::frame::FrameCodec;
+use hetee_attest::layout::{snp_cert_table, SnpCertKind};
+use hetee_attest::platform::{Platform, SimTee};
 use hetee_attest::{ClientHandshake, Evidence, Measurement, SimPlatform};
-use hetee_enclave::freivalds::StageCheck;
-use hetee_enclave::keys::{ModelRecord, Sealer};
 use hetee_enclave::messages::{
-    ClientMessage, EnclaveMessage, Identity, OutputPolicy, QueryPlan, QueryResult,
+    input_digest, AllowList, ClientMessage, EnclaveMessage, Incident, ModelReport, ModelTerms,
+    OutputPolicy, QueryPlan, QueryResult,
 };
-use hetee_enclave::{wire, Enclave, EnclaveConfig, Request, Response, Schedule};
+use hetee_enclave::{Enclave, EnclaveConfig, Request, Response, Schedule};
 use hetee_he::codec::ciphertext_to_bytes;
 use hetee_he::HeConfig;
-use hetee_model::ir::{Layer, Model};
 use hetee_model::QuantModel;
+use hetee_proto::wire;
 use libfuzzer_sys::fuzz_target;
 use rand::SeedableRng;
+use zeroize::Zeroizing;
 
-/// The secret and measurement the `sealed` target Inits its enclave with.
-const SEALED_SECRET: [u8; 32] = [1; 32];
-const SEALED_MEASUREMENT: Measurement = Measurement([2; 32]);
+#[path = "common/fixtures.rs"]
+mod fixtures;
+use fixtures::*;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
 
 fn corpus(target: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -49,36 +55,6 @@ fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).unwrap()
 }
 
-/// The enclave tests' two-stage dense model (20 -> 8 -> ReLU -> 3).
-fn tiny_model() -> QuantModel {
-    let w = |n: usize, s: usize| {
-        (0..n)
-            .map(|i| (((i * 31 + s) % 23) as f32 - 11.0) / 30.0)
-            .collect::<Vec<_>>()
-    };
-    let m = Model {
-        input_shape: vec![20],
-        layers: vec![
-            Layer::Dense {
-                weight: w(8 * 20, 1),
-                bias: w(8, 2),
-                out_features: 8,
-                in_features: 20,
-            },
-            Layer::Relu,
-            Layer::Dense {
-                weight: w(3 * 8, 3),
-                bias: w(3, 4),
-                out_features: 3,
-                in_features: 8,
-            },
-        ],
-        node_names: vec!["fc1".into(), "relu".into(), "fc2".into()],
-    };
-    let calib: Vec<f32> = (0..5 * 20).map(|i| (i % 7) as f32 / 7.0).collect();
-    hetee_model::quantize(&m, &calib).unwrap()
-}
-
 /// A conv model from the repository's ONNX test files.
 fn onnx_model(path: &Path) -> Option<QuantModel> {
     let bytes = std::fs::read(path).ok()?;
@@ -88,27 +64,19 @@ fn onnx_model(path: &Path) -> Option<QuantModel> {
     hetee_model::quantize(&m, &calib).ok()
 }
 
-/// Compiled schedules with their Freivalds checks.
-fn schedules() -> Vec<(String, Schedule, Vec<StageCheck>)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let mut checks = |q: &QuantModel| -> Vec<StageCheck> {
-        q.stages
-            .iter()
-            .map(|st| StageCheck::draw(st, &mut rng))
-            .collect()
-    };
-    let tiny = tiny_model();
+/// Compiled schedules with their quantized models.
+fn schedules() -> Vec<(String, Schedule, QuantModel)> {
+    let (tiny, _) = tiny_model();
     let mut out = vec![
         (
             "tiny".to_string(),
             Schedule::compile(&tiny, 1).unwrap(),
-            checks(&tiny),
+            tiny.clone(),
         ),
         (
             "tiny-b4".to_string(),
             Schedule::compile(&tiny, 4).unwrap(),
-            checks(&tiny),
+            tiny,
         ),
     ];
     for f in [
@@ -116,22 +84,22 @@ fn schedules() -> Vec<(String, Schedule, Vec<StageCheck>)> {
         "testdata/onnx/avgpool.onnx",
         "models/mnist.onnx",
     ] {
-        if let Some(q) = onnx_model(&root.join(f)) {
+        if let Some(q) = onnx_model(&root().join(f)) {
             if let Ok(s) = Schedule::compile(&q, 2) {
                 let name = Path::new(f)
                     .file_stem()
                     .unwrap()
                     .to_string_lossy()
                     .into_owned();
-                out.push((name, s, checks(&q)));
+                out.push((name, s, q));
             }
         }
     }
     out
 }
 
-fn he() -> HeConfig {
-    HeConfig::for_accumulator_bound(1 << 20).unwrap()
+fn weights(q: &QuantModel) -> Zeroizing<Vec<Vec<i8>>> {
+    Zeroizing::new(q.stages.iter().map(|s| s.weight.clone()).collect())
 }
 
 /// Fresh ciphertexts of 2 and 3 polynomials, at level 0 and 1.
@@ -155,139 +123,432 @@ fn ciphertexts(par: &Arc<BfvParameters>) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn dcap_sample() -> Option<(Vec<u8>, Vec<u8>)> {
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
-    for reg in std::fs::read_dir(home.join("registry/src")).ok()?.flatten() {
-        for pkg in std::fs::read_dir(reg.path()).ok()?.flatten() {
-            let name = pkg.file_name().to_string_lossy().into_owned();
-            if name.starts_with("dcap-qvl-0.") {
-                let s = pkg.path().join("sample");
-                if let (Ok(q), Ok(c)) = (
-                    std::fs::read(s.join("sgx_quote")),
-                    std::fs::read(s.join("sgx_quote_collateral.json")),
-                ) {
-                    return Some((q, c));
-                }
-            }
+/// Minimal standard base64 (the PEM certificates of the SNP sample).
+fn base64(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let bytes: Vec<u8> = s
+        .bytes()
+        .filter(|c| *c != b'=' && !c.is_ascii_whitespace())
+        .collect();
+    let mut out = Vec::new();
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= (val(c) as u32) << (18 - 6 * i);
         }
+        let b = n.to_be_bytes();
+        out.extend_from_slice(&b[1..chunk.len()]);
     }
-    None
+    out
+}
+
+fn pem_certs(pem: &str) -> Vec<Vec<u8>> {
+    pem.split("-----BEGIN CERTIFICATE-----")
+        .skip(1)
+        .map(|b| base64(b.split("-----END CERTIFICATE-----").next().unwrap()))
+        .collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    let s = s.trim();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Writes the `session` target's input encoding (see session.rs).
+#[derive(Default)]
+struct W(Vec<u8>);
+
+impl W {
+    fn u8(mut self, b: u8) -> Self {
+        self.0.push(b);
+        self
+    }
+    fn u32(mut self, v: u32) -> Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn raw(mut self, b: &[u8]) -> Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+    fn blob(self, b: &[u8]) -> Self {
+        self.u32(b.len() as u32).raw(b)
+    }
+}
+
+fn session_seeds() {
+    let (q, x) = tiny_model();
+    let schedule = tiny_schedule();
+    let (_, public_key) = fixed_keys_plaintext();
+    let host = HostModel::new(&q, &schedule, &public_key);
+    let terms = ModelTerms::default();
+    let model_id = hetee_enclave::messages::model_id(
+        &FIXED_KEY_ID,
+        &host.commitment(),
+        &hetee_enclave::messages::registration_digest(&host.schedule, &host.plain_weights, &terms),
+    );
+    let plan = QueryPlan::of(model_id, FIXED_KEY_ID, *owner_key().public(), &schedule).unwrap();
+    let par = schedule.he.build().unwrap();
+    let pk = PublicKey::from_bytes(&public_key, &par).unwrap();
+    let polys = plan.pack_input(&[&x]).unwrap();
+    let input =
+        hetee_enclave::input_binding::encrypt_input(&pk, &par, &polys, &INPUT_SEED).unwrap();
+    let query = ClientMessage::Query {
+        input_digest: input_digest(&input),
+        images: 1,
+        seed: Zeroizing::new(INPUT_SEED),
+    };
+    let register = |commitment: [u8; 32], terms: ModelTerms, allow: AllowList| {
+        enc(&ClientMessage::RegisterModel {
+            key_id: FIXED_KEY_ID,
+            commitment,
+            schedule: Box::new(schedule.clone()),
+            weights: weights(&q),
+            terms,
+            allow,
+        })
+    };
+    let dp = *data_provider_key().public();
+    let t = "session";
+    // Full queries: fuzzed-message kind with a valid Query, structured, thin.
+    put(
+        t,
+        "query-msg",
+        &W::default()
+            .u8(1)
+            .blob(&enc(&query))
+            .u8(0)
+            .u8(0)
+            .u8(0)
+            .u8(0)
+            .0,
+    );
+    put(
+        t,
+        "query",
+        &W::default().u8(2).u32(1).u8(0).u8(0).u8(0).u8(0).0,
+    );
+    put(
+        t,
+        "query-replay-stage",
+        &W::default()
+            .u8(2)
+            .u32(1)
+            .u8(0)
+            .u8(0)
+            .u8(0)
+            .u8(5)
+            .u8(0x85)
+            .u32(0)
+            .0,
+    );
+    put(
+        t,
+        "query-forged-stage0",
+        &W::default()
+            .u8(2)
+            .u32(1)
+            .u8(0)
+            .u8(0)
+            .u8(1)
+            .u8(1)
+            .u32(12345)
+            .u8(1)
+            .0,
+    );
+    put(
+        t,
+        "query-forged-stage1",
+        &W::default()
+            .u8(2)
+            .u32(1)
+            .u8(0)
+            .u8(0)
+            .u8(0)
+            .u8(1)
+            .u8(2)
+            .u32(777)
+            .u8(4)
+            .u32(99)
+            .u8(0x80)
+            .0,
+    );
+    put(
+        t,
+        "query-patched-input",
+        &W::default()
+            .u8(2)
+            .u32(1)
+            .u8(0)
+            .u8(1)
+            .u8(1)
+            .u32(4242)
+            .u8(1)
+            .u8(0)
+            .0,
+    );
+    put(
+        t,
+        "query-blob-stage",
+        &W::default()
+            .u8(2)
+            .u32(1)
+            .u8(0)
+            .u8(0)
+            .u8(2)
+            .u8(1)
+            .blob(&[0; 64])
+            .0,
+    );
+    put(
+        t,
+        "query-ops",
+        &W::default()
+            .u8(2)
+            .u32(1)
+            .u8(0)
+            .u8(0)
+            .u8(6)
+            .blob(b"x")
+            .u8(7)
+            .u8(0)
+            .0,
+    );
+    put(
+        t,
+        "query-two-inputs",
+        &W::default().u8(2).u32(1).u8(0).u8(4).u8(0).0,
+    );
+    put(
+        t,
+        "query-bad-digest",
+        &W::default().u8(2).u32(1).u8(2).u8(0).u8(0).0,
+    );
+    let mut thin = W::default().u8(3).u8(1).u8(0);
+    for v in &x {
+        thin = thin.raw(&v.to_le_bytes());
+    }
+    put(t, "thin", &thin.u8(0).u8(0).0);
+    let thin_msg = ClientMessage::ThinQuery {
+        images: Zeroizing::new(vec![x.clone()]),
+    };
+    put(
+        t,
+        "thin-msg",
+        &W::default().u8(1).blob(&enc(&thin_msg)).u8(3).u8(0).u8(0).0,
+    );
+    // First messages of a channel.
+    let hello = enc(&ClientMessage::Hello { model_id });
+    put(
+        t,
+        "first-hello",
+        &W::default()
+            .u8(0)
+            .u8(1)
+            .blob(&hello)
+            .u8(1)
+            .u32(1)
+            .u8(0)
+            .u8(0)
+            .0,
+    );
+    put(
+        t,
+        "first-hello-owner",
+        &W::default().u8(0).u8(0).blob(&hello).0,
+    );
+    put(t, "first-raw", &W::default().u8(0).u8(3).blob(&hello).0);
+    put(
+        t,
+        "first-register",
+        &W::default()
+            .u8(0)
+            .u8(0)
+            .blob(&register([9; 32], terms, AllowList::Open))
+            .0,
+    );
+    put(
+        t,
+        "first-register-topk",
+        &W::default()
+            .u8(0)
+            .u8(0)
+            .blob(&register(
+                [10; 32],
+                ModelTerms {
+                    policy: OutputPolicy::TopK(2),
+                    query_budget: Some(3),
+                    lock_after: 2,
+                },
+                AllowList::Only(vec![dp]),
+            ))
+            .0,
+    );
+    put(
+        t,
+        "first-register-again",
+        &W::default()
+            .u8(0)
+            .u8(0)
+            .blob(&register(host.commitment(), terms, AllowList::Open))
+            .0,
+    );
+    put(
+        t,
+        "first-register-by-provider",
+        &W::default()
+            .u8(0)
+            .u8(1)
+            .blob(&register([9; 32], terms, AllowList::Open))
+            .0,
+    );
+    for (n, m) in [
+        ("status", ClientMessage::ModelStatus { model_id }),
+        ("unlock", ClientMessage::Unlock { model_id }),
+        (
+            "allow",
+            ClientMessage::SetAllowList {
+                model_id,
+                allow: AllowList::Only(vec![dp, [1; 32]]),
+            },
+        ),
+    ] {
+        put(
+            t,
+            &format!("first-{n}"),
+            &W::default().u8(0).u8(0).blob(&enc(&m)).0,
+        );
+    }
+    put(
+        t,
+        "first-query",
+        &W::default().u8(0).u8(1).blob(&enc(&query)).0,
+    );
 }
 
 fn write_all() {
     let scheds = schedules();
     // The `ciphertext` target's parameters.
-    let ct_par = he().build().unwrap();
-    let cts = ciphertexts(&ct_par);
-    // The key set and the enclave seeds use the tiny model's parameters.
+    let ct_par = HeConfig::for_accumulator_bound(1 << 20)
+        .unwrap()
+        .build()
+        .unwrap();
+    for (n, b) in &ciphertexts(&ct_par) {
+        put("ciphertext", n, b);
+    }
+    // The tiny model's parameters (the enclave seeds).
     let he = scheds[0].1.he.clone();
     let par = he.build().unwrap();
     let tiny_cts = ciphertexts(&par);
 
-    // ciphertext
-    for (n, b) in &cts {
-        put("ciphertext", n, b);
-    }
-
-    // Keys and models for the enclave targets, under the `sealed` target's secret.
-    let sealer = Sealer {
-        secret: &SEALED_SECRET,
-        measurement: &SEALED_MEASUREMENT,
-    };
-    let (ks, sealed_keys) = sealer.create_keys(he.clone()).unwrap();
-    let keys_plain =
-        hetee_attest::seal::unseal(&SEALED_SECRET, &SEALED_MEASUREMENT, "keys-v1", &sealed_keys)
-            .unwrap();
-    let tiny = &scheds[0].1;
-    let tiny_checks = &scheds[0].2;
-    let rec = ModelRecord {
-        model_id: [5; 16],
-        key_id: ks.key_id,
-        commitment: [3; 32],
-        schedule: tiny.clone(),
-        checks: tiny_checks.clone(),
-        policy: OutputPolicy::Logits,
-        query_budget: Some(10),
-    };
-    let sealed_model = sealer.seal_model(&rec).unwrap();
-    let model_plain = hetee_attest::seal::unseal(
-        &SEALED_SECRET,
-        &SEALED_MEASUREMENT,
-        "model-v2",
-        &sealed_model,
-    )
-    .unwrap();
-
-    // sealed: mode byte + payload
+    // sealed: mode byte + payload, under the simulated platform's sealing key.
+    let secret = *SimTee::new(MEASUREMENT).sealing_key().unwrap();
+    let plain = sealed_plaintexts(&secret);
+    let seal =
+        |label: &str, p: &[u8]| hetee_attest::seal::seal(&secret, &MEASUREMENT, label, p).unwrap();
+    let sealed_keys = seal(KEYS_LABEL, &plain.keys);
+    let sealed_model = seal(MODEL_LABEL, &plain.model);
+    let sealed_state = seal(STATE_LABEL, &plain.state);
     let with = |m: u8, b: &[u8]| [&[m][..], b].concat();
     put("sealed", "unseal-keys", &with(0, &sealed_keys));
+    put("sealed", "unseal-state", &with(0, &sealed_state));
     put("sealed", "restore-keys", &with(1, &sealed_keys));
     put("sealed", "restore-model", &with(2, &sealed_model));
-    put("sealed", "plain-keys", &with(3, &keys_plain));
-    put("sealed", "plain-model", &with(4, &model_plain));
-    for (n, s, c) in &scheds[1..] {
-        let mut r = rec.clone();
-        r.schedule = s.clone();
-        r.checks = c.clone();
-        r.policy = OutputPolicy::TopK(2);
-        put("sealed", &format!("plain-model-{n}"), &with(4, &enc(&r)));
+    put("sealed", "restore-state", &with(3, &sealed_state));
+    put("sealed", "plain-keys", &with(4, &plain.keys));
+    put("sealed", "plain-model", &with(5, &plain.model));
+    put("sealed", "plain-state", &with(6, &plain.state));
+    let mut busy =
+        hetee_enclave::state::ModelState::new(FIXED_MODEL_ID, AllowList::Only(vec![[4; 32]]));
+    busy.spend(
+        &[4; 32],
+        &ModelTerms {
+            query_budget: Some(5),
+            ..ModelTerms::default()
+        },
+    );
+    busy.record_failure(1, [4; 32], &ModelTerms::default());
+    put("sealed", "plain-state-locked", &with(6, &enc(&busy)));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for (n, s, q) in &scheds[1..] {
+        let rec = hetee_enclave::keys::ModelRecord {
+            model_id: FIXED_MODEL_ID,
+            key_id: FIXED_KEY_ID,
+            commitment: FIXED_COMMITMENT,
+            schedule: s.clone(),
+            checks: q
+                .stages
+                .iter()
+                .map(|st| hetee_enclave::freivalds::StageCheck::draw(st, &mut rng))
+                .collect(),
+            terms: ModelTerms {
+                policy: OutputPolicy::TopK(2),
+                query_budget: Some(4),
+                lock_after: 3,
+            },
+        };
+        put("sealed", &format!("plain-model-{n}"), &with(5, &enc(&rec)));
     }
 
-    // wire_request: Init'ed enclave with the sealed target's identity
-    let init = Request::Init {
-        measurement: SEALED_MEASUREMENT.0,
-        platform_secret: SEALED_SECRET,
-        config: EnclaveConfig::default().to_bytes(),
-    };
-    let identity = Identity {
-        key_id: ks.key_id,
-        measurement: SEALED_MEASUREMENT.0,
-        channel_public_key: [9; 32],
-        public_key: ks.public_key.clone(),
-        he_params: hetee_enclave::messages::he_params_bytes(&he),
-        signing_public_key: [8; 32],
-    };
+    // wire_request: request sequences for a fresh enclave on the simulated platform.
     let evidence = SimPlatform::dev()
-        .issue(SEALED_MEASUREMENT, false, identity.report_data())
+        .issue(MEASUREMENT, false, [6; 64])
         .encode()
         .unwrap();
-    let (_, msg1) = ClientHandshake::new(
+    let (_, msg1) = ClientHandshake::with_client_key(
+        &owner_key(),
         &[9; 32],
         &Evidence::decode(&evidence).unwrap().hash().unwrap(),
     )
     .unwrap();
     let ct3 = tiny_cts[1].1.clone();
+    let owner = *owner_key().public();
     let reqs: Vec<(&str, Vec<Request>)> = vec![
-        ("init", vec![init.clone()]),
         ("status", vec![Request::Status]),
         (
             "create-keys",
-            vec![init.clone(), Request::CreateKeys { he: he.clone() }],
+            vec![
+                Request::CreateKeys {
+                    he: he.clone(),
+                    owner,
+                },
+                Request::Status,
+            ],
         ),
         (
             "restore",
             vec![
-                init.clone(),
                 Request::RestoreKeys {
                     sealed: sealed_keys.clone(),
                 },
                 Request::RestoreModel {
                     sealed: sealed_model.clone(),
                 },
-                Request::Identity { key_id: ks.key_id },
+                Request::RestoreState {
+                    sealed: sealed_state.clone(),
+                },
+                Request::Evidence {
+                    key_id: FIXED_KEY_ID,
+                },
             ],
         ),
         (
             "open-channel",
             vec![
-                init.clone(),
                 Request::RestoreKeys {
                     sealed: sealed_keys.clone(),
                 },
                 Request::OpenChannel {
-                    key_id: ks.key_id,
+                    key_id: FIXED_KEY_ID,
                     evidence: evidence.clone(),
                     msg1: msg1.clone(),
                 },
@@ -296,6 +557,7 @@ fn write_all() {
                     msg3: vec![5; 64],
                     payload: vec![6; 48],
                 },
+                Request::CloseSession { session: [4; 16] },
             ],
         ),
         (
@@ -303,7 +565,7 @@ fn write_all() {
             vec![
                 Request::StartQuery {
                     session: [4; 16],
-                    model_id: rec.model_id,
+                    model_id: FIXED_MODEL_ID,
                     payload: vec![6; 40],
                     input: vec![tiny_cts[0].1.clone()],
                 },
@@ -313,25 +575,6 @@ fn write_all() {
                     ciphertexts: vec![ct3.clone()],
                 },
                 Request::CloseSession { session: [4; 16] },
-            ],
-        ),
-        (
-            "local",
-            vec![
-                Request::RegisterLocal {
-                    schedule: Box::new(tiny.clone()),
-                    checks: tiny_checks.clone(),
-                },
-                Request::StartLocalQuery {
-                    model_id: rec.model_id,
-                    input: vec![tiny_cts[0].1.clone()],
-                },
-                Request::StageResult {
-                    session: [0; 16],
-                    stage: 0,
-                    ciphertexts: vec![ct3.clone()],
-                },
-                Request::Status,
             ],
         ),
     ];
@@ -352,43 +595,56 @@ fn write_all() {
     );
 
     // channel_messages
-    for (n, s, c) in &scheds {
+    for (n, s, q) in &scheds {
         let m = ClientMessage::RegisterModel {
-            key_id: ks.key_id,
+            key_id: FIXED_KEY_ID,
             commitment: [3; 32],
             schedule: Box::new(s.clone()),
-            checks: c.clone(),
-            policy: OutputPolicy::Label,
-            query_budget: None,
+            weights: weights(q),
+            terms: ModelTerms {
+                policy: OutputPolicy::Label,
+                query_budget: None,
+                lock_after: 1,
+            },
+            allow: AllowList::Open,
         };
         put("channel_messages", &format!("register-{n}"), &enc(&m));
-        let plan = QueryPlan::of([8; 16], s).unwrap();
+        let plan = QueryPlan::of([8; 16], FIXED_KEY_ID, owner, s).unwrap();
         put(
             "channel_messages",
             &format!("plan-{n}"),
             &enc(&EnclaveMessage::Plan(Box::new(plan))),
         );
     }
-    put(
-        "channel_messages",
-        "hello",
-        &enc(&ClientMessage::Hello { model_id: [1; 16] }),
-    );
-    put(
-        "channel_messages",
-        "query",
-        &enc(&ClientMessage::Query {
-            input_digest: [2; 32],
-            images: 1,
-        }),
-    );
-    put(
-        "channel_messages",
-        "thin-query",
-        &enc(&ClientMessage::ThinQuery {
-            images: vec![vec![0.25; 20]],
-        }),
-    );
+    let msgs = [
+        ("hello", ClientMessage::Hello { model_id: [1; 16] }),
+        (
+            "query",
+            ClientMessage::Query {
+                input_digest: [2; 32],
+                images: 1,
+                seed: Zeroizing::new([3; 32]),
+            },
+        ),
+        (
+            "thin-query",
+            ClientMessage::ThinQuery {
+                images: Zeroizing::new(vec![vec![0.25; 20]]),
+            },
+        ),
+        ("status", ClientMessage::ModelStatus { model_id: [1; 16] }),
+        ("unlock", ClientMessage::Unlock { model_id: [1; 16] }),
+        (
+            "allow",
+            ClientMessage::SetAllowList {
+                model_id: [1; 16],
+                allow: AllowList::Only(vec![[4; 32]]),
+            },
+        ),
+    ];
+    for (n, m) in &msgs {
+        put("channel_messages", n, &enc(m));
+    }
     let result = QueryResult {
         model_id: [1; 16],
         commitment: [2; 32],
@@ -396,8 +652,8 @@ fn write_all() {
         images: 1,
         classes: 3,
         policy: OutputPolicy::Logits,
-        logits: vec![0.5, -1.0, 2.0],
-        labels: Vec::new(),
+        logits: Zeroizing::new(vec![0.5, -1.0, 2.0]),
+        labels: Zeroizing::new(Vec::new()),
     };
     put(
         "channel_messages",
@@ -414,10 +670,21 @@ fn write_all() {
     );
     put(
         "channel_messages",
-        "refused",
-        &enc(&EnclaveMessage::Refused {
-            message: "no".into(),
-        }),
+        "report",
+        &enc(&EnclaveMessage::Report(Box::new(ModelReport {
+            model_id: [1; 16],
+            version: 3,
+            locked: true,
+            failures: 1,
+            terms: ModelTerms::default(),
+            allow: AllowList::Open,
+            spent: vec![([4; 32], 2)],
+            incidents: vec![Incident {
+                seq: 1,
+                stage: 0,
+                client: [4; 32],
+            }],
+        }))),
     );
 
     // evidence
@@ -430,20 +697,35 @@ fn write_all() {
             .encode()
             .unwrap(),
     );
-    match dcap_sample() {
-        Some((quote, collateral)) => {
-            let ev = Evidence::from_dcap_quote(quote.clone(), collateral.clone()).unwrap();
-            put("evidence", "dcap", &ev.encode().unwrap());
-            put("evidence", "dcap-quote", &quote);
-            let cut = (quote.len() as u16).to_le_bytes();
-            put(
-                "evidence",
-                "dcap-split",
-                &[&cut[..], &quote, &collateral].concat(),
-            );
-        }
-        None => println!("dcap-qvl's sample quote not found; no DCAP seeds"),
-    }
+    let data = root().join("crates/hetee-attest/tests/data");
+    let read = |f: &str| std::fs::read(data.join(f)).unwrap();
+    let split = |kind: u8, proof: &[u8], collateral: &[u8]| {
+        let cut = (proof.len() as u16).to_le_bytes();
+        [&[kind][..], &cut[..], proof, collateral].concat()
+    };
+    let (sgx, sgx_col) = (read("sgx_quote"), read("sgx_quote_collateral.json"));
+    let ev = Evidence::from_dcap_quote(sgx.clone(), sgx_col.clone()).unwrap();
+    put("evidence", "sgx", &ev.encode().unwrap());
+    put("evidence", "sgx-quote", &sgx);
+    put("evidence", "sgx-split", &split(0, &sgx, &sgx_col));
+    let (tdx, tdx_col) = (read("tdx_quote"), read("tdx_quote_collateral.json"));
+    let ev = Evidence::from_tdx_quote(tdx.clone(), tdx_col.clone()).unwrap();
+    put("evidence", "tdx", &ev.encode().unwrap());
+    put("evidence", "tdx-quote", &tdx);
+    put("evidence", "tdx-split", &split(1, &tdx, &tdx_col));
+    let report = unhex(&String::from_utf8(read("snp_report_milan.hex")).unwrap());
+    let certs = pem_certs(&String::from_utf8(read("snp_cert_chain_milan.pem")).unwrap());
+    let vcek = read("snp_vcek_milan.der");
+    let table = snp_cert_table(&[
+        (SnpCertKind::Vcek, &vcek),
+        (SnpCertKind::Ask, &certs[0]),
+        (SnpCertKind::Ark, &certs[1]),
+    ]);
+    let ev = Evidence::from_snp_report(report.clone(), table.clone()).unwrap();
+    put("evidence", "snp", &ev.encode().unwrap());
+    put("evidence", "snp-report", &report);
+    put("evidence", "snp-cert-table", &table);
+    put("evidence", "snp-split", &split(2, &report, &table));
 
     // npy
     let tmp = std::env::temp_dir().join(format!("hetee-seed-{}.npy", std::process::id()));
@@ -461,9 +743,8 @@ fn write_all() {
     let _ = std::fs::remove_file(&tmp);
 
     // onnx
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     for dir in ["models", "testdata/onnx"] {
-        for f in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
+        for f in std::fs::read_dir(root().join(dir)).unwrap().flatten() {
             let p = f.path();
             if p.extension().is_some_and(|e| e == "onnx") {
                 let name =
@@ -473,22 +754,33 @@ fn write_all() {
         }
     }
 
-    // Sanity: the seeds do what they should.
-    let mut e = Enclave::new();
-    assert!(matches!(e.handle(init), Response::Ready));
-    assert!(matches!(
-        e.handle(Request::RestoreKeys {
-            sealed: sealed_keys
-        }),
-        Response::KeysRestored { .. }
-    ));
-    assert!(matches!(
-        e.handle(Request::RestoreModel {
-            sealed: sealed_model
-        }),
-        Response::ModelRestored { .. }
-    ));
-    let _ = PublicKey::from_bytes(&ks.public_key, &par).unwrap();
+    session_seeds();
+
+    // Sanity: the sealed seeds restore.
+    let mut e = Enclave::new(Box::new(SimTee::new(MEASUREMENT)), EnclaveConfig::default());
+    for (req, what) in [
+        (
+            Request::RestoreKeys {
+                sealed: sealed_keys,
+            },
+            "keys",
+        ),
+        (
+            Request::RestoreModel {
+                sealed: sealed_model,
+            },
+            "model",
+        ),
+        (
+            Request::RestoreState {
+                sealed: sealed_state,
+            },
+            "state",
+        ),
+    ] {
+        let r = e.handle(req);
+        assert!(!matches!(r, Response::Error { .. }), "{what}: {r:?}");
+    }
 }
 
 fuzz_target!(

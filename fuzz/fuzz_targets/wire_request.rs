@@ -3,14 +3,25 @@
 //!
 //! The input is read three ways:
 //! - as one frame for `FrameCodec::decode` (1 MiB limit);
-//! - as a byte stream for `wire::serve` (framed requests, the enclave's real loop);
+//! - as a byte stream for `stream::serve` (framed requests, the enclave's real loop);
 //! - as up to four `postcard` requests back to back, handled in order by one
-//!   fresh enclave (so `Init` followed by other requests is reachable).
+//!   fresh enclave on the simulated platform (measurement `[7; 32]`), so that
+//!   e.g. `RestoreKeys` of a blob sealed by that platform followed by
+//!   `Evidence` or `OpenChannel` is reachable.
 #![no_main]
 
 use hetee_attest::frame::FrameCodec;
-use hetee_enclave::{wire, Enclave, Request};
+use hetee_attest::platform::SimTee;
+use hetee_attest::Measurement;
+use hetee_enclave::{stream, Enclave, EnclaveConfig, Request};
 use libfuzzer_sys::fuzz_target;
+
+/// The measurement of the fuzzed enclave (the seeds seal to it).
+const MEASUREMENT: Measurement = Measurement([7; 32]);
+
+fn enclave() -> Enclave {
+    Enclave::new(Box::new(SimTee::new(MEASUREMENT)), EnclaveConfig::default())
+}
 
 fuzz_target!(|data: &[u8]| {
     let codec = FrameCodec::new(1 << 20);
@@ -24,10 +35,10 @@ fuzz_target!(|data: &[u8]| {
 
     if data.starts_with(&hetee_attest::frame::MAGIC) {
         let mut out = Vec::new();
-        let _ = wire::serve(&mut Enclave::new(), &mut &data[..], &mut out);
+        let _ = stream::serve(&mut enclave(), &mut &data[..], &mut out);
     }
 
-    let mut enclave = Enclave::new();
+    let mut enclave = enclave();
     let mut rest = data;
     for _ in 0..4 {
         let Ok((req, tail)) = postcard::take_from_bytes::<Request>(rest) else {
