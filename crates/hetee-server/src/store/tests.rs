@@ -301,3 +301,32 @@ fn store_is_shared_across_threads() {
     threads.into_iter().for_each(|t| t.join().unwrap());
     assert_eq!(s.usage().unwrap().jobs, 40);
 }
+
+#[test]
+fn the_newest_model_state_wins_whatever_the_order_of_writes() {
+    let dir = tempdir();
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.put_state("m", 2, b"two").unwrap());
+    // An older version arriving late (concurrent queries) is not stored.
+    assert!(!store.put_state("m", 1, b"one").unwrap());
+    assert!(!store.put_state("m", 2, b"two again").unwrap());
+    assert_eq!(
+        store.states().unwrap(),
+        vec![("m".into(), 2, b"two".to_vec())]
+    );
+    assert!(store.put_state("m", 3, b"three").unwrap());
+    assert!(store.put_state("other", 1, b"x").unwrap());
+    let mut all = store.states().unwrap();
+    all.sort();
+    assert_eq!(
+        all,
+        vec![
+            ("m".into(), 3, b"three".to_vec()),
+            ("other".into(), 1, b"x".to_vec())
+        ]
+    );
+    // It survives reopening.
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.states().unwrap().len(), 2);
+}
