@@ -3,7 +3,7 @@
 //! the logits).
 
 use fhe::bfv::Ciphertext;
-use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
+use hetee_he::codec::{ciphertext_from_bytes, seeded_ciphertext_to_bytes};
 use hetee_he::secret::SecretOps;
 use hetee_model::quant::StageOutput;
 use hetee_model::reference::finish_stage;
@@ -92,13 +92,13 @@ pub fn step(
 }
 
 /// Encrypts polynomials under the secret key (fresh, symmetric, at the top
-/// level).
+/// level), in the seeded form: `c0` and the seed of `c1`, half the bytes.
 pub fn encrypt_all(keys: &KeySet, polys: &[Vec<i64>]) -> Result<Vec<Vec<u8>>, EnclaveError> {
     polys
         .par_iter()
         .map(|p| {
-            let ct = keys.ops.encrypt(p, &mut rand::rng())?;
-            Ok(ciphertext_to_bytes(&ct))
+            let (ct, seed) = keys.ops.encrypt_seeded(p, &mut rand::rng())?;
+            Ok(seeded_ciphertext_to_bytes(&ct, &seed)?)
         })
         .collect()
 }

@@ -3,6 +3,11 @@
 //! Layout: `b"HCT1"`, primes kept (u8, i.e. the level), polynomial count (u8), then for every
 //! polynomial and every prime `q_i` of that level, the N NTT-form
 //! coefficients in `ceil(bits(q_i) / 8)` bytes each, little-endian.
+//!
+//! Seeded form (a fresh symmetric encryption whose `c1` is uniform from a
+//! public seed, as the enclave makes): `b"HCS1"`, primes kept, `2`, then
+//! `c0` as above and the 32-byte seed; the decoder expands `c1` from the seed
+//! with `fhe-math`'s `Poly::random_from_seed`. Half the bytes.
 //! Decoding checks the exact length, the level, the count and that every
 //! coefficient is below its prime; decoded polynomials are constant time
 //! (the `fhe` protobuf format instead carries an `allow_variable_time` flag
@@ -16,6 +21,9 @@ use fhe_math::rq::{traits::TryConvertFrom, Poly, Representation};
 use crate::HeError;
 
 const MAGIC: &[u8; 4] = b"HCT1";
+const SEEDED: &[u8; 4] = b"HCS1";
+/// Bytes of a seed.
+pub const SEED_LEN: usize = 32;
 
 /// Bytes per coefficient modulo `q`.
 fn width(q: u64) -> usize {
@@ -49,6 +57,39 @@ pub fn ciphertext_to_bytes(ct: &Ciphertext) -> Vec<u8> {
     out
 }
 
+/// Encodes a fresh symmetric encryption whose `c1` is
+/// `Poly::random_from_seed(ctx, Ntt, seed)`: `c0` and the seed only.
+/// Refuses a ciphertext that is not of that form (it would not decode back).
+pub fn seeded_ciphertext_to_bytes(
+    ct: &Ciphertext,
+    seed: &[u8; SEED_LEN],
+) -> Result<Vec<u8>, HeError> {
+    if ct.len() != 2 {
+        return Err(HeError::Malformed(
+            "only a two-polynomial ciphertext has a seeded form".into(),
+        ));
+    }
+    let ctx = ct[0].ctx();
+    let a = Poly::random_from_seed(ctx, Representation::Ntt, *seed);
+    let mut c1 = ct[1].clone();
+    c1.change_representation(Representation::Ntt);
+    if a != c1 {
+        return Err(HeError::Malformed(
+            "the ciphertext's c1 is not expanded from this seed".into(),
+        ));
+    }
+    let mut out = SEEDED.to_vec();
+    out.push(ctx.moduli().len() as u8);
+    out.push(2);
+    let mut c0 = ct[0].clone();
+    c0.change_representation(Representation::Ntt);
+    for (row, &q) in c0.coefficients().outer_iter().zip(ctx.moduli()) {
+        pack(row.iter().copied(), q, &mut out);
+    }
+    out.extend_from_slice(seed);
+    Ok(out)
+}
+
 fn pack(values: impl Iterator<Item = u64>, q: u64, out: &mut Vec<u8>) {
     let w = width(q);
     for v in values {
@@ -80,10 +121,16 @@ pub fn ciphertext_from_bytes(
     par: &Arc<BfvParameters>,
     polys: usize,
 ) -> Result<Ciphertext, HeError> {
-    if bytes.len() < 6 || &bytes[..4] != MAGIC {
+    let seeded = bytes.len() >= 6 && &bytes[..4] == SEEDED;
+    if bytes.len() < 6 || (&bytes[..4] != MAGIC && !seeded) {
         return Err(HeError::Malformed(
             "not a hetee ciphertext (bad magic)".into(),
         ));
+    }
+    if seeded && polys != 2 {
+        return Err(HeError::Malformed(format!(
+            "a seeded ciphertext has 2 polynomials, expected {polys}"
+        )));
     }
     let kept = bytes[4] as usize;
     let total = par.moduli().len();
@@ -99,7 +146,11 @@ pub fn ciphertext_from_bytes(
             bytes[5]
         )));
     }
-    let want = encoded_len(par, level, polys)?;
+    let want = if seeded {
+        encoded_len(par, level, 1)? + SEED_LEN
+    } else {
+        encoded_len(par, level, polys)?
+    };
     if bytes.len() != want {
         return Err(HeError::Malformed(format!(
             "ciphertext is {} bytes, expected {want}",
@@ -110,7 +161,8 @@ pub fn ciphertext_from_bytes(
     let n = par.degree();
     let mut at = 6;
     let mut out = Vec::with_capacity(polys);
-    for _ in 0..polys {
+    let stored = if seeded { 1 } else { polys };
+    for _ in 0..stored {
         let mut coeffs = Vec::with_capacity(kept * n);
         for &q in ctx.moduli() {
             let len = n * width(q);
@@ -124,5 +176,52 @@ pub fn ciphertext_from_bytes(
             Representation::Ntt,
         )?);
     }
+    if seeded {
+        let mut seed = [0u8; SEED_LEN];
+        seed.copy_from_slice(&bytes[at..at + SEED_LEN]);
+        out.push(Poly::random_from_seed(ctx, Representation::Ntt, seed));
+    }
     Ok(Ciphertext::new(out, par)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretOps;
+    use fhe::bfv::SecretKey;
+    use fhe_traits::Serialize;
+
+    #[test]
+    fn seeded_form_round_trips_in_half_the_bytes_and_is_checked() {
+        let par = crate::HeConfig::for_accumulator_bound(1 << 20)
+            .unwrap()
+            .build()
+            .unwrap();
+        let sk = SecretKey::random(&par, &mut rand::rng());
+        let ops = SecretOps::from_secret_key_bytes(&par, &sk.to_bytes()).unwrap();
+        let m: Vec<i64> = (0..par.degree() as i64).map(|i| i % 97 - 48).collect();
+        let (ct, seed) = ops.encrypt_seeded(&m, &mut rand::rng()).unwrap();
+        let full = ciphertext_to_bytes(&ct);
+        let seeded = seeded_ciphertext_to_bytes(&ct, &seed).unwrap();
+        assert!(seeded.len() * 2 < full.len() + 2 * SEED_LEN + 12);
+        let back = ciphertext_from_bytes(&seeded, &par, 2).unwrap();
+        assert_eq!(ciphertext_to_bytes(&back), full);
+        let got: Vec<u64> = ops.decrypt(&back).unwrap().to_vec();
+        let t = par.plaintext() as i64;
+        assert_eq!(
+            got,
+            m.iter()
+                .map(|&v| v.rem_euclid(t) as u64)
+                .collect::<Vec<_>>()
+        );
+        // Another seed is refused at encoding; lengths and counts are checked.
+        let mut other = seed;
+        other[0] ^= 1;
+        assert!(seeded_ciphertext_to_bytes(&ct, &other).is_err());
+        assert!(ciphertext_from_bytes(&seeded, &par, 3).is_err());
+        assert!(ciphertext_from_bytes(&seeded[..seeded.len() - 1], &par, 2).is_err());
+        let mut longer = seeded.clone();
+        longer.push(0);
+        assert!(ciphertext_from_bytes(&longer, &par, 2).is_err());
+    }
 }

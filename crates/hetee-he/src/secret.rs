@@ -196,6 +196,17 @@ impl SecretOps {
         m: &[i64],
         rng: &mut R,
     ) -> Result<Ciphertext, HeError> {
+        Ok(self.encrypt_seeded(m, rng)?.0)
+    }
+
+    /// [`SecretOps::encrypt`], also returning the public seed of `c1`, so
+    /// that the ciphertext travels as `c0` and the seed
+    /// ([`crate::codec::seeded_ciphertext_to_bytes`]).
+    pub fn encrypt_seeded<R: RngCore + CryptoRng>(
+        &self,
+        m: &[i64],
+        rng: &mut R,
+    ) -> Result<(Ciphertext, [u8; 32]), HeError> {
         let (ctx, s) = &self.top;
         let n = self.par.degree();
         if m.len() > n {
@@ -223,7 +234,7 @@ impl SecretOps {
         a_s.disallow_variable_time_computations();
         *a_s *= &**s;
         *b -= &*a_s;
-        Ok(Ciphertext::new(vec![(*b).clone(), a], &self.par)?)
+        Ok((Ciphertext::new(vec![(*b).clone(), a], &self.par)?, seed))
     }
 }
 
