@@ -155,7 +155,10 @@ impl SecretOps {
                 ct.len()
             )));
         }
-        let fast = self.results.as_ref().filter(|lk| *lk.ctx == **ct[0].ctx());
+        let fast = self
+            .results
+            .as_ref()
+            .filter(|lk| Arc::ptr_eq(&lk.ctx, ct[0].ctx()) || *lk.ctx == **ct[0].ctx());
         let Some(lk) = fast else {
             let pt = Zeroizing::new(self.sk.try_decrypt(ct)?);
             return Ok(Zeroizing::new(Vec::<u64>::try_decode(
