@@ -86,6 +86,14 @@ fn session_of(req: &Request) -> Option<SessionId> {
     }
 }
 
+/// The models' states before a request that may change them.
+enum StatesBefore {
+    /// One model's state (or its absence).
+    One(ModelId, Option<ModelState>),
+    /// Every model's.
+    All(HashMap<ModelId, ModelState>),
+}
+
 /// What a handled request may leave behind for the host besides its answer.
 pub(crate) type Outcome = Result<Response, (EnclaveError, Option<hetee_proto::host::SealedState>)>;
 
@@ -124,15 +132,19 @@ impl Enclave {
             self.keysets.keys().copied().collect(),
             self.models.keys().copied().collect(),
         );
-        // Requests that may change a model's state: keep the old states so
-        // that a rollback leaves the enclave at the version the host stored.
-        let states_before = matches!(
-            req,
-            Request::StartQuery { .. }
-                | Request::ChannelFinish { .. }
-                | Request::RestoreState { .. }
-        )
-        .then(|| self.states.clone());
+        // Requests that may change a model's state: keep the old state so
+        // that a rollback leaves the enclave at the version the host stored
+        // (only the queried model's for a query, the common case).
+        let states_before = match &req {
+            Request::StartQuery { model_id, .. } => Some(StatesBefore::One(
+                *model_id,
+                self.states.get(model_id).cloned(),
+            )),
+            Request::ChannelFinish { .. } | Request::RestoreState { .. } => {
+                Some(StatesBefore::All(self.states.clone()))
+            }
+            _ => None,
+        };
         budget::reset_peak();
         let result = self.dispatch(req);
         self.max_peak = self.max_peak.max(budget::peak());
@@ -142,8 +154,15 @@ impl Enclave {
             Ok(resp) if !over => resp,
             Ok(resp) => {
                 self.roll_back(&resp, touched, &had);
-                if let Some(states) = states_before {
-                    self.states = states;
+                match states_before {
+                    Some(StatesBefore::All(states)) => self.states = states,
+                    Some(StatesBefore::One(id, Some(state))) => {
+                        self.states.insert(id, state);
+                    }
+                    Some(StatesBefore::One(id, None)) => {
+                        self.states.remove(&id);
+                    }
+                    None => {}
                 }
                 Response::error(format!(
                     "enclave memory budget of {} MiB exceeded (peak {} MiB); the request \
