@@ -47,6 +47,7 @@ fn model() -> Model {
             conv(32, 16, 5, &mut w),
         ],
         node_names: vec!["conv1".into(), "relu".into(), "pool".into(), "conv2".into()],
+        inputs: Vec::new(),
     }
 }
 

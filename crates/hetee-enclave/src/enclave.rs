@@ -50,8 +50,9 @@ pub(crate) struct Running {
     pub model_id: ModelId,
     pub next_stage: u32,
     pub images: u32,
-    /// The plaintext input of `next_stage`, per image, for its check.
-    pub x: Zeroizing<Vec<Vec<i64>>>,
+    /// The values still needed, per image (zeroed when freed): the input
+    /// of `next_stage` for its check, and every skip tensor.
+    pub values: Vec<hetee_model::graph::Values>,
     pub input_digest: [u8; 32],
 }
 

@@ -17,6 +17,7 @@ use crate::messages::{
 use crate::policy;
 use crate::step::{decrypt_all, encrypt_all, step, StepOutput, INTEGRITY_FAILURE};
 use crate::EnclaveError;
+use hetee_model::graph::Values;
 
 impl Enclave {
     pub(crate) fn start_query(
@@ -47,6 +48,7 @@ impl Enclave {
             .get(&m.key_id)
             .ok_or_else(|| EnclaveError::Protocol("the model's keys are gone".into()))?;
         let batch = m.schedule.batch;
+        let (n, j) = (m.schedule.stages.len(), m.schedule.joins.len());
         let mut state = self.state_of(&model_id)?.clone();
         state.admit(&client, &m.terms)?;
         let (x, digest, images, thin_input) = match msg {
@@ -117,6 +119,7 @@ impl Enclave {
             None
         };
         self.states.insert(model_id, state);
+        let values = x.iter().map(|xi| Values::new(xi.clone(), n, j)).collect();
         self.sessions.insert(
             session,
             Session::Running(Box::new(Running {
@@ -125,7 +128,7 @@ impl Enclave {
                 model_id,
                 next_stage: 0,
                 images,
-                x,
+                values,
                 input_digest: digest,
             })),
         );
@@ -161,16 +164,22 @@ impl Enclave {
         let Some(check) = m.checks.get(stage as usize) else {
             return refuse("the model has no check for this stage; session closed").map_err(plain);
         };
-        let out = match step(ks, &m.schedule, stage as usize, cts, &run.x, Some(check)) {
+        let out = match step(
+            ks,
+            &m.schedule,
+            stage as usize,
+            cts,
+            &mut run.values,
+            Some(check),
+        ) {
             Ok(out) => out,
             Err(EnclaveError::Integrity(_)) => return Err(self.failed_check(&run, stage)),
             Err(e) => return Err(plain(e)),
         };
         let (m, _) = self.model_and_keys(&run.model_id).map_err(plain)?;
         match out {
-            StepOutput::Next(ciphertexts, ys) => {
+            StepOutput::Next(ciphertexts) => {
                 run.next_stage += 1;
-                run.x = ys;
                 self.sessions.insert(session, Session::Running(run));
                 Ok(Response::NextInput {
                     stage: stage + 1,

@@ -5,8 +5,8 @@
 use fhe::bfv::Ciphertext;
 use hetee_he::codec::{ciphertext_from_bytes, seeded_ciphertext_to_bytes};
 use hetee_he::secret::SecretOps;
-use hetee_model::quant::StageOutput;
-use hetee_model::reference::finish_stage;
+use hetee_model::graph::{live_after, TensorRef, Values};
+use hetee_model::reference::after_stage;
 use rayon::prelude::*;
 
 use zeroize::Zeroizing;
@@ -18,9 +18,9 @@ use crate::EnclaveError;
 
 /// What a stage step produced.
 pub enum StepOutput {
-    /// Fresh ciphertexts for stage `k + 1`, and their plaintext (per image),
-    /// which the enclave keeps to check the next stage.
-    Next(Vec<Vec<u8>>, Zeroizing<Vec<Vec<i64>>>),
+    /// Fresh ciphertexts for stage `k + 1` (whose plaintext stays in the
+    /// session's values, to check that stage).
+    Next(Vec<Vec<u8>>),
     /// Dequantized logits, `batch x classes`.
     Logits(Zeroizing<Vec<f32>>),
 }
@@ -43,14 +43,16 @@ pub fn decrypt_all(
         .collect()
 }
 
-/// Decrypt, check against the stage's input `x` (per image) with `check`,
-/// finish stage `k` in the clear, and re-encrypt or release.
+/// Decrypt, check against the stage's input (held in `values`, one store
+/// per image) with `check`, finish stage `k` and the joins after it in the
+/// clear, free what nothing reads any more, and re-encrypt the next
+/// stage's input or release the result.
 pub fn step(
     keys: &KeySet,
     schedule: &Schedule,
     k: usize,
     cts: &[Vec<u8>],
-    x: &[Vec<i64>],
+    values: &mut [Values],
     check: Option<&StageCheck>,
 ) -> Result<StepOutput, EnclaveError> {
     let st = schedule
@@ -67,28 +69,55 @@ pub fn step(
     let polys = Zeroizing::new(decrypt_all(keys, cts, 3)?);
     let accs = Zeroizing::new(schedule.unpack_stage_output(k, &polys)?);
     if let Some(c) = check {
-        let mut ok = x.len() == accs.len();
-        for (xi, yi) in x.iter().zip(accs.iter()) {
-            ok &= c.holds(xi, yi);
+        let mut ok = values.len() == accs.len();
+        for (v, yi) in values.iter().zip(accs.iter()) {
+            ok &= v.get(st.tail.reads).is_some_and(|xi| c.holds(xi, yi));
         }
         if !ok {
             return Err(EnclaveError::Integrity(INTEGRITY_FAILURE.into()));
         }
     }
-    let ys: Zeroizing<Vec<Vec<i64>>> = Zeroizing::new(
-        accs.iter()
-            .map(|acc| finish_stage(&st.tail, acc.clone()))
-            .collect(),
-    );
-    match st.tail.output {
-        StageOutput::Logits => Ok(StepOutput::Logits(Zeroizing::new(
-            ys.iter().flat_map(|y| st.tail.dequantize(y)).collect(),
-        ))),
-        StageOutput::Requant(_) => {
-            let polys = Zeroizing::new(schedule.pack_stage_input(k + 1, &ys)?);
-            Ok(StepOutput::Next(encrypt_all(keys, &polys)?, ys))
-        }
+    if values.len() != accs.len() {
+        return Err(EnclaveError::Protocol("one value store per image".into()));
     }
+    values
+        .par_iter_mut()
+        .zip(accs.par_iter())
+        .try_for_each(|(v, acc)| after_stage(k, &st.tail, &schedule.joins, acc.clone(), v))
+        .map_err(|e| EnclaveError::Schedule(e.to_string()))?;
+    let out = schedule.output_ref();
+    let live = live_after(k, &schedule.stage_reads(), &schedule.joins, out);
+    values.iter_mut().for_each(|v| v.retain(&live));
+    if k + 1 == schedule.stages.len() {
+        let mut logits = Zeroizing::new(Vec::new());
+        for v in values.iter_mut() {
+            let y = Zeroizing::new(
+                v.take(out)
+                    .ok_or_else(|| EnclaveError::Schedule("the output was not computed".into()))?,
+            );
+            logits.extend(dequantize(schedule, out, &y));
+        }
+        return Ok(StepOutput::Logits(logits));
+    }
+    let next = schedule.stages[k + 1].tail.reads;
+    let xs: Zeroizing<Vec<Vec<i64>>> = Zeroizing::new(
+        values
+            .iter()
+            .map(|v| v.get(next).map(<[i64]>::to_vec))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| EnclaveError::Schedule(format!("stage {} input is not held", k + 1)))?,
+    );
+    let polys = Zeroizing::new(schedule.pack_stage_input(k + 1, &xs)?);
+    Ok(StepOutput::Next(encrypt_all(keys, &polys)?))
+}
+
+/// Dequantizes the output value's integers into floats.
+fn dequantize(schedule: &Schedule, out: TensorRef, y: &[i64]) -> Vec<f32> {
+    match out {
+        TensorRef::Join(j) => schedule.joins.get(j).map(|j| j.dequantize(y)),
+        _ => schedule.stages.last().map(|s| s.tail.dequantize(y)),
+    }
+    .unwrap_or_default()
 }
 
 /// Encrypts polynomials under the secret key (fresh, symmetric, at the top

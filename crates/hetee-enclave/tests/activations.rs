@@ -54,6 +54,7 @@ fn model(input_shape: Vec<usize>, layers: Vec<Layer>) -> Model {
         input_shape,
         layers,
         node_names,
+        inputs: Vec::new(),
     }
 }
 

@@ -335,6 +335,7 @@ fn tiny_variant() -> QuantModel {
             },
         ],
         node_names: vec!["fc1".into(), "relu".into(), "fc2".into()],
+        inputs: Vec::new(),
     };
     let calib: Vec<f32> = (0..5 * 20).map(|i| (i % 7) as f32 / 7.0).collect();
     hetee_model::quantize(&m, &calib).unwrap()
@@ -563,15 +564,19 @@ impl Unchecked {
         let packed = plan.pack_input(&[self.x.as_slice()]).unwrap();
         let mut input = encrypt_under(&self.ks.public_key, &self.host.par, &packed);
         let last = self.last();
+        let (n, j) = (schedule.stages.len(), schedule.joins.len());
+        let mut values: Vec<hetee_model::graph::Values> = (0..schedule.batch)
+            .map(|_| hetee_model::graph::Values::new(Vec::new(), n, j))
+            .collect();
         for k in 0..last {
             let cts = self.host.evaluate(k, &input);
-            match step(&self.ks, schedule, k, &cts, &[], None).unwrap() {
-                StepOutput::Next(next, _) => input = next,
+            match step(&self.ks, schedule, k, &cts, &mut values, None).unwrap() {
+                StepOutput::Next(next) => input = next,
                 StepOutput::Logits(_) => panic!("logits before the last stage"),
             }
         }
         let forged = forge(&self.forger, &self.host.evaluate(last, &input));
-        match step(&self.ks, schedule, last, &forged, &[], None).unwrap() {
+        match step(&self.ks, schedule, last, &forged, &mut values, None).unwrap() {
             StepOutput::Logits(values) => values.to_vec(),
             StepOutput::Next(..) => panic!("no logits at the last stage"),
         }
@@ -1376,10 +1381,13 @@ fn selection_model(s: &mut Setup, stage: usize, offset: usize) -> Option<(HostMo
     st.output_shape = st.linear_output_shape();
     st.acc_scale = vec![1.0; m];
     st.nodes = vec!["select".into()];
+    st.reads = hetee_model::TensorRef::Input;
     let q = QuantModel {
         input_shape: st.input_shape.to_vec(),
         input: s.q.input.clone(),
         stages: vec![st.clone()],
+        joins: Vec::new(),
+        output_shape: Vec::new(),
     };
     let mut schedule = s.host.schedule.clone();
     let mut layer = schedule.stages.swap_remove(stage);

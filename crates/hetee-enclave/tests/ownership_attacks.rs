@@ -43,10 +43,13 @@ fn spy(s: &Setup) -> (QuantModel, Schedule) {
     st.output = StageOutput::Logits;
     st.output_shape = st.linear_output_shape();
     st.acc_scale = vec![1.0; m];
+    st.reads = hetee_model::TensorRef::Input;
     let q = QuantModel {
         input_shape: s.q.input_shape.clone(),
         input: s.q.input.clone(),
         stages: vec![st.clone()],
+        joins: Vec::new(),
+        output_shape: Vec::new(),
     };
     let mut schedule = s.host.schedule.clone();
     let mut layer = schedule.stages.swap_remove(0);

@@ -41,6 +41,7 @@ fn model() -> QuantModel {
             },
         ],
         node_names: vec!["c".into(), "r".into(), "f".into(), "d".into()],
+        inputs: Vec::new(),
     };
     let calib: Vec<f32> = (0..3 * 128).map(|i| (i % 13) as f32 / 13.0).collect();
     hetee_model::quantize(&m, &calib).unwrap()

@@ -1395,6 +1395,7 @@ fn mnist_like() -> (hetee_model::QuantModel, Vec<f32>) {
     let m = Model {
         input_shape: vec![1, 28, 28],
         node_names: (0..layers.len()).map(|i| format!("l{i}")).collect(),
+        inputs: Vec::new(),
         layers,
     };
     let calib: Vec<f32> = (0..4 * 784).map(|i| (i % 251) as f32 / 251.0).collect();

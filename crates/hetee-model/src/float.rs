@@ -121,6 +121,54 @@ pub fn layer_output_shape(
             Ok(vec![c, 1, 1])
         }
         Layer::Flatten => Ok(vec![numel]),
+        Layer::Add | Layer::Concat => Err(format!("{} needs two or more inputs", layer.name())),
+    }
+}
+
+/// Output shape of a layer reading the tensors of shapes `inputs`: unary
+/// layers go to [`layer_output_shape`]; `Add` needs equal shapes and
+/// `Concat` equal shapes but for the first (channel) dimension.
+pub fn node_output_shape(
+    layer: &Layer,
+    inputs: &[&[usize]],
+) -> std::result::Result<Vec<usize>, String> {
+    match (layer, inputs) {
+        (Layer::Add, [a, b]) => {
+            if a != b {
+                return Err(format!("Add of tensors of shapes {a:?} and {b:?} (broadcasting between activations is not supported)"));
+            }
+            Ok(a.to_vec())
+        }
+        (Layer::Concat, [first, rest @ ..]) if !rest.is_empty() => {
+            let mut c = 0usize;
+            for s in inputs {
+                if s.len() != first.len() || s.get(1..) != first.get(1..) {
+                    return Err(format!(
+                        "Concat along channels of tensors of shapes {inputs:?}: all but the first dimension must agree"
+                    ));
+                }
+                c = c.checked_add(s[0]).ok_or("Concat: too many channels")?;
+            }
+            let mut out = first.to_vec();
+            out[0] = c;
+            Ok(out)
+        }
+        (Layer::Add | Layer::Concat, _) => Err(format!(
+            "{} reads {} tensors; it needs {}",
+            layer.name(),
+            inputs.len(),
+            if matches!(layer, Layer::Add) {
+                "2"
+            } else {
+                "2 or more"
+            }
+        )),
+        (_, [x]) => layer_output_shape(layer, x),
+        (_, _) => Err(format!(
+            "{} reads {} tensors; it needs 1",
+            layer.name(),
+            inputs.len()
+        )),
     }
 }
 
@@ -150,17 +198,37 @@ pub fn layer_shapes(model: &Model) -> Result<Vec<Vec<usize>>> {
             "model input shape must be [C,H,W] or [F] with nonzero sizes, got {s:?}"
         )));
     }
-    let mut shapes = Vec::with_capacity(model.layers.len());
-    let mut cur = model.input_shape.clone();
+    if !model.inputs.is_empty() && model.inputs.len() != model.layers.len() {
+        return Err(ModelError::Shape(format!(
+            "the model lists the inputs of {} layers but has {} layers",
+            model.inputs.len(),
+            model.layers.len()
+        )));
+    }
+    let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(model.layers.len());
     for (i, layer) in model.layers.iter().enumerate() {
-        cur = layer_output_shape(layer, &cur).map_err(|e| {
-            let node = model.node_names.get(i).map(String::as_str).unwrap_or("?");
+        let err = |e: String| {
             ModelError::Shape(format!(
-                "layer {i} ({} from node '{node}'): {e}",
-                layer.name()
+                "layer {i} ({} from node '{}'): {e}",
+                layer.name(),
+                model.node_name(i)
             ))
-        })?;
-        shapes.push(cur.clone());
+        };
+        let reads = model.reads(i);
+        let mut ins: Vec<&[usize]> = Vec::with_capacity(reads.len());
+        for &t in &reads {
+            match t {
+                0 => ins.push(&model.input_shape),
+                t if t <= i => ins.push(&shapes[t - 1]),
+                _ => {
+                    return Err(err(format!(
+                        "reads tensor {t}, which is not computed before it"
+                    )))
+                }
+            }
+        }
+        let out = node_output_shape(layer, &ins).map_err(err)?;
+        shapes.push(out);
     }
     Ok(shapes)
 }
@@ -185,12 +253,35 @@ pub fn run_float_trace(model: &Model, input: &[f32]) -> Result<Vec<Vec<f32>>> {
         )));
     }
     let mut outs: Vec<Vec<f32>> = Vec::with_capacity(model.layers.len());
-    let mut in_shape = model.input_shape.as_slice();
     for (i, layer) in model.layers.iter().enumerate() {
-        let x = outs.last().map(Vec::as_slice).unwrap_or(input);
-        let y = run_layer(layer, in_shape, &shapes[i], x);
+        let reads = model.reads(i);
+        let tensor = |t: usize| {
+            if t == 0 {
+                input
+            } else {
+                outs[t - 1].as_slice()
+            }
+        };
+        let shape = |t: usize| {
+            if t == 0 {
+                model.input_shape.as_slice()
+            } else {
+                shapes[t - 1].as_slice()
+            }
+        };
+        let y = match layer {
+            Layer::Add => tensor(reads[0])
+                .iter()
+                .zip(tensor(reads[1]))
+                .map(|(a, b)| a + b)
+                .collect(),
+            Layer::Concat => reads
+                .iter()
+                .flat_map(|&t| tensor(t).iter().copied())
+                .collect(),
+            _ => run_layer(layer, shape(reads[0]), &shapes[i], tensor(reads[0])),
+        };
         outs.push(y);
-        in_shape = &shapes[i];
     }
     Ok(outs)
 }
@@ -258,6 +349,8 @@ fn run_layer(layer: &Layer, in_shape: &[usize], out_shape: &[usize], x: &[f32]) 
                 .collect()
         }
         Layer::Flatten => x.to_vec(),
+        // Several inputs: handled by the caller.
+        Layer::Add | Layer::Concat => x.to_vec(),
     }
 }
 
@@ -365,6 +458,7 @@ mod tests {
             input_shape,
             layers,
             node_names,
+            inputs: Vec::new(),
         }
     }
 

@@ -1,7 +1,10 @@
-//! The float model IR: a straight sequence of layers, as imported from ONNX.
+//! The float model IR: layers in topological order, as imported from ONNX.
+//! Each layer reads one or more earlier tensors (a DAG); a plain chain reads
+//! the previous layer's output.
 //!
 //! Tensors are row-major, batch dimension excluded. A convolutional
-//! activation is `[C, H, W]`; a flat activation is `[F]`.
+//! activation is `[C, H, W]`; a flat activation is `[F]`. Tensor `0` is the
+//! model input and tensor `i + 1` is layer `i`'s output.
 
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +118,11 @@ pub enum Layer {
     GlobalAvgPool,
     /// Flatten `[C, H, W]` to `[C*H*W]` (row-major).
     Flatten,
+    /// Elementwise sum of two tensors of the same shape (a residual join).
+    Add,
+    /// Concatenation of two or more tensors along the channels (the first
+    /// dimension); the other dimensions must agree.
+    Concat,
 }
 
 impl Layer {
@@ -130,11 +138,23 @@ impl Layer {
             Layer::AvgPool { .. } => "AvgPool",
             Layer::GlobalAvgPool => "GlobalAvgPool",
             Layer::Flatten => "Flatten",
+            Layer::Add => "Add",
+            Layer::Concat => "Concat",
+        }
+    }
+
+    /// How many tensors the layer reads: `None` for any number (two or more).
+    pub fn arity(&self) -> Option<usize> {
+        match self {
+            Layer::Add => Some(2),
+            Layer::Concat => None,
+            _ => Some(1),
         }
     }
 }
 
-/// A float model: the input shape (no batch) and its layers in order.
+/// A float model: the input shape (no batch) and its layers in
+/// topological order. The last layer's output is the model's output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Model {
     /// Input shape without the batch dimension: `[C, H, W]` or `[F]`.
@@ -143,6 +163,52 @@ pub struct Model {
     pub layers: Vec<Layer>,
     /// Name of each layer's source node (same length as `layers`), for messages.
     pub node_names: Vec<String>,
+    /// The tensors each layer reads (`0` = the model input, `i + 1` = layer
+    /// `i`'s output). Empty means a plain chain: layer `i` reads tensor `i`.
+    #[serde(default)]
+    pub inputs: Vec<Vec<usize>>,
+}
+
+impl Model {
+    /// A plain chain of layers, each reading the previous one's output.
+    pub fn chain(input_shape: Vec<usize>, layers: Vec<Layer>, node_names: Vec<String>) -> Self {
+        Model {
+            input_shape,
+            layers,
+            node_names,
+            inputs: Vec::new(),
+        }
+    }
+
+    /// The tensors layer `i` reads.
+    pub fn reads(&self, i: usize) -> Vec<usize> {
+        if self.inputs.is_empty() {
+            vec![i]
+        } else {
+            self.inputs.get(i).cloned().unwrap_or_default()
+        }
+    }
+
+    /// The name of layer `i`'s source node, for messages.
+    pub fn node_name(&self, i: usize) -> String {
+        self.node_names
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("#{i}"))
+    }
+
+    /// How many layers read each tensor (index = tensor id).
+    pub fn consumer_counts(&self) -> Vec<usize> {
+        let mut n = vec![0usize; self.layers.len() + 1];
+        for i in 0..self.layers.len() {
+            for t in self.reads(i) {
+                if let Some(c) = n.get_mut(t) {
+                    *c += 1;
+                }
+            }
+        }
+        n
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 pub mod activation;
 pub mod error;
 pub mod float;
+pub mod graph;
+mod group;
 pub mod intops;
 pub mod ir;
 pub mod lut;
@@ -17,5 +19,6 @@ pub mod reference;
 
 pub use activation::Activation;
 pub use error::{ModelError, Result};
+pub use graph::{Join, TensorRef};
 pub use ir::{Layer, Model, Pads, Window};
 pub use quant::{quantize, QuantModel, QuantStage};

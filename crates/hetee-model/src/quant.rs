@@ -16,12 +16,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::activation::Activation;
 use crate::error::{ModelError, Result};
 use crate::float::{layer_shapes, run_float_trace};
+use crate::graph::{Join, JoinInput, JoinKind, TensorRef};
+use crate::group::{as3, group, FloatKind, Src};
 use crate::intops::{PostOp, Requant};
 use crate::ir::{Layer, Model, Window};
-use crate::quant_post::{quantize_post, Domain, PostPlan};
+use crate::quant_post::{quantize_post, Domain};
 
 /// The linear part of a stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +45,8 @@ pub enum StageOutput {
 /// One quantized stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuantStage {
+    /// The value this stage reads.
+    pub reads: TensorRef,
     /// Input activation shape `[C, H, W]` (flat inputs are `[F, 1, 1]`).
     pub input_shape: [usize; 3],
     /// Linear op.
@@ -83,20 +86,7 @@ impl QuantStage {
     /// the last activation table's output scale if the stage has one, else
     /// per channel at `acc_scale`.
     pub fn dequantize(&self, acc: &[i64]) -> Vec<f32> {
-        let lut_scale = self.post.iter().rev().find_map(|op| match op {
-            PostOp::Lut(l) => Some(l.out_scale),
-            _ => None,
-        });
-        if let Some(s) = lut_scale {
-            return acc.iter().map(|&v| (v as f64 * s) as f32).collect();
-        }
-        let per = (acc.len() / self.acc_scale.len().max(1)).max(1);
-        acc.iter()
-            .enumerate()
-            .map(|(i, &v)| {
-                (v as f64 * self.acc_scale[(i / per).min(self.acc_scale.len() - 1)]) as f32
-            })
-            .collect()
+        dequantize_tail(&self.post, &self.acc_scale, acc)
     }
 
     /// Shape after the post ops, derived from the input shape and the ops,
@@ -119,6 +109,26 @@ impl QuantStage {
             LinearKind::Dense => [self.out_channels, 1, 1],
         }
     }
+}
+
+/// Dequantizes final values after the post ops `post` of a stage or join
+/// with accumulator scales `acc_scale`.
+pub(crate) fn dequantize_tail(post: &[PostOp], acc_scale: &[f64], acc: &[i64]) -> Vec<f32> {
+    let lut_scale = post.iter().rev().find_map(|op| match op {
+        PostOp::Lut(l) => Some(l.out_scale),
+        _ => None,
+    });
+    if let Some(s) = lut_scale {
+        return acc.iter().map(|&v| (v as f64 * s) as f32).collect();
+    }
+    if acc_scale.is_empty() {
+        return acc.iter().map(|&v| v as f32).collect();
+    }
+    let per = (acc.len() / acc_scale.len()).max(1);
+    acc.iter()
+        .enumerate()
+        .map(|(i, &v)| (v as f64 * acc_scale[(i / per).min(acc_scale.len() - 1)]) as f32)
+        .collect()
 }
 
 /// How the data provider turns float inputs into integers.
@@ -150,24 +160,45 @@ impl InputQuant {
     }
 }
 
-/// A quantized model: input quantization and stages.
+/// A quantized model: input quantization, HE stages and enclave joins.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuantModel {
     /// Input shape as imported (`[C, H, W]` or `[F]`).
     pub input_shape: Vec<usize>,
     /// Input quantization.
     pub input: InputQuant,
-    /// Stages in order.
+    /// HE stages in order.
     pub stages: Vec<QuantStage>,
+    /// Enclave-only nodes between the stages (empty for a plain chain).
+    #[serde(default)]
+    pub joins: Vec<Join>,
+    /// The model's output shape as imported (batch excluded).
+    #[serde(default)]
+    pub output_shape: Vec<usize>,
+}
+
+/// The value holding a graph's result: the last join if it releases
+/// logits, else the last stage.
+pub fn output_ref(stages: usize, joins: &[Join]) -> TensorRef {
+    match joins.last() {
+        Some(j) if j.output == StageOutput::Logits => TensorRef::Join(joins.len() - 1),
+        _ => TensorRef::Stage(stages.saturating_sub(1)),
+    }
 }
 
 impl QuantModel {
+    /// The value holding the result.
+    pub fn output_ref(&self) -> TensorRef {
+        output_ref(self.stages.len(), &self.joins)
+    }
+
     /// Number of outputs (classes).
     pub fn classes(&self) -> usize {
-        self.stages
-            .last()
-            .map(|s| s.output_shape.iter().product())
-            .unwrap_or(0)
+        let shape = match self.output_ref() {
+            TensorRef::Join(j) => self.joins.get(j).map(|j| j.output_shape),
+            _ => self.stages.last().map(|s| s.output_shape),
+        };
+        shape.map(|s| s.iter().product()).unwrap_or(0)
     }
 
     /// Largest |accumulator| over all stages: sizes the plaintext modulus.
@@ -177,197 +208,69 @@ impl QuantModel {
 
     /// Dequantizes final accumulators into float logits.
     pub fn dequantize(&self, acc: &[i64]) -> Vec<f32> {
-        self.stages
-            .last()
-            .map(|l| l.dequantize(acc))
-            .unwrap_or_default()
-    }
-}
-
-fn as3(s: &[usize]) -> [usize; 3] {
-    match s {
-        [c, h, w] => [*c, *h, *w],
-        [f] => [*f, 1, 1],
-        _ => [s.iter().product(), 1, 1],
-    }
-}
-
-/// A stage of the float model before quantization (BatchNorm folded).
-struct FloatStage {
-    input_shape: [usize; 3],
-    linear: LinearKind,
-    m: usize,
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    post: Vec<PostPlan>,
-    /// Whether the last post op is a run of activations that the next
-    /// activation joins.
-    open_acts: bool,
-    has_relu: bool,
-    /// Index in the folded model of the stage's last layer.
-    last_layer: usize,
-    nodes: Vec<String>,
-}
-
-/// Folds BatchNorm into the preceding linear layer and groups the layers
-/// into stages. Returns the folded model (for calibration) and the stages.
-fn fold_and_group(model: &Model) -> Result<(Model, Vec<FloatStage>)> {
-    let shapes = layer_shapes(model)?;
-    let mut folded = Model {
-        input_shape: model.input_shape.clone(),
-        layers: Vec::new(),
-        node_names: Vec::new(),
-    };
-    let mut stages: Vec<FloatStage> = Vec::new();
-    let name = |i: usize| {
-        model
-            .node_names
-            .get(i)
-            .cloned()
-            .unwrap_or_else(|| format!("#{i}"))
-    };
-    for (i, layer) in model.layers.iter().enumerate() {
-        let in_shape = if i == 0 {
-            model.input_shape.clone()
-        } else {
-            shapes[i - 1].clone()
-        };
-        match layer {
-            Layer::Conv2d { .. } | Layer::Dense { .. } => {
-                let (linear, m, weight, bias) = match layer {
-                    Layer::Conv2d {
-                        weight,
-                        bias,
-                        out_channels,
-                        window,
-                        ..
-                    } => (LinearKind::Conv(*window), *out_channels, weight, bias),
-                    Layer::Dense {
-                        weight,
-                        bias,
-                        out_features,
-                        ..
-                    } => (LinearKind::Dense, *out_features, weight, bias),
-                    _ => unreachable!("matched above"),
-                };
-                stages.push(FloatStage {
-                    input_shape: as3(&in_shape),
-                    linear,
-                    m,
-                    weight: weight.clone(),
-                    bias: bias.clone(),
-                    post: Vec::new(),
-                    open_acts: false,
-                    has_relu: false,
-                    last_layer: 0,
-                    nodes: vec![name(i)],
-                });
-            }
-            Layer::BatchNorm { scale, shift } => {
-                let prev_is_linear = matches!(
-                    model.layers.get(i.wrapping_sub(1)),
-                    Some(Layer::Conv2d { .. } | Layer::Dense { .. })
-                );
-                let Some(st) = stages.last_mut().filter(|_| prev_is_linear) else {
-                    return Err(ModelError::Unsupported {
-                        node: name(i),
-                        op: "BatchNormalization".into(),
-                        what: "BatchNormalization must directly follow a Conv or Gemm/MatMul so that it can be folded into it".into(),
-                    });
-                };
-                let per = st.weight.len() / st.m.max(1);
-                for o in 0..st.m {
-                    st.weight[o * per..(o + 1) * per]
-                        .iter_mut()
-                        .for_each(|w| *w *= scale[o]);
-                    st.bias[o] = st.bias[o] * scale[o] + shift[o];
-                }
-                st.nodes.push(name(i));
-                // Rewrite the folded linear layer in place.
-                let last = folded.layers.len() - 1;
-                if let Layer::Conv2d { weight, bias, .. } | Layer::Dense { weight, bias, .. } =
-                    &mut folded.layers[last]
-                {
-                    weight.clone_from(&st.weight);
-                    bias.clone_from(&st.bias);
-                }
-                st.last_layer = last;
-                continue;
-            }
-            Layer::Flatten => {
-                if let Some(st) = stages.last_mut() {
-                    st.open_acts = false;
-                }
-            }
-            Layer::Relu
-            | Layer::Act(_)
-            | Layer::MaxPool(_)
-            | Layer::AvgPool { .. }
-            | Layer::GlobalAvgPool => {
-                let input_layer = folded.layers.len().wrapping_sub(1);
-                let Some(st) = stages.last_mut() else {
-                    return Err(ModelError::Unsupported {
-                        node: name(i),
-                        op: layer.name().into(),
-                        what: "the model must start with a Conv or Gemm/MatMul; ops before the first linear layer are not supported".into(),
-                    });
-                };
-                let act = match layer {
-                    Layer::Act(a) => Some(a.clone()),
-                    Layer::Relu if st.open_acts => Some(Activation::Relu),
-                    _ => None,
-                };
-                if let Some(a) = act {
-                    match st.post.last_mut() {
-                        Some(PostPlan::Acts { acts, .. }) if st.open_acts => acts.push(a),
-                        _ => st.post.push(PostPlan::Acts {
-                            acts: vec![a],
-                            input_layer,
-                            node: name(i),
-                        }),
-                    }
-                    st.open_acts = true;
-                    st.nodes.push(name(i));
-                    folded.layers.push(layer.clone());
-                    folded.node_names.push(name(i));
-                    st.last_layer = folded.layers.len() - 1;
-                    continue;
-                }
-                st.open_acts = false;
-                st.post.push(PostPlan::Op(match layer {
-                    Layer::Relu => {
-                        st.has_relu = true;
-                        PostOp::Relu
-                    }
-                    Layer::MaxPool(w) => PostOp::MaxPool(*w),
-                    Layer::AvgPool {
-                        window,
-                        count_include_pad,
-                    } => PostOp::AvgPool {
-                        window: *window,
-                        count_include_pad: *count_include_pad,
-                    },
-                    _ => PostOp::GlobalAvgPool,
-                }));
-                st.nodes.push(name(i));
-            }
-        }
-        folded.layers.push(layer.clone());
-        folded.node_names.push(name(i));
-        if let Some(st) = stages.last_mut() {
-            st.last_layer = folded.layers.len() - 1;
+        match self.output_ref() {
+            TensorRef::Join(j) => self.joins[j].dequantize(acc),
+            _ => self
+                .stages
+                .last()
+                .map(|l| l.dequantize(acc))
+                .unwrap_or_default(),
         }
     }
-    if stages.is_empty() {
-        return Err(ModelError::Shape(
-            "the model has no Conv or Gemm/MatMul layer".into(),
-        ));
-    }
-    Ok((folded, stages))
 }
 
 fn max_abs(v: impl Iterator<Item = f32>) -> f64 {
     v.fold(0f64, |m, x| m.max((x as f64).abs()))
+}
+
+/// Bits of headroom of a join's accumulator unit below its inputs' scales.
+const JOIN_BITS: i32 = 20;
+
+/// Calibrated `(min, max)` of every model tensor (index = tensor id) over
+/// the samples, spread over the cores.
+fn calibrate(model: &Model, samples: &[&[f32]]) -> Result<Vec<(f64, f64)>> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let per_thread = samples.len().div_ceil(threads);
+    let tensors = model.layers.len() + 1;
+    let partial: Vec<Result<Vec<(f64, f64)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = samples
+            .chunks(per_thread.max(1))
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut m = vec![(0f64, 0f64); tensors];
+                    let widen = |r: &mut (f64, f64), t: &[f32]| {
+                        *r = t
+                            .iter()
+                            .fold(*r, |(lo, hi), &v| (lo.min(v as f64), hi.max(v as f64)));
+                    };
+                    for sample in part {
+                        widen(&mut m[0], sample);
+                        let trace = run_float_trace(model, sample)?;
+                        for (r, t) in m[1..].iter_mut().zip(&trace) {
+                            widen(r, t);
+                        }
+                    }
+                    Ok(m)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(ModelError::Data("calibration thread failed".into())))
+            })
+            .collect()
+    });
+    let mut ranges = vec![(0f64, 0f64); tensors];
+    for p in partial {
+        for (r, (lo, hi)) in ranges.iter_mut().zip(p?) {
+            *r = (r.0.min(lo), r.1.max(hi));
+        }
+    }
+    Ok(ranges)
 }
 
 /// Quantizes `model`, calibrating activation ranges on `calib` (samples
@@ -385,57 +288,21 @@ pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
             "calibration value #{i} is not finite; remove NaN/Inf samples"
         )));
     }
-    let (folded, fstages) = fold_and_group(model)?;
-    // Calibrate: max |value| of the input, and the range of every layer's
-    // output (stage outputs and the inputs of activation tables).
+    let shapes = layer_shapes(model)?;
+    if !model
+        .layers
+        .iter()
+        .any(|l| matches!(l, Layer::Conv2d { .. } | Layer::Dense { .. }))
+    {
+        return Err(ModelError::Shape(
+            "the model has no Conv or Gemm/MatMul layer; hetee runs models whose linear layers are evaluated under HE (a model without any would run entirely in the enclave, which defeats the design)".into(),
+        ));
+    }
+    let fvalues = group(model, &shapes)?;
     let in_max = max_abs(calib.iter().copied());
     let signed_input = calib.iter().any(|&v| v < 0.0);
-    // Calibration runs the float model on every sample: spread over cores.
     let samples: Vec<&[f32]> = calib.chunks(in_len).collect();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let per_thread = samples.len().div_ceil(threads);
-    let partial: Vec<Result<Vec<(f64, f64)>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = samples
-            .chunks(per_thread.max(1))
-            .map(|part| {
-                let folded = &folded;
-                scope.spawn(move || {
-                    let mut m = vec![(0f64, 0f64); folded.layers.len()];
-                    for sample in part {
-                        let trace = run_float_trace(folded, sample)?;
-                        for (r, t) in m.iter_mut().zip(&trace) {
-                            *r = t
-                                .iter()
-                                .fold(*r, |(lo, hi), &v| (lo.min(v as f64), hi.max(v as f64)));
-                        }
-                    }
-                    Ok(m)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(ModelError::Data("calibration thread failed".into())))
-            })
-            .collect()
-    });
-    let mut ranges = vec![(0f64, 0f64); folded.layers.len()];
-    for p in partial {
-        for (r, (lo, hi)) in ranges.iter_mut().zip(p?) {
-            *r = (r.0.min(lo), r.1.max(hi));
-        }
-    }
-    let out_max: Vec<f64> = fstages
-        .iter()
-        .map(|st| {
-            let (lo, hi) = ranges[st.last_layer];
-            hi.max(-lo)
-        })
-        .collect();
+    let ranges = calibrate(model, &samples)?;
     if in_max == 0.0 {
         return Err(ModelError::Data(
             "the calibration inputs are all zero; pass representative samples".into(),
@@ -454,79 +321,222 @@ pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
             max: 255,
         }
     };
-    let mut s_in = input.scale;
-    let mut in_abs_max = input.max.max(-input.min) as u64;
-    let mut stages = Vec::with_capacity(fstages.len());
-    let last = fstages.len() - 1;
-    for (k, fs) in fstages.into_iter().enumerate() {
-        let per = fs.weight.len() / fs.m.max(1);
-        let mut weight = Vec::with_capacity(fs.weight.len());
-        let mut acc_scale = Vec::with_capacity(fs.m);
-        let mut bias = Vec::with_capacity(fs.m);
-        let mut acc_bound = 1u64;
-        for o in 0..fs.m {
-            let row = &fs.weight[o * per..(o + 1) * per];
-            let wmax = max_abs(row.iter().copied());
-            let sw = if wmax > 0.0 { wmax / 127.0 } else { 1.0 };
-            let mut l1 = 0u64;
-            for &w in row {
-                let q = (w as f64 / sw).round().clamp(-127.0, 127.0) as i8;
-                l1 += q.unsigned_abs() as u64;
-                weight.push(q);
+    // The TensorRef of each value, and the 8-bit domain (scale, min, max) of each.
+    let mut refs: Vec<TensorRef> = Vec::with_capacity(fvalues.len());
+    let mut domains: Vec<(f64, i64, i64)> = Vec::with_capacity(fvalues.len());
+    let domain_of = |s: Src, domains: &[(f64, i64, i64)]| match s {
+        Src::Input => (input.scale, input.min, input.max),
+        Src::Value(v) => domains[v],
+    };
+    let ref_of = |s: Src, refs: &[TensorRef]| match s {
+        Src::Input => TensorRef::Input,
+        Src::Value(v) => refs[v],
+    };
+    let mut stages: Vec<QuantStage> = Vec::new();
+    let mut joins: Vec<Join> = Vec::new();
+    let last = fvalues.len() - 1;
+    for (k, fv) in fvalues.into_iter().enumerate() {
+        let m = fv.shape[0];
+        // The accumulator: HE linear layer or enclave combination.
+        let (acc_scale, acc_bound, linear) = match &fv.kind {
+            FloatKind::Linear {
+                reads,
+                input_shape,
+                linear,
+                weight: w,
+                bias: b,
+            } => {
+                let (s_in, lo, hi) = domain_of(*reads, &domains);
+                let in_abs_max = lo.unsigned_abs().max(hi.unsigned_abs());
+                let per = w.len() / m.max(1);
+                let mut weight = Vec::with_capacity(w.len());
+                let mut acc_scale = Vec::with_capacity(m);
+                let mut bias = Vec::with_capacity(m);
+                let mut acc_bound = 1u64;
+                for o in 0..m {
+                    let row = &w[o * per..(o + 1) * per];
+                    let wmax = max_abs(row.iter().copied());
+                    let sw = if wmax > 0.0 { wmax / 127.0 } else { 1.0 };
+                    let mut l1 = 0u64;
+                    for &x in row {
+                        let q = (x as f64 / sw).round().clamp(-127.0, 127.0) as i8;
+                        l1 += q.unsigned_abs() as u64;
+                        weight.push(q);
+                    }
+                    acc_bound = acc_bound.max(l1 * in_abs_max);
+                    let a = s_in * sw;
+                    acc_scale.push(a);
+                    bias.push((b[o] as f64 / a).round() as i64);
+                }
+                let lin = (ref_of(*reads, &refs), *input_shape, *linear, weight, bias);
+                (acc_scale, acc_bound, Some(lin))
             }
-            acc_bound = acc_bound.max(l1 * in_abs_max);
-            let a = s_in * sw;
-            acc_scale.push(a);
-            bias.push((fs.bias[o] as f64 / a).round() as i64);
-        }
-        let linear_shape = match fs.linear {
-            LinearKind::Conv(w) => {
-                let [_, h, wd] = fs.input_shape;
-                let (oh, ow) = w.output_hw(h, wd).unwrap_or((0, 0));
-                [fs.m, oh, ow]
+            FloatKind::Sum { reads, gain, shift } => {
+                let doms: Vec<_> = reads.iter().map(|&r| domain_of(r, &domains)).collect();
+                let mut unit = vec![0f64; m];
+                for (c, u) in unit.iter_mut().enumerate() {
+                    let big = doms
+                        .iter()
+                        .zip(gain)
+                        .map(|(d, g)| d.0 * g[c].abs())
+                        .fold(0f64, f64::max);
+                    let base = if big > 0.0 { big } else { doms[0].0 };
+                    *u = base / (1u64 << JOIN_BITS) as f64;
+                }
+                let mut inputs = Vec::with_capacity(reads.len());
+                let mut bound = 0u64;
+                for ((&r, d), g) in reads.iter().zip(&doms).zip(gain) {
+                    let mult: Vec<i64> = (0..m)
+                        .map(|c| (d.0 * g[c] / unit[c]).round() as i64)
+                        .collect();
+                    let in_abs = d.1.unsigned_abs().max(d.2.unsigned_abs());
+                    bound += mult.iter().map(|x| x.unsigned_abs()).max().unwrap_or(0) * in_abs;
+                    inputs.push(JoinInput {
+                        tensor: ref_of(r, &refs),
+                        multiplier: mult,
+                    });
+                }
+                let offset: Vec<i64> = (0..m)
+                    .map(|c| (shift[c] / unit[c]).round() as i64)
+                    .collect();
+                bound += offset.iter().map(|x| x.unsigned_abs()).max().unwrap_or(0);
+                joins.push(Join {
+                    kind: JoinKind::Sum,
+                    inputs,
+                    shape: fv.shape,
+                    offset,
+                    post: Vec::new(),
+                    output_shape: [0; 3],
+                    output: StageOutput::Logits,
+                    acc_scale: Vec::new(),
+                    acc_bound: bound.max(1),
+                    after_stage: stages.len().saturating_sub(1),
+                    nodes: Vec::new(),
+                });
+                (unit, bound.max(1), None)
             }
-            LinearKind::Dense => [fs.m, 1, 1],
+            FloatKind::Concat { reads } => {
+                let doms: Vec<_> = reads.iter().map(|&r| domain_of(r, &domains)).collect();
+                let big = doms.iter().map(|d| d.0).fold(0f64, f64::max);
+                let u = big / (1u64 << JOIN_BITS) as f64;
+                let mut inputs = Vec::with_capacity(reads.len());
+                let mut bound = 0u64;
+                for (&r, d) in reads.iter().zip(&doms) {
+                    let ch = match r {
+                        Src::Input => as3(&model.input_shape)[0],
+                        Src::Value(_) => out_channels_of(r, &stages, &joins, &refs),
+                    };
+                    let mult = (d.0 / u).round() as i64;
+                    let in_abs = d.1.unsigned_abs().max(d.2.unsigned_abs());
+                    bound = bound.max(mult.unsigned_abs() * in_abs);
+                    inputs.push(JoinInput {
+                        tensor: ref_of(r, &refs),
+                        multiplier: vec![mult; ch],
+                    });
+                }
+                joins.push(Join {
+                    kind: JoinKind::Concat,
+                    inputs,
+                    shape: fv.shape,
+                    offset: vec![0; m],
+                    post: Vec::new(),
+                    output_shape: [0; 3],
+                    output: StageOutput::Logits,
+                    acc_scale: Vec::new(),
+                    acc_bound: bound.max(1),
+                    after_stage: stages.len().saturating_sub(1),
+                    nodes: Vec::new(),
+                });
+                (vec![u; m], bound.max(1), None)
+            }
         };
-        let (post, domain) = quantize_post(fs.post, linear_shape, &acc_scale, &ranges, k)?;
-        let output = if k == last {
-            StageOutput::Logits
+        let (post, domain) = quantize_post(fv.post, fv.shape, &acc_scale, &ranges, k)?;
+        let (output, dom) = if k == last {
+            (StageOutput::Logits, (0.0, 0, 0))
         } else if let Domain::Int8 { scale, min, max } = domain {
-            s_in = scale;
-            in_abs_max = min.unsigned_abs().max(max.unsigned_abs());
-            StageOutput::Requant(Requant::identity(fs.m, min, max))
+            (
+                StageOutput::Requant(Requant::identity(m, min, max)),
+                (scale, min, max),
+            )
         } else {
-            let (min, max) = if fs.has_relu { (0, 255) } else { (-127, 127) };
-            let s_out = if out_max[k] > 0.0 {
-                out_max[k] / max as f64
+            let (min, max) = if fv.has_relu { (0, 255) } else { (-127, 127) };
+            let (lo, hi) = ranges[fv.current];
+            let out_max = hi.max(-lo);
+            let s_out = if out_max > 0.0 {
+                out_max / max as f64
             } else {
                 1.0
             };
             let r: Vec<f64> = acc_scale.iter().map(|a| a / s_out).collect();
-            s_in = s_out;
-            in_abs_max = max as u64;
-            StageOutput::Requant(Requant::from_real(&r, min, max))
+            (
+                StageOutput::Requant(Requant::from_real(&r, min, max)),
+                (s_out, min, max),
+            )
         };
-        let mut stage = QuantStage {
-            input_shape: fs.input_shape,
-            linear: fs.linear,
-            out_channels: fs.m,
-            weight,
-            bias,
-            post,
-            output_shape: [0; 3],
-            output,
-            acc_scale,
-            acc_bound,
-            nodes: fs.nodes,
-        };
-        stage.output_shape = stage.post_output_shape().ok_or_else(|| {
-            ModelError::Shape(format!("pooling window does not fit in stage {k}"))
-        })?;
-        stages.push(stage);
+        domains.push(dom);
+        let first = fv.nodes.first().cloned().unwrap_or_default();
+        let shape_err =
+            || ModelError::Shape(format!("pooling window does not fit after node '{first}'"));
+        match linear {
+            Some((reads, input_shape, linear, weight, bias)) => {
+                let mut stage = QuantStage {
+                    reads,
+                    input_shape,
+                    linear,
+                    out_channels: m,
+                    weight,
+                    bias,
+                    post,
+                    output_shape: [0; 3],
+                    output,
+                    acc_scale,
+                    acc_bound,
+                    nodes: fv.nodes,
+                };
+                stage.output_shape = stage.post_output_shape().ok_or_else(shape_err)?;
+                refs.push(TensorRef::Stage(stages.len()));
+                stages.push(stage);
+            }
+            None => {
+                let j = joins.last_mut().expect("pushed above");
+                j.output_shape = post
+                    .iter()
+                    .try_fold(fv.shape, |s, op| op.output_shape(s))
+                    .ok_or_else(shape_err)?;
+                j.post = post;
+                j.output = output;
+                j.acc_scale = acc_scale;
+                j.nodes = fv.nodes;
+                refs.push(TensorRef::Join(joins.len() - 1));
+            }
+        }
+    }
+    if let Some(st) = stages.first() {
+        if st.reads != TensorRef::Input {
+            return Err(ModelError::Unsupported {
+                node: st.nodes[0].clone(),
+                op: "graph".into(),
+                what: "the first Conv or Gemm/MatMul must read the model input directly; ops before the first linear layer are not supported".into(),
+            });
+        }
     }
     Ok(QuantModel {
         input_shape: model.input_shape.clone(),
         input,
         stages,
+        joins,
+        output_shape: shapes.last().cloned().unwrap_or_default(),
     })
+}
+
+/// Output channels of an already quantized value.
+fn out_channels_of(s: Src, stages: &[QuantStage], joins: &[Join], refs: &[TensorRef]) -> usize {
+    match s {
+        Src::Input => 0,
+        Src::Value(v) => match refs[v] {
+            TensorRef::Stage(k) => stages[k].output_shape[0],
+            TensorRef::Join(j) => joins[j].output_shape[0],
+            TensorRef::Input => 0,
+        },
+    }
 }

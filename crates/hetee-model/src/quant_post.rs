@@ -15,7 +15,7 @@ pub(crate) enum PostPlan {
     /// Consecutive activations that become one table.
     Acts {
         acts: Vec<Activation>,
-        /// Index in the folded model of the layer whose output the run reads.
+        /// The model tensor the run reads (index into the calibrated ranges).
         input_layer: usize,
         /// The run's first node, for messages.
         node: String,
@@ -33,7 +33,7 @@ pub(crate) enum Domain {
 
 /// Quantizes stage `k`'s post ops, whose input is the linear output of
 /// shape `shape` (accumulators at `acc_scale`); `ranges` are the calibrated
-/// output ranges of the folded model's layers. Returns the ops and the
+/// ranges of the model's tensors (index = tensor id). Returns the ops and the
 /// domain of the values they produce.
 pub(crate) fn quantize_post(
     plans: Vec<PostPlan>,

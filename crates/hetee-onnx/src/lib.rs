@@ -5,17 +5,18 @@
 //! same file, to check the import and the float executor against.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 
 use tract_onnx::pb::{GraphProto, TensorProto};
 use tract_onnx::prelude::*;
 
 use hetee_model::error::{ModelError, Result};
-use hetee_model::float::layer_output_shape;
+use hetee_model::float::node_output_shape;
 use hetee_model::ir::{Layer, Model};
 
 mod activations;
+mod arith;
 mod consts;
 mod floor;
 mod node;
@@ -23,6 +24,7 @@ mod node;
 pub use floor::TractPlan;
 
 use activations::ACTIVATION_OPS;
+use arith::ARITH_OPS;
 use consts::{constant_value, input_shape};
 use node::{graph_err, node_name, Ctx};
 
@@ -127,14 +129,13 @@ fn import(bytes: &[u8], path: &str, dir: Option<&str>) -> Result<Model> {
     Importer::new(graph, path, dir, &onnx)?.run()
 }
 
-/// One translated step of the chain.
+/// One translated node: a layer, or `None` when it passes its input on
+/// (Identity, Dropout, a Flatten of a flat tensor).
 struct Step {
     layer: Option<Layer>,
-    /// Tensor that carries the activation after this step.
-    next: String,
 }
 
-struct Importer<'a> {
+pub(crate) struct Importer<'a> {
     g: &'a GraphProto,
     path: &'a str,
     dir: Option<&'a str>,
@@ -213,72 +214,136 @@ impl<'a> Importer<'a> {
         })
     }
 
+    /// Node indices in a topological order (ONNX asks exporters for one;
+    /// this does not rely on it, but keeps the file's order when it is one).
+    fn topo_order(&self) -> Result<Vec<usize>> {
+        let nodes = &self.g.node;
+        let mut indeg = vec![0usize; nodes.len()];
+        let mut users: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+        for (i, n) in nodes.iter().enumerate() {
+            let mut deps: Vec<usize> = n
+                .input
+                .iter()
+                .filter_map(|t| self.producer.get(t.as_str()).copied())
+                .collect();
+            deps.sort_unstable();
+            deps.dedup();
+            indeg[i] = deps.len();
+            for d in deps {
+                users[d].push(i);
+            }
+        }
+        // Smallest index first: the file's own order whenever it is valid.
+        let mut ready: std::collections::BTreeSet<usize> =
+            (0..nodes.len()).filter(|&i| indeg[i] == 0).collect();
+        let mut order = Vec::with_capacity(nodes.len());
+        while let Some(i) = ready.pop_first() {
+            order.push(i);
+            for &u in &users[i] {
+                indeg[u] -= 1;
+                if indeg[u] == 0 {
+                    ready.insert(u);
+                }
+            }
+        }
+        if order.len() != nodes.len() {
+            return Err(graph_err("the graph has a cycle".into()));
+        }
+        Ok(order)
+    }
+
     fn run(mut self) -> Result<Model> {
-        let mut cur = self.input.clone();
-        let mut shape = self.input_shape.clone();
-        let (mut layers, mut names) = (Vec::new(), Vec::new());
-        let mut visited = HashSet::new();
-        self.chain_shapes.insert(cur.clone(), shape.clone());
-        while cur != self.output {
-            let users: Vec<usize> = self
-                .consumers
-                .get(cur.as_str())
-                .map(|v| {
-                    v.iter()
-                        .copied()
-                        .filter(|&i| self.g.node[i].op_type != "Shape")
-                        .collect()
-                })
-                .unwrap_or_default();
-            let idx = match users.as_slice() {
-                [i] => *i,
-                [] => {
-                    return Err(graph_err(format!(
-                        "tensor '{cur}' is not used by any node and is not the graph output '{}'",
-                        self.output
-                    )))
-                }
-                many => {
-                    let who: Vec<String> = many.iter().map(|&i| node_name(self.g, i)).collect();
-                    let ops: Vec<&str> = many
-                        .iter()
-                        .map(|&i| self.g.node[i].op_type.as_str())
-                        .collect();
-                    let hint = if ops.contains(&"Mul") && ops.contains(&"Softplus") {
-                        " (this looks like Mish exported as Mul(x, Tanh(Softplus(x))): \
-                         export the single ONNX op Mish, opset 18, instead)"
-                    } else {
-                        ""
-                    };
-                    return Err(graph_err(format!(
-                        "tensor '{cur}' feeds several nodes {who:?}; only a single chain of layers \
-                         is supported (no branches or residual connections){hint}"
-                    )));
-                }
-            };
-            if !visited.insert(idx) {
-                return Err(graph_err(format!(
-                    "the graph has a cycle at tensor '{cur}'"
-                )));
+        // Activation tensors: name -> tensor id (0 = input, i + 1 = layer i).
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        let mut shapes: Vec<Vec<usize>> = vec![self.input_shape.clone()];
+        ids.insert(self.input.clone(), 0);
+        self.chain_shapes
+            .insert(self.input.clone(), self.input_shape.clone());
+        let (mut layers, mut names, mut inputs) = (Vec::new(), Vec::new(), Vec::new());
+        for idx in self.topo_order()? {
+            let n = &self.g.node[idx];
+            // Shape arithmetic (for Reshape targets) is evaluated on demand.
+            if n.op_type == "Shape" {
+                continue;
+            }
+            let acts: Vec<Option<Vec<usize>>> = n
+                .input
+                .iter()
+                .map(|t| ids.get(t.as_str()).map(|&i| shapes[i].clone()))
+                .collect();
+            if acts.iter().all(Option::is_none) {
+                continue; // a constant subgraph
             }
             let cx = Ctx {
                 name: node_name(self.g, idx),
-                node: &self.g.node[idx],
+                node: n,
             };
-            let step = self.translate(&cx, &cur, &shape)?;
-            if let Some(layer) = step.layer {
-                shape = layer_output_shape(&layer, &shape).map_err(|e| cx.shape_err(e))?;
-                layers.push(layer);
-                names.push(cx.name.clone());
-            }
-            cur = step.next;
-            self.chain_shapes.insert(cur.clone(), shape.clone());
+            let (layer, reads): (Option<Layer>, Vec<usize>) = if ARITH_OPS
+                .contains(&n.op_type.as_str())
+                && self.is_plain_domain(n)
+            {
+                let (l, which) = self.arith(&cx, &acts)?;
+                (
+                    Some(l),
+                    which.iter().map(|&i| ids[n.input[i].as_str()]).collect(),
+                )
+            } else {
+                let act: Vec<&String> = n
+                    .input
+                    .iter()
+                    .filter(|t| ids.contains_key(t.as_str()))
+                    .collect();
+                let [x] = act.as_slice() else {
+                    return Err(cx.unsup(format!(
+                            "reads {} activations, but only its first input may be one: each other input must be a constant (initializer or Constant node)",
+                            act.len()
+                        )));
+                };
+                let t = ids[x.as_str()];
+                let step = self.translate(&cx, x, &shapes[t])?;
+                (step.layer, vec![t])
+            };
+            let out = match n.output.first() {
+                Some(o) if !o.is_empty() => o.clone(),
+                _ => return Err(cx.unsup("node has no output")),
+            };
+            let id = match layer {
+                Some(layer) => {
+                    let ins: Vec<&[usize]> = reads.iter().map(|&t| shapes[t].as_slice()).collect();
+                    let shape = node_output_shape(&layer, &ins).map_err(|e| cx.shape_err(e))?;
+                    layers.push(layer);
+                    names.push(cx.name.clone());
+                    inputs.push(reads);
+                    shapes.push(shape);
+                    layers.len()
+                }
+                None => reads[0],
+            };
+            self.chain_shapes.insert(out.clone(), shapes[id].clone());
+            ids.insert(out, id);
+        }
+        let Some(&out) = ids.get(self.output.as_str()) else {
+            return Err(graph_err(format!(
+                "the graph output '{}' is not computed from the input",
+                self.output
+            )));
+        };
+        if out != layers.len() || out == 0 {
+            return Err(graph_err(format!(
+                "the graph output '{}' must be the output of the graph's last layer",
+                self.output
+            )));
         }
         Ok(Model {
             input_shape: self.input_shape,
             layers,
             node_names: names,
+            inputs,
         })
+    }
+
+    fn is_plain_domain(&self, n: &tract_onnx::pb::NodeProto) -> bool {
+        n.domain.is_empty() || n.domain == "ai.onnx"
     }
 
     /// Translates the node `cx` whose data input is the activation `x`.
@@ -299,10 +364,9 @@ impl<'a> Importer<'a> {
         if n.op_type != "MatMul" && n.input.first().map(String::as_str) != Some(x) {
             return Err(cx.unsup(format!("the activation '{x}' must be the first input")));
         }
-        let out = match n.output.first() {
-            Some(o) if !o.is_empty() => o.clone(),
-            _ => return Err(cx.unsup("node has no output")),
-        };
+        if !matches!(n.output.first(), Some(o) if !o.is_empty()) {
+            return Err(cx.unsup("node has no output"));
+        }
         for extra in n.output.iter().skip(1).filter(|o| !o.is_empty()) {
             if self.consumers.contains_key(extra.as_str()) || *extra == self.output {
                 return Err(cx.unsup(format!(
@@ -310,12 +374,7 @@ impl<'a> Importer<'a> {
                 )));
             }
         }
-        let step = |layer| {
-            Ok(Step {
-                layer,
-                next: out.clone(),
-            })
-        };
+        let step = |layer| Ok(Step { layer });
         let flat = || {
             if shape.len() == 1 {
                 Ok(())
@@ -437,29 +496,9 @@ impl<'a> Importer<'a> {
                     )));
                 };
                 let w = transpose(&b, k, nout);
-                let mut bias = vec![0.0; nout];
-                let mut next = out.clone();
-                if let (Some([a]), false) = (
-                    self.consumers.get(out.as_str()).map(Vec::as_slice),
-                    out == self.output,
-                ) {
-                    let add = &self.g.node[*a];
-                    let other = add.input.iter().find(|s| **s != out);
-                    if add.op_type == "Add" && add.input.len() == 2 && add.output.len() == 1 {
-                        if let Some(t) = other.filter(|t| self.resolve_const(t).is_some()) {
-                            let acx = Ctx {
-                                name: node_name(self.g, *a),
-                                node: add,
-                            };
-                            bias = self.bias_of(&acx, t, nout)?;
-                            next = add.output[0].clone();
-                        }
-                    }
-                }
-                Ok(Step {
-                    layer: Some(dense(w, bias, k, nout)),
-                    next,
-                })
+                // A following Add of a constant becomes a per-feature affine
+                // that the quantizer folds into this layer's bias.
+                step(Some(dense(w, vec![0.0; nout], k, nout)))
             }
             op if ACTIVATION_OPS.contains(&op) => {
                 step(Some(Layer::Act(self.activation(cx, shape)?)))

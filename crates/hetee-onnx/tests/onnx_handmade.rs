@@ -252,7 +252,8 @@ fn conv_bn_pools_gemm_matmul_match_tract() {
             "GlobalAvgPool",
             "Flatten",
             "Dense",
-            "Dense"
+            "Dense",
+            "BatchNorm"
         ]
     );
     assert_eq!(m.node_names[9], "mm");
@@ -436,13 +437,24 @@ fn unknown_ops_branches_and_bad_weights_are_rejected() {
         }
         e => panic!("{e:?}"),
     }
-    // residual connection: x feeds both Relu and Add
+    // a product of two activations
     let nodes = vec![
         node("Relu", "r", &["x"], &["a"], vec![]),
-        node("Add", "res", &["a", "x"], &["y"], vec![]),
+        node("Mul", "prod", &["a", "x"], &["y"], vec![]),
     ];
     let msg = import_err(&model_bytes(&[3], nodes, vec![])).to_string();
-    assert!(msg.contains("single chain"), "{msg}");
+    assert!(
+        msg.contains("prod") && msg.contains("only Add joins two activations"),
+        "{msg}"
+    );
+    // a constant that does not broadcast per channel
+    let nodes = vec![node("Mul", "scale", &["x", "k"], &["y"], vec![])];
+    let k = tensor("k", &[2, 2], vec![1.0; 4]);
+    let msg = import_err(&model_bytes(&[2, 2, 2], nodes, vec![k])).to_string();
+    assert!(
+        msg.contains("scale") && msg.contains("one value per channel"),
+        "{msg}"
+    );
     // int8 weights
     let w8 = TensorProto {
         name: "w".into(),
@@ -572,4 +584,70 @@ fn external_weights_are_read_next_to_the_model() {
         import_onnx_bytes(&bytes, "mem"),
         Err(ModelError::Onnx { .. })
     ));
+}
+
+#[test]
+fn residual_concat_and_constant_arithmetic_match_tract() {
+    // x -> conv a -> relu -> conv b --+--> add -> relu -> concat(., proj x) -> mul 0.5 -> sub c -> gap -> flatten -> gemm
+    //   \---------------------------/                     /
+    //    \--------------- conv p (1x1) ------------------/
+    let mut r = Rng(5);
+    let inits = vec![
+        conv_w(&mut r, "wa", 2, 2, 3),
+        conv_w(&mut r, "wb", 2, 2, 3),
+        conv_w(&mut r, "wp", 3, 2, 1),
+        tensor("half", &[], vec![0.5]),
+        tensor("c", &[5, 1, 1], r.vec(5)),
+        tensor("gw", &[5, 4], r.vec(20)),
+    ];
+    let pad = || vec![("pads", A::Is(&[1, 1, 1, 1]))];
+    let nodes = vec![
+        node("Conv", "a", &["x", "wa"], &["ya"], pad()),
+        node("Relu", "ra", &["ya"], &["za"], vec![]),
+        node("Conv", "b", &["za", "wb"], &["yb"], pad()),
+        node("Add", "res", &["yb", "x"], &["s"], vec![]),
+        node("Relu", "rs", &["s"], &["t"], vec![]),
+        node("Conv", "p", &["x", "wp"], &["yp"], vec![]),
+        node(
+            "Concat",
+            "cat",
+            &["t", "yp"],
+            &["u"],
+            vec![("axis", A::I(1))],
+        ),
+        node("Mul", "m", &["u", "half"], &["v"], vec![]),
+        node("Sub", "sub", &["v", "c"], &["w"], vec![]),
+        node("GlobalAveragePool", "gap", &["w"], &["g"], vec![]),
+        node("Flatten", "f", &["g"], &["h"], vec![]),
+        node("Gemm", "fc", &["h", "gw"], &["y"], vec![]),
+    ];
+    let m = check_against_tract(&model_bytes(&[2, 6, 6], nodes, inits));
+    let names: Vec<&str> = m.layers.iter().map(Layer::name).collect();
+    assert_eq!(
+        names,
+        [
+            "Conv2d",
+            "Relu",
+            "Conv2d",
+            "Add",
+            "Relu",
+            "Conv2d",
+            "Concat",
+            "BatchNorm",
+            "BatchNorm",
+            "GlobalAvgPool",
+            "Flatten",
+            "Dense"
+        ]
+    );
+    assert_eq!(
+        m.inputs[3],
+        vec![3, 0],
+        "the Add reads conv b and the input"
+    );
+    assert_eq!(
+        m.inputs[6],
+        vec![5, 6],
+        "the Concat reads the relu and conv p"
+    );
 }

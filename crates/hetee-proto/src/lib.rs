@@ -19,6 +19,7 @@ pub mod api;
 pub mod bodies;
 pub mod channel;
 pub mod config;
+mod graph_check;
 pub mod host;
 pub mod ids;
 pub mod input_binding;

@@ -5,6 +5,7 @@
 
 use hetee_he::planner::{plan_conv, CostModel};
 use hetee_he::{ConvPacking, ConvSpec, HeConfig};
+use hetee_model::graph::Join;
 use hetee_model::intops::PostOp;
 use hetee_model::quant::{InputQuant, LinearKind, QuantModel, QuantStage, StageOutput};
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,12 @@ pub struct Schedule {
     pub batch: usize,
     /// Stages in order.
     pub stages: Vec<StageSchedule>,
+    /// The enclave-only nodes between the stages (residual adds, concats…).
+    #[serde(default)]
+    pub joins: Vec<Join>,
+    /// The model's own output shape (batch excluded), as imported.
+    #[serde(default)]
+    pub output_shape: Vec<usize>,
 }
 
 /// The HE view of a quantized stage's linear layer.
@@ -54,6 +61,47 @@ pub fn conv_spec(stage: &QuantStage) -> ConvSpec {
             pads: [win.pads.top, win.pads.left, win.pads.bottom, win.pads.right],
         },
     }
+}
+
+/// Checks a stage's or join's post ops on the accumulator shape `acc`:
+/// well formed, bounded work, the declared output shape, and well-formed
+/// requantization parameters.
+pub(crate) fn check_tail(
+    post: &[PostOp],
+    acc: [usize; 3],
+    declared: [usize; 3],
+    output: &StageOutput,
+) -> Result<(), String> {
+    let size = |d: &[usize]| d.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
+    let fits = |d: &[usize]| size(d).is_some_and(|n| n <= hetee_he::layout::MAX_VALUES);
+    // Pooling takes one step per output and window tap: bound that too.
+    let mut s = acc;
+    for op in post {
+        op.check(s)?;
+        let out = op.output_shape(s).ok_or("a pooling window does not fit")?;
+        if let PostOp::MaxPool(w) | PostOp::AvgPool { window: w, .. } = op {
+            if !fits(&[out[0], out[1], out[2], w.kernel.0, w.kernel.1]) {
+                return Err("a pooling window is too large".into());
+            }
+        }
+        s = out;
+    }
+    if s != declared || s[0] != acc[0] || !fits(&s) {
+        return Err("post-op shapes do not match the declared output".into());
+    }
+    if let StageOutput::Requant(rq) = output {
+        let ok_len = rq.multiplier.len() == acc[0] && rq.shift.len() == acc[0];
+        if !ok_len || rq.shift.iter().any(|&s| !(1..=62).contains(&s)) || rq.min > rq.max {
+            return Err("malformed requantization parameters".into());
+        }
+        if rq.min < -(1 << 16)
+            || rq.max > 1 << 16
+            || rq.multiplier.iter().any(|m| m.unsigned_abs() > 1 << 40)
+        {
+            return Err("requantization range or multipliers out of bounds".into());
+        }
+    }
+    Ok(())
 }
 
 /// Most images per query.
@@ -127,6 +175,8 @@ impl Schedule {
             input: model.input.clone(),
             batch,
             stages,
+            joins: model.joins.clone(),
+            output_shape: model.output_shape.clone(),
         })
     }
 
@@ -177,51 +227,18 @@ impl Schedule {
                     "bias or scale length does not match the output channels",
                 ));
             }
-            let shape = st
-                .tail
-                .post_output_shape()
-                .ok_or_else(|| bad("a pooling window does not fit"))?;
-            let size = |d: &[usize]| d.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
-            let fits = |d: &[usize]| size(d).is_some_and(|n| n <= hetee_he::layout::MAX_VALUES);
-            // Pooling takes one step per output and window tap: bound that too.
-            let mut s = st.tail.linear_output_shape();
-            for op in &st.tail.post {
-                op.check(s).map_err(|e| bad(&e))?;
-                let out = op.output_shape(s).unwrap_or([0; 3]);
-                if let PostOp::MaxPool(w) | PostOp::AvgPool { window: w, .. } = op {
-                    if !fits(&[out[0], out[1], out[2], w.kernel.0, w.kernel.1]) {
-                        return Err(bad("a pooling window is too large"));
-                    }
-                }
-                s = out;
-            }
-            let fits = fits(&shape);
-            if shape != st.tail.output_shape || shape[0] != st.spec.m || !fits {
-                return Err(bad("post-op shapes do not match the declared output"));
-            }
-            if let StageOutput::Requant(rq) = &st.tail.output {
-                if k + 1 == self.stages.len() {
-                    return Err(bad("the last stage must release logits"));
-                }
-                let ok_len = rq.multiplier.len() == st.spec.m && rq.shift.len() == st.spec.m;
-                if !ok_len || rq.shift.iter().any(|&s| !(1..=62).contains(&s)) || rq.min > rq.max {
-                    return Err(bad("malformed requantization parameters"));
-                }
-            } else if k + 1 != self.stages.len() {
-                return Err(bad("only the last stage may release logits"));
-            }
-            if let Some(next) = self.stages.get(k + 1) {
-                let len = |d: &[usize]| d.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
-                let out = len(&st.tail.output_shape);
-                if out.is_none() || out != len(&[next.spec.c, next.spec.h, next.spec.w]) {
-                    return Err(bad("output size does not match the next stage's input"));
-                }
-            }
+            check_tail(
+                &st.tail.post,
+                st.tail.linear_output_shape(),
+                st.tail.output_shape,
+                &st.tail.output,
+            )
+            .map_err(|e| bad(&e))?;
             if st.tail.acc_bound > self.he.max_abs_value() {
                 return Err(bad("accumulator bound exceeds the plaintext modulus"));
             }
         }
-        Ok(())
+        self.validate_graph()
     }
 
     /// Packs one quantized activation per image (exactly `batch` of them)
@@ -352,6 +369,7 @@ mod tests {
                 },
             ],
             node_names: vec!["a".into(), "r".into(), "b".into()],
+            inputs: Vec::new(),
         };
         let calib: Vec<f32> = (0..8).map(|i| i as f32 / 8.0).collect();
         Schedule::compile(&hetee_model::quantize(&m, &calib).unwrap(), 1).unwrap()

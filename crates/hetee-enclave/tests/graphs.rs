@@ -1,0 +1,211 @@
+//! Model graphs through the real protocol: residual adds (two branches at
+//! different scales, aligned in the enclave), 1x1 projection shortcuts,
+//! channel concatenation, a BatchNorm that cannot be folded, an add that
+//! reads the model input, and a model whose output is a join. The secure
+//! logits equal the plaintext integer reference bit for bit, and the
+//! quantized model stays close to the float one.
+
+mod common;
+
+use common::*;
+use hetee_enclave::{EnclaveConfig, Schedule};
+use hetee_model::float::run_float;
+use hetee_model::graph::TensorRef;
+use hetee_model::ir::{Layer, Model, Pads, Window};
+use hetee_model::{quantize, QuantModel};
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Deterministic values in [-scale, scale).
+fn values(n: usize, seed: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((((i + 1) * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0) * scale)
+        .collect()
+}
+
+fn conv(c: usize, m: usize, k: usize, pad: usize, seed: usize) -> Layer {
+    Layer::Conv2d {
+        weight: values(m * c * k * k, seed, 0.5),
+        bias: values(m, seed + 1, 0.2),
+        out_channels: m,
+        in_channels: c,
+        window: Window {
+            kernel: (k, k),
+            strides: (1, 1),
+            pads: Pads::same(pad),
+        },
+    }
+}
+
+fn bn(c: usize, seed: usize) -> Layer {
+    Layer::BatchNorm {
+        scale: values(c, seed, 1.5).iter().map(|v| v.abs() + 0.3).collect(),
+        shift: values(c, seed + 7, 0.5),
+    }
+}
+
+fn dense(i: usize, o: usize, seed: usize) -> Layer {
+    Layer::Dense {
+        weight: values(i * o, seed, 0.6),
+        bias: values(o, seed + 1, 0.3),
+        out_features: o,
+        in_features: i,
+    }
+}
+
+fn graph(input_shape: Vec<usize>, nodes: Vec<(Layer, Vec<usize>)>) -> Model {
+    let node_names = (0..nodes.len()).map(|i| format!("n{i}")).collect();
+    let (layers, inputs) = nodes.into_iter().unzip();
+    Model {
+        input_shape,
+        layers,
+        node_names,
+        inputs,
+    }
+}
+
+fn inputs(n: usize, per: usize) -> Vec<Vec<f32>> {
+    (0..n).map(|s| values(per, 100 + s, 1.0)).collect()
+}
+
+/// Quantizes on `calib`, registers with a fresh enclave, and checks every
+/// input: secure logits equal the reference bit for bit, and the float
+/// model agrees within `tol` of its largest logit.
+fn check(m: &Model, xs: &[Vec<f32>], tol: f32) -> QuantModel {
+    let calib: Vec<f32> = xs.iter().flatten().copied().collect();
+    let q = quantize(m, &calib).unwrap();
+    let schedule = Schedule::compile(&q, 1).unwrap();
+    schedule.validate().unwrap();
+    let mut enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let keys = create_keys(&mut enclave, &schedule.he);
+    let host = HostModel::new(&q, &schedule, &keys.public_key);
+    let id = register(&mut enclave, &keys, &host).model_id;
+    for x in xs {
+        let secure = query(&mut enclave, &keys, &host, id, x).unwrap();
+        let plain = reference(&q, x);
+        assert_eq!(bits(&secure), bits(&plain), "input {x:?}");
+        let float = run_float(m, x).unwrap();
+        let top = float.iter().fold(0f32, |a, v| a.max(v.abs()));
+        for (s, f) in secure.iter().zip(&float) {
+            assert!(
+                (s - f).abs() <= tol * top,
+                "secure {s} vs float {f} (top {top})"
+            );
+        }
+    }
+    q
+}
+
+#[test]
+fn residual_block_with_projection_and_concat_is_bit_exact() {
+    // A ResNet basic block whose shortcut is a 1x1 projection, then a conv
+    // whose output is concatenated with the block's output, a BatchNorm on
+    // the concatenation (not foldable), global pooling and a dense head.
+    let m = graph(
+        vec![2, 6, 6],
+        vec![
+            (conv(2, 4, 3, 1, 1), vec![0]), // t1
+            (bn(4, 2), vec![1]),            // t2 (folded)
+            (Layer::Relu, vec![2]),         // t3
+            (conv(4, 4, 3, 1, 3), vec![3]), // t4
+            (bn(4, 4), vec![4]),            // t5 (folded)
+            (conv(2, 4, 1, 0, 5), vec![0]), // t6: projection of the input
+            (Layer::Add, vec![5, 6]),       // t7
+            (Layer::Relu, vec![7]),         // t8
+            (conv(4, 3, 3, 1, 6), vec![8]), // t9
+            (Layer::Concat, vec![9, 8]),    // t10: 7 channels
+            (bn(7, 7), vec![10]),           // t11: an enclave affine
+            (Layer::GlobalAvgPool, vec![11]),
+            (Layer::Flatten, vec![12]),
+            (dense(7, 5, 8), vec![13]),
+        ],
+    );
+    let q = check(&m, &inputs(6, 72), 0.08);
+    assert_eq!(
+        q.stages.len(),
+        5,
+        "conv a, conv b, projection, conv c, dense"
+    );
+    assert_eq!(q.joins.len(), 3, "add, concat, affine");
+    assert_eq!(
+        q.stages[2].reads,
+        TensorRef::Input,
+        "the projection reads the input"
+    );
+    assert_eq!(
+        q.stages[3].reads,
+        TensorRef::Join(0),
+        "conv c reads the add"
+    );
+}
+
+#[test]
+fn identity_shortcut_and_an_output_join_are_bit_exact() {
+    // y = dense_a(x) + dense_b(relu(dense_c(x))) with an identity shortcut
+    // around dense_c: the output is a join, released as logits.
+    let m = graph(
+        vec![6],
+        vec![
+            (dense(6, 6, 11), vec![0]), // t1
+            (Layer::Relu, vec![1]),     // t2
+            (Layer::Add, vec![2, 0]),   // t3: identity shortcut from the input
+            (dense(6, 4, 12), vec![3]), // t4
+            (dense(6, 4, 13), vec![0]), // t5
+            (Layer::Add, vec![4, 5]),   // t6: the output
+        ],
+    );
+    let q = check(&m, &inputs(8, 6), 0.08);
+    assert_eq!(q.output_ref(), TensorRef::Join(1));
+}
+
+#[test]
+fn a_dead_branch_and_ops_before_the_first_linear_layer_are_refused_by_name() {
+    let dead = graph(
+        vec![4],
+        vec![
+            (dense(4, 3, 1), vec![0]),
+            (Layer::Relu, vec![1]),
+            (dense(4, 2, 2), vec![0]),
+        ],
+    );
+    let e = quantize(&dead, &values(8, 1, 1.0)).unwrap_err().to_string();
+    assert!(e.contains("n1") && e.contains("not used"), "{e}");
+    let first = graph(
+        vec![4],
+        vec![(Layer::Relu, vec![0]), (dense(4, 2, 2), vec![1])],
+    );
+    let e = quantize(&first, &values(8, 1, 1.0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("n1") && e.contains("first"), "{e}");
+}
+
+#[test]
+fn a_schedule_whose_join_reads_ahead_is_refused() {
+    let m = graph(
+        vec![4],
+        vec![
+            (dense(4, 4, 1), vec![0]),
+            (Layer::Add, vec![1, 0]),
+            (dense(4, 2, 2), vec![2]),
+        ],
+    );
+    let q = quantize(&m, &values(16, 3, 1.0)).unwrap();
+    let good = Schedule::compile(&q, 1).unwrap();
+    good.validate().unwrap();
+    let mut s = good.clone();
+    s.joins[0].inputs[0].tensor = TensorRef::Stage(1);
+    let e = s.validate().unwrap_err().to_string();
+    assert!(e.contains("not computed before"), "{e}");
+    let mut s = good.clone();
+    s.joins[0].inputs[0].multiplier = vec![1 << 50; 4];
+    assert!(s.validate().is_err());
+    let mut s = good.clone();
+    s.stages[1].tail.reads = TensorRef::Join(3);
+    assert!(s.validate().is_err());
+    let mut s = good;
+    s.joins[0].inputs[1].multiplier.pop();
+    assert!(s.validate().is_err());
+}
