@@ -72,6 +72,7 @@ pub fn tiny_model() -> (QuantModel, Vec<f32>) {
             },
         ],
         node_names: vec!["fc1".into(), "relu".into(), "fc2".into()],
+        inputs: Vec::new(),
     };
     let calib: Vec<f32> = (0..5 * 20).map(|i| (i % 7) as f32 / 7.0).collect();
     (
