@@ -18,6 +18,7 @@ use hetee_model::ir::{Layer, Model};
 mod activations;
 mod arith;
 mod consts;
+mod conv;
 mod floor;
 mod node;
 
@@ -395,24 +396,7 @@ impl<'a> Importer<'a> {
                 step(None)
             }
             "Relu" => step(Some(Layer::Relu)),
-            "Conv" => {
-                cx.int_in("group", 1, &[1])?;
-                let (wd, weight) = self.floats(cx, 1)?;
-                let [m, c, kh, kw] = wd[..] else {
-                    return Err(cx.unsup(format!(
-                        "weight shape {wd:?} is not supported (only 2-D convolution, weight [M, C, kh, kw])"
-                    )));
-                };
-                let bias = self.opt_floats(cx, 2, m)?;
-                let window = cx.window(Some((kh, kw)))?;
-                step(Some(Layer::Conv2d {
-                    weight,
-                    bias,
-                    out_channels: m,
-                    in_channels: c,
-                    window,
-                }))
-            }
+            "Conv" => step(Some(self.conv(cx, shape)?)),
             "BatchNormalization" => {
                 cx.int_in("training_mode", 0, &[0])?;
                 cx.int_in("spatial", 1, &[1])?;
@@ -439,19 +423,7 @@ impl<'a> Importer<'a> {
                     .collect();
                 step(Some(Layer::BatchNorm { scale, shift }))
             }
-            "MaxPool" => {
-                cx.int_in("ceil_mode", 0, &[0])?;
-                cx.int_in("storage_order", 0, &[0])?;
-                step(Some(Layer::MaxPool(cx.window(None)?)))
-            }
-            "AveragePool" => {
-                cx.int_in("ceil_mode", 0, &[0])?;
-                let cip = cx.int_in("count_include_pad", 0, &[0, 1])?;
-                step(Some(Layer::AvgPool {
-                    window: cx.window(None)?,
-                    count_include_pad: cip == 1,
-                }))
-            }
+            "MaxPool" | "AveragePool" => step(Some(self.pool(cx, shape)?)),
             "GlobalAveragePool" => step(Some(Layer::GlobalAvgPool)),
             "Flatten" => {
                 let axis = cx.int("axis", 1);

@@ -3,7 +3,6 @@
 use tract_onnx::pb::{AttributeProto, GraphProto, NodeProto};
 
 use hetee_model::error::{ModelError, Result};
-use hetee_model::ir::{Pads, Window};
 
 /// Largest kernel, stride or padding accepted from an attribute.
 pub(super) const MAX_ATTR: i64 = 1 << 16;
@@ -85,57 +84,5 @@ impl Ctx<'_> {
             )));
         }
         Ok(v.iter().map(|&x| x as usize).collect())
-    }
-    pub(super) fn check_auto_pad(&self) -> Result<()> {
-        let s = self
-            .attr("auto_pad")
-            .map(|a| String::from_utf8_lossy(&a.s).into_owned());
-        match s.as_deref() {
-            None | Some("") | Some("NOTSET") | Some("VALID") => Ok(()),
-            Some(o) => Err(self.unsup(format!(
-                "auto_pad={o} is not supported (supported: NOTSET or VALID; export with explicit pads)"
-            ))),
-        }
-    }
-    pub(super) fn check_dilations(&self) -> Result<()> {
-        if let Some(a) = self.attr("dilations") {
-            if a.ints.iter().any(|&d| d != 1) {
-                return Err(self.unsup(format!(
-                    "dilations={:?} is not supported (supported: all 1)",
-                    a.ints
-                )));
-            }
-        }
-        Ok(())
-    }
-    /// Kernel, strides and pads of a 2-D conv or pool.
-    pub(super) fn window(&self, kernel: Option<(usize, usize)>) -> Result<Window> {
-        self.check_auto_pad()?;
-        self.check_dilations()?;
-        let k = match (self.attr("kernel_shape"), kernel) {
-            (None, Some(k)) => k,
-            (None, None) => return Err(self.unsup("missing kernel_shape")),
-            (Some(_), _) => {
-                let k = self.ints("kernel_shape", 2, 0, 1)?;
-                if kernel.is_some_and(|w| w != (k[0], k[1])) {
-                    return Err(self.shape_err(format!(
-                        "kernel_shape {k:?} does not match the weight {kernel:?}"
-                    )));
-                }
-                (k[0], k[1])
-            }
-        };
-        let s = self.ints("strides", 2, 1, 1)?;
-        let p = self.ints("pads", 4, 0, 0)?;
-        Ok(Window {
-            kernel: k,
-            strides: (s[0], s[1]),
-            pads: Pads {
-                top: p[0],
-                left: p[1],
-                bottom: p[2],
-                right: p[3],
-            },
-        })
     }
 }

@@ -51,6 +51,7 @@ enum A {
     Is(&'static [i64]),
     F(f32),
     T(Box<TensorProto>),
+    S(&'static str),
 }
 
 fn node(
@@ -72,6 +73,7 @@ fn node(
                 A::Is(v) => (p.ints, p.r#type) = (v.to_vec(), AttributeType::Ints as i32),
                 A::F(f) => (p.f, p.r#type) = (f, AttributeType::Float as i32),
                 A::T(t) => (p.t, p.r#type) = (Some(*t), AttributeType::Tensor as i32),
+                A::S(v) => (p.s, p.r#type) = (v.as_bytes().to_vec(), AttributeType::String as i32),
             }
             p
         })
@@ -383,26 +385,38 @@ fn unsupported_attributes_are_named() {
     let w = || tensor("w", &[2, 1, 3, 3], vec![0.0; 18]);
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (
-            one_node("Conv", vec![("group", A::I(2))], &[2, 5, 5], vec![w()]),
-            "group=2",
+            one_node(
+                "Conv",
+                vec![("auto_pad", A::S("SAME_MIDDLE"))],
+                &[1, 5, 5],
+                vec![w()],
+            ),
+            "auto_pad=SAME_MIDDLE",
         ),
         (
             one_node(
-                "Conv",
-                vec![("dilations", A::Is(&[2, 2]))],
+                "MaxPool",
+                vec![
+                    ("kernel_shape", A::Is(&[2, 2])),
+                    ("dilations", A::Is(&[2, 2])),
+                ],
                 &[1, 5, 5],
-                vec![w()],
+                vec![],
             ),
             "dilations=[2, 2]",
         ),
         (
             one_node(
-                "MaxPool",
-                vec![("kernel_shape", A::Is(&[2, 2])), ("ceil_mode", A::I(1))],
+                "AveragePool",
+                vec![
+                    ("kernel_shape", A::Is(&[2, 2])),
+                    ("ceil_mode", A::I(1)),
+                    ("count_include_pad", A::I(1)),
+                ],
                 &[1, 5, 5],
                 vec![],
             ),
-            "ceil_mode=1",
+            "ceil_mode=1 with count_include_pad=1",
         ),
         (
             one_node("Flatten", vec![("axis", A::I(2))], &[1, 5, 5], vec![]),
@@ -649,5 +663,91 @@ fn residual_concat_and_constant_arithmetic_match_tract() {
         m.inputs[6],
         vec![5, 6],
         "the Concat reads the relu and conv p"
+    );
+}
+
+/// Deterministic pseudo-random choices for the generated conv cases.
+fn pick(r: &mut Rng, n: usize) -> usize {
+    ((r.f() + 1.0) / 2.0 * n as f32) as usize % n
+}
+
+#[test]
+fn grouped_dilated_padded_convs_and_ceil_pools_match_tract() {
+    // Seeded generation: groups (depthwise included), dilations, strides,
+    // asymmetric pads and every auto_pad mode, each checked against tract.
+    let mut r = Rng(77);
+    let mut matched = 0;
+    for case in 0..24 {
+        let g = [1, 2, 3][pick(&mut r, 3)];
+        let depthwise = case % 4 == 0;
+        let cg = if depthwise { 1 } else { 1 + pick(&mut r, 2) };
+        let c = g * cg;
+        let m = if depthwise {
+            c
+        } else {
+            g * (1 + pick(&mut r, 2))
+        };
+        let k = 1 + pick(&mut r, 3);
+        let d = 1 + pick(&mut r, 2);
+        let s = 1 + pick(&mut r, 2);
+        let (h, w) = (5 + pick(&mut r, 4), 4 + pick(&mut r, 5));
+        let auto = ["NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"][pick(&mut r, 4)];
+        let mut attrs = vec![
+            ("group", A::I(g as i64)),
+            (
+                "dilations",
+                A::Is(Box::leak(vec![d as i64, d as i64].into_boxed_slice())),
+            ),
+            (
+                "strides",
+                A::Is(Box::leak(vec![s as i64, 1].into_boxed_slice())),
+            ),
+        ];
+        if auto == "NOTSET" {
+            let p: Vec<i64> = (0..4).map(|_| pick(&mut r, k.max(2)) as i64).collect();
+            attrs.push(("pads", A::Is(Box::leak(p.into_boxed_slice()))));
+        } else {
+            attrs.push(("auto_pad", A::S(auto)));
+        }
+        let wt = tensor(
+            "w",
+            &[m as i64, cg as i64, k as i64, k as i64],
+            r.vec(m * cg * k * k),
+        );
+        let b = tensor("b", &[m as i64], r.vec(m));
+        let ceil = pick(&mut r, 2) as i64;
+        let nodes = vec![
+            node("Conv", "conv", &["x", "w", "b"], &["c"], attrs),
+            node(
+                "MaxPool",
+                "pool",
+                &["c"],
+                &["y"],
+                vec![
+                    ("kernel_shape", A::Is(&[2, 2])),
+                    ("strides", A::Is(&[2, 2])),
+                    ("ceil_mode", A::I(ceil)),
+                ],
+            ),
+        ];
+        let bytes = model_bytes(&[c as i64, h as i64, w as i64], nodes, vec![wt, b]);
+        // A window that does not fit is refused by name; the rest must match.
+        match import_onnx_bytes(&bytes, "mem") {
+            Ok(_) => {
+                check_against_tract(&bytes);
+                matched += 1;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("conv") || msg.contains("pool"),
+                    "case {case}: {msg}"
+                );
+            }
+        }
+    }
+    assert!(
+        matched >= 16,
+        "only {matched} of 24 generated cases imported"
     );
 }
