@@ -86,6 +86,84 @@ class MatMulAdd(nn.Module):
         return self.fc(torch.relu(torch.matmul(x, self.w) + self.b))
 
 
+class BasicBlock(nn.Module):
+    """ResNet basic block; a 1x1 projection shortcut where the shape changes."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.proj = None
+        if stride != 1 or cin != cout:
+            self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
+        return torch.relu(y + (x if self.proj is None else self.proj(x)))
+
+
+class Residual(nn.Module):
+    """Stem, an identity block and a projection block, global pooling, head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = Seq(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+        self.b1 = BasicBlock(6, 6, 1)
+        self.b2 = BasicBlock(6, 8, 2)
+        self.head = Seq(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    def forward(self, x):
+        return self.head(self.b2(self.b1(self.stem(x))))
+
+
+class Inception(nn.Module):
+    """Two branches concatenated along the channels, MaxPool with ceil_mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(4, 3, 1)
+        self.b = nn.Conv2d(4, 5, 3, padding=1)
+        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+        self.fc = nn.Linear(8 * 5 * 5, 5)
+
+    def forward(self, x):
+        y = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], dim=1)
+        return self.fc(torch.flatten(self.pool(y), 1))
+
+
+class Mobile(nn.Module):
+    """Depthwise-separable block with ReLU6, then a grouped dilated conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = Seq(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU6(),
+            nn.Conv2d(8, 12, 1), nn.BatchNorm2d(12), nn.ReLU6(),
+            nn.Conv2d(12, 12, 3, padding=2, dilation=2, groups=3), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 6))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class Affine(nn.Module):
+    """Per-channel and scalar Sub / Div / Mul / Add by constants."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.register_buffer("shift", torch.tensor([0.1, -0.2, 0.3, 0.0]).view(4, 1, 1))
+        self.register_buffer("scale", torch.tensor([0.5, 1.5, 2.0, 0.8]).view(4, 1, 1))
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        y = torch.relu((self.conv(x) - self.shift) / self.scale)
+        return self.fc(torch.flatten(y * 2.0 + 0.25, 1))
+
+
 def torch_models():
     return [
         ("conv_pad_stride.onnx", [3, 17, 13], 5, None, lambda: Seq(
@@ -110,6 +188,13 @@ def torch_models():
             nn.Conv2d(40, 36, 5, stride=2, padding=2), nn.ReLU(),
             nn.Flatten(), nn.Linear(36 * 8 * 8, 10))),
         ("sigmoid.onnx", [8], 4, None, lambda: Seq(nn.Linear(8, 4), nn.Sigmoid())),
+        # Model graphs (appended, so the models above keep their seeds).
+        ("residual.onnx", [3, 10, 10], 4, None, Residual),
+        ("inception.onnx", [4, 9, 9], 5, None, Inception),
+        ("mobile.onnx", [3, 12, 12], 6, None, Mobile),
+        ("affine.onnx", [3, 8, 8], 3, None, Affine),
+        ("conv_only.onnx", [2, 8, 8], 72, None, lambda: Seq(
+            nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3))),
     ]
 
 
@@ -143,7 +228,8 @@ def calibrate(model, shape, gen):
         shape_w = [-1] + [1] * (m.weight.dim() - 1)
         m.weight.div_(std.view(shape_w))
         target = 0.0 if last else 0.3 + 0.2 * (torch.rand(len(mean), generator=gen) - 0.5)
-        m.bias.copy_((m.bias - mean) / std + target)
+        if m.bias is not None:
+            m.bias.copy_((m.bias - mean) / std + target)
     if isinstance(model, MatMulAdd):  # explicit MatMul + Add layer
         y = torch.matmul(x, model.w) + model.b
         mean, std = y.mean(0), y.std(0).clamp(min=1e-3)
@@ -193,9 +279,9 @@ def gemm_alpha_beta(path, gen):
 def check_with_ort(path, shape, classes):
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     x3 = np.random.default_rng(7).random([3] + list(shape), dtype=np.float32)
-    y3 = sess.run(None, {"input": x3})[0]
+    y3 = sess.run(None, {"input": x3})[0].reshape(3, -1)
     assert y3.shape == (3, classes), y3.shape
-    ref = sess.run(None, {"input": ref_input(shape)})[0]
+    ref = sess.run(None, {"input": ref_input(shape)})[0].reshape(2, -1)
     assert ref.shape == (2, classes)
     return y3, ref
 
@@ -234,11 +320,15 @@ def main():
         assert "Identity" not in ops, f"{fname}: deduplicated initializers produced Identity nodes"
         y3, ref = check_with_ort(path, shape, classes)
         with torch.no_grad():
-            ty = model(torch.from_numpy(ref_input(shape))).numpy()
+            out = model(torch.from_numpy(ref_input(shape)))
+            ty = out.numpy().reshape(2, -1)
         assert np.abs(ty - ref).max() < 1e-4, (fname, np.abs(ty - ref).max())
         print(f"{fname:26s} {os.path.getsize(path):7d} B  ops={ops}  relu-active={['%.2f' % a for a in relu_activity(model, shape)]}")
-        manifest.append({"file": fname, "input_shape": shape, "classes": classes,
-                         "expect_error": expect_error, "ref_output": ref.tolist()})
+        entry = {"file": fname, "input_shape": shape, "classes": classes,
+                 "expect_error": expect_error, "ref_output": ref.tolist()}
+        if out.dim() > 2:
+            entry["output_shape"] = list(out.shape[1:])
+        manifest.append(entry)
 
     # An op hetee refuses: sigmoid.onnx with its Sigmoid node turned into a
     # Hardmax (the same bytes with the op and node name renamed).

@@ -30,7 +30,7 @@ impl Importer<'_> {
             return Err(cx.shape_err(format!("needs a [N, C, H, W] input, got [N, {shape:?}]")));
         };
         let group = cx.int("group", 1);
-        if group < 1 || group > MAX_ATTR {
+        if !(1..=MAX_ATTR).contains(&group) {
             return Err(cx.unsup(format!("group={group} is out of range")));
         }
         let g = group as usize;
@@ -194,9 +194,11 @@ impl Ctx<'_> {
                     right,
                 }
             }
-            o => return Err(self.unsup(format!(
+            o => {
+                return Err(self.unsup(format!(
                 "auto_pad={o} is not supported (supported: NOTSET, VALID, SAME_UPPER, SAME_LOWER)"
-            ))),
+            )))
+            }
         };
         Ok(Window {
             kernel: k,

@@ -104,6 +104,10 @@ pub(crate) fn check_tail(
     Ok(())
 }
 
+/// Largest predicted host memory of a model's encrypted weights that
+/// [`Schedule::compile_best`] picks a batch size for (1 GiB).
+pub const HOST_WEIGHT_BUDGET: usize = 1 << 30;
+
 /// Most images per query.
 pub const MAX_BATCH: usize = 4096;
 
@@ -181,13 +185,21 @@ impl Schedule {
     }
 
     /// Compiles for the batch size (a power of two up to `max_batch`) with
-    /// the lowest predicted cost per image.
+    /// the lowest predicted cost per image, among those whose encrypted
+    /// weights fit [`HOST_WEIGHT_BUDGET`] in the host's memory (batch 1
+    /// always qualifies).
     pub fn compile_best(model: &QuantModel, max_batch: usize) -> Result<Self, ProtoError> {
         let mut best = Self::compile(model, 1)?;
         let mut best_cost = best.predicted_cost();
         let mut b = 2;
         while b <= max_batch {
-            if let Ok(s) = Self::compile(model, b) {
+            if let Ok(s) = Self::compile(model, b).and_then(|s| {
+                if s.weight_memory() <= HOST_WEIGHT_BUDGET {
+                    Ok(s)
+                } else {
+                    Err(ProtoError::Schedule("weights too large".into()))
+                }
+            }) {
                 let c = s.predicted_cost() / b as f64;
                 if c < best_cost {
                     best_cost = c;
@@ -197,6 +209,17 @@ impl Schedule {
             b *= 2;
         }
         Ok(best)
+    }
+
+    /// Predicted host memory of the encrypted weights in the
+    /// multiplication basis (three polynomials over about twice the
+    /// ciphertext primes), in bytes.
+    pub fn weight_memory(&self) -> usize {
+        let per = 3 * (2 * self.he.moduli_sizes.len() + 1) * self.he.degree * 8;
+        self.stages
+            .iter()
+            .map(|s| s.packing.weight_count().saturating_mul(per))
+            .fold(0usize, usize::saturating_add)
     }
 
     /// Predicted weighted cost of one query (all `batch` images).

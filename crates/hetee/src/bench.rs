@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::cli::{load_model, median, prepare};
-use crate::data::{bundled, idx_images};
+use crate::data::idx_images;
 use crate::harness::{Harness, QueryStats};
 use hetee_model::reference;
 use hetee_onnx::TractPlan;
@@ -19,7 +19,7 @@ use hetee_onnx::TractPlan;
 /// One row of the benchmark table and JSON.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchRow {
-    /// `mnist` or `e2dm`.
+    /// The bundled model's name.
     pub model: String,
     /// `latency` (one image at a time, in process), `batch` (many images
     /// stacked per query, in process), `served` (one image at a time
@@ -100,11 +100,17 @@ fn sum_stages(s: &QueryStats, f: impl Fn(&hetee_proto::api::StageStats) -> usize
 
 /// Runs the benchmark and prints the table.
 pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
-    let images = idx_images(bundled::TEST_IMAGES)?;
-    let per = 28 * 28;
     let mut rows = Vec::new();
     for name in &o.models {
+        let b = crate::bundled::find(name).with_context(|| {
+            format!(
+                "{name} is not a bundled model (bundled: {})",
+                crate::bundled::names()
+            )
+        })?;
+        let images = idx_images(b.test_images)?;
         let (model, calib) = load_model(name, None)?;
+        let per: usize = model.input_shape.iter().product();
         let q = prepare(&model, &calib)?;
         let dep = Harness::new(&q, 1)?;
         let dep_batch = Harness::new(&q, o.batch.max(1))?;

@@ -40,7 +40,7 @@ enum ModelCommand {
     /// upload it and register its secrets over the channel. Prints the model
     /// id alone on the last line.
     Upload {
-        /// ONNX model, or `mnist` / `e2dm` for a bundled one.
+        /// ONNX model, or a bundled one: `mnist`, `e2dm`.
         #[arg(long)]
         model: String,
         /// Calibration inputs (float32 .npy); bundled models use their own.
@@ -177,7 +177,7 @@ enum Command {
         /// Inputs: float32 .npy `[N, ...]` in the model's input shape.
         #[arg(long)]
         input: PathBuf,
-        /// Output: float32 .npy `[N, classes]` of dequantized logits.
+        /// Output: float32 .npy of dequantized outputs in the model's own shape (`[N, classes]` for a classifier).
         #[arg(long)]
         output: PathBuf,
         /// The enclave measurement to accept (hex, from `hetee enclave measure`).
@@ -222,7 +222,7 @@ enum Command {
     },
     /// Runs any supported ONNX model on a batch of inputs.
     Run {
-        /// ONNX model, or `mnist` / `e2dm` for a bundled one.
+        /// ONNX model, or a bundled one: `mnist`, `e2dm`.
         #[arg(long)]
         model: String,
         /// Inputs: float32 .npy `[N, C, H, W]` or `[N, F]`, preprocessed.
@@ -279,7 +279,7 @@ enum Command {
         /// Plan for this many images per query (stacked in the same products).
         #[arg(long, default_value_t = 1)]
         batch: usize,
-        /// ONNX model, or `mnist` / `e2dm` for a bundled one.
+        /// ONNX model, or a bundled one: `mnist`, `e2dm`.
         #[arg(long, default_value = "mnist")]
         model: String,
         /// Calibration inputs (float32 .npy); bundled models use their own.
@@ -443,26 +443,31 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The ONNX bytes of a bundled model (`mnist`, `e2dm`).
+/// The ONNX bytes of a bundled model (see [`crate::bundled`]).
 pub fn bundled_onnx(name: &str) -> Option<&'static [u8]> {
-    match name {
-        "mnist" => Some(data::bundled::MNIST_ONNX),
-        "e2dm" => Some(data::bundled::E2DM_ONNX),
-        _ => None,
-    }
+    crate::bundled::find(name).map(|b| b.onnx)
 }
 
-/// A bundled model (`mnist`, `e2dm`) with its calibration set, or an ONNX
-/// file with the given calibration file.
+/// A bundled model with its calibration set, or an ONNX file with the
+/// given calibration file.
 pub fn load_model(name: &str, calib: Option<&std::path::Path>) -> Result<(Model, Tensor)> {
-    let bundled = bundled_onnx(name);
+    let bundled = crate::bundled::find(name);
     let model = match bundled {
-        Some(bytes) => hetee_onnx::import_onnx_bytes(bytes, name)?,
-        None => hetee_onnx::import_onnx(std::path::Path::new(name))?,
+        Some(b) => hetee_onnx::import_onnx_bytes(b.onnx, name)?,
+        None => {
+            let path = std::path::Path::new(name);
+            if !path.exists() && !name.contains('.') && !name.contains('/') {
+                bail!(
+                    "no bundled model is called '{name}' (bundled: {}), and no file has that name",
+                    crate::bundled::names()
+                );
+            }
+            hetee_onnx::import_onnx(path)?
+        }
     };
     let calib = match (calib, bundled) {
         (Some(p), _) => data::read_npy(p).context("calibration set")?,
-        (None, Some(_)) => data::idx_images(data::bundled::CALIB_IMAGES)?,
+        (None, Some(b)) => data::idx_images(b.calib_images)?,
         (None, None) => bail!("--calib is required for a model file"),
     };
     Ok((model, calib))
@@ -535,13 +540,21 @@ fn run_model(
         }
         dep = Some(d);
     }
-    data::write_npy(output, &[n, classes], &out)?;
+    // The model's own output shape ([N, classes] for a classifier).
+    let mut shape = vec![n];
+    if q.output_shape.iter().product::<usize>() == classes && !q.output_shape.is_empty() {
+        shape.extend(&q.output_shape);
+    } else {
+        shape.push(classes);
+    }
+    data::write_npy(output, &shape, &out)?;
     if let Some(r) = report {
         let json = crate::report::layer_report(&q, dep.as_ref(), &all, n, plaintext);
         std::fs::write(r, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("cannot write {}", r.display()))?;
     }
-    eprintln!("wrote {n} x {classes} logits to {}", output.display());
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    eprintln!("wrote {} outputs to {}", dims.join(" x "), output.display());
     Ok(())
 }
 

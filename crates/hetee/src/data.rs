@@ -120,21 +120,6 @@ fn write_npy_of<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
     std::fs::write(path, buf).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// The bundled model and data, embedded in the binary.
-pub mod bundled {
-    /// The bundled MNIST CNN (ONNX).
-    pub const MNIST_ONNX: &[u8] = include_bytes!("../../../models/mnist.onnx");
-    /// The TenSEAL/E2DM network with ReLU (ONNX).
-    pub const E2DM_ONNX: &[u8] = include_bytes!("../../../models/e2dm.onnx");
-    /// MNIST test images (IDX, gzip).
-    pub const TEST_IMAGES: &[u8] = include_bytes!("../../../data/mnist/t10k-images-idx3-ubyte.gz");
-    /// MNIST test labels (IDX, gzip).
-    pub const TEST_LABELS: &[u8] = include_bytes!("../../../data/mnist/t10k-labels-idx1-ubyte.gz");
-    /// Calibration images: the first 512 MNIST training images (IDX, gzip).
-    pub const CALIB_IMAGES: &[u8] =
-        include_bytes!("../../../data/mnist/calib-images-idx3-ubyte.gz");
-}
-
 fn gunzip(gz: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(gz)

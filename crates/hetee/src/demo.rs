@@ -1,12 +1,12 @@
 //! `hetee demo`: the bundled MNIST CNN on bundled test images, encrypted end
 //! to end, checked image by image against the integer reference.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::cli::median;
-use crate::data::{bundled, idx_images, idx_labels};
+use crate::data::{idx_images, idx_labels};
 use crate::harness::Harness;
 use hetee_model::{float, quantize, reference};
 use hetee_onnx::import_onnx_bytes;
@@ -63,10 +63,11 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
     if n == 0 || n > 10_000 {
         bail!("--images must be between 1 and 10000");
     }
-    let model = import_onnx_bytes(bundled::MNIST_ONNX, "bundled mnist.onnx")?;
-    let calib = idx_images(bundled::CALIB_IMAGES)?;
-    let test = idx_images(bundled::TEST_IMAGES)?;
-    let labels = idx_labels(bundled::TEST_LABELS)?;
+    let b = crate::bundled::find("mnist").context("the bundled mnist model")?;
+    let model = import_onnx_bytes(b.onnx, "bundled mnist.onnx")?;
+    let calib = idx_images(b.calib_images)?;
+    let test = idx_images(b.test_images)?;
+    let labels = idx_labels(b.test_labels)?;
     let q = quantize(&model, &calib.data)?;
     eprintln!("compiling and encrypting the model...");
     let dep = Harness::new(&q, 1)?;

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -14,7 +14,7 @@ use crate::client::data_provider::Target;
 use crate::client::http::Api;
 use crate::client::model_provider::{upload, Terms};
 use crate::client::trust::Trust;
-use crate::data::{bundled, idx_images, idx_labels};
+use crate::data::{idx_images, idx_labels};
 use crate::serve::{ServeOptions, Server};
 use hetee_model::{quantize, reference};
 use hetee_onnx::import_onnx_bytes;
@@ -62,10 +62,11 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
     eprintln!("server on http://{addr}, enclave measurement {measurement}");
     eprintln!("(simulated TEE: the clients run with --allow-sim)");
 
-    let model = import_onnx_bytes(bundled::MNIST_ONNX, "bundled mnist.onnx")?;
-    let calib = idx_images(bundled::CALIB_IMAGES)?;
-    let test = idx_images(bundled::TEST_IMAGES)?;
-    let labels = idx_labels(bundled::TEST_LABELS)?;
+    let b = crate::bundled::find("mnist").context("the bundled mnist model")?;
+    let model = import_onnx_bytes(b.onnx, "bundled mnist.onnx")?;
+    let calib = idx_images(b.calib_images)?;
+    let test = idx_images(b.test_images)?;
+    let labels = idx_labels(b.test_labels)?;
     let q = quantize(&model, &calib.data)?;
     let trust = Trust::new(&measurement, true)?;
     let api = Api::new(&addr)?;

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod bench_served;
+pub mod bundled;
 pub mod chart;
 pub mod cli;
 pub mod infer;

@@ -124,6 +124,15 @@ struct ManifestEntry {
     classes: usize,
     expect_error: Option<String>,
     ref_output: Vec<Vec<f32>>,
+    /// The model's own output shape when it is not `[classes]`.
+    output_shape: Option<Vec<usize>>,
+}
+
+impl ManifestEntry {
+    /// Per-image output shape: the model's own, or `[classes]`.
+    fn out_shape(&self) -> Vec<usize> {
+        self.output_shape.clone().unwrap_or(vec![self.classes])
+    }
 }
 
 fn manifest() -> Vec<(String, ManifestEntry)> {
@@ -152,6 +161,7 @@ fn manifest() -> Vec<(String, ManifestEntry)> {
                 ManifestEntry {
                     input_shape: usizes(&e["input_shape"]),
                     classes: e["classes"].as_u64().unwrap() as usize,
+                    output_shape: e.get("output_shape").map(usizes),
                     expect_error: e["expect_error"].as_str().map(str::to_string),
                     ref_output: e["ref_output"]
                         .as_array()
@@ -183,8 +193,9 @@ fn run_both(
     x: &Path,
     calib: &Path,
     n: usize,
-    classes: usize,
+    out_shape: &[usize],
 ) -> Vec<f32> {
+    let want_shape = [vec![n], out_shape.to_vec()].concat();
     let y = dir.join(format!("{tag}_secure.npy"));
     let y2 = dir.join(format!("{tag}_plain.npy"));
     let r = dir.join(format!("{tag}_report.json"));
@@ -218,13 +229,9 @@ fn run_both(
     );
 
     let (shape, secure) = read_f32(&y);
-    assert_eq!(shape, vec![n, classes], "secure output shape of {model}");
+    assert_eq!(shape, want_shape, "secure output shape of {model}");
     let (shape2, plain) = read_f32(&y2);
-    assert_eq!(
-        shape2,
-        vec![n, classes],
-        "plaintext output shape of {model}"
-    );
+    assert_eq!(shape2, want_shape, "plaintext output shape of {model}");
     assert!(
         secure.iter().all(|v| v.is_finite()),
         "non-finite logits from {model}: {secure:?}"
@@ -290,7 +297,7 @@ fn check_random(file: &str, lo: f32, hi: f32) {
     let c = dir.path().join("calib.npy");
     write_f32(&x, &shape(3), &random(seed, 3 * per, lo, hi));
     write_f32(&c, &shape(8), &random(seed ^ 0xCA11B, 8 * per, lo, hi));
-    run_both(dir.path(), "random", &model, &x, &c, 3, e.classes);
+    run_both(dir.path(), "random", &model, &x, &c, 3, &e.out_shape());
 }
 
 /// The gen.py input batch (calibrated on itself) through one manifest model:
@@ -303,7 +310,7 @@ fn check_reference(file: &str, rel_tol: f32) {
     let shape = [vec![2], e.input_shape.clone()].concat();
     let xr = dir.path().join("ref.npy");
     write_f32(&xr, &shape, &gen_py_input(&e.input_shape));
-    let got = run_both(dir.path(), "ref", &model, &xr, &xr, 2, e.classes);
+    let got = run_both(dir.path(), "ref", &model, &xr, &xr, 2, &e.out_shape());
     let want: Vec<f32> = e.ref_output.concat();
     assert_eq!(want.len(), got.len());
     let ref_max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -348,6 +355,15 @@ model_tests! {
     run_deep_conv, ref_deep_conv: "deep_conv.onnx", [0.0, 1.0];
     // Sigmoid through its exact 256-entry table, against onnxruntime.
     run_sigmoid, ref_sigmoid: "sigmoid.onnx", [-1.0, 1.0];
+    // Model graphs: residual adds with 1x1 projections, a channel concat
+    // with a ceil-mode pool, depthwise / grouped / dilated convs with
+    // ReLU6, per-channel constant arithmetic, and a conv-only model whose
+    // output keeps its [C, H, W] shape.
+    run_residual, ref_residual: "residual.onnx", [0.0, 1.0];
+    run_inception, ref_inception: "inception.onnx", [0.0, 1.0];
+    run_mobile, ref_mobile: "mobile.onnx", [0.0, 1.0];
+    run_affine, ref_affine: "affine.onnx", [0.0, 1.0];
+    run_conv_only, ref_conv_only: "conv_only.onnx", [0.0, 1.0];
 }
 
 // The dense models again with unsigned [0, 1) inputs, which quantize to
@@ -378,6 +394,11 @@ fn manifest_is_covered() {
         "gap.onnx",
         "reshape_flatten.onnx",
         "avgpool.onnx",
+        "residual.onnx",
+        "inception.onnx",
+        "mobile.onnx",
+        "affine.onnx",
+        "conv_only.onnx",
         "mlp.onnx",
         "matmul_add.onnx",
         "gemm_alpha_beta.onnx",
@@ -420,7 +441,7 @@ fn run_e2dm() {
     let c = dir.path().join("calib.npy");
     write_f32(&x, &[3, 1, 28, 28], &random(2024, 3 * per, 0.0, 1.0));
     write_f32(&c, &[8, 1, 28, 28], &random(2025, 8 * per, 0.0, 1.0));
-    run_both(dir.path(), "random", E2DM_ONNX, &x, &c, 3, 10);
+    run_both(dir.path(), "random", E2DM_ONNX, &x, &c, 3, &[10]);
 
     // No float reference outputs for e2dm in the manifest; instead, real
     // MNIST test digits (calibrated on real training digits) must be
@@ -438,7 +459,7 @@ fn run_e2dm() {
         &[16, 1, 28, 28],
         &mnist_images("calib-images-idx3-ubyte.gz", 16),
     );
-    let logits = run_both(dir.path(), "digits", E2DM_ONNX, &xm, &cm, 4, 10);
+    let logits = run_both(dir.path(), "digits", E2DM_ONNX, &xm, &cm, 4, &[10]);
     let labels = gunzip(&format!("{MNIST_DATA}/t10k-labels-idx1-ubyte.gz"));
     for (i, row) in logits.chunks(10).enumerate() {
         let pred = (0..10).fold(0, |b, k| if row[k] > row[b] { k } else { b });
