@@ -195,6 +195,8 @@ def torch_models():
         ("affine.onnx", [3, 8, 8], 3, None, Affine),
         ("conv_only.onnx", [2, 8, 8], 72, None, lambda: Seq(
             nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3))),
+        ("softmax.onnx", [12], 5, None, lambda: Seq(
+            nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 5), nn.Softmax(dim=1))),
     ]
 
 

@@ -111,13 +111,18 @@ pub fn step(
     Ok(StepOutput::Next(encrypt_all(keys, &polys)?))
 }
 
-/// Dequantizes the output value's integers into floats.
+/// Dequantizes one image's output integers into floats (then the final
+/// Softmax, if the model has one).
 fn dequantize(schedule: &Schedule, out: TensorRef, y: &[i64]) -> Vec<f32> {
-    match out {
+    let mut v = match out {
         TensorRef::Join(j) => schedule.joins.get(j).map(|j| j.dequantize(y)),
         _ => schedule.stages.last().map(|s| s.tail.dequantize(y)),
     }
-    .unwrap_or_default()
+    .unwrap_or_default();
+    if schedule.softmax {
+        hetee_model::activation::softmax(&mut v);
+    }
+    v
 }
 
 /// Encrypts polynomials under the secret key (fresh, symmetric, at the top

@@ -209,3 +209,35 @@ fn a_schedule_whose_join_reads_ahead_is_refused() {
     s.joins[0].inputs[1].multiplier.pop();
     assert!(s.validate().is_err());
 }
+
+#[test]
+fn a_final_softmax_is_applied_in_the_enclave_bit_exactly() {
+    let m = graph(
+        vec![6],
+        vec![
+            (dense(6, 8, 21), vec![0]),
+            (Layer::Relu, vec![1]),
+            (dense(8, 4, 22), vec![2]),
+            (Layer::Softmax, vec![3]),
+        ],
+    );
+    let q = check(&m, &inputs(6, 6), 0.08);
+    assert!(q.softmax);
+    let p = reference(&q, &values(6, 5, 1.0));
+    let sum: f32 = p.iter().sum();
+    assert!(
+        (sum - 1.0).abs() < 1e-5 && p.iter().all(|&v| v > 0.0),
+        "{p:?}"
+    );
+    // Anywhere but last, it is refused by name.
+    let mid = graph(
+        vec![6],
+        vec![
+            (dense(6, 4, 1), vec![0]),
+            (Layer::Softmax, vec![1]),
+            (dense(4, 2, 2), vec![2]),
+        ],
+    );
+    let e = quantize(&mid, &values(12, 1, 1.0)).unwrap_err().to_string();
+    assert!(e.contains("n1") && e.contains("last op"), "{e}");
+}

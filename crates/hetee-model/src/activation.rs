@@ -419,3 +419,15 @@ mod tests {
         assert_eq!(t.entries[512], 127);
     }
 }
+
+/// Softmax of `x` in place, computed in `f64` (shifted by the maximum).
+/// The enclave and the plaintext reference both call this function on the
+/// same dequantized logits, so they agree bit for bit.
+pub fn softmax(x: &mut [f32]) {
+    let m = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    let e: Vec<f64> = x.iter().map(|&v| (v as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    for (v, ev) in x.iter_mut().zip(e) {
+        *v = (ev / s) as f32;
+    }
+}

@@ -122,6 +122,12 @@ pub fn layer_output_shape(
         }
         Layer::Flatten => Ok(vec![numel]),
         Layer::Add | Layer::Concat => Err(format!("{} needs two or more inputs", layer.name())),
+        Layer::Softmax => match input {
+            [_] => Ok(input.to_vec()),
+            _ => Err(format!(
+                "softmax needs a flat [N, F] input, got [N, {input:?}]"
+            )),
+        },
     }
 }
 
@@ -351,6 +357,11 @@ fn run_layer(layer: &Layer, in_shape: &[usize], out_shape: &[usize], x: &[f32]) 
         Layer::Flatten => x.to_vec(),
         // Several inputs: handled by the caller.
         Layer::Add | Layer::Concat => x.to_vec(),
+        Layer::Softmax => {
+            let mut y = x.to_vec();
+            crate::activation::softmax(&mut y);
+            y
+        }
     }
 }
 

@@ -88,6 +88,11 @@ pub(crate) fn as3(s: &[usize]) -> [usize; 3] {
 /// Groups the layers of `model` (with output shapes `shapes`) into values,
 /// in creation order, which is a topological order.
 pub(crate) fn group(model: &Model, shapes: &[Vec<usize>]) -> Result<Vec<FloatValue>> {
+    // A final Softmax is applied to the released logits, not quantized.
+    let n_layers = match model.layers.last() {
+        Some(Layer::Softmax) => model.layers.len() - 1,
+        _ => model.layers.len(),
+    };
     let consumers = model.consumer_counts();
     let mut values: Vec<FloatValue> = Vec::new();
     let mut val_of: Vec<Option<Src>> = vec![None; model.layers.len() + 1];
@@ -99,7 +104,7 @@ pub(crate) fn group(model: &Model, shapes: &[Vec<usize>]) -> Result<Vec<FloatVal
             as3(&shapes[t - 1])
         }
     };
-    for (i, layer) in model.layers.iter().enumerate() {
+    for (i, layer) in model.layers.iter().enumerate().take(n_layers) {
         let out = i + 1;
         let name = model.node_name(i);
         let reads = model.reads(i);
@@ -200,6 +205,13 @@ pub(crate) fn group(model: &Model, shapes: &[Vec<usize>]) -> Result<Vec<FloatVal
                 val_of[out] = val_of[reads[0]];
                 continue;
             }
+            Layer::Softmax => {
+                return Err(ModelError::Unsupported {
+                    node: name,
+                    op: "Softmax".into(),
+                    what: "Softmax is supported as the model's last op only".into(),
+                })
+            }
             Layer::Relu
             | Layer::Act(_)
             | Layer::MaxPool(_)
@@ -227,7 +239,14 @@ pub(crate) fn group(model: &Model, shapes: &[Vec<usize>]) -> Result<Vec<FloatVal
         };
         val_of[out] = Some(Src::Value(v));
     }
-    let last = model.layers.len();
+    let last = n_layers;
+    if n_layers < model.layers.len() && model.reads(n_layers) != vec![last] {
+        return Err(ModelError::Unsupported {
+            node: model.node_name(n_layers),
+            op: "Softmax".into(),
+            what: "the final Softmax must read the layer before it".into(),
+        });
+    }
     match val_of[last] {
         Some(Src::Value(v)) if v + 1 == values.len() => {}
         _ => {

@@ -123,6 +123,9 @@ pub enum Layer {
     /// Concatenation of two or more tensors along the channels (the first
     /// dimension); the other dimensions must agree.
     Concat,
+    /// Softmax over the features of a flat tensor; only as the model's last
+    /// layer, where the enclave applies it to the dequantized logits.
+    Softmax,
 }
 
 impl Layer {
@@ -140,6 +143,7 @@ impl Layer {
             Layer::Flatten => "Flatten",
             Layer::Add => "Add",
             Layer::Concat => "Concat",
+            Layer::Softmax => "Softmax",
         }
     }
 

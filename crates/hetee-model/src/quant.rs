@@ -175,6 +175,10 @@ pub struct QuantModel {
     /// The model's output shape as imported (batch excluded).
     #[serde(default)]
     pub output_shape: Vec<usize>,
+    /// Whether the model ends with a Softmax over the logits (applied by
+    /// the enclave to the dequantized logits before the output policy).
+    #[serde(default)]
+    pub softmax: bool,
 }
 
 /// The value holding a graph's result: the last join if it releases
@@ -206,16 +210,21 @@ impl QuantModel {
         self.stages.iter().map(|s| s.acc_bound).max().unwrap_or(1)
     }
 
-    /// Dequantizes final accumulators into float logits.
+    /// Dequantizes one image's final accumulators into float outputs
+    /// (then the final Softmax, if the model has one).
     pub fn dequantize(&self, acc: &[i64]) -> Vec<f32> {
-        match self.output_ref() {
+        let mut y = match self.output_ref() {
             TensorRef::Join(j) => self.joins[j].dequantize(acc),
             _ => self
                 .stages
                 .last()
                 .map(|l| l.dequantize(acc))
                 .unwrap_or_default(),
+        };
+        if self.softmax {
+            crate::activation::softmax(&mut y);
         }
+        y
     }
 }
 
@@ -526,6 +535,7 @@ pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
         stages,
         joins,
         output_shape: shapes.last().cloned().unwrap_or_default(),
+        softmax: matches!(model.layers.last(), Some(Layer::Softmax)),
     })
 }
 

@@ -31,8 +31,9 @@ use node::{graph_err, node_name, Ctx};
 
 /// The ONNX ops the importer translates (MatMul also absorbs a following
 /// Add), besides the activations of [`ACTIVATION_OPS`].
-const KNOWN_OPS: [&str; 12] = [
+const KNOWN_OPS: [&str; 13] = [
     "Identity",
+    "Softmax",
     "Dropout",
     "Relu",
     "Conv",
@@ -396,6 +397,16 @@ impl<'a> Importer<'a> {
                 step(None)
             }
             "Relu" => step(Some(Layer::Relu)),
+            "Softmax" => {
+                flat()?;
+                let axis = cx.int("axis", -1);
+                if axis != 1 && axis != -1 {
+                    return Err(cx.unsup(format!(
+                        "axis={axis} is not supported (supported: the features, 1 or -1)"
+                    )));
+                }
+                step(Some(Layer::Softmax))
+            }
             "Conv" => step(Some(self.conv(cx, shape)?)),
             "BatchNormalization" => {
                 cx.int_in("training_mode", 0, &[0])?;

@@ -42,6 +42,9 @@ pub struct Schedule {
     /// The model's own output shape (batch excluded), as imported.
     #[serde(default)]
     pub output_shape: Vec<usize>,
+    /// Whether the enclave applies a Softmax to the dequantized logits.
+    #[serde(default)]
+    pub softmax: bool,
 }
 
 /// The HE view of a quantized stage's linear layer.
@@ -181,6 +184,7 @@ impl Schedule {
             stages,
             joins: model.joins.clone(),
             output_shape: model.output_shape.clone(),
+            softmax: model.softmax,
         })
     }
 

@@ -364,6 +364,8 @@ model_tests! {
     run_mobile, ref_mobile: "mobile.onnx", [0.0, 1.0];
     run_affine, ref_affine: "affine.onnx", [0.0, 1.0];
     run_conv_only, ref_conv_only: "conv_only.onnx", [0.0, 1.0];
+    // A final Softmax, applied by the enclave to the dequantized logits.
+    run_softmax, ref_softmax: "softmax.onnx", [-1.0, 1.0];
 }
 
 // The dense models again with unsigned [0, 1) inputs, which quantize to
@@ -399,6 +401,7 @@ fn manifest_is_covered() {
         "mobile.onnx",
         "affine.onnx",
         "conv_only.onnx",
+        "softmax.onnx",
         "mlp.onnx",
         "matmul_add.onnx",
         "gemm_alpha_beta.onnx",
