@@ -197,6 +197,10 @@ def torch_models():
             nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3))),
         ("softmax.onnx", [12], 5, None, lambda: Seq(
             nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 5), nn.Softmax(dim=1))),
+        ("conv1d.onnx", [3, 20], 4, None, lambda: Seq(
+            nn.Conv1d(3, 6, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2, ceil_mode=True),
+            nn.Conv1d(6, 6, 3, groups=3, dilation=2), nn.ReLU(), nn.AvgPool1d(2),
+            nn.Flatten(), nn.Linear(6 * 3, 4))),
     ]
 
 
@@ -207,15 +211,15 @@ def calibrate(model, shape, gen):
     """Rescale weights layer by layer (data-driven) so activations are healthy."""
     x = torch.rand([64] + list(shape), generator=gen)
     mods = list(model.modules())
-    layers = [m for m in mods if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))]
-    affine = [m for m in layers if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = [m for m in mods if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.BatchNorm2d))]
+    affine = [m for m in layers if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
     for m in layers:
         captured = {}
         h = m.register_forward_hook(lambda mod, inp, out: captured.__setitem__("out", out))
         model(x)
         h.remove()
         out = captured["out"]
-        dims = [0, 2, 3] if out.dim() == 4 else [0]
+        dims = list(range(out.dim()))[:1] + list(range(2, out.dim()))
         mean, std = out.mean(dims), out.std(dims).clamp(min=1e-3)
         if isinstance(m, nn.BatchNorm2d):
             c = m.num_features

@@ -236,9 +236,9 @@ pub(super) fn input_shape(input: &ValueInfoProto) -> Result<(Vec<usize>, Option<
         Some(dimension::Value::DimValue(v)) => Some(v),
         _ => None,
     };
-    if !(dims.len() == 2 || dims.len() == 4) {
+    if !(2..=4).contains(&dims.len()) {
         return Err(err(format!(
-            "input rank {} is not supported (supported: [N, C, H, W] or [N, F])",
+            "input rank {} is not supported (supported: [N, C, H, W], [N, C, L] or [N, F])",
             dims.len()
         )));
     }
@@ -260,6 +260,11 @@ pub(super) fn input_shape(input: &ValueInfoProto) -> Result<(Vec<usize>, Option<
         .is_none_or(|n| n > MAX_INPUT)
     {
         return Err(err(format!("input shape {shape:?} is too large")));
+    }
+    // A 1-D signal [C, L] is a [C, 1, L] map: 1-D convs and pools are 2-D
+    // ones of height 1.
+    if let [c, l] = shape[..] {
+        shape = vec![c, 1, l];
     }
     Ok((shape, dims.first().and_then(val)))
 }

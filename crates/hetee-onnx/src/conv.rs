@@ -21,11 +21,16 @@ impl Importer<'_> {
     /// A `Conv` node on an activation of shape `shape` (`[C, H, W]`).
     pub(crate) fn conv(&self, cx: &Ctx, shape: &[usize]) -> Result<Layer> {
         let (wd, w) = self.floats(cx, 1)?;
-        let [m, cg, kh, kw] = wd[..] else {
-            return Err(cx.unsup(format!(
-                "weight shape {wd:?} is not supported (only 2-D convolution, weight [M, C/group, kh, kw])"
-            )));
+        let [m, cg, kh, kw] = match wd[..] {
+            [m, cg, kh, kw] => [m, cg, kh, kw],
+            [m, cg, k] => [m, cg, 1, k],
+            _ => {
+                return Err(cx.unsup(format!(
+                    "weight shape {wd:?} is not supported (1-D or 2-D convolution, weight [M, C/group, (kh,) kw])"
+                )))
+            }
         };
+        let one_d = wd.len() == 3;
         let [c, h, wid] = shape[..] else {
             return Err(cx.shape_err(format!("needs a [N, C, H, W] input, got [N, {shape:?}]")));
         };
@@ -39,7 +44,7 @@ impl Importer<'_> {
                 "group={g}: {c} input channels and {m} output channels must be {g} x {cg} and a multiple of {g}"
             )));
         }
-        let d = cx.ints("dilations", 2, 1, 1)?;
+        let d = cx.spatial("dilations", one_d, 1, 1)?;
         let (ekh, ekw) = ((kh - 1) * d[0] + 1, (kw - 1) * d[1] + 1);
         if [m, c, ekh, ekw]
             .iter()
@@ -66,7 +71,7 @@ impl Importer<'_> {
             }
         }
         let bias = self.opt_floats(cx, 2, m)?;
-        let window = cx.window_on((ekh, ekw), Some((kh, kw)), (h, wid))?;
+        let window = cx.window_on((ekh, ekw), Some((kh, kw)), (h, wid), one_d)?;
         Ok(Layer::Conv2d {
             weight,
             bias,
@@ -99,8 +104,9 @@ impl Importer<'_> {
             cx.int_in("count_include_pad", 0, &[0, 1])?
         };
         let ceil = cx.int_in("ceil_mode", 0, &[0, 1])? == 1;
-        let k = cx.ints("kernel_shape", 2, 0, 1)?;
-        let mut window = cx.window_on((k[0], k[1]), None, (h, w))?;
+        let one_d = cx.attr("kernel_shape").is_some_and(|a| a.ints.len() == 1);
+        let k = cx.spatial("kernel_shape", one_d, 0, 1)?;
+        let mut window = cx.window_on((k[0], k[1]), None, (h, w), one_d)?;
         if ceil {
             if cip == 1 {
                 return Err(cx.unsup(
@@ -139,6 +145,23 @@ fn ceil_extra(n: usize, pb: usize, pe: usize, k: usize, s: usize) -> usize {
 }
 
 impl Ctx<'_> {
+    /// A per-axis attribute of a 2-D op, or of a 1-D op (one value per
+    /// axis, read as height 1: the value `1` on the height for sizes and
+    /// strides, `0` for pads).
+    pub(crate) fn spatial(
+        &self,
+        name: &str,
+        one_d: bool,
+        default: i64,
+        min: i64,
+    ) -> Result<Vec<usize>> {
+        if !one_d {
+            return self.ints(name, 2, default, min);
+        }
+        let v = self.ints(name, 1, default, min)?;
+        Ok(vec![if default == 0 && min == 0 { 0 } else { 1 }, v[0]])
+    }
+
     /// Kernel `k` (the effective, dilated one), strides and pads of a conv
     /// or pool on an `h x w` map, with `auto_pad` resolved. `declared` is
     /// the undilated kernel the weights have, to check `kernel_shape`.
@@ -147,21 +170,36 @@ impl Ctx<'_> {
         k: (usize, usize),
         declared: Option<(usize, usize)>,
         (h, w): (usize, usize),
+        one_d: bool,
     ) -> Result<Window> {
         if let (Some(a), Some(dk)) = (self.attr("kernel_shape"), declared) {
-            if a.ints.len() != 2 || a.ints[0] != dk.0 as i64 || a.ints[1] != dk.1 as i64 {
+            let want: &[i64] = if one_d {
+                &[dk.1 as i64]
+            } else {
+                &[dk.0 as i64, dk.1 as i64]
+            };
+            if a.ints != want {
                 return Err(self.shape_err(format!(
                     "kernel_shape {:?} does not match the weight {dk:?}",
                     a.ints
                 )));
             }
         }
-        let s = self.ints("strides", 2, 1, 1)?;
+        let s = self.spatial("strides", one_d, 1, 1)?;
         let auto = self
             .attr("auto_pad")
             .map(|a| String::from_utf8_lossy(&a.s).into_owned())
             .unwrap_or_default();
         let pads = match auto.as_str() {
+            "" | "NOTSET" if one_d => {
+                let p = self.ints("pads", 2, 0, 0)?;
+                Pads {
+                    top: 0,
+                    left: p[0],
+                    bottom: 0,
+                    right: p[1],
+                }
+            }
             "" | "NOTSET" => {
                 let p = self.ints("pads", 4, 0, 0)?;
                 Pads {

@@ -751,3 +751,71 @@ fn grouped_dilated_padded_convs_and_ceil_pools_match_tract() {
         "only {matched} of 24 generated cases imported"
     );
 }
+
+#[test]
+fn one_dimensional_convs_and_pools_match_tract() {
+    // [N, 3, 20] -> Conv1d(3->4, k5, pad 2, dilation 2, stride 1) -> Relu
+    // -> MaxPool1d(k2, ceil) -> Conv1d(4->4, k3, group 4) -> AvgPool1d(k2)
+    // -> Flatten -> Gemm(4*4 -> 2)
+    let mut r = Rng(11);
+    let inits = vec![
+        tensor("w1", &[4, 3, 5], r.vec(60)),
+        tensor("b1", &[4], r.vec(4)),
+        tensor("w2", &[4, 1, 3], r.vec(12)),
+        tensor("gw", &[16, 2], r.vec(32)),
+    ];
+    let nodes = vec![
+        node(
+            "Conv",
+            "c1",
+            &["x", "w1", "b1"],
+            &["a"],
+            vec![("pads", A::Is(&[4, 4])), ("dilations", A::Is(&[2]))],
+        ),
+        node("Relu", "r", &["a"], &["b"], vec![]),
+        node(
+            "MaxPool",
+            "mp",
+            &["b"],
+            &["c"],
+            vec![
+                ("kernel_shape", A::Is(&[2])),
+                ("strides", A::Is(&[2])),
+                ("ceil_mode", A::I(1)),
+            ],
+        ),
+        node("Conv", "c2", &["c", "w2"], &["d"], vec![("group", A::I(4))]),
+        node(
+            "AveragePool",
+            "ap",
+            &["d"],
+            &["e"],
+            vec![("kernel_shape", A::Is(&[2])), ("strides", A::Is(&[2]))],
+        ),
+        node("Flatten", "f", &["e"], &["g"], vec![]),
+        node("Gemm", "fc", &["g", "gw"], &["y"], vec![]),
+    ];
+    let bytes = model_bytes(&[3, 20], nodes, inits);
+    let model = import_onnx_bytes(&bytes, "mem").expect("import");
+    assert_eq!(
+        model.input_shape,
+        vec![3, 1, 20],
+        "a 1-D signal is a map of height 1"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.onnx");
+    std::fs::write(&path, &bytes).unwrap();
+    let x = Rng(3).vec(2 * 60);
+    let want = tract_float_reference(&path, &[3, 20], &x, 2).unwrap();
+    let got: Vec<f32> = x
+        .chunks(60)
+        .flat_map(|s| run_float(&model, s).unwrap())
+        .collect();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            (g - w).abs() <= 1e-3 * (1.0 + w.abs()),
+            "got {g}, tract {w}"
+        );
+    }
+}

@@ -476,7 +476,11 @@ pub fn load_model(name: &str, calib: Option<&std::path::Path>) -> Result<(Model,
 /// Checks that a batch tensor matches the model input and returns the sample count.
 pub fn check_batch(what: &str, t: &Tensor, model: &Model) -> Result<usize> {
     let want = &model.input_shape;
-    if t.shape.len() != want.len() + 1 || &t.shape[1..] != want.as_slice() {
+    // A 1-D model's [C, L] input is held as [C, 1, L].
+    let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+    let same = t.shape.len() == want.len() + 1 && &t.shape[1..] == want.as_slice();
+    let one_d = want.len() == 3 && want[1] == 1 && t.shape.len() == 3;
+    if !same && !(one_d && squeeze(&t.shape[1..]) == squeeze(want)) {
         bail!(
             "{what} has shape {:?}, but the model takes [N, {}]; reshape it to match",
             t.shape,

@@ -366,6 +366,8 @@ model_tests! {
     run_conv_only, ref_conv_only: "conv_only.onnx", [0.0, 1.0];
     // A final Softmax, applied by the enclave to the dequantized logits.
     run_softmax, ref_softmax: "softmax.onnx", [-1.0, 1.0];
+    // 1-D convs and pools on a [N, C, L] input, grouped and dilated.
+    run_conv1d, ref_conv1d: "conv1d.onnx", [0.0, 1.0];
 }
 
 // The dense models again with unsigned [0, 1) inputs, which quantize to
@@ -402,6 +404,7 @@ fn manifest_is_covered() {
         "affine.onnx",
         "conv_only.onnx",
         "softmax.onnx",
+        "conv1d.onnx",
         "mlp.onnx",
         "matmul_add.onnx",
         "gemm_alpha_beta.onnx",
