@@ -349,6 +349,18 @@ pub fn build_table(
     }
 }
 
+/// Softmax of `x` in place, computed in `f64` (shifted by the maximum).
+/// The enclave and the plaintext reference both call this function on the
+/// same dequantized logits, so they agree bit for bit.
+pub fn softmax(x: &mut [f32]) {
+    let m = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    let e: Vec<f64> = x.iter().map(|&v| (v as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    for (v, ev) in x.iter_mut().zip(e) {
+        *v = (ev / s) as f32;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,17 +429,5 @@ mod tests {
         assert_eq!(t.entries[0], -32); // -63.5 * 0.25 = -15.875 at scale 0.5
         assert_eq!(t.entries[256], -127);
         assert_eq!(t.entries[512], 127);
-    }
-}
-
-/// Softmax of `x` in place, computed in `f64` (shifted by the maximum).
-/// The enclave and the plaintext reference both call this function on the
-/// same dequantized logits, so they agree bit for bit.
-pub fn softmax(x: &mut [f32]) {
-    let m = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-    let e: Vec<f64> = x.iter().map(|&v| (v as f64 - m).exp()).collect();
-    let s: f64 = e.iter().sum();
-    for (v, ev) in x.iter_mut().zip(e) {
-        *v = (ev / s) as f32;
     }
 }
