@@ -480,7 +480,8 @@ pub fn check_batch(what: &str, t: &Tensor, model: &Model) -> Result<usize> {
     let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
     let same = t.shape.len() == want.len() + 1 && &t.shape[1..] == want.as_slice();
     let one_d = want.len() == 3 && want[1] == 1 && t.shape.len() == 3;
-    if !same && !(one_d && squeeze(&t.shape[1..]) == squeeze(want)) {
+    let one_d_same = one_d && squeeze(&t.shape[1..]) == squeeze(want);
+    if !(same || one_d_same) {
         bail!(
             "{what} has shape {:?}, but the model takes [N, {}]; reshape it to match",
             t.shape,
