@@ -1388,6 +1388,7 @@ fn selection_model(s: &mut Setup, stage: usize, offset: usize) -> Option<(HostMo
         stages: vec![st.clone()],
         joins: Vec::new(),
         output_shape: Vec::new(),
+        softmax: false,
     };
     let mut schedule = s.host.schedule.clone();
     let mut layer = schedule.stages.swap_remove(stage);

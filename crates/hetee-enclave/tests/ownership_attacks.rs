@@ -50,6 +50,7 @@ fn spy(s: &Setup) -> (QuantModel, Schedule) {
         stages: vec![st.clone()],
         joins: Vec::new(),
         output_shape: Vec::new(),
+        softmax: false,
     };
     let mut schedule = s.host.schedule.clone();
     let mut layer = schedule.stages.swap_remove(0);
