@@ -3,7 +3,7 @@
 //! the logits).
 
 use fhe::bfv::Ciphertext;
-use hetee_he::codec::{ciphertext_from_bytes, seeded_ciphertext_to_bytes};
+use hetee_he::codec::{ciphertext_from_bytes, seeded_to_bytes};
 use hetee_he::secret::SecretOps;
 use hetee_model::graph::{live_after, TensorRef, Values};
 use hetee_model::reference::after_stage;
@@ -131,8 +131,9 @@ pub fn encrypt_all(keys: &KeySet, polys: &[Vec<i64>]) -> Result<Vec<Vec<u8>>, En
     polys
         .par_iter()
         .map(|p| {
-            let (ct, seed) = keys.ops.encrypt_seeded(p, &mut rand::rng())?;
-            Ok(seeded_ciphertext_to_bytes(&ct, &seed)?)
+            Ok(seeded_to_bytes(
+                &keys.ops.encrypt_seeded(p, &mut rand::rng())?,
+            ))
         })
         .collect()
 }

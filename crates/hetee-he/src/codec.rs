@@ -90,6 +90,20 @@ pub fn seeded_ciphertext_to_bytes(
     Ok(out)
 }
 
+/// Encodes a seeded encryption: `c0` and the seed (the same bytes as
+/// [`seeded_ciphertext_to_bytes`] of its expansion, without expanding it).
+pub fn seeded_to_bytes(s: &crate::secret::Seeded) -> Vec<u8> {
+    let ctx = s.c0.ctx();
+    let mut out = SEEDED.to_vec();
+    out.push(ctx.moduli().len() as u8);
+    out.push(2);
+    for (row, &q) in s.c0.coefficients().outer_iter().zip(ctx.moduli()) {
+        pack(row.iter().copied(), q, &mut out);
+    }
+    out.extend_from_slice(&s.seed);
+    out
+}
+
 fn pack(values: impl Iterator<Item = u64>, q: u64, out: &mut Vec<u8>) {
     let w = width(q);
     for v in values {
@@ -200,9 +214,15 @@ mod tests {
         let sk = SecretKey::random(&par, &mut rand::rng());
         let ops = SecretOps::from_secret_key_bytes(&par, &sk.to_bytes()).unwrap();
         let m: Vec<i64> = (0..par.degree() as i64).map(|i| i % 97 - 48).collect();
-        let (ct, seed) = ops.encrypt_seeded(&m, &mut rand::rng()).unwrap();
+        let s = ops.encrypt_seeded(&m, &mut rand::rng()).unwrap();
+        let (ct, seed) = (s.expand(&par).unwrap(), *s.seed());
         let full = ciphertext_to_bytes(&ct);
         let seeded = seeded_ciphertext_to_bytes(&ct, &seed).unwrap();
+        assert_eq!(
+            seeded_to_bytes(&s),
+            seeded,
+            "the unchecked encoding is the same"
+        );
         assert!(seeded.len() * 2 < full.len() + 2 * SEED_LEN + 12);
         let back = ciphertext_from_bytes(&seeded, &par, 2).unwrap();
         assert_eq!(ciphertext_to_bytes(&back), full);

@@ -199,17 +199,17 @@ impl SecretOps {
         m: &[i64],
         rng: &mut R,
     ) -> Result<Ciphertext, HeError> {
-        Ok(self.encrypt_seeded(m, rng)?.0)
+        self.encrypt_seeded(m, rng)?.expand(&self.par)
     }
 
-    /// [`SecretOps::encrypt`], also returning the public seed of `c1`, so
-    /// that the ciphertext travels as `c0` and the seed
-    /// ([`crate::codec::seeded_ciphertext_to_bytes`]).
+    /// [`SecretOps::encrypt`] in the seeded form: `c0` and the public seed
+    /// of `c1`, which travels as such ([`crate::codec::seeded_to_bytes`])
+    /// without `c1` being expanded a second time to check it.
     pub fn encrypt_seeded<R: RngCore + CryptoRng>(
         &self,
         m: &[i64],
         rng: &mut R,
-    ) -> Result<(Ciphertext, [u8; 32]), HeError> {
+    ) -> Result<Seeded, HeError> {
         let (ctx, s) = &self.top;
         let n = self.par.degree();
         if m.len() > n {
@@ -232,12 +232,36 @@ impl SecretOps {
         *b += &*e;
         b.change_representation(Representation::Ntt);
         let seed: [u8; 32] = rng.random();
-        let a = Poly::random_from_seed(ctx, Representation::Ntt, seed);
-        let mut a_s = Zeroizing::new(a.clone());
+        let mut a_s = Zeroizing::new(Poly::random_from_seed(ctx, Representation::Ntt, seed));
         a_s.disallow_variable_time_computations();
         *a_s *= &**s;
         *b -= &*a_s;
-        Ok((Ciphertext::new(vec![(*b).clone(), a], &self.par)?, seed))
+        Ok(Seeded {
+            c0: (*b).clone(),
+            seed,
+        })
+    }
+}
+
+/// A fresh symmetric encryption whose `c1` is
+/// `Poly::random_from_seed(ctx, Ntt, seed)`: `c0` (NTT form) and the seed.
+/// Only [`SecretOps::encrypt_seeded`] makes one, so the form holds by
+/// construction.
+pub struct Seeded {
+    pub(crate) c0: Poly,
+    pub(crate) seed: [u8; 32],
+}
+
+impl Seeded {
+    /// The full ciphertext (expands `c1` from the seed).
+    pub fn expand(&self, par: &Arc<BfvParameters>) -> Result<Ciphertext, HeError> {
+        let a = Poly::random_from_seed(self.c0.ctx(), Representation::Ntt, self.seed);
+        Ok(Ciphertext::new(vec![self.c0.clone(), a], par)?)
+    }
+
+    /// The seed of `c1`.
+    pub fn seed(&self) -> &[u8; 32] {
+        &self.seed
     }
 }
 
