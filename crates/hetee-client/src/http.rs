@@ -14,34 +14,67 @@ pub struct Api {
     agent: ureq::Agent,
 }
 
-/// Normalizes `host:port` or `http://host:port[/]` to a base URL.
+/// Normalizes `host:port`, `http://host:port[/]` or `https://host:port[/]`
+/// to a base URL (plain HTTP unless `https://` is given).
 pub fn base_url(addr: &str) -> Result<String> {
     let a = addr.trim().trim_end_matches('/');
     if a.is_empty() {
         bail!("empty server address; pass --server host:port");
     }
-    if a.starts_with("https://") {
-        bail!("https is not supported by this client; put a TLS proxy in front or use http://");
+    let (scheme, rest) = match a.split_once("://") {
+        Some(("http", r)) => ("http", r),
+        Some(("https", r)) => ("https", r),
+        Some((s, _)) => bail!("server address {addr:?}: scheme {s}:// is not http:// or https://"),
+        None => ("http", a),
+    };
+    if rest.contains('/') || !rest.contains(':') {
+        bail!("server address {addr:?} is not host:port, http://host:port or https://host:port");
     }
-    let a = a.strip_prefix("http://").unwrap_or(a);
-    if a.contains('/') || !a.contains(':') {
-        bail!("server address {addr:?} is not host:port or http://host:port");
-    }
-    Ok(format!("http://{a}"))
+    Ok(format!("{scheme}://{rest}"))
 }
 
 impl Api {
-    /// A client for the server at `addr`.
+    /// A client for the server at `addr`; an `https://` address is checked
+    /// against the system's trust roots.
     pub fn new(addr: &str) -> Result<Self> {
+        Self::connect(addr, None)
+    }
+
+    /// A client for the server at `addr`; an `https://` address is checked
+    /// against the CA certificates in the PEM file `ca` if given, else the
+    /// system's trust roots.
+    pub fn connect(addr: &str, ca: Option<&std::path::Path>) -> Result<Self> {
+        use ureq::tls::{Certificate, RootCerts, TlsConfig};
+        let base = base_url(addr)?;
+        let roots = match ca {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("cannot read the CA file {}", path.display()))?;
+                let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                    .filter_map(|item| match item {
+                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                        Ok(_) => None,
+                        Err(e) => Some(Err(e)),
+                    })
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("the CA file {} is not PEM", path.display()))?;
+                if certs.is_empty() {
+                    bail!("the CA file {} holds no CERTIFICATE", path.display());
+                }
+                RootCerts::Specific(std::sync::Arc::new(certs))
+            }
+            None => RootCerts::PlatformVerifier,
+        };
+        if ca.is_some() && !base.starts_with("https://") {
+            bail!("--ca is given but the server address {addr:?} is not https://");
+        }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(900)))
+            .tls_config(TlsConfig::builder().root_certs(roots).build())
             .build()
             .into();
-        Ok(Api {
-            base: base_url(addr)?,
-            agent,
-        })
+        Ok(Api { base, agent })
     }
 
     fn finish<T: DeserializeOwned>(

@@ -19,3 +19,4 @@ pub mod launcher;
 pub mod stage_loop;
 pub mod store;
 pub mod supervisor;
+pub mod tls;

@@ -104,9 +104,13 @@ enum ModelCommand {
 /// How the model owner reaches and checks the enclave, and who it is.
 #[derive(clap::Args, Debug)]
 pub struct OwnerArgs {
-    /// Server address: host:port or http://host:port.
+    /// Server address: host:port, http://host:port or https://host:port.
     #[arg(long)]
     pub server: String,
+    /// For https: trust the CA certificates in this PEM file instead of
+    /// the system's roots.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
     /// The enclave measurement to accept (hex, from `hetee enclave measure`).
     #[arg(long)]
     pub expect_measurement: String,
@@ -159,6 +163,12 @@ enum Command {
         /// and restarted (the request gets a clear error).
         #[arg(long, default_value_t = 120)]
         enclave_timeout: u64,
+        /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Model provider commands.
     Model {
@@ -168,9 +178,13 @@ enum Command {
     /// Data provider: verify the enclave, encrypt the inputs, query a model
     /// on the server and receive the logits over the channel.
     Infer {
-        /// Server address: host:port or http://host:port.
+        /// Server address: host:port, http://host:port or https://host:port.
         #[arg(long)]
         server: String,
+        /// For https: trust the CA certificates in this PEM file instead of
+        /// the system's roots.
+        #[arg(long)]
+        ca: Option<PathBuf>,
         /// Model id from `hetee model upload`.
         #[arg(long)]
         model_id: String,
@@ -331,6 +345,8 @@ pub fn run(cli: Cli) -> Result<()> {
             platform,
             enclave_binary,
             enclave_timeout,
+            tls_cert,
+            tls_key,
         } => {
             let enclave = hetee_proto::EnclaveConfig { memory_budget_mib };
             hetee_proto::EnclaveConfig::from_bytes(&enclave.to_bytes())
@@ -343,11 +359,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 enclave_program: enclave_binary,
                 platform,
                 enclave_timeout: std::time::Duration::from_secs(enclave_timeout.max(1)),
+                tls: tls_cert.zip(tls_key),
             })
         }
         Command::Model { cmd } => model_command(cmd),
         Command::Infer {
             server,
+            ca,
             model_id,
             input,
             output,
@@ -359,6 +377,7 @@ pub fn run(cli: Cli) -> Result<()> {
             client_key,
         } => crate::infer::infer_file(&crate::infer::InferJob {
             server: &server,
+            ca: ca.as_deref(),
             model_id: &model_id,
             input: &input,
             output: &output,

@@ -11,6 +11,9 @@ use rayon::prelude::*;
 pub struct InferJob<'a> {
     /// Server address.
     pub server: &'a str,
+    /// For https: the CA certificates to trust (PEM), instead of the
+    /// system's roots.
+    pub ca: Option<&'a std::path::Path>,
     /// Model id (hex).
     pub model_id: &'a str,
     /// Input `.npy`.
@@ -32,7 +35,8 @@ pub struct InferJob<'a> {
 /// `hetee infer`: every image of `input` through the model, `parallel`
 /// queries at a time.
 pub fn infer_file(job: &InferJob) -> Result<()> {
-    let api: std::sync::Arc<dyn relay::Relay> = std::sync::Arc::new(http::Api::new(job.server)?);
+    let api: std::sync::Arc<dyn relay::Relay> =
+        std::sync::Arc::new(http::Api::connect(job.server, job.ca)?);
     let x = crate::data::read_npy(job.input).context("input")?;
     let client = job
         .client_key

@@ -44,7 +44,7 @@ pub fn terms(
 /// `hetee model upload`: prints the model id alone on the last line.
 pub fn upload(o: &OwnerArgs, q: &QuantModel, terms: &Terms) -> Result<()> {
     let trust = Trust::new(&o.expect_measurement, o.allow_sim)?;
-    let api = Api::new(&o.server)?;
+    let api = Api::connect(&o.server, o.ca.as_deref())?;
     let key = load_or_create_key(&o.client_key)?;
     let up = model_provider::upload(&api, &trust, &key, q, terms)?;
     eprintln!(
@@ -59,7 +59,7 @@ pub fn upload(o: &OwnerArgs, q: &QuantModel, terms: &Terms) -> Result<()> {
 
 fn manage(o: &OwnerArgs, model_id: &str, what: Manage) -> Result<ModelReport> {
     let trust = Trust::new(&o.expect_measurement, o.allow_sim)?;
-    let api = Api::new(&o.server)?;
+    let api = Api::connect(&o.server, o.ca.as_deref())?;
     let key = load_or_create_key(&o.client_key)?;
     model_provider::manage(&api, &trust, &key, model_id, what)
 }

@@ -12,6 +12,7 @@ use hetee_server::app::App;
 use hetee_server::launcher::LaunchSpec;
 use hetee_server::store::Store;
 use hetee_server::supervisor::{Launch, Supervisor};
+use hetee_server::tls::TlsConfig;
 
 /// How to run the server.
 #[derive(Debug, Clone)]
@@ -31,6 +32,9 @@ pub struct ServeOptions {
     /// Longest one enclave call may take before the enclave is killed and
     /// restarted.
     pub enclave_timeout: std::time::Duration,
+    /// TLS certificate chain and private key (PEM files); `None` serves
+    /// plain HTTP (loopback, demos).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Sets up structured logs on stderr (once per process). `RUST_LOG` filters.
@@ -55,6 +59,7 @@ pub struct Server {
     pub measurement: String,
     listener: std::net::TcpListener,
     app: Arc<App>,
+    tls: Option<TlsConfig>,
 }
 
 impl ServeOptions {
@@ -69,6 +74,7 @@ impl ServeOptions {
             enclave_program: None,
             platform: "sim".into(),
             enclave_timeout: hetee_server::launcher::DEFAULT_ENCLAVE_TIMEOUT,
+            tls: None,
         }
     }
 }
@@ -84,7 +90,12 @@ impl Server {
         let listener = std::net::TcpListener::bind(opts.listen.trim_start_matches("http://"))
             .with_context(|| format!("cannot listen on {}", opts.listen))?;
         listener.set_nonblocking(true)?;
+        let tls = match &opts.tls {
+            Some((cert, key)) => Some(TlsConfig::from_pem_files(cert, key)?),
+            None => None,
+        };
         Ok(Server {
+            tls,
             addr: listener.local_addr()?,
             measurement,
             listener,
@@ -105,7 +116,10 @@ impl Server {
             .build()?;
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(self.listener)?;
-            hetee_server::api::serve(listener, self.app).await
+            match self.tls {
+                Some(tls) => hetee_server::tls::serve_tls(listener, self.app, tls).await,
+                None => hetee_server::api::serve(listener, self.app).await,
+            }
         })
         .map_err(|e| anyhow!("server: {e}"))
     }
@@ -116,6 +130,11 @@ pub fn serve(opts: &ServeOptions) -> Result<()> {
     init_logs(opts.log_json);
     let server = Server::bind(opts)?;
     println!("enclave measurement {}", server.measurement);
-    println!("listening on http://{}", server.addr);
+    let scheme = if server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("listening on {scheme}://{}", server.addr);
     server.run()
 }

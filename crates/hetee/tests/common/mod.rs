@@ -50,11 +50,22 @@ impl Server {
         Self::start_with(data_dir, Command::new(BIN))
     }
 
+    /// Starts `hetee serve` on a free loopback port with extra serve
+    /// arguments (e.g. TLS).
+    pub fn start_with_args(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::start_inner(data_dir, Command::new(BIN), extra)
+    }
+
     /// Starts `cmd` (which must exec `hetee`) with the serve arguments.
-    pub fn start_with(data_dir: &Path, mut cmd: Command) -> Server {
+    pub fn start_with(data_dir: &Path, cmd: Command) -> Server {
+        Self::start_inner(data_dir, cmd, &[])
+    }
+
+    fn start_inner(data_dir: &Path, mut cmd: Command, extra: &[&str]) -> Server {
         let mut child = cmd
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -71,7 +82,10 @@ impl Server {
         while Instant::now() < deadline {
             match lines.next() {
                 Some(Ok(l)) => {
-                    if let Some(a) = l.strip_prefix("listening on http://") {
+                    let a = l
+                        .strip_prefix("listening on http://")
+                        .or_else(|| l.strip_prefix("listening on https://"));
+                    if let Some(a) = a {
                         addr = Some(a.trim().to_string());
                         break;
                     }
