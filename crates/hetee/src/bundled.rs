@@ -32,6 +32,12 @@ const MNIST: (&[u8], &[u8], &[u8]) = (
     data!("mnist", "calib-images-idx3-ubyte.gz"),
 );
 
+const FASHION: (&[u8], &[u8], &[u8]) = (
+    data!("fashion", "t10k-images-idx3-ubyte.gz"),
+    data!("fashion", "t10k-labels-idx1-ubyte.gz"),
+    data!("fashion", "calib-images-idx3-ubyte.gz"),
+);
+
 /// Every bundled model.
 pub const ALL: &[Bundled] = &[
     Bundled {
@@ -51,6 +57,24 @@ pub const ALL: &[Bundled] = &[
         test_images: MNIST.0,
         test_labels: MNIST.1,
         calib_images: MNIST.2,
+    },
+    Bundled {
+        name: "resnet20",
+        about: "ResNet-20 (3 stages x 3 basic blocks, 16/32/64 channels, BatchNorm, residual adds, 1x1 projections) on Fashion-MNIST",
+        onnx: include_bytes!("../../../models/resnet20.onnx"),
+        dataset: "Fashion-MNIST",
+        test_images: FASHION.0,
+        test_labels: FASHION.1,
+        calib_images: FASHION.2,
+    },
+    Bundled {
+        name: "mobilenet",
+        about: "a small MobileNet (depthwise-separable blocks with ReLU6) on Fashion-MNIST",
+        onnx: include_bytes!("../../../models/mobilenet.onnx"),
+        dataset: "Fashion-MNIST",
+        test_images: FASHION.0,
+        test_labels: FASHION.1,
+        calib_images: FASHION.2,
     },
 ];
 

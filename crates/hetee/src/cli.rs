@@ -40,7 +40,7 @@ enum ModelCommand {
     /// upload it and register its secrets over the channel. Prints the model
     /// id alone on the last line.
     Upload {
-        /// ONNX model, or a bundled one: `mnist`, `e2dm`.
+        /// ONNX model, or a bundled one: `mnist`, `e2dm`, `resnet20`, `mobilenet`.
         #[arg(long)]
         model: String,
         /// Calibration inputs (float32 .npy); bundled models use their own.
@@ -132,6 +132,9 @@ enum Command {
         /// How many test images (up to 10000).
         #[arg(long, default_value_t = 100)]
         images: usize,
+        /// The bundled model: mnist, e2dm, resnet20 or mobilenet (the last two on Fashion-MNIST).
+        #[arg(long, default_value = "mnist")]
+        model: String,
         /// Print the figures as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -236,7 +239,7 @@ enum Command {
     },
     /// Runs any supported ONNX model on a batch of inputs.
     Run {
-        /// ONNX model, or a bundled one: `mnist`, `e2dm`.
+        /// ONNX model, or a bundled one: `mnist`, `e2dm`, `resnet20`, `mobilenet`.
         #[arg(long)]
         model: String,
         /// Inputs: float32 .npy `[N, C, H, W]` or `[N, F]`, preprocessed.
@@ -293,7 +296,7 @@ enum Command {
         /// Plan for this many images per query (stacked in the same products).
         #[arg(long, default_value_t = 1)]
         batch: usize,
-        /// ONNX model, or a bundled one: `mnist`, `e2dm`.
+        /// ONNX model, or a bundled one: `mnist`, `e2dm`, `resnet20`, `mobilenet`.
         #[arg(long, default_value = "mnist")]
         model: String,
         /// Calibration inputs (float32 .npy); bundled models use their own.
@@ -310,13 +313,14 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Command::Demo {
             images,
+            model,
             json,
             in_process,
         } => {
             if in_process {
-                crate::demo::demo(images, json)
+                crate::demo::demo(&model, images, json)
             } else {
-                crate::deployment_demo::demo(images, json)
+                crate::deployment_demo::demo(&model, images, json)
             }
         }
         Command::Enclave {

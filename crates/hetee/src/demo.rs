@@ -1,5 +1,6 @@
-//! `hetee demo`: the bundled MNIST CNN on bundled test images, encrypted end
-//! to end, checked image by image against the integer reference.
+//! `hetee demo --in-process`: a bundled model on its bundled test images,
+//! encrypted end to end, checked image by image against the integer
+//! reference.
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -59,19 +60,24 @@ fn argmax(v: &[f32]) -> usize {
 }
 
 /// Runs the demo on the first `n` test images.
-pub fn demo(n: usize, json: bool) -> Result<()> {
+pub fn demo(name: &str, n: usize, json: bool) -> Result<()> {
     if n == 0 || n > 10_000 {
         bail!("--images must be between 1 and 10000");
     }
-    let b = crate::bundled::find("mnist").context("the bundled mnist model")?;
-    let model = import_onnx_bytes(b.onnx, "bundled mnist.onnx")?;
+    let b = crate::bundled::find(name).with_context(|| {
+        format!(
+            "no bundled model is called {name} (bundled: {})",
+            crate::bundled::names()
+        )
+    })?;
+    let model = import_onnx_bytes(b.onnx, name)?;
     let calib = idx_images(b.calib_images)?;
     let test = idx_images(b.test_images)?;
     let labels = idx_labels(b.test_labels)?;
     let q = quantize(&model, &calib.data)?;
     eprintln!("compiling and encrypting the model...");
     let dep = Harness::new(&q, 1)?;
-    let per = 28 * 28;
+    let per: usize = model.input_shape.iter().product();
     let bar = ProgressBar::new(n as u64);
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} images, {elapsed} elapsed, eta {eta}",

@@ -49,7 +49,7 @@ fn argmax(v: &[f32]) -> usize {
 }
 
 /// Runs the deployment demo on the first `n` test images.
-pub fn demo(n: usize, json: bool) -> Result<()> {
+pub fn demo(name: &str, n: usize, json: bool) -> Result<()> {
     if n == 0 || n > 10_000 {
         bail!("--images must be between 1 and 10000");
     }
@@ -62,8 +62,13 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
     eprintln!("server on http://{addr}, enclave measurement {measurement}");
     eprintln!("(simulated TEE: the clients run with --allow-sim)");
 
-    let b = crate::bundled::find("mnist").context("the bundled mnist model")?;
-    let model = import_onnx_bytes(b.onnx, "bundled mnist.onnx")?;
+    let b = crate::bundled::find(name).with_context(|| {
+        format!(
+            "no bundled model is called {name} (bundled: {})",
+            crate::bundled::names()
+        )
+    })?;
+    let model = import_onnx_bytes(b.onnx, name)?;
     let calib = idx_images(b.calib_images)?;
     let test = idx_images(b.test_images)?;
     let labels = idx_labels(b.test_labels)?;
@@ -88,7 +93,7 @@ pub fn demo(n: usize, json: bool) -> Result<()> {
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} images, {elapsed} elapsed, eta {eta}",
     )?);
-    let per = 28 * 28;
+    let per: usize = model.input_shape.iter().product();
     let (mut ok, mut agree) = (0usize, 0usize);
     let (mut lat, mut host, mut encl) = (Vec::new(), Vec::new(), Vec::new());
     for (x, &label) in test.data.chunks(per).zip(&labels).take(n) {
