@@ -108,8 +108,8 @@ pub(crate) fn check_tail(
 }
 
 /// Largest predicted host memory of a model's encrypted weights that
-/// [`Schedule::compile_best`] picks a batch size for (1 GiB).
-pub const HOST_WEIGHT_BUDGET: usize = 1 << 30;
+/// [`Schedule::compile_best`] picks a batch size for (3 GiB).
+pub const HOST_WEIGHT_BUDGET: usize = 3 << 30;
 
 /// Most images per query.
 pub const MAX_BATCH: usize = 4096;

@@ -69,5 +69,9 @@ pub fn print_plan(q: &QuantModel, batch: usize) -> Result<()> {
         th / s.batch as f64,
         te / s.batch as f64
     );
+    println!(
+        "host memory of the encrypted weights (multiplication basis): {:.0} MiB",
+        s.weight_memory() as f64 / (1u64 << 20) as f64
+    );
     Ok(())
 }
