@@ -232,6 +232,17 @@ enum Command {
         #[arg(long)]
         allow_sim: bool,
     },
+    /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Writes man pages (roff) for hetee and every subcommand into a directory.
+    Man {
+        /// Output directory (created if missing).
+        #[arg(long, default_value = "man")]
+        out: PathBuf,
+    },
     /// The enclave side.
     Enclave {
         #[command(subcommand)]
@@ -322,6 +333,20 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 crate::deployment_demo::demo(&model, images, json)
             }
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "hetee", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            clap_mangen::generate_to(Cli::command(), &out)
+                .with_context(|| format!("cannot write man pages to {}", out.display()))?;
+            eprintln!("wrote man pages to {}", out.display());
+            Ok(())
         }
         Command::Enclave {
             cmd:

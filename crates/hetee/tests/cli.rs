@@ -691,3 +691,24 @@ fn demo_in_process_json() {
     assert_eq!(v["reference_agreement"].as_f64(), Some(1.0), "{v}");
     assert!(v["ct_products"].as_u64().is_some_and(|n| n > 0), "{v}");
 }
+
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let out = hetee(&["completions", "bash"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let script = String::from_utf8_lossy(&out.stdout);
+    for sub in ["serve", "infer", "run", "bench", "model"] {
+        assert!(script.contains(sub), "the bash completion lacks {sub}");
+    }
+    let out = hetee(&["completions", "tcsh"]);
+    assert!(!out.status.success(), "an unknown shell is refused");
+    let dir = TempDir::new().unwrap();
+    let man = dir.path().join("man");
+    let out = hetee(&["man", "--out", p(&man)]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let page = std::fs::read_to_string(man.join("hetee-serve.1")).unwrap();
+    assert!(
+        page.contains(".TH") && page.contains("tls\\-cert"),
+        "{page}"
+    );
+}
