@@ -39,13 +39,19 @@ impl Importer<'_> {
             return Err(cx.unsup(format!("group={group} is out of range")));
         }
         let g = group as usize;
-        if c != cg * g || m % g != 0 {
+        if [m, cg, kh, kw].contains(&0) {
+            return Err(cx.shape_err(format!("weight shape {wd:?} has an empty dimension")));
+        }
+        if cg.checked_mul(g) != Some(c) || m % g != 0 {
             return Err(cx.shape_err(format!(
                 "group={g}: {c} input channels and {m} output channels must be {g} x {cg} and a multiple of {g}"
             )));
         }
         let d = cx.spatial("dilations", one_d, 1, 1)?;
-        let (ekh, ekw) = ((kh - 1) * d[0] + 1, (kw - 1) * d[1] + 1);
+        let dilate = |k: usize, d: usize| (k - 1).checked_mul(d).and_then(|x| x.checked_add(1));
+        let (Some(ekh), Some(ekw)) = (dilate(kh, d[0]), dilate(kw, d[1])) else {
+            return Err(cx.unsup(format!("dilations {d:?} are too large")));
+        };
         if [m, c, ekh, ekw]
             .iter()
             .try_fold(1usize, |a, &x| a.checked_mul(x))

@@ -819,3 +819,53 @@ fn one_dimensional_convs_and_pools_match_tract() {
         );
     }
 }
+
+#[test]
+fn degenerate_grouped_and_dilated_convs_are_refused_without_panic() {
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        // an empty kernel dimension
+        (
+            one_node(
+                "Conv",
+                vec![],
+                &[2, 5, 5],
+                vec![tensor("w", &[2, 2, 0, 3], vec![])],
+            ),
+            "empty",
+        ),
+        // channels that do not split into the groups
+        (
+            one_node(
+                "Conv",
+                vec![("group", A::I(3))],
+                &[4, 5, 5],
+                vec![tensor("w", &[3, 1, 3, 3], vec![0.0; 27])],
+            ),
+            "group=3",
+        ),
+        // a group count that overflows when multiplied
+        (
+            one_node(
+                "Conv",
+                vec![("group", A::I(1 << 40))],
+                &[4, 5, 5],
+                vec![tensor("w", &[4, 1, 3, 3], vec![0.0; 36])],
+            ),
+            "group",
+        ),
+        // a dilation that makes the kernel absurdly large
+        (
+            one_node(
+                "Conv",
+                vec![("dilations", A::Is(&[65536, 65536]))],
+                &[1, 5, 5],
+                vec![tensor("w", &[1, 1, 3, 3], vec![0.0; 9])],
+            ),
+            "the_node",
+        ),
+    ];
+    for (bytes, want) in cases {
+        let e = import_err(&bytes).to_string();
+        assert!(e.contains(want), "{e:?} should mention {want}");
+    }
+}
