@@ -280,6 +280,40 @@ def gemm_alpha_beta(path, gen):
     onnx.save(model, path)
 
 
+def auto_pad(path):
+    """Convs with auto_pad SAME_UPPER (stride 1), SAME_LOWER (stride 2, even
+    kernel: the extra row and column go before), and a VALID max pool."""
+    rng = np.random.default_rng(SEED + 7)
+    w1 = (rng.standard_normal((4, 2, 3, 3)) * 0.4).astype(np.float32)
+    b1 = (0.1 + 0.05 * rng.standard_normal(4)).astype(np.float32)
+    w2 = (rng.standard_normal((5, 4, 2, 2)) * 0.4).astype(np.float32)
+    b2 = (0.1 + 0.05 * rng.standard_normal(5)).astype(np.float32)
+    w3 = (rng.standard_normal((5 * 2 * 2, 3)) * 0.3).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["input", "W1", "B1"], ["a"], name="same_upper", auto_pad="SAME_UPPER"),
+        helper.make_node("Relu", ["a"], ["ar"], name="relu1"),
+        helper.make_node("Conv", ["ar", "W2", "B2"], ["b"], name="same_lower", auto_pad="SAME_LOWER",
+                         strides=[2, 2]),
+        helper.make_node("Relu", ["b"], ["br"], name="relu2"),
+        helper.make_node("MaxPool", ["br"], ["c"], name="valid_pool", auto_pad="VALID",
+                         kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["c"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "W3"], ["logits"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes, "auto_pad",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 2, 7, 7])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        initializer=[numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(b1, "B1"),
+                     numpy_helper.from_array(w2, "W2"), numpy_helper.from_array(b2, "B2"),
+                     numpy_helper.from_array(w3, "W3")])
+    model = helper.make_model(graph, producer_name="hetee-testdata",
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
 # ------------------------------------------------------------------- main
 
 def check_with_ort(path, shape, classes):
@@ -361,6 +395,14 @@ def main():
     assert np.abs(h @ init["B2"] + init["C2"] - ref).max() < 1e-5
     print(f"{'gemm_alpha_beta.onnx':26s} {os.path.getsize(path):7d} B  ops={ops}  relu-active={(h > 0).mean():.2f}")
     manifest.append({"file": "gemm_alpha_beta.onnx", "input_shape": [6], "classes": 3,
+                     "expect_error": None, "ref_output": ref.tolist()})
+
+    path = os.path.join(out_dir, "auto_pad.onnx")
+    auto_pad(path)
+    _, ref = check_with_ort(path, [2, 7, 7], 3)
+    ops = [n.op_type for n in onnx.load(path).graph.node]
+    print(f"{'auto_pad.onnx':26s} {os.path.getsize(path):7d} B  ops={ops}")
+    manifest.append({"file": "auto_pad.onnx", "input_shape": [2, 7, 7], "classes": 3,
                      "expect_error": None, "ref_output": ref.tolist()})
 
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:

@@ -368,6 +368,8 @@ model_tests! {
     run_softmax, ref_softmax: "softmax.onnx", [-1.0, 1.0];
     // 1-D convs and pools on a [N, C, L] input, grouped and dilated.
     run_conv1d, ref_conv1d: "conv1d.onnx", [0.0, 1.0];
+    // auto_pad SAME_UPPER, SAME_LOWER (stride 2, even kernel) and VALID.
+    run_auto_pad, ref_auto_pad: "auto_pad.onnx", [0.0, 1.0];
 }
 
 // The dense models again with unsigned [0, 1) inputs, which quantize to
@@ -405,6 +407,7 @@ fn manifest_is_covered() {
         "conv_only.onnx",
         "softmax.onnx",
         "conv1d.onnx",
+        "auto_pad.onnx",
         "mlp.onnx",
         "matmul_add.onnx",
         "gemm_alpha_beta.onnx",
