@@ -583,10 +583,20 @@ fn run_model(
     } else {
         // Many inputs: the planner may stack several images per product.
         let d = Harness::new(&q, n.min(MAX_BATCH))?;
+        // A progress bar on stderr, drawn only on a terminal.
+        let bar = indicatif::ProgressBar::new(n as u64);
+        bar.set_style(indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} images, {elapsed} elapsed, eta {eta}",
+        )?);
         let results = samples
             .par_chunks(d.schedule.batch)
-            .map(|chunk| d.infer_batch(chunk))
+            .map(|chunk| {
+                let r = d.infer_batch(chunk);
+                bar.inc(chunk.len() as u64);
+                r
+            })
             .collect::<Result<Vec<_>>>()?;
+        bar.finish_and_clear();
         for (logits, s) in results {
             out.extend(logits.into_iter().flatten());
             all.push(s);
