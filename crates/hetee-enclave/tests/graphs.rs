@@ -241,3 +241,93 @@ fn a_final_softmax_is_applied_in_the_enclave_bit_exactly() {
     let e = quantize(&mid, &values(12, 1, 1.0)).unwrap_err().to_string();
     assert!(e.contains("n1") && e.contains("last op"), "{e}");
 }
+
+/// Deterministic pseudo-random numbers for the mutation test.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn pick(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+#[test]
+fn mutated_graph_schedules_are_refused_or_run_without_panic() {
+    // A schedule with every join kind; each mutation of a join or a stage's
+    // read either fails validation or still runs through the reference step
+    // (what the enclave runs) without a panic.
+    let m = graph(
+        vec![2, 6, 6],
+        vec![
+            (conv(2, 4, 3, 1, 1), vec![0]),
+            (Layer::Relu, vec![1]),
+            (conv(4, 4, 3, 1, 3), vec![2]),
+            (conv(2, 4, 1, 0, 5), vec![0]),
+            (Layer::Add, vec![3, 4]),
+            (Layer::Relu, vec![5]),
+            (Layer::Concat, vec![6, 2]),
+            (bn(8, 7), vec![7]),
+            (Layer::GlobalAvgPool, vec![8]),
+            (Layer::Flatten, vec![9]),
+            (dense(8, 3, 8), vec![10]),
+        ],
+    );
+    let xs = inputs(4, 72);
+    let calib: Vec<f32> = xs.iter().flatten().copied().collect();
+    let q = quantize(&m, &calib).unwrap();
+    let good = Schedule::compile(&q, 1).unwrap();
+    good.validate().unwrap();
+    let refs = |r: &mut Lcg| match r.pick(3) {
+        0 => TensorRef::Input,
+        1 => TensorRef::Stage(r.pick(6) as usize),
+        _ => TensorRef::Join(r.pick(5) as usize),
+    };
+    let mut r = Lcg(9);
+    let (mut refused, mut ran) = (0, 0);
+    for _ in 0..2000 {
+        let mut s = good.clone();
+        let j = r.pick(s.joins.len() as u64) as usize;
+        match r.pick(9) {
+            0 => s.joins[j].inputs[0].tensor = refs(&mut r),
+            1 => s.joins[j].after_stage = r.pick(8) as usize,
+            2 => {
+                let k = r.pick(s.joins[j].inputs[0].multiplier.len() as u64) as usize;
+                s.joins[j].inputs[0].multiplier[k] = (r.next() as i64) << r.pick(40);
+            }
+            3 => s.joins[j].offset.truncate(r.pick(9) as usize),
+            4 => s.joins[j].shape[r.pick(3) as usize] = r.pick(20) as usize,
+            5 => {
+                let k = 1 + r.pick(s.stages.len() as u64 - 1) as usize;
+                s.stages[k].tail.reads = refs(&mut r);
+            }
+            6 => s.joins[j].kind = hetee_model::graph::JoinKind::Concat,
+            7 => {
+                s.joins.swap(0, j);
+            }
+            _ => {
+                let _ = s.joins[j].inputs.pop();
+            }
+        }
+        if s.validate().is_err() {
+            refused += 1;
+            continue;
+        }
+        // What validates must run: the reference over the mutated graph.
+        let mut q2 = q.clone();
+        q2.joins = s.joins.clone();
+        for (st, ss) in q2.stages.iter_mut().zip(&s.stages) {
+            st.reads = ss.tail.reads;
+        }
+        for x in &xs {
+            let _ = hetee_model::reference::run_quantized(&q2, x);
+        }
+        ran += 1;
+    }
+    assert!(refused > 500 && ran > 50, "refused {refused}, ran {ran}");
+}
