@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use hetee_enclave::{EnclaveConfig, Schedule};
+use hetee_enclave::{EnclaveConfig, Request, Response, Schedule};
 use hetee_model::float::run_float;
 use hetee_model::graph::TensorRef;
 use hetee_model::ir::{Layer, Model, Pads, Window};
@@ -330,4 +330,69 @@ fn mutated_graph_schedules_are_refused_or_run_without_panic() {
         ran += 1;
     }
     assert!(refused > 500 && ran > 50, "refused {refused}, ran {ran}");
+}
+
+#[test]
+fn attack_host_feeds_a_projection_another_querys_input() {
+    // Stage 1 is a projection that reads the model input again (a skip
+    // tensor the enclave holds). The host evaluates it honestly, but on the
+    // input ciphertexts the enclave handed out in another session. The
+    // enclave checks stage 1 against this session's own input: refused.
+    let m = graph(
+        vec![6],
+        vec![
+            (dense(6, 6, 31), vec![0]),
+            (Layer::Relu, vec![1]),
+            (dense(6, 6, 32), vec![0]),
+            (Layer::Add, vec![2, 3]),
+            (dense(6, 4, 33), vec![4]),
+        ],
+    );
+    let xs = inputs(6, 6);
+    let calib: Vec<f32> = xs.iter().flatten().copied().collect();
+    let q = quantize(&m, &calib).unwrap();
+    assert_eq!(q.stages[1].reads, TensorRef::Input);
+    let schedule = Schedule::compile(&q, 1).unwrap();
+    let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let keys = create_keys(&mut e, &schedule.he);
+    let host = HostModel::new(&q, &schedule, &keys.public_key);
+    let id = register(&mut e, &keys, &host).model_id;
+    // Session A (the victim): stage 0 honestly; keep the stage-1 input.
+    let mut a = hello_as(&mut e, &keys, None, id).unwrap();
+    let input_a = a.encrypt(&keys.public_key, &xs[0]);
+    assert!(matches!(
+        a.start(&mut e, id, &input_a),
+        Response::QueryStarted { .. }
+    ));
+    let stage1_input_a = match e.handle(Request::StageResult {
+        session: a.channel.session,
+        stage: 0,
+        ciphertexts: host.evaluate(0, &input_a),
+    }) {
+        Response::NextInput { ciphertexts, .. } => ciphertexts,
+        other => panic!("{}", short(&other)),
+    };
+    // Session B: stage 0 honestly, then stage 1 on A's input.
+    let mut b = hello_as(&mut e, &keys, None, id).unwrap();
+    let input_b = b.encrypt(&keys.public_key, &xs[1]);
+    assert!(matches!(
+        b.start(&mut e, id, &input_b),
+        Response::QueryStarted { .. }
+    ));
+    let honest_b = match e.handle(Request::StageResult {
+        session: b.channel.session,
+        stage: 0,
+        ciphertexts: host.evaluate(0, &input_b),
+    }) {
+        Response::NextInput { ciphertexts, .. } => ciphertexts,
+        other => panic!("{}", short(&other)),
+    };
+    let _ = honest_b;
+    let r = e.handle(Request::StageResult {
+        session: b.channel.session,
+        stage: 1,
+        ciphertexts: host.evaluate(1, &stage1_input_a),
+    });
+    let msg = error_of(r);
+    assert!(msg.contains("integrity"), "{msg}");
 }
