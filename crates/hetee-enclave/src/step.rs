@@ -5,7 +5,8 @@
 use fhe::bfv::Ciphertext;
 use hetee_he::codec::{ciphertext_from_bytes, seeded_to_bytes};
 use hetee_he::secret::SecretOps;
-use hetee_model::graph::{live_after, TensorRef, Values};
+use hetee_model::graph::{live_after, Values};
+use hetee_model::quant::dequantize_output;
 use hetee_model::reference::after_stage;
 use rayon::prelude::*;
 
@@ -95,7 +96,12 @@ pub fn step(
                 v.take(out)
                     .ok_or_else(|| EnclaveError::Schedule("the output was not computed".into()))?,
             );
-            logits.extend(dequantize(schedule, out, &y));
+            logits.extend(dequantize_output(
+                schedule.stages.last().map(|s| &s.tail),
+                &schedule.joins,
+                schedule.softmax,
+                &y,
+            ));
         }
         return Ok(StepOutput::Logits(logits));
     }
@@ -109,20 +115,6 @@ pub fn step(
     );
     let polys = Zeroizing::new(schedule.pack_stage_input(k + 1, &xs)?);
     Ok(StepOutput::Next(encrypt_all(keys, &polys)?))
-}
-
-/// Dequantizes one image's output integers into floats (then the final
-/// Softmax, if the model has one).
-fn dequantize(schedule: &Schedule, out: TensorRef, y: &[i64]) -> Vec<f32> {
-    let mut v = match out {
-        TensorRef::Join(j) => schedule.joins.get(j).map(|j| j.dequantize(y)),
-        _ => schedule.stages.last().map(|s| s.tail.dequantize(y)),
-    }
-    .unwrap_or_default();
-    if schedule.softmax {
-        hetee_model::activation::softmax(&mut v);
-    }
-    v
 }
 
 /// Encrypts polynomials under the secret key (fresh, symmetric, at the top

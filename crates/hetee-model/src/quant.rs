@@ -190,6 +190,27 @@ pub fn output_ref(stages: usize, joins: &[Join]) -> TensorRef {
     }
 }
 
+/// Dequantizes one image's output integers into floats: by the last join
+/// if it releases the logits, else by the last stage (`last_stage`), then
+/// the final Softmax if `softmax`. The reference and the enclave both call
+/// this, so they release the same floats.
+pub fn dequantize_output(
+    last_stage: Option<&QuantStage>,
+    joins: &[Join],
+    softmax: bool,
+    acc: &[i64],
+) -> Vec<f32> {
+    let stages = usize::from(last_stage.is_some());
+    let mut y = match output_ref(stages, joins) {
+        TensorRef::Join(j) => joins[j].dequantize(acc),
+        _ => last_stage.map(|l| l.dequantize(acc)).unwrap_or_default(),
+    };
+    if softmax {
+        crate::activation::softmax(&mut y);
+    }
+    y
+}
+
 impl QuantModel {
     /// The value holding the result.
     pub fn output_ref(&self) -> TensorRef {
@@ -213,18 +234,7 @@ impl QuantModel {
     /// Dequantizes one image's final accumulators into float outputs
     /// (then the final Softmax, if the model has one).
     pub fn dequantize(&self, acc: &[i64]) -> Vec<f32> {
-        let mut y = match self.output_ref() {
-            TensorRef::Join(j) => self.joins[j].dequantize(acc),
-            _ => self
-                .stages
-                .last()
-                .map(|l| l.dequantize(acc))
-                .unwrap_or_default(),
-        };
-        if self.softmax {
-            crate::activation::softmax(&mut y);
-        }
-        y
+        dequantize_output(self.stages.last(), &self.joins, self.softmax, acc)
     }
 }
 
