@@ -164,6 +164,59 @@ class Affine(nn.Module):
         return self.fc(torch.flatten(y * 2.0 + 0.25, 1))
 
 
+class PreOps(nn.Module):
+    """BatchNorm, MaxPool and Tanh on the input, before the first conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(3)
+        self.conv = nn.Conv2d(3, 6, 3)
+        self.fc = nn.Linear(6 * 6 * 6, 4)
+
+    def forward(self, x):
+        y = torch.tanh(nn.functional.max_pool2d(self.bn(x), 2))
+        return self.fc(torch.flatten(torch.relu(self.conv(y)), 1))
+
+
+class Nhwc(nn.Module):
+    """An NHWC image input, transposed to NCHW before the first conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3)
+        self.fc = nn.Linear(5 * 8 * 6, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x.permute(0, 3, 1, 2)))
+        return self.fc(torch.flatten(y, 1))
+
+
+class Unflatten(nn.Module):
+    """A flat input reshaped to an image for the first conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x.reshape(-1, 1, 8, 8)))
+        return self.fc(torch.flatten(y, 1))
+
+
+class TransposeMid(nn.Module):
+    """A Transpose after a conv (refused: only the input may be transposed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3)
+        self.fc = nn.Linear(3 * 4 * 4, 2)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x)).permute(0, 2, 3, 1)
+        return self.fc(torch.flatten(y, 1))
+
+
 def torch_models():
     return [
         ("conv_pad_stride.onnx", [3, 17, 13], 5, None, lambda: Seq(
@@ -201,6 +254,11 @@ def torch_models():
             nn.Conv1d(3, 6, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2, ceil_mode=True),
             nn.Conv1d(6, 6, 3, groups=3, dilation=2), nn.ReLU(), nn.AvgPool1d(2),
             nn.Flatten(), nn.Linear(6 * 3, 4))),
+        # Ops before the first linear layer.
+        ("pre_ops.onnx", [3, 16, 16], 4, None, PreOps),
+        ("nhwc.onnx", [10, 8, 3], 3, None, Nhwc),
+        ("unflatten.onnx", [64], 3, None, Unflatten),
+        ("transpose_mid.onnx", [2, 6, 6], 2, "Transpose", TransposeMid),
     ]
 
 

@@ -47,7 +47,7 @@ pub struct Answer {
     pub enclave_ms: f64,
     /// Per-stage figures reported by the server.
     pub stages: Vec<hetee_proto::api::StageStats>,
-    /// Ciphertext bytes this client sent.
+    /// Bytes this client sent: the input ciphertexts and the sealed query.
     pub bytes_up: usize,
     /// Sealed result bytes this client received.
     pub bytes_down: usize,
@@ -185,7 +185,9 @@ impl Target {
         if plan.he != keys.he || plan.model_id != self.model_id {
             bail!("the enclave's plan does not match the attested keys; refusing");
         }
-        let (msg, cts, digest) = if thin {
+        // A model with ops before its first linear layer takes its input
+        // over the channel: the enclave runs them before encrypting.
+        let (msg, cts, digest) = if thin || plan.input_in_enclave {
             let images = Zeroizing::new(xs.iter().map(|x| x.to_vec()).collect::<Vec<_>>());
             let digest = thin_input_digest(&images);
             (ClientMessage::ThinQuery { images }, Vec::new(), digest)
@@ -204,7 +206,8 @@ impl Target {
             (msg, cts, digest)
         };
         let payload = s.seal(&msg)?;
-        let bytes_up: usize = cts.iter().map(Vec::len).sum();
+        // Ciphertexts, or the sealed input of a thin query.
+        let bytes_up: usize = cts.iter().map(Vec::len).sum::<usize>() + payload.len();
         let done: QueryDone = api.query(
             &s.id,
             &QueryBody {

@@ -15,9 +15,10 @@ use crate::messages::{
     SessionId,
 };
 use crate::policy;
-use crate::step::{decrypt_all, encrypt_all, step, StepOutput, INTEGRITY_FAILURE};
+use crate::step::{
+    decrypt_all, encrypt_stage_input, start_values, step, StepOutput, INTEGRITY_FAILURE,
+};
 use crate::EnclaveError;
-use hetee_model::graph::Values;
 
 impl Enclave {
     pub(crate) fn start_query(
@@ -48,15 +49,19 @@ impl Enclave {
             .get(&m.key_id)
             .ok_or_else(|| EnclaveError::Protocol("the model's keys are gone".into()))?;
         let batch = m.schedule.batch;
-        let (n, j) = (m.schedule.stages.len(), m.schedule.joins.len());
         let mut state = self.state_of(&model_id)?.clone();
         state.admit(&client, &m.terms)?;
-        let (x, digest, images, thin_input) = match msg {
+        let (values, digest, images, thin_input) = match msg {
             ClientMessage::Query {
                 input_digest: want,
                 images,
                 seed,
             } => {
+                if m.schedule.input_in_enclave() {
+                    return refuse(
+                        "this model runs ops on the input in the enclave before its first linear layer; send the input over the channel (a thin query)",
+                    );
+                }
                 if input_digest(input) != want {
                     return refuse("the input ciphertexts are not the ones the data provider sent");
                 }
@@ -78,7 +83,7 @@ impl Enclave {
                 if !in_range(&x, m.schedule.input.min, m.schedule.input.max) {
                     return refuse("the input holds values outside the model's input range");
                 }
-                (x, want, images, None)
+                (start_values(&m.schedule, &x)?, want, images, None)
             }
             ClientMessage::ThinQuery { images } => {
                 if !input.is_empty() {
@@ -101,10 +106,10 @@ impl Enclave {
                     );
                 }
                 x.resize(batch, vec![0; per]);
-                let polys = Zeroizing::new(m.schedule.pack_stage_input(0, &x)?);
-                let cts = encrypt_all(ks, &polys)?;
+                let values = start_values(&m.schedule, &x)?;
+                let cts = encrypt_stage_input(ks, &m.schedule, 0, &values)?;
                 let digest = thin_input_digest(&images);
-                (x, digest, images.len() as u32, Some(cts))
+                (values, digest, images.len() as u32, Some(cts))
             }
             _ => return refuse("expected the data provider's query; session closed"),
         };
@@ -119,7 +124,6 @@ impl Enclave {
             None
         };
         self.states.insert(model_id, state);
-        let values = x.iter().map(|xi| Values::new(xi.clone(), n, j)).collect();
         self.sessions.insert(
             session,
             Session::Running(Box::new(Running {

@@ -5,9 +5,10 @@
 use fhe::bfv::Ciphertext;
 use hetee_he::codec::{ciphertext_from_bytes, seeded_to_bytes};
 use hetee_he::secret::SecretOps;
+use hetee_model::graph::TensorRef;
 use hetee_model::graph::{live_after, Values};
 use hetee_model::quant::dequantize_output;
-use hetee_model::reference::after_stage;
+use hetee_model::reference::{after_stage, run_joins};
 use rayon::prelude::*;
 
 use zeroize::Zeroizing;
@@ -87,7 +88,7 @@ pub fn step(
         .try_for_each(|(v, acc)| after_stage(k, &st.tail, &schedule.joins, acc.clone(), v))
         .map_err(|e| EnclaveError::Schedule(e.to_string()))?;
     let out = schedule.output_ref();
-    let live = live_after(k, &schedule.stage_reads(), &schedule.joins, out);
+    let live = live_after(Some(k), &schedule.stage_reads(), &schedule.joins, out);
     values.iter_mut().for_each(|v| v.retain(&live));
     if k + 1 == schedule.stages.len() {
         let mut logits = Zeroizing::new(Vec::new());
@@ -105,16 +106,57 @@ pub fn step(
         }
         return Ok(StepOutput::Logits(logits));
     }
-    let next = schedule.stages[k + 1].tail.reads;
+    Ok(StepOutput::Next(encrypt_stage_input(
+        keys,
+        schedule,
+        k + 1,
+        values,
+    )?))
+}
+
+/// The value stores of a query's images from their quantized inputs, with
+/// the joins on the input (ops before the first linear layer) already run
+/// and what nothing reads later freed.
+pub fn start_values(schedule: &Schedule, xs: &[Vec<i64>]) -> Result<Vec<Values>, EnclaveError> {
+    let (n, j) = (schedule.stages.len(), schedule.joins.len());
+    let mut values: Vec<Values> = xs.iter().map(|x| Values::new(x.clone(), n, j)).collect();
+    values
+        .par_iter_mut()
+        .try_for_each(|v| run_joins(None, &schedule.joins, v))
+        .map_err(|e| EnclaveError::Schedule(e.to_string()))?;
+    let live = live_after(
+        None,
+        &schedule.stage_reads(),
+        &schedule.joins,
+        schedule.output_ref(),
+    );
+    values.iter_mut().for_each(|v| v.retain(&live));
+    Ok(values)
+}
+
+/// Packs stage `k`'s input from the values the enclave holds and encrypts
+/// it for the host.
+pub fn encrypt_stage_input(
+    keys: &KeySet,
+    schedule: &Schedule,
+    k: usize,
+    values: &[Values],
+) -> Result<Vec<Vec<u8>>, EnclaveError> {
+    let reads: TensorRef = schedule
+        .stages
+        .get(k)
+        .ok_or_else(|| EnclaveError::Protocol(format!("no stage {k}")))?
+        .tail
+        .reads;
     let xs: Zeroizing<Vec<Vec<i64>>> = Zeroizing::new(
         values
             .iter()
-            .map(|v| v.get(next).map(<[i64]>::to_vec))
+            .map(|v| v.get(reads).map(<[i64]>::to_vec))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| EnclaveError::Schedule(format!("stage {} input is not held", k + 1)))?,
+            .ok_or_else(|| EnclaveError::Schedule(format!("stage {k} input is not held")))?,
     );
-    let polys = Zeroizing::new(schedule.pack_stage_input(k + 1, &xs)?);
-    Ok(StepOutput::Next(encrypt_all(keys, &polys)?))
+    let polys = Zeroizing::new(schedule.pack_stage_input(k, &xs)?);
+    encrypt_all(keys, &polys)
 }
 
 /// Encrypts polynomials under the secret key (fresh, symmetric, at the top

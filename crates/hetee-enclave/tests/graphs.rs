@@ -161,7 +161,7 @@ fn identity_shortcut_and_an_output_join_are_bit_exact() {
 }
 
 #[test]
-fn a_dead_branch_and_ops_before_the_first_linear_layer_are_refused_by_name() {
+fn a_dead_branch_is_refused_by_name() {
     let dead = graph(
         vec![4],
         vec![
@@ -172,14 +172,88 @@ fn a_dead_branch_and_ops_before_the_first_linear_layer_are_refused_by_name() {
     );
     let e = quantize(&dead, &values(8, 1, 1.0)).unwrap_err().to_string();
     assert!(e.contains("n1") && e.contains("not used"), "{e}");
-    let first = graph(
-        vec![4],
-        vec![(Layer::Relu, vec![0]), (dense(4, 2, 2), vec![1])],
+    // A reshape that no Conv or Dense reads, and a Transpose after a layer.
+    for (mid, what) in [
+        (Layer::Reshape(vec![2, 2, 2]), "Reshape"),
+        (Layer::Transpose([0, 1, 2]), "Transpose"),
+    ] {
+        let m = graph(
+            vec![2, 2, 2],
+            vec![
+                (conv(2, 2, 1, 0, 1), vec![0]),
+                (mid, vec![1]),
+                (Layer::Relu, vec![2]),
+                (Layer::Flatten, vec![3]),
+                (dense(8, 2, 2), vec![4]),
+            ],
+        );
+        let e = quantize(&m, &values(16, 1, 1.0)).unwrap_err().to_string();
+        assert!(e.contains("n1") && e.contains(what), "{e}");
+    }
+}
+
+/// A BatchNorm, a max pool and a Tanh on the input, before the first conv,
+/// plus a skip from the pooled input to a later add: the enclave runs them
+/// on the decrypted input and encrypts stage 0's input itself. A query
+/// that brings HE ciphertexts of the raw input is refused by name; a thin
+/// query is bit-exact.
+#[test]
+fn ops_before_the_first_linear_layer_run_in_the_enclave() {
+    let m = graph(
+        vec![2, 8, 8],
+        vec![
+            (bn(2, 1), vec![0]), // t1: an affine join on the input
+            (
+                Layer::MaxPool(Window {
+                    kernel: (2, 2),
+                    strides: (2, 2),
+                    pads: Pads::default(),
+                }),
+                vec![1],
+            ), // t2 (fused into the join)
+            (
+                Layer::Act(hetee_model::activation::Activation::Tanh),
+                vec![2],
+            ), // t3: a table on the pooled input
+            (conv(2, 2, 3, 1, 3), vec![3]), // t4: stage 0 reads a join
+            (Layer::Add, vec![4, 3]), // t5: skip from the pre-join
+            (Layer::Relu, vec![5]),
+            (Layer::Flatten, vec![6]),
+            (dense(32, 3, 5), vec![7]),
+        ],
     );
-    let e = quantize(&first, &values(8, 1, 1.0))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("n1") && e.contains("first"), "{e}");
+    let xs = inputs(4, 128);
+    let calib: Vec<f32> = xs.iter().flatten().copied().collect();
+    let q = quantize(&m, &calib).unwrap();
+    assert_ne!(q.stages[0].reads, TensorRef::Input);
+    assert!(q.joins.iter().any(|j| j.after_stage.is_none()));
+    let schedule = Schedule::compile(&q, 1).unwrap();
+    schedule.validate().unwrap();
+    assert!(schedule.input_in_enclave());
+    let mut enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let keys = create_keys(&mut enclave, &schedule.he);
+    let host = HostModel::new(&q, &schedule, &keys.public_key);
+    let id = register(&mut enclave, &keys, &host).model_id;
+    for x in &xs {
+        let secure = query_thin(&mut enclave, &keys, &host, id, x).unwrap();
+        assert_eq!(bits(&secure), bits(&reference(&q, x)));
+        let float = run_float(&m, x).unwrap();
+        let top = float.iter().fold(0f32, |a, v| a.max(v.abs()));
+        for (s, f) in secure.iter().zip(&float) {
+            assert!((s - f).abs() <= 0.08 * top, "secure {s} vs float {f}");
+        }
+    }
+    // The data provider's client refuses to pack such a query; a client
+    // that packs the raw input anyway is refused by the enclave.
+    let mut dp = hello(&mut enclave, &keys, id).unwrap();
+    assert!(dp.plan.input_in_enclave);
+    let e = dp.plan.pack_input(&[&xs[0]]).unwrap_err().to_string();
+    assert!(e.contains("thin"), "{e}");
+    dp.plan.input_in_enclave = false;
+    dp.plan.input_shape = vec![2, 4, 4];
+    let input = dp.encrypt(&keys.public_key, &xs[0][..32]);
+    let msg = error_of(dp.start(&mut enclave, id, &input));
+    assert!(msg.contains("thin query"), "{msg}");
 }
 
 #[test]
@@ -295,7 +369,7 @@ fn mutated_graph_schedules_are_refused_or_run_without_panic() {
         let j = r.pick(s.joins.len() as u64) as usize;
         match r.pick(9) {
             0 => s.joins[j].inputs[0].tensor = refs(&mut r),
-            1 => s.joins[j].after_stage = r.pick(8) as usize,
+            1 => s.joins[j].after_stage = Some(r.pick(8) as usize),
             2 => {
                 let k = r.pick(s.joins[j].inputs[0].multiplier.len() as u64) as usize;
                 s.joins[j].inputs[0].multiplier[k] = (r.next() as i64) << r.pick(40);

@@ -14,7 +14,7 @@ pub enum ModelError {
         reason: String,
     },
     /// An op that hetee does not support.
-    #[error("node '{node}': op {op} is not supported. Supported ops: Conv, BatchNormalization, Relu, MaxPool, AveragePool, GlobalAveragePool, Flatten, Reshape (as flatten), Gemm, MatMul, Add (of two activations: a residual join), Concat (channels), Add/Sub/Mul/Div by a per-channel constant, Identity, Dropout, Softmax (as the last op), and the activations LeakyRelu, PRelu, Clip, Sigmoid, HardSigmoid, Tanh, HardSwish, Elu, Selu, Celu, Softplus, Softsign, ThresholdedRelu, Gelu, Erf, Mish")]
+    #[error("node '{node}': op {op} is not supported. Supported ops: Conv, BatchNormalization, Relu, MaxPool, AveragePool, GlobalAveragePool, Flatten, Reshape (a flatten, or into the input of a Conv), Transpose (of the model input), Gemm, MatMul, Add (of two activations: a residual join), Concat (channels), Add/Sub/Mul/Div by a per-channel constant, Identity, Dropout, Softmax (as the last op), and the activations LeakyRelu, PRelu, Clip, Sigmoid, HardSigmoid, Tanh, HardSwish, Elu, Selu, Celu, Softplus, Softsign, ThresholdedRelu, Gelu, Erf, Mish")]
     UnsupportedOp {
         /// Node name.
         node: String,

@@ -121,6 +121,20 @@ pub fn layer_output_shape(
             Ok(vec![c, 1, 1])
         }
         Layer::Flatten => Ok(vec![numel]),
+        Layer::Reshape(to) => {
+            if to.iter().product::<usize>() != numel || to.is_empty() || to.len() > 3 {
+                return Err(format!("cannot reshape {input:?} to {to:?}"));
+            }
+            Ok(to.clone())
+        }
+        Layer::Transpose(perm) => {
+            let [c, h, w] = chw(input, "Transpose")?;
+            if !crate::ir::is_perm3(*perm) {
+                return Err(format!("{perm:?} is not a permutation of the axes"));
+            }
+            let s = [c, h, w];
+            Ok(perm.iter().map(|&a| s[a]).collect())
+        }
         Layer::Add | Layer::Concat => Err(format!("{} needs two or more inputs", layer.name())),
         Layer::Softmax => match input {
             [_] => Ok(input.to_vec()),
@@ -354,7 +368,11 @@ fn run_layer(layer: &Layer, in_shape: &[usize], out_shape: &[usize], x: &[f32]) 
                 .map(|ch| (ch.iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32)
                 .collect()
         }
-        Layer::Flatten => x.to_vec(),
+        Layer::Flatten | Layer::Reshape(_) => x.to_vec(),
+        Layer::Transpose(perm) => match in_shape {
+            [c, h, w] => crate::ir::transpose3(x, [*c, *h, *w], *perm),
+            _ => x.to_vec(),
+        },
         // Several inputs: handled by the caller.
         Layer::Add | Layer::Concat => x.to_vec(),
         Layer::Softmax => {

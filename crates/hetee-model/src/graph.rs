@@ -8,9 +8,11 @@
 //! summed elementwise, or stacked along the channels), then finishes it like
 //! a stage: post ops and a requantization to 8 bits (or the final logits).
 //!
-//! Values are computed in creation order, which is topological: stage `k`
-//! runs on the host, then the enclave runs every join with
-//! `after_stage == k`, then stage `k + 1` reads any value computed so far.
+//! Values are computed in creation order, which is topological: the
+//! enclave first runs the joins on the model input (`after_stage == None`:
+//! ops before the first linear layer), then for each `k` stage `k` runs on
+//! the host, the enclave runs every join with `after_stage == Some(k)`, and
+//! stage `k + 1` reads any value computed so far.
 //! A skip connection costs no HE work: the enclave keeps the tensor.
 
 use serde::{Deserialize, Serialize};
@@ -69,8 +71,10 @@ pub struct Join {
     pub acc_scale: Vec<f64>,
     /// Largest possible |accumulator|.
     pub acc_bound: u64,
-    /// The join runs once HE stage `after_stage` has finished.
-    pub after_stage: usize,
+    /// The join runs once HE stage `after_stage` has finished; `None`: on
+    /// the model input, before stage 0 (an op before the first linear
+    /// layer). `None` orders before every `Some(k)`.
+    pub after_stage: Option<usize>,
     /// Source node names, for reports.
     pub nodes: Vec<String>,
 }
@@ -189,18 +193,19 @@ impl Drop for Values {
     }
 }
 
-/// The values read after HE stage `k` has finished and its joins have run,
-/// i.e. by stage `k + 1` or later and by joins after stage `k` or later.
-/// Everything else can be freed once stage `k`'s step is over.
+/// The values read after HE stage `done` has finished and its joins have
+/// run (`done == None`: after the joins on the input, before stage 0), i.e.
+/// by later stages and by later joins. Everything else can be freed then.
 pub fn live_after(
-    k: usize,
+    done: Option<usize>,
     stage_reads: &[TensorRef],
     joins: &[Join],
     output: TensorRef,
 ) -> Vec<TensorRef> {
     let mut live = vec![output];
-    live.extend(stage_reads.iter().skip(k + 1).copied());
-    for j in joins.iter().filter(|j| j.after_stage > k) {
+    let next = done.map_or(0, |k| k + 1);
+    live.extend(stage_reads.iter().skip(next).copied());
+    for j in joins.iter().filter(|j| j.after_stage > done) {
         live.extend(j.inputs.iter().map(|i| i.tensor));
     }
     live

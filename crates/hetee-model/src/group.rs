@@ -85,9 +85,20 @@ pub(crate) fn as3(s: &[usize]) -> [usize; 3] {
     }
 }
 
+/// The float graph cut into values, and the model input's layout.
+pub(crate) struct Grouped {
+    /// Values in creation order, which is a topological order.
+    pub values: Vec<FloatValue>,
+    /// A Transpose applied to the model input (it becomes part of the
+    /// input's quantization: every reader sees the permuted input).
+    pub input_perm: Option<[usize; 3]>,
+    /// Shape `[C, H, W]` of the input as the values read it.
+    pub input_shape: [usize; 3],
+}
+
 /// Groups the layers of `model` (with output shapes `shapes`) into values,
 /// in creation order, which is a topological order.
-pub(crate) fn group(model: &Model, shapes: &[Vec<usize>]) -> Result<Vec<FloatValue>> {
+pub(crate) fn group(model: &Model, shapes: &[Vec<usize>]) -> Result<Grouped> {
     // A final Softmax is applied to the released logits, not quantized.
     let n_layers = match model.layers.last() {
         Some(Layer::Softmax) => model.layers.len() - 1,
@@ -95,6 +106,8 @@ pub(crate) fn group(model: &Model, shapes: &[Vec<usize>]) -> Result<Vec<FloatVal
     };
     let consumers = model.consumer_counts();
     let mut values: Vec<FloatValue> = Vec::new();
+    let mut input_perm = None;
+    let mut input_shape = as3(&model.input_shape);
     let mut val_of: Vec<Option<Src>> = vec![None; model.layers.len() + 1];
     val_of[0] = Some(Src::Input);
     let shape_of = |t: usize| -> [usize; 3] {
@@ -205,6 +218,36 @@ pub(crate) fn group(model: &Model, shapes: &[Vec<usize>]) -> Result<Vec<FloatVal
                 val_of[out] = val_of[reads[0]];
                 continue;
             }
+            Layer::Reshape(to) => {
+                let linear_readers = (0..n_layers)
+                    .filter(|&l| model.reads(l).contains(&out))
+                    .all(|l| matches!(model.layers[l], Layer::Conv2d { .. } | Layer::Dense { .. }));
+                if !linear_readers {
+                    return Err(ModelError::Unsupported {
+                        node: name,
+                        op: "Reshape".into(),
+                        what: format!(
+                            "a reshape to [N, {}] is supported only as the input of a Conv or Gemm/MatMul (or as a flatten)",
+                            to.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
+                        ),
+                    });
+                }
+                val_of[out] = val_of[reads[0]];
+                continue;
+            }
+            Layer::Transpose(perm) => {
+                if reads[0] != 0 || consumers[0] != 1 || input_perm.is_some() {
+                    return Err(ModelError::Unsupported {
+                        node: name,
+                        op: "Transpose".into(),
+                        what: "a Transpose is supported only on the model input, as its only reader (e.g. an NHWC image to NCHW)".into(),
+                    });
+                }
+                input_perm = Some(*perm);
+                input_shape = shape_of(out);
+                val_of[out] = Some(Src::Input);
+                continue;
+            }
             Layer::Softmax => {
                 return Err(ModelError::Unsupported {
                     node: name,
@@ -271,7 +314,11 @@ pub(crate) fn group(model: &Model, shapes: &[Vec<usize>]) -> Result<Vec<FloatVal
             });
         }
     }
-    Ok(values)
+    Ok(Grouped {
+        values,
+        input_perm,
+        input_shape,
+    })
 }
 
 /// Folds a per-channel `y = x · scale + shift` into a value whose post ops

@@ -118,6 +118,13 @@ pub enum Layer {
     GlobalAvgPool,
     /// Flatten `[C, H, W]` to `[C*H*W]` (row-major).
     Flatten,
+    /// The same values in another shape (`[C, H, W]`, `[C, L]` or `[F]`),
+    /// row-major; only as the input of a Conv or Dense layer.
+    Reshape(Vec<usize>),
+    /// Axis permutation of a `[C, H, W]` tensor: output axis `i` is input
+    /// axis `perm[i]`. Only on the model input (e.g. an NHWC image), where
+    /// it becomes part of the input's layout.
+    Transpose([usize; 3]),
     /// Elementwise sum of two tensors of the same shape (a residual join).
     Add,
     /// Concatenation of two or more tensors along the channels (the first
@@ -141,6 +148,8 @@ impl Layer {
             Layer::AvgPool { .. } => "AvgPool",
             Layer::GlobalAvgPool => "GlobalAvgPool",
             Layer::Flatten => "Flatten",
+            Layer::Reshape(_) => "Reshape",
+            Layer::Transpose(_) => "Transpose",
             Layer::Add => "Add",
             Layer::Concat => "Concat",
             Layer::Softmax => "Softmax",
@@ -155,6 +164,42 @@ impl Layer {
             _ => Some(1),
         }
     }
+}
+
+/// Permutes a row-major `[C, H, W]` tensor `x` of shape `shape`: output
+/// axis `i` is input axis `perm[i]` (`perm` must be a permutation of 0..3).
+pub fn transpose3(x: &[f32], shape: [usize; 3], perm: [usize; 3]) -> Vec<f32> {
+    permute_index(shape, perm)
+        .into_iter()
+        .map(|i| x.get(i).copied().unwrap_or(0.0))
+        .collect()
+}
+
+/// For each output position of the permutation `perm` of a row-major
+/// tensor of shape `shape`, the input position it takes.
+pub fn permute_index(shape: [usize; 3], perm: [usize; 3]) -> Vec<usize> {
+    let strides = [shape[1] * shape[2], shape[2], 1];
+    let out = perm.map(|a| shape.get(a).copied().unwrap_or(0));
+    let mut idx = Vec::with_capacity(out.iter().product());
+    for a in 0..out[0] {
+        for b in 0..out[1] {
+            for c in 0..out[2] {
+                let mut i = 0;
+                for (o, &p) in [a, b, c].iter().zip(perm.iter()) {
+                    i += o * strides.get(p).copied().unwrap_or(0);
+                }
+                idx.push(i);
+            }
+        }
+    }
+    idx
+}
+
+/// Whether `perm` is a permutation of `0..3`.
+pub fn is_perm3(perm: [usize; 3]) -> bool {
+    let mut seen = [false; 3];
+    perm.iter()
+        .all(|&a| a < 3 && !std::mem::replace(&mut seen[a], true))
 }
 
 /// A float model: the input shape (no batch) and its layers in

@@ -140,11 +140,48 @@ pub struct InputQuant {
     pub min: i64,
     /// Largest integer (255 or 127).
     pub max: i64,
+    /// A permutation applied to each sample as given (a Transpose on the
+    /// model input, e.g. NHWC to NCHW), before quantization.
+    #[serde(default)]
+    pub layout: Option<InputLayout>,
+}
+
+/// The axis permutation of the model input: a sample as given has shape
+/// `shape`; what the model reads is its transpose by `perm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputLayout {
+    /// Shape of a sample as given, `[A, B, C]`.
+    pub shape: [usize; 3],
+    /// Output axis `i` is input axis `perm[i]`.
+    pub perm: [usize; 3],
+}
+
+impl InputLayout {
+    /// Shape of the permuted sample, or `None` if `perm` is not a permutation.
+    pub fn output_shape(&self) -> Option<[usize; 3]> {
+        crate::ir::is_perm3(self.perm).then(|| self.perm.map(|a| self.shape[a]))
+    }
 }
 
 impl InputQuant {
-    /// Quantizes one sample; refuses NaN and infinities.
+    /// Quantizes one sample (after its layout's permutation); refuses NaN
+    /// and infinities, and a sample of the wrong size for the layout.
     pub fn quantize(&self, x: &[f32]) -> Result<Vec<i64>> {
+        let permuted;
+        let x = match &self.layout {
+            None => x,
+            Some(l) => {
+                if l.output_shape().is_none() || x.len() != l.shape.iter().product::<usize>() {
+                    return Err(ModelError::Data(format!(
+                        "a sample of {} values does not fit the input layout {:?}",
+                        x.len(),
+                        l.shape
+                    )));
+                }
+                permuted = crate::ir::transpose3(x, l.shape, l.perm);
+                &permuted[..]
+            }
+        };
         x.iter()
             .enumerate()
             .map(|(i, &v)| {
@@ -317,7 +354,12 @@ pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
             "the model has no Conv or Gemm/MatMul layer; hetee runs models whose linear layers are evaluated under HE (a model without any would run entirely in the enclave, which defeats the design)".into(),
         ));
     }
-    let fvalues = group(model, &shapes)?;
+    let grouped = group(model, &shapes)?;
+    let fvalues = grouped.values;
+    let layout = grouped.input_perm.map(|perm| InputLayout {
+        shape: as3(&model.input_shape),
+        perm,
+    });
     let in_max = max_abs(calib.iter().copied());
     let signed_input = calib.iter().any(|&v| v < 0.0);
     let samples: Vec<&[f32]> = calib.chunks(in_len).collect();
@@ -332,12 +374,14 @@ pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
             scale: in_max / 127.0,
             min: -127,
             max: 127,
+            layout,
         }
     } else {
         InputQuant {
             scale: in_max / 255.0,
             min: 0,
             max: 255,
+            layout,
         }
     };
     // The TensorRef of each value, and the 8-bit domain (scale, min, max) of each.
@@ -429,7 +473,7 @@ pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
                     output: StageOutput::Logits,
                     acc_scale: Vec::new(),
                     acc_bound: bound.max(1),
-                    after_stage: stages.len().saturating_sub(1),
+                    after_stage: stages.len().checked_sub(1),
                     nodes: Vec::new(),
                 });
                 (unit, bound.max(1), None)
@@ -442,7 +486,7 @@ pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
                 let mut bound = 0u64;
                 for (&r, d) in reads.iter().zip(&doms) {
                     let ch = match r {
-                        Src::Input => as3(&model.input_shape)[0],
+                        Src::Input => grouped.input_shape[0],
                         Src::Value(_) => out_channels_of(r, &stages, &joins, &refs),
                     };
                     let mult = (d.0 / u).round() as i64;
@@ -463,7 +507,7 @@ pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
                     output: StageOutput::Logits,
                     acc_scale: Vec::new(),
                     acc_bound: bound.max(1),
-                    after_stage: stages.len().saturating_sub(1),
+                    after_stage: stages.len().checked_sub(1),
                     nodes: Vec::new(),
                 });
                 (vec![u; m], bound.max(1), None)
@@ -528,15 +572,6 @@ pub fn quantize(model: &Model, calib: &[f32]) -> Result<QuantModel> {
                 j.nodes = fv.nodes;
                 refs.push(TensorRef::Join(joins.len() - 1));
             }
-        }
-    }
-    if let Some(st) = stages.first() {
-        if st.reads != TensorRef::Input {
-            return Err(ModelError::Unsupported {
-                node: st.nodes[0].clone(),
-                op: "graph".into(),
-                what: "the first Conv or Gemm/MatMul must read the model input directly; ops before the first linear layer are not supported".into(),
-            });
         }
     }
     Ok(QuantModel {

@@ -136,7 +136,17 @@ pub fn after_stage(
     values: &mut Values,
 ) -> Result<()> {
     values.set(TensorRef::Stage(k), finish_stage(stage, acc));
-    for (j, join) in joins.iter().enumerate().filter(|(_, j)| j.after_stage == k) {
+    run_joins(Some(k), joins, values)
+}
+
+/// Runs the joins with `after_stage == done` (`None`: the ops on the model
+/// input before stage 0) for one image; every value is stored in `values`.
+pub fn run_joins(done: Option<usize>, joins: &[Join], values: &mut Values) -> Result<()> {
+    for (j, join) in joins
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| j.after_stage == done)
+    {
         let y = run_join(j, join, values)?;
         values.set(TensorRef::Join(j), y);
     }
@@ -147,6 +157,7 @@ pub fn after_stage(
 /// accumulators (dequantize with [`QuantModel::dequantize`]).
 pub fn run_int(model: &QuantModel, input_q: &[i64]) -> Result<Vec<i64>> {
     let mut values = Values::new(input_q.to_vec(), model.stages.len(), model.joins.len());
+    run_joins(None, &model.joins, &mut values)?;
     for (k, st) in model.stages.iter().enumerate() {
         let need: usize = st.input_shape.iter().product();
         let x = values.get(st.reads).ok_or_else(|| {

@@ -20,6 +20,7 @@ mod arith;
 mod consts;
 mod conv;
 mod floor;
+mod layout;
 mod node;
 
 pub use floor::TractPlan;
@@ -31,7 +32,7 @@ use node::{graph_err, node_name, Ctx};
 
 /// The ONNX ops the importer translates (MatMul also absorbs a following
 /// Add), besides the activations of [`ACTIVATION_OPS`].
-const KNOWN_OPS: [&str; 13] = [
+const KNOWN_OPS: [&str; 14] = [
     "Identity",
     "Softmax",
     "Dropout",
@@ -43,6 +44,7 @@ const KNOWN_OPS: [&str; 13] = [
     "GlobalAveragePool",
     "Flatten",
     "Reshape",
+    "Transpose",
     "Gemm",
     "MatMul",
 ];
@@ -444,9 +446,16 @@ impl<'a> Importer<'a> {
                 }
                 step((shape.len() != 1).then_some(Layer::Flatten))
             }
-            "Reshape" => {
-                self.check_flatten_reshape(cx, shape)?;
-                step((shape.len() != 1).then_some(Layer::Flatten))
+            "Reshape" => match self.reshape_target(cx, shape)? {
+                None => step((shape.len() != 1).then_some(Layer::Flatten)),
+                Some(to) if to == shape => step(None),
+                Some(to) => step(Some(Layer::Reshape(to))),
+            },
+            "Transpose" => {
+                let on_input = x == self.input;
+                step(Some(Layer::Transpose(layout::transpose_perm(
+                    cx, shape, on_input,
+                )?)))
             }
             "Gemm" => {
                 cx.int_in("transA", 0, &[0])?;
@@ -490,47 +499,6 @@ impl<'a> Importer<'a> {
                 node: cx.name.clone(),
                 op: n.op_type.clone(),
             }),
-        }
-    }
-
-    /// Checks that a Reshape flattens `[N, shape...]` to `[N, F]`.
-    fn check_flatten_reshape(&self, cx: &Ctx, shape: &[usize]) -> Result<()> {
-        let f = shape.iter().product::<usize>() as i64;
-        let allowzero = cx.int("allowzero", 0) != 0;
-        let t = cx
-            .node
-            .input
-            .get(1)
-            .and_then(|t| self.eval_shape(t, 0))
-            .ok_or_else(|| {
-                cx.unsup("cannot determine the target shape (supported: a constant, or Shape/Gather/Unsqueeze/Concat of the input)")
-            })?;
-        let [a, b] = t[..] else {
-            return Err(cx.unsup(format!(
-                "reshape to rank {} is not supported; only flattening to [N, F] is",
-                t.len()
-            )));
-        };
-        let a_ok = match a {
-            None | Some(-1) | Some(1) => true,
-            Some(0) => !allowzero,
-            Some(v) => Some(v) == self.batch,
-        };
-        let b_ok = match b {
-            None => true,
-            Some(-1) => a != Some(-1),
-            Some(0) => !allowzero && shape.first().map(|&d| d as i64) == Some(f),
-            Some(v) => v == f,
-        };
-        if a_ok && b_ok {
-            Ok(())
-        } else {
-            let show = |v: Option<i64>| v.map_or("N".to_string(), |v| v.to_string());
-            Err(cx.unsup(format!(
-                "target shape [{}, {}] is not a flatten of [N, {shape:?}] (supported: [N or -1 or 0, {f} or -1])",
-                show(a),
-                show(b)
-            )))
         }
     }
 }

@@ -526,15 +526,42 @@ fn unknown_ops_branches_and_bad_weights_are_rejected() {
     ))
     .to_string();
     assert!(msg.contains("does not fit"), "{msg}");
-    // non-flatten reshape
+    // a reshape to rank 5
     let msg = import_err(&one_node(
         "Reshape",
         vec![],
         &[2, 2, 2],
-        vec![ints_tensor("s", &[-1, 2, 4])],
+        vec![ints_tensor("s", &[-1, 2, 2, 1, 2])],
     ))
     .to_string();
-    assert!(msg.contains("rank 3"), "{msg}");
+    assert!(msg.contains("rank 5"), "{msg}");
+    // a reshape whose size does not match
+    let msg = import_err(&one_node(
+        "Reshape",
+        vec![],
+        &[2, 2, 2],
+        vec![ints_tensor("s", &[-1, 3, 4])],
+    ))
+    .to_string();
+    assert!(msg.contains("not a reshape"), "{msg}");
+    // a non-flatten reshape imports, but quantizing refuses it unless a
+    // Conv or Gemm reads it
+    let m = import_onnx_bytes(
+        &one_node(
+            "Reshape",
+            vec![],
+            &[2, 2, 2],
+            vec![ints_tensor("s", &[-1, 2, 4])],
+        ),
+        "mem",
+    )
+    .unwrap();
+    assert_eq!(m.layers, vec![Layer::Reshape(vec![2, 1, 4])]);
+    // a Transpose that moves the batch axis, or without a perm
+    for attrs in [vec![("perm", A::Is(&[1, 0, 2, 3]))], vec![]] {
+        let msg = import_err(&one_node("Transpose", attrs, &[2, 3, 4], vec![])).to_string();
+        assert!(msg.contains("Transpose") && msg.contains("perm"), "{msg}");
+    }
 }
 
 #[test]

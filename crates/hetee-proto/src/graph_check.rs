@@ -25,6 +25,16 @@ impl Schedule {
         output_ref(self.stages.len(), &self.joins)
     }
 
+    /// Whether stage 0 reads a value the enclave computes from the input
+    /// (ops before the first linear layer). Such a model takes its input
+    /// over the channel (thin queries) only: the enclave must run those
+    /// ops before anything is encrypted for the host.
+    pub fn input_in_enclave(&self) -> bool {
+        self.stages
+            .first()
+            .is_some_and(|s| s.tail.reads != TensorRef::Input)
+    }
+
     /// The value stage `k` reads.
     pub fn stage_reads(&self) -> Vec<TensorRef> {
         self.stages.iter().map(|s| s.tail.reads).collect()
@@ -33,7 +43,10 @@ impl Schedule {
     /// Shape `[C, H, W]` of a value.
     pub fn value_shape(&self, t: TensorRef) -> Option<[usize; 3]> {
         match t {
-            TensorRef::Input => as3(&self.input_shape),
+            TensorRef::Input => match &self.input.layout {
+                Some(l) => l.output_shape(),
+                None => as3(&self.input_shape),
+            },
             TensorRef::Stage(k) => self.stages.get(k).map(|s| s.tail.output_shape),
             TensorRef::Join(j) => self.joins.get(j).map(|j| j.output_shape),
         }
@@ -58,7 +71,7 @@ impl Schedule {
         match t {
             TensorRef::Input => true,
             TensorRef::Stage(i) => i < k,
-            TensorRef::Join(j) => self.joins.get(j).is_some_and(|x| x.after_stage < k),
+            TensorRef::Join(j) => self.joins.get(j).is_some_and(|x| x.after_stage < Some(k)),
         }
     }
 
@@ -66,12 +79,16 @@ impl Schedule {
         let n = self.stages.len();
         let out = self.output_ref();
         let len = |d: [usize; 3]| d.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
+        if let Some(l) = &self.input.layout {
+            if l.output_shape().is_none() || as3(&self.input_shape) != Some(l.shape) {
+                return Err(ProtoError::Schedule(
+                    "the input layout does not permute the input shape".into(),
+                ));
+            }
+        }
         for (k, st) in self.stages.iter().enumerate() {
             let bad = |what: String| ProtoError::Schedule(format!("stage {k}: {what}"));
             let r = st.tail.reads;
-            if k == 0 && r != TensorRef::Input {
-                return Err(bad("the first stage must read the model input".into()));
-            }
             if !self.before_stage(r, k) {
                 return Err(bad(format!("reads {r:?}, which is not computed before it")));
             }
@@ -87,10 +104,10 @@ impl Schedule {
                 return Err(bad("exactly the model's output releases logits".into()));
             }
         }
-        let mut last_after = 0usize;
+        let mut last_after: Option<usize> = None;
         for (j, join) in self.joins.iter().enumerate() {
             let bad = |what: String| ProtoError::Schedule(format!("join {j}: {what}"));
-            if join.after_stage >= n || join.after_stage < last_after {
+            if join.after_stage >= Some(n) || join.after_stage < last_after {
                 return Err(bad("runs after a stage out of order".into()));
             }
             last_after = join.after_stage;
@@ -115,7 +132,7 @@ impl Schedule {
                 let t = inp.tensor;
                 let ready = match t {
                     TensorRef::Input => true,
-                    TensorRef::Stage(i) => i <= join.after_stage,
+                    TensorRef::Stage(i) => Some(i) <= join.after_stage,
                     TensorRef::Join(i) => i < j,
                 };
                 if !ready {

@@ -34,6 +34,9 @@ pub struct QueryPlan {
     pub packing: ConvPacking,
     /// Logits per image.
     pub classes: usize,
+    /// The enclave runs ops on the input before the first linear layer:
+    /// queries send the input over the channel (thin) only.
+    pub input_in_enclave: bool,
 }
 
 impl QueryPlan {
@@ -48,10 +51,6 @@ impl QueryPlan {
             .stages
             .first()
             .ok_or_else(|| ProtoError::Schedule("no stages".into()))?;
-        let last = s
-            .stages
-            .last()
-            .ok_or_else(|| ProtoError::Schedule("no stages".into()))?;
         Ok(QueryPlan {
             model_id,
             key_id,
@@ -62,12 +61,18 @@ impl QueryPlan {
             batch: s.batch,
             spec: first.spec,
             packing: first.packing,
-            classes: last.tail.output_shape.iter().product(),
+            classes: s.output_shape.iter().product(),
+            input_in_enclave: s.input_in_enclave(),
         })
     }
 
     /// Quantizes and packs up to `batch` images (zero images pad the rest).
     pub fn pack_input(&self, xs: &[&[f32]]) -> Result<Vec<Vec<i64>>, ProtoError> {
+        if self.input_in_enclave {
+            return Err(ProtoError::Schedule(
+                "this model runs ops on the input in the enclave; its queries are thin".into(),
+            ));
+        }
         if xs.is_empty() || xs.len() > self.batch {
             return Err(ProtoError::Schedule(format!(
                 "a query holds 1 to {} images, got {}",
@@ -126,6 +131,7 @@ mod tests {
             he,
             input_shape: vec![4],
             input: InputQuant {
+                layout: None,
                 scale: 0.1,
                 min: -127,
                 max: 127,
@@ -134,6 +140,7 @@ mod tests {
             spec,
             packing,
             classes: 2,
+            input_in_enclave: false,
         }
     }
 

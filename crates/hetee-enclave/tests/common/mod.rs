@@ -626,6 +626,49 @@ pub fn query_as(
     }
 }
 
+/// One image through a thin query: the input goes over the channel and
+/// the enclave encrypts stage 0's input itself.
+pub fn query_thin(
+    e: &mut Enclave,
+    keys: &Keys,
+    host: &HostModel,
+    model_id: ModelId,
+    x: &[f32],
+) -> Result<Vec<f32>, String> {
+    let mut dp = hello(e, keys, model_id)?;
+    let images = vec![x.to_vec()];
+    let payload = seal_msg(
+        &mut dp.channel.tx,
+        &ClientMessage::ThinQuery {
+            images: zeroize::Zeroizing::new(images.clone()),
+        },
+    );
+    let input = match e.handle(Request::StartQuery {
+        session: dp.channel.session,
+        model_id,
+        payload,
+        input: vec![],
+    }) {
+        Response::QueryStarted {
+            input: Some(cts), ..
+        } => cts,
+        Response::Error { message, .. } => return Err(message),
+        other => panic!("StartQuery: {}", short(&other)),
+    };
+    match run_stages(e, host, dp.channel.session, input) {
+        Response::Finished { payload } => {
+            let r = dp.result(keys, &payload);
+            assert_eq!(
+                r.input_digest,
+                hetee_enclave::messages::thin_input_digest(&images)
+            );
+            Ok(r.logits.to_vec())
+        }
+        Response::Error { message, .. } => Err(message),
+        other => panic!("last stage: {}", short(&other)),
+    }
+}
+
 /// Attested enclave with one key set and the tiny model registered.
 pub struct Setup {
     pub enclave: Enclave,
