@@ -22,9 +22,10 @@ pub struct BenchRow {
     /// The bundled model's name.
     pub model: String,
     /// `latency` (one image at a time, in process), `batch` (many images
-    /// stacked per query, in process), `served` (one image at a time
-    /// through `hetee serve` on loopback) or `clientsN` (N concurrent
-    /// single-image clients through it).
+    /// stacked per query, in process), `thin` (as latency, but the input
+    /// goes over the channel and the enclave encrypts it), `served` (one
+    /// image at a time through `hetee serve` on loopback) or `clientsN` (N
+    /// concurrent single-image clients through it).
     pub mode: String,
     /// Rayon threads.
     pub threads: usize,
@@ -88,6 +89,8 @@ pub struct BenchOptions<'a> {
     /// Also run this many concurrent single-image clients through it
     /// (`clientsN` rows; 0: none).
     pub clients: usize,
+    /// Also measure thin queries one image at a time (`thin` rows).
+    pub thin: bool,
 }
 
 pub(crate) fn per_image(stats: &[QueryStats], f: impl Fn(&QueryStats) -> f64) -> f64 {
@@ -123,42 +126,55 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
             pool.install(|| -> Result<()> {
                 let n = o.images.max(1);
                 let xs: Vec<&[f32]> = images.data.chunks(per).take(n.max(o.batch)).collect();
-                // Latency: one image at a time; medians over images, then runs.
-                let mut run_rows = Vec::new();
-                for _ in 0..o.runs.max(1) {
-                    let mut stats = Vec::with_capacity(n);
-                    for x in xs.iter().take(n) {
-                        stats.push(dep.infer(x)?.1);
+                // Latency: one image at a time; medians over images, then
+                // runs. Thin: the same with the input sent over the channel.
+                let modes: &[&str] = if o.thin {
+                    &["latency", "thin"]
+                } else {
+                    &["latency"]
+                };
+                for &mode in modes {
+                    let mut run_rows = Vec::new();
+                    for _ in 0..o.runs.max(1) {
+                        let mut stats = Vec::with_capacity(n);
+                        for x in xs.iter().take(n) {
+                            let r = if mode == "thin" {
+                                dep.infer_thin(x)?
+                            } else {
+                                dep.infer(x)?
+                            };
+                            stats.push(r.1);
+                        }
+                        // Each plaintext engine back to back over the same
+                        // images (warm caches: the true floor).
+                        let mut plain = Vec::with_capacity(n);
+                        for x in xs.iter().take(n) {
+                            let tp = Instant::now();
+                            std::hint::black_box(reference::run_quantized(&q, x)?);
+                            plain.push(tp.elapsed().as_secs_f64() * 1e3);
+                        }
+                        let mut floor = Vec::with_capacity(n);
+                        for x in xs.iter().take(n) {
+                            let tf = Instant::now();
+                            std::hint::black_box(tract1.run(x)?);
+                            floor.push(tf.elapsed().as_secs_f64() * 1e3);
+                        }
+                        run_rows.push(row(
+                            name,
+                            mode,
+                            t,
+                            n,
+                            &stats,
+                            Plain {
+                                tract_ms: median(floor),
+                                reference_ms: median(plain),
+                            },
+                            None,
+                            (&dep).into(),
+                        ));
                     }
-                    // Each plaintext engine back to back over the same
-                    // images (warm caches: the true floor).
-                    let mut plain = Vec::with_capacity(n);
-                    for x in xs.iter().take(n) {
-                        let tp = Instant::now();
-                        std::hint::black_box(reference::run_quantized(&q, x)?);
-                        plain.push(tp.elapsed().as_secs_f64() * 1e3);
-                    }
-                    let mut floor = Vec::with_capacity(n);
-                    for x in xs.iter().take(n) {
-                        let tf = Instant::now();
-                        std::hint::black_box(tract1.run(x)?);
-                        floor.push(tf.elapsed().as_secs_f64() * 1e3);
-                    }
-                    run_rows.push(row(
-                        name,
-                        "latency",
-                        t,
-                        n,
-                        &stats,
-                        Plain {
-                            tract_ms: median(floor),
-                            reference_ms: median(plain),
-                        },
-                        None,
-                        (&dep).into(),
-                    ));
+                    rows.push(median_row(run_rows));
                 }
-                rows.push(median_row(run_rows));
                 // Batch: images stacked `schedule.batch` per query by the
                 // planner, all queries in flight at once.
                 let mut run_rows = Vec::new();

@@ -301,6 +301,10 @@ enum Command {
         /// served deployment (e.g. 16).
         #[arg(long, default_value_t = 0)]
         clients: usize,
+        /// Also measure thin queries (the input over the channel, encrypted
+        /// by the enclave) one image at a time, in process (`thin` rows).
+        #[arg(long)]
+        thin: bool,
     },
     /// Prints the per-layer packing plan of a model.
     Plan {
@@ -457,6 +461,7 @@ pub fn run(cli: Cli) -> Result<()> {
             models,
             served,
             clients,
+            thin,
         } => {
             let all = std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -477,6 +482,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 chart: chart.as_deref(),
                 served,
                 clients,
+                thin,
             };
             crate::bench::bench(&o).map(|_| ())
         }

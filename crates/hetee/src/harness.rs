@@ -185,6 +185,16 @@ impl Harness {
         Ok((l.swap_remove(0), s))
     }
 
+    /// Runs one thin query (the input goes to the enclave over the
+    /// channel, and the enclave encrypts it); returns the logits and the
+    /// figures.
+    pub fn infer_thin(&self, x: &[f32]) -> Result<(Vec<f32>, QueryStats)> {
+        let t0 = Instant::now();
+        let mut a = self.target.query_thin(&[x])?;
+        let stats = QueryStats::of(&a, t0.elapsed().as_secs_f64() * 1e3);
+        Ok((a.logits.swap_remove(0), stats))
+    }
+
     /// Runs one secure query on up to `schedule.batch` images; returns the
     /// logits of each image and the figures of the whole query.
     pub fn infer_batch(&self, xs: &[&[f32]]) -> Result<(Vec<Vec<f32>>, QueryStats)> {
