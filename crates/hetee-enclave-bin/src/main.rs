@@ -66,12 +66,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut enclave = Enclave::new(platform, config);
+    let enclave = Enclave::new(platform, config);
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let mut input = std::io::BufReader::new(stdin.lock());
     let mut output = std::io::BufWriter::new(stdout.lock());
-    match hetee_enclave::stream::serve(&mut enclave, &mut input, &mut output) {
+    match hetee_enclave::stream::serve(&enclave, &mut input, &mut output) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hetee-enclave: stream: {e}");

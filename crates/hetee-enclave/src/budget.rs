@@ -1,7 +1,8 @@
 //! The enclave's memory meter: a counting global allocator. The enclave
-//! binary installs [`Meter`] as its `#[global_allocator]`; the enclave checks
-//! the peak against its configured budget after every request and refuses
-//! (rolling back) whatever went over. A hard cap, a few times the budget,
+//! binary installs [`Meter`] as its `#[global_allocator]`. A request that
+//! runs alone (key sets, models, restores) is checked by its exact peak; a
+//! query step that runs alongside others is refused if any allocation went
+//! over the budget while it ran. Whatever went over is rolled back. A hard cap, a few times the budget,
 //! makes the allocator fail outright as a last resort.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -10,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 static HARD_CAP: AtomicUsize = AtomicUsize::new(usize::MAX);
+static BUDGET: AtomicUsize = AtomicUsize::new(usize::MAX);
+static EXCESS: AtomicUsize = AtomicUsize::new(0);
 
 /// The allocator: the system allocator plus two counters and a hard cap.
 pub struct Meter;
@@ -21,6 +24,9 @@ fn admit(extra: usize) -> bool {
 fn grow(extra: usize) {
     let now = CURRENT.fetch_add(extra, Ordering::Relaxed) + extra;
     PEAK.fetch_max(now, Ordering::Relaxed);
+    if now > BUDGET.load(Ordering::Relaxed) {
+        EXCESS.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 // SAFETY: every method forwards to `System` with the caller's arguments and
@@ -71,6 +77,19 @@ pub fn peak() -> usize {
 /// Starts a new peak measurement from the current level.
 pub fn reset_peak() {
     PEAK.store(current(), Ordering::Relaxed);
+}
+
+/// Sets the budget: every allocation that takes [`current`] above it
+/// counts one [`excess_events`].
+pub fn set_budget(bytes: usize) {
+    BUDGET.store(bytes, Ordering::Relaxed);
+}
+
+/// How many allocations went over the budget so far. A request that runs
+/// alongside others went over its share if this changed while it ran
+/// (whoever allocated: requests overlapping an excess are all refused).
+pub fn excess_events() -> usize {
+    EXCESS.load(Ordering::Relaxed)
 }
 
 /// Sets the hard cap beyond which allocations fail (the process aborts).

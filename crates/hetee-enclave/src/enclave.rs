@@ -4,14 +4,25 @@
 //! `Handshake → Ready → Running(stage 0, 1, …) → done`. A session is taken
 //! out of its table for every step and put back only if the step succeeded,
 //! so any refused request ends the session it touched.
+//!
+//! The enclave serves many sessions at once. Query traffic (channels,
+//! hellos, query starts, stage results) shares a gate and runs in
+//! parallel: each step works on its own session, taken out of the table,
+//! and touches a model's state only under that state table's lock (so two
+//! queries never both spend the last query of a budget). Requests that
+//! change what the enclave holds (key sets, models, restores, the owner's
+//! messages) hold the gate alone, so that one over the memory budget can be
+//! rolled back exactly.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ed25519_dalek::SigningKey;
 use hetee_attest::platform::Platform;
 use hetee_attest::{EnclaveHandshake, Evidence, Measurement, StaticKeypair, Transport};
 use hetee_proto::channel::{ClientMessage, EnclaveMessage};
-use hetee_proto::host::{Request, Response, Status};
+use hetee_proto::host::{Request, Response, SealedState, Status};
 use hetee_proto::ids::{he_params_bytes, ClientKey, Identity, KeyId, ModelId, SessionId};
 use zeroize::Zeroizing;
 
@@ -57,24 +68,42 @@ pub(crate) struct Running {
 }
 
 /// The enclave: keys, models, their states and sessions. Reads no file and
-/// no environment; its identity comes from its platform.
+/// no environment; its identity comes from its platform. Every method
+/// takes `&self`: it can be shared between threads.
 pub struct Enclave {
-    pub(crate) keysets: HashMap<KeyId, KeySet>,
-    pub(crate) models: HashMap<ModelId, ModelRecord>,
-    pub(crate) states: HashMap<ModelId, ModelState>,
-    pub(crate) sessions: HashMap<SessionId, Session>,
+    /// Shared by query traffic, held alone by requests that change what
+    /// the enclave holds.
+    gate: RwLock<()>,
+    pub(crate) keysets: RwLock<HashMap<KeyId, Arc<KeySet>>>,
+    pub(crate) models: RwLock<HashMap<ModelId, Arc<ModelRecord>>>,
+    pub(crate) states: Mutex<HashMap<ModelId, ModelState>>,
+    pub(crate) sessions: Mutex<HashMap<SessionId, Session>>,
     platform: Box<dyn Platform>,
     measurement: Measurement,
-    sealing_key: Option<Zeroizing<[u8; 32]>>,
+    sealing_key: OnceLock<Zeroizing<[u8; 32]>>,
     config: EnclaveConfig,
-    channel_key: Option<StaticKeypair>,
-    pub(crate) signing_key: Option<SigningKey>,
+    channel_key: OnceLock<StaticKeypair>,
+    signing_key: OnceLock<SigningKey>,
     /// Highest allocation seen over the enclave's life.
-    max_peak: usize,
+    max_peak: AtomicUsize,
 }
 
 pub(crate) fn refuse<T>(msg: impl Into<String>) -> Result<T, EnclaveError> {
     Err(EnclaveError::Protocol(msg.into()))
+}
+
+/// Locks a mutex; a panic elsewhere (there are none on purpose) does not
+/// make the table unusable.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
 }
 
 fn session_of(req: &Request) -> Option<SessionId> {
@@ -87,35 +116,52 @@ fn session_of(req: &Request) -> Option<SessionId> {
     }
 }
 
-/// The models' states before a request that may change them.
-enum StatesBefore {
-    /// One model's state (or its absence).
-    One(ModelId, Option<ModelState>),
-    /// Every model's.
-    All(HashMap<ModelId, ModelState>),
+/// Whether a request changes what the enclave holds (runs alone).
+fn is_exclusive(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::CreateKeys { .. }
+            | Request::RestoreKeys { .. }
+            | Request::RestoreModel { .. }
+            | Request::RestoreState { .. }
+    )
 }
 
 /// What a handled request may leave behind for the host besides its answer.
-pub(crate) type Outcome = Result<Response, (EnclaveError, Option<hetee_proto::host::SealedState>)>;
+pub(crate) type Outcome = Result<Response, (EnclaveError, Option<SealedState>)>;
+
+/// A finished handshake: a data provider's hello (answered), or an owner's
+/// message still to handle alone.
+pub(crate) enum Finished {
+    Hello(Response),
+    Owner {
+        key_id: KeyId,
+        client: ClientKey,
+        msg: ClientMessage,
+        tx: Box<Transport>,
+    },
+}
 
 impl Enclave {
     /// An enclave on `platform` with the measured `config`.
     pub fn new(platform: Box<dyn Platform>, config: EnclaveConfig) -> Self {
         if budget::is_metering() {
             budget::set_hard_cap(config.budget_bytes().saturating_mul(2) + (256 << 20));
+            budget::set_budget(config.budget_bytes());
         }
         Enclave {
-            keysets: HashMap::new(),
-            models: HashMap::new(),
-            states: HashMap::new(),
-            sessions: HashMap::new(),
+            gate: RwLock::new(()),
+            keysets: RwLock::new(HashMap::new()),
+            models: RwLock::new(HashMap::new()),
+            states: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             measurement: platform.measurement(),
             platform,
-            sealing_key: None,
+            sealing_key: OnceLock::new(),
             config,
-            channel_key: None,
-            signing_key: None,
-            max_peak: 0,
+            channel_key: OnceLock::new(),
+            signing_key: OnceLock::new(),
+            max_peak: AtomicUsize::new(0),
         }
     }
 
@@ -126,56 +172,72 @@ impl Enclave {
 
     /// Handles one request. Never panics on bad input: errors become
     /// [`Response::Error`], and the session the request touched is closed.
-    /// Whatever pushes the enclave over its memory budget is rolled back.
-    pub fn handle(&mut self, req: Request) -> Response {
+    /// Whatever pushes the enclave over its memory budget is refused and
+    /// rolled back. Safe to call from several threads at once.
+    pub fn handle(&self, req: Request) -> Response {
+        if is_exclusive(&req) {
+            let _alone = write(&self.gate);
+            return self.exclusive(None, |e| e.dispatch_admin(req).map_err(|e| (e, None)));
+        }
+        let shared = read(&self.gate);
         let touched = session_of(&req);
-        let had: (Vec<KeyId>, Vec<ModelId>) = (
-            self.keysets.keys().copied().collect(),
-            self.models.keys().copied().collect(),
-        );
-        // Requests that may change a model's state: keep the old state so
-        // that a rollback leaves the enclave at the version the host stored
-        // (only the queried model's for a query, the common case).
-        let states_before = match &req {
-            Request::StartQuery { model_id, .. } => Some(StatesBefore::One(
-                *model_id,
-                self.states.get(model_id).cloned(),
-            )),
-            Request::ChannelFinish { .. } | Request::RestoreState { .. } => {
-                Some(StatesBefore::All(self.states.clone()))
-            }
-            _ => None,
+        let excess = budget::excess_events();
+        let result = match req {
+            Request::ChannelFinish {
+                session,
+                msg3,
+                payload,
+            } => match self.channel_finish(session, &msg3, &payload) {
+                Ok(Finished::Hello(resp)) => Ok(resp),
+                Ok(Finished::Owner {
+                    key_id,
+                    client,
+                    msg,
+                    mut tx,
+                }) => {
+                    drop(shared);
+                    let _alone = write(&self.gate);
+                    return self.exclusive(Some(session), |e| {
+                        e.owner_message(key_id, client, msg, &mut tx)
+                            .map_err(|e| (e, None))
+                    });
+                }
+                Err(e) => Err((e, None)),
+            },
+            Request::StageResult {
+                session,
+                stage,
+                ciphertexts,
+            } => self.stage_result(session, stage, &ciphertexts),
+            other => self.dispatch_shared(other).map_err(|e| (e, None)),
         };
-        budget::reset_peak();
-        let result = self.dispatch(req);
-        self.max_peak = self.max_peak.max(budget::peak());
-        let budget_bytes = self.config.budget_bytes();
-        let over = budget::peak() > budget_bytes;
+        self.max_peak.fetch_max(budget::peak(), Ordering::Relaxed);
+        let over = budget::excess_events() != excess;
         match result {
             Ok(resp) if !over => resp,
             Ok(resp) => {
-                self.roll_back(&resp, touched, &had);
-                match states_before {
-                    Some(StatesBefore::All(states)) => self.states = states,
-                    Some(StatesBefore::One(id, Some(state))) => {
-                        self.states.insert(id, state);
-                    }
-                    Some(StatesBefore::One(id, None)) => {
-                        self.states.remove(&id);
-                    }
-                    None => {}
+                // Only the sessions this request touched or opened go; a
+                // query start keeps its spend (no result leaves), and the
+                // host gets the state that counts it.
+                if let Some(s) = touched {
+                    lock(&self.sessions).remove(&s);
                 }
-                Response::error(format!(
-                    "enclave memory budget of {} MiB exceeded (peak {} MiB); the request \
-                     was rolled back. Use a smaller batch or model, or raise \
-                     memory_budget_mib in the enclave config (this changes the measurement)",
-                    budget_bytes >> 20,
-                    budget::peak() >> 20
-                ))
+                let state = match resp {
+                    Response::ChannelOpened { session, .. } => {
+                        lock(&self.sessions).remove(&session);
+                        None
+                    }
+                    Response::QueryStarted { state, .. } => state,
+                    _ => None,
+                };
+                Response::Error {
+                    message: self.over_budget_message(),
+                    state,
+                }
             }
             Err((e, state)) => {
                 if let Some(s) = touched {
-                    self.sessions.remove(&s);
+                    lock(&self.sessions).remove(&s);
                 }
                 Response::Error {
                     message: e.to_string(),
@@ -185,37 +247,60 @@ impl Enclave {
         }
     }
 
-    /// Undoes what a refused request added: the session it touched or
-    /// opened, and any key set or model that was not loaded before it.
-    fn roll_back(
-        &mut self,
-        resp: &Response,
-        touched: Option<SessionId>,
-        had: &(Vec<KeyId>, Vec<ModelId>),
-    ) {
-        if let Some(s) = touched {
-            self.sessions.remove(&s);
-        }
-        if let Response::ChannelOpened { session, .. } = resp {
-            self.sessions.remove(session);
-        }
-        self.keysets.retain(|k, _| had.0.contains(k));
-        self.models.retain(|m, _| had.1.contains(m));
-        self.states.retain(|m, _| had.1.contains(m));
+    fn over_budget_message(&self) -> String {
+        format!(
+            "enclave memory budget of {} MiB exceeded (peak {} MiB); the request \
+             was rolled back. Use a smaller batch or model, or raise \
+             memory_budget_mib in the enclave config (this changes the measurement)",
+            self.config.budget_bytes() >> 20,
+            budget::peak() >> 20
+        )
     }
 
-    fn dispatch(&mut self, req: Request) -> Outcome {
-        match req {
-            Request::StageResult {
-                session,
-                stage,
-                ciphertexts,
-            } => self.stage_result(session, stage, &ciphertexts),
-            other => self.dispatch_simple(other).map_err(|e| (e, None)),
+    /// Runs `f` with nothing else running (the caller holds the gate
+    /// alone), measuring its memory peak exactly; over the budget, it is
+    /// rolled back: the session it touched or opened, key sets and models
+    /// it added, and every model state as it was.
+    fn exclusive(&self, touched: Option<SessionId>, f: impl FnOnce(&Self) -> Outcome) -> Response {
+        let had: (Vec<KeyId>, Vec<ModelId>) = (
+            read(&self.keysets).keys().copied().collect(),
+            read(&self.models).keys().copied().collect(),
+        );
+        let states_before = lock(&self.states).clone();
+        budget::reset_peak();
+        let result = f(self);
+        self.max_peak.fetch_max(budget::peak(), Ordering::Relaxed);
+        let over = budget::peak() > self.config.budget_bytes();
+        match result {
+            Ok(resp) if !over => resp,
+            Ok(resp) => {
+                if let Some(s) = touched {
+                    lock(&self.sessions).remove(&s);
+                }
+                if let Response::ChannelOpened { session, .. } = resp {
+                    lock(&self.sessions).remove(&session);
+                }
+                write(&self.keysets).retain(|k, _| had.0.contains(k));
+                write(&self.models).retain(|m, _| had.1.contains(m));
+                *lock(&self.states) = states_before;
+                Response::error(self.over_budget_message())
+            }
+            Err((e, state)) => {
+                if let Some(s) = touched {
+                    lock(&self.sessions).remove(&s);
+                }
+                // Nothing else runs: a refused change leaves no trace.
+                *lock(&self.states) = states_before;
+                Response::Error {
+                    message: e.to_string(),
+                    state,
+                }
+            }
         }
     }
 
-    fn dispatch_simple(&mut self, req: Request) -> Result<Response, EnclaveError> {
+    /// Key sets, models and states from the host (alone).
+    fn dispatch_admin(&self, req: Request) -> Result<Response, EnclaveError> {
         match req {
             Request::CreateKeys { he, owner } => {
                 let (ks, sealed) = self.sealer()?.create_keys(he, owner)?;
@@ -224,16 +309,42 @@ impl Enclave {
                     public_key: ks.public_key.clone(),
                     sealed,
                 };
-                self.keysets.insert(ks.key_id, ks);
+                write(&self.keysets).insert(ks.key_id, Arc::new(ks));
                 Ok(resp)
             }
             Request::RestoreKeys { sealed } => {
                 let ks = self.sealer()?.restore_keys(&sealed)?;
                 let key_id = ks.key_id;
                 // Already loaded: keep what is there.
-                self.keysets.entry(key_id).or_insert(ks);
+                write(&self.keysets)
+                    .entry(key_id)
+                    .or_insert_with(|| Arc::new(ks));
                 Ok(Response::KeysRestored { key_id })
             }
+            Request::RestoreModel { sealed } => {
+                let m = self.sealer()?.restore_model(&sealed)?;
+                let he = read(&self.keysets).get(&m.key_id).map(|k| k.he.clone());
+                match he {
+                    None => return refuse("restore the model's key set first"),
+                    Some(he) if he != m.schedule.he => {
+                        return refuse("the sealed model does not match its key set")
+                    }
+                    Some(_) => {}
+                }
+                let model_id = m.model_id;
+                write(&self.models)
+                    .entry(model_id)
+                    .or_insert_with(|| Arc::new(m));
+                Ok(Response::ModelRestored { model_id })
+            }
+            Request::RestoreState { sealed } => self.restore_state(&sealed),
+            _ => refuse("not an administrative request"),
+        }
+    }
+
+    /// Query traffic (shared).
+    fn dispatch_shared(&self, req: Request) -> Result<Response, EnclaveError> {
+        match req {
             Request::Evidence { key_id } => {
                 let identity = self.identity(&key_id)?;
                 let evidence = self.platform.evidence(&identity.report_data())?.encode()?;
@@ -244,55 +355,38 @@ impl Enclave {
                 evidence,
                 msg1,
             } => self.open_channel(key_id, &evidence, &msg1),
-            Request::ChannelFinish {
-                session,
-                msg3,
-                payload,
-            } => self.channel_finish(session, &msg3, &payload),
-            Request::RestoreModel { sealed } => {
-                let m = self.sealer()?.restore_model(&sealed)?;
-                let ks = self.keysets.get(&m.key_id).ok_or_else(|| {
-                    EnclaveError::Protocol("restore the model's key set first".into())
-                })?;
-                if ks.he != m.schedule.he {
-                    return refuse("the sealed model does not match its key set");
-                }
-                let model_id = m.model_id;
-                self.models.entry(model_id).or_insert(m);
-                Ok(Response::ModelRestored { model_id })
-            }
-            Request::RestoreState { sealed } => self.restore_state(&sealed),
             Request::StartQuery {
                 session,
                 model_id,
                 payload,
                 input,
             } => self.start_query(session, model_id, &payload, &input),
-            Request::StageResult { .. } => refuse("stage results are handled apart"),
             Request::CloseSession { session } => {
-                self.sessions.remove(&session);
+                lock(&self.sessions).remove(&session);
                 Ok(Response::Closed)
             }
             Request::Status => Ok(Response::Status(Status {
-                keysets: self.keysets.len(),
-                models: self.models.len(),
-                sessions: self.sessions.len(),
+                keysets: read(&self.keysets).len(),
+                models: read(&self.models).len(),
+                sessions: lock(&self.sessions).len(),
                 memory_current: budget::current() as u64,
-                memory_peak: self.max_peak as u64,
+                memory_peak: self.max_peak.load(Ordering::Relaxed) as u64,
                 memory_budget: self.config.budget_bytes() as u64,
             })),
+            _ => refuse("this request is handled apart"),
         }
     }
 
-    fn restore_state(&mut self, sealed: &[u8]) -> Result<Response, EnclaveError> {
+    fn restore_state(&self, sealed: &[u8]) -> Result<Response, EnclaveError> {
         let st: ModelState = self
             .sealer()?
             .unseal_record(crate::state::STATE_LABEL, sealed)?;
-        if !self.models.contains_key(&st.model_id) {
+        if !read(&self.models).contains_key(&st.model_id) {
             return refuse("restore the state's model first");
         }
         let (model_id, version) = (st.model_id, st.version);
-        match self.states.get(&model_id) {
+        let mut states = lock(&self.states);
+        match states.get(&model_id) {
             Some(cur) if cur.version > version => {
                 return refuse(format!(
                     "a newer state (version {}) of this model is loaded; version {version} \
@@ -301,20 +395,22 @@ impl Enclave {
                 ))
             }
             _ => {
-                self.states.insert(model_id, st);
+                states.insert(model_id, st);
             }
         }
         Ok(Response::StateRestored { model_id, version })
     }
 
     /// The sealing context: the platform's key, asked for once.
-    pub(crate) fn sealer(&mut self) -> Result<Sealer<'_>, EnclaveError> {
-        if self.sealing_key.is_none() {
-            self.sealing_key = Some(self.platform.sealing_key()?);
+    pub(crate) fn sealer(&self) -> Result<Sealer<'_>, EnclaveError> {
+        if self.sealing_key.get().is_none() {
+            let key = self.platform.sealing_key()?;
+            // Another thread may have set it first: same platform, same key.
+            let _ = self.sealing_key.set(key);
         }
         let secret = self
             .sealing_key
-            .as_deref()
+            .get()
             .ok_or_else(|| EnclaveError::Protocol("no sealing key".into()))?;
         Ok(Sealer {
             secret,
@@ -322,27 +418,58 @@ impl Enclave {
         })
     }
 
-    fn channel_key(&mut self) -> Result<&StaticKeypair, EnclaveError> {
-        if self.channel_key.is_none() {
+    fn channel_key(&self) -> Result<&StaticKeypair, EnclaveError> {
+        if self.channel_key.get().is_none() {
             let k = StaticKeypair::generate()
                 .map_err(|e| EnclaveError::Protocol(format!("channel key: {e}")))?;
-            self.channel_key = Some(k);
+            let _ = self.channel_key.set(k);
         }
         self.channel_key
-            .as_ref()
+            .get()
             .ok_or_else(|| EnclaveError::Protocol("no channel key".into()))
     }
 
-    pub(crate) fn signing_key(&mut self) -> &SigningKey {
+    pub(crate) fn signing_key(&self) -> &SigningKey {
         self.signing_key
-            .get_or_insert_with(|| SigningKey::from_bytes(&rand::random::<[u8; 32]>()))
+            .get_or_init(|| SigningKey::from_bytes(&rand::random::<[u8; 32]>()))
     }
 
-    fn identity(&mut self, key_id: &KeyId) -> Result<Identity, EnclaveError> {
+    /// A model and its key set.
+    pub(crate) fn model_and_keys(
+        &self,
+        model_id: &ModelId,
+    ) -> Result<(Arc<ModelRecord>, Arc<KeySet>), EnclaveError> {
+        let m = read(&self.models)
+            .get(model_id)
+            .cloned()
+            .ok_or_else(|| EnclaveError::Protocol("the model is gone".into()))?;
+        let ks = read(&self.keysets)
+            .get(&m.key_id)
+            .cloned()
+            .ok_or_else(|| EnclaveError::Protocol("the model's keys are gone".into()))?;
+        Ok((m, ks))
+    }
+
+    /// Runs `f` on a model's state under the state table's lock.
+    pub(crate) fn with_state<T>(
+        &self,
+        model_id: &ModelId,
+        f: impl FnOnce(&mut ModelState) -> Result<T, EnclaveError>,
+    ) -> Result<T, EnclaveError> {
+        let mut states = lock(&self.states);
+        let state = states.get_mut(model_id).ok_or_else(|| {
+            EnclaveError::Protocol(
+                "the model's state is not loaded; the host must restore it".into(),
+            )
+        })?;
+        f(state)
+    }
+
+    fn identity(&self, key_id: &KeyId) -> Result<Identity, EnclaveError> {
         let channel_public_key = *self.channel_key()?.public();
         let signing_public_key = self.signing_key().verifying_key().to_bytes();
-        let ks = self
-            .keysets
+        let keysets = read(&self.keysets);
+        let ks = keysets
             .get(key_id)
             .ok_or_else(|| EnclaveError::Protocol("unknown key set".into()))?;
         Ok(Identity {
@@ -356,17 +483,13 @@ impl Enclave {
         })
     }
 
-    pub(crate) fn new_session_id(&self) -> Result<SessionId, EnclaveError> {
-        if self.sessions.len() >= MAX_SESSIONS {
-            return refuse(format!(
-                "{MAX_SESSIONS} sessions are open; finish or close some first"
-            ));
-        }
-        Ok(rand::random())
+    /// Puts a session (back) in the table.
+    pub(crate) fn insert_session(&self, session: SessionId, s: Session) {
+        lock(&self.sessions).insert(session, s);
     }
 
     fn open_channel(
-        &mut self,
+        &self,
         key_id: KeyId,
         evidence: &[u8],
         msg1: &[u8],
@@ -377,31 +500,39 @@ impl Enclave {
             return refuse("the evidence is not this enclave's for this key set");
         }
         let prologue = ev.hash()?;
-        let session = self.new_session_id()?;
         let key = self.channel_key()?;
         let (hs, msg2) = EnclaveHandshake::respond(key, &prologue, msg1)?;
-        self.sessions.insert(
-            session,
-            Session::Handshake {
-                hs: Box::new(hs),
-                key_id,
-            },
-        );
+        let session: SessionId = rand::random();
+        {
+            let mut sessions = lock(&self.sessions);
+            if sessions.len() >= MAX_SESSIONS {
+                return refuse(format!(
+                    "{MAX_SESSIONS} sessions are open; finish or close some first"
+                ));
+            }
+            sessions.insert(
+                session,
+                Session::Handshake {
+                    hs: Box::new(hs),
+                    key_id,
+                },
+            );
+        }
         Ok(Response::ChannelOpened { session, msg2 })
     }
 
-    pub(crate) fn take(&mut self, session: &SessionId) -> Result<Session, EnclaveError> {
-        self.sessions
+    pub(crate) fn take(&self, session: &SessionId) -> Result<Session, EnclaveError> {
+        lock(&self.sessions)
             .remove(session)
             .ok_or_else(|| EnclaveError::Protocol("unknown or closed session".into()))
     }
 
     fn channel_finish(
-        &mut self,
+        &self,
         session: SessionId,
         msg3: &[u8],
         payload: &[u8],
-    ) -> Result<Response, EnclaveError> {
+    ) -> Result<Finished, EnclaveError> {
         let Session::Handshake { hs, key_id } = self.take(&session)? else {
             return refuse("the handshake of this session is already finished; session closed");
         };
@@ -413,7 +544,7 @@ impl Enclave {
         match msg {
             ClientMessage::Hello { model_id } => {
                 let payload = self.hello(key_id, client, model_id, &mut tx)?;
-                self.sessions.insert(
+                self.insert_session(
                     session,
                     Session::Ready {
                         tx: Box::new(tx),
@@ -421,16 +552,21 @@ impl Enclave {
                         client,
                     },
                 );
-                Ok(Response::ChannelReply {
+                Ok(Finished::Hello(Response::ChannelReply {
                     payload,
                     registered: None,
                     state: None,
-                })
+                }))
             }
             ClientMessage::Query { .. } | ClientMessage::ThinQuery { .. } => {
                 refuse("a query must follow a hello; session closed")
             }
-            owner_message => self.owner_message(key_id, client, owner_message, &mut tx),
+            msg => Ok(Finished::Owner {
+                key_id,
+                client,
+                msg,
+                tx: Box::new(tx),
+            }),
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::messages::{
     SessionId,
 };
 use crate::policy;
+use crate::state::ModelState;
 use crate::step::{
     decrypt_all, encrypt_stage_input, start_values, step, StepOutput, INTEGRITY_FAILURE,
 };
@@ -22,7 +23,7 @@ use crate::EnclaveError;
 
 impl Enclave {
     pub(crate) fn start_query(
-        &mut self,
+        &self,
         session: SessionId,
         host_model: ModelId,
         payload: &[u8],
@@ -40,17 +41,10 @@ impl Enclave {
             return refuse("the host evaluates another model than the session's; session closed");
         }
         let msg = decode(&tx.open(payload)?)?;
-        let m = self
-            .models
-            .get(&model_id)
-            .ok_or_else(|| EnclaveError::Protocol("the model is gone".into()))?;
-        let ks = self
-            .keysets
-            .get(&m.key_id)
-            .ok_or_else(|| EnclaveError::Protocol("the model's keys are gone".into()))?;
+        let (m, ks) = self.model_and_keys(&model_id)?;
+        let ks = ks.as_ref();
         let batch = m.schedule.batch;
-        let mut state = self.state_of(&model_id)?.clone();
-        state.admit(&client, &m.terms)?;
+        self.with_state(&model_id, |s| s.admit(&client, &m.terms))?;
         let (values, digest, images, thin_input) = match msg {
             ClientMessage::Query {
                 input_digest: want,
@@ -116,15 +110,20 @@ impl Enclave {
         if images == 0 || images as usize > batch {
             return refuse(format!("a query holds 1 to {batch} images, not {images}"));
         }
-        let before = state.version;
-        state.spend(&client, &m.terms);
-        let sealed_state = if state.version != before {
-            Some(state.seal(&self.sealer()?)?)
-        } else {
-            None
-        };
-        self.states.insert(model_id, state);
-        self.sessions.insert(
+        // Admit and spend at once, under the state table's lock: two queries
+        // cannot both spend a budget's last query.
+        let sealed_state = self.with_state(&model_id, |state| {
+            state.admit(&client, &m.terms)?;
+            let mut next: ModelState = state.clone();
+            next.spend(&client, &m.terms);
+            if next.version == state.version {
+                return Ok(None);
+            }
+            let sealed = next.seal(&self.sealer()?)?;
+            *state = next;
+            Ok(Some(sealed))
+        })?;
+        self.insert_session(
             session,
             Session::Running(Box::new(Running {
                 tx: *tx,
@@ -142,12 +141,7 @@ impl Enclave {
         })
     }
 
-    pub(crate) fn stage_result(
-        &mut self,
-        session: SessionId,
-        stage: u32,
-        cts: &[Vec<u8>],
-    ) -> Outcome {
+    pub(crate) fn stage_result(&self, session: SessionId, stage: u32, cts: &[Vec<u8>]) -> Outcome {
         let plain = |e| (e, None);
         let Session::Running(mut run) = self.take(&session).map_err(plain)? else {
             return refuse("no query is running in this session; session closed").map_err(plain);
@@ -161,7 +155,10 @@ impl Enclave {
         }
         // A lock stops running queries too: otherwise a host could open many
         // sessions first and spend each on one more forged result.
-        if self.state_of(&run.model_id).map_err(plain)?.locked {
+        if self
+            .with_state(&run.model_id, |s| Ok(s.locked))
+            .map_err(plain)?
+        {
             return Err(plain(EnclaveError::Protocol(crate::state::LOCKED.into())));
         }
         let (m, ks) = self.model_and_keys(&run.model_id).map_err(plain)?;
@@ -169,7 +166,7 @@ impl Enclave {
             return refuse("the model has no check for this stage; session closed").map_err(plain);
         };
         let out = match step(
-            ks,
+            &ks,
             &m.schedule,
             stage as usize,
             cts,
@@ -180,11 +177,10 @@ impl Enclave {
             Err(EnclaveError::Integrity(_)) => return Err(self.failed_check(&run, stage)),
             Err(e) => return Err(plain(e)),
         };
-        let (m, _) = self.model_and_keys(&run.model_id).map_err(plain)?;
         match out {
             StepOutput::Next(ciphertexts) => {
                 run.next_stage += 1;
-                self.sessions.insert(session, Session::Running(run));
+                self.insert_session(session, Session::Running(run));
                 Ok(Response::NextInput {
                     stage: stage + 1,
                     ciphertexts,
@@ -210,39 +206,24 @@ impl Enclave {
         }
     }
 
-    fn model_and_keys(
-        &self,
-        model_id: &ModelId,
-    ) -> Result<(&crate::keys::ModelRecord, &crate::keys::KeySet), EnclaveError> {
-        let m = self
-            .models
-            .get(model_id)
-            .ok_or_else(|| EnclaveError::Protocol("the model is gone".into()))?;
-        let ks = self
-            .keysets
-            .get(&m.key_id)
-            .ok_or_else(|| EnclaveError::Protocol("the model's keys are gone".into()))?;
-        Ok((m, ks))
-    }
-
     /// A stage result failed its check: log the incident, lock the model
     /// once the owner's threshold is reached, and answer with the one fixed
     /// refusal and the new sealed state. The session is already closed.
     fn failed_check(
-        &mut self,
+        &self,
         run: &Running,
         stage: u32,
     ) -> (EnclaveError, Option<hetee_proto::host::SealedState>) {
         let refusal = EnclaveError::Integrity(INTEGRITY_FAILURE.into());
-        let Some(terms) = self.models.get(&run.model_id).map(|m| m.terms) else {
+        let Ok((m, _)) = self.model_and_keys(&run.model_id) else {
             return (refusal, None);
         };
-        let Some(state) = self.states.get_mut(&run.model_id) else {
-            return (refusal, None);
-        };
-        state.record_failure(stage, run.client, &terms);
-        let state = state.clone();
-        let sealed = self.sealer().and_then(|s| state.seal(&s)).ok();
+        let sealed = self
+            .with_state(&run.model_id, |state| {
+                state.record_failure(stage, run.client, &m.terms);
+                self.sealer().and_then(|s| state.seal(&s))
+            })
+            .ok();
         (refusal, sealed)
     }
 }
@@ -256,7 +237,7 @@ fn in_range(x: &[Vec<i64>], min: i64, max: i64) -> bool {
 }
 
 fn sign_and_seal(
-    e: &mut Enclave,
+    e: &Enclave,
     tx: &mut Transport,
     result: QueryResult,
 ) -> Result<Vec<u8>, EnclaveError> {

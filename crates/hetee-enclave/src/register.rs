@@ -11,7 +11,9 @@ use hetee_proto::ids::{model_id, registration_digest, upload_id, ClientKey, KeyI
 use hetee_proto::plan::QueryPlan;
 use zeroize::Zeroize;
 
-use crate::enclave::{refuse, seal, Enclave};
+use std::sync::Arc;
+
+use crate::enclave::{lock, read, refuse, seal, write, Enclave};
 use crate::freivalds::StageCheck;
 use crate::keys::ModelRecord;
 use crate::state::ModelState;
@@ -23,50 +25,41 @@ const NOT_OWNER: &str =
 impl Enclave {
     /// A data provider's hello: the model's public plan, if it may query.
     pub(crate) fn hello(
-        &mut self,
+        &self,
         key_id: KeyId,
         client: ClientKey,
         model_id: ModelId,
         tx: &mut Transport,
     ) -> Result<Vec<u8>, EnclaveError> {
-        let m = self
-            .models
+        let m = read(&self.models)
             .get(&model_id)
+            .cloned()
             .ok_or_else(|| EnclaveError::Protocol("unknown model".into()))?;
         if m.key_id != key_id {
             return refuse("the model is not under this channel's key set");
         }
-        let owner = self
-            .keysets
+        let owner = read(&self.keysets)
             .get(&key_id)
             .map(|k| k.owner)
             .unwrap_or([0; 32]);
-        self.state_of(&model_id)?.admit(&client, &m.terms)?;
+        self.with_state(&model_id, |s| s.admit(&client, &m.terms))?;
         let plan = QueryPlan::of(model_id, key_id, owner, &m.schedule)?;
         seal(tx, &EnclaveMessage::Plan(Box::new(plan)))
     }
 
-    pub(crate) fn state_of(&self, model_id: &ModelId) -> Result<&ModelState, EnclaveError> {
-        self.states.get(model_id).ok_or_else(|| {
-            EnclaveError::Protocol(
-                "the model's state is not loaded; the host must restore it".into(),
-            )
-        })
-    }
-
     /// Handles a management message from `client` on a channel to `key_id`.
     pub(crate) fn owner_message(
-        &mut self,
+        &self,
         key_id: KeyId,
         client: ClientKey,
         msg: ClientMessage,
         tx: &mut Transport,
     ) -> Result<Response, EnclaveError> {
-        let ks = self
-            .keysets
+        let owner = read(&self.keysets)
             .get(&key_id)
+            .map(|k| k.owner)
             .ok_or_else(|| EnclaveError::Protocol("unknown key set".into()))?;
-        if ks.owner != client {
+        if owner != client {
             return refuse(NOT_OWNER);
         }
         match msg {
@@ -87,8 +80,8 @@ impl Enclave {
                 let sealer = self.sealer()?;
                 let sealed = sealer.seal_model(&rec)?;
                 let sealed_state = state.seal(&sealer)?;
-                self.models.insert(model_id, rec);
-                self.states.insert(model_id, state);
+                write(&self.models).insert(model_id, Arc::new(rec));
+                lock(&self.states).insert(model_id, state);
                 let payload = seal(tx, &EnclaveMessage::Registered { model_id })?;
                 Ok(Response::ChannelReply {
                     payload,
@@ -123,16 +116,15 @@ impl Enclave {
         weights: &[Vec<i8>],
         terms: ModelTerms,
     ) -> Result<ModelRecord, EnclaveError> {
-        let ks = self
-            .keysets
+        let he = read(&self.keysets)
             .get(&key_id)
+            .map(|k| k.he.clone())
             .ok_or_else(|| EnclaveError::Protocol("unknown key set".into()))?;
         schedule.validate()?;
-        if schedule.he != ks.he {
+        if schedule.he != he {
             return refuse("the schedule's HE parameters are not its key set's");
         }
-        if self
-            .models
+        if read(&self.models)
             .values()
             .any(|m| m.key_id == key_id && m.commitment == commitment)
         {
@@ -184,26 +176,29 @@ impl Enclave {
     /// Applies `change` to a model's state (owner only, checked by the
     /// caller) and answers with the new report and sealed state.
     fn manage(
-        &mut self,
+        &self,
         key_id: KeyId,
         model_id: ModelId,
         tx: &mut Transport,
         change: impl FnOnce(&mut ModelState),
     ) -> Result<Response, EnclaveError> {
-        let terms = match self.models.get(&model_id) {
+        let terms = match read(&self.models).get(&model_id) {
             Some(m) if m.key_id == key_id => m.terms,
             _ => return refuse("no such model under this key set"),
         };
-        let mut state = self.state_of(&model_id)?.clone();
-        let before = state.version;
-        change(&mut state);
-        let sealed = if state.version != before {
-            Some(state.seal(&self.sealer()?)?)
-        } else {
-            None
-        };
-        let payload = seal(tx, &EnclaveMessage::Report(Box::new(state.report(&terms))))?;
-        self.states.insert(model_id, state);
+        let (sealed, report) = self.with_state(&model_id, |state| {
+            let mut next = state.clone();
+            change(&mut next);
+            let sealed = if next.version != state.version {
+                Some(next.seal(&self.sealer()?)?)
+            } else {
+                None
+            };
+            let report = next.report(&terms);
+            *state = next;
+            Ok((sealed, report))
+        })?;
+        let payload = seal(tx, &EnclaveMessage::Report(Box::new(report)))?;
         Ok(Response::ChannelReply {
             payload,
             registered: None,

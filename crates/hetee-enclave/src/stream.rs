@@ -13,7 +13,7 @@ use crate::Enclave;
 /// Serves requests from `input` until it closes. Malformed requests get a
 /// [`Response::Error`]; only a broken stream ends the loop with an error.
 pub fn serve(
-    enclave: &mut Enclave,
+    enclave: &Enclave,
     input: &mut impl Read,
     output: &mut impl Write,
 ) -> Result<(), FrameError> {

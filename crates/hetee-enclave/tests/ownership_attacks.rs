@@ -550,7 +550,7 @@ fn attack_budget_survives_an_enclave_restart() {
         bits(&reference(&s.q, &x))
     );
     // Sealed state opens only under the same measurement.
-    let mut elsewhere = attested_enclave([8; 32], EnclaveConfig::default());
+    let elsewhere = attested_enclave([8; 32], EnclaveConfig::default());
     let r = elsewhere.handle(Request::RestoreState {
         sealed: states[1].sealed.clone(),
     });
@@ -601,7 +601,7 @@ fn attack_enclave_ignores_identity_offered_by_the_host() {
         .write(&mut input, hetee_proto::wire::KIND_REQUEST, &legacy)
         .unwrap();
     let mut output = Vec::new();
-    hetee_enclave::stream::serve(&mut e, &mut input.as_slice(), &mut output).unwrap();
+    hetee_enclave::stream::serve(&e, &mut input.as_slice(), &mut output).unwrap();
     let answer = codec
         .read_kind(&mut output.as_slice(), hetee_proto::wire::KIND_RESPONSE)
         .unwrap();
@@ -642,7 +642,7 @@ fn attack_enclave_ignores_identity_offered_by_the_host() {
     });
     assert!(error_of(r).contains("cannot unseal"));
     // The enclave's own blob opens in a fresh enclave on the same platform.
-    let mut again = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let again = attested_enclave(MEASUREMENT, EnclaveConfig::default());
     let r = again.handle(Request::RestoreKeys {
         sealed: keys.sealed.clone(),
     });

@@ -1347,7 +1347,7 @@ fn keys_over_the_memory_budget_are_refused_and_rolled_back() {
     drop(e);
 
     // The same request is fine with the default budget.
-    let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
     let r = e.handle(Request::CreateKeys {
         he: he8,
         owner: [1; 32],

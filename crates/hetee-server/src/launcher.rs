@@ -70,7 +70,7 @@ impl InProcess {
 
 impl EnclaveLink for InProcess {
     fn call(&self, req: Request) -> Result<(Response, usize), LinkError> {
-        let mut enclave = match self.0.lock() {
+        let enclave = match self.0.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
