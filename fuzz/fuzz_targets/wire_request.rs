@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
 
     if data.starts_with(&hetee_attest::frame::MAGIC) {
         let mut out = Vec::new();
-        let _ = stream::serve(&mut enclave(), &mut &data[..], &mut out);
+        let _ = stream::serve(&enclave(), &mut &data[..], &mut out, 2);
     }
 
     let mut enclave = enclave();

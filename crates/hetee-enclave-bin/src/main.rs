@@ -8,8 +8,8 @@
 //! ```
 //!
 //! It reads requests from stdin and writes responses to stdout, in frames
-//! ([`hetee_proto::wire`](hetee_enclave::messages)); diagnostics go to
-//! stderr. Its measurement, evidence and sealing key come from the platform;
+//! ([`hetee_proto::wire`](hetee_enclave::messages)) tagged with request ids,
+//! working on several at once; diagnostics go to stderr. Its measurement, evidence and sealing key come from the platform;
 //! the host hands it nothing but requests. The memory budget is part of the
 //! measured config, so a host that changes it changes the measurement.
 
@@ -68,10 +68,15 @@ fn main() -> ExitCode {
     };
     let enclave = Enclave::new(platform, config);
     let stdin = std::io::stdin();
-    let stdout = std::io::stdout();
     let mut input = std::io::BufReader::new(stdin.lock());
-    let mut output = std::io::BufWriter::new(stdout.lock());
-    match hetee_enclave::stream::serve(&enclave, &mut input, &mut output) {
+    let mut output = std::io::BufWriter::new(std::io::stdout());
+    // Threads for concurrent requests: twice the cores, so that a request
+    // waiting its turn (an owner's change runs alone) idles no core.
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(2)
+        .clamp(2, 16);
+    match hetee_enclave::stream::serve(&enclave, &mut input, &mut output, workers) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hetee-enclave: stream: {e}");

@@ -17,8 +17,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_hetee-enclave");
 fn ask(args: &[&str], reqs: &[Request]) -> Vec<Response> {
     let c = codec();
     let mut input = Vec::new();
-    for r in reqs {
-        input.extend(c.encode(KIND_REQUEST, &encode_request(r).unwrap()).unwrap());
+    for (id, r) in reqs.iter().enumerate() {
+        input.extend(
+            c.encode(KIND_REQUEST, &encode_request(id as u64, r).unwrap())
+                .unwrap(),
+        );
     }
     let mut child = Command::new(BIN)
         .args(args)
@@ -31,6 +34,7 @@ fn ask(args: &[&str], reqs: &[Request]) -> Vec<Response> {
     let mut out = Vec::new();
     child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
     assert!(child.wait().unwrap().success());
+    // Answers come in any order, tagged with their request's id.
     let mut answers = Vec::new();
     let mut rest = &out[..];
     while !rest.is_empty() {
@@ -38,7 +42,8 @@ fn ask(args: &[&str], reqs: &[Request]) -> Vec<Response> {
         answers.push(decode_response(&f.payload).unwrap());
         rest = &rest[used..];
     }
-    answers
+    answers.sort_by_key(|(id, _)| *id);
+    answers.into_iter().map(|(_, r)| r).collect()
 }
 
 fn he() -> hetee_he::HeConfig {
@@ -58,10 +63,12 @@ fn attested_measurement(args: &[&str]) -> [u8; 32] {
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let mut call = |req: Request| {
-        c.write(&mut stdin, KIND_REQUEST, &encode_request(&req).unwrap())
+        c.write(&mut stdin, KIND_REQUEST, &encode_request(1, &req).unwrap())
             .unwrap();
         stdin.flush().unwrap();
-        decode_response(&c.read_kind(&mut stdout, KIND_RESPONSE).unwrap()).unwrap()
+        decode_response(&c.read_kind(&mut stdout, KIND_RESPONSE).unwrap())
+            .unwrap()
+            .1
     };
     let owner = *StaticKeypair::generate().unwrap().public();
     let Response::KeysCreated { key_id, .. } = call(Request::CreateKeys { he: he(), owner }) else {

@@ -35,11 +35,14 @@ fn malformed_request_gets_an_error_response_and_the_enclave_keeps_serving() {
     let c = codec();
     let mut input = c.encode(KIND_REQUEST, b"\xff\xff\xff garbage").unwrap();
     // A well-formed request for an unknown session after the garbage.
-    let req = encode_request(&Request::StageResult {
-        session: [42; 16],
-        stage: 0,
-        ciphertexts: vec![vec![1, 2, 3]],
-    })
+    let req = encode_request(
+        7,
+        &Request::StageResult {
+            session: [42; 16],
+            stage: 0,
+            ciphertexts: vec![vec![1, 2, 3]],
+        },
+    )
     .unwrap();
     input.extend(c.encode(KIND_REQUEST, &req).unwrap());
     let (status, out, err) = enclave_session(&input);
@@ -48,15 +51,22 @@ fn malformed_request_gets_an_error_response_and_the_enclave_keeps_serving() {
     let (f1, used) = c.decode(&out).unwrap();
     let (f2, _) = c.decode(&out[used..]).unwrap();
     assert_eq!((f1.kind, f2.kind), (KIND_RESPONSE, KIND_RESPONSE));
-    match decode_response(&f1.payload).unwrap() {
-        Response::Error { message, .. } => {
-            assert!(message.contains("malformed request"), "{message}")
-        }
-        other => panic!("expected an error, got {other:?}"),
-    }
-    match decode_response(&f2.payload).unwrap() {
-        Response::Error { message, .. } => {
+    // Answers come in any order, each tagged with its request's id (the
+    // garbage's "id" is its first 8 bytes).
+    let mut answers = [
+        decode_response(&f1.payload).unwrap(),
+        decode_response(&f2.payload).unwrap(),
+    ];
+    answers.sort_by_key(|(id, _)| u64::from(*id != 7));
+    match &answers[0] {
+        (7, Response::Error { message, .. }) => {
             assert!(message.contains("unknown or closed session"), "{message}")
+        }
+        other => panic!("expected an error to request 7, got {other:?}"),
+    }
+    match &answers[1] {
+        (_, Response::Error { message, .. }) => {
+            assert!(message.contains("malformed request"), "{message}")
         }
         other => panic!("expected an error, got {other:?}"),
     }

@@ -601,11 +601,11 @@ fn attack_enclave_ignores_identity_offered_by_the_host() {
         .write(&mut input, hetee_proto::wire::KIND_REQUEST, &legacy)
         .unwrap();
     let mut output = Vec::new();
-    hetee_enclave::stream::serve(&e, &mut input.as_slice(), &mut output).unwrap();
+    hetee_enclave::stream::serve(&e, &mut input.as_slice(), &mut output, 1).unwrap();
     let answer = codec
         .read_kind(&mut output.as_slice(), hetee_proto::wire::KIND_RESPONSE)
         .unwrap();
-    let answer = hetee_proto::wire::decode_response(&answer).unwrap();
+    let (_, answer) = hetee_proto::wire::decode_response(&answer).unwrap();
     assert!(
         matches!(answer, Response::Error { .. }),
         "{}",

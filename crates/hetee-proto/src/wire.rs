@@ -1,6 +1,8 @@
 //! How host ↔ enclave messages travel: length-prefixed, versioned frames
 //! ([`hetee_attest::frame`]) over one byte stream (the host uses the enclave
-//! process's stdin/stdout), payloads in `postcard`.
+//! process's stdin/stdout). Each payload is a request id, then the message
+//! in `postcard`: the enclave works on several requests at once and answers
+//! each, tagged with its id, as soon as it is done.
 
 use hetee_attest::frame::{FrameCodec, DEFAULT_MAX_PAYLOAD};
 
@@ -16,22 +18,54 @@ pub fn codec() -> FrameCodec {
     FrameCodec::new(DEFAULT_MAX_PAYLOAD)
 }
 
-/// Encodes a request payload.
-pub fn encode_request(r: &Request) -> Result<Vec<u8>, String> {
-    postcard::to_allocvec(r).map_err(|e| format!("cannot encode request: {e}"))
+/// Bytes of the request id at the start of every payload.
+pub const ID_BYTES: usize = 8;
+
+fn tagged(id: u64, body: Result<Vec<u8>, postcard::Error>, what: &str) -> Result<Vec<u8>, String> {
+    let body = body.map_err(|e| format!("cannot encode {what}: {e}"))?;
+    let mut out = Vec::with_capacity(ID_BYTES + body.len());
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
 }
 
-/// Decodes a request payload.
-pub fn decode_request(b: &[u8]) -> Result<Request, String> {
-    postcard::from_bytes(b).map_err(|e| format!("malformed request: {e}"))
+/// Splits a payload into its request id (little-endian) and body; a
+/// payload too short for an id has id 0 and no body.
+pub fn split_id(b: &[u8]) -> (u64, Option<&[u8]>) {
+    match b.split_first_chunk::<ID_BYTES>() {
+        Some((id, body)) => (u64::from_le_bytes(*id), Some(body)),
+        None => (0, None),
+    }
 }
 
-/// Encodes a response payload.
-pub fn encode_response(r: &Response) -> Result<Vec<u8>, String> {
-    postcard::to_allocvec(r).map_err(|e| format!("cannot encode response: {e}"))
+/// Encodes a request payload: the id the host matches the answer by, then
+/// the request. Requests may be answered in any order.
+pub fn encode_request(id: u64, r: &Request) -> Result<Vec<u8>, String> {
+    tagged(id, postcard::to_allocvec(r), "request")
 }
 
-/// Decodes a response payload.
-pub fn decode_response(b: &[u8]) -> Result<Response, String> {
-    postcard::from_bytes(b).map_err(|e| format!("malformed enclave response: {e}"))
+/// Decodes a request payload into its id and the request.
+pub fn decode_request(b: &[u8]) -> (u64, Result<Request, String>) {
+    match split_id(b) {
+        (id, Some(body)) => (
+            id,
+            postcard::from_bytes(body).map_err(|e| format!("malformed request: {e}")),
+        ),
+        (id, None) => (id, Err("malformed request: no request id".into())),
+    }
+}
+
+/// Encodes a response payload to request `id`.
+pub fn encode_response(id: u64, r: &Response) -> Result<Vec<u8>, String> {
+    tagged(id, postcard::to_allocvec(r), "response")
+}
+
+/// Decodes a response payload into the id of its request and the response.
+pub fn decode_response(b: &[u8]) -> Result<(u64, Response), String> {
+    match split_id(b) {
+        (id, Some(body)) => postcard::from_bytes(body)
+            .map(|r| (id, r))
+            .map_err(|e| format!("malformed enclave response: {e}")),
+        (_, None) => Err("malformed enclave response: no request id".into()),
+    }
 }

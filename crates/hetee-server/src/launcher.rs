@@ -5,19 +5,14 @@
 //! computes the same measurement of the binary and config it launches, to
 //! print what clients should pin.
 
-use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hetee_attest::platform::SimTee;
 use hetee_attest::Measurement;
 use hetee_enclave::budget;
 use hetee_enclave::Enclave;
-use hetee_proto::wire::{codec, decode_response, encode_request, KIND_REQUEST, KIND_RESPONSE};
 use hetee_proto::{EnclaveConfig, Request, Response};
 
 /// Failures reaching the enclave.
@@ -50,7 +45,7 @@ pub trait EnclaveLink: Send + Sync {
 /// The enclave in this process, on the simulated platform (`hetee run`,
 /// `bench`, `demo --in-process`, tests). It speaks the same protocol as the
 /// enclave process; only the stream is missing.
-pub struct InProcess(Mutex<Enclave>);
+pub struct InProcess(Arc<Enclave>);
 
 /// Domain of the in-process enclave's simulated measurement.
 const IN_PROCESS: &[u8] = b"hetee in-process enclave (simulated, protects nothing)";
@@ -59,7 +54,7 @@ impl InProcess {
     /// A fresh in-process enclave with `config`.
     pub fn new(config: EnclaveConfig) -> Self {
         let platform = SimTee::new(Self::measurement(&config));
-        InProcess(Mutex::new(Enclave::new(Box::new(platform), config)))
+        InProcess(Arc::new(Enclave::new(Box::new(platform), config)))
     }
 
     /// The simulated measurement of an in-process enclave with `config`.
@@ -70,12 +65,8 @@ impl InProcess {
 
 impl EnclaveLink for InProcess {
     fn call(&self, req: Request) -> Result<(Response, usize), LinkError> {
-        let enclave = match self.0.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
         let base = budget::current();
-        let resp = enclave.handle(req);
+        let resp = self.0.handle(req);
         Ok((resp, budget::peak().saturating_sub(base)))
     }
 }
@@ -166,113 +157,4 @@ pub fn measure_binary(program: &Path, config: &EnclaveConfig) -> Result<Measurem
     Ok(hetee_attest::measure(&binary, &config.to_bytes()))
 }
 
-/// The enclave as a child process speaking frames on stdin/stdout.
-pub struct ChildProcess {
-    child: Arc<Mutex<Child>>,
-    io: Mutex<(BufWriter<ChildStdin>, BufReader<ChildStdout>)>,
-    measurement: Measurement,
-    pid: u32,
-    timeout: Duration,
-}
-
-impl ChildProcess {
-    /// Measures and starts the enclave.
-    pub fn spawn(spec: &LaunchSpec) -> Result<Self, LinkError> {
-        let measurement = spec.measure()?;
-        let mut child = Command::new(&spec.program)
-            .args(spec.args())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| {
-                LinkError::Launch(format!("cannot run {}: {e}", spec.program.display()))
-            })?;
-        let pid = child.id();
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            let _ = child.kill();
-            return Err(LinkError::Launch(
-                "the enclave's stdio is unavailable".into(),
-            ));
-        };
-        let link = ChildProcess {
-            child: Arc::new(Mutex::new(child)),
-            io: Mutex::new((BufWriter::new(stdin), BufReader::new(stdout))),
-            measurement,
-            pid,
-            timeout: spec.timeout,
-        };
-        match link.call(Request::Status)? {
-            (Response::Status(_), _) => Ok(link),
-            (Response::Error { message, .. }, _) => Err(LinkError::Launch(format!(
-                "the enclave does not answer: {message}"
-            ))),
-            _ => Err(LinkError::Launch("unexpected answer to Status".into())),
-        }
-    }
-
-    /// The measurement the host computed before starting it.
-    pub fn measurement(&self) -> Measurement {
-        self.measurement
-    }
-
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-}
-
-impl EnclaveLink for ChildProcess {
-    fn call(&self, req: Request) -> Result<(Response, usize), LinkError> {
-        let payload = encode_request(&req).map_err(LinkError::TooLarge)?;
-        let c = codec();
-        if payload.len() > c.max_payload() as usize {
-            return Err(LinkError::TooLarge(format!(
-                "a {} MiB message is over the enclave's {} MiB frame limit; send less per query",
-                payload.len() >> 20,
-                c.max_payload() >> 20
-            )));
-        }
-        let mut io = match self.io.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let (w, r) = &mut *io;
-        // A watchdog kills the enclave if this call outlives the timeout:
-        // the blocked read then ends, and the supervisor restarts it.
-        let (done, watch) = mpsc::channel::<()>();
-        let timed_out = Arc::new(AtomicBool::new(false));
-        let (child, flag, timeout) = (self.child.clone(), timed_out.clone(), self.timeout);
-        let watchdog = std::thread::spawn(move || {
-            if let Err(RecvTimeoutError::Timeout) = watch.recv_timeout(timeout) {
-                flag.store(true, Ordering::Release);
-                if let Ok(mut c) = child.lock() {
-                    let _ = c.kill();
-                }
-            }
-        });
-        let result = c
-            .write(w, KIND_REQUEST, &payload)
-            .and_then(|_| w.flush().map_err(Into::into))
-            .map_err(|e| LinkError::Dead(format!("write: {e}")))
-            .and_then(|_| {
-                c.read_kind(r, KIND_RESPONSE)
-                    .map_err(|e| LinkError::Dead(format!("read: {e}")))
-            });
-        drop(done);
-        let _ = watchdog.join();
-        if timed_out.load(Ordering::Acquire) {
-            return Err(LinkError::TimedOut(self.timeout.as_secs()));
-        }
-        Ok((decode_response(&result?).map_err(LinkError::Dead)?, 0))
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        if let Ok(mut c) = self.child.lock() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+pub use crate::child::ChildProcess;

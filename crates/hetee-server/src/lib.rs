@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod app;
+mod child;
 pub mod host_model;
 pub mod launcher;
 pub mod stage_loop;
