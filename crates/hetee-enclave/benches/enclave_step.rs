@@ -56,14 +56,14 @@ fn enclave_step(c: &mut Criterion) {
     let calib: Vec<f32> = (0..4 * 784).map(|i| (i % 251) as f32 / 251.0).collect();
     let q = hetee_model::quantize(&m, &calib).unwrap();
     let schedule = Schedule::compile(&q, 1).unwrap();
-    let mut enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
-    let keys = create_keys(&mut enclave, &schedule.he);
+    let enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let keys = create_keys(&enclave, &schedule.he);
     let host = HostModel::new(&q, &schedule, &keys.public_key);
-    let model_id = register(&mut enclave, &keys, &host).model_id;
+    let model_id = register(&enclave, &keys, &host).model_id;
 
     // One data provider's input and the host's (honest) stage-0 result on
     // it; every timed query sends the same input with the same seed.
-    let dp = hello(&mut enclave, &keys, model_id).unwrap();
+    let dp = hello(&enclave, &keys, model_id).unwrap();
     let seed = dp.seed;
     let input = dp.encrypt(&keys.public_key, &calib[..784]);
     let out0 = host.evaluate(0, &input);
@@ -78,9 +78,9 @@ fn enclave_step(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 // Not timed: the channel, the hello and the query's start.
-                let mut dp = hello(&mut enclave, &keys, model_id).unwrap();
+                let mut dp = hello(&enclave, &keys, model_id).unwrap();
                 dp.seed = seed;
-                let r = dp.start(&mut enclave, model_id, &input);
+                let r = dp.start(&enclave, model_id, &input);
                 assert!(
                     matches!(r, Response::QueryStarted { input: None, .. }),
                     "start failed: {}",

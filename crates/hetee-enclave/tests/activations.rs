@@ -37,12 +37,12 @@ fn dense(i: usize, o: usize, seed: usize) -> Layer {
 fn secure_equals_reference(q: &QuantModel, inputs: &[Vec<f32>]) {
     let schedule = Schedule::compile(q, 1).unwrap();
     schedule.validate().unwrap();
-    let mut enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
-    let keys = create_keys(&mut enclave, &schedule.he);
+    let enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let keys = create_keys(&enclave, &schedule.he);
     let host = HostModel::new(q, &schedule, &keys.public_key);
-    let id = register(&mut enclave, &keys, &host).model_id;
+    let id = register(&enclave, &keys, &host).model_id;
     for x in inputs {
-        let secure = query(&mut enclave, &keys, &host, id, x).unwrap();
+        let secure = query(&enclave, &keys, &host, id, x).unwrap();
         let plain = reference(q, x);
         assert_eq!(bits(&secure), bits(&plain), "input {x:?}");
     }
@@ -190,12 +190,12 @@ fn a_malformed_table_is_refused_at_registration() {
     let msg = bad.validate().unwrap_err().to_string();
     assert!(msg.contains("activation table"), "{msg}");
     // The enclave refuses it at registration.
-    let mut enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
-    let keys = create_keys(&mut enclave, &bad.he);
+    let enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let keys = create_keys(&enclave, &bad.he);
     let host = HostModel::new(&q, &bad, &keys.public_key);
-    match connect(&mut enclave, &keys, &register_message(&keys, &host)) {
+    match connect(&enclave, &keys, &register_message(&keys, &host)) {
         Err(err) => assert!(err.contains("activation table"), "{err}"),
         Ok(_) => panic!("a malformed activation table was registered"),
     }
-    assert_eq!(status(&mut enclave).models, 0);
+    assert_eq!(status(&enclave).models, 0);
 }

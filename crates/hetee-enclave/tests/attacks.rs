@@ -61,7 +61,7 @@ struct Flight {
 }
 
 /// Hello, encryption of `images` (one query) and StartQuery.
-fn start(e: &mut Enclave, keys: &Keys, model_id: ModelId, images: &[Vec<f32>]) -> Flight {
+fn start(e: &Enclave, keys: &Keys, model_id: ModelId, images: &[Vec<f32>]) -> Flight {
     let mut dp = hello(e, keys, model_id).unwrap();
     let input = encrypt_images(&dp, keys, images);
     let payload = seal_msg(
@@ -90,7 +90,7 @@ fn start(e: &mut Enclave, keys: &Keys, model_id: ModelId, images: &[Vec<f32>]) -
 }
 
 /// A thin query: the images go over the channel, the enclave encrypts them.
-fn start_thin(e: &mut Enclave, keys: &Keys, model_id: ModelId, images: &[Vec<f32>]) -> Flight {
+fn start_thin(e: &Enclave, keys: &Keys, model_id: ModelId, images: &[Vec<f32>]) -> Flight {
     let mut dp = hello(e, keys, model_id).unwrap();
     let payload = seal_msg(
         &mut dp.channel.tx,
@@ -134,7 +134,7 @@ impl Flight {
     }
 
     /// Sends the honest result of a stage that is not the last.
-    fn advance(&mut self, e: &mut Enclave, host: &HostModel) {
+    fn advance(&mut self, e: &Enclave, host: &HostModel) {
         let ciphertexts = self.honest(host);
         match e.handle(Request::StageResult {
             session: self.session(),
@@ -150,7 +150,7 @@ impl Flight {
     }
 
     /// Advances to `stage`.
-    fn advance_to(&mut self, e: &mut Enclave, host: &HostModel, stage: usize) {
+    fn advance_to(&mut self, e: &Enclave, host: &HostModel, stage: usize) {
         while self.stage < stage {
             self.advance(e, host);
         }
@@ -158,7 +158,7 @@ impl Flight {
 
     /// Runs the remaining stages honestly: the data provider's logits must
     /// be the reference's, bit for bit.
-    fn finish(mut self, e: &mut Enclave, keys: &Keys, host: &HostModel, q: &QuantModel) {
+    fn finish(mut self, e: &Enclave, keys: &Keys, host: &HostModel, q: &QuantModel) {
         let last = host.schedule.stages.len() - 1;
         self.advance_to(e, host, last);
         let r = e.handle(Request::StageResult {
@@ -182,7 +182,7 @@ impl Flight {
     /// Sends `forged` as the result of the next stage. The enclave must
     /// refuse it (nothing released) and close the session: the honest result
     /// sent afterwards finds no session. Returns the refusal's text.
-    fn attack(self, e: &mut Enclave, host: &HostModel, forged: Vec<Vec<u8>>) -> String {
+    fn attack(self, e: &Enclave, host: &HostModel, forged: Vec<Vec<u8>>) -> String {
         let stage = self.stage;
         self.attack_as(e, host, stage, forged)
     }
@@ -190,7 +190,7 @@ impl Flight {
     /// Same, labelled as stage `stage`.
     fn attack_as(
         self,
-        e: &mut Enclave,
+        e: &Enclave,
         host: &HostModel,
         stage: usize,
         forged: Vec<Vec<u8>>,
@@ -206,7 +206,7 @@ impl Flight {
     }
 
     /// [`Flight::attack`], refused by the integrity check.
-    fn attack_integrity(self, e: &mut Enclave, host: &HostModel, forged: Vec<Vec<u8>>) {
+    fn attack_integrity(self, e: &Enclave, host: &HostModel, forged: Vec<Vec<u8>>) {
         let msg = self.attack(e, host, forged);
         assert_eq!(msg, INTEGRITY_FAILURE);
     }
@@ -239,7 +239,7 @@ fn refused_publicly(msg: &str, what: &str, public: &[usize]) {
 }
 
 /// (1): a correct stage result for `session` finds no session.
-fn assert_closed(e: &mut Enclave, session: SessionId, stage: usize, honest: Vec<Vec<u8>>) {
+fn assert_closed(e: &Enclave, session: SessionId, stage: usize, honest: Vec<Vec<u8>>) {
     let msg = error_of(e.handle(Request::StageResult {
         session,
         stage: stage as u32,
@@ -251,8 +251,8 @@ fn assert_closed(e: &mut Enclave, session: SessionId, stage: usize, honest: Vec<
 /// An honest query left mid-query (its first stage done) before an attack.
 fn bystander(s: &mut Setup, x: &[f32]) -> Flight {
     let id = s.model_id();
-    let mut f = start(&mut s.enclave, &s.keys, id, &[x.to_vec()]);
-    f.advance(&mut s.enclave, &s.host);
+    let mut f = start(&s.enclave, &s.keys, id, &[x.to_vec()]);
+    f.advance(&s.enclave, &s.host);
     f
 }
 
@@ -260,7 +260,7 @@ fn bystander(s: &mut Setup, x: &[f32]) -> Flight {
 /// query succeeds; no session is left open.
 fn others_still_served(s: &mut Setup, by: Flight) {
     assert_eq!(s.status().sessions, 1, "sessions left open");
-    by.finish(&mut s.enclave, &s.keys, &s.host, &s.q);
+    by.finish(&s.enclave, &s.keys, &s.host, &s.q);
     let x = s.x.clone();
     let got = s.query(&x).unwrap();
     assert_eq!(bits(&got), bits(&reference(&s.q, &x)));
@@ -283,15 +283,15 @@ fn lenient() -> Setup {
 fn batch_setup(batch: usize) -> Setup {
     let (q, x) = tiny_model();
     let schedule = Schedule::compile(&q, batch).unwrap();
-    let mut enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
-    let keys = create_keys(&mut enclave, &schedule.he);
+    let enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let keys = create_keys(&enclave, &schedule.he);
     let host = HostModel::new(&q, &schedule, &keys.public_key);
     let terms = ModelTerms {
         lock_after: LENIENT,
         ..ModelTerms::default()
     };
     let msg = register_message_terms(&keys, &host, terms, AllowList::Open);
-    let registered = register_with(&mut enclave, &keys, &msg);
+    let registered = register_with(&enclave, &keys, &msg);
     Setup {
         enclave,
         q,
@@ -597,17 +597,17 @@ fn attack_substituted_stage_result() {
     for k in [0, last] {
         let count = s.host.schedule.stages[k].packing.output_count();
         // Fresh encryptions of random polynomials under the public key.
-        let mut f = start(&mut s.enclave, &s.keys, id, &[s.x.clone()]);
-        f.advance_to(&mut s.enclave, &s.host, k);
+        let mut f = start(&s.enclave, &s.keys, id, &[s.x.clone()]);
+        f.advance_to(&s.enclave, &s.host, k);
         let forged = (0..count)
             .map(|_| forger.encrypted(&forger.random_poly(&mut rng)))
             .collect();
-        f.attack_integrity(&mut s.enclave, &s.host, forged);
+        f.attack_integrity(&s.enclave, &s.host, forged);
         // Well-formed bytes with random coefficients.
-        let mut f = start(&mut s.enclave, &s.keys, id, &[s.x.clone()]);
-        f.advance_to(&mut s.enclave, &s.host, k);
+        let mut f = start(&s.enclave, &s.keys, id, &[s.x.clone()]);
+        f.advance_to(&s.enclave, &s.host, k);
         let forged = (0..count).map(|_| forger.random_bytes(&mut rng)).collect();
-        f.attack_integrity(&mut s.enclave, &s.host, forged);
+        f.attack_integrity(&s.enclave, &s.host, forged);
     }
     others_still_served(&mut s, by);
 }
@@ -621,36 +621,36 @@ fn attack_replayed_stage_result() {
     let last = s.host.schedule.stages.len() - 1;
 
     // An earlier, finished query on another input: the host keeps its results.
-    let mut old = start(&mut s.enclave, &s.keys, id, &[other_input()]);
+    let mut old = start(&s.enclave, &s.keys, id, &[other_input()]);
     let old_results: Vec<Vec<Vec<u8>>> = (0..=last)
         .map(|k| {
-            old.advance_to(&mut s.enclave, &s.host, k);
+            old.advance_to(&s.enclave, &s.host, k);
             old.honest(&s.host)
         })
         .collect();
-    old.finish(&mut s.enclave, &s.keys, &s.host, &s.q);
+    old.finish(&s.enclave, &s.keys, &s.host, &s.q);
 
     // Replayed into a new query at the same stage.
     let mut xq = other_input();
     xq.reverse();
     for (k, old_result) in old_results.iter().enumerate() {
-        let mut f = start(&mut s.enclave, &s.keys, id, &[xq.clone()]);
-        f.advance_to(&mut s.enclave, &s.host, k);
-        f.attack_integrity(&mut s.enclave, &s.host, old_result.clone());
+        let mut f = start(&s.enclave, &s.keys, id, &[xq.clone()]);
+        f.advance_to(&s.enclave, &s.host, k);
+        f.attack_integrity(&s.enclave, &s.host, old_result.clone());
     }
 
     // Within one query: stage 0's result again after it was accepted.
-    let mut f = start(&mut s.enclave, &s.keys, id, &[xq.clone()]);
+    let mut f = start(&s.enclave, &s.keys, id, &[xq.clone()]);
     let out0 = f.honest(&s.host);
-    f.advance(&mut s.enclave, &s.host);
-    let msg = f.attack_as(&mut s.enclave, &s.host, 0, out0.clone());
+    f.advance(&s.enclave, &s.host);
+    let msg = f.attack_as(&s.enclave, &s.host, 0, out0.clone());
     refused_publicly(&msg, "stage 0 out of order (expected 1)", &[0, 1]);
 
     // Within one query: stage 0's result again, labelled as stage 1.
-    let mut f = start(&mut s.enclave, &s.keys, id, &[xq.clone()]);
+    let mut f = start(&s.enclave, &s.keys, id, &[xq.clone()]);
     let out0 = f.honest(&s.host);
-    f.advance(&mut s.enclave, &s.host);
-    let msg = f.attack(&mut s.enclave, &s.host, out0);
+    f.advance(&s.enclave, &s.host);
+    let msg = f.attack(&s.enclave, &s.host, out0);
     let counts: Vec<usize> = s
         .host
         .schedule
@@ -673,9 +673,9 @@ fn attack_reordered_stages() {
     let mut s = lenient();
     let id = s.model_id();
     let by = bystander(&mut s, &other_input());
-    let f = start(&mut s.enclave, &s.keys, id, &[s.x.clone()]);
+    let f = start(&s.enclave, &s.keys, id, &[s.x.clone()]);
     let out0 = f.honest(&s.host);
-    let msg = f.attack_as(&mut s.enclave, &s.host, 1, out0);
+    let msg = f.attack_as(&s.enclave, &s.host, 1, out0);
     refused_publicly(&msg, "stage 1 out of order (expected 0)", &[0, 1]);
     others_still_served(&mut s, by);
 
@@ -692,27 +692,27 @@ fn attack_reordered_stages() {
         .collect();
     assert!(counts.iter().all(|&c| c >= 2), "{counts:?}");
     let batch = images(256, 7);
-    let mut by = start(&mut s.enclave, &s.keys, id, &batch);
-    by.advance(&mut s.enclave, &s.host);
+    let mut by = start(&s.enclave, &s.keys, id, &batch);
+    by.advance(&s.enclave, &s.host);
     for (k, &count) in counts.iter().enumerate() {
         for (a, b) in [(0, 1), (0, count - 1)] {
-            let mut f = start(&mut s.enclave, &s.keys, id, &batch);
-            f.advance_to(&mut s.enclave, &s.host, k);
+            let mut f = start(&s.enclave, &s.keys, id, &batch);
+            f.advance_to(&s.enclave, &s.host, k);
             let mut forged = f.honest(&s.host);
             forged.swap(a, b);
-            f.attack_integrity(&mut s.enclave, &s.host, forged);
+            f.attack_integrity(&s.enclave, &s.host, forged);
         }
         // All of them rotated.
-        let mut f = start(&mut s.enclave, &s.keys, id, &batch);
-        f.advance_to(&mut s.enclave, &s.host, k);
+        let mut f = start(&s.enclave, &s.keys, id, &batch);
+        f.advance_to(&s.enclave, &s.host, k);
         let mut forged = f.honest(&s.host);
         forged.rotate_left(1);
-        f.attack_integrity(&mut s.enclave, &s.host, forged);
+        f.attack_integrity(&s.enclave, &s.host, forged);
     }
     assert_eq!(s.status().sessions, 1);
-    by.finish(&mut s.enclave, &s.keys, &s.host, &s.q);
-    let f = start(&mut s.enclave, &s.keys, id, &batch[..3]);
-    f.finish(&mut s.enclave, &s.keys, &s.host, &s.q);
+    by.finish(&s.enclave, &s.keys, &s.host, &s.q);
+    let f = start(&s.enclave, &s.keys, id, &batch[..3]);
+    f.finish(&s.enclave, &s.keys, &s.host, &s.q);
     assert_eq!(s.status().sessions, 0);
 }
 
@@ -722,8 +722,8 @@ fn attack_dropped_and_truncated() {
     let id = s.model_id();
     let forger = Forger::new(&s.host, &s.keys.public_key);
     let batch = images(256, 11);
-    let mut by = start(&mut s.enclave, &s.keys, id, &batch);
-    by.advance(&mut s.enclave, &s.host);
+    let mut by = start(&s.enclave, &s.keys, id, &batch);
+    by.advance(&s.enclave, &s.host);
     let len = encoded_len(&s.host.par, forger.level, 3).unwrap();
     type Case = (&'static str, &'static str, fn(&mut Vec<Vec<u8>>, &Forger));
     let cases: [Case; 10] = [
@@ -769,12 +769,12 @@ fn attack_dropped_and_truncated() {
         let count = st.packing.output_count();
         assert!(count >= 2);
         for (what, says, mutate) in cases {
-            let mut f = start(&mut s.enclave, &s.keys, id, &batch[..1]);
-            f.advance_to(&mut s.enclave, &s.host, k);
+            let mut f = start(&s.enclave, &s.keys, id, &batch[..1]);
+            f.advance_to(&s.enclave, &s.host, k);
             let mut forged = f.honest(&s.host);
             mutate(&mut forged, &forger);
             let given = forged.len();
-            let msg = f.attack(&mut s.enclave, &s.host, forged);
+            let msg = f.attack(&s.enclave, &s.host, forged);
             // Only counts and sizes the host knows.
             let public = if given != count {
                 vec![k, count, given]
@@ -785,16 +785,16 @@ fn attack_dropped_and_truncated() {
             refused_publicly(&msg, says, &public);
         }
         // One byte flipped inside a coefficient: well formed, wrong value.
-        let mut f = start(&mut s.enclave, &s.keys, id, &batch[..1]);
-        f.advance_to(&mut s.enclave, &s.host, k);
+        let mut f = start(&s.enclave, &s.keys, id, &batch[..1]);
+        f.advance_to(&s.enclave, &s.host, k);
         let mut forged = f.honest(&s.host);
         forged[0][6] ^= 1;
-        f.attack_integrity(&mut s.enclave, &s.host, forged);
+        f.attack_integrity(&s.enclave, &s.host, forged);
     }
     assert_eq!(s.status().sessions, 1);
-    by.finish(&mut s.enclave, &s.keys, &s.host, &s.q);
-    let f = start(&mut s.enclave, &s.keys, id, &batch[..2]);
-    f.finish(&mut s.enclave, &s.keys, &s.host, &s.q);
+    by.finish(&s.enclave, &s.keys, &s.host, &s.q);
+    let f = start(&s.enclave, &s.keys, id, &batch[..2]);
+    f.finish(&s.enclave, &s.keys, &s.host, &s.q);
     assert_eq!(s.status().sessions, 0);
 }
 
@@ -822,14 +822,14 @@ fn attack_scaled_result() {
     }
     for k in [0, last] {
         for (what, _, scale) in scales {
-            let mut f = start(&mut s.enclave, &s.keys, id, &[s.x.clone()]);
-            f.advance_to(&mut s.enclave, &s.host, k);
+            let mut f = start(&s.enclave, &s.keys, id, &[s.x.clone()]);
+            f.advance_to(&s.enclave, &s.host, k);
             let forged: Vec<Vec<u8>> = f
                 .honest(&s.host)
                 .iter()
                 .map(|c| scale(&forger, c))
                 .collect();
-            let msg = f.attack(&mut s.enclave, &s.host, forged);
+            let msg = f.attack(&s.enclave, &s.host, forged);
             assert_eq!(msg, INTEGRITY_FAILURE, "stage {k}, result {what}");
         }
     }
@@ -846,16 +846,16 @@ fn attack_other_sessions_ciphertexts() {
     xb.reverse();
     for k in [0, last] {
         // Two concurrent sessions on the same model, both at stage k.
-        let mut a = start(&mut s.enclave, &s.keys, id, std::slice::from_ref(&xa));
-        let mut b = start(&mut s.enclave, &s.keys, id, std::slice::from_ref(&xb));
-        a.advance_to(&mut s.enclave, &s.host, k);
-        b.advance_to(&mut s.enclave, &s.host, k);
+        let mut a = start(&s.enclave, &s.keys, id, std::slice::from_ref(&xa));
+        let mut b = start(&s.enclave, &s.keys, id, std::slice::from_ref(&xb));
+        a.advance_to(&s.enclave, &s.host, k);
+        b.advance_to(&s.enclave, &s.host, k);
         // A's result for B.
         let from_a = a.honest(&s.host);
-        b.attack_integrity(&mut s.enclave, &s.host, from_a.clone());
+        b.attack_integrity(&s.enclave, &s.host, from_a.clone());
         // Another session's honest result with A's added in.
-        let mut c = start(&mut s.enclave, &s.keys, id, &[xb.clone()]);
-        c.advance_to(&mut s.enclave, &s.host, k);
+        let mut c = start(&s.enclave, &s.keys, id, &[xb.clone()]);
+        c.advance_to(&s.enclave, &s.host, k);
         let forger = Forger::new(&s.host, &s.keys.public_key);
         let mixed = c
             .honest(&s.host)
@@ -866,9 +866,9 @@ fn attack_other_sessions_ciphertexts() {
                 ciphertext_to_bytes(&sum)
             })
             .collect();
-        c.attack_integrity(&mut s.enclave, &s.host, mixed);
+        c.attack_integrity(&s.enclave, &s.host, mixed);
         // A, the victim of the mixing, is unaffected.
-        a.finish(&mut s.enclave, &s.keys, &s.host, &s.q);
+        a.finish(&s.enclave, &s.keys, &s.host, &s.q);
     }
     let by = bystander(&mut s, &xa);
     others_still_served(&mut s, by);
@@ -884,42 +884,42 @@ fn attack_other_models_ciphertexts() {
     let schedule_x = Schedule::compile(&qx, 1).unwrap();
     assert_eq!(schedule_x.he, s.host.schedule.he);
     let host_x = HostModel::new(&qx, &schedule_x, &s.keys.public_key);
-    let x = register(&mut s.enclave, &s.keys, &host_x).model_id;
+    let x = register(&s.enclave, &s.keys, &host_x).model_id;
     // Model Z: Y's weights under another key set.
-    let keys_z = create_keys(&mut s.enclave, &s.host.schedule.he);
+    let keys_z = create_keys(&s.enclave, &s.host.schedule.he);
     let host_z = HostModel::new(&s.q, &s.host.schedule, &keys_z.public_key);
-    let z = register(&mut s.enclave, &keys_z, &host_z).model_id;
+    let z = register(&s.enclave, &keys_z, &host_z).model_id;
     assert!(x != y && z != y && x != z);
     // Honest sessions of X and Z, mid-query.
-    let mut on_x = start(&mut s.enclave, &s.keys, x, &[s.x.clone()]);
-    on_x.advance(&mut s.enclave, &host_x);
-    let mut on_z = start(&mut s.enclave, &keys_z, z, &[s.x.clone()]);
-    on_z.advance(&mut s.enclave, &host_z);
+    let mut on_x = start(&s.enclave, &s.keys, x, &[s.x.clone()]);
+    on_x.advance(&s.enclave, &host_x);
+    let mut on_z = start(&s.enclave, &keys_z, z, &[s.x.clone()]);
+    on_z.advance(&s.enclave, &host_z);
     let by = bystander(&mut s, &other_input());
 
     for k in [0, last] {
         // Y's session, stage k evaluated with X's weights.
-        let mut f = start(&mut s.enclave, &s.keys, y, &[s.x.clone()]);
-        f.advance_to(&mut s.enclave, &s.host, k);
+        let mut f = start(&s.enclave, &s.keys, y, &[s.x.clone()]);
+        f.advance_to(&s.enclave, &s.host, k);
         let forged = host_x.evaluate(k, &f.input);
-        f.attack_integrity(&mut s.enclave, &s.host, forged);
+        f.attack_integrity(&s.enclave, &s.host, forged);
         // With Z's weights (another key set).
-        let mut f = start(&mut s.enclave, &s.keys, y, &[s.x.clone()]);
-        f.advance_to(&mut s.enclave, &s.host, k);
+        let mut f = start(&s.enclave, &s.keys, y, &[s.x.clone()]);
+        f.advance_to(&s.enclave, &s.host, k);
         let forged = host_z.evaluate(k, &f.input);
-        f.attack_integrity(&mut s.enclave, &s.host, forged);
+        f.attack_integrity(&s.enclave, &s.host, forged);
         // The result of a query of Z (same weights, same input, other keys).
-        let mut g = start(&mut s.enclave, &keys_z, z, &[s.x.clone()]);
-        g.advance_to(&mut s.enclave, &host_z, k);
-        let mut f = start(&mut s.enclave, &s.keys, y, &[s.x.clone()]);
-        f.advance_to(&mut s.enclave, &s.host, k);
-        f.attack_integrity(&mut s.enclave, &s.host, g.honest(&host_z));
-        g.finish(&mut s.enclave, &keys_z, &host_z, &s.q);
+        let mut g = start(&s.enclave, &keys_z, z, &[s.x.clone()]);
+        g.advance_to(&s.enclave, &host_z, k);
+        let mut f = start(&s.enclave, &s.keys, y, &[s.x.clone()]);
+        f.advance_to(&s.enclave, &s.host, k);
+        f.attack_integrity(&s.enclave, &s.host, g.honest(&host_z));
+        g.finish(&s.enclave, &keys_z, &host_z, &s.q);
     }
 
     // StartQuery naming another model than the session's.
     for other in [x, z] {
-        let mut dp = hello(&mut s.enclave, &s.keys, y).unwrap();
+        let mut dp = hello(&s.enclave, &s.keys, y).unwrap();
         let input = dp.encrypt(&s.keys.public_key, &s.x);
         let payload = dp.query_payload(&input);
         let msg = refused(s.enclave.handle(Request::StartQuery {
@@ -938,8 +938,8 @@ fn attack_other_models_ciphertexts() {
         assert!(msg.contains("unknown or closed session"), "{msg}");
     }
 
-    on_x.finish(&mut s.enclave, &s.keys, &host_x, &qx);
-    on_z.finish(&mut s.enclave, &keys_z, &host_z, &s.q);
+    on_x.finish(&s.enclave, &s.keys, &host_x, &qx);
+    on_z.finish(&s.enclave, &keys_z, &host_z, &s.q);
     others_still_served(&mut s, by);
 }
 
@@ -987,14 +987,14 @@ fn attack_chosen_plaintext_ciphertext() {
             ("trivial one-hot", vec![forger.trivial(&one_hot); count]),
         ];
         for (what, forged) in forgeries {
-            let mut f = start(&mut s.enclave, &s.keys, id, &[s.x.clone()]);
-            f.advance_to(&mut s.enclave, &s.host, k);
-            let msg = f.attack(&mut s.enclave, &s.host, forged);
+            let mut f = start(&s.enclave, &s.keys, id, &[s.x.clone()]);
+            f.advance_to(&s.enclave, &s.host, k);
+            let msg = f.attack(&s.enclave, &s.host, forged);
             assert_eq!(msg, INTEGRITY_FAILURE, "stage {k}: {what}");
         }
         // The honest result plus a chosen delta on every output read.
-        let mut f = start(&mut s.enclave, &s.keys, id, &[s.x.clone()]);
-        f.advance_to(&mut s.enclave, &s.host, k);
+        let mut f = start(&s.enclave, &s.keys, id, &[s.x.clone()]);
+        f.advance_to(&s.enclave, &s.host, k);
         let mut forged = f.honest(&s.host);
         for (p, ct) in forged.iter_mut().enumerate() {
             let mut delta = zero.clone();
@@ -1003,12 +1003,12 @@ fn attack_chosen_plaintext_ciphertext() {
             }
             *ct = forger.plus(ct, &delta);
         }
-        f.attack_integrity(&mut s.enclave, &s.host, forged);
+        f.attack_integrity(&s.enclave, &s.host, forged);
         // The host's own evaluation of the stage on an input it chose (a
         // one-hot image at stage 0, the encrypted stage input of a one-hot
         // activation later).
-        let mut f = start(&mut s.enclave, &s.keys, id, &[s.x.clone()]);
-        f.advance_to(&mut s.enclave, &s.host, k);
+        let mut f = start(&s.enclave, &s.keys, id, &[s.x.clone()]);
+        f.advance_to(&s.enclave, &s.host, k);
         let st = &s.host.schedule.stages[k];
         let n_in = st.spec.c * st.spec.h * st.spec.w;
         let mut chosen = vec![0i64; n_in];
@@ -1016,7 +1016,7 @@ fn attack_chosen_plaintext_ciphertext() {
         let packed = s.host.schedule.pack_stage_input(k, &[chosen]).unwrap();
         let chosen_input = encrypt_under(&s.keys.public_key, &s.host.par, &packed);
         let forged = s.host.evaluate(k, &chosen_input);
-        f.attack_integrity(&mut s.enclave, &s.host, forged);
+        f.attack_integrity(&s.enclave, &s.host, forged);
     }
     others_still_served(&mut s, by);
 }
@@ -1034,10 +1034,10 @@ fn attack_single_coefficient_flip_is_always_refused() {
         let k = trial % stages;
         let outs = read_positions(&s.host.schedule, k);
         let out = rng.random_range(0..outs[0].len());
-        let mut f = start(&mut s.enclave, &s.keys, id, std::slice::from_ref(x));
-        f.advance_to(&mut s.enclave, &s.host, k);
+        let mut f = start(&s.enclave, &s.keys, id, std::slice::from_ref(x));
+        f.advance_to(&s.enclave, &s.host, k);
         let forged = nudged(&forger, &s.host.schedule, k, &f.honest(&s.host), 0, out, 1);
-        let msg = f.attack(&mut s.enclave, &s.host, forged);
+        let msg = f.attack(&s.enclave, &s.host, forged);
         assert_eq!(
             msg, INTEGRITY_FAILURE,
             "trial {trial}: stage {k}, output {out} + 1"
@@ -1056,7 +1056,7 @@ fn attack_input_swap() {
     // (a) Input ciphertexts other than those whose digest the data provider
     // sealed: another image, the same image encrypted again, the same
     // ciphertexts re-randomized, one ciphertext more.
-    let owner = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let owner = hello(&s.enclave, &s.keys, id).unwrap();
     let committed = owner.encrypt(&s.keys.public_key, &s.x);
     let swaps: Vec<(&str, Vec<Vec<u8>>)> = vec![
         (
@@ -1082,7 +1082,7 @@ fn attack_input_swap() {
         session: owner.channel.session,
     });
     for (what, input) in swaps {
-        let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+        let mut dp = hello(&s.enclave, &s.keys, id).unwrap();
         let payload = dp.query_payload(&committed);
         let msg = refused(s.enclave.handle(Request::StartQuery {
             session: dp.channel.session,
@@ -1101,8 +1101,8 @@ fn attack_input_swap() {
     }
 
     // (b) Another session's input with this session's payload.
-    let one = start(&mut s.enclave, &s.keys, id, &[other_input()]);
-    let mut two = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let one = start(&s.enclave, &s.keys, id, &[other_input()]);
+    let mut two = hello(&s.enclave, &s.keys, id).unwrap();
     let own = two.encrypt(&s.keys.public_key, &s.x);
     let payload = two.query_payload(&own);
     let msg = refused(s.enclave.handle(Request::StartQuery {
@@ -1121,10 +1121,10 @@ fn attack_input_swap() {
     assert!(msg.contains("unknown or closed session"), "{msg}");
 
     // (c) Another session's payload and input, replayed into this session.
-    let mut one_dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let mut one_dp = hello(&s.enclave, &s.keys, id).unwrap();
     let one_input = one_dp.encrypt(&s.keys.public_key, &other_input());
     let one_payload = one_dp.query_payload(&one_input);
-    let mut three = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let mut three = hello(&s.enclave, &s.keys, id).unwrap();
     let own = three.encrypt(&s.keys.public_key, &s.x);
     let payload = three.query_payload(&own);
     let msg = refused(s.enclave.handle(Request::StartQuery {
@@ -1169,10 +1169,10 @@ fn attack_input_swap() {
     }));
     refused_publicly(&msg, "cannot start a query now", &[]);
     let honest = replayed.honest(&s.host);
-    assert_closed(&mut s.enclave, replayed.session(), 0, honest);
+    assert_closed(&s.enclave, replayed.session(), 0, honest);
 
     // The session whose input was stolen in (b) is unaffected.
-    one.finish(&mut s.enclave, &s.keys, &s.host, &s.q);
+    one.finish(&s.enclave, &s.keys, &s.host, &s.q);
     others_still_served(&mut s, by);
 }
 
@@ -1186,7 +1186,7 @@ fn attack_thin_query_tamper() {
     one_hot[3] = 1.0;
     let zeros = vec![0f32; s.x.len()];
     for chosen in [other_input(), one_hot, zeros] {
-        let f = start_thin(&mut s.enclave, &s.keys, id, &[s.x.clone()]);
+        let f = start_thin(&s.enclave, &s.keys, id, &[s.x.clone()]);
         // The host's own encryption of an input it chose, in place of the
         // enclave's encryption of the data provider's.
         let own = encrypt_under(
@@ -1196,11 +1196,11 @@ fn attack_thin_query_tamper() {
         );
         assert_eq!(own.len(), f.input.len());
         let forged = s.host.evaluate(0, &own);
-        f.attack_integrity(&mut s.enclave, &s.host, forged);
+        f.attack_integrity(&s.enclave, &s.host, forged);
     }
     // An honest thin query still matches the reference.
-    let f = start_thin(&mut s.enclave, &s.keys, id, &[s.x.clone()]);
-    f.finish(&mut s.enclave, &s.keys, &s.host, &s.q);
+    let f = start_thin(&s.enclave, &s.keys, id, &[s.x.clone()]);
+    f.finish(&s.enclave, &s.keys, &s.host, &s.q);
     others_still_served(&mut s, by);
 }
 
@@ -1211,7 +1211,7 @@ fn attack_thin_query_tamper() {
 /// query with `host`. Returns what the enclave released to it, or `None`
 /// if the enclave refused (then the session must be closed).
 fn spy_query(
-    e: &mut Enclave,
+    e: &Enclave,
     keys: &Keys,
     model_id: ModelId,
     host: &HostModel,
@@ -1270,9 +1270,9 @@ fn attack_replayed_input_in_a_host_opened_session() {
     let id = s.model_id();
     let forger = Forger::new(&s.host, &s.keys.public_key);
     // The victim's query; the host saw its input in StartQuery.
-    let mut victim = start(&mut s.enclave, &s.keys, id, &[s.x.clone()]);
-    victim.advance(&mut s.enclave, &s.host);
-    let seen = start(&mut s.enclave, &s.keys, id, &[s.x.clone()]);
+    let mut victim = start(&s.enclave, &s.keys, id, &[s.x.clone()]);
+    victim.advance(&s.enclave, &s.host);
+    let seen = start(&s.enclave, &s.keys, id, &[s.x.clone()]);
     let stolen = seen.input.clone();
     let rerandomized: Vec<Vec<u8>> = stolen
         .iter()
@@ -1282,7 +1282,7 @@ fn attack_replayed_input_in_a_host_opened_session() {
     let victims_result = reference(&s.q, &s.x);
     let mut leaks = Vec::new();
     for (what, input) in [("as sent", &stolen), ("re-randomized", &rerandomized)] {
-        if let Some(learned) = spy_query(&mut s.enclave, &s.keys, id, &s.host, input) {
+        if let Some(learned) = spy_query(&s.enclave, &s.keys, id, &s.host, input) {
             leaks.push(format!("{what}: {learned:?}"));
         }
     }
@@ -1292,7 +1292,7 @@ fn attack_replayed_input_in_a_host_opened_session() {
          received that provider's result {leaks:?} (the reference on the provider's \
          input: {victims_result:?})"
     );
-    seen.finish(&mut s.enclave, &s.keys, &s.host, &s.q);
+    seen.finish(&s.enclave, &s.keys, &s.host, &s.q);
     others_still_served(&mut s, victim);
 }
 
@@ -1314,11 +1314,11 @@ fn attack_replayed_input_through_a_host_registered_model() {
 
     // What the host sees: a data provider's input, a thin query's input and
     // the encrypted activations of a running query.
-    let mut victim = start(&mut s.enclave, &s.keys, id, &[s.x.clone()]);
+    let mut victim = start(&s.enclave, &s.keys, id, &[s.x.clone()]);
     let dp_input = victim.input.clone();
-    victim.advance(&mut s.enclave, &s.host);
+    victim.advance(&s.enclave, &s.host);
     let activations = victim.input.clone();
-    let thin = start_thin(&mut s.enclave, &s.keys, id, &[s.x.clone()]);
+    let thin = start_thin(&s.enclave, &s.keys, id, &[s.x.clone()]);
     let thin_input = thin.input.clone();
 
     let sources = [
@@ -1343,7 +1343,7 @@ fn attack_replayed_input_through_a_host_registered_model() {
             else {
                 continue; // the registration was refused
             };
-            if let Some(values) = spy_query(&mut s.enclave, &s.keys, *spy_id, spy_host, input) {
+            if let Some(values) = spy_query(&s.enclave, &s.keys, *spy_id, spy_host, input) {
                 for (o, v) in values.iter().enumerate() {
                     recovered[offset + o] = Some(v.round() as i64);
                 }
@@ -1359,7 +1359,7 @@ fn attack_replayed_input_through_a_host_registered_model() {
         "BUG: the host decrypted, through a model it registered and its own \
          data-provider session, {leaks:#?}"
     );
-    thin.finish(&mut s.enclave, &s.keys, &s.host, &s.q);
+    thin.finish(&s.enclave, &s.keys, &s.host, &s.q);
     others_still_served(&mut s, victim);
 }
 
@@ -1402,7 +1402,7 @@ fn selection_model(s: &mut Setup, stage: usize, offset: usize) -> Option<(HostMo
     // The host speaks with a key of its own: it does not hold the owner's.
     let host_key = hetee_attest::StaticKeypair::generate().unwrap();
     let opened = connect_as(
-        &mut s.enclave,
+        &s.enclave,
         s.keys.key_id,
         &s.keys.evidence,
         &s.keys.identity.channel_public_key,

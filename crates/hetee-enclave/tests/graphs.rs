@@ -78,12 +78,12 @@ fn check(m: &Model, xs: &[Vec<f32>], tol: f32) -> QuantModel {
     let q = quantize(m, &calib).unwrap();
     let schedule = Schedule::compile(&q, 1).unwrap();
     schedule.validate().unwrap();
-    let mut enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
-    let keys = create_keys(&mut enclave, &schedule.he);
+    let enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let keys = create_keys(&enclave, &schedule.he);
     let host = HostModel::new(&q, &schedule, &keys.public_key);
-    let id = register(&mut enclave, &keys, &host).model_id;
+    let id = register(&enclave, &keys, &host).model_id;
     for x in xs {
-        let secure = query(&mut enclave, &keys, &host, id, x).unwrap();
+        let secure = query(&enclave, &keys, &host, id, x).unwrap();
         let plain = reference(&q, x);
         assert_eq!(bits(&secure), bits(&plain), "input {x:?}");
         let float = run_float(m, x).unwrap();
@@ -230,12 +230,12 @@ fn ops_before_the_first_linear_layer_run_in_the_enclave() {
     let schedule = Schedule::compile(&q, 1).unwrap();
     schedule.validate().unwrap();
     assert!(schedule.input_in_enclave());
-    let mut enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
-    let keys = create_keys(&mut enclave, &schedule.he);
+    let enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let keys = create_keys(&enclave, &schedule.he);
     let host = HostModel::new(&q, &schedule, &keys.public_key);
-    let id = register(&mut enclave, &keys, &host).model_id;
+    let id = register(&enclave, &keys, &host).model_id;
     for x in &xs {
-        let secure = query_thin(&mut enclave, &keys, &host, id, x).unwrap();
+        let secure = query_thin(&enclave, &keys, &host, id, x).unwrap();
         assert_eq!(bits(&secure), bits(&reference(&q, x)));
         let float = run_float(&m, x).unwrap();
         let top = float.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -245,14 +245,14 @@ fn ops_before_the_first_linear_layer_run_in_the_enclave() {
     }
     // The data provider's client refuses to pack such a query; a client
     // that packs the raw input anyway is refused by the enclave.
-    let mut dp = hello(&mut enclave, &keys, id).unwrap();
+    let mut dp = hello(&enclave, &keys, id).unwrap();
     assert!(dp.plan.input_in_enclave);
     let e = dp.plan.pack_input(&[&xs[0]]).unwrap_err().to_string();
     assert!(e.contains("thin"), "{e}");
     dp.plan.input_in_enclave = false;
     dp.plan.input_shape = vec![2, 4, 4];
     let input = dp.encrypt(&keys.public_key, &xs[0][..32]);
-    let msg = error_of(dp.start(&mut enclave, id, &input));
+    let msg = error_of(dp.start(&enclave, id, &input));
     assert!(msg.contains("thin query"), "{msg}");
 }
 
@@ -427,15 +427,15 @@ fn attack_host_feeds_a_projection_another_querys_input() {
     let q = quantize(&m, &calib).unwrap();
     assert_eq!(q.stages[1].reads, TensorRef::Input);
     let schedule = Schedule::compile(&q, 1).unwrap();
-    let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
-    let keys = create_keys(&mut e, &schedule.he);
+    let e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let keys = create_keys(&e, &schedule.he);
     let host = HostModel::new(&q, &schedule, &keys.public_key);
-    let id = register(&mut e, &keys, &host).model_id;
+    let id = register(&e, &keys, &host).model_id;
     // Session A (the victim): stage 0 honestly; keep the stage-1 input.
-    let mut a = hello_as(&mut e, &keys, None, id).unwrap();
+    let mut a = hello_as(&e, &keys, None, id).unwrap();
     let input_a = a.encrypt(&keys.public_key, &xs[0]);
     assert!(matches!(
-        a.start(&mut e, id, &input_a),
+        a.start(&e, id, &input_a),
         Response::QueryStarted { .. }
     ));
     let stage1_input_a = match e.handle(Request::StageResult {
@@ -447,10 +447,10 @@ fn attack_host_feeds_a_projection_another_querys_input() {
         other => panic!("{}", short(&other)),
     };
     // Session B: stage 0 honestly, then stage 1 on A's input.
-    let mut b = hello_as(&mut e, &keys, None, id).unwrap();
+    let mut b = hello_as(&e, &keys, None, id).unwrap();
     let input_b = b.encrypt(&keys.public_key, &xs[1]);
     assert!(matches!(
-        b.start(&mut e, id, &input_b),
+        b.start(&e, id, &input_b),
         Response::QueryStarted { .. }
     ));
     let honest_b = match e.handle(Request::StageResult {

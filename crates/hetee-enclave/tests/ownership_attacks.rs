@@ -65,7 +65,7 @@ fn spy(s: &Setup) -> (QuantModel, Schedule) {
 /// Opens a channel to `keys`' key set as `who` and sends `msg`.
 fn as_client(s: &mut Setup, who: &StaticKeypair, msg: &ClientMessage) -> Result<Opened, String> {
     connect_as(
-        &mut s.enclave,
+        &s.enclave,
         s.keys.key_id,
         &s.keys.evidence,
         &s.keys.identity.channel_public_key,
@@ -77,14 +77,14 @@ fn as_client(s: &mut Setup, who: &StaticKeypair, msg: &ClientMessage) -> Result<
 /// A query as the data provider `who`; its logits or the refusal.
 fn query_as(s: &mut Setup, who: &StaticKeypair, x: &[f32]) -> Result<Vec<f32>, String> {
     let id = s.model_id();
-    let mut dp = hello_as(&mut s.enclave, &s.keys, Some(who), id)?;
+    let mut dp = hello_as(&s.enclave, &s.keys, Some(who), id)?;
     let input = dp.encrypt(&s.keys.public_key, x);
-    match dp.start(&mut s.enclave, id, &input) {
+    match dp.start(&s.enclave, id, &input) {
         Response::QueryStarted { .. } => {}
         Response::Error { message, .. } => return Err(message),
         other => panic!("StartQuery: {}", short(&other)),
     }
-    match run_stages(&mut s.enclave, &s.host, dp.channel.session, input) {
+    match run_stages(&s.enclave, &s.host, dp.channel.session, input) {
         Response::Finished { payload } => Ok(dp.result(&s.keys, &payload).logits.to_vec()),
         Response::Error { message, .. } => Err(message),
         other => panic!("last stage: {}", short(&other)),
@@ -96,7 +96,7 @@ fn report(s: &mut Setup) -> hetee_enclave::messages::ModelReport {
     let id = s.model_id();
     let keys = s.keys.clone();
     manage(
-        &mut s.enclave,
+        &s.enclave,
         &keys,
         &ClientMessage::ModelStatus { model_id: id },
     )
@@ -108,10 +108,10 @@ fn report(s: &mut Setup) -> hetee_enclave::messages::ModelReport {
 fn setup_with(terms: ModelTerms, allow: AllowList) -> Setup {
     let mut s = Setup::new();
     let schedule = s.host.schedule.clone();
-    let keys = create_keys(&mut s.enclave, &schedule.he);
+    let keys = create_keys(&s.enclave, &schedule.he);
     let host = HostModel::new(&s.q, &schedule, &keys.public_key);
     let msg = register_message_terms(&keys, &host, terms, allow);
-    s.registered = register_with(&mut s.enclave, &keys, &msg);
+    s.registered = register_with(&s.enclave, &keys, &msg);
     s.keys = keys;
     s.host = host;
     s
@@ -128,23 +128,23 @@ fn attack_host_registers_a_spy_under_another_providers_key_set() {
     let (spy_q, spy_schedule) = spy(&s);
     let host_key = StaticKeypair::generate().unwrap();
     // The target: a victim's query in flight, its input and stage result.
-    let mut victim = hello(&mut s.enclave, &s.keys, victim_id).unwrap();
+    let mut victim = hello(&s.enclave, &s.keys, victim_id).unwrap();
     let victim_input = victim.encrypt(&s.keys.public_key, &s.x);
     assert!(matches!(
-        victim.start(&mut s.enclave, victim_id, &victim_input),
+        victim.start(&s.enclave, victim_id, &victim_input),
         Response::QueryStarted { .. }
     ));
     let victim_result = s.host.evaluate(0, &victim_input);
 
     // (a) Under the victim's key set: refused, nothing stored.
     let spy_host = HostModel::new(&spy_q, &spy_schedule, &s.keys.public_key);
-    let before = status(&mut s.enclave);
+    let before = status(&s.enclave);
     let msg = register_message(&s.keys, &spy_host);
     let err = as_client(&mut s, &host_key, &msg)
         .err()
         .expect("the host registered a model under the victim's key set");
     assert!(err.contains(NOT_OWNER), "{err}");
-    let after = status(&mut s.enclave);
+    let after = status(&s.enclave);
     assert_eq!(
         (before.models, before.sessions),
         (after.models, after.sessions)
@@ -153,7 +153,7 @@ fn attack_host_registers_a_spy_under_another_providers_key_set() {
     // (b) Under the host's own key set: registered, but the victim's
     // ciphertexts are no results of it.
     let host_keys = create_keys_for(
-        &mut s.enclave,
+        &s.enclave,
         &s.host.schedule.he,
         Arc::new(StaticKeypair::generate().unwrap()),
     );
@@ -163,7 +163,7 @@ fn attack_host_registers_a_spy_under_another_providers_key_set() {
         ..ModelTerms::default()
     };
     let msg = register_message_terms(&host_keys, &own_host, lenient, AllowList::Open);
-    let own = register_with(&mut s.enclave, &host_keys, &msg);
+    let own = register_with(&s.enclave, &host_keys, &msg);
     // The victim's input as a stage result: switched to the output level,
     // with a zero third polynomial (what issue 9's spy sent).
     let input_as_result: Vec<Vec<u8>> = victim_input
@@ -185,10 +185,10 @@ fn attack_host_registers_a_spy_under_another_providers_key_set() {
     padded.resize(count, input_as_result[0].clone());
     padded.truncate(count);
     for forged in [victim_result.clone(), padded] {
-        let mut spy_dp = hello(&mut s.enclave, &host_keys, own.model_id).unwrap();
+        let mut spy_dp = hello(&s.enclave, &host_keys, own.model_id).unwrap();
         let input = spy_dp.encrypt(&host_keys.public_key, &s.x);
         assert!(matches!(
-            spy_dp.start(&mut s.enclave, own.model_id, &input),
+            spy_dp.start(&s.enclave, own.model_id, &input),
             Response::QueryStarted { .. }
         ));
         let r = s.enclave.handle(Request::StageResult {
@@ -202,12 +202,7 @@ fn attack_host_registers_a_spy_under_another_providers_key_set() {
         }
     }
     // The victim's query is unaffected.
-    match run_stages(
-        &mut s.enclave,
-        &s.host,
-        victim.channel.session,
-        victim_input,
-    ) {
+    match run_stages(&s.enclave, &s.host, victim.channel.session, victim_input) {
         Response::Finished { payload } => {
             let r = victim.result(&s.keys, &payload);
             assert_eq!(bits(&r.logits), bits(&reference(&s.q, &s.x)));
@@ -229,7 +224,7 @@ fn attack_data_provider_registers_or_manages_through_its_own_channel() {
     assert_eq!(bits(&got), bits(&reference(&s.q, &s.x)));
     let (spy_q, spy_schedule) = spy(&s);
     let spy_host = HostModel::new(&spy_q, &spy_schedule, &s.keys.public_key);
-    let before = status(&mut s.enclave);
+    let before = status(&s.enclave);
     let attempts = [
         register_message(&s.keys, &spy_host),
         ClientMessage::ModelStatus { model_id: id },
@@ -245,7 +240,7 @@ fn attack_data_provider_registers_or_manages_through_its_own_channel() {
             .expect("a data provider acted as the owner");
         assert!(err.contains(NOT_OWNER), "{err}");
     }
-    let after = status(&mut s.enclave);
+    let after = status(&s.enclave);
     assert_eq!(
         (before.models, before.sessions),
         (after.models, after.sessions)
@@ -265,7 +260,7 @@ fn attack_forged_output_that_a_sparse_r_would_skip_is_refused() {
         lock_after: 1_000_000,
         ..ModelTerms::default()
     };
-    let mut s = setup_with(terms, AllowList::Open);
+    let s = setup_with(terms, AllowList::Open);
     let id = s.model_id();
     for k in 0..s.host.schedule.stages.len() {
         let outputs: usize = s.host.schedule.stages[k]
@@ -283,10 +278,10 @@ fn attack_forged_output_that_a_sparse_r_would_skip_is_refused() {
         assert_eq!(read[0].len(), outputs);
         for (j, &label) in read[0].iter().enumerate() {
             let (p, i) = ((label - 1) as usize / n, (label - 1) as usize % n);
-            let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+            let mut dp = hello(&s.enclave, &s.keys, id).unwrap();
             let mut input = dp.encrypt(&s.keys.public_key, &s.x);
             assert!(matches!(
-                dp.start(&mut s.enclave, id, &input),
+                dp.start(&s.enclave, id, &input),
                 Response::QueryStarted { .. }
             ));
             for stage in 0..k {
@@ -349,18 +344,18 @@ fn attack_failed_check_locks_the_model_for_every_key() {
     let id = s.model_id();
     let honest_key = StaticKeypair::generate().unwrap();
     // A bystander mid-query, and a query of the host's own.
-    let mut by = hello_as(&mut s.enclave, &s.keys, Some(&honest_key), id).unwrap();
+    let mut by = hello_as(&s.enclave, &s.keys, Some(&honest_key), id).unwrap();
     let by_input = by.encrypt(&s.keys.public_key, &s.x);
     assert!(matches!(
-        by.start(&mut s.enclave, id, &by_input),
+        by.start(&s.enclave, id, &by_input),
         Response::QueryStarted { .. }
     ));
     let host_key = StaticKeypair::generate().unwrap();
     let host_public = *host_key.public();
-    let mut own = hello_as(&mut s.enclave, &s.keys, Some(&host_key), id).unwrap();
+    let mut own = hello_as(&s.enclave, &s.keys, Some(&host_key), id).unwrap();
     let own_input = own.encrypt(&s.keys.public_key, &other_input());
     assert!(matches!(
-        own.start(&mut s.enclave, id, &own_input),
+        own.start(&s.enclave, id, &own_input),
         Response::QueryStarted { .. }
     ));
     // One forged bit: the honest result scaled by 2.
@@ -407,7 +402,7 @@ fn attack_failed_check_locks_the_model_for_every_key() {
         StaticKeypair::generate().unwrap(),
         StaticKeypair::generate().unwrap(),
     ] {
-        let err = hello_as(&mut s.enclave, &s.keys, Some(&who), id).err();
+        let err = hello_as(&s.enclave, &s.keys, Some(&who), id).err();
         assert_eq!(err.as_deref(), Some(format!("protocol: {LOCKED}").as_str()));
     }
     // The owner sees the incident.
@@ -421,17 +416,13 @@ fn attack_failed_check_locks_the_model_for_every_key() {
 
     // The lock survives a restart: a fresh enclave restores the sealed state.
     restart(&mut s, &state);
-    let err = hello(&mut s.enclave, &s.keys, id).err();
+    let err = hello(&s.enclave, &s.keys, id).err();
     assert_eq!(err.as_deref(), Some(format!("protocol: {LOCKED}").as_str()));
 
     // The owner unlocks; queries are answered again, bit for bit.
     let keys = s.keys.clone();
-    let (r, new_state) = manage(
-        &mut s.enclave,
-        &keys,
-        &ClientMessage::Unlock { model_id: id },
-    )
-    .unwrap();
+    let (r, new_state) =
+        manage(&s.enclave, &keys, &ClientMessage::Unlock { model_id: id }).unwrap();
     assert!(!r.locked && r.incidents.is_empty());
     assert!(new_state.unwrap().version > state.version);
     let x = s.x.clone();
@@ -442,16 +433,16 @@ fn attack_failed_check_locks_the_model_for_every_key() {
 /// the setup's key set, model and `state` back; the clients fetch its new
 /// evidence (its channel and signing keys are new).
 fn restart(s: &mut Setup, state: &SealedState) {
-    let mut fresh = attested_enclave(MEASUREMENT, EnclaveConfig::default());
-    restore(&mut fresh, s, state);
+    let fresh = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    restore(&fresh, s, state);
     s.enclave = fresh;
-    let (identity, ev) = evidence(&mut s.enclave, s.keys.key_id);
+    let (identity, ev) = evidence(&s.enclave, s.keys.key_id);
     s.keys.identity = identity;
     s.keys.evidence = ev;
 }
 
 /// Restores a setup's key set, model and `state` into `e`.
-fn restore(e: &mut Enclave, s: &Setup, state: &SealedState) {
+fn restore(e: &Enclave, s: &Setup, state: &SealedState) {
     let r = e.handle(Request::RestoreKeys {
         sealed: s.keys.sealed.clone(),
     });
@@ -489,7 +480,7 @@ fn attack_unlisted_data_provider_key_is_refused() {
     let id = s.model_id();
     let keys = s.keys.clone();
     let (r, state) = manage(
-        &mut s.enclave,
+        &s.enclave,
         &keys,
         &ClientMessage::SetAllowList {
             model_id: id,
@@ -521,14 +512,14 @@ fn attack_budget_survives_an_enclave_restart() {
     let mut states = Vec::new();
     for _ in 0..2 {
         let id = s.model_id();
-        let mut q = hello_as(&mut s.enclave, &s.keys, Some(&dp), id).unwrap();
+        let mut q = hello_as(&s.enclave, &s.keys, Some(&dp), id).unwrap();
         let input = q.encrypt(&s.keys.public_key, &x);
-        match q.start(&mut s.enclave, id, &input) {
+        match q.start(&s.enclave, id, &input) {
             Response::QueryStarted { state, .. } => states.push(state.unwrap()),
             other => panic!("{}", short(&other)),
         }
         assert!(matches!(
-            run_stages(&mut s.enclave, &s.host, q.channel.session, input),
+            run_stages(&s.enclave, &s.host, q.channel.session, input),
             Response::Finished { .. }
         ));
     }
@@ -587,7 +578,7 @@ fn rollback_to_an_older_sealed_state_is_possible_without_a_counter() {
 fn attack_enclave_ignores_identity_offered_by_the_host() {
     let chosen_measurement = [0xee; 32];
     let chosen_secret = [0x11; 32];
-    let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
     // The legacy Init request, in the old wire encoding (variant 0).
     let mut legacy = vec![0u8];
     legacy.extend_from_slice(&chosen_measurement);
@@ -612,7 +603,7 @@ fn attack_enclave_ignores_identity_offered_by_the_host() {
         short(&answer)
     );
     // The identity is the platform's.
-    let keys = create_keys(&mut e, &Schedule::compile(&tiny_model().0, 1).unwrap().he);
+    let keys = create_keys(&e, &Schedule::compile(&tiny_model().0, 1).unwrap().he);
     assert_eq!(keys.identity.measurement, MEASUREMENT);
     let ev = hetee_attest::Evidence::decode(&keys.evidence).unwrap();
     assert_eq!(ev.measurement, Measurement(MEASUREMENT));
@@ -632,11 +623,11 @@ fn attack_enclave_ignores_identity_offered_by_the_host() {
     assert!(error_of(r).contains("cannot unseal"));
     // Nor does one sealed by an enclave whose platform has the host's
     // chosen measurement.
-    let mut other = Enclave::new(
+    let other = Enclave::new(
         Box::new(SimTee::new(Measurement(chosen_measurement))),
         EnclaveConfig::default(),
     );
-    let theirs = create_keys(&mut other, &keys.identity_he());
+    let theirs = create_keys(&other, &keys.identity_he());
     let r = e.handle(Request::RestoreKeys {
         sealed: theirs.sealed,
     });
@@ -667,9 +658,9 @@ fn attack_registration_with_other_weights_than_uploaded_fails_its_own_checks() {
     // the uploaded ones, hoping the checks then pass a forged evaluation:
     // the enclave checks against the weights it was given, so the host's
     // evaluation of the uploaded weights fails and nothing is released.
-    let mut s = Setup::new();
+    let s = Setup::new();
     let schedule = s.host.schedule.clone();
-    let keys = create_keys(&mut s.enclave, &schedule.he);
+    let keys = create_keys(&s.enclave, &schedule.he);
     let host = HostModel::new(&s.q, &schedule, &keys.public_key);
     // A weight that this input exercises: output 0, a nonzero input value.
     let xq = s.q.input.quantize(&s.x).unwrap();
@@ -680,7 +671,7 @@ fn attack_registration_with_other_weights_than_uploaded_fails_its_own_checks() {
         w[0][j] = w[0][j].wrapping_add(1);
         *weights = Zeroizing::new(w);
     }
-    let reg = register_with(&mut s.enclave, &keys, &msg);
-    let got = query(&mut s.enclave, &keys, &host, reg.model_id, &s.x.clone());
+    let reg = register_with(&s.enclave, &keys, &msg);
+    let got = query(&s.enclave, &keys, &host, reg.model_id, &s.x.clone());
     assert_eq!(got.unwrap_err(), INTEGRITY_FAILURE);
 }

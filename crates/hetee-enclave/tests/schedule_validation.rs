@@ -56,8 +56,8 @@ fn schedule() -> Schedule {
 /// Returns the answer and the enclave's model count after it.
 fn register(s: Schedule) -> (Result<RegisteredModel, String>, Keys, usize) {
     let weights: Vec<Vec<i8>> = model().stages.iter().map(|st| st.weight.clone()).collect();
-    let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
-    let keys = create_keys(&mut e, &schedule().he);
+    let e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let keys = create_keys(&e, &schedule().he);
     let msg = ClientMessage::RegisterModel {
         key_id: keys.key_id,
         commitment: [5; 32],
@@ -66,8 +66,8 @@ fn register(s: Schedule) -> (Result<RegisteredModel, String>, Keys, usize) {
         terms: ModelTerms::default(),
         allow: AllowList::Open,
     };
-    let r = connect(&mut e, &keys, &msg).map(|o| o.registered.expect("no sealed model"));
-    let st = status(&mut e);
+    let r = connect(&e, &keys, &msg).map(|o| o.registered.expect("no sealed model"));
+    let st = status(&e);
     assert_eq!(st.sessions, 0);
     (r, keys, st.models)
 }
@@ -91,7 +91,7 @@ fn valid_schedule_is_accepted() {
     assert_eq!(reg.state.version, 1);
     // Another enclave with the same measurement takes the sealed key set,
     // model and state back.
-    let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
     match e.handle(Request::RestoreKeys {
         sealed: keys.sealed.clone(),
     }) {
@@ -112,7 +112,7 @@ fn valid_schedule_is_accepted() {
         }
         other => panic!("state not restored: {}", short(&other)),
     }
-    let st = status(&mut e);
+    let st = status(&e);
     assert_eq!((st.keysets, st.models), (1, 1));
 }
 

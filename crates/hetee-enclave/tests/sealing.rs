@@ -33,10 +33,10 @@ struct Stored {
 }
 
 fn before_restart() -> Stored {
-    let mut setup = Setup::new();
+    let setup = Setup::new();
     let id = setup.model_id();
     let (logits, state) = query_as(
-        &mut setup.enclave,
+        &setup.enclave,
         &setup.keys,
         &setup.host,
         id,
@@ -48,7 +48,7 @@ fn before_restart() -> Stored {
     // No budget: a query changes nothing in the state, so nothing new is sealed.
     assert!(state.is_none(), "an unbudgeted query sealed a new state");
     let state = setup.registered.state.clone();
-    let dp = hello(&mut setup.enclave, &setup.keys, id).unwrap();
+    let dp = hello(&setup.enclave, &setup.keys, id).unwrap();
     let old_input = dp.encrypt(&setup.keys.public_key, &setup.x);
     let old_seed = dp.seed;
     Stored {
@@ -60,19 +60,19 @@ fn before_restart() -> Stored {
     }
 }
 
-fn restore_keys(e: &mut Enclave, sealed: &[u8]) -> Response {
+fn restore_keys(e: &Enclave, sealed: &[u8]) -> Response {
     e.handle(Request::RestoreKeys {
         sealed: sealed.to_vec(),
     })
 }
 
-fn restore_model(e: &mut Enclave, sealed: &[u8]) -> Response {
+fn restore_model(e: &Enclave, sealed: &[u8]) -> Response {
     e.handle(Request::RestoreModel {
         sealed: sealed.to_vec(),
     })
 }
 
-fn restore_state(e: &mut Enclave, sealed: &[u8]) -> Response {
+fn restore_state(e: &Enclave, sealed: &[u8]) -> Response {
     e.handle(Request::RestoreState {
         sealed: sealed.to_vec(),
     })
@@ -81,16 +81,16 @@ fn restore_state(e: &mut Enclave, sealed: &[u8]) -> Response {
 /// A fresh enclave with `measurement` that restores the key set, the model
 /// and the state `state`; asserts each step.
 fn restart(measurement: [u8; 32], keys: &Keys, model: &[u8], state: &SealedState) -> Enclave {
-    let mut e = attested_enclave(measurement, EnclaveConfig::default());
-    match restore_keys(&mut e, &keys.sealed) {
+    let e = attested_enclave(measurement, EnclaveConfig::default());
+    match restore_keys(&e, &keys.sealed) {
         Response::KeysRestored { key_id } => assert_eq!(key_id, keys.key_id),
         other => panic!("RestoreKeys: {}", short(&other)),
     }
-    match restore_model(&mut e, model) {
+    match restore_model(&e, model) {
         Response::ModelRestored { model_id } => assert_eq!(model_id, state.model_id),
         other => panic!("RestoreModel: {}", short(&other)),
     }
-    match restore_state(&mut e, &state.sealed) {
+    match restore_state(&e, &state.sealed) {
         Response::StateRestored { model_id, version } => {
             assert_eq!((model_id, version), (state.model_id, state.version))
         }
@@ -119,35 +119,35 @@ fn restarted_enclave_restores_keys_and_model_and_old_ciphertexts_still_work() {
     drop(enclave);
 
     // Restart: same measurement, so the platform gives the same sealing key.
-    let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
-    match restore_keys(&mut e, &old_keys.sealed) {
+    let e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    match restore_keys(&e, &old_keys.sealed) {
         Response::KeysRestored { key_id } => assert_eq!(key_id, old_keys.key_id),
         other => panic!("RestoreKeys: {}", short(&other)),
     }
-    match restore_model(&mut e, &registered.sealed) {
+    match restore_model(&e, &registered.sealed) {
         Response::ModelRestored { model_id } => assert_eq!(model_id, registered.model_id),
         other => panic!("RestoreModel: {}", short(&other)),
     }
-    let st = status(&mut e);
+    let st = status(&e);
     assert_eq!((st.keysets, st.models, st.sessions), (1, 1, 0));
 
     // Same HE public key and owner; the channel key is new, so new evidence.
-    let keys = reattest(&mut e, &old_keys);
+    let keys = reattest(&e, &old_keys);
     assert_ne!(
         keys.identity.channel_public_key,
         old_keys.identity.channel_public_key
     );
 
     // Without its state the model takes no query.
-    let err = hello(&mut e, &keys, registered.model_id)
+    let err = hello(&e, &keys, registered.model_id)
         .err()
         .expect("a model without its state was queried");
     assert!(
         err.contains("the model's state is not loaded; the host must restore it"),
         "{err}"
     );
-    assert_eq!(status(&mut e).sessions, 0);
-    match restore_state(&mut e, &state.sealed) {
+    assert_eq!(status(&e).sessions, 0);
+    match restore_state(&e, &state.sealed) {
         Response::StateRestored { model_id, version } => {
             assert_eq!((model_id, version), (registered.model_id, 1))
         }
@@ -156,15 +156,15 @@ fn restarted_enclave_restores_keys_and_model_and_old_ciphertexts_still_work() {
 
     // A query with the input and the weights encrypted before the restart.
     // The same data provider sends its input again: it still has the seed.
-    let mut dp = hello(&mut e, &keys, registered.model_id).unwrap();
+    let mut dp = hello(&e, &keys, registered.model_id).unwrap();
     dp.seed = old_seed;
-    let r = dp.start(&mut e, registered.model_id, &old_input);
+    let r = dp.start(&e, registered.model_id, &old_input);
     assert!(
         matches!(r, Response::QueryStarted { input: None, .. }),
         "{}",
         short(&r)
     );
-    match run_stages(&mut e, &host, dp.channel.session, old_input) {
+    match run_stages(&e, &host, dp.channel.session, old_input) {
         // Signed with the restarted enclave's (new, attested) result key.
         Response::Finished { payload } => {
             assert_eq!(bits(&dp.result(&keys, &payload).logits), bits(&logits))
@@ -172,11 +172,11 @@ fn restarted_enclave_restores_keys_and_model_and_old_ciphertexts_still_work() {
         other => panic!("{}", short(&other)),
     }
     // And a fresh one.
-    let got = query(&mut e, &keys, &host, registered.model_id, &x).unwrap();
+    let got = query(&e, &keys, &host, registered.model_id, &x).unwrap();
     assert_eq!(bits(&got), bits(&reference(&q, &x)));
 
     // The restored upload is still registered once.
-    let err = connect(&mut e, &keys, &register_message(&keys, &host))
+    let err = connect(&e, &keys, &register_message(&keys, &host))
         .err()
         .expect("a restored upload was registered again");
     assert!(err.contains("already registered"), "{err}");
@@ -257,7 +257,7 @@ fn another_measurement_or_platform_cannot_unseal() {
         owner: [1; 32],
     }));
     assert!(msg.contains("no sealing key"), "{msg}");
-    assert_eq!(status(&mut no_sealing).keysets, 0);
+    assert_eq!(status(&no_sealing).keysets, 0);
 
     // The same measurement on the same platform can.
     restart(MEASUREMENT, &setup.keys, &sealed_model, &state);
@@ -268,7 +268,7 @@ fn tampered_truncated_or_mixed_up_blobs_are_refused() {
     let Stored { setup, state, .. } = before_restart();
     let (sealed_keys, sealed_model) = (setup.keys.sealed.clone(), setup.registered.sealed.clone());
     let sealed_state = state.sealed.clone();
-    let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
 
     let flip = |b: &[u8], at: usize| {
         let mut v = b.to_vec();
@@ -284,11 +284,11 @@ fn tampered_truncated_or_mixed_up_blobs_are_refused() {
         sealed_model.clone(),
         sealed_state.clone(),
     ] {
-        let msg = error_of(restore_keys(&mut e, &bad));
+        let msg = error_of(restore_keys(&e, &bad));
         assert!(msg.contains("cannot unseal"), "{msg}");
     }
     assert!(matches!(
-        restore_keys(&mut e, &sealed_keys),
+        restore_keys(&e, &sealed_keys),
         Response::KeysRestored { .. }
     ));
     for bad in [
@@ -299,13 +299,13 @@ fn tampered_truncated_or_mixed_up_blobs_are_refused() {
         sealed_keys.clone(),
         sealed_state.clone(),
     ] {
-        let msg = error_of(restore_model(&mut e, &bad));
+        let msg = error_of(restore_model(&e, &bad));
         assert!(msg.contains("cannot unseal"), "{msg}");
     }
-    let st = status(&mut e);
+    let st = status(&e);
     assert_eq!((st.keysets, st.models), (1, 0));
     assert!(matches!(
-        restore_model(&mut e, &sealed_model),
+        restore_model(&e, &sealed_model),
         Response::ModelRestored { .. }
     ));
     for bad in [
@@ -316,51 +316,51 @@ fn tampered_truncated_or_mixed_up_blobs_are_refused() {
         sealed_keys.clone(),
         sealed_model.clone(),
     ] {
-        let msg = error_of(restore_state(&mut e, &bad));
+        let msg = error_of(restore_state(&e, &bad));
         assert!(msg.contains("cannot unseal"), "{msg}");
     }
     // No state was loaded by any of them.
-    let keys = reattest(&mut e, &setup.keys);
-    let err = hello(&mut e, &keys, state.model_id)
+    let keys = reattest(&e, &setup.keys);
+    let err = hello(&e, &keys, state.model_id)
         .err()
         .expect("queried without a state");
     assert!(err.contains("state is not loaded"), "{err}");
     assert!(matches!(
-        restore_state(&mut e, &sealed_state),
+        restore_state(&e, &sealed_state),
         Response::StateRestored { version: 1, .. }
     ));
-    assert!(hello(&mut e, &keys, state.model_id).is_ok());
+    assert!(hello(&e, &keys, state.model_id).is_ok());
 }
 
 #[test]
 fn a_model_needs_its_keys_restored_first_and_a_state_its_model() {
     let Stored { setup, state, .. } = before_restart();
-    let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
-    let msg = error_of(restore_model(&mut e, &setup.registered.sealed));
+    let e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let msg = error_of(restore_model(&e, &setup.registered.sealed));
     assert!(msg.contains("restore the model's key set first"), "{msg}");
-    assert_eq!(status(&mut e).models, 0);
+    assert_eq!(status(&e).models, 0);
 
     // Another key set (same parameters) is not its key set.
-    let other = create_keys(&mut e, &setup.host.schedule.he);
+    let other = create_keys(&e, &setup.host.schedule.he);
     assert_ne!(other.key_id, setup.keys.key_id);
-    let msg = error_of(restore_model(&mut e, &setup.registered.sealed));
+    let msg = error_of(restore_model(&e, &setup.registered.sealed));
     assert!(msg.contains("restore the model's key set first"), "{msg}");
 
     assert!(matches!(
-        restore_keys(&mut e, &setup.keys.sealed),
+        restore_keys(&e, &setup.keys.sealed),
         Response::KeysRestored { .. }
     ));
-    let msg = error_of(restore_state(&mut e, &state.sealed));
+    let msg = error_of(restore_state(&e, &state.sealed));
     assert!(msg.contains("restore the state's model first"), "{msg}");
     assert!(matches!(
-        restore_model(&mut e, &setup.registered.sealed),
+        restore_model(&e, &setup.registered.sealed),
         Response::ModelRestored { .. }
     ));
     assert!(matches!(
-        restore_state(&mut e, &state.sealed),
+        restore_state(&e, &state.sealed),
         Response::StateRestored { version: 1, .. }
     ));
-    let st = status(&mut e);
+    let st = status(&e);
     assert_eq!((st.keysets, st.models), (2, 1));
 }
 
@@ -375,14 +375,14 @@ fn identity_and_evidence_come_from_the_platform_and_bind_the_owner() {
     let config = EnclaveConfig {
         memory_budget_mib: 64,
     };
-    let mut e = Enclave::new(Box::new(SimTee::new(m)), config);
+    let e = Enclave::new(Box::new(SimTee::new(m)), config);
     assert_eq!(e.measurement(), m);
-    assert_eq!(status(&mut e).memory_budget, 64 << 20);
+    assert_eq!(status(&e).memory_budget, 64 << 20);
 
     let alice = std::sync::Arc::new(StaticKeypair::generate().unwrap());
     let bob = std::sync::Arc::new(StaticKeypair::generate().unwrap());
-    let a = create_keys_for(&mut e, &he, alice.clone());
-    let b = create_keys_for(&mut e, &he, bob.clone());
+    let a = create_keys_for(&e, &he, alice.clone());
+    let b = create_keys_for(&e, &he, bob.clone());
     for (keys, owner) in [(&a, &alice), (&b, &bob)] {
         let id = &keys.identity;
         assert_eq!(id.measurement, m.0);
@@ -461,13 +461,13 @@ fn budgets_allow_lists_and_locks_survive_a_restart() {
         query_budget: Some(2),
         lock_after: 1,
     };
-    let mut s = Setup::with_terms(EnclaveConfig::default(), terms, AllowList::Open);
+    let s = Setup::with_terms(EnclaveConfig::default(), terms, AllowList::Open);
     let id = s.model_id();
     let sealed_model = s.registered.sealed.clone();
     let [alice, bob, carol] = [(); 3].map(|_| StaticKeypair::generate().unwrap());
     let x = s.x.clone();
     let want = bits(&reference(&s.q, &x));
-    let run = |e: &mut Enclave, keys: &Keys, who: &StaticKeypair| {
+    let run = |e: &Enclave, keys: &Keys, who: &StaticKeypair| {
         query_as(e, keys, &s.host, id, Some(who), &x).map(|(l, st)| {
             assert_eq!(bits(&l), want);
             st
@@ -480,14 +480,14 @@ fn budgets_allow_lists_and_locks_survive_a_restart() {
     let mut newest = s.registered.state.clone();
     assert_eq!(newest.version, 1);
     for v in [2, 3] {
-        newest = run(&mut s.enclave, &s.keys, &alice).unwrap().unwrap();
+        newest = run(&s.enclave, &s.keys, &alice).unwrap().unwrap();
         assert_eq!(newest.version, v);
     }
-    let err = run(&mut s.enclave, &s.keys, &alice).unwrap_err();
+    let err = run(&s.enclave, &s.keys, &alice).unwrap_err();
     assert!(err.contains(spent), "{err}");
     let allow = AllowList::Only(vec![*alice.public(), *bob.public()]);
     let (report, sealed) = manage(
-        &mut s.enclave,
+        &s.enclave,
         &s.keys,
         &ClientMessage::SetAllowList {
             model_id: id,
@@ -501,16 +501,15 @@ fn budgets_allow_lists_and_locks_survive_a_restart() {
     drop(s.enclave);
 
     // Enclave B, restarted from version 4.
-    let mut e = restart(MEASUREMENT, &s.keys, &sealed_model, &newest);
-    let keys = reattest(&mut e, &s.keys);
-    let err = run(&mut e, &keys, &alice).unwrap_err();
+    let e = restart(MEASUREMENT, &s.keys, &sealed_model, &newest);
+    let keys = reattest(&e, &s.keys);
+    let err = run(&e, &keys, &alice).unwrap_err();
     assert!(err.contains(spent), "{err}");
-    let err = run(&mut e, &keys, &carol).unwrap_err();
+    let err = run(&e, &keys, &carol).unwrap_err();
     assert!(err.contains(unlisted), "{err}");
-    newest = run(&mut e, &keys, &bob).unwrap().unwrap();
+    newest = run(&e, &keys, &bob).unwrap().unwrap();
     assert_eq!(newest.version, 5);
-    let (report, sealed) =
-        manage(&mut e, &keys, &ClientMessage::ModelStatus { model_id: id }).unwrap();
+    let (report, sealed) = manage(&e, &keys, &ClientMessage::ModelStatus { model_id: id }).unwrap();
     assert!(sealed.is_none(), "reading the status changed the state");
     assert_eq!(report.version, 5);
     assert_eq!(report.allow, allow);
@@ -522,10 +521,10 @@ fn budgets_allow_lists_and_locks_survive_a_restart() {
 
     // Bob's next query fails its check (the host evaluates another input):
     // the model locks, and the refusal carries the new sealed state.
-    let mut dp = hello_as(&mut e, &keys, Some(&bob), id).unwrap();
+    let mut dp = hello_as(&e, &keys, Some(&bob), id).unwrap();
     let input = dp.encrypt(&keys.public_key, &x);
     let other = dp.encrypt(&keys.public_key, &other_input());
-    match dp.start(&mut e, id, &input) {
+    match dp.start(&e, id, &input) {
         Response::QueryStarted {
             input: None,
             state: Some(state),
@@ -551,11 +550,11 @@ fn budgets_allow_lists_and_locks_survive_a_restart() {
     drop(e);
 
     // Enclave C, restarted from version 7: still locked, with the incident.
-    let mut e = restart(MEASUREMENT, &s.keys, &sealed_model, &newest);
-    let keys = reattest(&mut e, &s.keys);
-    let err = run(&mut e, &keys, &alice).unwrap_err();
+    let e = restart(MEASUREMENT, &s.keys, &sealed_model, &newest);
+    let keys = reattest(&e, &s.keys);
+    let err = run(&e, &keys, &alice).unwrap_err();
     assert!(err.contains(LOCKED), "{err}");
-    let (report, _) = manage(&mut e, &keys, &ClientMessage::ModelStatus { model_id: id }).unwrap();
+    let (report, _) = manage(&e, &keys, &ClientMessage::ModelStatus { model_id: id }).unwrap();
     assert!(report.locked);
     assert_eq!((report.version, report.failures), (7, 1));
     assert_eq!(
@@ -578,11 +577,11 @@ fn budgets_allow_lists_and_locks_survive_a_restart() {
 
     // The owner unlocks and opens the model to everyone: carol may query,
     // alice's budget is still spent.
-    let (report, sealed) = manage(&mut e, &keys, &ClientMessage::Unlock { model_id: id }).unwrap();
+    let (report, sealed) = manage(&e, &keys, &ClientMessage::Unlock { model_id: id }).unwrap();
     assert!(!report.locked && report.incidents.is_empty() && report.failures == 0);
     assert_eq!(sealed.unwrap().version, 8);
     let (_, sealed) = manage(
-        &mut e,
+        &e,
         &keys,
         &ClientMessage::SetAllowList {
             model_id: id,
@@ -591,14 +590,14 @@ fn budgets_allow_lists_and_locks_survive_a_restart() {
     )
     .unwrap();
     assert_eq!(sealed.unwrap().version, 9);
-    newest = run(&mut e, &keys, &carol).unwrap().unwrap();
+    newest = run(&e, &keys, &carol).unwrap().unwrap();
     assert_eq!(newest.version, 10);
-    let err = run(&mut e, &keys, &alice).unwrap_err();
+    let err = run(&e, &keys, &alice).unwrap_err();
     assert!(err.contains(spent), "{err}");
 
     // The host replays older states into the enclave holding version 10.
     for old in [&v4, &v7] {
-        let msg = error_of(restore_state(&mut e, &old.sealed));
+        let msg = error_of(restore_state(&e, &old.sealed));
         assert!(
             msg.contains(&format!(
                 "a newer state (version 10) of this model is loaded; version {} is a replay",
@@ -607,32 +606,32 @@ fn budgets_allow_lists_and_locks_survive_a_restart() {
             "{msg}"
         );
     }
-    let (report, _) = manage(&mut e, &keys, &ClientMessage::ModelStatus { model_id: id }).unwrap();
+    let (report, _) = manage(&e, &keys, &ClientMessage::ModelStatus { model_id: id }).unwrap();
     assert_eq!((report.version, report.locked), (10, false));
     assert_eq!(report.allow, AllowList::Open);
     // The newest copy itself may be restored again.
     assert!(matches!(
-        restore_state(&mut e, &newest.sealed),
+        restore_state(&e, &newest.sealed),
         Response::StateRestored { version: 10, .. }
     ));
     drop(e);
 
     // Another measurement cannot unseal the state.
-    let mut other = attested_enclave([8; 32], EnclaveConfig::default());
-    let msg = error_of(restore_state(&mut other, &newest.sealed));
+    let other = attested_enclave([8; 32], EnclaveConfig::default());
+    let msg = error_of(restore_state(&other, &newest.sealed));
     assert!(msg.contains("cannot unseal"), "{msg}");
 
     // What a fresh enclave cannot tell (no monotonic counter): an older
     // copy restored after a restart. Its owner sees the version go back.
-    let mut e = restart(MEASUREMENT, &s.keys, &sealed_model, &v7);
-    let keys = reattest(&mut e, &s.keys);
-    let (report, _) = manage(&mut e, &keys, &ClientMessage::ModelStatus { model_id: id }).unwrap();
+    let e = restart(MEASUREMENT, &s.keys, &sealed_model, &v7);
+    let keys = reattest(&e, &s.keys);
+    let (report, _) = manage(&e, &keys, &ClientMessage::ModelStatus { model_id: id }).unwrap();
     assert_eq!((report.version, report.locked), (7, true));
     // Once it holds the newest copy again, the older one is refused.
     assert!(matches!(
-        restore_state(&mut e, &newest.sealed),
+        restore_state(&e, &newest.sealed),
         Response::StateRestored { version: 10, .. }
     ));
-    let msg = error_of(restore_state(&mut e, &v7.sealed));
+    let msg = error_of(restore_state(&e, &v7.sealed));
     assert!(msg.contains("is a replay"), "{msg}");
 }

@@ -80,7 +80,7 @@ fn registration(
 }
 
 /// The owner's view of a model.
-fn report(e: &mut Enclave, keys: &Keys, model_id: ModelId) -> hetee_enclave::messages::ModelReport {
+fn report(e: &Enclave, keys: &Keys, model_id: ModelId) -> hetee_enclave::messages::ModelReport {
     let (r, sealed) = manage(e, keys, &ClientMessage::ModelStatus { model_id }).unwrap();
     assert!(sealed.is_none(), "reading the status changed the state");
     r
@@ -97,7 +97,7 @@ fn attested_query_matches_the_reference_bit_for_bit() {
     assert!(budget::is_metering());
 
     // The attested identity binds this key set's public key and parameters.
-    let id = identity(&mut s.enclave, s.keys.key_id);
+    let id = identity(&s.enclave, s.keys.key_id);
     assert_eq!(id.measurement, MEASUREMENT);
     assert_eq!(id.public_key, s.keys.public_key);
     assert_eq!(
@@ -107,7 +107,7 @@ fn attested_query_matches_the_reference_bit_for_bit() {
 
     // The plan is the first stage's public structure.
     let id = s.model_id();
-    let dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let dp = hello(&s.enclave, &s.keys, id).unwrap();
     let want = QueryPlan::of(
         s.model_id(),
         s.keys.key_id,
@@ -135,16 +135,16 @@ fn attested_query_matches_the_reference_bit_for_bit() {
 #[test]
 fn a_finished_session_takes_no_more_stages() {
     let _g = shared();
-    let mut s = Setup::new();
+    let s = Setup::new();
     let id = s.model_id();
-    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let mut dp = hello(&s.enclave, &s.keys, id).unwrap();
     let input = dp.encrypt(&s.keys.public_key, &s.x);
     assert!(matches!(
-        dp.start(&mut s.enclave, id, &input),
+        dp.start(&s.enclave, id, &input),
         Response::QueryStarted { input: None, .. }
     ));
     let session = dp.channel.session;
-    let r = run_stages(&mut s.enclave, &s.host, session, input.clone());
+    let r = run_stages(&s.enclave, &s.host, session, input.clone());
     assert!(matches!(r, Response::Finished { .. }), "{}", short(&r));
     let again = s.enclave.handle(Request::StageResult {
         session,
@@ -161,10 +161,10 @@ fn out_of_order_stages_close_the_session() {
     let id = s.model_id();
 
     // Stage 1 first.
-    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let mut dp = hello(&s.enclave, &s.keys, id).unwrap();
     let input = dp.encrypt(&s.keys.public_key, &s.x);
     assert!(matches!(
-        dp.start(&mut s.enclave, id, &input),
+        dp.start(&s.enclave, id, &input),
         Response::QueryStarted { input: None, .. }
     ));
     let session = dp.channel.session;
@@ -184,10 +184,10 @@ fn out_of_order_stages_close_the_session() {
     assert!(msg.contains("unknown or closed session"), "{msg}");
 
     // Stage 0 twice.
-    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let mut dp = hello(&s.enclave, &s.keys, id).unwrap();
     let input = dp.encrypt(&s.keys.public_key, &s.x);
     assert!(matches!(
-        dp.start(&mut s.enclave, id, &input),
+        dp.start(&s.enclave, id, &input),
         Response::QueryStarted { input: None, .. }
     ));
     let session = dp.channel.session;
@@ -217,7 +217,7 @@ fn out_of_order_stages_close_the_session() {
     assert!(msg.contains("unknown or closed session"), "{msg}");
 
     // A stage result before the query started (session only said hello).
-    let dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let dp = hello(&s.enclave, &s.keys, id).unwrap();
     let msg = error_of(s.enclave.handle(Request::StageResult {
         session: dp.channel.session,
         stage: 0,
@@ -232,10 +232,10 @@ fn wrong_ciphertext_count_closes_the_session() {
     let _g = shared();
     let mut s = Setup::new();
     let id = s.model_id();
-    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let mut dp = hello(&s.enclave, &s.keys, id).unwrap();
     let input = dp.encrypt(&s.keys.public_key, &s.x);
     assert!(matches!(
-        dp.start(&mut s.enclave, id, &input),
+        dp.start(&s.enclave, id, &input),
         Response::QueryStarted { input: None, .. }
     ));
     let mut out0 = s.host.evaluate(0, &input);
@@ -254,7 +254,7 @@ fn input_other_than_the_digest_is_refused() {
     let _g = shared();
     let mut s = Setup::new();
     let id = s.model_id();
-    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let mut dp = hello(&s.enclave, &s.keys, id).unwrap();
     let committed = dp.encrypt(&s.keys.public_key, &s.x);
     // The host swaps in another encryption (of another image).
     let swapped = dp.encrypt(&s.keys.public_key, &other_input());
@@ -286,19 +286,19 @@ fn start_query_for_another_model_is_refused() {
     // other weights, other commitment).
     let schedule2 = Schedule::compile(&s.q, 2).unwrap();
     let host2 = HostModel::new(&s.q, &schedule2, &s.keys.public_key);
-    let reg2 = register(&mut s.enclave, &s.keys, &host2);
+    let reg2 = register(&s.enclave, &s.keys, &host2);
     assert_ne!(reg2.model_id, s.model_id());
     assert_eq!(s.status().models, 2);
 
     let id = s.model_id();
-    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let mut dp = hello(&s.enclave, &s.keys, id).unwrap();
     let input = dp.encrypt(&s.keys.public_key, &s.x);
-    let msg = error_of(dp.start(&mut s.enclave, reg2.model_id, &input));
+    let msg = error_of(dp.start(&s.enclave, reg2.model_id, &input));
     assert!(msg.contains("another model than the session's"), "{msg}");
     assert_eq!(s.status().sessions, 0);
 
     // The second model works on its own (one image padded to a batch of 2).
-    let logits = query(&mut s.enclave, &s.keys, &host2, reg2.model_id, &s.x).unwrap();
+    let logits = query(&s.enclave, &s.keys, &host2, reg2.model_id, &s.x).unwrap();
     assert_eq!(bits(&logits), bits(&reference(&s.q, &s.x)));
 }
 
@@ -315,22 +315,22 @@ fn evidence_must_be_this_enclaves_for_this_key_set() {
 
     // Another measurement.
     let ev = evidence_for([8; 32], rd);
-    let err = connect_with(&mut s.enclave, key_id, &ev, &ck, &hello_msg)
+    let err = connect_with(&s.enclave, key_id, &ev, &ck, &hello_msg)
         .err()
         .expect("evidence of another measurement was accepted");
     assert!(err.contains("not this enclave's"), "{err}");
 
     // Report data of another key set of the same enclave.
-    let other = create_keys(&mut s.enclave, &s.host.schedule.he);
+    let other = create_keys(&s.enclave, &s.host.schedule.he);
     assert_ne!(other.identity.report_data(), rd);
-    let err = connect_with(&mut s.enclave, key_id, &other.evidence, &ck, &hello_msg)
+    let err = connect_with(&s.enclave, key_id, &other.evidence, &ck, &hello_msg)
         .err()
         .expect("evidence of another key set was accepted");
     assert!(err.contains("not this enclave's"), "{err}");
 
     // Zeroed report data, and bytes that are not evidence.
     let ev = evidence_for(MEASUREMENT, [0; 64]);
-    let err = connect_with(&mut s.enclave, key_id, &ev, &ck, &hello_msg)
+    let err = connect_with(&s.enclave, key_id, &ev, &ck, &hello_msg)
         .err()
         .expect("evidence without the key binding was accepted");
     assert!(err.contains("not this enclave's"), "{err}");
@@ -343,14 +343,14 @@ fn evidence_must_be_this_enclaves_for_this_key_set() {
     assert!(msg.contains("evidence"), "{msg}");
 
     // An unknown key set.
-    let err = connect_with(&mut s.enclave, [3; 16], &s.keys.evidence, &ck, &hello_msg)
+    let err = connect_with(&s.enclave, [3; 16], &s.keys.evidence, &ck, &hello_msg)
         .err()
         .expect("an unknown key set was accepted");
     assert!(err.contains("unknown key set"), "{err}");
 
     assert_eq!(s.status().sessions, 0);
     // The right evidence still works.
-    assert!(connect(&mut s.enclave, &s.keys, &hello_msg).is_ok());
+    assert!(connect(&s.enclave, &s.keys, &hello_msg).is_ok());
 }
 
 #[test]
@@ -362,7 +362,7 @@ fn a_client_with_the_wrong_enclave_key_gets_no_channel() {
     };
     let impostor = StaticKeypair::generate().unwrap();
     match connect_with(
-        &mut s.enclave,
+        &s.enclave,
         s.keys.key_id,
         &s.keys.evidence,
         impostor.public(),
@@ -420,13 +420,13 @@ fn query_before_hello_and_unknown_models_are_refused() {
         images: 1,
         seed: Zeroizing::new([0; 32]),
     };
-    let err = connect(&mut s.enclave, &s.keys, &q)
+    let err = connect(&s.enclave, &s.keys, &q)
         .err()
         .expect("a query without hello was accepted");
     assert!(err.contains("must follow a hello"), "{err}");
 
     let err = connect(
-        &mut s.enclave,
+        &s.enclave,
         &s.keys,
         &ClientMessage::Hello { model_id: [1; 16] },
     )
@@ -436,7 +436,7 @@ fn query_before_hello_and_unknown_models_are_refused() {
 
     // A second Hello instead of the Query in a ready session.
     let id = s.model_id();
-    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let mut dp = hello(&s.enclave, &s.keys, id).unwrap();
     let payload = seal_msg(&mut dp.channel.tx, &ClientMessage::Hello { model_id: id });
     let msg = error_of(s.enclave.handle(Request::StartQuery {
         session: dp.channel.session,
@@ -477,14 +477,12 @@ fn query_before_hello_and_unknown_models_are_refused() {
 fn bad_registrations_are_refused() {
     let _g = shared();
     let mut s = Setup::new();
-    let other = create_keys(&mut s.enclave, &s.host.schedule.he);
+    let other = create_keys(&s.enclave, &s.host.schedule.he);
     let before = s.status().models;
 
     // The model names another key set than its channel's.
     let msg = register_message(&other, &s.host);
-    let err = connect(&mut s.enclave, &s.keys, &msg)
-        .err()
-        .expect("accepted");
+    let err = connect(&s.enclave, &s.keys, &msg).err().expect("accepted");
     assert!(err.contains("another key set than its channel"), "{err}");
 
     // HE parameters that are not the key set's.
@@ -500,9 +498,7 @@ fn bad_registrations_are_refused() {
         &s.host.plain_weights,
         ModelTerms::default(),
     );
-    let err = connect(&mut s.enclave, &s.keys, &msg)
-        .err()
-        .expect("accepted");
+    let err = connect(&s.enclave, &s.keys, &msg).err().expect("accepted");
     assert!(err.contains("not its key set's"), "{err}");
 
     // An inconsistent schedule.
@@ -515,9 +511,7 @@ fn bad_registrations_are_refused() {
         &s.host.plain_weights,
         ModelTerms::default(),
     );
-    let err = connect(&mut s.enclave, &s.keys, &msg)
-        .err()
-        .expect("accepted");
+    let err = connect(&s.enclave, &s.keys, &msg).err().expect("accepted");
     assert!(err.contains("bias"), "{err}");
 
     let st = s.status();
@@ -525,13 +519,9 @@ fn bad_registrations_are_refused() {
 
     // A Hello over a channel of another key set than the model's.
     let id = s.model_id();
-    let err = connect(
-        &mut s.enclave,
-        &other,
-        &ClientMessage::Hello { model_id: id },
-    )
-    .err()
-    .expect("accepted");
+    let err = connect(&s.enclave, &other, &ClientMessage::Hello { model_id: id })
+        .err()
+        .expect("accepted");
     assert!(err.contains("not under this channel's key set"), "{err}");
 }
 
@@ -548,7 +538,7 @@ fn only_the_key_set_owner_registers_models() {
     let _g = shared();
     let mut s = Setup::new();
     let mallory = Arc::new(StaticKeypair::generate().unwrap());
-    let own = create_keys_for(&mut s.enclave, &s.host.schedule.he, mallory.clone());
+    let own = create_keys_for(&s.enclave, &s.host.schedule.he, mallory.clone());
     let before = s.status();
     assert_eq!(counts(&before), (2, 1, 0));
 
@@ -562,7 +552,7 @@ fn only_the_key_set_owner_registers_models() {
     let anonymous = StaticKeypair::generate().unwrap();
     for (name, who) in [("a fresh key", &anonymous), ("another owner", &*mallory)] {
         let err = connect_as(
-            &mut s.enclave,
+            &s.enclave,
             s.keys.key_id,
             &s.keys.evidence,
             &s.keys.identity.channel_public_key,
@@ -575,14 +565,14 @@ fn only_the_key_set_owner_registers_models() {
         assert_eq!(counts(&s.status()), counts(&before), "{name}");
     }
     // Nor through a channel to a key set it owns.
-    let err = connect(&mut s.enclave, &own, &msg)
+    let err = connect(&s.enclave, &own, &msg)
         .err()
         .expect("registered under another key set than the channel's");
     assert!(err.contains("another key set than its channel"), "{err}");
     assert_eq!(counts(&s.status()), counts(&before));
 
     // The owner can.
-    let reg = register(&mut s.enclave, &s.keys, &host2);
+    let reg = register(&s.enclave, &s.keys, &host2);
     assert_ne!(reg.model_id, s.model_id());
     assert_eq!(s.status().models, before.models + 1);
 }
@@ -606,7 +596,7 @@ fn an_upload_is_registered_once() {
         ),
     ];
     for msg in &again {
-        let err = connect(&mut s.enclave, &s.keys, msg)
+        let err = connect(&s.enclave, &s.keys, msg)
             .err()
             .expect("an upload was registered twice");
         assert!(
@@ -616,7 +606,7 @@ fn an_upload_is_registered_once() {
     }
     assert_eq!(counts(&s.status()), (1, 1, 0));
     // The model keeps its terms: all logits, no budget.
-    let r = report(&mut s.enclave, &s.keys, id);
+    let r = report(&s.enclave, &s.keys, id);
     assert_eq!(r.terms, ModelTerms::default());
     let x = s.x.clone();
     for _ in 0..2 {
@@ -630,7 +620,7 @@ fn the_owner_manages_its_model_and_nobody_else_can() {
     let mut s = Setup::new();
     let id = s.model_id();
 
-    let r = report(&mut s.enclave, &s.keys, id);
+    let r = report(&s.enclave, &s.keys, id);
     assert_eq!(r.model_id, id);
     assert_eq!((r.version, r.locked, r.failures), (1, false, 0));
     assert_eq!(r.terms, ModelTerms::default());
@@ -650,7 +640,7 @@ fn the_owner_manages_its_model_and_nobody_else_can() {
     ];
     for msg in &msgs {
         let err = connect_as(
-            &mut s.enclave,
+            &s.enclave,
             s.keys.key_id,
             &s.keys.evidence,
             &s.keys.identity.channel_public_key,
@@ -662,30 +652,25 @@ fn the_owner_manages_its_model_and_nobody_else_can() {
         assert!(err.contains(NOT_OWNER), "{err}");
     }
     // Owning another key set does not help either.
-    let own = create_keys_for(&mut s.enclave, &s.host.schedule.he, mallory.clone());
+    let own = create_keys_for(&s.enclave, &s.host.schedule.he, mallory.clone());
     for msg in &msgs {
-        let err = connect(&mut s.enclave, &own, msg)
+        let err = connect(&s.enclave, &own, msg)
             .err()
             .unwrap_or_else(|| panic!("{msg:?} through another key set was accepted"));
         assert!(err.contains("no such model under this key set"), "{err}");
     }
     assert_eq!(s.status().sessions, 0);
-    let r = report(&mut s.enclave, &s.keys, id);
+    let r = report(&s.enclave, &s.keys, id);
     assert_eq!((r.version, r.locked), (1, false));
     assert_eq!(r.allow, AllowList::Open);
 
     // The owner's changes each give a new version and sealed state.
-    let (r, sealed) = manage(
-        &mut s.enclave,
-        &s.keys,
-        &ClientMessage::Unlock { model_id: id },
-    )
-    .unwrap();
+    let (r, sealed) = manage(&s.enclave, &s.keys, &ClientMessage::Unlock { model_id: id }).unwrap();
     let sealed = sealed.expect("unlock gives a new sealed state");
     assert_eq!((r.version, sealed.version, sealed.model_id), (2, 2, id));
     assert!(!r.locked);
     let (r, sealed) = manage(
-        &mut s.enclave,
+        &s.enclave,
         &s.keys,
         &ClientMessage::SetAllowList {
             model_id: id,
@@ -695,11 +680,11 @@ fn the_owner_manages_its_model_and_nobody_else_can() {
     .unwrap();
     assert_eq!((r.version, sealed.unwrap().version), (3, 3));
     assert_eq!(r.allow, listed);
-    assert_eq!(report(&mut s.enclave, &s.keys, id).allow, listed);
+    assert_eq!(report(&s.enclave, &s.keys, id).allow, listed);
 
     // An unknown model.
     let err = connect(
-        &mut s.enclave,
+        &s.enclave,
         &s.keys,
         &ClientMessage::ModelStatus { model_id: [9; 16] },
     )
@@ -722,13 +707,13 @@ fn the_allow_list_refuses_unlisted_keys_at_hello() {
     let id = s.model_id();
     let x = s.x.clone();
     for (name, who) in [("bob", Some(&bob)), ("a fresh key", None)] {
-        let err = hello_as(&mut s.enclave, &s.keys, who, id)
+        let err = hello_as(&s.enclave, &s.keys, who, id)
             .err()
             .unwrap_or_else(|| panic!("{name} said hello to a model that does not list it"));
         assert!(err.contains(UNLISTED), "{name}: {err}");
         assert_eq!(s.status().sessions, 0);
     }
-    let (logits, _) = query_as(&mut s.enclave, &s.keys, &s.host, id, Some(&alice), &x).unwrap();
+    let (logits, _) = query_as(&s.enclave, &s.keys, &s.host, id, Some(&alice), &x).unwrap();
     assert_eq!(bits(&logits), bits(&reference(&s.q, &x)));
 }
 
@@ -741,9 +726,9 @@ fn set_allow_list_takes_effect_for_new_sessions() {
     let alice = StaticKeypair::generate().unwrap();
     let bob = StaticKeypair::generate().unwrap();
     // Bob said hello while the model was open to everyone.
-    let mut bob_ready = hello_as(&mut s.enclave, &s.keys, Some(&bob), id).unwrap();
+    let mut bob_ready = hello_as(&s.enclave, &s.keys, Some(&bob), id).unwrap();
 
-    let set = |e: &mut Enclave, keys: &Keys, allow: AllowList| {
+    let set = |e: &Enclave, keys: &Keys, allow: AllowList| {
         let (r, sealed) = manage(
             e,
             keys,
@@ -762,21 +747,21 @@ fn set_allow_list_takes_effect_for_new_sessions() {
         AllowList::Only(vec![*alice.public()]),
     );
 
-    let err = hello_as(&mut s.enclave, &s.keys, Some(&bob), id)
+    let err = hello_as(&s.enclave, &s.keys, Some(&bob), id)
         .err()
         .expect("an unlisted key said hello");
     assert!(err.contains(UNLISTED), "{err}");
     // The session that said hello before is admitted again when its query
     // starts, and closed.
     let input = bob_ready.encrypt(&s.keys.public_key, &x);
-    let msg = error_of(bob_ready.start(&mut s.enclave, id, &input));
+    let msg = error_of(bob_ready.start(&s.enclave, id, &input));
     assert!(msg.contains(UNLISTED), "{msg}");
     assert_eq!(s.status().sessions, 0);
-    assert!(query_as(&mut s.enclave, &s.keys, &s.host, id, Some(&alice), &x).is_ok());
+    assert!(query_as(&s.enclave, &s.keys, &s.host, id, Some(&alice), &x).is_ok());
 
     // Open again: bob may query.
-    set(&mut s.enclave, &s.keys, AllowList::Open);
-    let (logits, _) = query_as(&mut s.enclave, &s.keys, &s.host, id, Some(&bob), &x).unwrap();
+    set(&s.enclave, &s.keys, AllowList::Open);
+    let (logits, _) = query_as(&s.enclave, &s.keys, &s.host, id, Some(&bob), &x).unwrap();
     assert_eq!(bits(&logits), bits(&reference(&s.q, &x)));
 }
 
@@ -789,7 +774,7 @@ fn interleaved_sessions_of_two_clients_both_succeed() {
     let id = s.model_id();
     let xs = [s.x.clone(), other_input()];
     let mut dps: Vec<DataProvider> = (0..2)
-        .map(|_| hello(&mut s.enclave, &s.keys, id).unwrap())
+        .map(|_| hello(&s.enclave, &s.keys, id).unwrap())
         .collect();
     assert_ne!(dps[0].channel.session, dps[1].channel.session);
     let mut inputs: Vec<Vec<Vec<u8>>> = dps
@@ -799,7 +784,7 @@ fn interleaved_sessions_of_two_clients_both_succeed() {
         .collect();
     for (dp, input) in dps.iter_mut().zip(&inputs) {
         assert!(matches!(
-            dp.start(&mut s.enclave, id, input),
+            dp.start(&s.enclave, id, input),
             Response::QueryStarted { input: None, .. }
         ));
     }
@@ -809,7 +794,7 @@ fn interleaved_sessions_of_two_clients_both_succeed() {
         &Schedule::compile(&s.q, 2).unwrap(),
         &s.keys.public_key,
     );
-    register(&mut s.enclave, &s.keys, &other);
+    register(&s.enclave, &s.keys, &other);
 
     let stages = s.host.schedule.stages.len();
     let mut payloads = [None, None];
@@ -855,7 +840,7 @@ fn close_session_forgets_it() {
     let _g = shared();
     let mut s = Setup::new();
     let id = s.model_id();
-    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let mut dp = hello(&s.enclave, &s.keys, id).unwrap();
     assert_eq!(s.status().sessions, 1);
     assert!(matches!(
         s.enclave.handle(Request::CloseSession {
@@ -865,7 +850,7 @@ fn close_session_forgets_it() {
     ));
     assert_eq!(s.status().sessions, 0);
     let input = dp.encrypt(&s.keys.public_key, &s.x);
-    let msg = error_of(dp.start(&mut s.enclave, id, &input));
+    let msg = error_of(dp.start(&s.enclave, id, &input));
     assert!(msg.contains("unknown or closed session"), "{msg}");
 }
 
@@ -902,11 +887,11 @@ fn a_wrong_stage_result_fails_the_freivalds_check() {
     let client = StaticKeypair::generate().unwrap();
 
     // The host evaluates stage 0 on other ciphertexts than the committed input.
-    let mut dp = hello_as(&mut s.enclave, &s.keys, Some(&client), id).unwrap();
+    let mut dp = hello_as(&s.enclave, &s.keys, Some(&client), id).unwrap();
     let input = dp.encrypt(&s.keys.public_key, &s.x);
     let other = dp.encrypt(&s.keys.public_key, &other_input());
     assert!(matches!(
-        dp.start(&mut s.enclave, id, &input),
+        dp.start(&s.enclave, id, &input),
         Response::QueryStarted { input: None, .. }
     ));
     let state = failed_check(s.enclave.handle(Request::StageResult {
@@ -919,10 +904,10 @@ fn a_wrong_stage_result_fails_the_freivalds_check() {
 
     // Stage 0 is right but stage 1 gets the input of another query.
     let client2 = StaticKeypair::generate().unwrap();
-    let mut dp = hello_as(&mut s.enclave, &s.keys, Some(&client2), id).unwrap();
+    let mut dp = hello_as(&s.enclave, &s.keys, Some(&client2), id).unwrap();
     let input = dp.encrypt(&s.keys.public_key, &s.x);
     assert!(matches!(
-        dp.start(&mut s.enclave, id, &input),
+        dp.start(&s.enclave, id, &input),
         Response::QueryStarted { input: None, .. }
     ));
     let session = dp.channel.session;
@@ -936,10 +921,10 @@ fn a_wrong_stage_result_fails_the_freivalds_check() {
         "{}",
         short(&r)
     );
-    let mut dp2 = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let mut dp2 = hello(&s.enclave, &s.keys, id).unwrap();
     let input2 = dp2.encrypt(&s.keys.public_key, &other_input());
     assert!(matches!(
-        dp2.start(&mut s.enclave, id, &input2),
+        dp2.start(&s.enclave, id, &input2),
         Response::QueryStarted { input: None, .. }
     ));
     let Response::NextInput {
@@ -959,7 +944,7 @@ fn a_wrong_stage_result_fails_the_freivalds_check() {
     }));
     assert_eq!(state.version, 3);
     // The other query is unaffected.
-    let r = run_stages_from(&mut s.enclave, &s.host, dp2.channel.session, 1, next2);
+    let r = run_stages_from(&s.enclave, &s.host, dp2.channel.session, 1, next2);
     let Response::Finished { payload } = r else {
         panic!("{}", short(&r))
     };
@@ -968,7 +953,7 @@ fn a_wrong_stage_result_fails_the_freivalds_check() {
 
     // Both failures are logged for the owner; below the threshold, the
     // model still serves.
-    let r = report(&mut s.enclave, &s.keys, id);
+    let r = report(&s.enclave, &s.keys, id);
     assert_eq!((r.version, r.failures, r.locked), (3, 2, false));
     assert_eq!(
         r.incidents,
@@ -997,13 +982,13 @@ fn a_failed_check_locks_the_model_until_its_owner_unlocks_it() {
     let id = s.model_id();
     let x = s.x.clone();
     // A session that said hello before the failure.
-    let mut early = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let mut early = hello(&s.enclave, &s.keys, id).unwrap();
 
-    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let mut dp = hello(&s.enclave, &s.keys, id).unwrap();
     let input = dp.encrypt(&s.keys.public_key, &x);
     let other = dp.encrypt(&s.keys.public_key, &other_input());
     assert!(matches!(
-        dp.start(&mut s.enclave, id, &input),
+        dp.start(&s.enclave, id, &input),
         Response::QueryStarted { input: None, .. }
     ));
     let state = failed_check(s.enclave.handle(Request::StageResult {
@@ -1018,21 +1003,16 @@ fn a_failed_check_locks_the_model_until_its_owner_unlocks_it() {
     let err = s.query(&x).expect_err("a locked model answered");
     assert_eq!(err, format!("protocol: {LOCKED}"));
     let early_input = early.encrypt(&s.keys.public_key, &x);
-    let msg = error_of(early.start(&mut s.enclave, id, &early_input));
+    let msg = error_of(early.start(&s.enclave, id, &early_input));
     assert!(msg.contains(LOCKED), "{msg}");
     assert_eq!(s.status().sessions, 0);
 
-    let r = report(&mut s.enclave, &s.keys, id);
+    let r = report(&s.enclave, &s.keys, id);
     assert_eq!((r.version, r.failures, r.locked), (2, 1, true));
     assert_eq!(r.incidents.len(), 1);
     assert_eq!(r.incidents[0].stage, 0);
 
-    let (r, sealed) = manage(
-        &mut s.enclave,
-        &s.keys,
-        &ClientMessage::Unlock { model_id: id },
-    )
-    .unwrap();
+    let (r, sealed) = manage(&s.enclave, &s.keys, &ClientMessage::Unlock { model_id: id }).unwrap();
     assert_eq!((r.version, r.failures, r.locked), (3, 0, false));
     assert!(r.incidents.is_empty());
     assert_eq!(sealed.unwrap().version, 3);
@@ -1041,7 +1021,7 @@ fn a_failed_check_locks_the_model_until_its_owner_unlocks_it() {
 
 /// [`run_stages`] from stage `k`.
 fn run_stages_from(
-    e: &mut hetee_enclave::Enclave,
+    e: &hetee_enclave::Enclave,
     host: &HostModel,
     session: hetee_enclave::messages::SessionId,
     k: usize,
@@ -1101,9 +1081,7 @@ fn registration_needs_well_formed_weights_and_terms() {
             &bad,
             ModelTerms::default(),
         );
-        let err = connect(&mut s.enclave, &s.keys, &msg)
-            .err()
-            .expect("accepted");
+        let err = connect(&s.enclave, &s.keys, &msg).err().expect("accepted");
         assert!(err.contains(what), "{what}: {err}");
     }
     for (what, terms) in [
@@ -1123,9 +1101,7 @@ fn registration_needs_well_formed_weights_and_terms() {
         ),
     ] {
         let msg = registration(&s.keys, fresh, s.host.schedule.clone(), &w, terms);
-        let err = connect(&mut s.enclave, &s.keys, &msg)
-            .err()
-            .expect("accepted");
+        let err = connect(&s.enclave, &s.keys, &msg).err().expect("accepted");
         assert!(err.contains(what), "{what}: {err}");
     }
     assert_eq!(counts(&s.status()), (1, 1, 0));
@@ -1140,16 +1116,16 @@ fn registration_needs_well_formed_weights_and_terms() {
             ..ModelTerms::default()
         },
     );
-    assert!(connect(&mut s.enclave, &s.keys, &msg).is_ok());
+    assert!(connect(&s.enclave, &s.keys, &msg).is_ok());
     assert_eq!(s.status().models, 2);
 }
 
 #[test]
 fn thin_query_matches_the_reference() {
     let _g = shared();
-    let mut s = Setup::new();
+    let s = Setup::new();
     let id = s.model_id();
-    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let mut dp = hello(&s.enclave, &s.keys, id).unwrap();
     let images = vec![s.x.clone()];
     let payload = seal_msg(
         &mut dp.channel.tx,
@@ -1168,8 +1144,7 @@ fn thin_query_matches_the_reference() {
         } => cts,
         other => panic!("{}", short(&other)),
     };
-    let Response::Finished { payload } =
-        run_stages(&mut s.enclave, &s.host, dp.channel.session, input)
+    let Response::Finished { payload } = run_stages(&s.enclave, &s.host, dp.channel.session, input)
     else {
         panic!("thin query failed")
     };
@@ -1178,7 +1153,7 @@ fn thin_query_matches_the_reference() {
     assert_eq!(bits(&r.logits), bits(&reference(&s.q, &s.x)));
 
     // A thin query with ciphertexts attached is refused.
-    let mut dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let mut dp = hello(&s.enclave, &s.keys, id).unwrap();
     let payload = seal_msg(
         &mut dp.channel.tx,
         &ClientMessage::ThinQuery {
@@ -1199,11 +1174,11 @@ fn label_policy_and_query_budget_per_client_key() {
     let _g = shared();
     let (q, x) = tiny_model();
     let schedule = Schedule::compile(&q, 1).unwrap();
-    let mut e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
-    let keys = create_keys(&mut e, &schedule.he);
+    let e = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let keys = create_keys(&e, &schedule.he);
     let host = HostModel::new(&q, &schedule, &keys.public_key);
     let reg = register_with(
-        &mut e,
+        &e,
         &keys,
         &register_message_with(&keys, &host, OutputPolicy::Label, Some(2)),
     );
@@ -1214,7 +1189,7 @@ fn label_policy_and_query_budget_per_client_key() {
         .unwrap() as u32;
 
     let alice = StaticKeypair::generate().unwrap();
-    let run = |e: &mut hetee_enclave::Enclave, who: &StaticKeypair| -> Result<_, String> {
+    let run = |e: &hetee_enclave::Enclave, who: &StaticKeypair| -> Result<_, String> {
         let mut dp = hello_as(e, &keys, Some(who), id)?;
         let input = dp.encrypt(&keys.public_key, &x);
         match dp.start(e, id, &input) {
@@ -1227,18 +1202,18 @@ fn label_policy_and_query_budget_per_client_key() {
         }
     };
     for _ in 0..2 {
-        let r = run(&mut e, &alice).unwrap();
+        let r = run(&e, &alice).unwrap();
         assert_eq!(r.policy, OutputPolicy::Label);
         assert!(r.logits.is_empty(), "the label policy released logits");
         assert_eq!(*r.labels, vec![best]);
     }
-    let err = run(&mut e, &alice).expect_err("a third query was allowed");
+    let err = run(&e, &alice).expect_err("a third query was allowed");
     assert!(err.contains("query budget for the model is spent"), "{err}");
     // Another client key has its own budget.
     let bob = StaticKeypair::generate().unwrap();
-    assert_eq!(*run(&mut e, &bob).unwrap().labels, vec![best]);
+    assert_eq!(*run(&e, &bob).unwrap().labels, vec![best]);
     // The owner sees what each key spent: one state version per query.
-    let r = report(&mut e, &keys, id);
+    let r = report(&e, &keys, id);
     let mut spent = vec![(*alice.public(), 2), (*bob.public(), 1)];
     spent.sort();
     assert_eq!(r.spent, spent);
@@ -1276,7 +1251,7 @@ fn re_registration_cannot_replace_a_registered_model() {
     // The attacker (any key but the owner's) is refused as a non-owner...
     let attacker = StaticKeypair::generate().unwrap();
     let err = connect_as(
-        &mut s.enclave,
+        &s.enclave,
         s.keys.key_id,
         &s.keys.evidence,
         &s.keys.identity.channel_public_key,
@@ -1287,7 +1262,7 @@ fn re_registration_cannot_replace_a_registered_model() {
     .expect("a non-owner re-registered the victim's upload");
     assert!(err.contains(NOT_OWNER), "{err}");
     // ...and the owner's own key could not replace the model either.
-    let err = connect(&mut s.enclave, &s.keys, &attack)
+    let err = connect(&s.enclave, &s.keys, &attack)
         .err()
         .expect("an upload was registered twice");
     assert!(err.contains("already registered"), "{err}");
@@ -1295,7 +1270,7 @@ fn re_registration_cannot_replace_a_registered_model() {
 
     let mut one_hot = vec![0f32; s.x.len()];
     one_hot[0] = 1.0;
-    let dp = hello(&mut s.enclave, &s.keys, id).unwrap();
+    let dp = hello(&s.enclave, &s.keys, id).unwrap();
     assert_eq!(
         dp.plan.classes, 3,
         "the victim's model now has another plan"
@@ -1321,12 +1296,12 @@ fn keys_over_the_memory_budget_are_refused_and_rolled_back() {
     let he8 = HeConfig::for_accumulator_bound(1 << 40).unwrap();
     assert_eq!((he4.degree, he8.degree), (4096, 8192));
 
-    let mut e = attested_enclave(MEASUREMENT, SMALL);
-    assert_eq!(status(&mut e).memory_budget, 16 << 20);
+    let e = attested_enclave(MEASUREMENT, SMALL);
+    assert_eq!(status(&e).memory_budget, 16 << 20);
     // N = 4096 keys fit (about 8 MiB).
-    let keys = create_keys(&mut e, &he4);
+    let keys = create_keys(&e, &he4);
     assert!(budget::peak() < 16 << 20);
-    let before = status(&mut e);
+    let before = status(&e);
     assert_eq!(before.keysets, 1);
 
     // N = 8192 keys take about 60 MiB.
@@ -1336,14 +1311,14 @@ fn keys_over_the_memory_budget_are_refused_and_rolled_back() {
     }));
     assert!(msg.contains("memory budget of 16 MiB exceeded"), "{msg}");
     assert!(budget::peak() > 16 << 20);
-    let after = status(&mut e);
+    let after = status(&e);
     assert_eq!(after.keysets, 1);
     assert!(
         after.memory_current < before.memory_current + (1 << 20),
         "not freed: {before:?} -> {after:?}"
     );
     // Still serving the key set it has.
-    assert_eq!(identity(&mut e, keys.key_id).public_key, keys.public_key);
+    assert_eq!(identity(&e, keys.key_id).public_key, keys.public_key);
     drop(e);
 
     // The same request is fine with the default budget.
@@ -1414,8 +1389,8 @@ fn a_stage_over_the_memory_budget_closes_its_session() {
     let schedule = Schedule::compile(&q, 16).unwrap();
     assert_eq!(schedule.he.degree, 4096);
 
-    let mut e = attested_enclave(MEASUREMENT, SMALL);
-    let keys = create_keys(&mut e, &schedule.he);
+    let e = attested_enclave(MEASUREMENT, SMALL);
+    let keys = create_keys(&e, &schedule.he);
     // The host's copy of the model lives in this process too: register with
     // its commitment, then drop it so it does not count against the budget.
     let (commitment, weights) = {
@@ -1429,14 +1404,14 @@ fn a_stage_over_the_memory_budget_closes_its_session() {
         &weights,
         ModelTerms::default(),
     );
-    let opened = connect(&mut e, &keys, &msg).unwrap();
+    let opened = connect(&e, &keys, &msg).unwrap();
     let id = opened.registered.unwrap().model_id;
     let digest =
         hetee_enclave::messages::registration_digest(&schedule, &weights, &ModelTerms::default());
     assert_eq!(id, model_id(&keys.key_id, &commitment, &digest));
-    let mut dp = hello(&mut e, &keys, id).unwrap();
+    let mut dp = hello(&e, &keys, id).unwrap();
     let input = dp.encrypt(&keys.public_key, &x);
-    let r = dp.start(&mut e, id, &input);
+    let r = dp.start(&e, id, &input);
     assert!(
         matches!(r, Response::QueryStarted { input: None, .. }),
         "{}",
@@ -1451,7 +1426,7 @@ fn a_stage_over_the_memory_budget_closes_its_session() {
         host.evaluate(0, &input)
     };
     assert_eq!(out0.len(), schedule.stages[0].packing.output_count());
-    let before = status(&mut e);
+    let before = status(&e);
     assert_eq!((before.keysets, before.models, before.sessions), (1, 1, 1));
     assert!(before.memory_current < 16 << 20, "{before:?}");
 
@@ -1462,7 +1437,7 @@ fn a_stage_over_the_memory_budget_closes_its_session() {
     }));
     assert!(msg.contains("memory budget of 16 MiB exceeded"), "{msg}");
     assert!(budget::peak() > 16 << 20);
-    let after = status(&mut e);
+    let after = status(&e);
     assert_eq!((after.keysets, after.models, after.sessions), (1, 1, 0));
     assert!(
         after.memory_current < before.memory_current + (1 << 20),
@@ -1485,16 +1460,16 @@ fn a_refused_restore_keeps_what_was_loaded() {
     let _g = exclusive();
     let (q, _) = tiny_model();
     let he = Schedule::compile(&q, 1).unwrap().he;
-    let mut e = attested_enclave(MEASUREMENT, SMALL);
-    let a = create_keys(&mut e, &he);
-    let b = create_keys(&mut e, &he);
-    assert_eq!(status(&mut e).keysets, 2);
+    let e = attested_enclave(MEASUREMENT, SMALL);
+    let a = create_keys(&e, &he);
+    let b = create_keys(&e, &he);
+    assert_eq!(status(&e).keysets, 2);
     // About 15 MiB are in use; restoring A again needs about 8 more.
     let msg = error_of(e.handle(Request::RestoreKeys {
         sealed: a.sealed.clone(),
     }));
     assert!(msg.contains("memory budget"), "{msg}");
-    assert_eq!(identity(&mut e, b.key_id).public_key, b.public_key);
+    assert_eq!(identity(&e, b.key_id).public_key, b.public_key);
     match e.handle(Request::Evidence { key_id: a.key_id }) {
         Response::Evidence { identity, .. } => assert_eq!(identity.public_key, a.public_key),
         other => panic!("key set A was lost: {}", short(&other)),

@@ -158,12 +158,12 @@ pub fn evidence_for(measurement: [u8; 32], report_data: [u8; 64]) -> Vec<u8> {
 }
 
 /// CreateKeys (owned by a fresh model-provider key) + evidence.
-pub fn create_keys(e: &mut Enclave, he: &HeConfig) -> Keys {
+pub fn create_keys(e: &Enclave, he: &HeConfig) -> Keys {
     create_keys_for(e, he, Arc::new(StaticKeypair::generate().unwrap()))
 }
 
 /// CreateKeys owned by `owner` + evidence.
-pub fn create_keys_for(e: &mut Enclave, he: &HeConfig, owner: Arc<StaticKeypair>) -> Keys {
+pub fn create_keys_for(e: &Enclave, he: &HeConfig, owner: Arc<StaticKeypair>) -> Keys {
     let (key_id, public_key, sealed) = match e.handle(Request::CreateKeys {
         he: he.clone(),
         owner: *owner.public(),
@@ -189,7 +189,7 @@ pub fn create_keys_for(e: &mut Enclave, he: &HeConfig, owner: Arc<StaticKeypair>
 }
 
 /// The identity of a key set and the platform's evidence for it.
-pub fn evidence(e: &mut Enclave, key_id: KeyId) -> (Identity, Vec<u8>) {
+pub fn evidence(e: &Enclave, key_id: KeyId) -> (Identity, Vec<u8>) {
     match e.handle(Request::Evidence { key_id }) {
         Response::Evidence { identity, evidence } => (identity, evidence),
         other => panic!("Evidence: {}", short(&other)),
@@ -199,7 +199,7 @@ pub fn evidence(e: &mut Enclave, key_id: KeyId) -> (Identity, Vec<u8>) {
 /// A key set as clients see it after the enclave restarted (or in another
 /// enclave that restored it): same key set and owner, the identity and
 /// evidence this enclave gives now (its channel and result keys are new).
-pub fn reattest(e: &mut Enclave, keys: &Keys) -> Keys {
+pub fn reattest(e: &Enclave, keys: &Keys) -> Keys {
     let (identity, evidence) = evidence(e, keys.key_id);
     assert_eq!(identity.public_key, keys.public_key);
     assert_eq!(&identity.owner, keys.owner.public());
@@ -211,7 +211,7 @@ pub fn reattest(e: &mut Enclave, keys: &Keys) -> Keys {
 }
 
 /// The identity of a key set.
-pub fn identity(e: &mut Enclave, key_id: KeyId) -> Identity {
+pub fn identity(e: &Enclave, key_id: KeyId) -> Identity {
     evidence(e, key_id).0
 }
 
@@ -243,7 +243,7 @@ pub fn open_msg(tx: &mut Transport, payload: &[u8]) -> EnclaveMessage {
 /// `evidence` as prologue, then `first` as the first message. Any refusal
 /// comes back as `Err` with what the enclave (or the handshake) said.
 pub fn connect_with(
-    e: &mut Enclave,
+    e: &Enclave,
     key_id: KeyId,
     evidence: &[u8],
     enclave_key: &[u8; 32],
@@ -254,7 +254,7 @@ pub fn connect_with(
 
 /// [`connect_with`] with a long-term client key (`None`: a fresh one).
 pub fn connect_as(
-    e: &mut Enclave,
+    e: &Enclave,
     key_id: KeyId,
     evidence: &[u8],
     enclave_key: &[u8; 32],
@@ -307,7 +307,7 @@ pub fn connect_as(
 
 /// [`connect_with`] using the key set's own evidence and channel key, as
 /// the key set's owner.
-pub fn connect(e: &mut Enclave, keys: &Keys, first: &ClientMessage) -> Result<Opened, String> {
+pub fn connect(e: &Enclave, keys: &Keys, first: &ClientMessage) -> Result<Opened, String> {
     connect_as(
         e,
         keys.key_id,
@@ -320,7 +320,7 @@ pub fn connect(e: &mut Enclave, keys: &Keys, first: &ClientMessage) -> Result<Op
 
 /// An owner's management message; the model's report and new sealed state.
 pub fn manage(
-    e: &mut Enclave,
+    e: &Enclave,
     keys: &Keys,
     msg: &ClientMessage,
 ) -> Result<(ModelReport, Option<hetee_enclave::messages::SealedState>), String> {
@@ -444,12 +444,12 @@ pub fn register_message_terms(
 }
 
 /// The model provider registers `host`'s model; returns what the host stores.
-pub fn register(e: &mut Enclave, keys: &Keys, host: &HostModel) -> RegisteredModel {
+pub fn register(e: &Enclave, keys: &Keys, host: &HostModel) -> RegisteredModel {
     register_with(e, keys, &register_message(keys, host))
 }
 
 /// Registers with the given RegisterModel message.
-pub fn register_with(e: &mut Enclave, keys: &Keys, msg: &ClientMessage) -> RegisteredModel {
+pub fn register_with(e: &Enclave, keys: &Keys, msg: &ClientMessage) -> RegisteredModel {
     let opened = connect(e, keys, msg).unwrap();
     let reg = opened
         .registered
@@ -470,13 +470,13 @@ pub struct DataProvider {
 }
 
 /// Hello on a new channel.
-pub fn hello(e: &mut Enclave, keys: &Keys, model_id: ModelId) -> Result<DataProvider, String> {
+pub fn hello(e: &Enclave, keys: &Keys, model_id: ModelId) -> Result<DataProvider, String> {
     hello_as(e, keys, None, model_id)
 }
 
 /// Hello on a new channel with a long-term client key.
 pub fn hello_as(
-    e: &mut Enclave,
+    e: &Enclave,
     keys: &Keys,
     client: Option<&StaticKeypair>,
     model_id: ModelId,
@@ -527,7 +527,7 @@ impl DataProvider {
     }
 
     /// StartQuery for `model_id` with these inputs.
-    pub fn start(&mut self, e: &mut Enclave, model_id: ModelId, input: &[Vec<u8>]) -> Response {
+    pub fn start(&mut self, e: &Enclave, model_id: ModelId, input: &[Vec<u8>]) -> Response {
         let payload = self.query_payload(input);
         e.handle(Request::StartQuery {
             session: self.channel.session,
@@ -556,7 +556,7 @@ impl DataProvider {
 /// The host runs every stage of a started query; returns the final response
 /// (Finished, Logits or the first Error).
 pub fn run_stages(
-    e: &mut Enclave,
+    e: &Enclave,
     host: &HostModel,
     session: SessionId,
     input: Vec<Vec<u8>>,
@@ -581,7 +581,7 @@ pub fn run_stages(
 
 /// A whole query by a new data provider; returns the logits it receives.
 pub fn query(
-    e: &mut Enclave,
+    e: &Enclave,
     keys: &Keys,
     host: &HostModel,
     model_id: ModelId,
@@ -593,7 +593,7 @@ pub fn query(
 /// [`query`] by a data provider with this long-term key (`None`: a fresh
 /// one); also returns the sealed state the query's start gave the host.
 pub fn query_as(
-    e: &mut Enclave,
+    e: &Enclave,
     keys: &Keys,
     host: &HostModel,
     model_id: ModelId,
@@ -629,7 +629,7 @@ pub fn query_as(
 /// One image through a thin query: the input goes over the channel and
 /// the enclave encrypts stage 0's input itself.
 pub fn query_thin(
-    e: &mut Enclave,
+    e: &Enclave,
     keys: &Keys,
     host: &HostModel,
     model_id: ModelId,
@@ -694,11 +694,11 @@ impl Setup {
     pub fn with_terms(config: EnclaveConfig, terms: ModelTerms, allow: AllowList) -> Self {
         let (q, x) = tiny_model();
         let schedule = Schedule::compile(&q, 1).unwrap();
-        let mut enclave = attested_enclave(MEASUREMENT, config);
-        let keys = create_keys(&mut enclave, &schedule.he);
+        let enclave = attested_enclave(MEASUREMENT, config);
+        let keys = create_keys(&enclave, &schedule.he);
         let host = HostModel::new(&q, &schedule, &keys.public_key);
         let registered = register_with(
-            &mut enclave,
+            &enclave,
             &keys,
             &register_message_terms(&keys, &host, terms, allow),
         );
@@ -732,17 +732,17 @@ impl Setup {
     /// A whole query.
     pub fn query(&mut self, x: &[f32]) -> Result<Vec<f32>, String> {
         let id = self.model_id();
-        query(&mut self.enclave, &self.keys, &self.host, id, x)
+        query(&self.enclave, &self.keys, &self.host, id, x)
     }
 
     /// Enclave counters.
     pub fn status(&mut self) -> hetee_enclave::messages::Status {
-        status(&mut self.enclave)
+        status(&self.enclave)
     }
 }
 
 /// Enclave counters.
-pub fn status(e: &mut Enclave) -> hetee_enclave::messages::Status {
+pub fn status(e: &Enclave) -> hetee_enclave::messages::Status {
     match e.handle(Request::Status) {
         Response::Status(s) => s,
         other => panic!("Status: {}", short(&other)),
