@@ -155,6 +155,22 @@ impl Enclave {
             if want != Some(w.len()) {
                 return refuse(format!("stage {k}: the weights do not fit the layer"));
             }
+            // The host skips products across a grouped conv's groups: the
+            // weights there must be zero.
+            let grouped = st.spec.groups > 1
+                && !hetee_proto::schedule::respects_groups(
+                    w,
+                    c,
+                    st.tail.out_channels,
+                    kh * kw,
+                    st.spec.groups,
+                );
+            if grouped {
+                return refuse(format!(
+                    "stage {k}: the schedule declares {} groups but the weights cross them",
+                    st.spec.groups
+                ));
+            }
             let mut stage = st.tail.clone();
             stage.weight = w.clone();
             checks.push(StageCheck::draw(&stage, &mut rng));

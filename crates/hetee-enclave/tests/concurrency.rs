@@ -91,6 +91,10 @@ fn concurrent_query_starts_cannot_overspend_a_budget() {
             });
         }
     });
-    assert_eq!(started.load(Ordering::Relaxed), 3, "the budget is 3 queries");
+    assert_eq!(
+        started.load(Ordering::Relaxed),
+        3,
+        "the budget is 3 queries"
+    );
     assert_eq!(refused.load(Ordering::Relaxed), 13);
 }

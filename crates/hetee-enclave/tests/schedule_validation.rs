@@ -151,4 +151,11 @@ fn tampered_schedules_are_refused() {
     let mut s = schedule();
     s.stages.truncate(1);
     refused(s, "logits");
+
+    // A dense conv declared grouped: the host would skip products whose
+    // weights are not zero.
+    let mut s = schedule();
+    s.stages[0].spec.groups = 2;
+    s.stages[0].packing.shape.groups = 2;
+    refused(s, "weights cross them");
 }

@@ -88,6 +88,8 @@ fn he_ops(c: &mut Criterion) {
         kw: 5,
         oh: 8,
         ow: 8,
+        groups: 1,
+        phases: 1,
     };
     let pk16 = ConvPacking::new(
         shape,

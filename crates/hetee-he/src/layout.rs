@@ -40,6 +40,14 @@ pub struct ConvSpec {
     pub sw: usize,
     /// Zero padding: top, left, bottom, right.
     pub pads: [usize; 4],
+    /// Convolution groups (1: dense): output channel `m` reads only the
+    /// input channels of its group; the rest of its kernel is zero.
+    #[serde(default = "one_group")]
+    pub groups: usize,
+}
+
+fn one_group() -> usize {
+    1
 }
 
 impl ConvSpec {
@@ -55,6 +63,7 @@ impl ConvSpec {
             sh: 1,
             sw: 1,
             pads: [0; 4],
+            groups: 1,
         }
     }
 
@@ -101,6 +110,12 @@ impl ConvSpec {
         if hp < self.kh || wp < self.kw {
             return Err(format!("kernel larger than the padded input in {self:?}"));
         }
+        if self.groups == 0
+            || !self.c.is_multiple_of(self.groups)
+            || !self.m.is_multiple_of(self.groups)
+        {
+            return Err(format!("{} groups do not divide {self:?}", self.groups));
+        }
         Ok(())
     }
 
@@ -139,6 +154,8 @@ impl ConvSpec {
             kw: ws,
             oh,
             ow,
+            groups: self.groups,
+            phases: self.phases().len(),
         }
     }
 
@@ -308,6 +325,7 @@ mod tests {
             sh: 2,
             sw: 2,
             pads: [1; 4],
+            groups: 1,
         };
         assert!(ok.validate().is_ok());
         let huge = [

@@ -36,6 +36,20 @@ pub struct ConvShape {
     pub oh: usize,
     /// Output columns wanted (at most `w - kw + 1`).
     pub ow: usize,
+    /// Convolution groups: output channel `m` reads only the input channels
+    /// of its group (a grouped or depthwise conv; 1 for a dense one).
+    /// Products whose weight block lies across groups are structurally
+    /// zero and are skipped.
+    #[serde(default = "one")]
+    pub groups: usize,
+    /// Consecutive input channels made from one channel of the layer (its
+    /// stride phases), for [`ConvShape::groups`].
+    #[serde(default = "one")]
+    pub phases: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl ConvShape {
@@ -50,6 +64,8 @@ impl ConvShape {
             kw: 1,
             oh: 1,
             ow: 1,
+            groups: 1,
+            phases: 1,
         }
     }
 
@@ -57,6 +73,17 @@ impl ConvShape {
     pub fn validate(&self) -> Result<(), String> {
         if self.c == 0 || self.m == 0 || self.kh == 0 || self.kw == 0 {
             return Err(format!("empty convolution {self:?}"));
+        }
+        let (g, p) = (self.groups, self.phases);
+        if g == 0
+            || p == 0
+            || !self.c.is_multiple_of(p)
+            || !(self.c / p).is_multiple_of(g)
+            || !self.m.is_multiple_of(g)
+        {
+            return Err(format!(
+                "{g} groups of {p}-phase channels do not divide {self:?}"
+            ));
         }
         if self.h < self.kh || self.w < self.kw {
             return Err(format!("kernel larger than input in {self:?}"));
@@ -170,9 +197,21 @@ impl ConvPacking {
         self.channel_tiles() * r * c
     }
 
-    /// Ciphertexts of the weights.
+    /// Ciphertexts of the weights: one per used block (see
+    /// [`ConvPacking::weight_blocks`]).
     pub fn weight_count(&self) -> usize {
-        self.groups() * self.channel_tiles()
+        self.weight_blocks().len()
+    }
+
+    /// The weight blocks `(output tile, input channel tile)` that hold
+    /// weights, in order: the weight ciphertexts. Blocks across a grouped
+    /// conv's groups are zero by structure: not packed, sent or multiplied.
+    pub fn weight_blocks(&self) -> Vec<(usize, usize)> {
+        let nct = self.channel_tiles();
+        (0..self.groups())
+            .flat_map(|g| (0..nct).map(move |ci| (g, ci)))
+            .filter(|&(g, ci)| self.block_used(g, ci))
+            .collect()
     }
 
     /// Ciphertexts of the output (decrypted by the enclave).
@@ -181,9 +220,29 @@ impl ConvPacking {
         self.groups() * r * c
     }
 
-    /// ct x ct products.
+    /// ct x ct products (weight blocks across groups are skipped).
     pub fn product_count(&self) -> usize {
-        self.output_count() * self.channel_tiles()
+        let (r, c) = self.spatial_tiles();
+        self.weight_count() * r * c
+    }
+
+    /// Whether the weight block of output tile `g` and input channel tile
+    /// `ci` holds any weight of the layer's groups (otherwise it is zero by
+    /// the layer's structure and its products are skipped).
+    pub fn block_used(&self, g: usize, ci: usize) -> bool {
+        let s = &self.shape;
+        if s.groups <= 1 {
+            return true;
+        }
+        let (t, per_in, per_out) = (&self.tiling, s.c / s.groups, s.m / s.groups);
+        // Groups are contiguous in channel order on both sides.
+        let out_lo = g * t.mt;
+        let out_hi = ((g + 1) * t.mt).min(s.m) - 1;
+        let in_lo = ci * t.ct;
+        let in_hi = ((ci + 1) * t.ct).min(s.c) - 1;
+        let (go_lo, go_hi) = (out_lo / per_out, out_hi / per_out);
+        let (gi_lo, gi_hi) = (in_lo / per_in, in_hi / per_in);
+        go_lo <= gi_hi && gi_lo <= go_hi
     }
 
     fn input_index(&self, ci: usize, ri: usize, cj: usize) -> usize {
@@ -234,26 +293,23 @@ impl ConvPacking {
         assert_eq!(k.len(), s.m * s.c * s.kh * s.kw, "kernel length");
         let tl = self.tile_len();
         let o = (t.ct - 1) * t.ht * t.wt + (s.kh - 1) * t.wt + (s.kw - 1);
-        let nct = self.channel_tiles();
-        let mut out = vec![vec![0i64; self.degree]; self.weight_count()];
-        for g in 0..self.groups() {
-            for ci in 0..nct {
-                let poly = &mut out[g * nct + ci];
-                for mm in 0..t.mt {
-                    let m = g * t.mt + mm;
-                    if m >= s.m {
+        let blocks = self.weight_blocks();
+        let mut out = vec![vec![0i64; self.degree]; blocks.len()];
+        for (poly, &(g, ci)) in out.iter_mut().zip(&blocks) {
+            for mm in 0..t.mt {
+                let m = g * t.mt + mm;
+                if m >= s.m {
+                    break;
+                }
+                for c in 0..t.ct {
+                    let ch = ci * t.ct + c;
+                    if ch >= s.c {
                         break;
                     }
-                    for c in 0..t.ct {
-                        let ch = ci * t.ct + c;
-                        if ch >= s.c {
-                            break;
-                        }
-                        for l in 0..s.kh {
-                            for n in 0..s.kw {
-                                let pos = mm * tl + o - (c * t.ht * t.wt + l * t.wt + n);
-                                poly[pos] = k[((m * s.c + ch) * s.kh + l) * s.kw + n];
-                            }
+                    for l in 0..s.kh {
+                        for n in 0..s.kw {
+                            let pos = mm * tl + o - (c * t.ht * t.wt + l * t.wt + n);
+                            poly[pos] = k[((m * s.c + ch) * s.kh + l) * s.kw + n];
                         }
                     }
                 }
@@ -265,15 +321,11 @@ impl ConvPacking {
     /// Which products are summed into each output ciphertext.
     pub fn product_plan(&self) -> Vec<ProductSum> {
         let (rt, ctl) = self.spatial_tiles();
-        let nct = self.channel_tiles();
         let mut plan = vec![Vec::new(); self.output_count()];
-        for g in 0..self.groups() {
+        for (w, (g, ci)) in self.weight_blocks().into_iter().enumerate() {
             for ri in 0..rt {
                 for cj in 0..ctl {
-                    let sum = &mut plan[self.output_index(g, ri, cj)];
-                    for ci in 0..nct {
-                        sum.push((self.input_index(ci, ri, cj), g * nct + ci));
-                    }
+                    plan[self.output_index(g, ri, cj)].push((self.input_index(ci, ri, cj), w));
                 }
             }
         }
@@ -385,6 +437,8 @@ mod tests {
             kw: 1,
             oh: 1,
             ow: 1,
+            groups: 1,
+            phases: 1,
         };
         let tiling = Tiling {
             ct: big,

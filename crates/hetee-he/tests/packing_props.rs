@@ -20,21 +20,49 @@ fn spec_strategy(max_side: usize, max_ch: usize) -> impl Strategy<Value = ConvSp
         0usize..=3,
         1..=max_side,
         1..=max_side,
+        any::<bool>(),
     )
-        .prop_filter_map("kernel must fit", |(c, m, kh, kw, sh, sw, ph, pw, h, w)| {
-            let spec = ConvSpec {
-                c,
-                h,
-                w,
-                m,
-                kh,
-                kw,
-                sh,
-                sw,
-                pads: [ph, pw, ph.min(1), pw],
-            };
-            spec.validate().ok().map(|_| spec)
-        })
+        .prop_filter_map(
+            "kernel must fit",
+            |(c, m, kh, kw, sh, sw, ph, pw, h, w, grouped)| {
+                let spec = ConvSpec {
+                    c,
+                    h,
+                    w,
+                    m,
+                    kh,
+                    kw,
+                    sh,
+                    sw,
+                    pads: [ph, pw, ph.min(1), pw],
+                    // Half the cases are grouped convs (gcd of the channel
+                    // counts: depthwise when c == m).
+                    groups: if grouped { gcd(c, m) } else { 1 },
+                };
+                spec.validate().ok().map(|_| spec)
+            },
+        )
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// A random kernel of `spec`, zero across its groups (block diagonal).
+fn kernel(spec: &ConvSpec, seed: u64) -> Vec<i64> {
+    let taps = spec.kh * spec.kw;
+    let (per_in, per_out) = (spec.c / spec.groups, spec.m / spec.groups);
+    let mut k = tensor(spec.m * spec.c * taps, -127, 127, seed);
+    for (i, tap) in k.chunks_mut(taps).enumerate() {
+        if (i / spec.c) / per_out != (i % spec.c) / per_in {
+            tap.fill(0);
+        }
+    }
+    k
 }
 
 fn tensor(len: usize, lo: i64, hi: i64, seed: u64) -> Vec<i64> {
@@ -49,7 +77,7 @@ proptest! {
     #[test]
     fn conv_packing_plain_small_ring(spec in spec_strategy(12, 6), seed in any::<u64>(), degree in prop::sample::select(vec![64usize, 128, 256])) {
         let x = tensor(spec.c * spec.h * spec.w, 0, 255, seed);
-        let k = tensor(spec.m * spec.c * spec.kh * spec.kw, -127, 127, seed ^ 1);
+        let k = kernel(&spec, seed ^ 1);
         let shape = spec.normal_shape();
         prop_assume!(shape.kh * shape.kw <= degree);
         let p = planner::plan_conv(shape, degree, &planner::CostModel::for_degree(4096)).unwrap();
@@ -64,7 +92,7 @@ proptest! {
         let tiling = Tiling { ct: ct.min(shape.c), ht: ht.clamp(shape.kh, shape.h), wt: wt.clamp(shape.kw, shape.w), mt: mt.min(shape.m) };
         let Ok(p) = ConvPacking::new(shape, tiling, 256) else { return Ok(()) };
         let x = tensor(spec.c * spec.h * spec.w, -127, 127, seed);
-        let k = tensor(spec.m * spec.c * spec.kh * spec.kw, -127, 127, seed ^ 7);
+        let k = kernel(&spec, seed ^ 7);
         prop_assert_eq!(evaluate_plain(&p, &spec.layout_input(&x), &spec.layout_kernel(&k)), spec.direct(&x, &k));
     }
 }
@@ -75,7 +103,7 @@ proptest! {
     #[test]
     fn conv_encrypted_equals_direct(spec in spec_strategy(40, 40), seed in any::<u64>()) {
         let x = tensor(spec.c * spec.h * spec.w, 0, 255, seed);
-        let k = tensor(spec.m * spec.c * spec.kh * spec.kw, -127, 127, seed ^ 3);
+        let k = kernel(&spec, seed ^ 3);
         prop_assert_eq!(common::he_conv(&spec, &x, &k, None), spec.direct(&x, &k));
     }
 
@@ -103,6 +131,7 @@ fn encrypted_tiling_edge_cases() {
             sh: 1,
             sw: 1,
             pads: [3; 4],
+            groups: 1,
         },
         ConvSpec {
             c: 1,
@@ -114,6 +143,7 @@ fn encrypted_tiling_edge_cases() {
             sh: 2,
             sw: 3,
             pads: [1, 2, 1, 2],
+            groups: 1,
         },
         ConvSpec::dense(9000, 7),
     ];
@@ -141,7 +171,7 @@ proptest! {
         let shape = spec.batched_shape(b);
         prop_assume!(shape.kh * shape.kw <= degree);
         let xs: Vec<Vec<i64>> = (0..b).map(|i| tensor(spec.c * spec.h * spec.w, 0, 255, seed ^ (i as u64 + 11))).collect();
-        let k = tensor(spec.m * spec.c * spec.kh * spec.kw, -127, 127, seed ^ 9);
+        let k = kernel(&spec, seed ^ 9);
         let p = planner::plan_conv(shape, degree, &planner::CostModel::for_degree(4096)).unwrap();
         let refs: Vec<&[i64]> = xs.iter().map(|x| x.as_slice()).collect();
         let y = evaluate_plain(&p, &spec.layout_batch(&refs), &spec.layout_kernel(&k));
@@ -167,6 +197,7 @@ fn encrypted_batch() {
             sh: 2,
             sw: 1,
             pads: [1; 4],
+            groups: 1,
         },
     ]
     .iter()

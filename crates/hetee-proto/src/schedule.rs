@@ -62,8 +62,37 @@ pub fn conv_spec(stage: &QuantStage) -> ConvSpec {
             sh: win.strides.0,
             sw: win.strides.1,
             pads: [win.pads.top, win.pads.left, win.pads.bottom, win.pads.right],
+            groups: conv_groups(&stage.weight, c, stage.out_channels, win.kernel),
         },
     }
+}
+
+/// The most groups `g` (dividing both channel counts) for which the kernel
+/// `[m, c, kh, kw]` is block diagonal: output channel `o` reads only input
+/// channels of group `o / (m / g)`. A grouped or depthwise conv imports as
+/// such a kernel; the packing then skips the products across groups. The
+/// host learns `g`, a fact of the architecture like the layer's shape.
+/// 1 when the weights are absent (a schedule without its secrets).
+pub fn conv_groups(weight: &[i8], c: usize, m: usize, kernel: (usize, usize)) -> usize {
+    let taps = kernel.0 * kernel.1;
+    if weight.len() != m * c * taps || weight.is_empty() {
+        return 1;
+    }
+    let divides = |g: usize| c.is_multiple_of(g) && m.is_multiple_of(g);
+    (2..=c.min(m))
+        .rev()
+        .filter(|&g| divides(g))
+        .find(|&g| respects_groups(weight, c, m, taps, g))
+        .unwrap_or(1)
+}
+
+/// Whether every weight across `g` groups is zero.
+pub fn respects_groups(weight: &[i8], c: usize, m: usize, taps: usize, g: usize) -> bool {
+    let (per_in, per_out) = (c / g.max(1), m / g.max(1));
+    weight.chunks(taps).enumerate().all(|(i, tap)| {
+        let (o, ch) = (i / c, i % c);
+        o / per_out.max(1) == ch / per_in.max(1) || tap.iter().all(|&w| w == 0)
+    })
 }
 
 /// Checks a stage's or join's post ops on the accumulator shape `acc`:
@@ -374,6 +403,24 @@ impl Schedule {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn conv_groups_finds_the_block_diagonal_structure() {
+        // [m=4, c=4, 1x1]: depthwise, two groups of two, and dense.
+        let depthwise: Vec<i8> = (0..16)
+            .map(|i| if i / 4 == i % 4 { 3 } else { 0 })
+            .collect();
+        assert_eq!(super::conv_groups(&depthwise, 4, 4, (1, 1)), 4);
+        let pairs: Vec<i8> = (0..16)
+            .map(|i| if (i / 4) / 2 == (i % 4) / 2 { 1 } else { 0 })
+            .collect();
+        assert_eq!(super::conv_groups(&pairs, 4, 4, (1, 1)), 2);
+        let mut dense = pairs.clone();
+        dense[3] = -1; // output 0 reads input 3
+        assert_eq!(super::conv_groups(&dense, 4, 4, (1, 1)), 1);
+        // No weights (a schedule without secrets): dense.
+        assert_eq!(super::conv_groups(&[], 4, 4, (1, 1)), 1);
+    }
+
     use super::*;
     use hetee_model::{Layer, Model};
 

@@ -15,6 +15,8 @@ use hetee_onnx::import_onnx_bytes;
 /// The figures `hetee demo` prints.
 #[derive(Debug, Serialize)]
 pub struct DemoReport {
+    /// The bundled model and its dataset.
+    pub model: String,
     /// Images evaluated.
     pub images: usize,
     /// Secure (encrypted) accuracy.
@@ -105,6 +107,7 @@ pub fn demo(name: &str, n: usize, json: bool) -> Result<()> {
         first.stages.iter().map(f).sum::<usize>()
     };
     let r = DemoReport {
+        model: format!("{} ({})", b.name, b.dataset),
         images: n,
         accuracy: ok as f64 / n as f64,
         float_accuracy: ok_float as f64 / n as f64,
@@ -148,8 +151,8 @@ fn print_table(r: &DemoReport) {
     let pct = |x: f64| format!("{:.2} %", 100.0 * x);
     let kb = |b: usize| format!("{:.1} KB", b as f64 / 1e3);
     println!(
-        "hetee demo: bundled MNIST CNN, {} test images, encrypted end to end",
-        r.images
+        "hetee demo: bundled {}, {} test images, encrypted end to end",
+        r.model, r.images
     );
     println!("  HE parameters               {}", r.he_params);
     println!("  accuracy (secure)           {}", pct(r.accuracy));
