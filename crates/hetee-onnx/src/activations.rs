@@ -1,31 +1,47 @@
-//! Import of elementwise activations (everything but Relu, which has its own
-//! layer) into [`Activation`], with ONNX's defaults for absent attributes.
+//! Import of elementwise activations: Relu (its own layer) and every other
+//! one into [`Activation`], with ONNX's defaults for absent attributes.
 
 use hetee_model::activation::Activation;
 use hetee_model::error::Result;
+use hetee_model::ir::Layer;
 
 use super::node::Ctx;
 use super::Importer;
+use crate::ops::Family;
+use crate::Step;
 
-/// The activation ops translated here.
-pub(super) const ACTIVATION_OPS: [&str; 16] = [
-    "LeakyRelu",
-    "PRelu",
-    "Clip",
-    "Sigmoid",
-    "HardSigmoid",
-    "Tanh",
-    "HardSwish",
-    "Elu",
-    "Selu",
-    "Celu",
-    "Softplus",
-    "Softsign",
-    "ThresholdedRelu",
-    "Gelu",
-    "Erf",
-    "Mish",
-];
+/// Relu and every activation that becomes a table.
+pub(crate) const ACTIVATIONS: Family = Family {
+    name: "activations",
+    ops: &[
+        "Relu",
+        "LeakyRelu",
+        "PRelu",
+        "Clip",
+        "Sigmoid",
+        "HardSigmoid",
+        "Tanh",
+        "HardSwish",
+        "Elu",
+        "Selu",
+        "Celu",
+        "Softplus",
+        "Softsign",
+        "ThresholdedRelu",
+        "Gelu",
+        "Erf",
+        "Mish",
+    ],
+    import,
+};
+
+fn import(imp: &Importer, cx: &Ctx, _x: &str, shape: &[usize]) -> Result<Step> {
+    let layer = match cx.node.op_type.as_str() {
+        "Relu" => Layer::Relu,
+        _ => Layer::Act(imp.activation(cx, shape)?),
+    };
+    Ok(Step { layer: Some(layer) })
+}
 
 impl Importer<'_> {
     /// Translates the activation node `cx` on an activation of shape

@@ -5,14 +5,39 @@
 //! The IR's convolution is dense and undilated, so a grouped conv becomes
 //! the block-diagonal dense conv (zero weights across groups) and a dilated
 //! kernel the kernel with zero taps between its rows and columns: the same
-//! function, evaluated under HE like any other conv. (A packing that skips
-//! the zero blocks is future work; see the README's model coverage.)
+//! function. The schedule finds the groups again from the block-diagonal
+//! kernel and the packing skips the blocks across groups.
 
 use hetee_model::error::Result;
 use hetee_model::ir::{Layer, Pads, Window};
 
 use crate::node::{Ctx, MAX_ATTR};
-use crate::Importer;
+use crate::ops::Family;
+use crate::{Importer, Step};
+
+/// Conv.
+pub(crate) const CONV: Family = Family {
+    name: "convolution",
+    ops: &["Conv"],
+    import: |imp, cx, _x, shape| {
+        Ok(Step {
+            layer: Some(imp.conv(cx, shape)?),
+        })
+    },
+};
+
+/// MaxPool, AveragePool, GlobalAveragePool.
+pub(crate) const POOL: Family = Family {
+    name: "pooling",
+    ops: &["MaxPool", "AveragePool", "GlobalAveragePool"],
+    import: |imp, cx, _x, shape| {
+        let layer = match cx.node.op_type.as_str() {
+            "GlobalAveragePool" => Layer::GlobalAvgPool,
+            _ => imp.pool(cx, shape)?,
+        };
+        Ok(Step { layer: Some(layer) })
+    },
+};
 
 /// Largest weight tensor the expansion may build.
 const MAX_EXPANDED: usize = 1 << 26;

@@ -2,15 +2,47 @@
 //! "unflatten" into the input of a Conv) and Transpose (of the model input).
 
 use hetee_model::error::Result;
+use hetee_model::ir::Layer;
 
 use crate::node::Ctx;
-use crate::Importer;
+use crate::ops::Family;
+use crate::{Importer, Step};
+
+/// Flatten, Reshape, Transpose.
+pub(crate) const LAYOUT: Family = Family {
+    name: "layout",
+    ops: &["Flatten", "Reshape", "Transpose"],
+    import,
+};
+
+fn import(imp: &Importer, cx: &Ctx, x: &str, shape: &[usize]) -> Result<Step> {
+    let step = |layer| Ok(Step { layer });
+    match cx.node.op_type.as_str() {
+        "Flatten" => {
+            let axis = cx.int("axis", 1);
+            let rank = shape.len() as i64 + 1;
+            if axis != 1 && axis + rank != 1 {
+                return Err(cx.unsup(format!("axis={axis} is not supported (supported: 1)")));
+            }
+            step((shape.len() != 1).then_some(Layer::Flatten))
+        }
+        "Reshape" => match imp.reshape_target(cx, shape)? {
+            None => step((shape.len() != 1).then_some(Layer::Flatten)),
+            Some(to) if to == shape => step(None),
+            Some(to) => step(Some(Layer::Reshape(to))),
+        },
+        _ => {
+            let on_input = x == imp.input;
+            step(Some(Layer::Transpose(transpose_perm(cx, shape, on_input)?)))
+        }
+    }
+}
 
 impl Importer<'_> {
     /// The target of a Reshape of `[N, shape...]`: `None` for a flatten to
     /// `[N, F]`, else the new per-sample shape (`[C, H, W]`, or `[C, 1, L]`
     /// for a rank-3 target, as 1-D maps are held).
-    pub(crate) fn reshape_target(&self, cx: &Ctx, shape: &[usize]) -> Result<Option<Vec<usize>>> {
+    fn reshape_target(&self, cx: &Ctx, shape: &[usize]) -> Result<Option<Vec<usize>>> {
         let f = shape.iter().product::<usize>() as i64;
         let allowzero = cx.int("allowzero", 0) != 0;
         let t = cx

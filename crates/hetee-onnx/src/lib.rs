@@ -21,33 +21,19 @@ mod consts;
 mod conv;
 mod floor;
 mod layout;
+mod linear;
 mod node;
+mod norm;
+mod ops;
+mod passthrough;
 
 pub use floor::TractPlan;
 
-use activations::ACTIVATION_OPS;
 use arith::ARITH_OPS;
 use consts::{constant_value, input_shape};
 use node::{graph_err, node_name, Ctx};
-
-/// The ONNX ops the importer translates (MatMul also absorbs a following
-/// Add), besides the activations of [`ACTIVATION_OPS`].
-const KNOWN_OPS: [&str; 14] = [
-    "Identity",
-    "Softmax",
-    "Dropout",
-    "Relu",
-    "Conv",
-    "BatchNormalization",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "Flatten",
-    "Reshape",
-    "Transpose",
-    "Gemm",
-    "MatMul",
-];
+use ops::family_of;
+pub use ops::supported_ops;
 
 /// Imports the ONNX model at `path` (external data is resolved next to it).
 pub fn import_onnx(path: &Path) -> Result<Model> {
@@ -135,8 +121,8 @@ fn import(bytes: &[u8], path: &str, dir: Option<&str>) -> Result<Model> {
 
 /// One translated node: a layer, or `None` when it passes its input on
 /// (Identity, Dropout, a Flatten of a flat tensor).
-struct Step {
-    layer: Option<Layer>,
+pub(crate) struct Step {
+    pub layer: Option<Layer>,
 }
 
 pub(crate) struct Importer<'a> {
@@ -354,7 +340,7 @@ impl<'a> Importer<'a> {
     fn translate(&self, cx: &Ctx, x: &str, shape: &[usize]) -> Result<Step> {
         let n = cx.node;
         let op = n.op_type.as_str();
-        let known = KNOWN_OPS.contains(&op) || ACTIVATION_OPS.contains(&op);
+        let known = family_of(op).is_some();
         if !(n.domain.is_empty() || n.domain == "ai.onnx") || !known {
             let op = match n.domain.as_str() {
                 "" | "ai.onnx" => n.op_type.clone(),
@@ -378,147 +364,10 @@ impl<'a> Importer<'a> {
                 )));
             }
         }
-        let step = |layer| Ok(Step { layer });
-        let flat = || {
-            if shape.len() == 1 {
-                Ok(())
-            } else {
-                Err(cx.shape_err(format!(
-                    "needs a flat [N, F] input, got [N, {shape:?}]; insert a Flatten"
-                )))
-            }
-        };
-        match n.op_type.as_str() {
-            "Identity" => step(None),
-            "Dropout" => {
-                if let Some(t) = n.input.get(2).filter(|s| !s.is_empty()) {
-                    if self.int_values(cx, t)?.iter().any(|&v| v != 0) {
-                        return Err(cx.unsup("training_mode=1 is not supported (inference only)"));
-                    }
-                }
-                step(None)
-            }
-            "Relu" => step(Some(Layer::Relu)),
-            "Softmax" => {
-                flat()?;
-                let axis = cx.int("axis", -1);
-                if axis != 1 && axis != -1 {
-                    return Err(cx.unsup(format!(
-                        "axis={axis} is not supported (supported: the features, 1 or -1)"
-                    )));
-                }
-                step(Some(Layer::Softmax))
-            }
-            "Conv" => step(Some(self.conv(cx, shape)?)),
-            "BatchNormalization" => {
-                cx.int_in("training_mode", 0, &[0])?;
-                cx.int_in("spatial", 1, &[1])?;
-                let eps = cx.float("epsilon", 1e-5) as f64;
-                let mut p = Vec::new();
-                for i in 1..5 {
-                    let (d, v) = self.floats(cx, i)?;
-                    if d.len() != 1 {
-                        return Err(
-                            cx.shape_err(format!("parameter {i} has shape {d:?}, expected [C]"))
-                        );
-                    }
-                    p.push(v);
-                }
-                let c = p[0].len();
-                if p.iter().any(|v| v.len() != c) {
-                    return Err(cx.shape_err("scale, bias, mean and var differ in length"));
-                }
-                let scale: Vec<f32> = (0..c)
-                    .map(|i| (p[0][i] as f64 / (p[3][i] as f64 + eps).sqrt()) as f32)
-                    .collect();
-                let shift = (0..c)
-                    .map(|i| (p[1][i] as f64 - p[2][i] as f64 * scale[i] as f64) as f32)
-                    .collect();
-                step(Some(Layer::BatchNorm { scale, shift }))
-            }
-            "MaxPool" | "AveragePool" => step(Some(self.pool(cx, shape)?)),
-            "GlobalAveragePool" => step(Some(Layer::GlobalAvgPool)),
-            "Flatten" => {
-                let axis = cx.int("axis", 1);
-                let rank = shape.len() as i64 + 1;
-                if axis != 1 && axis + rank != 1 {
-                    return Err(cx.unsup(format!("axis={axis} is not supported (supported: 1)")));
-                }
-                step((shape.len() != 1).then_some(Layer::Flatten))
-            }
-            "Reshape" => match self.reshape_target(cx, shape)? {
-                None => step((shape.len() != 1).then_some(Layer::Flatten)),
-                Some(to) if to == shape => step(None),
-                Some(to) => step(Some(Layer::Reshape(to))),
-            },
-            "Transpose" => {
-                let on_input = x == self.input;
-                step(Some(Layer::Transpose(layout::transpose_perm(
-                    cx, shape, on_input,
-                )?)))
-            }
-            "Gemm" => {
-                cx.int_in("transA", 0, &[0])?;
-                let tb = cx.int_in("transB", 0, &[0, 1])?;
-                let (alpha, beta) = (cx.float("alpha", 1.0), cx.float("beta", 1.0));
-                flat()?;
-                let (bd, b) = self.floats(cx, 1)?;
-                let [r, c] = bd[..] else {
-                    return Err(cx.shape_err(format!("B has shape {bd:?}, expected 2-D")));
-                };
-                let (k, nout, mut w) = if tb == 1 {
-                    (c, r, b)
-                } else {
-                    (r, c, transpose(&b, r, c))
-                };
-                w.iter_mut().for_each(|v| *v *= alpha);
-                let mut bias = self.opt_floats(cx, 2, nout)?;
-                bias.iter_mut().for_each(|v| *v *= beta);
-                step(Some(dense(w, bias, k, nout)))
-            }
-            "MatMul" => {
-                if n.input.first().map(String::as_str) != Some(x) {
-                    return Err(cx.unsup("only activation x constant matrix is supported"));
-                }
-                flat()?;
-                let (bd, b) = self.floats(cx, 1)?;
-                let [k, nout] = bd[..] else {
-                    return Err(cx.shape_err(format!(
-                        "right operand has shape {bd:?}, expected [in, out]"
-                    )));
-                };
-                let w = transpose(&b, k, nout);
-                // A following Add of a constant becomes a per-feature affine
-                // that the quantizer folds into this layer's bias.
-                step(Some(dense(w, vec![0.0; nout], k, nout)))
-            }
-            op if ACTIVATION_OPS.contains(&op) => {
-                step(Some(Layer::Act(self.activation(cx, shape)?)))
-            }
-            _ => Err(ModelError::UnsupportedOp {
-                node: cx.name.clone(),
-                op: n.op_type.clone(),
-            }),
-        }
-    }
-}
-
-/// Transposes a row-major `r x c` matrix.
-fn transpose(m: &[f32], r: usize, c: usize) -> Vec<f32> {
-    let mut t = vec![0.0; m.len()];
-    for i in 0..r {
-        for j in 0..c {
-            t[j * r + i] = m[i * c + j];
-        }
-    }
-    t
-}
-
-fn dense(weight: Vec<f32>, bias: Vec<f32>, in_features: usize, out_features: usize) -> Layer {
-    Layer::Dense {
-        weight,
-        bias,
-        out_features,
-        in_features,
+        let family = family_of(op).ok_or_else(|| ModelError::UnsupportedOp {
+            node: cx.name.clone(),
+            op: n.op_type.clone(),
+        })?;
+        (family.import)(self, cx, x, shape)
     }
 }

@@ -46,6 +46,16 @@ impl Ctx<'_> {
             self.name, self.node.op_type
         ))
     }
+    /// Requires a flat `[N, F]` activation (`shape` without the batch).
+    pub(super) fn require_flat(&self, shape: &[usize]) -> Result<()> {
+        if shape.len() == 1 {
+            Ok(())
+        } else {
+            Err(self.shape_err(format!(
+                "needs a flat [N, F] input, got [N, {shape:?}]; insert a Flatten"
+            )))
+        }
+    }
     pub(super) fn attr(&self, name: &str) -> Option<&AttributeProto> {
         self.node.attribute.iter().find(|a| a.name == name)
     }
