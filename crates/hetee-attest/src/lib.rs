@@ -25,6 +25,7 @@ pub mod error;
 pub mod evidence;
 pub mod frame;
 pub mod layout;
+pub mod oneway;
 pub mod platform;
 pub mod seal;
 pub mod verify;

@@ -80,7 +80,11 @@ pub struct Enclave {
     pub(crate) sessions: Mutex<HashMap<SessionId, Session>>,
     platform: Box<dyn Platform>,
     measurement: Measurement,
-    sealing_key: OnceLock<Zeroizing<[u8; 32]>>,
+    /// The platform's sealing key, asked for once.
+    platform_key: OnceLock<Zeroizing<[u8; 32]>>,
+    /// The cluster's sealing key, adopted from a peer enclave (see
+    /// [`crate::peer`]); when set, it seals and unseals instead.
+    pub(crate) adopted_key: RwLock<Option<Zeroizing<[u8; 32]>>>,
     config: EnclaveConfig,
     channel_key: OnceLock<StaticKeypair>,
     signing_key: OnceLock<SigningKey>,
@@ -124,6 +128,8 @@ fn is_exclusive(req: &Request) -> bool {
             | Request::RestoreKeys { .. }
             | Request::RestoreModel { .. }
             | Request::RestoreState { .. }
+            | Request::AdoptSealingKey { .. }
+            | Request::RestoreSealingKey { .. }
     )
 }
 
@@ -157,7 +163,8 @@ impl Enclave {
             sessions: Mutex::new(HashMap::new()),
             measurement: platform.measurement(),
             platform,
-            sealing_key: OnceLock::new(),
+            platform_key: OnceLock::new(),
+            adopted_key: RwLock::new(None),
             config,
             channel_key: OnceLock::new(),
             signing_key: OnceLock::new(),
@@ -338,6 +345,10 @@ impl Enclave {
                 Ok(Response::ModelRestored { model_id })
             }
             Request::RestoreState { sealed } => self.restore_state(&sealed),
+            Request::AdoptSealingKey { message, evidence } => {
+                self.adopt_sealing_key(&message, &evidence)
+            }
+            Request::RestoreSealingKey { sealed } => self.restore_sealing_key(&sealed),
             _ => refuse("not an administrative request"),
         }
     }
@@ -365,6 +376,11 @@ impl Enclave {
                 lock(&self.sessions).remove(&session);
                 Ok(Response::Closed)
             }
+            Request::PeerOffer => self.peer_offer(),
+            Request::ShareSealingKey {
+                peer_key,
+                peer_evidence,
+            } => self.share_sealing_key(&peer_key, &peer_evidence),
             Request::Status => Ok(Response::Status(Status {
                 keysets: read(&self.keysets).len(),
                 models: read(&self.models).len(),
@@ -401,24 +417,37 @@ impl Enclave {
         Ok(Response::StateRestored { model_id, version })
     }
 
-    /// The sealing context: the platform's key, asked for once.
-    pub(crate) fn sealer(&self) -> Result<Sealer<'_>, EnclaveError> {
-        if self.sealing_key.get().is_none() {
+    /// The platform's sealing key, asked for once.
+    pub(crate) fn platform_key(&self) -> Result<Zeroizing<[u8; 32]>, EnclaveError> {
+        if self.platform_key.get().is_none() {
             let key = self.platform.sealing_key()?;
             // Another thread may have set it first: same platform, same key.
-            let _ = self.sealing_key.set(key);
+            let _ = self.platform_key.set(key);
         }
-        let secret = self
-            .sealing_key
+        self.platform_key
             .get()
-            .ok_or_else(|| EnclaveError::Protocol("no sealing key".into()))?;
+            .cloned()
+            .ok_or_else(|| EnclaveError::Protocol("no sealing key".into()))
+    }
+
+    /// The sealing context: the cluster's adopted key, or the platform's.
+    pub(crate) fn sealer(&self) -> Result<Sealer, EnclaveError> {
+        let secret = match read(&self.adopted_key).as_ref() {
+            Some(k) => k.clone(),
+            None => self.platform_key()?,
+        };
         Ok(Sealer {
             secret,
-            measurement: &self.measurement,
+            measurement: self.measurement,
         })
     }
 
-    fn channel_key(&self) -> Result<&StaticKeypair, EnclaveError> {
+    /// The platform this enclave runs on.
+    pub(crate) fn platform(&self) -> &dyn Platform {
+        self.platform.as_ref()
+    }
+
+    pub(crate) fn channel_key(&self) -> Result<&StaticKeypair, EnclaveError> {
         if self.channel_key.get().is_none() {
             let k = StaticKeypair::generate()
                 .map_err(|e| EnclaveError::Protocol(format!("channel key: {e}")))?;

@@ -112,26 +112,27 @@ impl ModelRecord {
     }
 }
 
-/// Sealing context: the platform's sealing key and the measurement.
-pub struct Sealer<'a> {
-    /// The platform's sealing key (bound to the measurement by the platform).
-    pub secret: &'a [u8; 32],
+/// Sealing context: the sealing key (the platform's, or the one this
+/// enclave adopted from a peer of its cluster) and the measurement.
+pub struct Sealer {
+    /// The sealing key.
+    pub secret: Zeroizing<[u8; 32]>,
     /// This enclave's measurement.
-    pub measurement: &'a Measurement,
+    pub measurement: Measurement,
 }
 
 fn protocol(msg: String) -> EnclaveError {
     EnclaveError::Protocol(msg)
 }
 
-impl Sealer<'_> {
+impl Sealer {
     fn seal(&self, label: &str, plain: &[u8]) -> Result<Vec<u8>, EnclaveError> {
-        hetee_attest::seal::seal(self.secret, self.measurement, label, plain)
+        hetee_attest::seal::seal(&self.secret, &self.measurement, label, plain)
             .map_err(|e| protocol(format!("cannot seal: {e}")))
     }
 
     fn unseal(&self, label: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnclaveError> {
-        hetee_attest::seal::unseal(self.secret, self.measurement, label, sealed)
+        hetee_attest::seal::unseal(&self.secret, &self.measurement, label, sealed)
             .map_err(|e| protocol(format!("cannot unseal ({label}): {e}")))
     }
 

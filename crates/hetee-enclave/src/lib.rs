@@ -10,6 +10,7 @@
 //! - [`register`]: model registration and the owner's management messages;
 //! - [`query`]: a data provider's query, stage by stage;
 //! - [`keys`]: key sets, registered models, sealing;
+//! - [`peer`]: the cluster's sealing key, moved enclave to enclave;
 //! - [`state`]: a model's mutable state (lock, incidents, budgets, allow list);
 //! - [`step`]: decrypt → Freivalds check → nonlinear step → encrypt;
 //! - [`freivalds`]: the checks of the host's linear layers;
@@ -24,6 +25,7 @@ pub mod budget;
 pub mod enclave;
 pub mod freivalds;
 pub mod keys;
+pub mod peer;
 pub mod policy;
 mod query;
 mod register;

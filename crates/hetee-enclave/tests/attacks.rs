@@ -522,8 +522,8 @@ impl Unchecked {
         let (q, x) = tiny_model();
         let schedule = Schedule::compile(&q, 1).unwrap();
         let sealer = Sealer {
-            secret: &[1; 32],
-            measurement: &Measurement(MEASUREMENT),
+            secret: zeroize::Zeroizing::new([1; 32]),
+            measurement: Measurement(MEASUREMENT),
         };
         let (ks, _) = sealer.create_keys(schedule.he.clone(), [0; 32]).unwrap();
         let host = HostModel::new(&q, &schedule, &ks.public_key);

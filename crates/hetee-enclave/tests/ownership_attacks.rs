@@ -611,8 +611,8 @@ fn attack_enclave_ignores_identity_offered_by_the_host() {
     // A key set sealed with the host's chosen secret and measurement (what
     // the old Init made the enclave use) does not open.
     let forged_keys = hetee_enclave::keys::Sealer {
-        secret: &chosen_secret,
-        measurement: &Measurement(MEASUREMENT),
+        secret: zeroize::Zeroizing::new(chosen_secret),
+        measurement: Measurement(MEASUREMENT),
     }
     .create_keys(keys.identity_he(), [0; 32])
     .unwrap()

@@ -90,6 +90,30 @@ pub enum Request {
     },
     /// Memory and table counts.
     Status,
+    /// This enclave's offer to join a cluster of enclaves with its
+    /// measurement: its channel key, and evidence that binds it.
+    PeerOffer,
+    /// Hand this enclave's sealing key to the peer enclave that made the
+    /// offer `peer_evidence` (it must attest the same measurement).
+    ShareSealingKey {
+        /// The peer's channel key, from its offer.
+        peer_key: [u8; 32],
+        /// The peer's evidence over `peer_key`.
+        peer_evidence: Vec<u8>,
+    },
+    /// Adopt the sealing key a peer enclave shared with this one (before
+    /// any key set is created or restored).
+    AdoptSealingKey {
+        /// The one-way message to this enclave's channel key.
+        message: Vec<u8>,
+        /// The sharing enclave's evidence over the message.
+        evidence: Vec<u8>,
+    },
+    /// Take back an adopted sealing key this enclave sealed for itself.
+    RestoreSealingKey {
+        /// What [`Response::SealingKeyAdopted`] gave the host.
+        sealed: Vec<u8>,
+    },
 }
 
 /// The enclave's answer.
@@ -167,6 +191,28 @@ pub enum Response {
     },
     /// Session closed.
     Closed,
+    /// An offer to join a cluster (see [`Request::PeerOffer`]).
+    PeerOffer {
+        /// The enclave's channel key.
+        channel_public_key: [u8; 32],
+        /// Evidence binding it.
+        evidence: Vec<u8>,
+    },
+    /// The sealing key, encrypted to the peer (see [`Request::ShareSealingKey`]).
+    SealingKeyShared {
+        /// One-way message to the peer's channel key.
+        message: Vec<u8>,
+        /// This enclave's evidence over the message.
+        evidence: Vec<u8>,
+    },
+    /// The cluster's sealing key is adopted; `sealed` is it, sealed under
+    /// this enclave's own platform key, for its host to keep.
+    SealingKeyAdopted {
+        /// The adopted key, sealed for this enclave only.
+        sealed: Vec<u8>,
+    },
+    /// The adopted sealing key is back.
+    SealingKeyRestored,
     /// Counts and memory.
     Status(Status),
     /// The request was refused; any session it touched is closed.

@@ -21,6 +21,9 @@ pub const SIM_SEALING_ROOT: [u8; 32] = *b"hetee-sim-sealing:NOT-A-SECRET!!";
 pub struct SimTee {
     signer: SimPlatform,
     measurement: Measurement,
+    /// Stands for the CPU's sealing secret: blobs sealed on one simulated
+    /// "CPU" open only on the same one (zero for the default).
+    cpu: [u8; 32],
 }
 
 impl SimTee {
@@ -30,6 +33,16 @@ impl SimTee {
         SimTee {
             signer: SimPlatform::dev(),
             measurement,
+            cpu: [0; 32],
+        }
+    }
+
+    /// The same on another simulated CPU: its sealing key differs (as on a
+    /// real TEE, where a sealed blob opens only on the CPU that sealed it).
+    pub fn on_cpu(measurement: Measurement, cpu: [u8; 32]) -> Self {
+        SimTee {
+            cpu,
+            ..Self::new(measurement)
         }
     }
 
@@ -62,7 +75,11 @@ impl Platform for SimTee {
     }
 
     fn sealing_key(&self) -> Result<Zeroizing<[u8; 32]>> {
-        let hk = Hkdf::<Sha256>::new(Some(self.measurement.as_bytes()), &SIM_SEALING_ROOT);
+        let mut ikm = SIM_SEALING_ROOT.to_vec();
+        if self.cpu != [0; 32] {
+            ikm.extend_from_slice(&self.cpu);
+        }
+        let hk = Hkdf::<Sha256>::new(Some(self.measurement.as_bytes()), &ikm);
         let mut key = Zeroizing::new([0u8; 32]);
         hk.expand(b"hetee/sim-sealing-key/v1", &mut key[..])
             .map_err(|e| Error::Crypto(format!("HKDF expand: {e}")))?;

@@ -100,6 +100,10 @@ pub fn short(r: &Response) -> String {
         Response::NextInput { stage, .. } => format!("NextInput(stage {stage})"),
         Response::Finished { .. } => "Finished".into(),
         Response::Closed => "Closed".into(),
+        Response::PeerOffer { .. } => "PeerOffer".into(),
+        Response::SealingKeyShared { .. } => "SealingKeyShared".into(),
+        Response::SealingKeyAdopted { .. } => "SealingKeyAdopted".into(),
+        Response::SealingKeyRestored => "SealingKeyRestored".into(),
         Response::Status(s) => format!("{s:?}"),
         Response::Error { message, state } => {
             format!(
