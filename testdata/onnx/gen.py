@@ -259,6 +259,11 @@ def torch_models():
         ("nhwc.onnx", [10, 8, 3], 3, None, Nhwc),
         ("unflatten.onnx", [64], 3, None, Unflatten),
         ("transpose_mid.onnx", [2, 6, 6], 2, "Transpose", TransposeMid),
+        # Dilated max pooling.
+        ("dilated_pool.onnx", [2, 11, 11], 3, None, lambda: Seq(
+            nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(3, stride=2, padding=1, dilation=2),
+            nn.Flatten(), nn.Linear(4 * 5 * 5, 3))),
     ]
 
 

@@ -32,6 +32,7 @@ fn model() -> Model {
             kernel: (k, k),
             strides: (1, 1),
             pads: Pads::default(),
+            dilations: (1, 1),
         },
     };
     Model {
@@ -43,6 +44,7 @@ fn model() -> Model {
                 kernel: (2, 2),
                 strides: (2, 2),
                 pads: Pads::default(),
+                dilations: (1, 1),
             }),
             conv(32, 16, 5, &mut w),
         ],

@@ -123,12 +123,14 @@ fn tables_per_channel_fused_runs_and_pooling_are_bit_exact() {
             kernel: (k, k),
             strides: (1, 1),
             pads: Pads::same(k / 2),
+            dilations: (1, 1),
         },
     };
     let pool = Window {
         kernel: (2, 2),
         strides: (2, 2),
         pads: Pads::default(),
+        dilations: (1, 1),
     };
     let m = model(
         vec![2, 8, 8],

@@ -35,6 +35,7 @@ fn conv(c: usize, m: usize, k: usize, pad: usize, seed: usize) -> Layer {
             kernel: (k, k),
             strides: (1, 1),
             pads: Pads::same(pad),
+            dilations: (1, 1),
         },
     }
 }
@@ -208,6 +209,7 @@ fn ops_before_the_first_linear_layer_run_in_the_enclave() {
                     kernel: (2, 2),
                     strides: (2, 2),
                     pads: Pads::default(),
+                    dilations: (1, 1),
                 }),
                 vec![1],
             ), // t2 (fused into the join)

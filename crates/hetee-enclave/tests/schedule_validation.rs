@@ -29,6 +29,7 @@ fn model() -> QuantModel {
                     kernel: (3, 3),
                     strides: (1, 1),
                     pads: Pads::same(1),
+                    dilations: (1, 1),
                 },
             },
             Layer::Relu,
@@ -133,6 +134,7 @@ fn tampered_schedules_are_refused() {
         kernel: (9, 9),
         strides: (1, 1),
         pads: Pads::default(),
+        dilations: (1, 1),
     }));
     refused(s, "window");
 

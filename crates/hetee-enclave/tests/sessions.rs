@@ -1353,6 +1353,7 @@ fn mnist_like() -> (hetee_model::QuantModel, Vec<f32>) {
             kernel: (k, k),
             strides: (1, 1),
             pads: Pads::default(),
+            dilations: (1, 1),
         },
     };
     let layers = vec![
@@ -1362,6 +1363,7 @@ fn mnist_like() -> (hetee_model::QuantModel, Vec<f32>) {
             kernel: (2, 2),
             strides: (2, 2),
             pads: Pads::default(),
+            dilations: (1, 1),
         }),
         conv(32, 16, 5),
         Layer::Relu,

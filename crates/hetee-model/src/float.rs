@@ -100,11 +100,10 @@ pub fn layer_output_shape(
         Layer::MaxPool(window) | Layer::AvgPool { window, .. } => {
             let [c, h, w] = chw(input, layer.name())?;
             let p = window.pads;
-            if p.top >= window.kernel.0
-                || p.bottom >= window.kernel.0
-                || p.left >= window.kernel.1
-                || p.right >= window.kernel.1
-            {
+            let (eh, ew) = window
+                .extent()
+                .ok_or_else(|| format!("pooling dilations {:?} are invalid", window.dilations))?;
+            if p.top >= eh || p.bottom >= eh || p.left >= ew || p.right >= ew {
                 return Err(format!(
                     "pooling padding {p:?} must be smaller than the kernel {:?}",
                     window.kernel
@@ -447,24 +446,40 @@ fn pool(
     let (sh, sw) = win.strides;
     let padded_h = h + win.pads.top + win.pads.bottom;
     let padded_w = w + win.pads.left + win.pads.right;
+    let (dh, dw) = win.dilations;
     let mut y = Vec::with_capacity(c_n * oh * ow);
     for c in 0..c_n {
         for oy in 0..oh {
-            let (_, iy0, iy1) = taps(oy, sh, win.pads.top, kh, h);
             for ox in 0..ow {
-                let (_, ix0, ix1) = taps(ox, sw, win.pads.left, kw, w);
-                let rows = (iy0..iy1).map(|iy| &x[(c * h + iy) * w + ix0..(c * h + iy) * w + ix1]);
+                // The taps inside the map (padding is skipped).
+                let mut vals = Vec::with_capacity(kh * kw);
+                for l in 0..kh {
+                    let Some(iy) = (oy * sh + l * dh)
+                        .checked_sub(win.pads.top)
+                        .filter(|&r| r < h)
+                    else {
+                        continue;
+                    };
+                    for n in 0..kw {
+                        if let Some(ix) = (ox * sw + n * dw)
+                            .checked_sub(win.pads.left)
+                            .filter(|&q| q < w)
+                        {
+                            vals.push(x[(c * h + iy) * w + ix]);
+                        }
+                    }
+                }
                 let v = match avg {
-                    None => rows.flatten().fold(f32::NEG_INFINITY, |a, &b| a.max(b)),
+                    None => vals.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)),
                     Some(include_pad) => {
-                        let s: f64 = rows.flatten().map(|&v| v as f64).sum();
+                        let s: f64 = vals.iter().map(|&v| v as f64).sum();
                         let count = if include_pad {
                             // ONNX counts the padded window, clipped to the padded map.
                             let ry = (oy * sh + kh).min(padded_h) - oy * sh;
                             let rx = (ox * sw + kw).min(padded_w) - ox * sw;
                             ry * rx
                         } else {
-                            (iy1 - iy0) * (ix1 - ix0)
+                            vals.len()
                         };
                         (s / count.max(1) as f64) as f32
                     }
@@ -505,6 +520,7 @@ mod tests {
                     kernel: (2, 2),
                     strides: (1, 1),
                     pads: Pads::same(1),
+                    dilations: (1, 1),
                 },
             }],
         );
@@ -525,6 +541,7 @@ mod tests {
             kernel: (2, 2),
             strides: (2, 2),
             pads: Pads::same(1),
+            dilations: (1, 1),
         };
         let x = vec![-1.0f32, -2.0, -3.0, -4.0]; // 1x2x2
         let max = run_float(&model(vec![1, 2, 2], vec![Layer::MaxPool(win)]), &x).unwrap();
@@ -595,6 +612,7 @@ mod tests {
                 kernel: (kh, kw),
                 strides: (sh, sw),
                 pads: Pads { top: p[0], left: p[1], bottom: p[2], right: p[3] },
+                dilations: (1, 1),
             };
             let layer = match which {
                 0 => Layer::Conv2d {
@@ -630,6 +648,7 @@ mod tests {
                     kernel: (1, 1),
                     strides: (1, 1),
                     pads: Pads::default(),
+                    dilations: (1, 1),
                 },
             }],
         );

@@ -247,6 +247,7 @@ fn pool(x: &[i64], s: [usize; 3], w: &Window, kind: PoolKind) -> (Vec<i64>, [usi
     };
     let (kh, kw) = w.kernel;
     let (sh, sw) = w.strides;
+    let (dh, dw) = w.dilations;
     let mut y = vec![0i64; c * oh * ow];
     for ch in 0..c {
         for i in 0..oh {
@@ -257,9 +258,11 @@ fn pool(x: &[i64], s: [usize; 3], w: &Window, kind: PoolKind) -> (Vec<i64>, [usi
                 };
                 let mut count = 0i64;
                 for l in 0..kh {
-                    let r = (i * sh + l).checked_sub(w.pads.top).filter(|&r| r < h);
+                    let r = (i * sh + l * dh).checked_sub(w.pads.top).filter(|&r| r < h);
                     for n in 0..kw {
-                        let q = (j * sw + n).checked_sub(w.pads.left).filter(|&q| q < wd);
+                        let q = (j * sw + n * dw)
+                            .checked_sub(w.pads.left)
+                            .filter(|&q| q < wd);
                         let (Some(r), Some(q)) = (r, q) else {
                             continue;
                         };

@@ -36,7 +36,7 @@ impl Pads {
     }
 }
 
-/// A 2-D window: kernel size, stride and padding (for pooling and conv).
+/// A 2-D window: kernel size, stride, padding and (for pooling) dilation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
     /// Kernel height and width.
@@ -45,6 +45,14 @@ pub struct Window {
     pub strides: (usize, usize),
     /// Zero (conv, avg) or ignored (max) padding.
     pub pads: Pads,
+    /// Spacing of the taps (pooling only; a dilated conv imports as a conv
+    /// whose kernel has zero taps). `(1, 1)`: contiguous.
+    #[serde(default = "undilated")]
+    pub dilations: (usize, usize),
+}
+
+fn undilated() -> (usize, usize) {
+    (1, 1)
 }
 
 impl Window {
@@ -57,12 +65,27 @@ impl Window {
         let wp = w
             .checked_add(self.pads.left)?
             .checked_add(self.pads.right)?;
-        let (kh, kw) = self.kernel;
+        let (kh, kw) = self.extent()?;
         let (sh, sw) = self.strides;
         if hp < kh || wp < kw || sh == 0 || sw == 0 || kh == 0 || kw == 0 {
             return None;
         }
         Some(((hp - kh) / sh + 1, (wp - kw) / sw + 1))
+    }
+
+    /// Rows and columns the (dilated) kernel spans, or `None` on overflow
+    /// or a zero dilation.
+    pub fn extent(&self) -> Option<(usize, usize)> {
+        let span = |k: usize, d: usize| {
+            if d == 0 {
+                return None;
+            }
+            k.checked_sub(1)?.checked_mul(d)?.checked_add(1)
+        };
+        Some((
+            span(self.kernel.0, self.dilations.0)?,
+            span(self.kernel.1, self.dilations.1)?,
+        ))
     }
 }
 
@@ -276,6 +299,7 @@ mod tests {
                 bottom: 1,
                 right: 0,
             },
+            dilations: (1, 1),
         };
         assert_eq!(w.output_hw(4, 4), Some((5, 3)));
         w.pads.top = usize::MAX;

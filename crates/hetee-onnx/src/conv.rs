@@ -121,14 +121,6 @@ impl Importer<'_> {
         if max {
             cx.int_in("storage_order", 0, &[0])?;
         }
-        if let Some(a) = cx.attr("dilations") {
-            if a.ints.iter().any(|&x| x != 1) {
-                return Err(cx.unsup(format!(
-                    "dilations={:?} is not supported for pooling (supported: all 1)",
-                    a.ints
-                )));
-            }
-        }
         let cip = if max {
             0
         } else {
@@ -137,7 +129,20 @@ impl Importer<'_> {
         let ceil = cx.int_in("ceil_mode", 0, &[0, 1])? == 1;
         let one_d = cx.attr("kernel_shape").is_some_and(|a| a.ints.len() == 1);
         let k = cx.spatial("kernel_shape", one_d, 0, 1)?;
-        let mut window = cx.window_on((k[0], k[1]), None, (h, w), one_d)?;
+        let d = cx.spatial("dilations", one_d, 1, 1)?;
+        if d.iter().any(|&x| x > MAX_ATTR as usize) {
+            return Err(cx.unsup(format!("dilations {d:?} are too large")));
+        }
+        if d != [1, 1] && cip == 1 {
+            return Err(cx.unsup(
+                "dilations with count_include_pad=1 are not supported (supported: count_include_pad=0, or MaxPool)",
+            ));
+        }
+        // Sizes and auto_pad follow the dilated extent of the kernel.
+        let extent = ((k[0] - 1) * d[0] + 1, (k[1] - 1) * d[1] + 1);
+        let mut window = cx.window_on(extent, None, (h, w), one_d)?;
+        window.kernel = (k[0], k[1]);
+        window.dilations = (d[0], d[1]);
         if ceil {
             if cip == 1 {
                 return Err(cx.unsup(
@@ -147,7 +152,7 @@ impl Importer<'_> {
             // The extra windows of ceil mode: pad the end so they fit. The
             // padding is ignored by max pooling and not counted by average
             // pooling without count_include_pad, exactly as ONNX does.
-            let (p, k, st) = (window.pads, window.kernel, window.strides);
+            let (p, k, st) = (window.pads, extent, window.strides);
             window.pads.bottom += ceil_extra(h, p.top, p.bottom, k.0, st.0);
             window.pads.right += ceil_extra(w, p.left, p.right, k.1, st.1);
         }
@@ -273,6 +278,7 @@ impl Ctx<'_> {
             kernel: k,
             strides: (s[0], s[1]),
             pads,
+            dilations: (1, 1),
         })
     }
 }

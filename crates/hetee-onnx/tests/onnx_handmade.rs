@@ -395,15 +395,16 @@ fn unsupported_attributes_are_named() {
         ),
         (
             one_node(
-                "MaxPool",
+                "AveragePool",
                 vec![
                     ("kernel_shape", A::Is(&[2, 2])),
                     ("dilations", A::Is(&[2, 2])),
+                    ("count_include_pad", A::I(1)),
                 ],
                 &[1, 5, 5],
                 vec![],
             ),
-            "dilations=[2, 2]",
+            "dilations with count_include_pad=1",
         ),
         (
             one_node(
@@ -743,6 +744,13 @@ fn grouped_dilated_padded_convs_and_ceil_pools_match_tract() {
         );
         let b = tensor("b", &[m as i64], r.vec(m));
         let ceil = pick(&mut r, 2) as i64;
+        // Every third case pools with dilations (1 or 2 per axis).
+        const DILATIONS: [[i64; 2]; 4] = [[1, 1], [2, 1], [1, 2], [2, 2]];
+        let pd: &'static [i64] = if case % 3 == 2 {
+            &DILATIONS[1 + pick(&mut r, 3)]
+        } else {
+            &DILATIONS[0]
+        };
         let nodes = vec![
             node("Conv", "conv", &["x", "w", "b"], &["c"], attrs),
             node(
@@ -754,6 +762,7 @@ fn grouped_dilated_padded_convs_and_ceil_pools_match_tract() {
                     ("kernel_shape", A::Is(&[2, 2])),
                     ("strides", A::Is(&[2, 2])),
                     ("ceil_mode", A::I(ceil)),
+                    ("dilations", A::Is(pd)),
                 ],
             ),
         ];

@@ -479,6 +479,7 @@ mod tests {
                     bottom: 0,
                     right: big,
                 },
+                dilations: (1, 1),
             }));
         last.tail.output_shape = [2, big + 1, big + 1];
         assert!(t.validate().is_err());
@@ -493,6 +494,7 @@ mod tests {
                 bottom: 0,
                 right: 0,
             },
+            dilations: (1, 1),
         })];
         last.tail.output_shape = [2, 2, 2];
         let e = t.validate().unwrap_err().to_string();

@@ -377,6 +377,8 @@ model_tests! {
     run_nhwc, ref_nhwc: "nhwc.onnx", [0.0, 1.0];
     // A flat input reshaped into the first conv's image.
     run_unflatten, ref_unflatten: "unflatten.onnx", [-1.0, 1.0];
+    // Max pooling with dilations.
+    run_dilated_pool, ref_dilated_pool: "dilated_pool.onnx", [0.0, 1.0];
 }
 
 // The dense models again with unsigned [0, 1) inputs, which quantize to
@@ -418,6 +420,7 @@ fn manifest_is_covered() {
         "pre_ops.onnx",
         "nhwc.onnx",
         "unflatten.onnx",
+        "dilated_pool.onnx",
         "mlp.onnx",
         "matmul_add.onnx",
         "gemm_alpha_beta.onnx",
