@@ -6,7 +6,7 @@ use hetee_client::data_provider::Receipt;
 use hetee_client::{channel, data_provider, http, relay, trust};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use rayon::prelude::*;
 
 use crate::data::Tensor;
@@ -71,7 +71,7 @@ pub fn infer_tensor(q: &Query, x: &Tensor) -> Result<(Outputs, Vec<Receipt>)> {
     let target = data_provider::Target::connect(api, q.trust, q.model_id, client)?;
     let n = crate::run::check_shape("the input", x, &target.input_shape)?;
     if n == 0 {
-        bail!("the input holds no samples");
+        return Err(crate::run::BadInput("the input holds no samples".into()).into());
     }
     let per = x.data.len() / n;
     let images: Vec<&[f32]> = x.data.chunks(per).collect();

@@ -41,16 +41,59 @@ pub fn bundled_calibration(name: &str) -> Option<Result<Tensor>> {
     crate::bundled::find(name).map(|b| data::idx_images(b.calib_images))
 }
 
-/// A bundled model with its calibration set, or an ONNX file with the
-/// given calibration file.
-pub fn load_model(name: &str, calib: Option<&Path>) -> Result<(Model, Tensor)> {
-    let model = import_model(name)?;
-    let calib = match (calib, bundled_calibration(name)) {
-        (Some(p), _) => data::read_npy(p).context("calibration set")?,
+/// Where a model comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum ModelSource<'a> {
+    /// A bundled model's name, or the path of an ONNX file.
+    Named(&'a str),
+    /// The bytes of an ONNX model.
+    Onnx(&'a [u8]),
+}
+
+/// A model with its calibration set: `calib` if given, else the bundled
+/// model's own.
+pub fn load_model_from(src: ModelSource, calib: Option<Tensor>) -> Result<(Model, Tensor)> {
+    let (model, bundled) = match src {
+        ModelSource::Named(name) => (import_model(name)?, bundled_calibration(name)),
+        ModelSource::Onnx(bytes) => (
+            hetee_onnx::import_onnx_bytes(bytes, "the ONNX bytes")?,
+            None,
+        ),
+    };
+    let calib = match (calib, bundled) {
+        (Some(c), _) => c,
         (None, Some(c)) => c?,
         (None, None) => bail!("--calib is required for a model file"),
     };
     Ok((model, calib))
+}
+
+/// A bundled model with its calibration set, or an ONNX file with the
+/// given calibration file.
+pub fn load_model(name: &str, calib: Option<&Path>) -> Result<(Model, Tensor)> {
+    let calib = match calib {
+        Some(p) => Some(data::read_npy(p).context("calibration set")?),
+        None => None,
+    };
+    load_model_from(ModelSource::Named(name), calib)
+}
+
+/// Input that cannot be used as it is (wrong shape, non-finite values):
+/// the caller must fix its data. Carried inside the `anyhow` errors of
+/// [`check_shape`] and [`check_finite`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+/// Checks that every value of `t` is finite.
+pub fn check_finite(what: &str, t: &Tensor) -> Result<()> {
+    match t.data.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(BadInput(format!(
+            "{what} holds a non-finite value (NaN or Inf) at flat index {i}; clean the data first"
+        ))
+        .into()),
+        None => Ok(()),
+    }
 }
 
 /// Checks that a batch tensor holds samples of shape `want` (a 1-D
@@ -63,28 +106,26 @@ pub fn check_shape(what: &str, t: &Tensor, want: &[usize]) -> Result<usize> {
     let one_d = want.len() == 3 && want[1] == 1 && t.shape.len() == 3;
     let one_d_same = one_d && squeeze(&t.shape[1..]) == squeeze(want);
     if !(same || one_d_same) {
-        bail!(
+        return Err(BadInput(format!(
             "{what} has shape {:?}, but the model takes [N, {}]; reshape it to match",
             t.shape,
             want.iter()
                 .map(|d| d.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
+        ))
+        .into());
     }
     let n: usize = t.shape.iter().product();
     if t.data.len() != n {
-        bail!(
+        return Err(BadInput(format!(
             "{what} holds {} values but its shape {:?} needs {n}",
             t.data.len(),
             t.shape
-        );
+        ))
+        .into());
     }
-    if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-        bail!(
-            "{what} holds a non-finite value (NaN or Inf) at flat index {i}; clean the data first"
-        );
-    }
+    check_finite(what, t)?;
     Ok(t.shape[0])
 }
 
@@ -97,7 +138,10 @@ pub fn check_batch(what: &str, t: &Tensor, model: &Model) -> Result<usize> {
 pub fn prepare(model: &Model, calib: &Tensor) -> Result<QuantModel> {
     let n = check_batch("the calibration set", calib, model)?;
     if n == 0 {
-        bail!("the calibration set is empty; pass at least one representative input");
+        return Err(BadInput(
+            "the calibration set is empty; pass at least one representative input".into(),
+        )
+        .into());
     }
     Ok(quantize(model, &calib.data)?)
 }
@@ -120,7 +164,7 @@ pub struct RunOutput {
 pub fn run_batch(model: &Model, q: &QuantModel, x: &Tensor, plaintext: bool) -> Result<RunOutput> {
     let n = check_batch("the input", x, model)?;
     if n == 0 {
-        bail!("the input holds no samples");
+        return Err(crate::run::BadInput("the input holds no samples".into()).into());
     }
     let per: usize = model.input_shape.iter().product();
     let classes = q.classes();
