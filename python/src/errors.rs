@@ -22,7 +22,6 @@ pyo3::create_exception!(
 
 /// `hetee.InputError`: a subclass of both `HeteeError` and `ValueError`,
 /// made at import (pyo3's exception macro takes one base).
-#[allow(non_camel_case_types)]
 pub struct InputError;
 
 static INPUT_ERROR: pyo3::sync::PyOnceLock<Py<pyo3::types::PyType>> = pyo3::sync::PyOnceLock::new();

@@ -6,6 +6,7 @@ HETEE_BIN names the `hetee` executable (default: target/release/hetee of
 this repository); the enclave binary is the `hetee-enclave` beside it.
 """
 
+import contextlib
 import gzip
 import os
 import pathlib
@@ -56,11 +57,12 @@ class Server:
         self.log = log
 
 
-@pytest.fixture(scope="session")
-def server(hetee_bin, enclave_bin, tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("store")
+@contextlib.contextmanager
+def start_server(hetee_bin, data_dir, *extra):
+    """`hetee serve` on a free loopback port with its store in `data_dir`
+    (extra serve arguments, e.g. TLS); stopped on exit."""
     proc = subprocess.Popen(
-        [str(hetee_bin), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+        [str(hetee_bin), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -75,8 +77,8 @@ def server(hetee_bin, enclave_bin, tmp_path_factory):
         for line in proc.stdout:
             if line.startswith("enclave measurement "):
                 measurement = line.split()[-1]
-            if line.startswith("listening on http://"):
-                addr = line.strip()[len("listening on http://"):]
+            if line.startswith("listening on "):
+                addr = line.split()[-1]
                 break
     finally:
         timer.cancel()
@@ -84,13 +86,21 @@ def server(hetee_bin, enclave_bin, tmp_path_factory):
         proc.kill()
         proc.wait()
         pytest.fail("hetee serve did not start:\n" + "".join(log))
-    yield Server(proc, addr, measurement, log)
-    proc.terminate()
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        yield Server(proc, addr.removeprefix("http://"), measurement, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(hetee_bin, enclave_bin, tmp_path_factory):
+    with start_server(hetee_bin, tmp_path_factory.mktemp("store")) as s:
+        yield s
 
 
 def _idx_images(name: str, n: int) -> np.ndarray:
