@@ -1,10 +1,24 @@
 """Type stubs of the hetee package (the Rust extension hetee._hetee)."""
 
 import os
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, overload
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, final, overload
 
 import numpy as np
 import numpy.typing as npt
+
+__all__ = [
+    "AttestationError",
+    "Client",
+    "DEFAULT_MEMORY_BUDGET_MIB",
+    "HeteeError",
+    "InputError",
+    "ModelOwner",
+    "__version__",
+    "bundled_models",
+    "find_enclave_binary",
+    "measure",
+    "run",
+]
 
 __version__: str
 DEFAULT_MEMORY_BUDGET_MIB: int
@@ -24,19 +38,20 @@ class InputError(HeteeError, ValueError):
     """An array the model cannot take (wrong dtype or shape, NaN or Inf, no
     samples), refused before anything is sent."""
 
+@final
 class ModelOwner:
     """A model provider: verifies the server's enclave, then uploads,
     registers and manages its models over a channel opened with its
     long-term key (``key_file``, created on first use; keep it)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         server: str,
         measurement: str,
         key_file: _Path,
         allow_sim: bool = False,
         ca: Optional[_Path] = None,
-    ) -> None: ...
+    ) -> "ModelOwner": ...
     @property
     def public_key(self) -> str:
         """The owner's public key (64 hex digits)."""
@@ -61,17 +76,18 @@ class ModelOwner:
     ) -> Dict[str, Any]:
         """Replace the allow list (``None``: anyone); returns the state."""
 
+@final
 class Client:
     """A data provider: verifies the server's enclave and queries served models."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         server: str,
         measurement: str,
         key_file: Optional[_Path] = None,
         allow_sim: bool = False,
         ca: Optional[_Path] = None,
-    ) -> None: ...
+    ) -> "Client": ...
     @property
     def public_key(self) -> Optional[str]:
         """The client's public key (64 hex digits), or None without a key file."""
@@ -107,9 +123,10 @@ def run(
     ``plaintext=True`` runs the integer reference (identical output)."""
 
 def measure(
-    binary: Optional[_Path] = None, memory_budget_mib: int = 1024
+    binary: Optional[_Path] = None, memory_budget_mib: Optional[int] = None
 ) -> str:
-    """The measurement (hex) of the enclave binary, as ``hetee enclave measure``."""
+    """The measurement (hex) of the enclave binary, as ``hetee enclave measure``
+    (``memory_budget_mib``: default ``DEFAULT_MEMORY_BUDGET_MIB``)."""
 
 def find_enclave_binary(binary: Optional[_Path] = None) -> str:
     """The enclave binary ``measure`` would read."""

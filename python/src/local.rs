@@ -184,16 +184,19 @@ pub fn find_enclave_binary(binary: Option<&Bound<'_, PyAny>>) -> PyResult<String
 }
 
 /// The measurement (64 hex digits) of the enclave binary with the memory
-/// budget `memory_budget_mib`, as `hetee enclave measure` prints it: what
-/// a server that launches this binary on the simulated platform attests,
-/// and what clients pin. The binary is found as by `find_enclave_binary`.
+/// budget `memory_budget_mib` (default `DEFAULT_MEMORY_BUDGET_MIB`, as
+/// `hetee serve`), as `hetee enclave measure` prints it: what a server
+/// that launches this binary on the simulated platform attests, and what
+/// clients pin. The binary is found as by `find_enclave_binary`.
 #[pyfunction]
-#[pyo3(signature = (binary=None, memory_budget_mib=hetee_proto::config::DEFAULT_MEMORY_BUDGET_MIB))]
+#[pyo3(signature = (binary=None, memory_budget_mib=None))]
 pub fn measure(
     py: Python<'_>,
     binary: Option<&Bound<'_, PyAny>>,
-    memory_budget_mib: u64,
+    memory_budget_mib: Option<u64>,
 ) -> PyResult<String> {
+    let memory_budget_mib =
+        memory_budget_mib.unwrap_or(hetee_proto::config::DEFAULT_MEMORY_BUDGET_MIB);
     let program = locate_enclave(opt_path("binary", binary)?)?;
     py.detach(|| hetee::serve::measure_enclave(Path::new(&program), memory_budget_mib))
         .or_py()
