@@ -89,3 +89,27 @@ def test_model_argument_errors():
     with pytest.raises(TypeError, match="model must be a str or os.PathLike"):
         hetee.run(42, np.zeros((1, 1, 28, 28), np.float32))
     assert "mnist" in hetee.bundled_models()
+
+
+def test_run_releases_the_gil(mnist_x):
+    import threading
+    import time
+
+    done = threading.Event()
+    ticks = []
+
+    def work():
+        try:
+            hetee.run("mnist", mnist_x[:2])
+        finally:
+            done.set()
+
+    t = threading.Thread(target=work)
+    t.start()
+    time.sleep(0.05)
+    # While the run works in Rust, this thread keeps running Python code.
+    while not done.is_set():
+        ticks.append(time.monotonic())
+        time.sleep(0.01)
+    t.join()
+    assert len(ticks) > 20, len(ticks)
