@@ -31,6 +31,8 @@ pub struct Target {
     model_id: [u8; 16],
     /// Images per query.
     pub batch: usize,
+    /// One image's shape, as the enclave's query plan gives it.
+    pub input_shape: Vec<usize>,
 }
 
 /// The result of one query.
@@ -135,6 +137,7 @@ impl Target {
             client,
             model_id: id,
             batch: plan.batch,
+            input_shape: plan.input_shape,
         })
     }
 

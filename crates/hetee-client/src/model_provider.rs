@@ -218,6 +218,12 @@ pub fn manage(
 pub fn read_allow_list(path: &std::path::Path) -> Result<AllowList> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the allow list {}", path.display()))?;
+    parse_allow_list(&text, &path.display().to_string())
+}
+
+/// Parses the text of an allow list (see [`read_allow_list`]); `origin`
+/// names it in errors (`origin:line: …`).
+pub fn parse_allow_list(text: &str, origin: &str) -> Result<AllowList> {
     let mut keys = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
@@ -225,14 +231,10 @@ pub fn read_allow_list(path: &std::path::Path) -> Result<AllowList> {
             continue;
         }
         let v = hetee_attest::evidence::unhex(line)
-            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), n + 1))?;
-        let k: [u8; 32] = v.try_into().map_err(|_| {
-            anyhow::anyhow!(
-                "{}:{}: a client key is 64 hex digits",
-                path.display(),
-                n + 1
-            )
-        })?;
+            .map_err(|e| anyhow::anyhow!("{origin}:{}: {e}", n + 1))?;
+        let k: [u8; 32] = v
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("{origin}:{}: a client key is 64 hex digits", n + 1))?;
         keys.push(k);
     }
     Ok(AllowList::Only(keys))

@@ -15,6 +15,15 @@ use hetee_proto::api::{unb64, KeysInfo};
 use hetee_proto::ids::{he_params_from_bytes, id_from_hex, key_set_binding, KeyId};
 use sha2::{Digest, Sha256};
 
+/// The client refused the server's enclave: its evidence did not pass the
+/// policy (another measurement, the simulated platform without
+/// `--allow-sim`, a bad signature, a report that binds other keys).
+/// Carried inside the `anyhow` error of [`verify`], so callers can tell a
+/// refusal from other failures with `downcast_ref`.
+#[derive(Debug, thiserror::Error)]
+#[error("refusing the server's enclave: {0}")]
+pub struct AttestationRefused(pub String);
+
 /// What a client accepts.
 #[derive(Debug, Clone)]
 pub struct Trust {
@@ -91,11 +100,12 @@ pub fn verify(info: &KeysInfo, trust: &Trust) -> Result<AttestedKeys> {
     policy
         .check(&verifiers, &ev, &expected, now)
         .map_err(|e| match e {
-            hetee_attest::Error::SimNotAllowed => anyhow!(
-                "refusing the server's enclave: its evidence comes from the simulated platform, \
-                 which protects nothing; pass --allow-sim only for testing"
+            hetee_attest::Error::SimNotAllowed => AttestationRefused(
+                "its evidence comes from the simulated platform, which protects nothing; \
+                 pass --allow-sim only for testing"
+                    .into(),
             ),
-            other => anyhow!("refusing the server's enclave: {other}"),
+            other => AttestationRefused(other.to_string()),
         })?;
     let he = he_params_from_bytes(&he_params)?;
     let par = he.build()?;

@@ -2,13 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use rayon::prelude::*;
 
-use crate::data::{self, Tensor};
-use crate::harness::Harness;
-use hetee_model::{quantize, reference, Model, QuantModel};
+pub use crate::run::{bundled_onnx, check_batch, load_model, prepare};
 
 /// Confidential neural-network inference: BFV on the untrusted host, exact
 /// nonlinear steps in a trusted enclave.
@@ -320,9 +317,6 @@ enum Command {
     },
 }
 
-/// Largest batch the planner considers for `hetee run`.
-const MAX_BATCH: usize = 32;
-
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
@@ -359,15 +353,14 @@ pub fn run(cli: Cli) -> Result<()> {
                     memory_budget_mib,
                 },
         } => {
-            let config = hetee_proto::EnclaveConfig { memory_budget_mib };
-            hetee_proto::EnclaveConfig::from_bytes(&config.to_bytes())
-                .context("--memory-budget-mib must be between 16 and 1048576")?;
             let program = match binary {
                 Some(b) => b,
                 None => hetee_server::launcher::find_enclave_binary()?,
             };
-            let m = hetee_server::launcher::measure_binary(&program, &config)?;
-            println!("{}", m.to_hex());
+            println!(
+                "{}",
+                crate::serve::measure_enclave(&program, memory_budget_mib)?
+            );
             Ok(())
         }
         Command::Serve {
@@ -409,16 +402,18 @@ pub fn run(cli: Cli) -> Result<()> {
             receipt,
             client_key,
         } => crate::infer::infer_file(&crate::infer::InferJob {
-            server: &server,
-            ca: ca.as_deref(),
-            model_id: &model_id,
+            query: crate::infer::Query {
+                server: &server,
+                ca: ca.as_deref(),
+                model_id: &model_id,
+                trust: &crate::client::trust::Trust::new(&expect_measurement, allow_sim)?,
+                parallel,
+                thin,
+                client_key: client_key.as_deref(),
+            },
             input: &input,
             output: &output,
-            trust: &crate::client::trust::Trust::new(&expect_measurement, allow_sim)?,
-            parallel,
-            thin,
             receipt: receipt.as_deref(),
-            client_key: client_key.as_deref(),
         }),
         Command::VerifyReceipt {
             receipt,
@@ -443,7 +438,7 @@ pub fn run(cli: Cli) -> Result<()> {
             output,
             report,
             plaintext,
-        } => run_model(
+        } => crate::run::run_files(
             &model,
             &input,
             calib.as_deref(),
@@ -497,136 +492,6 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The ONNX bytes of a bundled model (see [`crate::bundled`]).
-pub fn bundled_onnx(name: &str) -> Option<&'static [u8]> {
-    crate::bundled::find(name).map(|b| b.onnx)
-}
-
-/// A bundled model with its calibration set, or an ONNX file with the
-/// given calibration file.
-pub fn load_model(name: &str, calib: Option<&std::path::Path>) -> Result<(Model, Tensor)> {
-    let bundled = crate::bundled::find(name);
-    let model = match bundled {
-        Some(b) => hetee_onnx::import_onnx_bytes(b.onnx, name)?,
-        None => {
-            let path = std::path::Path::new(name);
-            if !path.exists() && !name.contains('.') && !name.contains('/') {
-                bail!(
-                    "no bundled model is called '{name}' (bundled: {}), and no file has that name",
-                    crate::bundled::names()
-                );
-            }
-            hetee_onnx::import_onnx(path)?
-        }
-    };
-    let calib = match (calib, bundled) {
-        (Some(p), _) => data::read_npy(p).context("calibration set")?,
-        (None, Some(b)) => data::idx_images(b.calib_images)?,
-        (None, None) => bail!("--calib is required for a model file"),
-    };
-    Ok((model, calib))
-}
-
-/// Checks that a batch tensor matches the model input and returns the sample count.
-pub fn check_batch(what: &str, t: &Tensor, model: &Model) -> Result<usize> {
-    let want = &model.input_shape;
-    // A 1-D model's [C, L] input is held as [C, 1, L].
-    let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
-    let same = t.shape.len() == want.len() + 1 && &t.shape[1..] == want.as_slice();
-    let one_d = want.len() == 3 && want[1] == 1 && t.shape.len() == 3;
-    let one_d_same = one_d && squeeze(&t.shape[1..]) == squeeze(want);
-    if !(same || one_d_same) {
-        bail!(
-            "{what} has shape {:?}, but the model takes [N, {}]; reshape it to match",
-            t.shape,
-            want.iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
-        bail!(
-            "{what} holds a non-finite value (NaN or Inf) at flat index {i}; clean the data first"
-        );
-    }
-    Ok(t.shape[0])
-}
-
-/// Imports and quantizes a model with a calibration tensor.
-pub fn prepare(model: &Model, calib: &Tensor) -> Result<QuantModel> {
-    let n = check_batch("the calibration set", calib, model)?;
-    if n == 0 {
-        bail!("the calibration set is empty; pass at least one representative input");
-    }
-    Ok(quantize(model, &calib.data)?)
-}
-
-fn run_model(
-    model_name: &str,
-    input: &std::path::Path,
-    calib: Option<&std::path::Path>,
-    output: &std::path::Path,
-    report: Option<&std::path::Path>,
-    plaintext: bool,
-) -> Result<()> {
-    let (model, c) = load_model(model_name, calib)?;
-    let x = data::read_npy(input).context("input")?;
-    let n = check_batch("the input", &x, &model)?;
-    let q = prepare(&model, &c)?;
-    let per: usize = model.input_shape.iter().product();
-    let classes = q.classes();
-    let samples: Vec<&[f32]> = x.data.chunks(per).take(n).collect();
-    let mut out = Vec::with_capacity(n * classes);
-    let mut all = Vec::new();
-    let mut dep = None;
-    if plaintext {
-        let outs = samples
-            .par_iter()
-            .map(|s| Ok(reference::run_quantized(&q, s)?))
-            .collect::<Result<Vec<_>>>()?;
-        out.extend(outs.into_iter().flatten());
-    } else {
-        // Many inputs: the planner may stack several images per product.
-        let d = Harness::new(&q, n.min(MAX_BATCH))?;
-        // A progress bar on stderr, drawn only on a terminal.
-        let bar = indicatif::ProgressBar::new(n as u64);
-        bar.set_style(indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} images, {elapsed} elapsed, eta {eta}",
-        )?);
-        let results = samples
-            .par_chunks(d.schedule.batch)
-            .map(|chunk| {
-                let r = d.infer_batch(chunk);
-                bar.inc(chunk.len() as u64);
-                r
-            })
-            .collect::<Result<Vec<_>>>()?;
-        bar.finish_and_clear();
-        for (logits, s) in results {
-            out.extend(logits.into_iter().flatten());
-            all.push(s);
-        }
-        dep = Some(d);
-    }
-    // The model's own output shape ([N, classes] for a classifier).
-    let mut shape = vec![n];
-    if q.output_shape.iter().product::<usize>() == classes && !q.output_shape.is_empty() {
-        shape.extend(&q.output_shape);
-    } else {
-        shape.push(classes);
-    }
-    data::write_npy(output, &shape, &out)?;
-    if let Some(r) = report {
-        let json = crate::report::layer_report(&q, dep.as_ref(), &all, n, plaintext);
-        std::fs::write(r, serde_json::to_string_pretty(&json)?)
-            .with_context(|| format!("cannot write {}", r.display()))?;
-    }
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    eprintln!("wrote {} outputs to {}", dims.join(" x "), output.display());
-    Ok(())
-}
-
 /// Median (upper median for even counts); 0 for no values.
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -649,13 +514,11 @@ fn model_command(cmd: ModelCommand) -> Result<()> {
             allow_clients,
             owner: o,
         } => {
-            let terms = owner::terms(
-                max_batch,
-                &output_policy,
-                query_budget,
-                lock_after,
-                allow_clients.as_deref(),
-            )?;
+            let allow = match allow_clients {
+                Some(p) => crate::client::model_provider::read_allow_list(&p)?,
+                None => hetee_proto::channel::AllowList::Open,
+            };
+            let terms = owner::terms(max_batch, &output_policy, query_budget, lock_after, allow)?;
             let (m, c) = load_model(&model, calib.as_deref())?;
             let q = prepare(&m, &c)?;
             owner::upload(&o, &q, &terms)

@@ -19,4 +19,5 @@ pub mod harness;
 pub mod owner;
 pub mod plan;
 pub mod report;
+pub mod run;
 pub mod serve;

@@ -15,13 +15,14 @@ use crate::client::http::Api;
 use crate::client::model_provider::{self, read_allow_list, Manage, Terms};
 use crate::client::trust::Trust;
 
-/// The terms of `hetee model upload`'s flags.
+/// The terms of `hetee model upload`'s flags (`allow`: from
+/// `--allow-clients`, or open).
 pub fn terms(
     max_batch: usize,
     output_policy: &str,
     query_budget: Option<u64>,
     lock_after: u32,
-    allow_clients: Option<&Path>,
+    allow: AllowList,
 ) -> Result<Terms> {
     if lock_after == 0 {
         return Err(anyhow!("--lock-after must be at least 1"));
@@ -34,30 +35,41 @@ pub fn terms(
             query_budget,
             lock_after,
         },
-        allow: match allow_clients {
-            Some(p) => read_allow_list(p)?,
-            None => AllowList::Open,
-        },
+        allow,
     })
 }
 
-/// `hetee model upload`: prints the model id alone on the last line.
-pub fn upload(o: &OwnerArgs, q: &QuantModel, terms: &Terms) -> Result<()> {
+/// Verifies the enclave, then uploads and registers `q` on `terms` as the
+/// owner `o` (its key file is created on first use). Returns what the
+/// upload produced and the owner's public key.
+pub fn upload_model(
+    o: &OwnerArgs,
+    q: &QuantModel,
+    terms: &Terms,
+) -> Result<(model_provider::Uploaded, [u8; 32])> {
     let trust = Trust::new(&o.expect_measurement, o.allow_sim)?;
     let api = Api::connect(&o.server, o.ca.as_deref())?;
     let key = load_or_create_key(&o.client_key)?;
     let up = model_provider::upload(&api, &trust, &key, q, terms)?;
+    Ok((up, *key.public()))
+}
+
+/// `hetee model upload`: prints the model id alone on the last line.
+pub fn upload(o: &OwnerArgs, q: &QuantModel, terms: &Terms) -> Result<()> {
+    let (up, owner) = upload_model(o, q, terms)?;
     eprintln!(
         "uploaded {} bytes of encrypted weights; {} images per query; owner key {}",
         up.weight_bytes,
         up.batch,
-        id_hex(key.public())
+        id_hex(&owner)
     );
     println!("{}", id_hex(&up.model_id));
     Ok(())
 }
 
-fn manage(o: &OwnerArgs, model_id: &str, what: Manage) -> Result<ModelReport> {
+/// Verifies the enclave and sends the owner's message `what` about
+/// `model_id`; returns the model's state as the enclave reports it.
+pub fn manage(o: &OwnerArgs, model_id: &str, what: Manage) -> Result<ModelReport> {
     let trust = Trust::new(&o.expect_measurement, o.allow_sim)?;
     let api = Api::connect(&o.server, o.ca.as_deref())?;
     let key = load_or_create_key(&o.client_key)?;

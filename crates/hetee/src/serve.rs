@@ -138,3 +138,13 @@ pub fn serve(opts: &ServeOptions) -> Result<()> {
     println!("listening on {scheme}://{}", server.addr);
     server.run()
 }
+
+/// `hetee enclave measure`: the measurement (hex) of the enclave binary
+/// `program` with a memory budget of `memory_budget_mib`, which is what a
+/// server launching it on the simulated platform attests.
+pub fn measure_enclave(program: &std::path::Path, memory_budget_mib: u64) -> Result<String> {
+    let config = EnclaveConfig { memory_budget_mib };
+    EnclaveConfig::from_bytes(&config.to_bytes())
+        .context("--memory-budget-mib must be between 16 and 1048576")?;
+    Ok(hetee_server::launcher::measure_binary(program, &config)?.to_hex())
+}

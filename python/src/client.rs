@@ -1,0 +1,161 @@
+//! `hetee.Client`: the data provider (`hetee infer`, `hetee verify-receipt`).
+
+use std::path::PathBuf;
+
+use hetee::client::channel::load_or_create_key;
+use hetee::client::data_provider::Receipt;
+use hetee::client::trust::Trust;
+use hetee::infer::{infer_tensor, Outputs, Query};
+use hetee_proto::ids::id_hex;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::arrays;
+use crate::errors::OrPy;
+use crate::local::{opt_path, path_string};
+
+/// A data provider: verifies the server's enclave, encrypts its inputs
+/// under the attested HE key (or, in thin mode, hands them to the enclave
+/// over the channel) and receives the results over the channel.
+///
+/// `server`: `host:port`, `http://host:port` or `https://host:port`.
+/// `measurement`: the enclave measurement to accept (64 hex digits).
+/// `key_file`: the long-term client key (hex file, created if missing):
+/// the key a model's owner lists to allow queries, and by which query
+/// budgets count. `None`: a throwaway key per call (enough for open models).
+/// `allow_sim`: accept the simulated TEE platform (testing only).
+/// `ca`: for https, a PEM file of CA certificates to trust instead of the
+/// system's roots.
+#[pyclass(module = "hetee", frozen)]
+pub struct Client {
+    server: String,
+    ca: Option<PathBuf>,
+    trust: Trust,
+    key_file: Option<PathBuf>,
+}
+
+#[pymethods]
+impl Client {
+    #[new]
+    #[pyo3(signature = (server, measurement, key_file=None, allow_sim=false, ca=None))]
+    fn new(
+        server: &str,
+        measurement: &str,
+        key_file: Option<&Bound<'_, PyAny>>,
+        allow_sim: bool,
+        ca: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let trust = Trust::new(measurement, allow_sim).or_py()?;
+        let ca = opt_path("ca", ca)?;
+        hetee::client::http::Api::connect(server, ca.as_deref()).or_py()?;
+        Ok(Client {
+            server: server.to_owned(),
+            ca,
+            trust,
+            key_file: opt_path("key_file", key_file)?,
+        })
+    }
+
+    /// The client's public key (64 hex digits) to give a model's owner for
+    /// its allow list; creates the key file if missing. `None` without a
+    /// key file.
+    #[getter]
+    fn public_key(&self) -> PyResult<Option<String>> {
+        self.key_file
+            .as_deref()
+            .map(|p| load_or_create_key(p).map(|k| id_hex(k.public())))
+            .transpose()
+            .or_py()
+    }
+
+    /// Runs every sample of `x` (float32 `[N, ...]` in the model's input
+    /// shape, preprocessed) through the served model `model_id`, checking
+    /// the enclave first; `parallel` queries in flight. The shape and the
+    /// values are checked against the enclave's query plan before any input
+    /// is sent.
+    ///
+    /// Returns float32 `[N, classes]` dequantized logits, or int32 `[N, k]`
+    /// labels (best first) if the model's policy is `label` or `top-K`;
+    /// identical to `hetee run --plaintext` on the same model and
+    /// calibration set. `thin=True` sends the inputs to the enclave over the
+    /// channel and lets it encrypt them (no HE here). With `receipts=True`
+    /// returns `(outputs, receipts)`: the enclave-signed results of every
+    /// query, as dicts (`Client.verify_receipts` checks them).
+    #[pyo3(signature = (model_id, x, thin=false, receipts=false, parallel=4))]
+    fn infer<'py>(
+        &self,
+        py: Python<'py>,
+        model_id: &str,
+        x: &Bound<'py, PyAny>,
+        thin: bool,
+        receipts: bool,
+        parallel: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let x = arrays::tensor("the input", x)?;
+        hetee::run::check_finite("the input", &x).or_py()?;
+        let query = Query {
+            server: &self.server,
+            ca: self.ca.as_deref(),
+            model_id,
+            trust: &self.trust,
+            parallel,
+            thin,
+            client_key: self.key_file.as_deref(),
+        };
+        let (outputs, signed) = py.detach(|| infer_tensor(&query, &x)).or_py()?;
+        let out = match outputs {
+            Outputs::Logits { shape, data } => arrays::to_numpy(py, &shape, data)?.into_any(),
+            Outputs::Labels { shape, data } => arrays::to_numpy(py, &shape, data)?.into_any(),
+        };
+        if !receipts {
+            return Ok(out);
+        }
+        let json = serde_json::to_string(&signed)
+            .map_err(|e| crate::errors::HeteeError::new_err(e.to_string()))?;
+        let list = py.import("json")?.call_method1("loads", (json,))?;
+        Ok(PyTuple::new(py, [out, list])?.into_any())
+    }
+
+    /// Checks receipts from `infer(..., receipts=True)` (a list of dicts,
+    /// or the path of a receipts file written by `hetee infer --receipt`):
+    /// the evidence under this client's pinned measurement and the
+    /// enclave's signature. Raises on the first that fails; returns how
+    /// many were checked.
+    fn verify_receipts(&self, py: Python<'_>, receipts: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let text = if receipts.hasattr("__fspath__")?
+            || receipts.is_instance_of::<pyo3::types::PyString>()
+        {
+            let p = path_string("receipts", receipts)?;
+            std::fs::read_to_string(&p)
+                .map_err(|e| crate::errors::HeteeError::new_err(format!("cannot read {p}: {e}")))?
+        } else {
+            py.import("json")?
+                .call_method1("dumps", (receipts,))?
+                .extract::<String>()?
+        };
+        py.detach(|| -> anyhow::Result<usize> {
+            use anyhow::Context;
+            let rs: Vec<Receipt> =
+                serde_json::from_str(&text).context("the receipts file is malformed")?;
+            for (i, r) in rs.iter().enumerate() {
+                r.verify(&self.trust)
+                    .with_context(|| format!("receipt {i}"))?;
+            }
+            Ok(rs.len())
+        })
+        .or_py()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Client(server={:?}, key_file={:?}, allow_sim={})",
+            self.server,
+            self.key_file.as_ref().map(|p| p.display().to_string()),
+            if self.trust.allow_sim {
+                "True"
+            } else {
+                "False"
+            }
+        )
+    }
+}
