@@ -106,7 +106,7 @@ struct SessionInfo {
 
 /// The host: store, enclave, loaded models and open sessions.
 pub struct App {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     enclave: Supervisor,
     models: RwLock<HashMap<ModelId, Arc<HostModel>>>,
     sessions: Mutex<HashMap<SessionId, SessionInfo>>,
@@ -125,7 +125,7 @@ fn now_unix() -> u64 {
 
 impl App {
     /// The host over a store and an enclave supervisor.
-    pub fn new(store: Arc<Store>, enclave: Supervisor) -> Self {
+    pub fn new(store: Arc<dyn Store>, enclave: Supervisor) -> Self {
         App {
             store,
             enclave,

@@ -58,7 +58,7 @@ type EvidenceCache = HashMap<KeyId, (u64, Identity, Vec<u8>)>;
 pub struct Supervisor {
     launch: Launch,
     measurement: Measurement,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     current: Mutex<Option<Incarnation>>,
     starts: AtomicU64,
     evidence: Mutex<EvidenceCache>,
@@ -66,7 +66,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Measures the enclave binary and starts it, restoring what the store holds.
-    pub fn start(launch: Launch, store: Arc<Store>) -> Result<Self, LinkError> {
+    pub fn start(launch: Launch, store: Arc<dyn Store>) -> Result<Self, LinkError> {
         let measurement = match &launch {
             Launch::Process(spec) => spec.measure()?,
             Launch::InProcess(config) => InProcess::measurement(config),
@@ -170,7 +170,12 @@ impl Supervisor {
             warn!(error = %e, "cannot list model states to restore");
             Vec::new()
         });
-        for (id, version, sealed) in states {
+        for crate::store::StateRecord {
+            model_id: id,
+            version,
+            sealed,
+        } in states
+        {
             match child.call(Request::RestoreState { sealed }) {
                 Ok((Response::StateRestored { .. }, _)) => {}
                 Ok((Response::Error { message, .. }, _)) => {
