@@ -189,6 +189,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The metadata of all models as `(model_id, meta)`, sorted by id (no weights).
     fn models(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
+    /// The ids of all models, sorted (what [`Store::models`] lists, without the metadata).
+    fn model_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.models()?.into_iter().map(|(id, _)| id).collect())
+    }
+
     /// Deletes model `model_id` (metadata and weights, atomically). Returns whether it existed.
     fn delete_model(&self, model_id: &str) -> Result<bool, StoreError>;
 
@@ -211,6 +216,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Every stored model state, sorted by model id.
     fn states(&self) -> Result<Vec<StateRecord>, StoreError>;
+
+    /// The version of every stored model state as `(model_id, version)`, sorted by model id
+    /// (what [`Store::states`] lists, without the sealed blobs).
+    fn state_versions(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(self
+            .states()?
+            .into_iter()
+            .map(|r| (r.model_id, r.version))
+            .collect())
+    }
 
     /// Record counts and bytes used.
     fn usage(&self) -> Result<StoreUsage, StoreError>;

@@ -114,10 +114,7 @@ impl PgStore {
             config,
             idle: Mutex::new(Vec::new()),
         };
-        store.with(
-            || "migrating the store's schema".into(),
-            |c| schema::migrate(c),
-        )?;
+        store.with(|| "migrating the store's schema".into(), schema::migrate)?;
         Ok(store)
     }
 
@@ -428,6 +425,17 @@ impl Store for PgStore {
         self.list("SELECT id, meta FROM models ORDER BY id", "models")
     }
 
+    fn model_ids(&self) -> Result<Vec<String>, StoreError> {
+        self.with(
+            || "listing models".into(),
+            |c| {
+                let rows = c.query("SELECT id FROM models ORDER BY id", &[])?;
+                let ids = rows.iter().map(|r| r.try_get(0));
+                Ok::<_, Fail>(ids.collect::<Result<_, postgres::Error>>()?)
+            },
+        )
+    }
+
     fn delete_model(&self, model_id: &str) -> Result<bool, StoreError> {
         // The chunks go with the model (ON DELETE CASCADE), in the same statement.
         let n = self.with(
@@ -493,6 +501,22 @@ impl Store for PgStore {
                     &[],
                 )?;
                 Ok::<_, Fail>(rows.iter().map(state_of).collect::<Result<_, _>>()?)
+            },
+        )
+    }
+
+    fn state_versions(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with(
+            || "listing model state versions".into(),
+            |c| {
+                let rows = c.query(
+                    "SELECT model_id, version FROM model_states ORDER BY model_id",
+                    &[],
+                )?;
+                let pairs = rows
+                    .iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get::<_, i64>(1)?.max(0) as u64)));
+                Ok::<_, Fail>(pairs.collect::<Result<_, postgres::Error>>()?)
             },
         )
     }

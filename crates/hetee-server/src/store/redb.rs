@@ -301,7 +301,10 @@ impl Store for RedbStore {
     fn ping(&self) -> Result<(), StoreError> {
         self.run(
             || "reading the store".into(),
-            |db| Ok(drop(db.begin_read()?)),
+            |db| {
+                db.begin_read()?;
+                Ok(())
+            },
         )
     }
 

@@ -63,6 +63,8 @@ pub(super) fn every_record_round_trips_and_persists(b: &impl Backend) {
     );
     assert_eq!(s.jobs().unwrap(), vec![kv("j1", br#"{"state":"done"}"#)]);
     assert_eq!(s.state("m1").unwrap(), Some(st("m1", 1, b"state-1")));
+    assert_eq!(s.state_versions().unwrap(), vec![("m1".to_string(), 1)]);
+    assert_eq!(s.model_ids().unwrap(), vec!["m1", "m3"]);
     assert_eq!(s.state("m3").unwrap(), None);
     let u = s.usage().unwrap();
     assert_eq!((u.models, u.keysets, u.jobs), (2, 2, 1));
