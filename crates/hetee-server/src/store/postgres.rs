@@ -92,11 +92,15 @@ impl PgStore {
             });
         }
         let mut config = parse_dsn(dsn)?;
-        let store = Self::open_config(config.clone())?;
-        store.with(
-            || format!("creating schema {schema}"),
-            |c| c.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")),
-        )?;
+        // A plain connection creates the schema; the store's own connections then use it.
+        let location = describe(&config);
+        let created = config
+            .connect(NoTls)
+            .and_then(|mut c| c.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")));
+        if let Err(e) = created {
+            let what = format!("creating schema {schema}");
+            return Err(map_pg_err(&location, Fail::Pg(e), &what));
+        }
         config.options(&format!("-c search_path={schema}"));
         Self::open_config(config)
     }
@@ -177,44 +181,7 @@ impl PgStore {
     }
 
     fn map_err(&self, e: Fail, what: &str) -> StoreError {
-        let e = match e {
-            Fail::Store(s) => return s,
-            Fail::Pg(e) => e,
-        };
-        let unavailable = |reason: String| StoreError::Unavailable {
-            what: what.to_string(),
-            location: self.location.clone(),
-            reason,
-        };
-        let Some(db) = e.as_db_error() else {
-            return match lost_connection(&e) {
-                true => unavailable(e.to_string()),
-                false => StoreError::Io {
-                    what: what.to_string(),
-                    reason: format!("{e} on {}", self.location),
-                },
-            };
-        };
-        let code = db.code();
-        let reason = format!("{} ({})", db.message(), code.code());
-        if *code == SqlState::DISK_FULL || *code == SqlState::OUT_OF_MEMORY {
-            StoreError::Full {
-                what: what.to_string(),
-                place: "database server",
-                fix: "free space on the PostgreSQL server",
-                reason,
-            }
-        } else if code.code().starts_with("08")
-            || code.code().starts_with("57P")
-            || *code == SqlState::TOO_MANY_CONNECTIONS
-        {
-            unavailable(reason)
-        } else {
-            StoreError::Io {
-                what: what.to_string(),
-                reason: format!("{reason} on {}", self.location),
-            }
-        }
+        map_pg_err(&self.location, e, what)
     }
 
     fn get(&self, sql: &str, what: String, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -243,6 +210,48 @@ impl PgStore {
             || what.clone(),
             |c| c.execute(sql, &[&id, &value]).map(drop),
         )
+    }
+}
+
+/// Maps a failure during `what` on the database at `location` to a [`StoreError`].
+fn map_pg_err(location: &str, e: Fail, what: &str) -> StoreError {
+    let e = match e {
+        Fail::Store(s) => return s,
+        Fail::Pg(e) => e,
+    };
+    let unavailable = |reason: String| StoreError::Unavailable {
+        what: what.to_string(),
+        location: location.to_string(),
+        reason,
+    };
+    let Some(db) = e.as_db_error() else {
+        return match lost_connection(&e) {
+            true => unavailable(e.to_string()),
+            false => StoreError::Io {
+                what: what.to_string(),
+                reason: format!("{e} on {}", location),
+            },
+        };
+    };
+    let code = db.code();
+    let reason = format!("{} ({})", db.message(), code.code());
+    if *code == SqlState::DISK_FULL {
+        StoreError::Full {
+            what: what.to_string(),
+            place: "database server",
+            fix: "free space on the PostgreSQL server",
+            reason,
+        }
+    } else if code.code().starts_with("08")
+        || code.code().starts_with("57P")
+        || *code == SqlState::TOO_MANY_CONNECTIONS
+    {
+        unavailable(reason)
+    } else {
+        StoreError::Io {
+            what: what.to_string(),
+            reason: format!("{reason} on {}", location),
+        }
     }
 }
 

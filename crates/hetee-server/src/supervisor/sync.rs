@@ -45,6 +45,9 @@ pub(super) struct Loaded {
     pub models: HashSet<ModelId>,
     /// The state version the enclave holds of each model, known to equal the store's.
     pub states: HashMap<ModelId, u64>,
+    /// Models the enclave refused to load (e.g. sealed by another measurement): not retried on
+    /// every channel message, only when a query names them.
+    pub failed: HashSet<ModelId>,
 }
 
 /// What the supervisor does with the enclave's answer to a request.
@@ -104,13 +107,14 @@ impl Supervisor {
             }
             Request::ChannelFinish { .. } => {
                 for id in self.store.model_ids()? {
-                    if let Ok(id) = id_from_hex(&id) {
+                    let Ok(id) = id_from_hex(&id) else { continue };
+                    if !loaded.failed.contains(&id) {
                         self.ensure_model(loaded, child, &id)?;
                     }
                 }
                 for (id, version) in self.store.state_versions()? {
                     let Ok(id) = id_from_hex(&id) else { continue };
-                    if loaded.states.get(&id) != Some(&version) {
+                    if !loaded.failed.contains(&id) && loaded.states.get(&id) != Some(&version) {
                         self.sync_state(loaded, child, &id)?;
                     }
                 }
@@ -169,6 +173,9 @@ impl Supervisor {
         if restore(child, req, &format!("model {}", id_hex(model_id))) {
             info!(model_id = %id_hex(model_id), "model loaded from the shared store");
             loaded.models.insert(*model_id);
+            loaded.failed.remove(model_id);
+        } else {
+            loaded.failed.insert(*model_id);
         }
         Ok(())
     }

@@ -54,6 +54,15 @@ fn migrations_apply_once_in_order_and_a_newer_schema_is_refused() {
         .collect();
     let known: Vec<i32> = MIGRATIONS.iter().map(|m| m.0).collect();
     assert_eq!(versions, known);
+    // Every table is in the test's schema (none went to the default one).
+    let tables: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = $1",
+            &[&t.name],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 6);
     // A database migrated by a newer hetee is not touched.
     c.execute("INSERT INTO schema_version (version) VALUES (9999)", &[])
         .unwrap();
