@@ -232,3 +232,98 @@ fn health_reports_the_replica_its_enclave_and_its_store() {
     );
     assert_eq!(h["enclave"]["alive"], true, "{h}");
 }
+
+/// `hetee model <cmd> --model-id ID` as the owner in `key`, through `server`.
+fn model_cmd(cmd: &str, server: &Server, m: &str, id: &str, key: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "model",
+        cmd,
+        "--model-id",
+        id,
+        "--server",
+        &server.addr,
+        "--expect-measurement",
+        m,
+        "--allow-sim",
+        "--client-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    hetee(&args)
+}
+
+#[test]
+fn an_owners_change_through_one_replica_holds_on_the_others() {
+    let Some((_schema, store)) = shared_store("owner changes across replicas") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = measurement();
+    let r1 = replica(d, &store, "r1");
+    let r2 = replica(d, &store, "r2");
+    let (owner, a, b) = (d.join("owner.key"), d.join("a.key"), d.join("b.key"));
+    let list = |name: &str, keys: &[&Path]| {
+        let p = d.join(name);
+        let lines: Vec<String> = keys.iter().map(|k| public_key_hex(k)).collect();
+        std::fs::write(&p, lines.join("\n")).unwrap();
+        p
+    };
+    let only_a = list("only-a.txt", &[&a]);
+    let only_b = list("only-b.txt", &[&b]);
+    let id = upload_as(
+        &r1.addr,
+        &m,
+        "e2dm",
+        &owner,
+        &[
+            "--query-budget",
+            "5",
+            "--max-batch",
+            "1",
+            "--allow-clients",
+            only_a.to_str().unwrap(),
+        ],
+    );
+    write_f32(&d.join("one.npy"), &[1, 1, 28, 28], &mnist_images(1));
+    let out = one_query(&r2, &m, &id, d, &a, "a1");
+    assert!(out.status.success(), "{}", describe(&out));
+    // The owner changes the allow list through replica 2 …
+    let out = model_cmd(
+        "allow",
+        &r2,
+        &m,
+        &id,
+        &owner,
+        &["--allow-clients", only_b.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    // … and replica 1 enforces it.
+    let out = one_query(&r1, &m, &id, d, &a, "a2");
+    assert!(
+        !out.status.success(),
+        "a removed client ran: {}",
+        describe(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("allow list"),
+        "{}",
+        describe(&out)
+    );
+    let out = one_query(&r1, &m, &id, d, &b, "b1");
+    assert!(out.status.success(), "{}", describe(&out));
+    // One state, whichever replica reports it: both queries counted once.
+    let out = model_cmd("status", &r1, &m, &id, &owner, &["--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let spent = |k: &Path| {
+        st["spent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["client"] == public_key_hex(k).as_str())
+            .and_then(|e| e["queries"].as_u64())
+    };
+    assert_eq!((spent(&a), spent(&b)), (Some(1), Some(1)), "{st}");
+    assert_eq!(st["allow"], serde_json::json!([public_key_hex(&b)]), "{st}");
+}
