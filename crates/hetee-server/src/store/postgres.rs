@@ -94,9 +94,13 @@ impl PgStore {
         let mut config = parse_dsn(dsn)?;
         // A plain connection creates the schema; the store's own connections then use it.
         let location = describe(&config);
-        let created = config
-            .connect(NoTls)
-            .and_then(|mut c| c.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")));
+        // CREATE SCHEMA IF NOT EXISTS races with itself: serialize it.
+        let created = config.connect(NoTls).and_then(|mut c| {
+            c.batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock(hashtext('hetee-schema:{schema}')); \
+                 CREATE SCHEMA IF NOT EXISTS {schema}; COMMIT"
+            ))
+        });
         if let Err(e) = created {
             let what = format!("creating schema {schema}");
             return Err(map_pg_err(&location, Fail::Pg(e), &what));
@@ -226,10 +230,10 @@ fn map_pg_err(location: &str, e: Fail, what: &str) -> StoreError {
     };
     let Some(db) = e.as_db_error() else {
         return match lost_connection(&e) {
-            true => unavailable(e.to_string()),
+            true => unavailable(with_causes(&e)),
             false => StoreError::Io {
                 what: what.to_string(),
-                reason: format!("{e} on {}", location),
+                reason: format!("{} on {location}", with_causes(&e)),
             },
         };
     };
@@ -253,6 +257,21 @@ fn map_pg_err(location: &str, e: Fail, what: &str) -> StoreError {
             reason: format!("{reason} on {}", location),
         }
     }
+}
+
+/// The error and its causes, e.g. `error connecting to server: Connection refused (os error
+/// 111)` (the driver's own message names only the first).
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let shown = c.to_string();
+        if !out.contains(&shown) {
+            out = format!("{out}: {shown}");
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// Whether a client-side error means the server did not answer or the connection is gone

@@ -28,9 +28,15 @@ pub fn test_dsn(test: &str) -> Option<String> {
     };
     match Client::connect(&dsn, NoTls) {
         Ok(_) => Some(dsn),
-        Err(e) if required => panic!("{REQUIRE_VAR} is set but {DSN_VAR} is unreachable: {e}"),
+        Err(e) if required => panic!(
+            "{REQUIRE_VAR} is set but {DSN_VAR} is unreachable: {}",
+            super::with_causes(&e)
+        ),
         Err(e) => {
-            eprintln!("skipping {test}: {DSN_VAR} is unreachable ({e})");
+            eprintln!(
+                "skipping {test}: {DSN_VAR} is unreachable ({})",
+                super::with_causes(&e)
+            );
             None
         }
     }

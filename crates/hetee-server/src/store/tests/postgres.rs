@@ -131,6 +131,7 @@ fn an_unreachable_database_is_a_clear_503_not_a_hang() {
     assert_eq!(err.http_status(), 503);
     let msg = err.to_string();
     assert!(msg.contains("postgres://127.0.0.1:1/hetee") && msg.contains("unreachable"));
+    assert!(msg.contains("refused"), "the cause is named: {msg}");
     assert!(!msg.contains("secret"), "the password leaked: {msg}");
     assert!(t0.elapsed() < Duration::from_secs(10));
     let err = PgStore::open("postgres://u:secret@[oops").unwrap_err();
