@@ -241,7 +241,7 @@ pub fn open(spec: Option<&str>, data_dir: &Path) -> Result<std::sync::Arc<dyn St
             Ok(std::sync::Arc::new(PgStore::open(dsn)?))
         }
         Some(other) => Err(StoreError::BadSpec {
-            spec: other.to_string(),
+            spec: self::postgres::without_credentials(other),
             reason: "expected postgres://user@host:port/db (or omit --store for the embedded \
                      store in --data-dir)"
                 .into(),

@@ -287,10 +287,17 @@ fn lost_connection(e: &postgres::Error) -> bool {
 
 fn parse_dsn(dsn: &str) -> Result<Config, StoreError> {
     dsn.parse::<Config>().map_err(|e| StoreError::BadSpec {
-        // Never echo a password.
-        spec: dsn.split('@').next_back().unwrap_or_default().to_string(),
+        spec: without_credentials(dsn),
         reason: format!("not a PostgreSQL connection string: {e}"),
     })
+}
+
+/// `spec` without anything up to an `@` (user and password), for messages.
+pub(crate) fn without_credentials(spec: &str) -> String {
+    match spec.rsplit_once('@') {
+        Some((_, rest)) => format!("…@{rest}"),
+        None => spec.to_string(),
+    }
 }
 
 /// A failure inside a call: a database error, or a ready store error (e.g. `NotFound`).

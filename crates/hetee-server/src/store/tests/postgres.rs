@@ -1,6 +1,7 @@
 //! The suite against PostgreSQL (`HETEE_TEST_PG`, one schema per test), and what only the
 //! PostgreSQL store does: migrations, chunks, lost connections.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,6 +138,12 @@ fn an_unreachable_database_is_a_clear_503_not_a_hang() {
     let err = PgStore::open("postgres://u:secret@[oops").unwrap_err();
     assert!(matches!(err, StoreError::BadSpec { .. }), "{err}");
     assert!(!err.to_string().contains("secret"), "{err}");
+    let err = crate::store::open(Some("mysql://u:secret@db/x"), Path::new("/nonexistent"));
+    let err = err.unwrap_err().to_string();
+    assert!(
+        err.contains("expected postgres://") && !err.contains("secret"),
+        "{err}"
+    );
 }
 
 /// A store whose connections carry the schema's name as their application name, so that a
