@@ -62,6 +62,18 @@ fn a_model_uploaded_through_one_replica_is_served_bit_exact_by_another() {
         assert_eq!(h["enclave"]["alive"], true, "{h}");
         assert_eq!(h["enclave"]["measurement"], m.as_str(), "{h}");
     }
+    // The database drops every connection (a restart, a network cut): the replicas connect
+    // again on their next request, which does not fail.
+    assert!(_schema.kill_connections("true") >= 1);
+    let h = r2.health();
+    assert_eq!(
+        (&h["status"], &h["store"]["reachable"]),
+        (&"ok".into(), &true.into()),
+        "{h}"
+    );
+    let out = infer(&r2.addr, &m, &id, &x, &secure, &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(bytes(&secure) == bytes(&plain));
     let log = r2.stop();
     assert!(log.contains("model loaded from the shared store"), "{log}");
 }

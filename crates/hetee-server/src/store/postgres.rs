@@ -14,7 +14,8 @@
 //!
 //! Connections: a small pool of [`postgres::Client`]s. A call that finds the database
 //! unreachable, or loses its connection, fails with [`StoreError::Unavailable`] (HTTP 503) and
-//! drops the connection; the next call connects again. The client speaks plain TCP (no TLS):
+//! drops the connection; the next call connects again. A pooled connection that died while
+//! idle is replaced at once (the call is retried once on a new connection). The client speaks plain TCP (no TLS):
 //! use it on loopback or a private network.
 
 use std::fmt;
@@ -135,19 +136,38 @@ impl PgStore {
     fn with<T, E>(
         &self,
         what: impl Fn() -> String,
-        f: impl FnOnce(&mut Client) -> Result<T, E>,
+        mut f: impl FnMut(&mut Client) -> Result<T, E>,
     ) -> Result<T, StoreError>
     where
         E: Into<Fail>,
     {
-        let pooled = self.lock_idle().pop();
-        let mut client = match pooled {
-            Some(c) if !c.is_closed() => c,
-            _ => self
-                .config
-                .connect(NoTls)
-                .map_err(|e| self.map_err(Fail::Pg(e), &what()))?,
-        };
+        // A pooled connection can have died while idle (a database restart, a network cut)
+        // without the client noticing: a lost connection on a reused one is retried once on a
+        // new connection. The backend of a dead connection ran nothing of this call.
+        let pooled = self.lock_idle().pop().filter(|c| !c.is_closed());
+        if let Some(client) = pooled {
+            match self.attempt(client, &mut f, &what) {
+                Err(StoreError::Unavailable { .. }) => {}
+                done => return done,
+            }
+        }
+        let client = self
+            .config
+            .connect(NoTls)
+            .map_err(|e| self.map_err(Fail::Pg(e), &what()))?;
+        self.attempt(client, &mut f, &what)
+    }
+
+    /// One try of [`PgStore::with`] on `client`, which goes back to the pool unless lost.
+    fn attempt<T, E>(
+        &self,
+        mut client: Client,
+        f: &mut impl FnMut(&mut Client) -> Result<T, E>,
+        what: &impl Fn() -> String,
+    ) -> Result<T, StoreError>
+    where
+        E: Into<Fail>,
+    {
         match f(&mut client).map_err(Into::into) {
             Ok(v) => {
                 self.give_back(client);
@@ -174,7 +194,7 @@ impl PgStore {
     fn txn<T>(
         &self,
         what: impl Fn() -> String,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, Fail>,
+        mut f: impl FnMut(&mut Transaction<'_>) -> Result<T, Fail>,
     ) -> Result<T, StoreError> {
         self.with(what, |c| {
             let mut tx = c.transaction()?;

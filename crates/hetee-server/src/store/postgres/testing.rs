@@ -72,10 +72,36 @@ impl TestSchema {
         }
     }
 
-    /// The DSN with this schema as the search path, as `hetee serve --store` takes it.
+    /// The DSN with this schema as the search path, as `hetee serve --store` takes it. Its
+    /// connections carry the schema's name as their application name, so that
+    /// [`TestSchema::kill_connections`] finds them and no other test's.
     pub fn dsn_with_search_path(&self) -> String {
         let sep = if self.dsn.contains('?') { '&' } else { '?' };
-        format!("{}{sep}options=-csearch_path%3D{}", self.dsn, self.name)
+        format!(
+            "{}{sep}options=-csearch_path%3D{}&application_name={}",
+            self.dsn, self.name, self.name
+        )
+    }
+
+    /// The test database's DSN with connections named after this schema (see
+    /// [`TestSchema::kill_connections`]), for [`PgStore::open_in_schema`](super::PgStore::open_in_schema).
+    pub fn tagged_dsn(&self) -> String {
+        let sep = if self.dsn.contains('?') { '&' } else { '?' };
+        format!("{}{sep}application_name={}", self.dsn, self.name)
+    }
+
+    /// Terminates the connections opened through [`TestSchema::tagged_dsn`] or
+    /// [`TestSchema::dsn_with_search_path`] that match the SQL `condition` on
+    /// `pg_stat_activity` (as a database restart or a network cut would); returns how many.
+    pub fn kill_connections(&self, condition: &str) -> usize {
+        let sql = format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND pid <> pg_backend_pid() AND ({condition})"
+        );
+        Client::connect(&self.dsn, NoTls)
+            .and_then(|mut c| c.query(&sql, &[&self.name]))
+            .map(|rows| rows.len())
+            .unwrap_or_else(|e| panic!("cannot kill the test's connections: {e}"))
     }
 }
 
