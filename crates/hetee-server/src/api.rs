@@ -102,8 +102,14 @@ where
 
 type S = State<Arc<App>>;
 
-async fn health(State(app): S) -> Result<impl IntoResponse, ApiError> {
-    blocking(move || app.health()).await
+/// `GET /v1/health`: 200 when the enclave and the store answer, 503 (same body) otherwise.
+async fn health(State(app): S) -> Result<Response, ApiError> {
+    let Json(h) = blocking(move || Ok(app.health())).await?;
+    let code = match h.base.status.as_str() {
+        "ok" => StatusCode::OK,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    Ok((code, Json(h)).into_response())
 }
 
 async fn create_keys(State(app): S, body: Body) -> Result<impl IntoResponse, ApiError> {

@@ -83,6 +83,8 @@ impl From<CallError> for ApiError {
                 status: 503,
                 message: l.to_string(),
             },
+            CallError::Store(e) => e.into(),
+            CallError::Conflict(m) => ApiError::conflict(m),
         }
     }
 }
@@ -99,6 +101,9 @@ impl From<QueryError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+mod health;
+pub use health::{replica_id_in, EnclaveHealth, ReplicaHealth, StoreHealth, REPLICA_ID_FILE};
+
 struct SessionInfo {
     model_id: Option<ModelId>,
     busy: bool,
@@ -106,7 +111,8 @@ struct SessionInfo {
 
 /// The host: store, enclave, loaded models and open sessions.
 pub struct App {
-    store: Arc<Store>,
+    replica_id: String,
+    store: Arc<dyn Store>,
     enclave: Supervisor,
     models: RwLock<HashMap<ModelId, Arc<HostModel>>>,
     sessions: Mutex<HashMap<SessionId, SessionInfo>>,
@@ -125,8 +131,9 @@ fn now_unix() -> u64 {
 
 impl App {
     /// The host over a store and an enclave supervisor.
-    pub fn new(store: Arc<Store>, enclave: Supervisor) -> Self {
+    pub fn new(store: Arc<dyn Store>, enclave: Supervisor) -> Self {
         App {
+            replica_id: health::random_replica_id(),
             store,
             enclave,
             models: RwLock::new(HashMap::new()),
@@ -134,37 +141,20 @@ impl App {
         }
     }
 
+    /// This replica's id as `GET /v1/health` reports it (`hetee serve --replica-id`).
+    pub fn with_replica_id(mut self, replica_id: impl Into<String>) -> Self {
+        self.replica_id = replica_id.into();
+        self
+    }
+
     /// The enclave supervisor.
     pub fn enclave(&self) -> &Supervisor {
         &self.enclave
     }
 
-    /// `GET /v1/health`.
-    pub fn health(&self) -> ApiResult<Health> {
-        let st = match self.enclave.call_retry(Request::Status)? {
-            Response::Status(s) => s,
-            _ => return Err(ApiError::conflict("unexpected answer to Status")),
-        };
-        Ok(Health {
-            status: "ok".into(),
-            measurement: self.enclave.measurement().to_hex(),
-            enclave_pid: self.enclave.pid(),
-            enclave_starts: self.enclave.starts(),
-            enclave_memory_current: st.memory_current,
-            enclave_memory_peak: st.memory_peak,
-            enclave_memory_budget: st.memory_budget,
-            models: self.registered_models()?,
-            sessions: st.sessions,
-        })
-    }
-
-    fn registered_models(&self) -> ApiResult<usize> {
-        Ok(self
-            .store
-            .models()?
-            .iter()
-            .filter(|(_, m)| postcard::from_bytes::<ModelMeta>(m).is_ok_and(|m| m.sealed.is_some()))
-            .count())
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     fn keys_info(&self, key_id: &[u8; 16]) -> ApiResult<KeysInfo> {

@@ -4,7 +4,8 @@
 //! - [`supervisor`]: keeping the enclave alive, restoring it, storing its sealed states;
 //! - [`host_model`]: encrypted weights and the HE evaluation of the linear stages;
 //! - [`stage_loop`]: the one loop that runs a query stage by stage, for every path;
-//! - [`store`]: the embedded store (redb) of encrypted models, sealed blobs and job metadata;
+//! - [`store`]: the [`store::Store`] of encrypted models, sealed blobs and job metadata: embedded
+//!   (redb, the default) or PostgreSQL shared by several replicas;
 //! - [`app`]: the host logic behind each API call;
 //! - [`api`]: the HTTP/JSON routes (axum), limits and timeouts.
 //!

@@ -2,14 +2,14 @@
 //! sealed key set, model and model state from the store into it, and
 //! restarts it when it dies. Every sealed state the enclave hands back (a
 //! query counted, a failed check, an owner's change) is stored here, so
-//! nothing above has to remember to.
+//! nothing above has to remember to. With a store shared by several
+//! replicas, [`sync`] also loads what other replicas stored since.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hetee_attest::Measurement;
-use hetee_proto::host::SealedState;
 use hetee_proto::ids::{id_hex, Identity, KeyId};
 use hetee_proto::{Request, Response};
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,10 @@ use tracing::{info, warn};
 
 use crate::host_model::ModelMeta;
 use crate::launcher::{ChildProcess, EnclaveLink, InProcess, LaunchSpec, LinkError};
-use crate::store::Store;
+use crate::store::{StateRecord, Store, StoreError};
+
+mod sync;
+use sync::Loaded;
 
 /// What the store keeps for a key set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,6 +38,12 @@ pub enum CallError {
     /// The enclave refused the request.
     #[error("the enclave refused: {0}")]
     Refused(String),
+    /// The store failed while loading what the request needs or storing what it changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Another replica changed the same model state at the same time; nothing was counted.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 struct Incarnation {
@@ -58,15 +67,16 @@ type EvidenceCache = HashMap<KeyId, (u64, Identity, Vec<u8>)>;
 pub struct Supervisor {
     launch: Launch,
     measurement: Measurement,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     current: Mutex<Option<Incarnation>>,
     starts: AtomicU64,
     evidence: Mutex<EvidenceCache>,
+    loaded: Mutex<Loaded>,
 }
 
 impl Supervisor {
     /// Measures the enclave binary and starts it, restoring what the store holds.
-    pub fn start(launch: Launch, store: Arc<Store>) -> Result<Self, LinkError> {
+    pub fn start(launch: Launch, store: Arc<dyn Store>) -> Result<Self, LinkError> {
         let measurement = match &launch {
             Launch::Process(spec) => spec.measure()?,
             Launch::InProcess(config) => InProcess::measurement(config),
@@ -78,6 +88,7 @@ impl Supervisor {
             current: Mutex::new(None),
             starts: AtomicU64::new(0),
             evidence: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(Loaded::default()),
         };
         s.link()?;
         Ok(s)
@@ -120,7 +131,9 @@ impl Supervisor {
             Launch::InProcess(config) => (Arc::new(InProcess::new(*config)), std::process::id()),
         };
         let number = self.starts.fetch_add(1, Ordering::Relaxed) + 1;
-        self.restore_into(child.as_ref());
+        let mut loaded = self.restore_into(child.as_ref());
+        loaded.incarnation = number;
+        *self.lock_loaded() = loaded;
         info!(pid, incarnation = number, "enclave started and restored");
         *cur = Some(Incarnation {
             child: child.clone(),
@@ -130,7 +143,10 @@ impl Supervisor {
         Ok((child, number))
     }
 
-    fn restore_into(&self, child: &dyn EnclaveLink) {
+    /// Loads every key set, model and model state of the store into a new enclave; returns
+    /// what it loaded.
+    fn restore_into(&self, child: &dyn EnclaveLink) -> Loaded {
+        let mut loaded = Loaded::default();
         let keysets = self.store.keysets().unwrap_or_else(|e| {
             warn!(error = %e, "cannot list key sets to restore");
             Vec::new()
@@ -141,7 +157,9 @@ impl Supervisor {
                 continue;
             };
             match child.call(Request::RestoreKeys { sealed: rec.sealed }) {
-                Ok((Response::KeysRestored { .. }, _)) => {}
+                Ok((Response::KeysRestored { key_id }, _)) => {
+                    loaded.keysets.insert(key_id);
+                }
                 Ok((Response::Error { message, .. }, _)) => {
                     warn!(key_id = %id, %message, "enclave cannot restore a key set")
                 }
@@ -159,7 +177,9 @@ impl Supervisor {
             };
             let Some(sealed) = meta.sealed else { continue };
             match child.call(Request::RestoreModel { sealed }) {
-                Ok((Response::ModelRestored { .. }, _)) => {}
+                Ok((Response::ModelRestored { model_id }, _)) => {
+                    loaded.models.insert(model_id);
+                }
                 Ok((Response::Error { message, .. }, _)) => {
                     warn!(model_id = %id, %message, "enclave cannot restore a model")
                 }
@@ -170,23 +190,23 @@ impl Supervisor {
             warn!(error = %e, "cannot list model states to restore");
             Vec::new()
         });
-        for (id, version, sealed) in states {
+        for StateRecord {
+            model_id: id,
+            version,
+            sealed,
+        } in states
+        {
             match child.call(Request::RestoreState { sealed }) {
-                Ok((Response::StateRestored { .. }, _)) => {}
+                Ok((Response::StateRestored { model_id, version }, _)) => {
+                    loaded.states.insert(model_id, version);
+                }
                 Ok((Response::Error { message, .. }, _)) => {
                     warn!(model_id = %id, version, %message, "enclave cannot restore a model state")
                 }
                 other => warn!(model_id = %id, ?other, "restore failed"),
             }
         }
-    }
-
-    /// Stores a sealed state the enclave handed back (newest version wins).
-    pub fn persist(&self, state: &SealedState) {
-        let id = id_hex(&state.model_id);
-        if let Err(e) = self.store.put_state(&id, state.version, &state.sealed) {
-            warn!(model_id = %id, version = state.version, error = %e, "cannot store a model state");
-        }
+        loaded
     }
 
     fn bury(&self, number: u64, why: &LinkError) {
@@ -208,30 +228,20 @@ impl Supervisor {
     /// enclave allocated for the request (0 for a process).
     pub fn call_measured(&self, req: Request) -> Result<(Response, usize), CallError> {
         let (child, number) = self.link()?;
+        // One request at a time per enclave anyway (its link is serial); holding the lock
+        // keeps loading, the call and storing its state change in order.
+        let mut loaded = self.lock_loaded();
+        let after = self.prepare(&mut loaded, child.as_ref(), number, &req)?;
         match child.call(req) {
-            Ok((Response::Error { message, state }, _)) => {
-                if let Some(s) = state {
-                    self.persist(&s);
+            Ok((resp, peak)) => {
+                self.after(&mut loaded, child.as_ref(), after, &resp)?;
+                match resp {
+                    Response::Error { message, .. } => Err(CallError::Refused(message)),
+                    r => Ok((r, peak)),
                 }
-                Err(CallError::Refused(message))
-            }
-            Ok((r, peak)) => {
-                match &r {
-                    Response::QueryStarted {
-                        state: Some(state), ..
-                    }
-                    | Response::ChannelReply {
-                        state: Some(state), ..
-                    } => self.persist(state),
-                    Response::ChannelReply {
-                        registered: Some(reg),
-                        ..
-                    } => self.persist(&reg.state),
-                    _ => {}
-                }
-                Ok((r, peak))
             }
             Err(e) => {
+                drop(loaded);
                 self.bury(number, &e);
                 Err(e.into())
             }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hetee_proto::EnclaveConfig;
 use hetee_server::launcher::{ChildProcess, LaunchSpec, LinkError};
-use hetee_server::store::Store;
+use hetee_server::store::RedbStore;
 use hetee_server::supervisor::{CallError, Launch, Supervisor};
 
 /// An "enclave" that keeps its stream open and never answers.
@@ -45,7 +45,7 @@ fn a_hung_enclave_is_killed_after_the_timeout() {
 #[test]
 fn the_supervisor_gives_up_on_a_hung_enclave_with_the_timeout_error() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("data")).unwrap());
+    let store = Arc::new(RedbStore::open(&dir.path().join("data")).unwrap());
     let t0 = Instant::now();
     let err = Supervisor::start(
         Launch::Process(spec(hung_binary(dir.path()), Duration::from_millis(500))),

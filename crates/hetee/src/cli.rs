@@ -144,9 +144,18 @@ enum Command {
         /// Address to listen on (host:port; port 0 picks a free one).
         #[arg(long, default_value = "127.0.0.1:8470")]
         listen: String,
-        /// Directory of the store (created if missing).
+        /// Directory of the embedded store and of this replica's id (created if missing).
         #[arg(long)]
         data_dir: PathBuf,
+        /// Where models, key sets and model states live: omit for the embedded store in
+        /// --data-dir, or postgres://user@host:port/db for a PostgreSQL database that several
+        /// replicas (each with its own enclave) share.
+        #[arg(long, value_name = "DSN")]
+        store: Option<String>,
+        /// This replica's id in GET /v1/health (default: a random id kept in
+        /// DATA_DIR/replica-id).
+        #[arg(long)]
+        replica_id: Option<String>,
         /// The enclave's memory budget in MiB (part of its measurement).
         #[arg(long, default_value_t = hetee_proto::config::DEFAULT_MEMORY_BUDGET_MIB)]
         memory_budget_mib: u64,
@@ -366,6 +375,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve {
             listen,
             data_dir,
+            store,
+            replica_id,
             memory_budget_mib,
             log_json,
             platform,
@@ -380,6 +391,8 @@ pub fn run(cli: Cli) -> Result<()> {
             crate::serve::serve(&crate::serve::ServeOptions {
                 listen,
                 data_dir,
+                store,
+                replica_id,
                 enclave,
                 log_json,
                 enclave_program: enclave_binary,

@@ -23,7 +23,7 @@ use hetee_proto::ids::{id_from_hex, id_hex, ModelId};
 use hetee_proto::{EnclaveConfig, Schedule};
 use hetee_server::app::{ApiError, App};
 use hetee_server::launcher::InProcess;
-use hetee_server::store::Store;
+use hetee_server::store::RedbStore;
 use hetee_server::supervisor::{Launch, Supervisor};
 use serde::Serialize;
 
@@ -141,7 +141,7 @@ impl Harness {
             memory_budget_mib: 1 << 20,
         };
         let dir = tempfile::tempdir()?;
-        let store = Arc::new(Store::open(dir.path())?);
+        let store = Arc::new(RedbStore::open(dir.path())?);
         let sup = Supervisor::start(Launch::InProcess(config), store.clone())?;
         let app = Arc::new(App::new(store, sup));
         let relay: Arc<dyn Relay> = Arc::new(LocalRelay(app.clone()));

@@ -1,6 +1,7 @@
 //! `hetee serve`: the untrusted host as an HTTP server, with its enclave as
 //! a child process (the `hetee-enclave` binary) and its store in a data
-//! directory.
+//! directory or, with `--store postgres://…`, in a PostgreSQL database that
+//! several replicas share.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,9 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use hetee_proto::EnclaveConfig;
-use hetee_server::app::App;
+use hetee_server::app::{replica_id_in, App};
 use hetee_server::launcher::LaunchSpec;
-use hetee_server::store::Store;
 use hetee_server::supervisor::{Launch, Supervisor};
 use hetee_server::tls::TlsConfig;
 
@@ -19,8 +19,12 @@ use hetee_server::tls::TlsConfig;
 pub struct ServeOptions {
     /// Address to listen on (`host:port`; port 0 picks one).
     pub listen: String,
-    /// The store's directory.
+    /// The embedded store's directory, also holding the replica id.
     pub data_dir: PathBuf,
+    /// `--store`: `None` for the embedded store in `data_dir`, or a `postgres://` DSN.
+    pub store: Option<String>,
+    /// `--replica-id` (default: the one kept in `data_dir`).
+    pub replica_id: Option<String>,
     /// The enclave's memory budget (measured).
     pub enclave: EnclaveConfig,
     /// Logs as JSON lines.
@@ -69,6 +73,8 @@ impl ServeOptions {
         ServeOptions {
             listen: "127.0.0.1:0".into(),
             data_dir: data_dir.to_path_buf(),
+            store: None,
+            replica_id: None,
             enclave: EnclaveConfig::default(),
             log_json: false,
             enclave_program: None,
@@ -82,7 +88,16 @@ impl ServeOptions {
 impl Server {
     /// Opens the store, starts the enclave and binds the listener.
     pub fn bind(opts: &ServeOptions) -> Result<Self> {
-        let store = Arc::new(Store::open(&opts.data_dir)?);
+        let store = hetee_server::store::open(opts.store.as_deref(), &opts.data_dir)?;
+        let replica_id = match &opts.replica_id {
+            Some(id) => id.clone(),
+            None => replica_id_in(&opts.data_dir).with_context(|| {
+                format!(
+                    "cannot keep the replica id in {}; pass --replica-id or another --data-dir",
+                    opts.data_dir.display()
+                )
+            })?,
+        };
         let mut spec = LaunchSpec::new(opts.enclave_program.clone(), &opts.platform, opts.enclave)?;
         spec.timeout = opts.enclave_timeout;
         let sup = Supervisor::start(Launch::Process(spec), store.clone())?;
@@ -99,7 +114,7 @@ impl Server {
             addr: listener.local_addr()?,
             measurement,
             listener,
-            app: Arc::new(App::new(store, sup)),
+            app: Arc::new(App::new(store, sup).with_replica_id(replica_id)),
         })
     }
 
@@ -130,6 +145,13 @@ pub fn serve(opts: &ServeOptions) -> Result<()> {
     init_logs(opts.log_json);
     let server = Server::bind(opts)?;
     println!("enclave measurement {}", server.measurement);
+    let info = server.app.store().info();
+    println!(
+        "replica {} store {} {}",
+        server.app.replica_id(),
+        info.kind,
+        info.location
+    );
     let scheme = if server.tls.is_some() {
         "https"
     } else {

@@ -10,7 +10,7 @@
 //! fsync fails can a write reported as failed still turn out to be stored.
 //!
 //! Recovery after I/O errors: once redb hits an I/O error it refuses all further work on that
-//! handle (`PreviousIo`) until the database is closed and re-opened. [`Store`] therefore marks
+//! handle (`PreviousIo`) until the database is closed and re-opened. [`RedbStore`] therefore marks
 //! its handle broken after an I/O error, a failed commit or a panic inside redb, and re-opens
 //! the database at the start of the next call (under a write lock, after in-flight calls
 //! finish). Quick-repair commits make that re-open fast. If re-opening fails (e.g. the disk is
@@ -19,8 +19,7 @@
 //! All calls block (disk I/O, fsync on commit); call them from `spawn_blocking` in async code.
 
 use std::fmt;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,12 +30,16 @@ use redb::{
     TableDefinition, WriteTransaction,
 };
 
+pub(super) use super::redb_io::is_full_io;
+use super::redb_io::{corrupt, io_err, map_io, map_redb, needs_reopen, open_file_db, probe};
+use super::{StateRecord, Store, StoreError, StoreInfo, StoreUsage};
+
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "hetee.redb";
-/// File created, fsynced and removed by [`Store::open`] to check that the data dir is writable.
+/// File created, fsynced and removed by [`RedbStore::open`] to check that the data dir is writable.
 pub const PROBE_FILE: &str = ".write-probe";
 /// redb cache size (read cache 90 %, write buffer 10 %); bounds the memory the store keeps.
-const CACHE_BYTES: usize = 128 << 20;
+pub(super) const CACHE_BYTES: usize = 128 << 20;
 
 type Def = TableDefinition<'static, &'static str, &'static [u8]>;
 const KEYSETS: Def = TableDefinition::new("keysets");
@@ -45,106 +48,11 @@ const WEIGHTS: Def = TableDefinition::new("weights");
 const JOBS: Def = TableDefinition::new("jobs");
 const STATES: Def = TableDefinition::new("model-states");
 
-/// Errors of the store. Each message names what failed and how to fix it.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The data dir cannot be created or written (permissions, read-only filesystem, ...).
-    #[error("data dir {} is not writable ({reason}); fix its permissions or pass another --data-dir", dir.display())]
-    NotWritable {
-        /// The data dir.
-        dir: PathBuf,
-        /// The underlying OS error.
-        reason: String,
-    },
-    /// The disk (or quota, or maximum file size) is exhausted; the failed write left no trace.
-    #[error("{what} failed: the data dir is full ({reason}): free space or move --data-dir; nothing was written")]
-    Full {
-        /// The operation that failed.
-        what: String,
-        /// The underlying OS error.
-        reason: String,
-    },
-    /// The database file is damaged or not a hetee database.
-    #[error("the store is corrupt: {reason}; restore the data dir from a backup or pass another --data-dir")]
-    Corrupt {
-        /// What is wrong, naming the file.
-        reason: String,
-    },
-    /// Another process (or another [`Store`] in this process) has the database open.
-    #[error("another hetee serve is using {} ({DB_FILE} is locked); stop it or pass another --data-dir", dir.display())]
-    Locked {
-        /// The data dir.
-        dir: PathBuf,
-    },
-    /// The record does not exist.
-    #[error("{what} not found")]
-    NotFound {
-        /// The missing record, e.g. `model m1`.
-        what: String,
-    },
-    /// Any other I/O or database error.
-    #[error("{what} failed: {reason}")]
-    Io {
-        /// The operation that failed.
-        what: String,
-        /// The underlying error.
-        reason: String,
-    },
-}
-
-impl StoreError {
-    /// True if the error is a full disk / quota / file-size limit ([`StoreError::Full`]).
-    pub fn is_full(&self) -> bool {
-        matches!(self, StoreError::Full { .. })
-    }
-
-    /// The HTTP status the server should answer with: 507 for `Full`, 404 for `NotFound`,
-    /// 500 otherwise.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            StoreError::Full { .. } => 507,
-            StoreError::NotFound { .. } => 404,
-            _ => 500,
-        }
-    }
-}
-
-fn io_err(what: impl Into<String>, reason: impl fmt::Display) -> StoreError {
-    StoreError::Io {
-        what: what.into(),
-        reason: reason.to_string(),
-    }
-}
-
-fn not_writable(dir: &Path, reason: impl fmt::Display) -> StoreError {
-    StoreError::NotWritable {
-        dir: dir.to_path_buf(),
-        reason: reason.to_string(),
-    }
-}
-
-fn corrupt(reason: String) -> StoreError {
-    StoreError::Corrupt { reason }
-}
-
-/// Record counts and database file size, as reported by [`Store::usage`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct StoreUsage {
-    /// Number of stored models.
-    pub models: u64,
-    /// Number of stored key sets.
-    pub keysets: u64,
-    /// Number of stored job records.
-    pub jobs: u64,
-    /// Size of `DIR/hetee.redb` in bytes.
-    pub file_bytes: u64,
-}
-
 /// Opens the database; called at open and on every re-open after an I/O error.
 type Opener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
 
 /// The embedded store: a redb database in the data dir. `Send + Sync`; share it via `Arc`.
-pub struct Store {
+pub struct RedbStore {
     dir: PathBuf,
     opener: Opener,
     /// The open database; `None` only after a failed re-open.
@@ -155,15 +63,15 @@ pub struct Store {
     last_full: AtomicBool,
 }
 
-impl fmt::Debug for Store {
+impl fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store").field("dir", &self.dir).finish()
+        f.debug_struct("RedbStore").field("dir", &self.dir).finish()
     }
 }
 
 /// Internal failure of an operation: a redb error (with "the handle must be re-opened") or a
 /// ready store error such as `NotFound`. Boxed: `redb::Error` is large.
-enum Fail {
+pub(super) enum Fail {
     Db(Box<redb::Error>, bool),
     Store(StoreError),
 }
@@ -194,132 +102,6 @@ impl From<redb::CommitError> for Fail {
     }
 }
 
-fn needs_reopen(e: &redb::Error) -> bool {
-    matches!(
-        e,
-        redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::LockPoisoned(_)
-    )
-}
-
-/// True for "no space left" (ENOSPC), "file too large" (EFBIG) and "quota exceeded" (EDQUOT).
-fn is_full_io(e: &io::Error) -> bool {
-    const EFBIG: i32 = 27;
-    const ENOSPC: i32 = 28;
-    #[cfg(target_os = "linux")]
-    const EDQUOT: i32 = 122;
-    #[cfg(not(target_os = "linux"))]
-    const EDQUOT: i32 = ENOSPC;
-    matches!(
-        e.kind(),
-        io::ErrorKind::StorageFull | io::ErrorKind::FileTooLarge
-    ) || matches!(e.raw_os_error(), Some(EFBIG | ENOSPC | EDQUOT))
-}
-
-fn is_read_only_io(e: &io::Error) -> bool {
-    const EROFS: i32 = 30;
-    matches!(
-        e.kind(),
-        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
-    ) || e.raw_os_error() == Some(EROFS)
-}
-
-/// Maps an I/O error on the data dir `dir` during `what`.
-fn map_io(e: &io::Error, dir: &Path, what: &str) -> StoreError {
-    if is_full_io(e) {
-        StoreError::Full {
-            what: what.to_string(),
-            reason: e.to_string(),
-        }
-    } else if is_read_only_io(e) {
-        not_writable(dir, e)
-    } else {
-        io_err(what, format_args!("{e} (data dir {})", dir.display()))
-    }
-}
-
-/// Maps a redb error during `what` on the data dir `dir`. `prev_full`: the I/O error that
-/// poisoned the handle was a full disk (used for redb's `PreviousIo`).
-fn map_redb(e: redb::Error, dir: &Path, what: &str, prev_full: bool) -> StoreError {
-    let file = dir.join(DB_FILE);
-    match e {
-        redb::Error::Io(io) => map_io(&io, dir, what),
-        redb::Error::PreviousIo if prev_full => StoreError::Full {
-            what: what.to_string(),
-            reason: "an earlier write ran out of space".to_string(),
-        },
-        redb::Error::PreviousIo => io_err(
-            what,
-            format_args!("an earlier I/O error on {}; retry", file.display()),
-        ),
-        redb::Error::DatabaseAlreadyOpen => StoreError::Locked {
-            dir: dir.to_path_buf(),
-        },
-        redb::Error::Corrupted(msg) => corrupt(format!("{}: {msg}", file.display())),
-        redb::Error::UpgradeRequired(v) => {
-            corrupt(format!("{} has the old file format {v}", file.display()))
-        }
-        redb::Error::ValueTooLarge(n) => io_err(
-            what,
-            format_args!("a record of {n} bytes exceeds the 3 GiB limit; nothing was written"),
-        ),
-        other => io_err(what, format_args!("{other} ({})", file.display())),
-    }
-}
-
-/// Maps an error of `Builder::create` / `create_with_backend`.
-fn map_open_err(e: redb::DatabaseError, dir: &Path) -> StoreError {
-    let file = dir.join(DB_FILE);
-    if let redb::DatabaseError::Storage(redb::StorageError::Io(io)) = &e {
-        if io.kind() == io::ErrorKind::InvalidData {
-            return corrupt(format!("{} is not a hetee database", file.display()));
-        }
-    }
-    map_redb(e.into(), dir, &format!("opening {}", file.display()), false)
-}
-
-/// Opens (or creates) `DIR/hetee.redb` as a plain file. Tables are created by the first write
-/// to them; reads treat a missing table as empty, so opening never writes a transaction.
-fn open_file_db(dir: &Path) -> Result<Database, StoreError> {
-    redb::Builder::new()
-        .set_cache_size(CACHE_BYTES)
-        .create(dir.join(DB_FILE))
-        .map_err(|e| map_open_err(e, dir))
-}
-
-/// Creates `dir` if missing and checks that a file can be created, written, fsynced and removed.
-fn probe(dir: &Path) -> Result<(), StoreError> {
-    // Everything except a full disk means "not writable".
-    let probe_err = |e: io::Error, what: String| match is_full_io(&e) {
-        true => map_io(&e, dir, &what),
-        false => not_writable(dir, format_args!("{what}: {e}")),
-    };
-    fs::create_dir_all(dir).map_err(|e| {
-        let hint = match e.kind() {
-            io::ErrorKind::NotADirectory => " (a parent of it is a regular file)",
-            io::ErrorKind::AlreadyExists => " (a file of that name exists)",
-            _ => "",
-        };
-        probe_err(e, format!("cannot create it{hint}"))
-    })?;
-    let path = dir.join(PROBE_FILE);
-    let written = (|| -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
-        f.write_all(b"hetee data dir write probe\n")?;
-        f.sync_all()
-    })();
-    // NotFound: a concurrent probe (e.g. a second server on this dir) removed it already.
-    let removed = fs::remove_file(&path).or_else(|e| match e.kind() {
-        io::ErrorKind::NotFound => Ok(()),
-        _ => Err(e),
-    });
-    written.map_err(|e| probe_err(e, format!("writing {}", path.display())))?;
-    removed.map_err(|e| probe_err(e, format!("removing {}", path.display())))
-}
-
 /// Opens `def` for reading; `None` if it was never written to.
 fn open_ro(
     txn: &ReadTransaction,
@@ -332,21 +114,21 @@ fn open_ro(
     }
 }
 
-impl Store {
+impl RedbStore {
     /// Opens the store in `dir`: creates `dir` if missing, probes that it is writable (creates,
     /// writes, fsyncs and removes `dir/.write-probe`), then opens or creates `dir/hetee.redb`.
     ///
     /// Errors: [`StoreError::NotWritable`], [`StoreError::Full`], [`StoreError::Locked`] (another
     /// process has it open), [`StoreError::Corrupt`], [`StoreError::Io`].
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
         probe(dir)?;
         let owned = dir.to_path_buf();
-        Store::from_opener(dir, Box::new(move || open_file_db(&owned)))
+        RedbStore::from_opener(dir, Box::new(move || open_file_db(&owned)))
     }
 
     /// Builds a store from `opener` and opens the database once.
-    fn from_opener(dir: &Path, opener: Opener) -> Result<Store, StoreError> {
-        let store = Store {
+    pub(super) fn from_opener(dir: &Path, opener: Opener) -> Result<RedbStore, StoreError> {
+        let store = RedbStore {
             dir: dir.to_path_buf(),
             opener,
             db: RwLock::new(None),
@@ -430,7 +212,7 @@ impl Store {
     /// Commits use redb's quick-repair mode (2-phase commit + saved allocator state): the data
     /// is fsynced before the header that makes it visible is written (an fsync failure in the
     /// first phase leaves no trace), and re-opening after an I/O error needs no full repair.
-    fn write<T>(
+    pub(super) fn write<T>(
         &self,
         what: impl FnOnce() -> String,
         f: impl FnOnce(&WriteTransaction) -> Result<T, Fail>,
@@ -460,7 +242,13 @@ impl Store {
         })
     }
 
-    fn put(&self, def: Def, kind: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+    pub(super) fn put(
+        &self,
+        def: Def,
+        kind: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
         self.write(
             || format!("storing {kind} {key}"),
             |txn| {
@@ -470,7 +258,12 @@ impl Store {
         )
     }
 
-    fn get(&self, def: Def, kind: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(super) fn get(
+        &self,
+        def: Def,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         self.run(
             || format!("reading {kind} {key}"),
             |db| match open_ro(&db.begin_read()?, def)? {
@@ -480,7 +273,7 @@ impl Store {
         )
     }
 
-    fn list(&self, def: Def, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    pub(super) fn list(&self, def: Def, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.run(
             || format!("listing {kind}s"),
             |db| {
@@ -495,25 +288,39 @@ impl Store {
             },
         )
     }
+}
 
-    /// Stores (or replaces) the key set record `key_id`.
-    pub fn put_keyset(&self, key_id: &str, record: &[u8]) -> Result<(), StoreError> {
+impl Store for RedbStore {
+    fn info(&self) -> StoreInfo {
+        StoreInfo {
+            kind: "redb".into(),
+            location: self.dir.join(DB_FILE).display().to_string(),
+        }
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.run(
+            || "reading the store".into(),
+            |db| {
+                db.begin_read()?;
+                Ok(())
+            },
+        )
+    }
+
+    fn put_keyset(&self, key_id: &str, record: &[u8]) -> Result<(), StoreError> {
         self.put(KEYSETS, "keyset", key_id, record)
     }
 
-    /// The key set record `key_id`, if stored.
-    pub fn keyset(&self, key_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    fn keyset(&self, key_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.get(KEYSETS, "keyset", key_id)
     }
 
-    /// All key set records as `(key_id, record)`, sorted by id.
-    pub fn keysets(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    fn keysets(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.list(KEYSETS, "keyset")
     }
 
-    /// Stores (or replaces) model `model_id`: its metadata and its weights, atomically in one
-    /// transaction (both are written or neither).
-    pub fn put_model(&self, model_id: &str, meta: &[u8], weights: &[u8]) -> Result<(), StoreError> {
+    fn put_model(&self, model_id: &str, meta: &[u8], weights: &[u8]) -> Result<(), StoreError> {
         self.write(
             || format!("storing model {model_id}"),
             |txn| {
@@ -524,9 +331,7 @@ impl Store {
         )
     }
 
-    /// Replaces the metadata of model `model_id`; [`StoreError::NotFound`] if there is no such
-    /// model. The weights are untouched.
-    pub fn set_model_meta(&self, model_id: &str, meta: &[u8]) -> Result<(), StoreError> {
+    fn set_model_meta(&self, model_id: &str, meta: &[u8]) -> Result<(), StoreError> {
         self.write(
             || format!("updating model {model_id}"),
             |txn| {
@@ -542,23 +347,19 @@ impl Store {
         )
     }
 
-    /// The metadata of model `model_id`, if stored.
-    pub fn model_meta(&self, model_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    fn model_meta(&self, model_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.get(MODELS, "model", model_id)
     }
 
-    /// The weights of model `model_id`, if stored.
-    pub fn model_weights(&self, model_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    fn model_weights(&self, model_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.get(WEIGHTS, "weights of model", model_id)
     }
 
-    /// The metadata of all models as `(model_id, meta)`, sorted by id (no weights).
-    pub fn models(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    fn models(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.list(MODELS, "model")
     }
 
-    /// Deletes model `model_id` (metadata and weights, atomically). Returns whether it existed.
-    pub fn delete_model(&self, model_id: &str) -> Result<bool, StoreError> {
+    fn delete_model(&self, model_id: &str) -> Result<bool, StoreError> {
         self.write(
             || format!("deleting model {model_id}"),
             |txn| {
@@ -569,23 +370,53 @@ impl Store {
         )
     }
 
-    /// Stores (or replaces) the job record `job_id` (a small JSON document).
-    pub fn put_job(&self, job_id: &str, meta: &[u8]) -> Result<(), StoreError> {
-        self.put(JOBS, "job", job_id, meta)
+    fn put_job(&self, job_id: &str, record: &[u8]) -> Result<(), StoreError> {
+        self.put(JOBS, "job", job_id, record)
     }
 
-    /// The job record `job_id`, if stored.
-    pub fn job(&self, job_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    fn job(&self, job_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.get(JOBS, "job", job_id)
     }
 
-    /// All job records as `(job_id, meta)`, sorted by id.
-    pub fn jobs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    fn jobs(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.list(JOBS, "job")
     }
 
-    /// Record counts and the size of the database file.
-    pub fn usage(&self) -> Result<StoreUsage, StoreError> {
+    fn put_state(&self, model_id: &str, version: u64, sealed: &[u8]) -> Result<bool, StoreError> {
+        self.write(
+            || format!("storing the state of model {model_id}"),
+            |txn| {
+                let mut table = txn.open_table(STATES)?;
+                let held = table
+                    .get(model_id)?
+                    .and_then(|v| decode_state(model_id, v.value()))
+                    .map(|r| r.version);
+                if held.is_some_and(|h| h >= version) {
+                    return Ok(false);
+                }
+                let mut value = version.to_le_bytes().to_vec();
+                value.extend_from_slice(sealed);
+                table.insert(model_id, value.as_slice())?;
+                Ok(true)
+            },
+        )
+    }
+
+    fn state(&self, model_id: &str) -> Result<Option<StateRecord>, StoreError> {
+        Ok(self
+            .get(STATES, "model state", model_id)?
+            .and_then(|v| decode_state(model_id, &v)))
+    }
+
+    fn states(&self) -> Result<Vec<StateRecord>, StoreError> {
+        Ok(self
+            .list(STATES, "model state")?
+            .into_iter()
+            .filter_map(|(k, v)| decode_state(&k, &v))
+            .collect())
+    }
+
+    fn usage(&self) -> Result<StoreUsage, StoreError> {
         let (models, keysets, jobs) = self.run(
             || "reading the store usage".to_string(),
             |db| {
@@ -613,6 +444,12 @@ impl Store {
     }
 }
 
-mod states;
-#[cfg(test)]
-mod tests;
+/// A stored state value: the version (8 bytes, little endian), then the sealed blob.
+fn decode_state(model_id: &str, value: &[u8]) -> Option<StateRecord> {
+    let version = u64::from_le_bytes(value.get(..8)?.try_into().ok()?);
+    Some(StateRecord {
+        model_id: model_id.to_string(),
+        version,
+        sealed: value[8..].to_vec(),
+    })
+}

@@ -1,9 +1,15 @@
-//! Tests of the store: round trips, persistence, bad data dirs, disk-full simulation.
+//! Tests of the redb store alone: bad data dirs, the lock, disk-full simulation.
 
-use super::*;
+use crate::store::redb::*;
+use crate::store::redb_io::*;
+use crate::store::{Store, StoreError};
 use redb::backends::FileBackend;
 use redb::StorageBackend;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 fn tempdir() -> tempfile::TempDir {
@@ -58,7 +64,7 @@ impl StorageBackend for Quota {
     }
 }
 
-fn quota_store(dir: &Path, disk: Arc<Disk>) -> Result<Store, StoreError> {
+fn quota_store(dir: &Path, disk: Arc<Disk>) -> Result<RedbStore, StoreError> {
     let owned = dir.to_path_buf();
     let opener = move || {
         let file = OpenOptions::new()
@@ -74,7 +80,7 @@ fn quota_store(dir: &Path, disk: Arc<Disk>) -> Result<Store, StoreError> {
             .create_with_backend(Quota { inner, disk })
             .map_err(|e| map_open_err(e, &owned))
     };
-    Store::from_opener(dir, Box::new(opener))
+    RedbStore::from_opener(dir, Box::new(opener))
 }
 
 fn kv(k: &str, v: &[u8]) -> (String, Vec<u8>) {
@@ -82,77 +88,16 @@ fn kv(k: &str, v: &[u8]) -> (String, Vec<u8>) {
 }
 
 #[test]
-fn every_table_round_trips_and_persists() {
-    let tmp = tempdir();
-    let dir = tmp.path().join("data/nested"); // created by open
-    {
-        let s = Store::open(&dir).unwrap();
-        assert_eq!(s.dir(), dir.as_path());
-        assert_eq!(s.keyset("k1").unwrap(), None);
-        assert!(s.models().unwrap().is_empty() && s.jobs().unwrap().is_empty());
-        assert_eq!(s.usage().unwrap().models, 0);
-        s.put_keyset("k1", b"keys-1").unwrap();
-        s.put_keyset("k2", b"keys-2").unwrap();
-        s.put_keyset("k1", b"keys-1b").unwrap();
-        s.put_model("m1", b"meta", b"weights").unwrap();
-        s.put_model("m2", b"meta2", b"w2").unwrap();
-        assert_eq!(s.model_weights("m2").unwrap().as_deref(), Some(&b"w2"[..]));
-        s.set_model_meta("m1", b"meta-v2").unwrap();
-        s.put_job("j1", br#"{"state":"done"}"#).unwrap();
-        assert!(s.delete_model("m2").unwrap());
-        assert!(!s.delete_model("m2").unwrap());
-        assert!(!dir.join(PROBE_FILE).exists());
-    }
-    let s = Store::open(&dir).unwrap();
-    assert_eq!(s.keyset("k1").unwrap().as_deref(), Some(&b"keys-1b"[..]));
-    let keysets = vec![kv("k1", b"keys-1b"), kv("k2", b"keys-2")];
-    assert_eq!(s.keysets().unwrap(), keysets);
-    assert_eq!(
-        s.model_meta("m1").unwrap().as_deref(),
-        Some(&b"meta-v2"[..])
-    );
-    assert_eq!(
-        s.model_weights("m1").unwrap().as_deref(),
-        Some(&b"weights"[..])
-    );
-    assert_eq!(s.models().unwrap(), vec![kv("m1", b"meta-v2")]);
-    assert_eq!(s.model_meta("m2").unwrap(), None);
-    assert_eq!(s.model_weights("m2").unwrap(), None);
-    assert_eq!(
-        s.job("j1").unwrap().as_deref(),
-        Some(&br#"{"state":"done"}"#[..])
-    );
-    assert_eq!(s.jobs().unwrap(), vec![kv("j1", br#"{"state":"done"}"#)]);
-    let u = s.usage().unwrap();
-    assert_eq!((u.models, u.keysets, u.jobs), (1, 2, 1));
-    assert!(u.file_bytes > 0);
-}
-
-#[test]
-fn set_model_meta_of_missing_model_is_not_found_and_writes_nothing() {
-    let tmp = tempdir();
-    let s = Store::open(tmp.path()).unwrap();
-    let err = s.set_model_meta("nope", b"m").unwrap_err();
-    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
-    assert_eq!(
-        (err.http_status(), err.to_string()),
-        (404, "model nope not found".into())
-    );
-    assert_eq!(s.model_meta("nope").unwrap(), None);
-    s.put_job("j", b"{}").unwrap(); // the aborted transaction left no lock behind
-}
-
-#[test]
 fn open_twice_is_locked() {
     let tmp = tempdir();
-    let first = Store::open(tmp.path()).unwrap();
-    let err = Store::open(tmp.path()).unwrap_err();
+    let first = RedbStore::open(tmp.path()).unwrap();
+    let err = RedbStore::open(tmp.path()).unwrap_err();
     assert!(matches!(err, StoreError::Locked { .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("another hetee serve is using") && msg.contains("--data-dir"));
     assert!(msg.contains(&tmp.path().display().to_string()), "{msg}");
     drop(first);
-    Store::open(tmp.path()).unwrap();
+    RedbStore::open(tmp.path()).unwrap();
 }
 
 #[test]
@@ -164,7 +109,7 @@ fn open_reports_unusable_data_dirs_clearly() {
         (file.join("sub"), "regular file"),
         (file.clone(), "file of"),
     ] {
-        let err = Store::open(&dir).unwrap_err();
+        let err = RedbStore::open(&dir).unwrap_err();
         assert!(matches!(err, StoreError::NotWritable { .. }), "{err}");
         let msg = err.to_string();
         assert!(
@@ -175,7 +120,7 @@ fn open_reports_unusable_data_dirs_clearly() {
     }
     // Read-only filesystems (as root too): missing dir, and existing dir refusing the probe.
     for dir in ["/proc/hetee-store-test", "/proc"] {
-        let err = Store::open(Path::new(dir)).unwrap_err();
+        let err = RedbStore::open(Path::new(dir)).unwrap_err();
         assert!(matches!(err, StoreError::NotWritable { .. }), "{err}");
         assert!(
             err.to_string()
@@ -187,7 +132,7 @@ fn open_reports_unusable_data_dirs_clearly() {
     let garbage = tmp.path().join("garbage");
     fs::create_dir(&garbage).unwrap();
     fs::write(garbage.join(DB_FILE), vec![0x42; 8192]).unwrap();
-    let err = Store::open(&garbage).unwrap_err();
+    let err = RedbStore::open(&garbage).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains("not a hetee database"), "{err}");
 }
@@ -274,59 +219,23 @@ fn disk_full_write_changes_nothing_and_store_recovers() {
     assert_eq!(s.models().unwrap().len(), 2);
     s.put_job("j3", b"{}").unwrap();
     drop(s);
-    let s = Store::open(tmp.path()).unwrap();
+    let s = RedbStore::open(tmp.path()).unwrap();
     assert_eq!(s.models().unwrap().len(), 2);
     assert_eq!(s.job("j1").unwrap(), Some(b"{}".to_vec()));
     assert_eq!(s.job("j3").unwrap(), Some(b"{}".to_vec()));
 }
 
-#[test]
-fn store_is_shared_across_threads() {
-    fn send_sync<T: Send + Sync>() {}
-    send_sync::<Store>();
-    let tmp = tempdir();
-    let s = Arc::new(Store::open(tmp.path()).unwrap());
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let s = s.clone();
-            std::thread::spawn(move || {
-                for i in 0..10 {
-                    let id = format!("j{t}-{i}");
-                    s.put_job(&id, id.as_bytes()).unwrap();
-                    assert_eq!(s.job(&id).unwrap(), Some(id.into_bytes()));
-                }
-            })
-        })
-        .collect();
-    threads.into_iter().for_each(|t| t.join().unwrap());
-    assert_eq!(s.usage().unwrap().jobs, 40);
+/// The suite every store passes, on a redb store in a temp dir.
+pub(super) struct Redb(tempfile::TempDir);
+
+impl super::Backend for Redb {
+    fn open(&self) -> std::sync::Arc<dyn Store> {
+        std::sync::Arc::new(RedbStore::open(&self.0.path().join("data/nested")).unwrap())
+    }
 }
 
-#[test]
-fn the_newest_model_state_wins_whatever_the_order_of_writes() {
-    let dir = tempdir();
-    let store = Store::open(dir.path()).unwrap();
-    assert!(store.put_state("m", 2, b"two").unwrap());
-    // An older version arriving late (concurrent queries) is not stored.
-    assert!(!store.put_state("m", 1, b"one").unwrap());
-    assert!(!store.put_state("m", 2, b"two again").unwrap());
-    assert_eq!(
-        store.states().unwrap(),
-        vec![("m".into(), 2, b"two".to_vec())]
-    );
-    assert!(store.put_state("m", 3, b"three").unwrap());
-    assert!(store.put_state("other", 1, b"x").unwrap());
-    let mut all = store.states().unwrap();
-    all.sort();
-    assert_eq!(
-        all,
-        vec![
-            ("m".into(), 3, b"three".to_vec()),
-            ("other".into(), 1, b"x".to_vec())
-        ]
-    );
-    // It survives reopening.
-    drop(store);
-    let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.states().unwrap().len(), 2);
+fn redb() -> Option<Redb> {
+    Some(Redb(tempdir()))
 }
+
+crate::store_suite!(redb());
