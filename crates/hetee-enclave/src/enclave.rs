@@ -20,13 +20,13 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLoc
 
 use ed25519_dalek::SigningKey;
 use hetee_attest::platform::Platform;
-use hetee_attest::{EnclaveHandshake, Evidence, Measurement, StaticKeypair, Transport};
-use hetee_proto::channel::{ClientMessage, EnclaveMessage};
+use hetee_attest::{EnclaveHandshake, Measurement, StaticKeypair, Transport};
 use hetee_proto::host::{Request, Response, SealedState, Status};
-use hetee_proto::ids::{he_params_bytes, ClientKey, Identity, KeyId, ModelId, SessionId};
+use hetee_proto::ids::{ClientKey, KeyId, ModelId, SessionId};
 use zeroize::Zeroizing;
 
 use crate::budget;
+use crate::channel::Finished;
 use crate::config::EnclaveConfig;
 use crate::keys::{KeySet, ModelRecord, Sealer};
 use crate::state::ModelState;
@@ -135,18 +135,6 @@ fn is_exclusive(req: &Request) -> bool {
 
 /// What a handled request may leave behind for the host besides its answer.
 pub(crate) type Outcome = Result<Response, (EnclaveError, Option<SealedState>)>;
-
-/// A finished handshake: a data provider's hello (answered), or an owner's
-/// message still to handle alone.
-pub(crate) enum Finished {
-    Hello(Response),
-    Owner {
-        key_id: KeyId,
-        client: ClientKey,
-        msg: ClientMessage,
-        tx: Box<Transport>,
-    },
-}
 
 impl Enclave {
     /// An enclave on `platform` with the measured `config`.
@@ -493,123 +481,4 @@ impl Enclave {
         })?;
         f(state)
     }
-
-    fn identity(&self, key_id: &KeyId) -> Result<Identity, EnclaveError> {
-        let channel_public_key = *self.channel_key()?.public();
-        let signing_public_key = self.signing_key().verifying_key().to_bytes();
-        let keysets = read(&self.keysets);
-        let ks = keysets
-            .get(key_id)
-            .ok_or_else(|| EnclaveError::Protocol("unknown key set".into()))?;
-        Ok(Identity {
-            key_id: *key_id,
-            measurement: self.measurement.0,
-            channel_public_key,
-            public_key: ks.public_key.clone(),
-            he_params: he_params_bytes(&ks.he),
-            signing_public_key,
-            owner: ks.owner,
-        })
-    }
-
-    /// Puts a session (back) in the table.
-    pub(crate) fn insert_session(&self, session: SessionId, s: Session) {
-        lock(&self.sessions).insert(session, s);
-    }
-
-    fn open_channel(
-        &self,
-        key_id: KeyId,
-        evidence: &[u8],
-        msg1: &[u8],
-    ) -> Result<Response, EnclaveError> {
-        let id = self.identity(&key_id)?;
-        let ev = Evidence::decode(evidence)?;
-        if ev.measurement.0 != id.measurement || ev.report_data != id.report_data() {
-            return refuse("the evidence is not this enclave's for this key set");
-        }
-        let prologue = ev.hash()?;
-        let key = self.channel_key()?;
-        let (hs, msg2) = EnclaveHandshake::respond(key, &prologue, msg1)?;
-        let session: SessionId = rand::random();
-        {
-            let mut sessions = lock(&self.sessions);
-            if sessions.len() >= MAX_SESSIONS {
-                return refuse(format!(
-                    "{MAX_SESSIONS} sessions are open; finish or close some first"
-                ));
-            }
-            sessions.insert(
-                session,
-                Session::Handshake {
-                    hs: Box::new(hs),
-                    key_id,
-                },
-            );
-        }
-        Ok(Response::ChannelOpened { session, msg2 })
-    }
-
-    pub(crate) fn take(&self, session: &SessionId) -> Result<Session, EnclaveError> {
-        lock(&self.sessions)
-            .remove(session)
-            .ok_or_else(|| EnclaveError::Protocol("unknown or closed session".into()))
-    }
-
-    fn channel_finish(
-        &self,
-        session: SessionId,
-        msg3: &[u8],
-        payload: &[u8],
-    ) -> Result<Finished, EnclaveError> {
-        let Session::Handshake { hs, key_id } = self.take(&session)? else {
-            return refuse("the handshake of this session is already finished; session closed");
-        };
-        let mut tx = hs.finish(msg3)?;
-        let client: ClientKey = *tx
-            .remote_static()
-            .ok_or_else(|| EnclaveError::Protocol("the channel has no client key".into()))?;
-        let msg = decode(&tx.open(payload)?)?;
-        match msg {
-            ClientMessage::Hello { model_id } => {
-                let payload = self.hello(key_id, client, model_id, &mut tx)?;
-                self.insert_session(
-                    session,
-                    Session::Ready {
-                        tx: Box::new(tx),
-                        model_id,
-                        client,
-                    },
-                );
-                Ok(Finished::Hello(Response::ChannelReply {
-                    payload,
-                    registered: None,
-                    state: None,
-                }))
-            }
-            ClientMessage::Query { .. } | ClientMessage::ThinQuery { .. } => {
-                refuse("a query must follow a hello; session closed")
-            }
-            msg => Ok(Finished::Owner {
-                key_id,
-                client,
-                msg,
-                tx: Box::new(tx),
-            }),
-        }
-    }
-}
-
-/// Decodes a client message.
-pub(crate) fn decode(plain: &[u8]) -> Result<ClientMessage, EnclaveError> {
-    postcard::from_bytes(plain)
-        .map_err(|e| EnclaveError::Protocol(format!("malformed channel message: {e}")))
-}
-
-pub(crate) fn seal(tx: &mut Transport, msg: &EnclaveMessage) -> Result<Vec<u8>, EnclaveError> {
-    let plain = Zeroizing::new(
-        postcard::to_allocvec(msg)
-            .map_err(|e| EnclaveError::Protocol(format!("cannot encode reply: {e}")))?,
-    );
-    Ok(tx.seal(&plain)?)
 }

@@ -7,6 +7,7 @@
 //! its [`hetee_attest::platform::Platform`], never from the host.
 //!
 //! - [`enclave`]: state, sessions and dispatch;
+//! - `channel`: identity, handshake and a channel's first message;
 //! - [`register`]: model registration and the owner's management messages;
 //! - [`query`]: a data provider's query, stage by stage;
 //! - [`keys`]: key sets, registered models, sealing;
@@ -22,6 +23,7 @@
 //! [`schedule`] re-export them for the enclave's users.
 
 pub mod budget;
+mod channel;
 pub mod enclave;
 pub mod freivalds;
 pub mod keys;

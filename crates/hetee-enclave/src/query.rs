@@ -8,7 +8,8 @@ use ed25519_dalek::Signer;
 use hetee_attest::Transport;
 use zeroize::Zeroizing;
 
-use crate::enclave::{decode, refuse, seal, Enclave, Outcome, Running, Session};
+use crate::channel::{decode, seal};
+use crate::enclave::{refuse, Enclave, Outcome, Running, Session};
 use crate::input_binding::made_with;
 use crate::messages::{
     input_digest, thin_input_digest, ClientMessage, EnclaveMessage, ModelId, QueryResult, Response,

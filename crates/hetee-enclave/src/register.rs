@@ -13,7 +13,8 @@ use zeroize::Zeroize;
 
 use std::sync::Arc;
 
-use crate::enclave::{lock, read, refuse, seal, write, Enclave};
+use crate::channel::seal;
+use crate::enclave::{lock, read, refuse, write, Enclave};
 use crate::freivalds::StageCheck;
 use crate::keys::ModelRecord;
 use crate::state::ModelState;

@@ -56,7 +56,7 @@ fn eight_threads_of_interleaved_sessions_are_each_bit_exact() {
 }
 
 #[test]
-fn concurrent_query_starts_cannot_overspend_a_budget() {
+fn attack_concurrent_query_starts_cannot_overspend_a_budget() {
     let (q, x) = tiny_model();
     let schedule = Schedule::compile(&q, 1).unwrap();
     let enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
