@@ -115,6 +115,7 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
         let (model, calib) = load_model(name, None)?;
         let per: usize = model.input_shape.iter().product();
         let q = prepare(&model, &calib)?;
+        let spin = crate::progress::spinner(&format!("benchmarking {name}"));
         let dep = Harness::new(&q, 1)?;
         let dep_batch = Harness::new(&q, o.batch.max(1))?;
         let onnx = crate::cli::bundled_onnx(name)
@@ -241,6 +242,7 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
                 name, &served, &xs, all, o.runs, o.clients, plain,
             )?);
         }
+        spin.finish_and_clear();
     }
     print_table(&rows);
     if let Some(p) = o.json {

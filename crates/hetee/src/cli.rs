@@ -12,6 +12,9 @@ pub use crate::run::{bundled_onnx, check_batch, load_model, prepare};
 #[derive(Parser, Debug)]
 #[command(name = "hetee", version, about)]
 pub struct Cli {
+    /// Hide progress bars (they are drawn only when stderr is a terminal).
+    #[arg(long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -328,6 +331,7 @@ enum Command {
 
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<()> {
+    crate::progress::set_quiet(cli.quiet);
     match cli.cmd {
         Command::Demo {
             images,

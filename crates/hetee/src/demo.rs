@@ -3,7 +3,6 @@
 //! reference.
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::cli::median;
@@ -80,10 +79,7 @@ pub fn demo(name: &str, n: usize, json: bool) -> Result<()> {
     eprintln!("compiling and encrypting the model...");
     let dep = Harness::new(&q, 1)?;
     let per: usize = model.input_shape.iter().product();
-    let bar = ProgressBar::new(n as u64);
-    bar.set_style(ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} images, {elapsed} elapsed, eta {eta}",
-    )?);
+    let bar = crate::progress::bar(n as u64, "images");
     let (mut ok, mut ok_float, mut ok_ref, mut agree) = (0usize, 0usize, 0usize, 0usize);
     let mut stats = Vec::with_capacity(n);
     for (x, &label) in test.data.chunks(per).zip(&labels).take(n) {

@@ -6,7 +6,6 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::cli::median;
@@ -89,10 +88,7 @@ pub fn demo(name: &str, n: usize, json: bool) -> Result<()> {
     eprintln!("model provider: model {model_id} registered");
 
     let target = Target::connect(std::sync::Arc::new(api), &trust, &model_id, None)?;
-    let bar = ProgressBar::new(n as u64);
-    bar.set_style(ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} images, {elapsed} elapsed, eta {eta}",
-    )?);
+    let bar = crate::progress::bar(n as u64, "images");
     let per: usize = model.input_shape.iter().product();
     let (mut ok, mut agree) = (0usize, 0usize);
     let (mut lat, mut host, mut encl) = (Vec::new(), Vec::new(), Vec::new());

@@ -78,18 +78,23 @@ pub fn infer_tensor(q: &Query, x: &Tensor) -> Result<(Outputs, Vec<Receipt>)> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(q.parallel.clamp(1, 64))
         .build()?;
+    let bar = crate::progress::bar(n as u64, "images");
     let answers = pool.install(|| {
         images
             .par_chunks(target.batch)
             .map(|chunk| {
-                if q.thin {
+                let a = if q.thin {
                     target.query_thin(chunk)
                 } else {
                     target.query(chunk)
-                }
+                };
+                bar.inc(chunk.len() as u64);
+                a
             })
             .collect::<Result<Vec<_>>>()
-    })?;
+    });
+    bar.finish_and_clear();
+    let answers = answers?;
     let receipts = answers.iter().map(|a| a.receipt.clone()).collect();
     let labels: Vec<Vec<u32>> = answers.iter().flat_map(|a| a.labels.clone()).collect();
     if !labels.is_empty() {

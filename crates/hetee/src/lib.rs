@@ -18,6 +18,7 @@ pub mod deployment_demo;
 pub mod harness;
 pub mod owner;
 pub mod plan;
+pub mod progress;
 pub mod report;
 pub mod run;
 pub mod serve;

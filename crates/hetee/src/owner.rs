@@ -50,8 +50,10 @@ pub fn upload_model(
     let trust = Trust::new(&o.expect_measurement, o.allow_sim)?;
     let api = Api::connect(&o.server, o.ca.as_deref())?;
     let key = load_or_create_key(&o.client_key)?;
-    let up = model_provider::upload(&api, &trust, &key, q, terms)?;
-    Ok((up, *key.public()))
+    let spin = crate::progress::spinner("encrypting, uploading and registering the weights");
+    let up = model_provider::upload(&api, &trust, &key, q, terms);
+    spin.finish_and_clear();
+    Ok((up?, *key.public()))
 }
 
 /// `hetee model upload`: prints the model id alone on the last line.

@@ -143,7 +143,10 @@ pub fn prepare(model: &Model, calib: &Tensor) -> Result<QuantModel> {
         )
         .into());
     }
-    Ok(quantize(model, &calib.data)?)
+    let spin = crate::progress::spinner(&format!("calibrating on {n} samples"));
+    let q = quantize(model, &calib.data);
+    spin.finish_and_clear();
+    Ok(q?)
 }
 
 /// What [`run_batch`] produced.
@@ -181,11 +184,7 @@ pub fn run_batch(model: &Model, q: &QuantModel, x: &Tensor, plaintext: bool) -> 
     } else {
         // Many inputs: the planner may stack several images per product.
         let d = Harness::new(q, n.min(MAX_BATCH))?;
-        // A progress bar on stderr, drawn only on a terminal.
-        let bar = indicatif::ProgressBar::new(n as u64);
-        bar.set_style(indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} images, {elapsed} elapsed, eta {eta}",
-        )?);
+        let bar = crate::progress::bar(n as u64, "images");
         let results = samples
             .par_chunks(d.schedule.batch)
             .map(|chunk| {

@@ -740,3 +740,35 @@ fn completions_and_man_pages_are_generated() {
         "{page}"
     );
 }
+
+/// Progress bars go to stderr only on a terminal: a run whose stderr is a
+/// pipe (as here) carries none, with or without `--quiet`, and still says
+/// what it wrote.
+#[test]
+fn progress_bars_stay_out_of_a_pipe_and_quiet_is_accepted() {
+    let (dir, x, c) = mnist_files();
+    for quiet in [false, true] {
+        let y = dir.path().join(format!("y{quiet}.npy"));
+        let mut args = vec![
+            "run",
+            "--model",
+            MNIST_ONNX,
+            "--input",
+            p(&x),
+            "--calib",
+            p(&c),
+            "--output",
+            p(&y),
+        ];
+        if quiet {
+            args.insert(0, "--quiet");
+        }
+        let out = hetee(&args);
+        assert!(out.status.success(), "{}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        for bar in ["eta ", "elapsed", "calibrating on"] {
+            assert!(!err.contains(bar), "a bar in a pipe ({bar}):\n{err}");
+        }
+        assert_eq!(read_f32(&y).0, vec![2, 10]);
+    }
+}
