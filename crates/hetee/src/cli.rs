@@ -326,6 +326,9 @@ enum Command {
         /// Calibration inputs (float32 .npy); bundled models use their own.
         #[arg(long)]
         calib: Option<PathBuf>,
+        /// Print the plan as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -502,9 +505,10 @@ pub fn run(cli: Cli) -> Result<()> {
             model,
             calib,
             batch,
+            json,
         } => {
             let (m, c) = load_model(&model, calib.as_deref())?;
-            crate::plan::print_plan(&prepare(&m, &c)?, batch)
+            crate::plan::print_plan(&prepare(&m, &c)?, batch, json)
         }
     }
 }

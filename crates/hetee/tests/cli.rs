@@ -772,3 +772,19 @@ fn progress_bars_stay_out_of_a_pipe_and_quiet_is_accepted() {
         assert_eq!(read_f32(&y).0, vec![2, 10]);
     }
 }
+
+/// `hetee plan --json`: the same plan as the table, machine-readable; the
+/// totals are the stages' sums.
+#[test]
+fn plan_prints_json() {
+    let out = hetee(&["plan", "--model", "mnist", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stages = p["stages"].as_array().unwrap();
+    assert!(!stages.is_empty());
+    let host: f64 = stages.iter().map(|s| s["host_ms"].as_f64().unwrap()).sum();
+    assert!((p["host_ms"].as_f64().unwrap() - host).abs() < 1e-9);
+    assert!(stages.iter().all(|s| s["products"].as_u64().unwrap() >= 1));
+    assert_eq!(p["batch"], 1);
+    assert_eq!(p["degree"], 4096);
+}
