@@ -66,7 +66,7 @@ fn enclave() -> Enclave {
 }
 
 fn with_keys() -> Enclave {
-    let mut e = enclave();
+    let e = enclave();
     let r = e.handle(Request::RestoreKeys {
         sealed: fixed().keys.clone(),
     });
@@ -75,7 +75,7 @@ fn with_keys() -> Enclave {
 }
 
 fn with_model() -> Enclave {
-    let mut e = with_keys();
+    let e = with_keys();
     let r = e.handle(Request::RestoreModel {
         sealed: fixed().model.clone(),
     });
@@ -86,8 +86,8 @@ fn with_model() -> Enclave {
 /// Uses a restored key set the way a query does: encrypt, decrypt.
 fn use_keys(secret: &[u8; 32], payload: &[u8]) {
     let sealer = Sealer {
-        secret,
-        measurement: &MEASUREMENT,
+        secret: zeroize::Zeroizing::new(*secret),
+        measurement: MEASUREMENT,
     };
     let Ok(blob) = seal(secret, &MEASUREMENT, fixtures::KEYS_LABEL, payload) else {
         return;
@@ -143,7 +143,7 @@ fuzz_target!(
         }
         4 => {
             let sealed = seal_as(fixtures::KEYS_LABEL);
-            let mut e = enclave();
+            let e = enclave();
             if let Response::KeysRestored { key_id } = e.handle(Request::RestoreKeys { sealed }) {
                 let _ = e.handle(Request::Evidence { key_id });
                 let _ = e.handle(Request::Status);
@@ -152,7 +152,7 @@ fuzz_target!(
         }
         5 => {
             let sealed = seal_as(fixtures::MODEL_LABEL);
-            let mut e = with_keys();
+            let e = with_keys();
             if let Response::ModelRestored { .. } = e.handle(Request::RestoreModel { sealed }) {
                 let _ = e.handle(Request::RestoreState {
                     sealed: f.state.clone(),
@@ -161,7 +161,7 @@ fuzz_target!(
         }
         _ => {
             let sealed = seal_as(STATE_LABEL);
-            let mut e = with_model();
+            let e = with_model();
             if let Response::StateRestored { .. } = e.handle(Request::RestoreState {
                 sealed: sealed.clone(),
             }) {

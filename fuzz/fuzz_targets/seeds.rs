@@ -757,7 +757,7 @@ fn write_all() {
     session_seeds();
 
     // Sanity: the sealed seeds restore.
-    let mut e = Enclave::new(Box::new(SimTee::new(MEASUREMENT)), EnclaveConfig::default());
+    let e = Enclave::new(Box::new(SimTee::new(MEASUREMENT)), EnclaveConfig::default());
     for (req, what) in [
         (
             Request::RestoreKeys {

@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = stream::serve(&enclave(), &mut &data[..], &mut out, 2);
     }
 
-    let mut enclave = enclave();
+    let enclave = enclave();
     let mut rest = data;
     for _ in 0..4 {
         let Ok((req, tail)) = postcard::take_from_bytes::<Request>(rest) else {

@@ -151,8 +151,8 @@ pub fn sealed_plaintexts(secret: &[u8; 32]) -> Plaintexts {
     let (q, _) = tiny_model();
     let schedule = tiny_schedule();
     let sealer = Sealer {
-        secret,
-        measurement: &MEASUREMENT,
+        secret: zeroize::Zeroizing::new(*secret),
+        measurement: MEASUREMENT,
     };
     let (keys, public_key) = fixed_keys_plaintext();
     let blob = hetee_attest::seal::seal(secret, &MEASUREMENT, KEYS_LABEL, &keys).unwrap();
