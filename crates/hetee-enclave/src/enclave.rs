@@ -172,7 +172,11 @@ impl Enclave {
     pub fn handle(&self, req: Request) -> Response {
         if is_exclusive(&req) {
             let _alone = write(&self.gate);
-            return self.exclusive(None, |e| e.dispatch_admin(req).map_err(|e| (e, None)));
+            // Only restoring a state changes the state table here.
+            let states = matches!(req, Request::RestoreState { .. });
+            return self.exclusive(None, states, |e| {
+                e.dispatch_admin(req).map_err(|e| (e, None))
+            });
         }
         let shared = read(&self.gate);
         let touched = session_of(&req);
@@ -192,7 +196,7 @@ impl Enclave {
                 }) => {
                     drop(shared);
                     let _alone = write(&self.gate);
-                    return self.exclusive(Some(session), |e| {
+                    return self.exclusive(Some(session), true, |e| {
                         e.owner_message(key_id, client, msg, &mut tx)
                             .map_err(|e| (e, None))
                     });
@@ -214,9 +218,6 @@ impl Enclave {
                 // Only the sessions this request touched or opened go; a
                 // query start keeps its spend (no result leaves), and the
                 // host gets the state that counts it.
-                if let Some(s) = touched {
-                    lock(&self.sessions).remove(&s);
-                }
                 let state = match resp {
                     Response::ChannelOpened { session, .. } => {
                         lock(&self.sessions).remove(&session);
@@ -225,21 +226,23 @@ impl Enclave {
                     Response::QueryStarted { state, .. } => state,
                     _ => None,
                 };
-                Response::Error {
-                    message: self.over_budget_message(),
-                    state,
-                }
+                self.refused(touched, self.over_budget_message(), state)
             }
-            Err((e, state)) => {
-                if let Some(s) = touched {
-                    lock(&self.sessions).remove(&s);
-                }
-                Response::Error {
-                    message: e.to_string(),
-                    state,
-                }
-            }
+            Err((e, state)) => self.refused(touched, e.to_string(), state),
         }
+    }
+
+    /// A refusal: the session the request touched is closed.
+    fn refused(
+        &self,
+        touched: Option<SessionId>,
+        message: String,
+        state: Option<SealedState>,
+    ) -> Response {
+        if let Some(s) = touched {
+            lock(&self.sessions).remove(&s);
+        }
+        Response::Error { message, state }
     }
 
     fn over_budget_message(&self) -> String {
@@ -255,13 +258,24 @@ impl Enclave {
     /// Runs `f` with nothing else running (the caller holds the gate
     /// alone), measuring its memory peak exactly; over the budget, it is
     /// rolled back: the session it touched or opened, key sets and models
-    /// it added, and every model state as it was.
-    fn exclusive(&self, touched: Option<SessionId>, f: impl FnOnce(&Self) -> Outcome) -> Response {
+    /// it added, and (when `f` may change them: `states`) every model state
+    /// as it was.
+    fn exclusive(
+        &self,
+        touched: Option<SessionId>,
+        states: bool,
+        f: impl FnOnce(&Self) -> Outcome,
+    ) -> Response {
         let had: (Vec<KeyId>, Vec<ModelId>) = (
             read(&self.keysets).keys().copied().collect(),
             read(&self.models).keys().copied().collect(),
         );
-        let states_before = lock(&self.states).clone();
+        let states_before = states.then(|| lock(&self.states).clone());
+        let restore_states = |before: Option<HashMap<ModelId, ModelState>>| {
+            if let Some(before) = before {
+                *lock(&self.states) = before;
+            }
+        };
         budget::reset_peak();
         let result = f(self);
         self.max_peak.fetch_max(budget::peak(), Ordering::Relaxed);
@@ -277,19 +291,13 @@ impl Enclave {
                 }
                 write(&self.keysets).retain(|k, _| had.0.contains(k));
                 write(&self.models).retain(|m, _| had.1.contains(m));
-                *lock(&self.states) = states_before;
+                restore_states(states_before);
                 Response::error(self.over_budget_message())
             }
             Err((e, state)) => {
-                if let Some(s) = touched {
-                    lock(&self.sessions).remove(&s);
-                }
                 // Nothing else runs: a refused change leaves no trace.
-                *lock(&self.states) = states_before;
-                Response::Error {
-                    message: e.to_string(),
-                    state,
-                }
+                restore_states(states_before);
+                self.refused(touched, e.to_string(), state)
             }
         }
     }
