@@ -91,24 +91,7 @@ fn start(e: &Enclave, keys: &Keys, model_id: ModelId, images: &[Vec<f32>]) -> Fl
 
 /// A thin query: the images go over the channel, the enclave encrypts them.
 fn start_thin(e: &Enclave, keys: &Keys, model_id: ModelId, images: &[Vec<f32>]) -> Flight {
-    let mut dp = hello(e, keys, model_id).unwrap();
-    let payload = seal_msg(
-        &mut dp.channel.tx,
-        &ClientMessage::ThinQuery {
-            images: zeroize::Zeroizing::new(images.to_vec()),
-        },
-    );
-    let input = match e.handle(Request::StartQuery {
-        session: dp.channel.session,
-        model_id,
-        payload,
-        input: vec![],
-    }) {
-        Response::QueryStarted {
-            input: Some(cts), ..
-        } => cts,
-        other => panic!("thin StartQuery: {}", short(&other)),
-    };
+    let (dp, input) = common::start_thin(e, keys, model_id, images).unwrap();
     Flight {
         dp,
         images: images.to_vec(),

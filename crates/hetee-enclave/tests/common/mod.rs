@@ -630,6 +630,35 @@ pub fn query_as(
     }
 }
 
+/// Starts a thin query of `images`: hello, then the images over the
+/// channel; returns the session and the stage-0 ciphertexts the enclave made.
+pub fn start_thin(
+    e: &Enclave,
+    keys: &Keys,
+    model_id: ModelId,
+    images: &[Vec<f32>],
+) -> Result<(DataProvider, Vec<Vec<u8>>), String> {
+    let mut dp = hello(e, keys, model_id)?;
+    let payload = seal_msg(
+        &mut dp.channel.tx,
+        &ClientMessage::ThinQuery {
+            images: zeroize::Zeroizing::new(images.to_vec()),
+        },
+    );
+    match e.handle(Request::StartQuery {
+        session: dp.channel.session,
+        model_id,
+        payload,
+        input: vec![],
+    }) {
+        Response::QueryStarted {
+            input: Some(cts), ..
+        } => Ok((dp, cts)),
+        Response::Error { message, .. } => Err(message),
+        other => panic!("thin StartQuery: {}", short(&other)),
+    }
+}
+
 /// One image through a thin query: the input goes over the channel and
 /// the enclave encrypts stage 0's input itself.
 pub fn query_thin(
@@ -639,26 +668,8 @@ pub fn query_thin(
     model_id: ModelId,
     x: &[f32],
 ) -> Result<Vec<f32>, String> {
-    let mut dp = hello(e, keys, model_id)?;
     let images = vec![x.to_vec()];
-    let payload = seal_msg(
-        &mut dp.channel.tx,
-        &ClientMessage::ThinQuery {
-            images: zeroize::Zeroizing::new(images.clone()),
-        },
-    );
-    let input = match e.handle(Request::StartQuery {
-        session: dp.channel.session,
-        model_id,
-        payload,
-        input: vec![],
-    }) {
-        Response::QueryStarted {
-            input: Some(cts), ..
-        } => cts,
-        Response::Error { message, .. } => return Err(message),
-        other => panic!("StartQuery: {}", short(&other)),
-    };
+    let (mut dp, input) = start_thin(e, keys, model_id, &images)?;
     match run_stages(e, host, dp.channel.session, input) {
         Response::Finished { payload } => {
             let r = dp.result(keys, &payload);
