@@ -49,6 +49,9 @@ pub struct Answer {
     pub enclave_ms: f64,
     /// Per-stage figures reported by the server.
     pub stages: Vec<hetee_proto::api::StageStats>,
+    /// How many sessions shared the server's query (a stacked thin query:
+    /// the figures above are the whole stack's); 1 otherwise.
+    pub stacked: u32,
     /// Bytes this client sent: the input ciphertexts and the sealed query.
     pub bytes_up: usize,
     /// Sealed result bytes this client received.
@@ -249,6 +252,7 @@ impl Target {
             bytes_up,
             bytes_down: done.payload.len() * 3 / 4,
             stages: done.stages,
+            stacked: done.stacked.max(1),
             receipt,
         })
     }

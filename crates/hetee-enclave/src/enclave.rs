@@ -48,23 +48,49 @@ pub(crate) enum Session {
         model_id: ModelId,
         client: ClientKey,
     },
+    /// A thin query opened but not yet stacked: a stacked query's batch
+    /// was full (see [`crate::stack`]). Its images wait here, in the clear.
+    Opened(Box<Opened>),
     /// A query in progress; `next_stage` is the only stage accepted.
     Running(Box<Running>),
 }
 
-/// A query in progress.
-pub(crate) struct Running {
+/// A thin query waiting for a place in a stacked query.
+pub(crate) struct Opened {
+    pub tx: Transport,
+    pub model_id: ModelId,
+    pub client: ClientKey,
+    /// The images, quantized (checked when opened).
+    pub x: Zeroizing<Vec<Vec<i64>>>,
+    /// What the member's result binds: the digest of its images.
+    pub input_digest: [u8; 32],
+}
+
+/// One data provider's part of a running query: its channel, its images
+/// (`offset..offset + images` of the batch) and what its result binds.
+pub(crate) struct Member {
+    /// The data provider's session (the query runs under the first member's).
+    pub session: SessionId,
     /// The data provider's channel.
     pub tx: Transport,
     /// The data provider's long-term key.
     pub client: ClientKey,
+    /// First image of this member in the batch.
+    pub offset: u32,
+    pub images: u32,
+    pub input_digest: [u8; 32],
+}
+
+/// A query in progress: one member, or several stacked (thin) members.
+pub(crate) struct Running {
+    pub members: Vec<Member>,
+    /// Started by [`Request::StartStack`]: answers with one payload per member.
+    pub stacked: bool,
     pub model_id: ModelId,
     pub next_stage: u32,
-    pub images: u32,
     /// The values still needed, per image (zeroed when freed): the input
     /// of `next_stage` for its check, and every skip tensor.
     pub values: Vec<hetee_model::graph::Values>,
-    pub input_digest: [u8; 32],
 }
 
 /// The enclave: keys, models, their states and sessions. Reads no file and
@@ -224,6 +250,10 @@ impl Enclave {
                         None
                     }
                     Response::QueryStarted { state, .. } => state,
+                    Response::StackStarted { group, state, .. } => {
+                        lock(&self.sessions).remove(&group);
+                        state
+                    }
                     _ => None,
                 };
                 self.refused(touched, self.over_budget_message(), state)
@@ -368,6 +398,7 @@ impl Enclave {
                 payload,
                 input,
             } => self.start_query(session, model_id, &payload, &input),
+            Request::StartStack { model_id, members } => self.start_stack(model_id, members),
             Request::CloseSession { session } => {
                 lock(&self.sessions).remove(&session);
                 Ok(Response::Closed)

@@ -10,6 +10,7 @@
 //! - `channel`: identity, handshake and a channel's first message;
 //! - [`register`]: model registration and the owner's management messages;
 //! - [`query`]: a data provider's query, stage by stage;
+//! - `stack`: several thin data providers' queries stacked in one batch;
 //! - [`keys`]: key sets, registered models, sealing;
 //! - [`peer`]: the cluster's sealing key, moved enclave to enclave;
 //! - [`state`]: a model's mutable state (lock, incidents, budgets, allow list);
@@ -31,6 +32,7 @@ pub mod peer;
 pub mod policy;
 mod query;
 mod register;
+mod stack;
 pub mod state;
 pub mod step;
 pub mod stream;

@@ -9,7 +9,7 @@ use hetee_attest::Transport;
 use zeroize::Zeroizing;
 
 use crate::channel::{decode, seal};
-use crate::enclave::{refuse, Enclave, Outcome, Running, Session};
+use crate::enclave::{refuse, Enclave, Member, Outcome, Running, Session};
 use crate::input_binding::made_with;
 use crate::messages::{
     input_digest, thin_input_digest, ClientMessage, EnclaveMessage, ModelId, QueryResult, Response,
@@ -84,23 +84,8 @@ impl Enclave {
                 if !input.is_empty() {
                     return refuse("a thin query carries no ciphertexts");
                 }
-                if images.is_empty() || images.len() > batch {
-                    return refuse(format!("a query holds 1 to {batch} images"));
-                }
-                let per: usize = m.schedule.input_shape.iter().product();
-                let mut x = Zeroizing::new(Vec::with_capacity(batch));
-                for img in images.iter() {
-                    if img.len() != per {
-                        return refuse(format!("an image has {} values, not {per}", img.len()));
-                    }
-                    x.push(
-                        m.schedule
-                            .input
-                            .quantize(img)
-                            .map_err(|e| EnclaveError::Protocol(e.to_string()))?,
-                    );
-                }
-                x.resize(batch, vec![0; per]);
+                let mut x = quantize_thin(&m.schedule, &images)?;
+                pad_to_batch(&m.schedule, &mut x);
                 let values = start_values(&m.schedule, &x)?;
                 let cts = encrypt_stage_input(ks, &m.schedule, 0, &values)?;
                 let digest = thin_input_digest(&images);
@@ -127,13 +112,18 @@ impl Enclave {
         self.insert_session(
             session,
             Session::Running(Box::new(Running {
-                tx: *tx,
-                client,
+                members: vec![Member {
+                    session,
+                    tx: *tx,
+                    client,
+                    offset: 0,
+                    images,
+                    input_digest: digest,
+                }],
+                stacked: false,
                 model_id,
                 next_stage: 0,
-                images,
                 values,
-                input_digest: digest,
             })),
         );
         Ok(Response::QueryStarted {
@@ -189,19 +179,29 @@ impl Enclave {
             }
             StepOutput::Logits(values) => {
                 let classes = values.len() / m.schedule.batch.max(1);
-                let n = (run.images as usize * classes).min(values.len());
-                let (logits, labels) = policy::apply(m.terms.policy, &values[..n], classes);
-                let result = QueryResult {
-                    model_id: run.model_id,
-                    commitment: m.commitment,
-                    input_digest: run.input_digest,
-                    images: run.images,
-                    classes: classes as u32,
-                    policy: m.terms.policy,
-                    logits: Zeroizing::new(logits),
-                    labels: Zeroizing::new(labels),
-                };
-                let payload = sign_and_seal(self, &mut run.tx, result).map_err(plain)?;
+                let mut payloads = Vec::with_capacity(run.members.len());
+                for member in run.members.iter_mut() {
+                    let from = (member.offset as usize * classes).min(values.len());
+                    let to = ((member.offset + member.images) as usize * classes).min(values.len());
+                    let (logits, labels) =
+                        policy::apply(m.terms.policy, &values[from..to], classes);
+                    let result = QueryResult {
+                        model_id: run.model_id,
+                        commitment: m.commitment,
+                        input_digest: member.input_digest,
+                        images: member.images,
+                        classes: classes as u32,
+                        policy: m.terms.policy,
+                        logits: Zeroizing::new(logits),
+                        labels: Zeroizing::new(labels),
+                    };
+                    let payload = sign_and_seal(self, &mut member.tx, result).map_err(plain)?;
+                    payloads.push((member.session, payload));
+                }
+                if run.stacked {
+                    return Ok(Response::StackFinished { payloads });
+                }
+                let payload = payloads.pop().map(|(_, p)| p).unwrap_or_default();
                 Ok(Response::Finished { payload })
             }
         }
@@ -221,7 +221,11 @@ impl Enclave {
         };
         let sealed = self
             .with_state(&run.model_id, |state| {
-                state.record_failure(stage, run.client, &m.terms);
+                // One forged result is one incident, however many members
+                // the query stacked; it is logged under the first.
+                if let Some(first) = run.members.first() {
+                    state.record_failure(stage, first.client, &m.terms);
+                }
                 self.sealer().and_then(|s| state.seal(&s))
             })
             .ok();
@@ -248,4 +252,36 @@ fn sign_and_seal(
         .to_bytes()
         .to_vec();
     seal(tx, &EnclaveMessage::Result { result, signature })
+}
+
+/// Quantizes the images of one thin query (1 to the model's batch, each of
+/// the model's input size), not yet padded to the batch.
+pub(crate) fn quantize_thin(
+    schedule: &hetee_proto::Schedule,
+    images: &[Vec<f32>],
+) -> Result<Zeroizing<Vec<Vec<i64>>>, EnclaveError> {
+    let batch = schedule.batch;
+    if images.is_empty() || images.len() > batch {
+        return refuse(format!("a query holds 1 to {batch} images"));
+    }
+    let per: usize = schedule.input_shape.iter().product();
+    let mut x = Zeroizing::new(Vec::with_capacity(batch));
+    for img in images {
+        if img.len() != per {
+            return refuse(format!("an image has {} values, not {per}", img.len()));
+        }
+        x.push(
+            schedule
+                .input
+                .quantize(img)
+                .map_err(|e| EnclaveError::Protocol(e.to_string()))?,
+        );
+    }
+    Ok(x)
+}
+
+/// Pads quantized images with zero images to the model's batch.
+pub(crate) fn pad_to_batch(schedule: &hetee_proto::Schedule, x: &mut Vec<Vec<i64>>) {
+    let per: usize = schedule.input_shape.iter().product();
+    x.resize(schedule.batch, vec![0; per]);
 }

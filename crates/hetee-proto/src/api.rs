@@ -174,6 +174,14 @@ pub struct QueryDone {
     /// Per linear stage: products, times, ciphertexts and bytes.
     #[serde(default)]
     pub stages: Vec<StageStats>,
+    /// How many sessions shared this query (a stacked query: the figures
+    /// above are the whole stack's); 1 for a query of its own.
+    #[serde(default = "one")]
+    pub stacked: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Figures of one linear stage of one query (public: counts, sizes, times).

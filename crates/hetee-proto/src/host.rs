@@ -74,6 +74,16 @@ pub enum Request {
         /// use them for stage 0 (their digest must match the query's).
         input: Vec<Vec<u8>>,
     },
+    /// Starts one query for several thin sessions of the same model: the
+    /// enclave stacks their images in one batch (up to the model's batch),
+    /// so that the host evaluates each product once for all of them. Each
+    /// member's result is sealed to its own data provider.
+    StartStack {
+        /// The model whose weights the host evaluates (every member's).
+        model_id: ModelId,
+        /// The members, in the order their images are stacked.
+        members: Vec<StackMember>,
+    },
     /// The host's encrypted result of linear stage `stage` of a query.
     StageResult {
         /// The session.
@@ -114,6 +124,15 @@ pub enum Request {
         /// What [`Response::SealingKeyAdopted`] gave the host.
         sealed: Vec<u8>,
     },
+}
+
+/// One session of a [`Request::StartStack`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackMember {
+    /// The session (it said hello to the model).
+    pub session: SessionId,
+    /// Its sealed thin query; empty for a member deferred by an earlier stack.
+    pub payload: Vec<u8>,
 }
 
 /// The enclave's answer.
@@ -176,6 +195,31 @@ pub enum Response {
         /// The model's state with this query counted (budgeted models
         /// only; `None` when the state did not change): what the host stores.
         state: Option<SealedState>,
+    },
+    /// A stacked query started (see [`Request::StartStack`]); its stages
+    /// run on the session `group` like any query's.
+    StackStarted {
+        /// The session id the stacked query runs under (its first member's).
+        group: SessionId,
+        /// The model's batch: the most images one stacked query holds.
+        batch: u32,
+        /// Stage-0 input, encrypted by the enclave.
+        input: Vec<Vec<u8>>,
+        /// Members whose images are in this query, in stacking order.
+        started: Vec<SessionId>,
+        /// Members opened but not stacked because the batch was full: they
+        /// stay open; name them (with an empty payload) in a later stack.
+        deferred: Vec<SessionId>,
+        /// Members refused, with why; their sessions are closed.
+        refused: Vec<(SessionId, String)>,
+        /// The model's state with the started members counted (budgeted
+        /// models only).
+        state: Option<SealedState>,
+    },
+    /// The results of a stacked query, each sealed to its member's channel.
+    StackFinished {
+        /// Per member: its session and its sealed result.
+        payloads: Vec<(SessionId, Vec<u8>)>,
     },
     /// Encrypted input of the next stage.
     NextInput {

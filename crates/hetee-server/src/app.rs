@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hetee_he::ConvPacking;
 use hetee_proto::api::*;
@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::host_model::{HostModel, ModelMeta};
 use crate::launcher::LinkError;
+use crate::stacker::Stacker;
 use crate::stage_loop::{run_query, QueryError};
 use crate::store::{Store, StoreError};
 use crate::supervisor::{CallError, KeysRecord, Supervisor};
@@ -116,7 +117,13 @@ pub struct App {
     enclave: Supervisor,
     models: RwLock<HashMap<ModelId, Arc<HostModel>>>,
     sessions: Mutex<HashMap<SessionId, SessionInfo>>,
+    /// Gathers concurrent thin queries into stacked ones (`None`: off).
+    stacker: Option<Stacker>,
 }
+
+/// How long a thin query waits, at most, for others to share its stacked
+/// query (models registered for more than one image per query only).
+pub const DEFAULT_STACK_WINDOW: Duration = Duration::from_millis(5);
 
 fn parse_id(s: &str, what: &str) -> ApiResult<[u8; 16]> {
     id_from_hex(s).map_err(|e| ApiError::bad(format!("{what}: {e}")))
@@ -138,7 +145,15 @@ impl App {
             enclave,
             models: RwLock::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            stacker: Some(Stacker::new(DEFAULT_STACK_WINDOW)),
         }
+    }
+
+    /// Stacks concurrent thin queries of a model registered for batches
+    /// (waiting at most `window` for a stack to fill), or never (`None`).
+    pub fn with_stack_window(mut self, window: Option<Duration>) -> Self {
+        self.stacker = window.map(Stacker::new);
+        self
     }
 
     /// This replica's id as `GET /v1/health` reports it (`hetee serve --replica-id`).
@@ -517,7 +532,20 @@ impl App {
             )));
         }
         let t0 = Instant::now();
-        let (payload, trace) = run_query(&self.enclave, &host, session, model, payload, cts)?;
+        // A thin query may share a stacked query with other sessions; the
+        // figures are then the stack's, and `stacked` says how many shared it.
+        let stacker = self
+            .stacker
+            .as_ref()
+            .filter(|s| cts.is_empty() && s.stacks(&model));
+        let (payload, trace, share) = match stacker {
+            Some(stacker) => stacker.submit(&self.enclave, &host, model, session, payload)?,
+            None => {
+                let (payload, trace) =
+                    run_query(&self.enclave, &host, session, model, payload, cts)?;
+                (payload, trace, 1)
+            }
+        };
         let (host_ms, enclave_ms) = (trace.host_ms(), trace.enclave_ms());
         info!(
             model_id = %id_hex(&model),
@@ -531,6 +559,7 @@ impl App {
             host_ms,
             enclave_ms,
             stages: trace.stages,
+            stacked: share as u32,
         })
     }
 

@@ -4,6 +4,7 @@
 //! - [`supervisor`]: keeping the enclave alive, restoring it, storing its sealed states;
 //! - [`host_model`]: encrypted weights and the HE evaluation of the linear stages;
 //! - [`stage_loop`]: the one loop that runs a query stage by stage, for every path;
+//! - [`stacker`]: concurrent thin queries of one model gathered into stacked queries;
 //! - [`store`]: the [`store::Store`] of encrypted models, sealed blobs and job metadata: embedded
 //!   (redb, the default) or PostgreSQL shared by several replicas;
 //! - [`app`]: the host logic behind each API call;
@@ -18,6 +19,7 @@ pub mod app;
 mod child;
 pub mod host_model;
 pub mod launcher;
+pub mod stacker;
 pub mod stage_loop;
 pub mod store;
 pub mod supervisor;

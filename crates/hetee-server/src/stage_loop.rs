@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use hetee_proto::api::StageStats;
+use hetee_proto::host::StackMember;
 use hetee_proto::ids::{ModelId, SessionId};
 use hetee_proto::{Request, Response};
 use serde::Serialize;
@@ -99,7 +100,76 @@ pub fn run_query(
         return Err(QueryError::Unexpected("not QueryStarted".into()));
     };
     trace.start_ms = ms(te);
-    let mut cts = thin.unwrap_or(input);
+    match run_stages(enclave, host, session, thin.unwrap_or(input), &mut trace)? {
+        Response::Finished { payload } => Ok((payload, trace)),
+        _ => Err(QueryError::Unexpected("not Finished".into())),
+    }
+}
+
+/// What a stacked query did with each session it named.
+#[derive(Debug, Default)]
+pub struct StackRun {
+    /// The model's batch, as the enclave reported it.
+    pub batch: usize,
+    /// Results sealed to each started member, in stacking order.
+    pub results: Vec<(SessionId, Vec<u8>)>,
+    /// Members opened but left for a later stack (batch full).
+    pub deferred: Vec<SessionId>,
+    /// Members refused, with why.
+    pub refused: Vec<(SessionId, String)>,
+    /// The figures of the whole stacked query.
+    pub trace: QueryTrace,
+}
+
+/// Stacks several thin sessions of `model` in one query (the enclave packs
+/// their images side by side) and runs every stage once for all of them.
+pub fn run_stack(
+    enclave: &dyn EnclaveCall,
+    host: &HostModel,
+    model: ModelId,
+    members: Vec<StackMember>,
+) -> Result<StackRun, QueryError> {
+    let mut trace = QueryTrace::default();
+    let te = Instant::now();
+    let (started, _) = enclave.call_enclave(Request::StartStack {
+        model_id: model,
+        members,
+    })?;
+    let Response::StackStarted {
+        group,
+        batch,
+        input,
+        deferred,
+        refused,
+        ..
+    } = started
+    else {
+        return Err(QueryError::Unexpected("not StackStarted".into()));
+    };
+    trace.start_ms = ms(te);
+    let mut run = StackRun {
+        batch: batch as usize,
+        deferred,
+        refused,
+        ..Default::default()
+    };
+    match run_stages(enclave, host, group, input, &mut trace)? {
+        Response::StackFinished { payloads } => run.results = payloads,
+        _ => return Err(QueryError::Unexpected("not StackFinished".into())),
+    }
+    run.trace = trace;
+    Ok(run)
+}
+
+/// Runs every stage of the running query `session` from its stage-0 input
+/// `cts`; returns the enclave's last answer (`Finished` or `StackFinished`).
+fn run_stages(
+    enclave: &dyn EnclaveCall,
+    host: &HostModel,
+    session: SessionId,
+    mut cts: Vec<Vec<u8>>,
+    trace: &mut QueryTrace,
+) -> Result<Response, QueryError> {
     for k in 0..host.stages() {
         let packing = host
             .packing(k)
@@ -131,10 +201,16 @@ pub fn run_query(
                 trace.stages.push(s);
                 cts = ciphertexts;
             }
-            Response::Finished { payload } => {
-                s.bytes_from_enclave = payload.len();
+            done @ (Response::Finished { .. } | Response::StackFinished { .. }) => {
+                s.bytes_from_enclave = match &done {
+                    Response::Finished { payload } => payload.len(),
+                    Response::StackFinished { payloads } => {
+                        payloads.iter().map(|(_, p)| p.len()).sum()
+                    }
+                    _ => 0,
+                };
                 trace.stages.push(s);
-                return Ok((payload, trace));
+                return Ok(done);
             }
             _ => return Err(QueryError::Unexpected(format!("at stage {k}"))),
         }

@@ -74,6 +74,21 @@ pub struct Supervisor {
     loaded: Mutex<Loaded>,
 }
 
+/// Whether the enclave may answer `req` with a changed model state that must be stored in
+/// order (a query's spend, the owner's changes, restores, key sets).
+fn changes_state(req: &Request) -> bool {
+    !matches!(
+        req,
+        Request::StageResult { .. }
+            | Request::Evidence { .. }
+            | Request::OpenChannel { .. }
+            | Request::CloseSession { .. }
+            | Request::Status
+            | Request::PeerOffer
+            | Request::ShareSealingKey { .. }
+    )
+}
+
 impl Supervisor {
     /// Measures the enclave binary and starts it, restoring what the store holds.
     pub fn start(launch: Launch, store: Arc<dyn Store>) -> Result<Self, LinkError> {
@@ -228,11 +243,25 @@ impl Supervisor {
     /// enclave allocated for the request (0 for a process).
     pub fn call_measured(&self, req: Request) -> Result<(Response, usize), CallError> {
         let (child, number) = self.link()?;
-        // One request at a time per enclave anyway (its link is serial); holding the lock
-        // keeps loading, the call and storing its state change in order.
+        // Loading what the request needs happens under the lock. A request that may change a
+        // model state holds it through the call too, so that this replica's state writes
+        // reach the store in the enclave's order. Every other call (stage results, channels,
+        // evidence) runs concurrently: the enclave serves many sessions at once.
         let mut loaded = self.lock_loaded();
         let after = self.prepare(&mut loaded, child.as_ref(), number, &req)?;
-        match child.call(req) {
+        let ordered = changes_state(&req);
+        let mut held = if ordered {
+            Some(loaded)
+        } else {
+            drop(loaded);
+            None
+        };
+        let result = child.call(req);
+        let mut loaded = match held.take() {
+            Some(l) => l,
+            None => self.lock_loaded(),
+        };
+        match result {
             Ok((resp, peak)) => {
                 self.after(&mut loaded, child.as_ref(), after, &resp)?;
                 match resp {

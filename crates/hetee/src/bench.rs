@@ -24,8 +24,10 @@ pub struct BenchRow {
     /// `latency` (one image at a time, in process), `batch` (many images
     /// stacked per query, in process), `thin` (as latency, but the input
     /// goes over the channel and the enclave encrypts it), `served` (one
-    /// image at a time through `hetee serve` on loopback) or `clientsN` (N
-    /// concurrent single-image clients through it).
+    /// image at a time through `hetee serve` on loopback), `clientsN` (N
+    /// concurrent single-image clients through it) or `stackedN` (N
+    /// concurrent single-image thin clients of the model registered for
+    /// batches of N, stacked by the server).
     pub mode: String,
     /// Rayon threads.
     pub threads: usize,
@@ -97,8 +99,9 @@ pub(crate) fn per_image(stats: &[QueryStats], f: impl Fn(&QueryStats) -> f64) ->
     median(stats.iter().map(f).collect())
 }
 
-fn sum_stages(s: &QueryStats, f: impl Fn(&hetee_proto::api::StageStats) -> usize) -> usize {
-    s.stages.iter().map(f).sum()
+/// A stage count summed over stages, this query's share of it.
+fn sum_stages(s: &QueryStats, f: impl Fn(&hetee_proto::api::StageStats) -> usize) -> f64 {
+    s.share * s.stages.iter().map(f).sum::<usize>() as f64
 }
 
 /// Runs the benchmark and prints the table.
@@ -216,9 +219,14 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
         }
         if o.served || o.clients > 0 {
             // The server evaluates on its global pool (all cores).
-            let n = o.images.max(1).max(o.clients);
+            // The concurrent rows send at least four queries per client.
+            let n = o.images.max(1).max(4 * o.clients);
             let xs: Vec<&[f32]> = images.data.chunks(per).take(n).collect();
-            let served = crate::bench_served::Served::start(&q)?;
+            let served = crate::bench_served::Served::start(&q, 1)?;
+            let stacked = match o.clients {
+                0 | 1 => None,
+                c => Some(crate::bench_served::Served::start(&q, c)?),
+            };
             let plain = || -> Result<Plain> {
                 let mut floor = Vec::with_capacity(n);
                 for x in &xs {
@@ -239,7 +247,15 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
             };
             let all = o.threads.iter().copied().max().unwrap_or(1);
             rows.extend(crate::bench_served::rows(
-                name, &served, &xs, all, o.runs, o.clients, plain,
+                name,
+                &served,
+                stacked.as_ref(),
+                &xs,
+                o.images.max(1),
+                all,
+                o.runs,
+                o.clients,
+                plain,
             )?);
         }
         spin.finish_and_clear();
@@ -329,9 +345,9 @@ pub(crate) fn row(
         batch: dep.batch,
         bytes_up: first.bytes_up as f64 / per_q,
         bytes_down: first.bytes_down as f64 / per_q,
-        ct_products: sum_stages(first, |s| s.products) as f64 / per_q,
-        enclave_decrypts: sum_stages(first, |s| s.enclave_decrypts) as f64 / per_q,
-        enclave_encrypts: sum_stages(first, |s| s.enclave_encrypts) as f64 / per_q,
+        ct_products: sum_stages(first, |s| s.products) / per_q,
+        enclave_decrypts: sum_stages(first, |s| s.enclave_decrypts) / per_q,
+        enclave_encrypts: sum_stages(first, |s| s.enclave_encrypts) / per_q,
     }
 }
 

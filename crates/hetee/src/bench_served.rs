@@ -4,7 +4,10 @@
 //!
 //! - `served`: one single-image query at a time, latency per image;
 //! - `clients`: N data providers at once, each sending single-image
-//!   queries; total throughput over the wall time.
+//!   queries; total throughput over the wall time;
+//! - `stacked`: the same N clients sending single-image *thin* queries to
+//!   the model registered for batches of N: the server gathers concurrent
+//!   queries into stacked queries (one product for all of them).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,8 +36,8 @@ pub struct Served {
 
 impl Served {
     /// Starts `hetee serve` on a loopback port with its enclave process and
-    /// uploads `q` (one image per query).
-    pub fn start(q: &QuantModel) -> Result<Self> {
+    /// uploads `q` for queries of up to `max_batch` images.
+    pub fn start(q: &QuantModel, max_batch: usize) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let server = Server::bind(&ServeOptions::loopback(dir.path()))?;
         let addr = server.addr.to_string();
@@ -43,7 +46,7 @@ impl Served {
         let api = Api::new(&addr)?;
         let owner = StaticKeypair::generate()?;
         let terms = Terms {
-            max_batch: 1,
+            max_batch,
             ..Terms::default()
         };
         let up = upload(&api, &trust, &owner, q, &terms)?;
@@ -64,6 +67,13 @@ impl Served {
         Ok(QueryStats::of(&a, t0.elapsed().as_secs_f64() * 1e3))
     }
 
+    /// One thin query (the server may stack it with others); its figures.
+    pub fn query_thin(&self, x: &[f32]) -> Result<QueryStats> {
+        let t0 = Instant::now();
+        let a = self.target.query_thin(&[x])?;
+        Ok(QueryStats::of(&a, t0.elapsed().as_secs_f64() * 1e3))
+    }
+
     /// The enclave process's peak memory so far.
     fn enclave_peak(&self) -> usize {
         self.api
@@ -73,25 +83,30 @@ impl Served {
     }
 }
 
-/// The `served` and `clients` rows of one model: `runs` runs each.
+/// The `served`, `clients` and `stacked` rows of one model: `runs` runs
+/// each. `served` takes the first `latency_images` of `xs`; the concurrent
+/// rows take all of `xs`, spread over the clients.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rows(
     name: &str,
     served: &Served,
+    stacked: Option<&Served>,
     xs: &[&[f32]],
+    latency_images: usize,
     threads: usize,
     runs: usize,
     clients: usize,
     plain: impl Fn() -> Result<Plain>,
 ) -> Result<Vec<BenchRow>> {
-    let footprint = || Footprint {
+    let footprint = |s: &Served| Footprint {
         batch: 1,
-        enclave_resident: served.enclave_peak(),
+        enclave_resident: s.enclave_peak(),
     };
     let mut out = Vec::new();
     let mut run_rows = Vec::new();
+    let first = &xs[..latency_images.min(xs.len())];
     for _ in 0..runs.max(1) {
-        let stats = xs
+        let stats = first
             .iter()
             .map(|x| served.query(x))
             .collect::<Result<Vec<_>>>()?;
@@ -99,15 +114,21 @@ pub(crate) fn rows(
             name,
             "served",
             threads,
-            xs.len(),
+            first.len(),
             &stats,
             plain()?,
             None,
-            footprint(),
+            footprint(served),
         ));
     }
     out.push(median_row(run_rows));
-    if clients > 0 {
+    if clients == 0 {
+        return Ok(out);
+    }
+    let concurrent: [(&str, Option<&Served>, bool); 2] =
+        [("clients", Some(served), false), ("stacked", stacked, true)];
+    for (mode, target, thin) in concurrent {
+        let Some(target) = target else { continue };
         let mut run_rows = Vec::new();
         for _ in 0..runs.max(1) {
             let t0 = Instant::now();
@@ -118,7 +139,13 @@ pub(crate) fn rows(
                             xs.iter()
                                 .skip(c)
                                 .step_by(clients)
-                                .map(|x| served.query(x))
+                                .map(|x| {
+                                    if thin {
+                                        target.query_thin(x)
+                                    } else {
+                                        target.query(x)
+                                    }
+                                })
                                 .collect::<Result<Vec<_>>>()
                         })
                     })
@@ -135,13 +162,13 @@ pub(crate) fn rows(
             let stats: Vec<QueryStats> = stats.into_iter().flatten().collect();
             run_rows.push(row(
                 name,
-                &format!("clients{clients}"),
+                &format!("{mode}{clients}"),
                 threads,
                 xs.len(),
                 &stats,
                 plain()?,
                 Some(wall),
-                footprint(),
+                footprint(target),
             ));
         }
         out.push(median_row(run_rows));

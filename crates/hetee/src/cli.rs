@@ -162,6 +162,10 @@ enum Command {
         /// The enclave's memory budget in MiB (part of its measurement).
         #[arg(long, default_value_t = hetee_proto::config::DEFAULT_MEMORY_BUDGET_MIB)]
         memory_budget_mib: u64,
+        /// Concurrent thin queries of a model registered for batches share
+        /// stacked queries; each waits at most this long for others (0: never stack).
+        #[arg(long, default_value_t = 5)]
+        stack_window_ms: u64,
         /// Logs as JSON lines.
         #[arg(long)]
         log_json: bool,
@@ -385,6 +389,7 @@ pub fn run(cli: Cli) -> Result<()> {
             store,
             replica_id,
             memory_budget_mib,
+            stack_window_ms,
             log_json,
             platform,
             enclave_binary,
@@ -401,6 +406,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 store,
                 replica_id,
                 enclave,
+                stack_window: (stack_window_ms > 0)
+                    .then(|| std::time::Duration::from_millis(stack_window_ms)),
                 log_json,
                 enclave_program: enclave_binary,
                 platform,

@@ -33,7 +33,7 @@ use crate::client::relay::Relay;
 use crate::client::trust::Trust;
 
 /// Figures of one query.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct QueryStats {
     /// Data provider and relay time: quantize, pack, encrypt, channel
     /// messages, open and verify the result (ms).
@@ -48,6 +48,9 @@ pub struct QueryStats {
     pub start_ms: f64,
     /// Per stage.
     pub stages: Vec<StageStats>,
+    /// This query's share of the server's figures: 1, or 1/n for one of n
+    /// sessions stacked in one query.
+    pub share: f64,
 }
 
 impl QueryStats {
@@ -62,16 +65,17 @@ impl QueryStats {
             total_ms,
             start_ms: (a.enclave_ms - stage_enclave).max(0.0),
             stages: a.stages.clone(),
+            share: 1.0 / f64::from(a.stacked.max(1)),
         }
     }
 
-    /// Host time summed over stages.
+    /// This query's host time: its share of the stages' sum.
     pub fn host_ms(&self) -> f64 {
-        self.stages.iter().map(|s| s.host_ms).sum()
+        self.share * self.stages.iter().map(|s| s.host_ms).sum::<f64>()
     }
-    /// Enclave time: the query's start and every stage.
+    /// This query's enclave time: its share of the start and every stage.
     pub fn enclave_ms(&self) -> f64 {
-        self.start_ms + self.stages.iter().map(|s| s.enclave_ms).sum::<f64>()
+        self.share * (self.start_ms + self.stages.iter().map(|s| s.enclave_ms).sum::<f64>())
     }
 }
 

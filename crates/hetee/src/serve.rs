@@ -27,6 +27,9 @@ pub struct ServeOptions {
     pub replica_id: Option<String>,
     /// The enclave's memory budget (measured).
     pub enclave: EnclaveConfig,
+    /// How long a thin query waits, at most, to share a stacked query
+    /// (`None`: never stack).
+    pub stack_window: Option<std::time::Duration>,
     /// Logs as JSON lines.
     pub log_json: bool,
     /// The enclave executable (default: `hetee-enclave` beside this one).
@@ -76,6 +79,7 @@ impl ServeOptions {
             store: None,
             replica_id: None,
             enclave: EnclaveConfig::default(),
+            stack_window: Some(hetee_server::app::DEFAULT_STACK_WINDOW),
             log_json: false,
             enclave_program: None,
             platform: "sim".into(),
@@ -114,7 +118,11 @@ impl Server {
             addr: listener.local_addr()?,
             measurement,
             listener,
-            app: Arc::new(App::new(store, sup).with_replica_id(replica_id)),
+            app: Arc::new(
+                App::new(store, sup)
+                    .with_replica_id(replica_id)
+                    .with_stack_window(opts.stack_window),
+            ),
         })
     }
 

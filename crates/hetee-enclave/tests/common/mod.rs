@@ -99,6 +99,8 @@ pub fn short(r: &Response) -> String {
         }
         Response::NextInput { stage, .. } => format!("NextInput(stage {stage})"),
         Response::Finished { .. } => "Finished".into(),
+        Response::StackStarted { started, .. } => format!("StackStarted({})", started.len()),
+        Response::StackFinished { payloads } => format!("StackFinished({})", payloads.len()),
         Response::Closed => "Closed".into(),
         Response::PeerOffer { .. } => "PeerOffer".into(),
         Response::SealingKeyShared { .. } => "SealingKeyShared".into(),

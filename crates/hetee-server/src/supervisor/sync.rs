@@ -14,8 +14,10 @@
 //! ([`Store::put_state`](crate::store::Store::put_state)). For a query's start that is the
 //! budget being spent, so a lost compare-and-set (another replica changed the same model state
 //! at the same time) refuses the query: of two replicas spending the last query of a budget,
-//! one wins and the other's client gets a clear "retry" error. The whole call runs under the
-//! [`Loaded`] lock, so this replica's own state writes reach the store in the enclave's order.
+//! one wins and the other's client gets a clear "retry" error. Calls that may change a model
+//! state (query starts, channel messages, restores) run under the [`Loaded`] lock, so this
+//! replica's own state writes reach the store in the enclave's order; stage results, channels
+//! and evidence run concurrently and take the lock only to load and to store.
 //!
 //! What this cannot fix: an enclave that holds a *newer* state than the store (its own write was
 //! lost, e.g. the store was unreachable) refuses the older stored copy as a replay; it keeps its
@@ -56,6 +58,8 @@ pub(super) enum After {
     Plain,
     /// A query's start: its state change must win the store's compare-and-set.
     StartQuery(hetee_proto::ids::SessionId),
+    /// A stacked query's start: the same, for the session it runs under.
+    StartStack,
 }
 
 fn restore(child: &dyn EnclaveLink, req: Request, what: &str) -> bool {
@@ -104,6 +108,11 @@ impl Supervisor {
                 self.ensure_model(loaded, child, model_id)?;
                 self.sync_state(loaded, child, model_id)?;
                 Ok(After::StartQuery(*session))
+            }
+            Request::StartStack { model_id, .. } => {
+                self.ensure_model(loaded, child, model_id)?;
+                self.sync_state(loaded, child, model_id)?;
+                Ok(After::StartStack)
             }
             Request::ChannelFinish { .. } => {
                 for id in self.store.model_ids()? {
@@ -259,9 +268,15 @@ impl Supervisor {
             Response::Error { state: Some(s), .. } => {
                 let _ = self.store_state(loaded, s);
             }
-            Response::QueryStarted { state: Some(s), .. } => {
+            Response::QueryStarted { state: Some(s), .. }
+            | Response::StackStarted { state: Some(s), .. } => {
                 let won = self.store_state(loaded, s);
-                if let (After::StartQuery(session), Ok(false) | Err(_)) = (after, &won) {
+                let session = match (after, resp) {
+                    (After::StartQuery(session), _) => Some(session),
+                    (After::StartStack, Response::StackStarted { group, .. }) => Some(*group),
+                    _ => None,
+                };
+                if let (Some(session), Ok(false) | Err(_)) = (session, &won) {
                     let _ = child.call(Request::CloseSession { session });
                     return Err(match won {
                         Err(e) => CallError::Store(e),

@@ -1,0 +1,287 @@
+//! Stacked queries: the enclave lays several thin sessions' images side by
+//! side in one batch. Each member's result is bit-exact, signed, bound to
+//! its own images and sealed to its own channel only; a member that does
+//! not fit waits for the next stack; whatever the host names that is not a
+//! thin query of this model is refused on its own, without harming the
+//! others.
+
+mod common;
+
+use common::*;
+use hetee_attest::StaticKeypair;
+use hetee_enclave::messages::{thin_input_digest, ClientMessage, ModelId, OutputPolicy, SessionId};
+use hetee_enclave::{EnclaveConfig, Request, Response, Schedule};
+use hetee_proto::host::StackMember;
+
+const BATCH: usize = 4;
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn image(seed: usize) -> Vec<f32> {
+    (0..20)
+        .map(|i| (((i + 3) * 7919 + seed * 104_729) % 1009) as f32 / 1009.0)
+        .collect()
+}
+
+struct Setup {
+    enclave: hetee_enclave::Enclave,
+    keys: Keys,
+    host: HostModel,
+    model: ModelId,
+    q: hetee_model::QuantModel,
+}
+
+fn setup(budget: Option<u64>) -> Setup {
+    let (q, _) = tiny_model();
+    let schedule = Schedule::compile(&q, BATCH).unwrap();
+    let enclave = attested_enclave(MEASUREMENT, EnclaveConfig::default());
+    let keys = create_keys(&enclave, &schedule.he);
+    let host = HostModel::new(&q, &schedule, &keys.public_key);
+    let msg = register_message_with(&keys, &host, OutputPolicy::Logits, budget);
+    let model = register_with(&enclave, &keys, &msg).model_id;
+    Setup {
+        enclave,
+        keys,
+        host,
+        model,
+        q,
+    }
+}
+
+/// A data provider that said hello and sealed a thin query of `images`.
+fn member(
+    s: &Setup,
+    client: Option<&StaticKeypair>,
+    images: &[Vec<f32>],
+) -> (DataProvider, Vec<u8>) {
+    let mut dp = hello_as(&s.enclave, &s.keys, client, s.model).unwrap();
+    let payload = seal_msg(
+        &mut dp.channel.tx,
+        &ClientMessage::ThinQuery {
+            images: zeroize::Zeroizing::new(images.to_vec()),
+        },
+    );
+    (dp, payload)
+}
+
+struct Started {
+    group: SessionId,
+    input: Vec<Vec<u8>>,
+    started: Vec<SessionId>,
+    deferred: Vec<SessionId>,
+    refused: Vec<(SessionId, String)>,
+}
+
+fn stack(s: &Setup, members: Vec<(SessionId, Vec<u8>)>) -> Result<Started, String> {
+    let members = members
+        .into_iter()
+        .map(|(session, payload)| StackMember { session, payload })
+        .collect();
+    match s.enclave.handle(Request::StartStack {
+        model_id: s.model,
+        members,
+    }) {
+        Response::StackStarted {
+            group,
+            batch,
+            input,
+            started,
+            deferred,
+            refused,
+            ..
+        } => {
+            assert_eq!(batch as usize, BATCH);
+            Ok(Started {
+                group,
+                input,
+                started,
+                deferred,
+                refused,
+            })
+        }
+        Response::Error { message, .. } => Err(message),
+        other => panic!("StartStack: {}", short(&other)),
+    }
+}
+
+fn finish(s: &Setup, st: &Started) -> Vec<(SessionId, Vec<u8>)> {
+    match run_stages(&s.enclave, &s.host, st.group, st.input.clone()) {
+        Response::StackFinished { payloads } => payloads,
+        other => panic!("stages: {}", short(&other)),
+    }
+}
+
+/// Opens `payload` on `dp`'s channel and checks it against the reference.
+fn check(s: &Setup, dp: &mut DataProvider, payload: &[u8], images: &[Vec<f32>]) {
+    let r = dp.result(&s.keys, payload);
+    assert_eq!(r.images as usize, images.len());
+    assert_eq!(r.input_digest, thin_input_digest(images));
+    assert_eq!(r.model_id, s.model);
+    let want: Vec<f32> = images.iter().flat_map(|x| reference(&s.q, x)).collect();
+    assert_eq!(bits(&r.logits), bits(&want));
+}
+
+#[test]
+fn stacked_members_are_each_bit_exact_and_a_member_that_does_not_fit_waits() {
+    let s = setup(None);
+    let sets: Vec<Vec<Vec<f32>>> = vec![
+        vec![image(1)],
+        vec![image(2), image(3)],
+        vec![image(4)],
+        vec![image(5), image(6)], // does not fit: 4 images are already stacked
+        vec![image(7)],           // after a deferred member: waits too, in order
+    ];
+    let mut dps = Vec::new();
+    let mut named = Vec::new();
+    for images in &sets {
+        let (dp, payload) = member(&s, None, images);
+        named.push((dp.channel.session, payload));
+        dps.push(dp);
+    }
+    let st = stack(&s, named).unwrap();
+    let ids: Vec<SessionId> = dps.iter().map(|d| d.channel.session).collect();
+    assert_eq!(st.started, ids[..3].to_vec());
+    assert_eq!(st.deferred, ids[3..].to_vec());
+    assert!(st.refused.is_empty());
+    let payloads = finish(&s, &st);
+    assert_eq!(payloads.len(), 3);
+    let mut outsider = hello(&s.enclave, &s.keys, s.model).unwrap();
+    for (i, (session, payload)) in payloads.iter().enumerate() {
+        assert_eq!(*session, ids[i]);
+        // No other channel opens this member's result.
+        assert!(outsider.channel.tx.open(payload).is_err());
+        check(&s, &mut dps[i], payload, &sets[i]);
+    }
+    // Nor another member's, after it opened its own.
+    assert!(dps[0].channel.tx.open(&payloads[1].1).is_err());
+    assert!(dps[2].channel.tx.open(&payloads[0].1).is_err());
+    s.enclave.handle(Request::CloseSession {
+        session: outsider.channel.session,
+    });
+    // The deferred members run in the next stack, named without a payload.
+    let st = stack(&s, vec![(ids[3], vec![]), (ids[4], vec![])]).unwrap();
+    assert_eq!(st.started, ids[3..].to_vec());
+    for (session, payload) in finish(&s, &st) {
+        let i = ids.iter().position(|x| *x == session).unwrap();
+        check(&s, &mut dps[i], &payload, &sets[i]);
+    }
+    assert_eq!(status(&s.enclave).sessions, 0, "every session ended");
+}
+
+#[test]
+fn attack_the_host_cannot_slip_foreign_spent_or_repeated_sessions_into_a_stack() {
+    let s = setup(Some(1));
+    let spent = StaticKeypair::generate().unwrap();
+    // This client says hello twice (admitted: nothing is spent yet), then
+    // spends its one query in a first stack.
+    let (c_dp, c_payload) = member(&s, Some(&spent), &[image(13)]);
+    let x0 = vec![image(10)];
+    let (mut dp0, p0) = member(&s, Some(&spent), &x0);
+    let st = stack(&s, vec![(dp0.channel.session, p0)]).unwrap();
+    let (_, payload) = finish(&s, &st).remove(0);
+    check(&s, &mut dp0, &payload, &x0);
+
+    // An honest member, then what a host might slip in beside it.
+    let xa = vec![image(11)];
+    let (mut a, pa) = member(&s, None, &xa);
+    let (b_dp, b_payload) = {
+        // An HE query: not something the enclave holds in the clear.
+        let mut dp = hello(&s.enclave, &s.keys, s.model).unwrap();
+        let input = dp.encrypt(&s.keys.public_key, &image(12));
+        let payload = dp.query_payload(&input);
+        (dp, payload)
+    };
+    let unknown = SessionId::from([9u8; 16]);
+    let st = stack(
+        &s,
+        vec![
+            (a.channel.session, pa),
+            (b_dp.channel.session, b_payload),
+            (c_dp.channel.session, c_payload),
+            (unknown, vec![1, 2, 3]),
+        ],
+    )
+    .unwrap();
+    assert_eq!(st.started, vec![a.channel.session]);
+    let why = |sid: SessionId| {
+        st.refused
+            .iter()
+            .find(|(x, _)| *x == sid)
+            .map(|(_, w)| w.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        why(b_dp.channel.session).contains("only thin queries"),
+        "{}",
+        why(b_dp.channel.session)
+    );
+    assert!(
+        why(c_dp.channel.session).contains("budget"),
+        "{}",
+        why(c_dp.channel.session)
+    );
+    assert!(why(unknown).contains("unknown"), "{}", why(unknown));
+    let (_, payload) = finish(&s, &st).remove(0);
+    check(&s, &mut a, &payload, &xa);
+
+    // A session named twice: the whole stack is refused and closed.
+    let (d, pd) = member(&s, None, &[image(14)]);
+    let msg = stack(
+        &s,
+        vec![(d.channel.session, pd.clone()), (d.channel.session, pd)],
+    )
+    .err()
+    .unwrap();
+    assert!(msg.contains("twice"), "{msg}");
+    // Replaying a finished member, or a closed one, starts nothing.
+    let msg = stack(&s, vec![(a.channel.session, vec![])]).err().unwrap();
+    assert!(msg.contains("unknown"), "{msg}");
+    let msg = stack(&s, vec![(d.channel.session, vec![])]).err().unwrap();
+    assert!(msg.contains("unknown"), "{msg}");
+    assert_eq!(status(&s.enclave).sessions, 0, "every session ended");
+}
+
+#[test]
+fn attack_a_stack_cannot_mix_models_or_reopen_a_deferred_query() {
+    let s = setup(None);
+    // A second model under the same key set.
+    let (q2, _) = tiny_model();
+    let schedule2 = Schedule::compile(&q2, 2).unwrap();
+    let host2 = HostModel::new(&q2, &schedule2, &s.keys.public_key);
+    let other = register(&s.enclave, &s.keys, &host2).model_id;
+    assert_ne!(other, s.model);
+    let mut dp_other = hello(&s.enclave, &s.keys, other).unwrap();
+    let p_other = seal_msg(
+        &mut dp_other.channel.tx,
+        &ClientMessage::ThinQuery {
+            images: zeroize::Zeroizing::new(vec![image(20)]),
+        },
+    );
+    let xs: Vec<Vec<f32>> = (0..BATCH).map(|i| image(21 + i)).collect();
+    let (mut full, p_full) = member(&s, None, &xs);
+    let (late, p_late) = member(&s, None, &[image(30)]);
+    let st = stack(
+        &s,
+        vec![
+            (dp_other.channel.session, p_other),
+            (full.channel.session, p_full),
+            (late.channel.session, p_late.clone()),
+        ],
+    )
+    .unwrap();
+    assert_eq!(st.started, vec![full.channel.session]);
+    assert_eq!(st.deferred, vec![late.channel.session]);
+    let why = &st.refused[0];
+    assert_eq!(why.0, dp_other.channel.session);
+    assert!(why.1.contains("another model"), "{}", why.1);
+    let (_, payload) = finish(&s, &st).remove(0);
+    check(&s, &mut full, &payload, &xs);
+    // The deferred query is opened: its payload cannot be replayed to it.
+    let msg = stack(&s, vec![(late.channel.session, p_late)])
+        .err()
+        .unwrap();
+    assert!(msg.contains("already opened"), "{msg}");
+    assert_eq!(status(&s.enclave).sessions, 0, "every session ended");
+}
