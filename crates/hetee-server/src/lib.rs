@@ -6,6 +6,7 @@
 //! - [`stage_loop`]: the one loop that runs a query stage by stage, for every path;
 //! - [`store`]: the [`store::Store`] of encrypted models, sealed blobs and job metadata: embedded
 //!   (redb, the default) or PostgreSQL shared by several replicas;
+//! - [`peer`]: the bodies of the peer relay by which a new replica joins the cluster;
 //! - [`app`]: the host logic behind each API call;
 //! - [`api`]: the HTTP/JSON routes (axum), limits and timeouts.
 //!
@@ -18,6 +19,7 @@ pub mod app;
 mod child;
 pub mod host_model;
 pub mod launcher;
+pub mod peer;
 pub mod stage_loop;
 pub mod store;
 pub mod supervisor;
