@@ -3,7 +3,7 @@
 //! hosts only relay (`POST /v1/peer/share`). On a shared PostgreSQL store (`HETEE_TEST_PG`,
 //! skipped without it unless `HETEE_REQUIRE_PG`), a fourth replica on another CPU joins after
 //! the upload and serves bit-exact; one on another CPU without `--join` fails clearly; a
-//! restart of the joined replica needs no peer. On embedded stores (no database): an enclave of
+//! restart of the joined replica (or of its enclave) needs no peer. On embedded stores (no database): an enclave of
 //! another build is refused the key, an unreachable peer fails `serve` clearly, and
 //! `--found-if-empty` founds only on an empty store.
 
@@ -91,6 +91,17 @@ fn a_fourth_replica_on_another_cpu_joins_through_a_joined_one_and_serves_bit_exa
     drop(r1);
     let r4 = replica(d, &store, "r4", "D", &["--join", "127.0.0.1:9"]);
     assert_bit_exact(&r4, &m, &id, &x, &plain, "r4 restarted");
+    // Its enclave dies: the next one gets the key the host holds before the store's records.
+    let pid = r4.health()["enclave_pid"].as_u64().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let h = r4.health();
+    assert_eq!(h["enclave_starts"], 2, "{h}");
+    assert_bit_exact(&r4, &m, &id, &x, &plain, "r4's enclave restarted");
     let log = r4.stop();
     assert!(
         log.contains("restored the cluster's sealing key kept"),
