@@ -4,7 +4,7 @@
 //! benchmarks or charts.
 //!
 //! ```text
-//! hetee-enclave run [--platform sim|tdx|snp|gramine] [--memory-budget-mib N]
+//! hetee-enclave run [--platform sim|tdx|snp|gramine] [--memory-budget-mib N] [--sim-cpu NAME]
 //! ```
 //!
 //! It reads requests from stdin and writes responses to stdout, in frames
@@ -12,31 +12,49 @@
 //! working on several at once; diagnostics go to stderr. Its measurement, evidence and sealing key come from the platform;
 //! the host hands it nothing but requests. The memory budget is part of the
 //! measured config, so a host that changes it changes the measurement.
+//!
+//! `--sim-cpu NAME` (simulated platform only, for tests and demos) runs the
+//! enclave "on another CPU": its sealing key differs, as it would between two
+//! real CPUs, while its measurement stays the same (the CPU is not part of
+//! what a loader measures).
 
 use std::process::ExitCode;
 
+use hetee_attest::platform::{Platform, SimTee};
 use hetee_enclave::budget::Meter;
 use hetee_enclave::{Enclave, EnclaveConfig};
+use sha2::{Digest, Sha256};
 
 #[global_allocator]
 static METER: Meter = Meter;
 
-const USAGE: &str =
-    "usage: hetee-enclave run [--platform sim|tdx|snp|gramine] [--memory-budget-mib N]";
+const USAGE: &str = "usage: hetee-enclave run [--platform sim|tdx|snp|gramine] \
+                     [--memory-budget-mib N] [--sim-cpu NAME]";
 
-fn parse(args: &[String]) -> Result<(String, EnclaveConfig), String> {
+/// What the command line asks for.
+struct Args {
+    platform: String,
+    config: EnclaveConfig,
+    /// The simulated CPU's name (sim only).
+    sim_cpu: Option<String>,
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
     let mut it = args.iter();
     if it.next().map(String::as_str) != Some("run") {
         return Err(USAGE.into());
     }
     let mut platform = "sim".to_string();
     let mut config = EnclaveConfig::default();
+    let mut sim_cpu = None;
     while let Some(flag) = it.next() {
         let value = it
             .next()
             .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         match flag.as_str() {
             "--platform" => platform = value.clone(),
+            "--sim-cpu" if value.is_empty() => return Err("--sim-cpu needs a name".into()),
+            "--sim-cpu" => sim_cpu = Some(value.clone()),
             "--memory-budget-mib" => {
                 config.memory_budget_mib = value
                     .parse()
@@ -47,19 +65,43 @@ fn parse(args: &[String]) -> Result<(String, EnclaveConfig), String> {
     }
     // Refuse configs the enclave would not accept (e.g. an absurd budget).
     EnclaveConfig::from_bytes(&config.to_bytes()).map_err(|e| e.to_string())?;
-    Ok((platform, config))
+    if sim_cpu.is_some() && platform != "sim" {
+        return Err(format!(
+            "--sim-cpu is for the simulated platform only, not --platform {platform}"
+        ));
+    }
+    Ok(Args {
+        platform,
+        config,
+        sim_cpu,
+    })
+}
+
+/// The platform the arguments name; on `sim` with `--sim-cpu`, the simulated
+/// CPU `NAME` (its secret is SHA-256 of the name: the simulation keeps no secret).
+fn platform(args: &Args) -> Result<Box<dyn Platform>, hetee_attest::Error> {
+    let config = args.config.to_bytes();
+    match &args.sim_cpu {
+        Some(name) => {
+            let own = SimTee::measure_self(&config)?;
+            let cpu: [u8; 32] = Sha256::digest(name.as_bytes()).into();
+            Ok(Box::new(SimTee::on_cpu(own.measurement(), cpu)))
+        }
+        None => hetee_attest::platform::open(&args.platform, &config),
+    }
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (name, config) = match parse(&args) {
+    let args = match parse(&args) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("hetee-enclave: {e}");
             return ExitCode::from(2);
         }
     };
-    let platform = match hetee_attest::platform::open(&name, &config.to_bytes()) {
+    let config = args.config;
+    let platform = match platform(&args) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("hetee-enclave: {e}");

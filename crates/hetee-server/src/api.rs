@@ -197,6 +197,12 @@ async fn close_session(
     .await
 }
 
+/// `POST /v1/peer/share`: relays a joining replica's offer (binary body) to this enclave.
+async fn share_sealing_key(State(app): S, body: Body) -> Result<impl IntoResponse, ApiError> {
+    let body = read_body(body, MAX_SMALL_BODY).await?;
+    blocking(move || app.share_sealing_key(&body)).await
+}
+
 async fn fallback() -> ApiError {
     ApiError::not_found("no such route; see openapi.yaml")
 }
@@ -216,6 +222,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/sessions/{session}",
             axum::routing::delete(close_session),
         )
+        .route(crate::peer::SHARE_PATH, post(share_sealing_key))
         .fallback(fallback)
         // Each handler enforces its own limit (see `read_body`).
         .layer(DefaultBodyLimit::disable())

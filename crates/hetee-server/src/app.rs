@@ -103,6 +103,7 @@ impl From<QueryError> for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 mod health;
+mod peer;
 pub use health::{replica_id_in, EnclaveHealth, ReplicaHealth, StoreHealth, REPLICA_ID_FILE};
 
 struct SessionInfo {

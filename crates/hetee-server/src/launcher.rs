@@ -85,6 +85,10 @@ pub struct LaunchSpec {
     pub config: EnclaveConfig,
     /// Longest one call may take before the enclave is killed.
     pub timeout: Duration,
+    /// Simulated platform only (tests, demos): the name of the simulated CPU
+    /// the enclave runs on (`--sim-cpu`); its sealing key differs per name,
+    /// its measurement does not.
+    pub sim_cpu: Option<String>,
 }
 
 /// Default of [`LaunchSpec::timeout`].
@@ -107,18 +111,23 @@ impl LaunchSpec {
             platform: platform.to_string(),
             config,
             timeout: DEFAULT_ENCLAVE_TIMEOUT,
+            sim_cpu: None,
         })
     }
 
     /// The enclave's arguments.
     pub fn args(&self) -> Vec<String> {
-        vec![
+        let mut args = vec![
             "run".into(),
             "--platform".into(),
             self.platform.clone(),
             "--memory-budget-mib".into(),
             self.config.memory_budget_mib.to_string(),
-        ]
+        ];
+        if let Some(cpu) = &self.sim_cpu {
+            args.extend(["--sim-cpu".into(), cpu.clone()]);
+        }
+        args
     }
 
     /// The measurement of the binary and config (what clients pin).

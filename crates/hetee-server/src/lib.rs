@@ -7,6 +7,7 @@
 //! - [`stacker`]: concurrent thin queries of one model gathered into stacked queries;
 //! - [`store`]: the [`store::Store`] of encrypted models, sealed blobs and job metadata: embedded
 //!   (redb, the default) or PostgreSQL shared by several replicas;
+//! - [`peer`]: the bodies of the peer relay by which a new replica joins the cluster;
 //! - [`app`]: the host logic behind each API call;
 //! - [`api`]: the HTTP/JSON routes (axum), limits and timeouts.
 //!
@@ -19,6 +20,7 @@ pub mod app;
 mod child;
 pub mod host_model;
 pub mod launcher;
+pub mod peer;
 pub mod stacker;
 pub mod stage_loop;
 pub mod store;

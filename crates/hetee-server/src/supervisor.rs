@@ -3,7 +3,8 @@
 //! restarts it when it dies. Every sealed state the enclave hands back (a
 //! query counted, a failed check, an owner's change) is stored here, so
 //! nothing above has to remember to. With a store shared by several
-//! replicas, [`sync`] also loads what other replicas stored since.
+//! replicas, [`sync`] also loads what other replicas stored since, and
+//! [`join`] gives each new enclave the cluster's sealing key first.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +20,9 @@ use crate::host_model::ModelMeta;
 use crate::launcher::{ChildProcess, EnclaveLink, InProcess, LaunchSpec, LinkError};
 use crate::store::{StateRecord, Store, StoreError};
 
+pub mod join;
 mod sync;
+use join::{Cluster, JoinError};
 use sync::Loaded;
 
 /// What the store keeps for a key set.
@@ -72,6 +75,17 @@ pub struct Supervisor {
     starts: AtomicU64,
     evidence: Mutex<EvidenceCache>,
     loaded: Mutex<Loaded>,
+    cluster: Cluster,
+    /// The cluster's sealing key as the enclave re-sealed it for itself, once joined or restored.
+    cluster_key: Mutex<Option<Vec<u8>>>,
+}
+
+/// What a restore into a new enclave found among the key sets.
+#[derive(Debug, Default)]
+struct Restored {
+    keysets_total: usize,
+    keysets_opened: usize,
+    first_refusal: Option<String>,
 }
 
 /// Whether the enclave may answer `req` with a changed model state that must be stored in
@@ -90,8 +104,29 @@ fn changes_state(req: &Request) -> bool {
 }
 
 impl Supervisor {
-    /// Measures the enclave binary and starts it, restoring what the store holds.
+    /// Measures the enclave binary and starts it, restoring what the store holds. The enclave
+    /// seals with its own platform key.
     pub fn start(launch: Launch, store: Arc<dyn Store>) -> Result<Self, LinkError> {
+        let s = Self::new(launch, store, Cluster::default())?;
+        s.link()?;
+        Ok(s)
+    }
+
+    /// [`start`](Self::start) as a replica of a cluster: the enclave first takes the cluster's
+    /// sealing key (kept, or from a peer, see [`join`]), then the store is restored into it.
+    /// Fails if the store holds key sets and the enclave opens none of them.
+    pub fn start_in_cluster(
+        launch: Launch,
+        store: Arc<dyn Store>,
+        cluster: Cluster,
+    ) -> Result<Self, JoinError> {
+        let s = Self::new(launch, store, cluster)?;
+        let (_, _, restored) = s.link_checked()?;
+        s.check_opened(&restored)?;
+        Ok(s)
+    }
+
+    fn new(launch: Launch, store: Arc<dyn Store>, cluster: Cluster) -> Result<Self, LinkError> {
         let measurement = match &launch {
             Launch::Process(spec) => spec.measure()?,
             Launch::InProcess(config) => InProcess::measurement(config),
@@ -104,8 +139,9 @@ impl Supervisor {
             starts: AtomicU64::new(0),
             evidence: Mutex::new(HashMap::new()),
             loaded: Mutex::new(Loaded::default()),
+            cluster,
+            cluster_key: Mutex::new(None),
         };
-        s.link()?;
         Ok(s)
     }
 
@@ -132,10 +168,24 @@ impl Supervisor {
         }
     }
 
+    fn lock_cluster_key(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
+        self.cluster_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn link(&self) -> Result<(Arc<dyn EnclaveLink>, u64), LinkError> {
+        self.link_checked()
+            .map(|(child, number, _)| (child, number))
+            .map_err(JoinError::into_link)
+    }
+
+    /// The current enclave, or a new one that took the cluster's key and the store's records
+    /// (with what it found among the key sets).
+    fn link_checked(&self) -> Result<(Arc<dyn EnclaveLink>, u64, Restored), JoinError> {
         let mut cur = self.lock_current();
         if let Some(i) = cur.as_ref() {
-            return Ok((i.child.clone(), i.number));
+            return Ok((i.child.clone(), i.number, Restored::default()));
         }
         let (child, pid): (Arc<dyn EnclaveLink>, u32) = match &self.launch {
             Launch::Process(spec) => {
@@ -146,7 +196,8 @@ impl Supervisor {
             Launch::InProcess(config) => (Arc::new(InProcess::new(*config)), std::process::id()),
         };
         let number = self.starts.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut loaded = self.restore_into(child.as_ref());
+        self.enter_cluster(child.as_ref())?;
+        let (mut loaded, restored) = self.restore_into(child.as_ref());
         loaded.incarnation = number;
         *self.lock_loaded() = loaded;
         info!(pid, incarnation = number, "enclave started and restored");
@@ -155,13 +206,14 @@ impl Supervisor {
             pid,
             number,
         });
-        Ok((child, number))
+        Ok((child, number, restored))
     }
 
     /// Loads every key set, model and model state of the store into a new enclave; returns
-    /// what it loaded.
-    fn restore_into(&self, child: &dyn EnclaveLink) -> Loaded {
+    /// what it loaded and what it found among the key sets.
+    fn restore_into(&self, child: &dyn EnclaveLink) -> (Loaded, Restored) {
         let mut loaded = Loaded::default();
+        let mut restored = Restored::default();
         let keysets = self.store.keysets().unwrap_or_else(|e| {
             warn!(error = %e, "cannot list key sets to restore");
             Vec::new()
@@ -171,12 +223,15 @@ impl Supervisor {
                 warn!(key_id = %id, "stored key set record is malformed; skipped");
                 continue;
             };
+            restored.keysets_total += 1;
             match child.call(Request::RestoreKeys { sealed: rec.sealed }) {
                 Ok((Response::KeysRestored { key_id }, _)) => {
                     loaded.keysets.insert(key_id);
+                    restored.keysets_opened += 1;
                 }
                 Ok((Response::Error { message, .. }, _)) => {
-                    warn!(key_id = %id, %message, "enclave cannot restore a key set")
+                    warn!(key_id = %id, %message, "enclave cannot restore a key set");
+                    restored.first_refusal.get_or_insert(message);
                 }
                 other => warn!(key_id = %id, ?other, "restore failed"),
             }
@@ -221,7 +276,7 @@ impl Supervisor {
                 other => warn!(model_id = %id, ?other, "restore failed"),
             }
         }
-        loaded
+        (loaded, restored)
     }
 
     fn bury(&self, number: u64, why: &LinkError) {

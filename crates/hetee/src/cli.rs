@@ -185,6 +185,22 @@ enum Command {
         /// The PEM private key of --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Join the cluster through a running replica (URL; repeat or comma-separate to try
+        /// several): its enclave shares the cluster's sealing key with this one, kept
+        /// re-sealed in DATA_DIR/cluster-sealing-key for restarts. Fails if no peer shares it.
+        #[arg(long, value_name = "PEER_URL", value_delimiter = ',')]
+        join: Vec<String>,
+        /// With --join: found the cluster instead of failing when no peer answers and the
+        /// store holds no key set yet (the seed replica of a deployment).
+        #[arg(long, requires = "join")]
+        found_if_empty: bool,
+        /// For https peers of --join: trust the CA certificates in this PEM file.
+        #[arg(long, requires = "join")]
+        join_ca: Option<PathBuf>,
+        /// Simulated platform only (tests, demos): run the enclave on the simulated CPU NAME,
+        /// whose sealing key differs from every other name's (the measurement does not).
+        #[arg(long, value_name = "NAME")]
+        sim_cpu: Option<String>,
     },
     /// Model provider commands.
     Model {
@@ -396,6 +412,10 @@ pub fn run(cli: Cli) -> Result<()> {
             enclave_timeout,
             tls_cert,
             tls_key,
+            join,
+            found_if_empty,
+            join_ca,
+            sim_cpu,
         } => {
             let enclave = hetee_proto::EnclaveConfig { memory_budget_mib };
             hetee_proto::EnclaveConfig::from_bytes(&enclave.to_bytes())
@@ -413,6 +433,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 platform,
                 enclave_timeout: std::time::Duration::from_secs(enclave_timeout.max(1)),
                 tls: tls_cert.zip(tls_key),
+                join,
+                found_if_empty,
+                join_ca,
+                sim_cpu,
             })
         }
         Command::Model { cmd } => model_command(cmd),

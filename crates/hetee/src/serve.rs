@@ -7,10 +7,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use hetee_client::http::Api;
+use hetee_proto::bodies::OCTET_STREAM;
 use hetee_proto::EnclaveConfig;
 use hetee_server::app::{replica_id_in, App};
 use hetee_server::launcher::LaunchSpec;
+use hetee_server::peer::{OfferBody, ShareBody, SHARE_PATH};
+use hetee_server::supervisor::join::{Cluster, PeerRelay, RelayError, KEPT_KEY_FILE};
 use hetee_server::supervisor::{Launch, Supervisor};
 use hetee_server::tls::TlsConfig;
 
@@ -42,6 +46,28 @@ pub struct ServeOptions {
     /// TLS certificate chain and private key (PEM files); `None` serves
     /// plain HTTP (loopback, demos).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `--join`: running replicas whose enclave shares the cluster's sealing key.
+    pub join: Vec<String>,
+    /// `--found-if-empty`: with `join`, found the cluster if no peer answers and the store
+    /// holds no key set.
+    pub found_if_empty: bool,
+    /// `--join-ca`: CA certificates (PEM) for https peers.
+    pub join_ca: Option<PathBuf>,
+    /// `--sim-cpu`: the simulated CPU the enclave runs on (sim only).
+    pub sim_cpu: Option<String>,
+}
+
+/// The peer relay over HTTP(S): `POST PEER/v1/peer/share` with the offer as a binary body.
+struct HttpRelay {
+    ca: Option<PathBuf>,
+}
+
+impl PeerRelay for HttpRelay {
+    fn share(&self, peer: &str, offer: &OfferBody) -> Result<ShareBody, RelayError> {
+        let api = Api::connect(peer, self.ca.as_deref()).map_err(|e| RelayError(e.to_string()))?;
+        api.post_bytes(SHARE_PATH, OCTET_STREAM, &offer.encode())
+            .map_err(|e| RelayError(format!("{e:#}")))
+    }
 }
 
 /// Sets up structured logs on stderr (once per process). `RUST_LOG` filters.
@@ -85,6 +111,10 @@ impl ServeOptions {
             platform: "sim".into(),
             enclave_timeout: hetee_server::launcher::DEFAULT_ENCLAVE_TIMEOUT,
             tls: None,
+            join: Vec::new(),
+            found_if_empty: false,
+            join_ca: None,
+            sim_cpu: None,
         }
     }
 }
@@ -104,7 +134,19 @@ impl Server {
         };
         let mut spec = LaunchSpec::new(opts.enclave_program.clone(), &opts.platform, opts.enclave)?;
         spec.timeout = opts.enclave_timeout;
-        let sup = Supervisor::start(Launch::Process(spec), store.clone())?;
+        spec.sim_cpu = opts.sim_cpu.clone();
+        if spec.sim_cpu.is_some() && opts.platform != "sim" {
+            bail!("--sim-cpu is for the simulated platform only (--platform sim)");
+        }
+        let cluster = Cluster {
+            keep: Some(opts.data_dir.join(KEPT_KEY_FILE)),
+            peers: opts.join.clone(),
+            found_if_empty: opts.found_if_empty,
+            relay: Some(Arc::new(HttpRelay {
+                ca: opts.join_ca.clone(),
+            })),
+        };
+        let sup = Supervisor::start_in_cluster(Launch::Process(spec), store.clone(), cluster)?;
         let measurement = sup.measurement().to_hex();
         let listener = std::net::TcpListener::bind(opts.listen.trim_start_matches("http://"))
             .with_context(|| format!("cannot listen on {}", opts.listen))?;

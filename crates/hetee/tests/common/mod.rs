@@ -265,3 +265,42 @@ pub fn run_plaintext(model: &str, x: &Path, y: &Path) {
     ]);
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+/// A fresh schema in the test database (`HETEE_TEST_PG`), migrated, and the DSN
+/// `hetee serve --store` takes; `None` (skip) without a database unless `HETEE_REQUIRE_PG`.
+pub fn shared_store(
+    test: &str,
+) -> Option<(hetee_server::store::postgres::testing::TestSchema, String)> {
+    use hetee_server::store::postgres::testing::{test_dsn, TestSchema};
+    let dsn = test_dsn(test)?;
+    let schema = TestSchema::new(&dsn);
+    drop(
+        hetee_server::store::PgStore::open_in_schema(&schema.dsn, &schema.name)
+            .expect("create the schema"),
+    );
+    let store = schema.dsn_with_search_path();
+    Some((schema, store))
+}
+
+/// Runs `hetee serve` with `extra` arguments on a free loopback port, expecting it to exit
+/// (fail at start) within two minutes; its output. Panics if it keeps serving.
+pub fn serve_exit(data_dir: &Path, extra: &[&str]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hetee serve");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if child.try_wait().expect("wait for hetee serve").is_some() {
+            return child.wait_with_output().expect("hetee serve output");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("hetee serve output");
+    panic!("hetee serve {extra:?} kept running: {}", describe(&out));
+}
