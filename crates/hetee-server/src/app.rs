@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::host_model::{HostModel, ModelMeta};
 use crate::launcher::LinkError;
-use crate::stacker::Stacker;
+use crate::stacker::{Job, Stacker};
 use crate::stage_loop::{run_query, QueryError};
 use crate::store::{Store, StoreError};
 use crate::supervisor::{CallError, KeysRecord, Supervisor};
@@ -109,6 +109,8 @@ pub use health::{replica_id_in, EnclaveHealth, ReplicaHealth, StoreHealth, REPLI
 struct SessionInfo {
     model_id: Option<ModelId>,
     busy: bool,
+    /// Its query was sent (the session ends with it).
+    querying: bool,
 }
 
 /// The host: store, enclave, loaded models and open sessions.
@@ -124,7 +126,7 @@ pub struct App {
 
 /// How long a thin query waits, at most, for others to share its stacked
 /// query (models registered for more than one image per query only).
-pub const DEFAULT_STACK_WINDOW: Duration = Duration::from_millis(5);
+pub const DEFAULT_STACK_WINDOW: Duration = Duration::from_millis(2);
 
 fn parse_id(s: &str, what: &str) -> ApiResult<[u8; 16]> {
     id_from_hex(s).map_err(|e| ApiError::bad(format!("{what}: {e}")))
@@ -379,8 +381,12 @@ impl App {
                 SessionInfo {
                     model_id,
                     busy: false,
+                    querying: false,
                 },
             );
+        }
+        if let (Some(stacker), Some(m)) = (&self.stacker, &model_id) {
+            stacker.note_session(m);
         }
         Ok(SessionOpened {
             session: id_hex(&session),
@@ -489,6 +495,11 @@ impl App {
     pub fn query_bytes(&self, session: &str, req: QueryBody) -> ApiResult<QueryDone> {
         let session = parse_id(session, "session")?;
         let model = self.claim(&session)?;
+        if let Ok(mut s) = self.sessions.lock() {
+            if let Some(i) = s.get_mut(&session) {
+                i.querying = true;
+            }
+        }
         let r = self.query_inner(session, model, req);
         // A session carries one query: it ends here either way.
         self.release(&session, false);
@@ -540,7 +551,16 @@ impl App {
             .as_ref()
             .filter(|s| cts.is_empty() && s.stacks(&model));
         let (payload, trace, share) = match stacker {
-            Some(stacker) => stacker.submit(&self.enclave, &host, model, session, payload)?,
+            Some(stacker) => {
+                let coming = || self.sessions_to_come(&model);
+                let job = Job {
+                    enclave: &self.enclave,
+                    host: &host,
+                    model,
+                    coming: &coming,
+                };
+                stacker.submit(&job, session, payload)?
+            }
             None => {
                 let (payload, trace) =
                     run_query(&self.enclave, &host, session, model, payload, cts)?;
@@ -562,6 +582,18 @@ impl App {
             stages: trace.stages,
             stacked: share as u32,
         })
+    }
+
+    /// Sessions of `model` that are open and have not sent their query.
+    fn sessions_to_come(&self, model: &ModelId) -> usize {
+        self.sessions
+            .lock()
+            .map(|s| {
+                s.values()
+                    .filter(|i| !i.querying && i.model_id.as_ref() == Some(model))
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     /// `DELETE /v1/sessions/{id}`.

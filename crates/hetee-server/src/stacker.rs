@@ -3,7 +3,7 @@
 //! A model registered for a batch of B images costs the host the same
 //! products whether a query holds one image or B. When many data providers
 //! send thin queries at once, the [`Stacker`] gathers them (for at most a
-//! short window, or until B are waiting) and runs them as one stacked query
+//! short while, or until B are waiting) and runs them as one stacked query
 //! ([`run_stack`]): the enclave lays their images side by side, the host
 //! evaluates each product once, and each data provider gets its own result,
 //! sealed to it.
@@ -14,12 +14,13 @@
 //! waiter. Models registered for one image per query are not stacked.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hetee_proto::host::StackMember;
 use hetee_proto::ids::{ModelId, SessionId};
+use tracing::debug;
 
 use crate::host_model::HostModel;
 use crate::stage_loop::{run_stack, EnclaveCall, QueryError, QueryTrace};
@@ -30,7 +31,7 @@ use crate::supervisor::CallError;
 const RUNNING_PER_MODEL: usize = 2;
 
 /// The longest a query waits for others, in windows, while the model is idle.
-const MAX_WAIT_WINDOWS: u32 = 8;
+const MAX_WAIT_WINDOWS: u32 = 25;
 
 /// How a stacked member's query ended.
 pub type StackAnswer = Result<(Vec<u8>, QueryTrace, usize), QueryError>;
@@ -66,10 +67,23 @@ struct Queue {
     running: usize,
     /// Stacks being evaluated right now.
     executing: usize,
-    /// When the last query arrived.
+    /// When the last query arrived or a session of the model opened.
     last_arrival: Option<Instant>,
     /// The model's batch, once an enclave reported it.
     batch: Option<usize>,
+}
+
+/// One thin query's view of its stack: where to run it, and how many
+/// sessions of its model are open but have not sent their query yet.
+pub struct Job<'a> {
+    /// The enclave.
+    pub enclave: &'a dyn EnclaveCall,
+    /// The model's weights.
+    pub host: &'a HostModel,
+    /// The model.
+    pub model: ModelId,
+    /// Sessions of the model that are open and may still send a query.
+    pub coming: &'a (dyn Fn() -> usize + Sync),
 }
 
 /// Gathers concurrent thin queries per model into stacked queries.
@@ -80,7 +94,9 @@ pub struct Stacker {
 }
 
 impl Stacker {
-    /// A stacker that waits at most `window` for a stack to fill.
+    /// A stacker that waits for others while a model is idle: until no
+    /// query arrived for `window` and no open session is still to send one
+    /// (at most [`MAX_WAIT_WINDOWS`] windows).
     pub fn new(window: Duration) -> Self {
         Stacker {
             window,
@@ -102,21 +118,18 @@ impl Stacker {
             .is_none_or(|b| b > 1)
     }
 
-    /// Runs the thin query of `session` in a stacked query of `model`;
-    /// returns its sealed result, the stack's figures and how many
-    /// sessions the stack held.
-    pub fn submit(
-        &self,
-        enclave: &dyn EnclaveCall,
-        host: &HostModel,
-        model: ModelId,
-        session: SessionId,
-        payload: Vec<u8>,
-    ) -> StackAnswer {
+    /// Notes that a session of `model` opened: a query may follow.
+    pub fn note_session(&self, model: &ModelId) {
+        self.lock().entry(*model).or_default().last_arrival = Some(Instant::now());
+    }
+
+    /// Runs the thin query of `session` in a stacked query; returns its
+    /// sealed result, the stack's figures and how many sessions it held.
+    pub fn submit(&self, job: &Job<'_>, session: SessionId, payload: Vec<u8>) -> StackAnswer {
         let (tx, rx) = channel();
         let lead = {
             let mut queues = self.lock();
-            let q = queues.entry(model).or_default();
+            let q = queues.entry(job.model).or_default();
             q.waiting.push_back(Waiter {
                 session,
                 payload,
@@ -131,57 +144,38 @@ impl Stacker {
                 false
             }
         };
-        if lead {
-            self.lead(enclave, host, model, session, &rx)
-        } else {
-            self.wait(enclave, host, model, session, &rx)
+        if !lead {
+            match rx.recv() {
+                Ok(Reply::Done(answer)) => return answer,
+                Ok(Reply::Lead) => {}
+                Err(_) => return Err(QueryError::Unexpected("the stack's leader is gone".into())),
+            }
         }
-    }
-
-    fn wait(
-        &self,
-        enclave: &dyn EnclaveCall,
-        host: &HostModel,
-        model: ModelId,
-        session: SessionId,
-        rx: &Receiver<Reply>,
-    ) -> StackAnswer {
-        match rx.recv() {
-            Ok(Reply::Done(answer)) => answer,
-            Ok(Reply::Lead) => self.lead(enclave, host, model, session, rx),
-            Err(_) => Err(QueryError::Unexpected("the stack's leader is gone".into())),
-        }
+        self.lead(job, session, &rx)
     }
 
     /// Runs stacks until this caller's own answer is in, then hands the
     /// lead on (or gives it up when nobody waits).
-    fn lead(
-        &self,
-        enclave: &dyn EnclaveCall,
-        host: &HostModel,
-        model: ModelId,
-        me: SessionId,
-        rx: &Receiver<Reply>,
-    ) -> StackAnswer {
+    fn lead(&self, job: &Job<'_>, me: SessionId, rx: &Receiver<Reply>) -> StackAnswer {
         loop {
-            let answer = match self.gather(&model, rx) {
+            let answer = match self.gather(job, rx) {
                 Gathered::Members(members) => {
-                    self.run(enclave, host, model, members);
+                    self.run(job, members);
                     continue;
                 }
                 // Handed the lead while leading: one leader, not two.
                 Gathered::Reply(Reply::Lead) => {
-                    self.release(&model);
+                    self.release(&job.model);
                     continue;
                 }
                 Gathered::Reply(Reply::Done(answer)) => answer,
                 Gathered::Gone => {
-                    self.release(&model);
+                    self.release(&job.model);
                     return Err(QueryError::Unexpected("the stack's leader is gone".into()));
                 }
             };
             let mut queues = self.lock();
-            let q = queues.entry(model).or_default();
+            let q = queues.entry(job.model).or_default();
             match q.waiting.front() {
                 Some(next) if next.session != me => {
                     let _ = next.reply.send(Reply::Lead);
@@ -199,40 +193,42 @@ impl Stacker {
         self.arrived.notify_all();
     }
 
-    /// Waits for a batch of waiters, then takes them (and counts the stack
-    /// as executing); or returns this leader's own answer once it is in.
-    /// A stack starts when the batch is full, or when no other stack of the
-    /// model is being evaluated and no query arrived for the window (at
-    /// most [`MAX_WAIT_WINDOWS`] windows in all). While another stack is
-    /// evaluated the host is busy anyway, so waiting for more costs nothing.
-    fn gather(&self, model: &ModelId, rx: &Receiver<Reply>) -> Gathered {
-        let start = Instant::now();
-        let cap = start + self.window * MAX_WAIT_WINDOWS;
+    /// Waits for members, then takes them (and counts the stack as
+    /// executing); or returns this leader's own answer once it is in.
+    ///
+    /// A stack starts at once when the batch is full. Otherwise it waits
+    /// while another stack of the model is evaluated (the host is busy
+    /// anyway), and then, with the model idle, until no query arrived for
+    /// the window and no open session of the model is still to send one,
+    /// or [`MAX_WAIT_WINDOWS`] windows have passed.
+    fn gather(&self, job: &Job<'_>, rx: &Receiver<Reply>) -> Gathered {
+        let mut idle_since: Option<Instant> = None;
         let mut queues = self.lock();
         loop {
             match rx.try_recv() {
                 Ok(reply) => return Gathered::Reply(reply),
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => return Gathered::Gone,
-                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => return Gathered::Gone,
+                Err(TryRecvError::Empty) => {}
             }
-            let q = queues.entry(*model).or_default();
+            let q = queues.entry(job.model).or_default();
             let want = q.batch.unwrap_or(usize::MAX);
             let now = Instant::now();
-            let quiet_since = q.last_arrival.map_or(start, |t| t.max(start));
-            let idle = q.executing == 0 && now >= quiet_since + self.window;
-            if q.waiting.len() >= want || (!q.waiting.is_empty() && (idle || now >= cap)) {
+            let go = if q.waiting.len() >= want {
+                true
+            } else if q.waiting.is_empty() || q.executing > 0 {
+                idle_since = None;
+                false
+            } else {
+                let since = *idle_since.get_or_insert(now);
+                let quiet = q.last_arrival.is_none_or(|t| now >= t + self.window);
+                (quiet && (job.coming)() == 0) || now >= since + self.window * MAX_WAIT_WINDOWS
+            };
+            if go {
                 let n = q.waiting.len().min(want);
                 q.executing += 1;
                 return Gathered::Members(q.waiting.drain(..n).collect());
             }
-            let until = if q.executing == 0 && !q.waiting.is_empty() {
-                (quiet_since + self.window).min(cap)
-            } else {
-                now + self.window
-            };
-            let wait = until
-                .saturating_duration_since(now)
-                .max(Duration::from_micros(100));
+            let wait = (self.window / 4).max(Duration::from_micros(200));
             queues = match self.arrived.wait_timeout(queues, wait) {
                 Ok((g, _)) => g,
                 Err(p) => p.into_inner().0,
@@ -242,37 +238,35 @@ impl Stacker {
 
     /// Runs one stack and answers its members; deferred members go back
     /// to the front of the queue.
-    fn run(
-        &self,
-        enclave: &dyn EnclaveCall,
-        host: &HostModel,
-        model: ModelId,
-        mut members: Vec<Waiter>,
-    ) {
-        let named = members
+    fn run(&self, job: &Job<'_>, mut members: Vec<Waiter>) {
+        let named: Vec<StackMember> = members
             .iter_mut()
             .map(|w| StackMember {
                 session: w.session,
                 payload: std::mem::take(&mut w.payload),
             })
             .collect();
+        let named_count = named.len();
         let mut by_session: HashMap<SessionId, Waiter> =
             members.into_iter().map(|w| (w.session, w)).collect();
-        let outcome = run_stack(enclave, host, model, named);
-        {
-            let mut queues = self.lock();
-            let q = queues.entry(model).or_default();
-            q.executing = q.executing.saturating_sub(1);
-        }
-        self.arrived.notify_all();
+        let t0 = Instant::now();
+        let outcome = run_stack(job.enclave, job.host, job.model, named);
+        let mut deferred = Vec::new();
         match outcome {
             Ok(run) => {
                 let size = run.results.len();
+                debug!(
+                    named = named_count,
+                    started = size,
+                    deferred = run.deferred.len(),
+                    refused = run.refused.len(),
+                    ms = t0.elapsed().as_secs_f64() * 1e3,
+                    "stacked query"
+                );
                 for (session, payload) in run.results {
                     if let Some(w) = by_session.remove(&session) {
-                        let _ = w
-                            .reply
-                            .send(Reply::Done(Ok((payload, run.trace.clone(), size))));
+                        let answer = Ok((payload, run.trace.clone(), size));
+                        let _ = w.reply.send(Reply::Done(answer));
                     }
                 }
                 for (session, why) in run.refused {
@@ -281,15 +275,12 @@ impl Stacker {
                         let _ = w.reply.send(Reply::Done(Err(refused)));
                     }
                 }
-                let mut queues = self.lock();
-                let q = queues.entry(model).or_default();
-                q.batch = Some(run.batch);
-                for session in run.deferred.into_iter().rev() {
-                    if let Some(w) = by_session.remove(&session) {
-                        q.waiting.push_front(w);
-                    }
-                }
-                drop(queues);
+                deferred = run
+                    .deferred
+                    .iter()
+                    .filter_map(|s| by_session.remove(s))
+                    .collect();
+                self.lock().entry(job.model).or_default().batch = Some(run.batch);
                 for (_, w) in by_session {
                     let _ = w.reply.send(Reply::Done(Err(QueryError::Unexpected(
                         "the enclave left this session out of the stack".into(),
@@ -297,11 +288,20 @@ impl Stacker {
                 }
             }
             Err(e) => {
+                debug!(named = named_count, error = %e, "stacked query failed");
                 for (_, w) in by_session {
                     let _ = w.reply.send(Reply::Done(Err(duplicate(&e))));
                 }
             }
         }
+        let mut queues = self.lock();
+        let q = queues.entry(job.model).or_default();
+        for w in deferred.into_iter().rev() {
+            q.waiting.push_front(w);
+        }
+        q.executing = q.executing.saturating_sub(1);
+        drop(queues);
+        self.arrived.notify_all();
     }
 }
 

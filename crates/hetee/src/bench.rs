@@ -227,6 +227,11 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
                 0 | 1 => None,
                 c => Some(crate::bench_served::Served::start(&q, c)?),
             };
+            // Warm up: the first query loads the model's weights on the host.
+            served.query(xs[0])?;
+            if let Some(s) = &stacked {
+                s.query_thin(xs[0])?;
+            }
             let plain = || -> Result<Plain> {
                 let mut floor = Vec::with_capacity(n);
                 for x in &xs {
