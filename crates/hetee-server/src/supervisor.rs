@@ -78,6 +78,9 @@ pub struct Supervisor {
     cluster: Cluster,
     /// The cluster's sealing key as the enclave re-sealed it for itself, once joined or restored.
     cluster_key: Mutex<Option<Vec<u8>>>,
+    /// Calls in the enclave now, and the most seen at once.
+    in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
 }
 
 /// What a restore into a new enclave found among the key sets.
@@ -141,6 +144,8 @@ impl Supervisor {
             loaded: Mutex::new(Loaded::default()),
             cluster,
             cluster_key: Mutex::new(None),
+            in_flight: AtomicU64::new(0),
+            peak_in_flight: AtomicU64::new(0),
         };
         Ok(s)
     }
@@ -154,6 +159,11 @@ impl Supervisor {
     /// How many enclave processes were started.
     pub fn starts(&self) -> u64 {
         self.starts.load(Ordering::Relaxed)
+    }
+
+    /// The most calls that were in the enclave at once.
+    pub fn peak_concurrent_calls(&self) -> u64 {
+        self.peak_in_flight.load(Ordering::Relaxed)
     }
 
     /// Process id of the running enclave (0 if none).
@@ -311,7 +321,10 @@ impl Supervisor {
             drop(loaded);
             None
         };
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak_in_flight.fetch_max(now, Ordering::Relaxed);
         let result = child.call(req);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let mut loaded = match held.take() {
             Some(l) => l,
             None => self.lock_loaded(),

@@ -68,3 +68,28 @@ fn concurrent_thin_clients_share_stacked_queries_and_each_result_is_exact() {
         hetee_model::reference::run_quantized(&q, xi).unwrap()
     );
 }
+
+#[test]
+fn enclave_calls_of_concurrent_queries_overlap() {
+    // Stage results of different sessions go to the enclave at the same
+    // time: the host holds no lock around them.
+    let (model, calib) = hetee::cli::load_model("e2dm", None).unwrap();
+    let q = hetee::cli::prepare(&model, &calib).unwrap();
+    let h = hetee::harness::Harness::new(&q, 1).unwrap();
+    let x = mnist_images(16);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (h, x, q) = (&h, &x, &q);
+            s.spawn(move || {
+                for k in 0..4 {
+                    let i = t * 4 + k;
+                    let xi = &x[i * 784..(i + 1) * 784];
+                    let (got, _) = h.infer(xi).unwrap();
+                    assert_eq!(got, hetee_model::reference::run_quantized(q, xi).unwrap());
+                }
+            });
+        }
+    });
+    let peak = h.app().enclave().peak_concurrent_calls();
+    assert!(peak >= 2, "enclave calls never overlapped (peak {peak})");
+}
