@@ -101,9 +101,27 @@ fn a_spec_declared_at_upload_is_applied_to_pngs_and_the_command_line_overrides_i
         &id,
         &imgs,
         &y("override.npy"),
-        &["--preprocess", "scale=1/255", "--thin"],
+        &[
+            "--preprocess",
+            "scale=1/255",
+            "--thin",
+            "--receipt",
+            y("receipts.json").to_str().unwrap(),
+        ],
     );
     assert!(out.status.success(), "{}", describe(&out));
+    let checked = json_of(&hetee(&[
+        "verify-receipt",
+        "--receipt",
+        y("receipts.json").to_str().unwrap(),
+        "--expect-measurement",
+        &m,
+        "--allow-sim",
+        "--json",
+    ]));
+    assert_eq!(checked["verified"], 2);
+    assert_eq!(checked["receipts"][0]["model_id"], id.as_str());
+    assert_eq!(checked["receipts"][1]["images"], 1);
     let out = infer(&addr, &m, &id, &plain, &y("plain_out.npy"), &["--thin"]);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(same_file(&y("override.npy"), &y("plain_out.npy")));
@@ -137,6 +155,22 @@ fn a_spec_declared_at_upload_is_applied_to_pngs_and_the_command_line_overrides_i
     ]));
     assert_eq!(state["model_id"], id.as_str());
     assert_eq!(state["allow"], "open");
+    let state = json_of(&hetee(&[
+        "model",
+        "unlock",
+        "--json",
+        "--server",
+        &addr,
+        "--model-id",
+        &id,
+        "--expect-measurement",
+        &m,
+        "--allow-sim",
+        "--client-key",
+        owner.to_str().unwrap(),
+    ]));
+    assert_eq!(state["locked"], false);
+    assert_eq!(state["failures"], 0);
 }
 
 #[test]
