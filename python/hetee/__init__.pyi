@@ -64,6 +64,7 @@ class ModelOwner:
         allow_clients: Union[None, Sequence[str], _Path] = None,
         max_batch: int = 8,
         lock_after: int = 1,
+        preprocess: Optional[str] = None,
     ) -> str:
         """Quantize ``model`` on ``calib``, encrypt and upload its weights,
         register it; returns the model id (hex)."""
@@ -95,20 +96,22 @@ class Client:
     def infer(
         self,
         model_id: str,
-        x: _F32,
+        x: Union[_F32, _Path],
         thin: bool = False,
         receipts: Literal[False] = False,
         parallel: int = 4,
+        preprocess: Optional[str] = None,
     ) -> npt.NDArray[Any]: ...
     @overload
     def infer(
         self,
         model_id: str,
-        x: _F32,
+        x: Union[_F32, _Path],
         thin: bool = False,
         *,
         receipts: Literal[True],
         parallel: int = 4,
+        preprocess: Optional[str] = None,
     ) -> Tuple[npt.NDArray[Any], List[Dict[str, Any]]]: ...
     def verify_receipts(self, receipts: Union[List[Dict[str, Any]], _Path]) -> int:
         """Check enclave-signed receipts; returns how many were checked."""

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use hetee::client::channel::load_or_create_key;
 use hetee::client::data_provider::Receipt;
 use hetee::client::trust::Trust;
-use hetee::infer::{infer_tensor, Outputs, Query};
+use hetee::images::Preprocess;
+use hetee::infer::{connect, infer_on, read_for, Outputs, Query};
 use hetee_proto::ids::id_hex;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -74,14 +75,23 @@ impl Client {
     /// values are checked against the enclave's query plan before any input
     /// is sent.
     ///
-    /// Returns float32 `[N, classes]` dequantized logits, or int32 `[N, k]`
+    /// `x` may also be a path (str or os.PathLike) to a `.npy` file, a PNG
+    /// or JPEG image, or a folder of them (read in sorted file-name order),
+    /// preprocessed as `hetee infer` does: with `preprocess` (spec text,
+    /// e.g. `"size=28x28,channels=gray,scale=1/255"`), else the spec the
+    /// model's provider declared at upload, else `scale=1/255` at the
+    /// model's size and channels.
+    ///
+    /// Returns float32 dequantized outputs in the model's own shape (as its
+    /// provider declared it at upload; `[N, classes]` otherwise), or int32 `[N, k]`
     /// labels (best first) if the model's policy is `label` or `top-K`;
     /// identical to `hetee run --plaintext` on the same model and
     /// calibration set. `thin=True` sends the inputs to the enclave over the
     /// channel and lets it encrypt them (no HE here). With `receipts=True`
     /// returns `(outputs, receipts)`: the enclave-signed results of every
     /// query, as dicts (`Client.verify_receipts` checks them).
-    #[pyo3(signature = (model_id, x, thin=false, receipts=false, parallel=4))]
+    #[pyo3(signature = (model_id, x, thin=false, receipts=false, parallel=4, preprocess=None))]
+    #[allow(clippy::too_many_arguments)]
     fn infer<'py>(
         &self,
         py: Python<'py>,
@@ -90,9 +100,25 @@ impl Client {
         thin: bool,
         receipts: bool,
         parallel: usize,
+        preprocess: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let x = arrays::tensor("the input", x)?;
-        hetee::run::check_finite("the input", &x).or_py()?;
+        let spec: Option<Preprocess> = preprocess
+            .map(|s| s.parse::<Preprocess>().map_err(anyhow::Error::from))
+            .transpose()
+            .or_py()?;
+        let path = if x.hasattr("__fspath__")? || x.is_instance_of::<pyo3::types::PyString>() {
+            Some(PathBuf::from(path_string("x", x)?))
+        } else {
+            None
+        };
+        let x = match &path {
+            Some(_) => None,
+            None => {
+                let t = arrays::tensor("the input", x)?;
+                hetee::run::check_finite("the input", &t).or_py()?;
+                Some(t)
+            }
+        };
         let query = Query {
             server: &self.server,
             ca: self.ca.as_deref(),
@@ -102,7 +128,18 @@ impl Client {
             thin,
             client_key: self.key_file.as_deref(),
         };
-        let (outputs, signed) = py.detach(|| infer_tensor(&query, &x)).or_py()?;
+        let (outputs, signed) = py
+            .detach(|| -> anyhow::Result<_> {
+                let target = connect(&query)?;
+                let input = match (x, &path) {
+                    (Some(t), _) => t,
+                    (None, Some(p)) => read_for(&target, p, spec.as_ref())?.tensor,
+                    (None, None) => anyhow::bail!("no input"),
+                };
+                let r = infer_on(&target, &query, &input)?;
+                Ok((r.outputs, r.receipts))
+            })
+            .or_py()?;
         let out = match outputs {
             Outputs::Logits { shape, data } => arrays::to_numpy(py, &shape, data)?.into_any(),
             Outputs::Labels { shape, data } => arrays::to_numpy(py, &shape, data)?.into_any(),

@@ -1,6 +1,7 @@
 //! The package's exceptions, and how a Rust error becomes one.
 
 use hetee::client::trust::AttestationRefused;
+use hetee::images::ImageError;
 use hetee::run::BadInput;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
@@ -64,13 +65,18 @@ impl InputError {
 }
 
 /// The Python exception for a Rust error: `AttestationError` for a refused
-/// enclave, `InputError` for unusable input, `HeteeError` otherwise; the
+/// enclave (its evidence, or a channel handshake that fails against the
+/// attested key), `InputError` for unusable input (arrays, images, a
+/// preprocessing spec), `HeteeError` otherwise; the
 /// message is the whole chain, as the CLI prints it after `error: `.
 pub fn to_py(e: anyhow::Error) -> PyErr {
     let msg = format!("{e:#}");
     if e.chain().any(|c| c.is::<AttestationRefused>()) {
         AttestationError::new_err(msg)
-    } else if e.chain().any(|c| c.is::<BadInput>()) {
+    } else if e
+        .chain()
+        .any(|c| c.is::<BadInput>() || c.is::<ImageError>())
+    {
         InputError::new_err(msg)
     } else {
         HeteeError::new_err(msg)

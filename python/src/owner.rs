@@ -108,7 +108,10 @@ impl ModelOwner {
     /// public keys (hex) or the path of an allow-list file (`None`: anyone).
     /// `max_batch`: largest batch of images per query to plan for.
     /// `lock_after`: failed integrity checks after which the model locks.
-    #[pyo3(signature = (model, calib=None, policy="logits", budget=None, allow_clients=None, max_batch=8, lock_after=1))]
+    /// `preprocess`: how image inputs are preprocessed for this model (spec
+    /// text, as `hetee model upload --preprocess`): public metadata that
+    /// `Client.infer` and `hetee infer` apply to image paths.
+    #[pyo3(signature = (model, calib=None, policy="logits", budget=None, allow_clients=None, max_batch=8, lock_after=1, preprocess=None))]
     #[allow(clippy::too_many_arguments)]
     fn upload(
         &self,
@@ -120,6 +123,7 @@ impl ModelOwner {
         allow_clients: Option<&Bound<'_, PyAny>>,
         max_batch: usize,
         lock_after: u32,
+        preprocess: Option<&str>,
     ) -> PyResult<String> {
         let model = ModelArg::from_py(model)?;
         let calib = arrays::opt_tensor("the calibration set", calib)?;
@@ -127,9 +131,14 @@ impl ModelOwner {
             run::check_finite("the calibration set", c).or_py()?;
         }
         let allow = allow_list(allow_clients)?;
-        let terms = owner::terms(max_batch, policy, budget, lock_after, allow).or_py()?;
+        let mut terms = owner::terms(max_batch, policy, budget, lock_after, allow).or_py()?;
         py.detach(|| -> anyhow::Result<String> {
             let (m, c) = run::load_model_from(model.source(), calib)?;
+            if let Some(text) = preprocess {
+                let spec: hetee::images::Preprocess = text.parse()?;
+                hetee::images::check_fits(&spec, &m.input_shape)?;
+                terms.public.preprocess = Some(spec.to_string());
+            }
             let q = run::prepare(&m, &c)?;
             let (up, _) = owner::upload_model(&self.args, &q, &terms)?;
             Ok(id_hex(&up.model_id))

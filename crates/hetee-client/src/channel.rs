@@ -9,7 +9,7 @@ use hetee_proto::messages::{id_hex, ClientMessage, EnclaveMessage, ModelId};
 use zeroize::Zeroizing;
 
 use crate::relay::Relay;
-use crate::trust::AttestedKeys;
+use crate::trust::{AttestationRefused, AttestedKeys};
 
 /// An open session: its id on the server and the channel's transport.
 pub struct Session {
@@ -50,10 +50,14 @@ impl Session {
             msg1: b64(&msg1),
         })?;
         let msg2 = unb64(&opened.msg2, "msg2").map_err(|e| anyhow!(e))?;
-        let (tx, msg3) = hs.finish(&msg2).context(
-            "the channel handshake failed: the server's enclave is not the one it attested \
-             (or it restarted; fetch its evidence again)",
-        )?;
+        // A message 2 that does not complete the handshake with the attested
+        // channel key: whoever answered is not the enclave the evidence is for.
+        let (tx, msg3) = hs.finish(&msg2).map_err(|e| {
+            AttestationRefused(format!(
+                "the channel handshake failed: the server's enclave is not the one it attested \
+                 (or it restarted; fetch its evidence again): {e}"
+            ))
+        })?;
         let mut s = Session {
             id: opened.session,
             tx,

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::channel::Session;
+use crate::public_meta::PublicMeta;
 use crate::relay::Relay;
 use crate::trust::{verify, AttestedKeys, Trust};
 
@@ -33,6 +34,8 @@ pub struct Target {
     pub batch: usize,
     /// One image's shape, as the enclave's query plan gives it.
     pub input_shape: Vec<usize>,
+    /// The model's public metadata as the host serves it (not attested).
+    pub public: PublicMeta,
 }
 
 /// The result of one query.
@@ -133,7 +136,9 @@ impl Target {
         let EnclaveMessage::Plan(plan) = answer else {
             bail!("the enclave did not send a query plan");
         };
+        let public = api.public_meta(&id_hex(&id))?;
         Ok(Target {
+            public,
             api,
             trust: trust.clone(),
             current: RwLock::new(Arc::new((keys, info))),

@@ -15,5 +15,6 @@ pub mod channel;
 pub mod data_provider;
 pub mod http;
 pub mod model_provider;
+pub mod public_meta;
 pub mod relay;
 pub mod trust;

@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use zeroize::Zeroizing;
 
 use crate::channel::Session;
+use crate::public_meta::PublicMeta;
 use crate::relay::Relay;
 use crate::trust::{verify, AttestedKeys, Trust};
 
@@ -48,6 +49,9 @@ pub struct Terms {
     pub model: ModelTerms,
     /// Who may query at first (changeable later).
     pub allow: AllowList,
+    /// Public metadata kept by the host with the model (the preprocessing
+    /// of image inputs; the output shape is filled in from the model).
+    pub public: PublicMeta,
 }
 
 impl Default for Terms {
@@ -56,6 +60,7 @@ impl Default for Terms {
             max_batch: 8,
             model: ModelTerms::default(),
             allow: AllowList::Open,
+            public: PublicMeta::default(),
         }
     }
 }
@@ -148,11 +153,17 @@ pub fn upload(
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    let public = PublicMeta {
+        output_shape: Some(model.output_shape.clone())
+            .filter(|s| !s.is_empty() && s.iter().product::<usize>() == model.classes()),
+        ..terms.public.clone()
+    };
+    let body = UploadBody {
+        key_id: keys.key_id,
+        stages,
+    };
     let created: ModelCreated = api
-        .upload(&UploadBody {
-            key_id: keys.key_id,
-            stages,
-        })
+        .upload_with_meta(&body, &public)
         .context("uploading the encrypted weights")?;
     if created.upload_id != id_hex(&upload) || created.commitment != id_hex(&commitment) {
         bail!("the server stored the weights under another commitment than ours; refusing");

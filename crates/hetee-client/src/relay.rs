@@ -12,6 +12,7 @@ use hetee_proto::api::{
 use hetee_proto::bodies::{QueryBody, UploadBody, OCTET_STREAM};
 
 use crate::http::Api;
+use crate::public_meta::PublicMeta;
 
 /// The host's API as a client sees it.
 pub trait Relay: Send + Sync {
@@ -29,6 +30,21 @@ pub trait Relay: Send + Sync {
     fn query(&self, session: &str, req: &QueryBody) -> Result<QueryDone>;
     /// `DELETE /v1/sessions/{id}` (best effort).
     fn close_session(&self, session: &str);
+    /// `GET /v1/models/{id}`: the model's public metadata. Default: none (a
+    /// host that keeps none).
+    fn public_meta(&self, model_id: &str) -> Result<PublicMeta> {
+        let _ = model_id;
+        Ok(PublicMeta::default())
+    }
+    /// `POST /v1/models?preprocess=…&output_shape=…`: stores encrypted
+    /// weights with the model's public metadata. Default: [`Relay::upload`],
+    /// refusing metadata it cannot keep.
+    fn upload_with_meta(&self, req: &UploadBody, meta: &PublicMeta) -> Result<ModelCreated> {
+        if !meta.is_empty() {
+            anyhow::bail!("this host keeps no public model metadata");
+        }
+        self.upload(req)
+    }
 }
 
 impl Relay for Api {
@@ -56,5 +72,15 @@ impl Relay for Api {
     }
     fn close_session(&self, session: &str) {
         let _ = self.delete(&format!("/v1/sessions/{session}"));
+    }
+    fn public_meta(&self, model_id: &str) -> Result<PublicMeta> {
+        self.get(&format!("/v1/models/{model_id}"))
+    }
+    fn upload_with_meta(&self, req: &UploadBody, meta: &PublicMeta) -> Result<ModelCreated> {
+        self.post_bytes(
+            &format!("/v1/models{}", meta.query_string()),
+            OCTET_STREAM,
+            &req.encode(),
+        )
     }
 }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,12 +18,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::app::{ApiError, App};
-use hetee_proto::api::ErrorBody;
+use crate::host_model::PublicMeta;
+use hetee_proto::api::{ErrorBody, ModelInfo};
 use hetee_proto::bodies::{QueryBody, UploadBody, OCTET_STREAM};
 
 /// Largest model upload body, bytes.
@@ -129,27 +131,73 @@ fn is_binary(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with(OCTET_STREAM))
 }
 
+/// The query of `POST /v1/models`: the model's public metadata.
+#[derive(Debug, Default, Deserialize)]
+struct UploadParams {
+    /// The preprocessing spec of image inputs (opaque to the host).
+    preprocess: Option<String>,
+    /// The model's output shape for one sample, comma separated.
+    output_shape: Option<String>,
+}
+
+impl UploadParams {
+    fn public(self) -> Result<PublicMeta, ApiError> {
+        let output_shape = self
+            .output_shape
+            .map(|s| {
+                s.split(',')
+                    .map(|d| d.trim().parse::<u32>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| ApiError::bad("output_shape must be comma-separated dimensions"))
+            })
+            .transpose()?;
+        let public = PublicMeta {
+            preprocess: self.preprocess,
+            output_shape,
+        };
+        public.check().map_err(ApiError::bad)?;
+        Ok(public)
+    }
+}
+
 async fn upload_model(
     State(app): S,
     headers: HeaderMap,
+    params: Result<Query<UploadParams>, QueryRejection>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
+    let params = params.map_err(|e| ApiError::bad(format!("malformed query string: {e}")))?;
+    let public = params.0.public()?;
     let body = read_body(body, MAX_MODEL_BODY).await?;
     blocking(move || {
         if is_binary(&headers) {
             let req = UploadBody::decode(&body).map_err(ApiError::bad)?;
             drop(body);
-            return app.upload_model_bytes(req);
+            return app.upload_model_bytes_with(req, public);
         }
         let req = parse(&body)?;
         drop(body);
-        app.upload_model(req)
+        app.upload_model_with(req, public)
     })
     .await
 }
 
+/// `GET /v1/models/{id}`: the model's attested key set and its public
+/// metadata (fields `preprocess`, `output_shape` when declared).
+#[derive(Serialize)]
+struct ModelPublic {
+    #[serde(flatten)]
+    info: ModelInfo,
+    #[serde(flatten)]
+    public: PublicMeta,
+}
+
 async fn get_model(State(app): S, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    blocking(move || app.get_model(&id)).await
+    blocking(move || {
+        app.get_model_public(&id)
+            .map(|(info, public)| ModelPublic { info, public })
+    })
+    .await
 }
 
 async fn open_session(State(app): S, body: Body) -> Result<impl IntoResponse, ApiError> {

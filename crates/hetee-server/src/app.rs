@@ -16,7 +16,7 @@ use hetee_proto::ids::{
 use hetee_proto::{Request, Response};
 use tracing::{info, warn};
 
-use crate::host_model::{HostModel, ModelMeta};
+use crate::host_model::{HostModel, ModelMeta, PublicMeta};
 use crate::launcher::LinkError;
 use crate::stacker::{Job, Stacker};
 use crate::stage_loop::{run_query, QueryError};
@@ -222,6 +222,15 @@ impl App {
     /// `POST /v1/models` with a JSON body: decodes it and stores the weights
     /// like [`App::upload_model_bytes`].
     pub fn upload_model(&self, req: UploadModel) -> ApiResult<ModelCreated> {
+        self.upload_model_with(req, PublicMeta::default())
+    }
+
+    /// [`App::upload_model`] with the model's public metadata.
+    pub fn upload_model_with(
+        &self,
+        req: UploadModel,
+        public: PublicMeta,
+    ) -> ApiResult<ModelCreated> {
         let key_id = parse_id(&req.key_id, "key_id")?;
         let stages = req
             .stages
@@ -240,12 +249,23 @@ impl App {
                 })
             })
             .collect::<ApiResult<Vec<_>>>()?;
-        self.upload_model_bytes(UploadBody { key_id, stages })
+        self.upload_model_bytes_with(UploadBody { key_id, stages }, public)
     }
 
     /// `POST /v1/models`: stores encrypted weights (after checking that they
     /// decode and fit their packings).
     pub fn upload_model_bytes(&self, req: UploadBody) -> ApiResult<ModelCreated> {
+        self.upload_model_bytes_with(req, PublicMeta::default())
+    }
+
+    /// [`App::upload_model_bytes`] with the model's public metadata, kept
+    /// with the upload and the model registered from it.
+    pub fn upload_model_bytes_with(
+        &self,
+        req: UploadBody,
+        public: PublicMeta,
+    ) -> ApiResult<ModelCreated> {
+        public.check().map_err(ApiError::bad)?;
         let key_id = req.key_id;
         let Some(_) = self.store.keyset(&id_hex(&key_id))? else {
             return Err(ApiError::not_found("unknown key_id; create keys first"));
@@ -272,9 +292,10 @@ impl App {
             packings,
             sealed: None,
             weights_of: None,
+            public,
         };
         if self.store.model_meta(&id_hex(&id))?.is_none() {
-            let meta = postcard::to_allocvec(&meta).map_err(|e| ApiError::bad(e.to_string()))?;
+            let meta = meta.to_bytes().map_err(|e| ApiError::bad(e.to_string()))?;
             let blob = postcard::to_allocvec(&weights).map_err(|e| ApiError::bad(e.to_string()))?;
             self.store.put_model(&id_hex(&id), &meta, &blob)?;
         }
@@ -300,12 +321,17 @@ impl App {
                 id_hex(id)
             ))
         })?;
-        postcard::from_bytes(&bytes)
+        ModelMeta::from_bytes(&bytes)
             .map_err(|e| ApiError::conflict(format!("stored model record is malformed: {e}")))
     }
 
     /// `GET /v1/models/{model_id}`.
     pub fn get_model(&self, model_id: &str) -> ApiResult<ModelInfo> {
+        self.get_model_public(model_id).map(|(info, _)| info)
+    }
+
+    /// `GET /v1/models/{model_id}` with the model's public metadata.
+    pub fn get_model_public(&self, model_id: &str) -> ApiResult<(ModelInfo, PublicMeta)> {
         let id = parse_id(model_id, "model id")?;
         let meta = self.meta(&id)?;
         if meta.sealed.is_none() {
@@ -315,11 +341,12 @@ impl App {
                 id_hex(&id)
             )));
         }
-        Ok(ModelInfo {
+        let info = ModelInfo {
             model_id: id_hex(&id),
             registered: true,
             keys: self.keys_info(&meta.key_id)?,
-        })
+        };
+        Ok((info, meta.public))
     }
 
     /// The host's loaded copy of a model's encrypted weights.
@@ -428,7 +455,7 @@ impl App {
             })?;
             meta.sealed = Some(reg.sealed);
             meta.weights_of = Some(reg.upload_id);
-            let bytes = postcard::to_allocvec(&meta).map_err(|e| ApiError::bad(e.to_string()))?;
+            let bytes = meta.to_bytes().map_err(|e| ApiError::bad(e.to_string()))?;
             self.store.put_model(&id_hex(&reg.model_id), &bytes, &[])?;
             info!(
                 model_id = %id_hex(&reg.model_id),

@@ -29,6 +29,73 @@ pub struct ModelMeta {
     /// For a registered model: the upload holding its weights.
     #[serde(default)]
     pub weights_of: Option<[u8; 16]>,
+    /// Public metadata the model provider declared at upload. Stored after
+    /// the record's other fields ([`ModelMeta::to_bytes`]), so that records
+    /// without it still decode, and readers that ignore it still work.
+    #[serde(skip)]
+    pub public: PublicMeta,
+}
+
+/// A model's public metadata, declared by its provider at upload and shown
+/// to anyone with `GET /v1/models/{id}` (`null` fields: not declared). Not
+/// a secret of the model and not attested: the host stores and serves it
+/// as it is. (Stored with postcard: no field may be skipped.)
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PublicMeta {
+    /// How the model's image inputs are preprocessed (the client's spec
+    /// text; the host does not interpret it).
+    pub preprocess: Option<String>,
+    /// The model's own output shape for one sample (e.g. `[10]` or
+    /// `[C, H, W]`).
+    pub output_shape: Option<Vec<u32>>,
+}
+
+impl PublicMeta {
+    /// Longest preprocessing spec kept, bytes.
+    pub const MAX_PREPROCESS: usize = 1024;
+
+    /// Checks the sizes: a spec of printable ASCII up to
+    /// [`Self::MAX_PREPROCESS`] bytes, an output shape of 1 to 8 dimensions
+    /// of 1 to 2^24.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(p) = &self.preprocess {
+            if p.len() > Self::MAX_PREPROCESS || !p.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return Err(format!(
+                    "preprocess must be printable ASCII of at most {} bytes",
+                    Self::MAX_PREPROCESS
+                ));
+            }
+        }
+        if let Some(s) = &self.output_shape {
+            if s.is_empty() || s.len() > 8 || s.iter().any(|&d| d == 0 || d > 1 << 24) {
+                return Err("output_shape must have 1 to 8 dimensions of 1 to 16777216".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ModelMeta {
+    /// The stored record: the postcard fields, then the public metadata
+    /// (postcard `Option`) when there is any.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, postcard::Error> {
+        let mut b = postcard::to_allocvec(self)?;
+        if self.public != PublicMeta::default() {
+            b.extend(postcard::to_allocvec(&Some(&self.public))?);
+        }
+        Ok(b)
+    }
+
+    /// Decodes [`ModelMeta::to_bytes`] (and records written before the
+    /// public metadata existed).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        let (mut meta, rest): (Self, &[u8]) = postcard::take_from_bytes(bytes)?;
+        if !rest.is_empty() {
+            let public: Option<PublicMeta> = postcard::from_bytes(rest)?;
+            meta.public = public.unwrap_or_default();
+        }
+        Ok(meta)
+    }
 }
 
 /// Failures of the host's evaluation (bad ciphertexts from a client).
@@ -131,5 +198,81 @@ impl HostModel {
         let ext = self.evaluator.extend_all(&cts)?;
         let outs = self.evaluator.evaluate_plan(&p.product_plan(), &ext, w)?;
         Ok(outs.par_iter().map(ciphertext_to_bytes).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(public: PublicMeta) -> ModelMeta {
+        ModelMeta {
+            key_id: [1; 16],
+            commitment: [2; 32],
+            he: HeConfig {
+                degree: 4096,
+                plaintext_modulus: 65537,
+                moduli_sizes: vec![60, 60],
+            },
+            packings: vec![],
+            sealed: Some(vec![3, 4]),
+            weights_of: Some([5; 16]),
+            public,
+        }
+    }
+
+    #[test]
+    fn public_metadata_follows_the_record_and_old_records_still_decode() {
+        let public = PublicMeta {
+            preprocess: Some("scale=1/255".into()),
+            output_shape: Some(vec![10]),
+        };
+        let bytes = meta(public.clone()).to_bytes().unwrap();
+        assert_eq!(ModelMeta::from_bytes(&bytes).unwrap().public, public);
+        let shape_only = PublicMeta {
+            preprocess: None,
+            ..public.clone()
+        };
+        let b = meta(shape_only.clone()).to_bytes().unwrap();
+        assert_eq!(ModelMeta::from_bytes(&b).unwrap().public, shape_only);
+        // Readers that decode the plain record ignore the metadata after it.
+        let plain: ModelMeta = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(plain.weights_of, Some([5; 16]));
+        assert_eq!(plain.public, PublicMeta::default());
+        // A record stored before the metadata existed has none.
+        let old = postcard::to_allocvec(&meta(PublicMeta::default())).unwrap();
+        assert_eq!(meta(PublicMeta::default()).to_bytes().unwrap(), old);
+        let m = ModelMeta::from_bytes(&old).unwrap();
+        assert_eq!(m.public, PublicMeta::default());
+        assert_eq!(m.sealed, Some(vec![3, 4]));
+    }
+
+    #[test]
+    fn public_metadata_limits() {
+        let ok = PublicMeta {
+            preprocess: Some("size=28x28".into()),
+            output_shape: Some(vec![4, 6, 6]),
+        };
+        assert!(ok.check().is_ok());
+        for bad in [
+            PublicMeta {
+                preprocess: Some("a\nb".into()),
+                ..Default::default()
+            },
+            PublicMeta {
+                preprocess: Some("x".repeat(1025)),
+                ..Default::default()
+            },
+            PublicMeta {
+                output_shape: Some(vec![]),
+                ..Default::default()
+            },
+            PublicMeta {
+                output_shape: Some(vec![0]),
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
     }
 }

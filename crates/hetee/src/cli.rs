@@ -5,6 +5,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod model;
+
+pub use model::OwnerArgs;
+use model::{model_command, ModelCommand};
+
 pub use crate::run::{bundled_onnx, check_batch, load_model, prepare};
 
 /// Confidential neural-network inference: BFV on the untrusted host, exact
@@ -32,95 +37,6 @@ enum EnclaveCommand {
         #[arg(long, default_value_t = hetee_proto::config::DEFAULT_MEMORY_BUDGET_MIB)]
         memory_budget_mib: u64,
     },
-}
-
-#[derive(Subcommand, Debug)]
-enum ModelCommand {
-    /// Model provider: verify the enclave, quantize and encrypt the model,
-    /// upload it and register its secrets over the channel. Prints the model
-    /// id alone on the last line.
-    Upload {
-        /// ONNX model, or a bundled one: `mnist`, `e2dm`, `resnet20`, `mobilenet`.
-        #[arg(long)]
-        model: String,
-        /// Calibration inputs (float32 .npy); bundled models use their own.
-        #[arg(long)]
-        calib: Option<PathBuf>,
-        /// Largest batch of images per query to plan for.
-        #[arg(long, default_value_t = 8)]
-        max_batch: usize,
-        /// What a query releases: `logits`, `label` or `top-K` (e.g. `top-3`).
-        #[arg(long, default_value = "logits")]
-        output_policy: String,
-        /// Most queries one data-provider key may run (default: unlimited).
-        #[arg(long)]
-        query_budget: Option<u64>,
-        /// Failed integrity checks after which the model locks.
-        #[arg(long, default_value_t = 1)]
-        lock_after: u32,
-        /// Data providers allowed to query: a file of client public keys
-        /// (64 hex digits per line). Default: anyone.
-        #[arg(long)]
-        allow_clients: Option<PathBuf>,
-        #[command(flatten)]
-        owner: OwnerArgs,
-    },
-    /// Owner: the model's state (lock, incidents, budgets spent, allow list,
-    /// state version), read from the enclave over the owner's channel.
-    Status {
-        /// Model id from `hetee model upload`.
-        #[arg(long)]
-        model_id: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        owner: OwnerArgs,
-    },
-    /// Owner: clear the model's lock and incident log.
-    Unlock {
-        /// Model id from `hetee model upload`.
-        #[arg(long)]
-        model_id: String,
-        #[command(flatten)]
-        owner: OwnerArgs,
-    },
-    /// Owner: replace the list of data providers allowed to query.
-    Allow {
-        /// Model id from `hetee model upload`.
-        #[arg(long)]
-        model_id: String,
-        /// File of client public keys (64 hex digits per line).
-        #[arg(long, conflicts_with = "open", required_unless_present = "open")]
-        allow_clients: Option<PathBuf>,
-        /// Let anyone query.
-        #[arg(long)]
-        open: bool,
-        #[command(flatten)]
-        owner: OwnerArgs,
-    },
-}
-
-/// How the model owner reaches and checks the enclave, and who it is.
-#[derive(clap::Args, Debug)]
-pub struct OwnerArgs {
-    /// Server address: host:port, http://host:port or https://host:port.
-    #[arg(long)]
-    pub server: String,
-    /// For https: trust the CA certificates in this PEM file instead of
-    /// the system's roots.
-    #[arg(long)]
-    pub ca: Option<PathBuf>,
-    /// The enclave measurement to accept (hex, from `hetee enclave measure`).
-    #[arg(long)]
-    pub expect_measurement: String,
-    /// Accept the simulated TEE platform (testing only: it protects nothing).
-    #[arg(long)]
-    pub allow_sim: bool,
-    /// The owner's long-term key (hex file, created on first use). The key
-    /// set and every model under it belong to this key: keep it.
-    #[arg(long)]
-    pub client_key: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -222,12 +138,24 @@ enum Command {
         /// Model id from `hetee model upload`.
         #[arg(long)]
         model_id: String,
-        /// Inputs: float32 .npy `[N, ...]` in the model's input shape.
+        /// Inputs: float32 .npy `[N, ...]` in the model's input shape, a PNG
+        /// or JPEG image, or a folder of them (sorted by file name).
         #[arg(long)]
         input: PathBuf,
-        /// Output: float32 .npy of dequantized outputs in the model's own shape (`[N, classes]` for a classifier).
+        /// Preprocessing of image inputs, e.g.
+        /// `size=28x28,channels=gray,scale=1/255,mean=0,std=1,layout=nchw`;
+        /// overrides the one the model provider declared at upload.
+        #[arg(long)]
+        preprocess: Option<String>,
+        /// Output: float32 .npy of dequantized outputs in the model's own
+        /// shape when its provider declared it at upload (`[N, classes]`
+        /// otherwise, and for a classifier); int32 `[N, k]` labels under a
+        /// `label` or `top-K` policy.
         #[arg(long)]
         output: PathBuf,
+        /// Print the figures and per-input results as JSON on stdout.
+        #[arg(long)]
+        json: bool,
         /// The enclave measurement to accept (hex, from `hetee enclave measure`).
         #[arg(long)]
         expect_measurement: String,
@@ -262,6 +190,10 @@ enum Command {
         /// Accept the simulated TEE platform (testing only).
         #[arg(long)]
         allow_sim: bool,
+        /// Print the count and each receipt's model, images and input
+        /// digest as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -284,13 +216,20 @@ enum Command {
         /// ONNX model, or a bundled one: `mnist`, `e2dm`, `resnet20`, `mobilenet`.
         #[arg(long)]
         model: String,
-        /// Inputs: float32 .npy `[N, C, H, W]` or `[N, F]`, preprocessed.
+        /// Inputs: float32 .npy `[N, C, H, W]` or `[N, F]`, preprocessed; or
+        /// a PNG or JPEG image, or a folder of them (sorted by file name).
         #[arg(long)]
         input: PathBuf,
+        /// Preprocessing of image inputs, e.g.
+        /// `size=28x28,channels=gray,scale=1/255,mean=0,std=1,layout=nchw`
+        /// (default: `scale=1/255`, channels and size of the model input).
+        #[arg(long)]
+        preprocess: Option<String>,
         /// Calibration inputs, same layout (bundled models use their own).
         #[arg(long)]
         calib: Option<PathBuf>,
-        /// Output: float32 .npy `[N, classes]` of dequantized logits.
+        /// Output: float32 .npy of dequantized outputs in the model's own
+        /// shape (`[N, classes]` for a classifier).
         #[arg(long)]
         output: PathBuf,
         /// Per-layer JSON report.
@@ -299,6 +238,10 @@ enum Command {
         /// Run the plaintext integer reference instead (same quantization).
         #[arg(long)]
         plaintext: bool,
+        /// Print the figures, the per-layer report and per-input results as
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Benchmarks the bundled models: latency and batch throughput, side by
     /// side with the plaintext integer reference; medians over runs.
@@ -447,7 +390,9 @@ pub fn run(cli: Cli) -> Result<()> {
             ca,
             model_id,
             input,
+            preprocess,
             output,
+            json,
             expect_measurement,
             allow_sim,
             parallel,
@@ -465,13 +410,16 @@ pub fn run(cli: Cli) -> Result<()> {
                 client_key: client_key.as_deref(),
             },
             input: &input,
+            preprocess: parse_preprocess(preprocess.as_deref())?.as_ref(),
             output: &output,
             receipt: receipt.as_deref(),
+            json,
         }),
         Command::VerifyReceipt {
             receipt,
             expect_measurement,
             allow_sim,
+            json,
         } => {
             let trust = crate::client::trust::Trust::new(&expect_measurement, allow_sim)?;
             let text = std::fs::read_to_string(&receipt)
@@ -481,24 +429,43 @@ pub fn run(cli: Cli) -> Result<()> {
             for (i, r) in receipts.iter().enumerate() {
                 r.verify(&trust).with_context(|| format!("receipt {i}"))?;
             }
-            println!("{} receipts verified", receipts.len());
+            if json {
+                let each: Vec<_> = receipts
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "model_id": hetee_proto::ids::id_hex(&r.result.model_id),
+                            "images": r.result.images,
+                            "input_digest": hetee_proto::ids::id_hex(&r.result.input_digest),
+                        })
+                    })
+                    .collect();
+                let doc = serde_json::json!({"verified": receipts.len(), "receipts": each});
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                println!("{} receipts verified", receipts.len());
+            }
             Ok(())
         }
         Command::Run {
             model,
             input,
+            preprocess,
             calib,
             output,
             report,
             plaintext,
-        } => crate::run::run_files(
-            &model,
-            &input,
-            calib.as_deref(),
-            &output,
-            report.as_deref(),
+            json,
+        } => crate::run_files::run_files(&crate::run_files::RunJob {
+            model: &model,
+            input: &input,
+            calib: calib.as_deref(),
+            output: &output,
+            report: report.as_deref(),
             plaintext,
-        ),
+            preprocess: parse_preprocess(preprocess.as_deref())?.as_ref(),
+            json,
+        }),
         Command::Bench {
             json,
             chart,
@@ -555,39 +522,7 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn model_command(cmd: ModelCommand) -> Result<()> {
-    use crate::owner;
-    match cmd {
-        ModelCommand::Upload {
-            model,
-            calib,
-            max_batch,
-            output_policy,
-            query_budget,
-            lock_after,
-            allow_clients,
-            owner: o,
-        } => {
-            let allow = match allow_clients {
-                Some(p) => crate::client::model_provider::read_allow_list(&p)?,
-                None => hetee_proto::channel::AllowList::Open,
-            };
-            let terms = owner::terms(max_batch, &output_policy, query_budget, lock_after, allow)?;
-            let (m, c) = load_model(&model, calib.as_deref())?;
-            let q = prepare(&m, &c)?;
-            owner::upload(&o, &q, &terms)
-        }
-        ModelCommand::Status {
-            model_id,
-            json,
-            owner: o,
-        } => owner::status(&o, &model_id, json),
-        ModelCommand::Unlock { model_id, owner: o } => owner::unlock(&o, &model_id),
-        ModelCommand::Allow {
-            model_id,
-            allow_clients,
-            open: _,
-            owner: o,
-        } => owner::allow(&o, &model_id, allow_clients.as_deref()),
-    }
+/// `--preprocess SPEC`, parsed.
+fn parse_preprocess(spec: Option<&str>) -> Result<Option<crate::images::Preprocess>> {
+    spec.map(|s| s.parse().context("--preprocess")).transpose()
 }

@@ -29,6 +29,7 @@ use serde::Serialize;
 
 use crate::client::data_provider::{Answer, Target};
 use crate::client::model_provider::{upload, Terms};
+use crate::client::public_meta::PublicMeta;
 use crate::client::relay::Relay;
 use crate::client::trust::Trust;
 
@@ -107,6 +108,27 @@ impl Relay for LocalRelay {
     }
     fn close_session(&self, session: &str) {
         let _ = self.0.close_session(session);
+    }
+    fn public_meta(&self, model_id: &str) -> Result<PublicMeta> {
+        let (_, p) = self.0.get_model_public(model_id).map_err(api_err)?;
+        Ok(PublicMeta {
+            preprocess: p.preprocess,
+            output_shape: p
+                .output_shape
+                .map(|s| s.into_iter().map(|d| d as usize).collect()),
+        })
+    }
+    fn upload_with_meta(&self, req: &UploadBody, meta: &PublicMeta) -> Result<ModelCreated> {
+        let public = hetee_server::host_model::PublicMeta {
+            preprocess: meta.preprocess.clone(),
+            output_shape: meta
+                .output_shape
+                .as_ref()
+                .map(|s| s.iter().map(|&d| d as u32).collect()),
+        };
+        self.0
+            .upload_model_bytes_with(req.clone(), public)
+            .map_err(api_err)
     }
 }
 

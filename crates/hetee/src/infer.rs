@@ -1,15 +1,18 @@
 //! `hetee infer`: a data provider's batch of images through a served
-//! model, several queries in flight; from an `.npy` file ([`infer_file`])
-//! or a tensor in memory ([`infer_tensor`]).
+//! model, several queries in flight; from an `.npy` file, a PNG or JPEG
+//! image or a folder of them ([`infer_file`]), or a tensor in memory
+//! ([`infer_tensor`]).
 
 use hetee_client::data_provider::Receipt;
 use hetee_client::{channel, data_provider, http, relay, trust};
 use std::path::Path;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 
 use crate::data::Tensor;
+use crate::images::Preprocess;
 
 /// Where and how `hetee infer` queries.
 pub struct Query<'a> {
@@ -34,30 +37,65 @@ pub struct Query<'a> {
 pub struct InferJob<'a> {
     /// Where and how to query.
     pub query: Query<'a>,
-    /// Input `.npy`.
+    /// Input: `.npy`, a PNG or JPEG image, or a folder of them.
     pub input: &'a Path,
-    /// Output `.npy`: `[N, classes]` float32 logits, or `[N, k]` int32 labels.
+    /// Preprocessing of image inputs; `None`: the one the model's provider
+    /// declared at upload, else [`Preprocess::default`].
+    pub preprocess: Option<&'a Preprocess>,
+    /// Output `.npy`: float32 outputs in the model's own shape (as its
+    /// provider declared it; `[N, classes]` otherwise), or `[N, k]` int32
+    /// labels.
     pub output: &'a Path,
     /// Where to write the receipts.
     pub receipt: Option<&'a Path>,
+    /// Print the figures and per-input results as JSON on stdout.
+    pub json: bool,
 }
 
 /// The answers to a batch, in input order.
 pub enum Outputs {
-    /// `[N, classes]` dequantized logits (policy `logits`).
+    /// Dequantized outputs (policy `logits`): `[N, ...]` in the model's own
+    /// output shape when its provider declared it, else `[N, classes]`.
     Logits {
-        /// `[N, classes]`.
-        shape: [usize; 2],
+        /// `[N, ...]`.
+        shape: Vec<usize>,
         /// Row-major values.
         data: Vec<f32>,
     },
     /// `[N, k]` labels, best first (policies `label` and `top-K`).
     Labels {
         /// `[N, k]`.
-        shape: [usize; 2],
+        shape: Vec<usize>,
         /// Row-major labels.
         data: Vec<i32>,
     },
+}
+
+/// A batch's answers with the figures of its queries.
+pub struct Inferred {
+    /// The outputs, in input order.
+    pub outputs: Outputs,
+    /// The enclave-signed receipt of every query.
+    pub receipts: Vec<Receipt>,
+    /// Queries run.
+    pub queries: usize,
+    /// Host time summed over queries (ms), as the server reports it.
+    pub host_ms: f64,
+    /// Enclave time summed over queries (ms), as the server reports it.
+    pub enclave_ms: f64,
+    /// Bytes sent by this client.
+    pub bytes_up: usize,
+    /// Bytes received by this client.
+    pub bytes_down: usize,
+}
+
+/// Fetches the model's attested keys, checks them under `q.trust` and gets
+/// the enclave's query plan and the model's public metadata.
+pub fn connect(q: &Query) -> Result<data_provider::Target> {
+    let api: std::sync::Arc<dyn relay::Relay> =
+        std::sync::Arc::new(http::Api::connect(q.server, q.ca)?);
+    let client = q.client_key.map(channel::load_or_create_key).transpose()?;
+    data_provider::Target::connect(api, q.trust, q.model_id, client)
 }
 
 /// Every image of `x` (`[N, ...]` in the model's input shape) through the
@@ -65,10 +103,12 @@ pub enum Outputs {
 /// are checked against the enclave's query plan before anything is sent.
 /// Returns the outputs and the enclave-signed receipt of every query.
 pub fn infer_tensor(q: &Query, x: &Tensor) -> Result<(Outputs, Vec<Receipt>)> {
-    let api: std::sync::Arc<dyn relay::Relay> =
-        std::sync::Arc::new(http::Api::connect(q.server, q.ca)?);
-    let client = q.client_key.map(channel::load_or_create_key).transpose()?;
-    let target = data_provider::Target::connect(api, q.trust, q.model_id, client)?;
+    let r = infer_on(&connect(q)?, q, x)?;
+    Ok((r.outputs, r.receipts))
+}
+
+/// [`infer_tensor`] on a connected target, with the figures.
+pub fn infer_on(target: &data_provider::Target, q: &Query, x: &Tensor) -> Result<Inferred> {
     let n = crate::run::check_shape("the input", x, &target.input_shape)?;
     if n == 0 {
         return Err(crate::run::BadInput("the input holds no samples".into()).into());
@@ -95,60 +135,149 @@ pub fn infer_tensor(q: &Query, x: &Tensor) -> Result<(Outputs, Vec<Receipt>)> {
     });
     bar.finish_and_clear();
     let answers = answers?;
-    let receipts = answers.iter().map(|a| a.receipt.clone()).collect();
+    let mut r = Inferred {
+        outputs: Outputs::Labels {
+            shape: vec![],
+            data: vec![],
+        },
+        receipts: answers.iter().map(|a| a.receipt.clone()).collect(),
+        queries: answers.len(),
+        host_ms: answers.iter().map(|a| a.host_ms).sum(),
+        enclave_ms: answers.iter().map(|a| a.enclave_ms).sum(),
+        bytes_up: answers.iter().map(|a| a.bytes_up).sum(),
+        bytes_down: answers.iter().map(|a| a.bytes_down).sum(),
+    };
     let labels: Vec<Vec<u32>> = answers.iter().flat_map(|a| a.labels.clone()).collect();
     if !labels.is_empty() {
         let k = labels[0].len();
         let data = labels.into_iter().flatten().map(|l| l as i32).collect();
-        return Ok((
-            Outputs::Labels {
-                shape: [n, k],
-                data,
-            },
-            receipts,
-        ));
+        r.outputs = Outputs::Labels {
+            shape: vec![n, k],
+            data,
+        };
+        return Ok(r);
     }
     let logits: Vec<Vec<f32>> = answers.into_iter().flat_map(|a| a.logits).collect();
     let classes = logits.first().map(Vec::len).unwrap_or(0);
-    let data = logits.into_iter().flatten().collect();
-    Ok((
-        Outputs::Logits {
-            shape: [n, classes],
-            data,
-        },
-        receipts,
-    ))
+    // The model's own shape, if its provider declared one that fits.
+    let mut shape = vec![n];
+    match &target.public.output_shape {
+        Some(s) if !s.is_empty() && s.iter().product::<usize>() == classes => shape.extend(s),
+        _ => shape.push(classes),
+    }
+    r.outputs = Outputs::Logits {
+        shape,
+        data: logits.into_iter().flatten().collect(),
+    };
+    Ok(r)
+}
+
+/// The preprocessing for image inputs: `given`, else the one declared at
+/// upload, else the default.
+fn spec_for(given: Option<&Preprocess>, target: &data_provider::Target) -> Result<Preprocess> {
+    if let Some(p) = given {
+        return Ok(p.clone());
+    }
+    match &target.public.preprocess {
+        Some(text) => text
+            .parse()
+            .context("the preprocessing declared with the model (override it with --preprocess)"),
+        None => Ok(Preprocess::default()),
+    }
+}
+
+/// An input file read for a connected model.
+pub struct Input {
+    /// The batch.
+    pub tensor: Tensor,
+    /// For image inputs: the file names in batch order.
+    pub files: Option<Vec<String>>,
+    /// For image inputs: the preprocessing applied.
+    pub preprocess: Option<Preprocess>,
+}
+
+/// Reads `path` for `target`: a `.npy` array as it is, or a PNG or JPEG
+/// image or a folder of them preprocessed with `given`, else with the
+/// spec declared at upload, else with the default.
+pub fn read_for(
+    target: &data_provider::Target,
+    path: &Path,
+    given: Option<&Preprocess>,
+) -> Result<Input> {
+    if !crate::images::is_image_input(path) {
+        return Ok(Input {
+            tensor: crate::data::read_npy(path).context("input")?,
+            files: None,
+            preprocess: None,
+        });
+    }
+    let spec = spec_for(given, target)?;
+    let images = crate::images::load_images(path, &spec, &target.input_shape)?;
+    Ok(Input {
+        tensor: images.tensor,
+        files: Some(images.files),
+        preprocess: Some(spec),
+    })
 }
 
 /// `hetee infer`: every image of the input file through the model; writes
-/// the outputs (and the receipts if asked).
+/// the outputs (and the receipts, and the JSON document, if asked).
 pub fn infer_file(job: &InferJob) -> Result<()> {
-    let x = crate::data::read_npy(job.input).context("input")?;
-    let (outputs, receipts) = infer_tensor(&job.query, &x)?;
+    let start = Instant::now();
+    let target = connect(&job.query)?;
+    let input = read_for(&target, job.input, job.preprocess)?;
+    if let (Some(files), Some(spec)) = (&input.files, &input.preprocess) {
+        eprintln!(
+            "read {} from {} with preprocessing {spec}",
+            crate::results::describe_files(files),
+            job.input.display()
+        );
+    }
+    let (files, spec) = (input.files, input.preprocess.map(|p| p.to_string()));
+    let r = infer_on(&target, &job.query, &input.tensor)?;
     if let Some(path) = job.receipt {
-        std::fs::write(path, serde_json::to_string_pretty(&receipts)?)
+        std::fs::write(path, serde_json::to_string_pretty(&r.receipts)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let out = job.output;
-    match outputs {
+    let (shape, results) = match &r.outputs {
         Outputs::Labels { shape, data } => {
-            crate::data::write_npy_i32(out, &shape, &data)?;
-            eprintln!(
-                "wrote {} x {} labels to {}",
-                shape[0],
-                shape[1],
-                out.display()
-            );
+            crate::data::write_npy_i32(out, shape, data)?;
+            let res = crate::results::label_results(files.as_deref(), shape[0], data);
+            (shape, res)
         }
         Outputs::Logits { shape, data } => {
-            crate::data::write_npy(out, &shape, &data)?;
-            eprintln!(
-                "wrote {} x {} logits to {}",
-                shape[0],
-                shape[1],
-                out.display()
-            );
+            crate::data::write_npy(out, shape, data)?;
+            let res = crate::results::float_results(files.as_deref(), shape[0], data);
+            (shape, res)
         }
+    };
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    let kind = match r.outputs {
+        Outputs::Labels { .. } => "labels",
+        Outputs::Logits { .. } => "logits",
+    };
+    eprintln!("wrote {} {kind} to {}", dims.join(" x "), out.display());
+    if job.json {
+        let doc = serde_json::json!({
+            "model_id": job.query.model_id,
+            "mode": if job.query.thin { "thin" } else { "encrypted" },
+            "images": shape[0],
+            "queries": r.queries,
+            "batch": target.batch,
+            "input": job.input.display().to_string(),
+            "preprocess": spec,
+            "output": out.display().to_string(),
+            "output_kind": kind,
+            "output_shape": shape,
+            "seconds": start.elapsed().as_secs_f64(),
+            "host_ms": r.host_ms,
+            "enclave_ms": r.enclave_ms,
+            "bytes_up": r.bytes_up,
+            "bytes_down": r.bytes_down,
+            "results": results,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     }
     Ok(())
 }

@@ -36,6 +36,7 @@ pub fn terms(
             lock_after,
         },
         allow,
+        public: Default::default(),
     })
 }
 
@@ -56,8 +57,9 @@ pub fn upload_model(
     Ok((up?, *key.public()))
 }
 
-/// `hetee model upload`: prints the model id alone on the last line.
-pub fn upload(o: &OwnerArgs, q: &QuantModel, terms: &Terms) -> Result<()> {
+/// `hetee model upload`: prints the model id alone on the last line, or
+/// (`json`) one JSON document with the model id and the upload's figures.
+pub fn upload(o: &OwnerArgs, q: &QuantModel, terms: &Terms, json: bool) -> Result<()> {
     let (up, owner) = upload_model(o, q, terms)?;
     eprintln!(
         "uploaded {} bytes of encrypted weights; {} images per query; owner key {}",
@@ -65,7 +67,19 @@ pub fn upload(o: &OwnerArgs, q: &QuantModel, terms: &Terms) -> Result<()> {
         up.batch,
         id_hex(&owner)
     );
-    println!("{}", id_hex(&up.model_id));
+    if json {
+        let doc = serde_json::json!({
+            "model_id": id_hex(&up.model_id),
+            "owner": id_hex(&owner),
+            "weight_bytes": up.weight_bytes,
+            "batch": up.batch,
+            "stages": up.schedule.stages.len(),
+            "preprocess": terms.public.preprocess,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("{}", id_hex(&up.model_id));
+    }
     Ok(())
 }
 
@@ -81,30 +95,35 @@ pub fn manage(o: &OwnerArgs, model_id: &str, what: Manage) -> Result<ModelReport
 /// `hetee model status`.
 pub fn status(o: &OwnerArgs, model_id: &str, json: bool) -> Result<()> {
     let r = manage(o, model_id, Manage::Status)?;
-    if json {
-        println!("{}", report_json(&r));
-    } else {
-        print_report(&r);
-    }
+    show(&r, json);
     Ok(())
 }
 
-/// `hetee model unlock`.
-pub fn unlock(o: &OwnerArgs, model_id: &str) -> Result<()> {
+/// `hetee model unlock`: prints the new state (as JSON with `json`).
+pub fn unlock(o: &OwnerArgs, model_id: &str, json: bool) -> Result<()> {
     let r = manage(o, model_id, Manage::Unlock)?;
-    print_report(&r);
+    show(&r, json);
     Ok(())
 }
 
-/// `hetee model allow`: `None` opens the model to anyone.
-pub fn allow(o: &OwnerArgs, model_id: &str, list: Option<&Path>) -> Result<()> {
+/// `hetee model allow`: `None` opens the model to anyone; prints the new
+/// state (as JSON with `json`).
+pub fn allow(o: &OwnerArgs, model_id: &str, list: Option<&Path>, json: bool) -> Result<()> {
     let allow = match list {
         Some(p) => read_allow_list(p)?,
         None => AllowList::Open,
     };
     let r = manage(o, model_id, Manage::Allow(allow))?;
-    print_report(&r);
+    show(&r, json);
     Ok(())
+}
+
+fn show(r: &ModelReport, json: bool) {
+    if json {
+        println!("{}", report_json(r));
+    } else {
+        print_report(r);
+    }
 }
 
 /// The report as JSON (keys in hex).

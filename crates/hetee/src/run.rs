@@ -213,30 +213,3 @@ pub fn run_batch(model: &Model, q: &QuantModel, x: &Tensor, plaintext: bool) -> 
         stats,
     })
 }
-
-/// `hetee run`: reads the input `.npy`, runs it, writes the outputs (and
-/// the per-layer report if asked).
-pub fn run_files(
-    model_name: &str,
-    input: &Path,
-    calib: Option<&Path>,
-    output: &Path,
-    report: Option<&Path>,
-    plaintext: bool,
-) -> Result<()> {
-    let (model, c) = load_model(model_name, calib)?;
-    let x = data::read_npy(input).context("input")?;
-    check_batch("the input", &x, &model)?;
-    let q = prepare(&model, &c)?;
-    let r = run_batch(&model, &q, &x, plaintext)?;
-    let (shape, n) = (&r.output.shape, r.output.shape[0]);
-    data::write_npy(output, shape, &r.output.data)?;
-    if let Some(path) = report {
-        let json = crate::report::layer_report(&q, r.harness.as_ref(), &r.stats, n, plaintext);
-        std::fs::write(path, serde_json::to_string_pretty(&json)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    eprintln!("wrote {} outputs to {}", dims.join(" x "), output.display());
-    Ok(())
-}

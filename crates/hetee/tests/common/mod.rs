@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod images;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_hetee");
 
 /// Runs `hetee` with arguments.
@@ -143,11 +145,13 @@ fn gunzip(path: &str) -> Vec<u8> {
 
 /// The first `n` MNIST test images, scaled to [0, 1], flat.
 pub fn mnist_images(n: usize) -> Vec<f32> {
+    mnist_pixels(n).iter().map(|&b| b as f32 / 255.0).collect()
+}
+
+/// The pixels (0–255) of the first `n` MNIST test images, 28 x 28 each.
+pub fn mnist_pixels(n: usize) -> Vec<u8> {
     let raw = gunzip("../../data/mnist/t10k-images-idx3-ubyte.gz");
-    raw[16..16 + n * 784]
-        .iter()
-        .map(|&b| b as f32 / 255.0)
-        .collect()
+    raw[16..16 + n * 784].to_vec()
 }
 
 /// Writes a float32 `.npy`.
