@@ -27,7 +27,8 @@ use crate::http::Api;
 use crate::relay::Relay;
 use crate::trust::Trust;
 
-/// How long a replica that failed is skipped before it is tried again.
+/// How long a replica that failed is skipped before it is tried again (with
+/// one server, or all of them failing, the wait before the next attempt).
 const COOLDOWN: Duration = Duration::from_secs(2);
 
 /// Why a client with several servers gave up. Added as context to the error
@@ -217,7 +218,7 @@ impl Replicas {
     fn attempt<T>(&self, run: impl Fn(&Arc<Target>) -> Result<T>) -> Result<T> {
         let max = 2 * self.replicas.len() + 1;
         let mut last: Option<anyhow::Error> = None;
-        for attempts in 0..max {
+        for _ in 0..max {
             let Some(i) = self.pick() else {
                 let e = last.unwrap_or_else(|| anyhow::anyhow!("no server"));
                 if self.replicas.len() == 1 {
@@ -248,10 +249,6 @@ impl Replicas {
                 server: r.addr.clone(),
                 error: format!("{e:#}"),
             });
-            // With one server, give it a moment to come back.
-            if self.replicas.len() == 1 && fault == Fault::Transient {
-                std::thread::sleep(Duration::from_millis(200 * (attempts as u64 + 1)));
-            }
             last = Some(e);
         }
         let e = last.unwrap_or_else(|| anyhow::anyhow!("no attempt"));
