@@ -46,7 +46,7 @@ class ModelOwner:
 
     def __new__(
         cls,
-        server: str,
+        server: Union[str, Sequence[str]],
         measurement: str,
         key_file: _Path,
         allow_sim: bool = False,
@@ -83,7 +83,7 @@ class Client:
 
     def __new__(
         cls,
-        server: str,
+        server: Union[str, Sequence[str]],
         measurement: str,
         key_file: Optional[_Path] = None,
         allow_sim: bool = False,

@@ -19,7 +19,10 @@ use crate::local::{opt_path, path_string};
 /// under the attested HE key (or, in thin mode, hands them to the enclave
 /// over the channel) and receives the results over the channel.
 ///
-/// `server`: `host:port`, `http://host:port` or `https://host:port`.
+/// `server`: `host:port`, `http://host:port` or `https://host:port`; or
+/// several replicas of one deployment (a list, or a comma-separated
+/// string): queries go to them in turn and a query whose replica fails is
+/// retried on another.
 /// `measurement`: the enclave measurement to accept (64 hex digits).
 /// `key_file`: the long-term client key (hex file, created if missing):
 /// the key a model's owner lists to allow queries, and by which query
@@ -29,7 +32,7 @@ use crate::local::{opt_path, path_string};
 /// system's roots.
 #[pyclass(module = "hetee", frozen)]
 pub struct Client {
-    server: String,
+    servers: Vec<String>,
     ca: Option<PathBuf>,
     trust: Trust,
     key_file: Option<PathBuf>,
@@ -40,7 +43,7 @@ impl Client {
     #[new]
     #[pyo3(signature = (server, measurement, key_file=None, allow_sim=false, ca=None))]
     fn new(
-        server: &str,
+        server: &Bound<'_, PyAny>,
         measurement: &str,
         key_file: Option<&Bound<'_, PyAny>>,
         allow_sim: bool,
@@ -48,9 +51,9 @@ impl Client {
     ) -> PyResult<Self> {
         let trust = Trust::new(measurement, allow_sim).or_py()?;
         let ca = opt_path("ca", ca)?;
-        hetee::client::http::Api::connect(server, ca.as_deref()).or_py()?;
+        let servers = crate::servers::servers(server, ca.as_deref())?;
         Ok(Client {
-            server: server.to_owned(),
+            servers,
             ca,
             trust,
             key_file: opt_path("key_file", key_file)?,
@@ -120,7 +123,7 @@ impl Client {
             }
         };
         let query = Query {
-            server: &self.server,
+            servers: &self.servers,
             ca: self.ca.as_deref(),
             model_id,
             trust: &self.trust,
@@ -186,7 +189,7 @@ impl Client {
     fn __repr__(&self) -> String {
         format!(
             "Client(server={:?}, key_file={:?}, allow_sim={})",
-            self.server,
+            self.servers.join(","),
             self.key_file.as_ref().map(|p| p.display().to_string()),
             if self.trust.allow_sim {
                 "True"

@@ -16,6 +16,7 @@ mod client;
 mod errors;
 mod local;
 mod owner;
+mod servers;
 
 /// The native module; `hetee/__init__.py` re-exports it.
 #[pymodule]

@@ -21,7 +21,9 @@ use crate::local::{opt_path, path_string, ModelArg};
 /// registers and manages its models over a channel opened with its
 /// long-term key.
 ///
-/// `server`: `host:port`, `http://host:port` or `https://host:port`.
+/// `server`: `host:port`, `http://host:port` or `https://host:port`; or
+/// several replicas of one deployment (a list, or a comma-separated
+/// string): each call goes to the first that answers.
 /// `measurement`: the enclave measurement to accept (64 hex digits, from
 /// `hetee.measure()` or `hetee enclave measure`).
 /// `key_file`: the owner's long-term key (hex file, created on first use).
@@ -67,7 +69,7 @@ impl ModelOwner {
     #[new]
     #[pyo3(signature = (server, measurement, key_file, allow_sim=false, ca=None))]
     fn new(
-        server: &str,
+        server: &Bound<'_, PyAny>,
         measurement: &str,
         key_file: &Bound<'_, PyAny>,
         allow_sim: bool,
@@ -75,10 +77,10 @@ impl ModelOwner {
     ) -> PyResult<Self> {
         Trust::new(measurement, allow_sim).or_py()?;
         let ca = opt_path("ca", ca)?;
-        hetee::client::http::Api::connect(server, ca.as_deref()).or_py()?;
+        let server = crate::servers::servers(server, ca.as_deref())?;
         Ok(ModelOwner {
             args: OwnerArgs {
-                server: server.to_owned(),
+                server,
                 ca,
                 expect_measurement: measurement.to_owned(),
                 allow_sim,
@@ -186,7 +188,7 @@ impl ModelOwner {
     fn __repr__(&self) -> String {
         format!(
             "ModelOwner(server={:?}, key_file={:?}, allow_sim={})",
-            self.args.server,
+            self.args.server.join(","),
             self.args.client_key.display().to_string(),
             if self.args.allow_sim { "True" } else { "False" }
         )

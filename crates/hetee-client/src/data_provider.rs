@@ -91,8 +91,18 @@ impl Target {
         model_id: &str,
         client: Option<StaticKeypair>,
     ) -> Result<Self> {
+        Self::connect_as(api, trust, model_id, client.map(Arc::new))
+    }
+
+    /// [`Target::connect`] with a client key shared with other targets
+    /// (the replicas of a [`crate::failover::Replicas`]).
+    pub fn connect_as(
+        api: Arc<dyn Relay>,
+        trust: &Trust,
+        model_id: &str,
+        client: Option<Arc<StaticKeypair>>,
+    ) -> Result<Self> {
         let id = id_from_hex(model_id).map_err(|e| anyhow!("--model-id: {e}"))?;
-        let client = client.map(Arc::new);
         let mut last = None;
         // An enclave restart between the two steps invalidates the keys:
         // fetch them again and retry.
@@ -267,13 +277,7 @@ impl Target {
 /// channel key and evidence changed).
 fn is_restart(e: &anyhow::Error) -> bool {
     let s = format!("{e:#}");
-    s.contains("answered 503")
-        || s.contains("evidence is not this enclave's")
-        || s.contains("channel handshake failed")
-        || s.contains("protocol: channel")
-        // The enclave's own report of a message 1 it cannot decrypt (made
-        // for the channel key of the enclave before the restart).
-        || s.contains("Noise handshake failed")
+    s.contains("answered 503") || crate::fault::CHANNEL_LOST.iter().any(|m| s.contains(m))
 }
 
 impl Receipt {

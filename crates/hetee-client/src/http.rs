@@ -2,10 +2,39 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use hetee_proto::api::ErrorBody;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+/// A request that did not get a successful answer: the server could not
+/// be reached (or the connection broke), or it answered an error status.
+/// Carried inside the `anyhow` errors of [`Api`], so callers (failover)
+/// can tell the two apart with `downcast_ref`.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// No answer: connection refused or reset, the server died mid-request,
+    /// a timeout, or the answer broke off.
+    #[error("{what}: cannot reach the server at {base}: {reason}")]
+    Unreachable {
+        /// The request path.
+        what: String,
+        /// The server's base URL.
+        base: String,
+        /// The transport's error.
+        reason: String,
+    },
+    /// The server answered a status of 400 or more.
+    #[error("{what}: the server answered {status}: {message}")]
+    Status {
+        /// The request path.
+        what: String,
+        /// The HTTP status.
+        status: u16,
+        /// The server's `error` text.
+        message: String,
+    },
+}
 
 /// The server's base URL and an HTTP agent.
 #[derive(Clone)]
@@ -82,20 +111,29 @@ impl Api {
         what: &str,
         r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<T> {
-        let mut resp =
-            r.map_err(|e| anyhow!("{what}: cannot reach the server at {}: {e}", self.base))?;
+        let unreachable = |reason: String| HttpError::Unreachable {
+            what: what.to_string(),
+            base: self.base.clone(),
+            reason,
+        };
+        let mut resp = r.map_err(|e| unreachable(e.to_string()))?;
         let status = resp.status().as_u16();
         let body = resp
             .body_mut()
             .with_config()
             .limit(1 << 30)
             .read_to_vec()
-            .with_context(|| format!("{what}: reading the answer"))?;
+            .map_err(|e| unreachable(format!("reading the answer: {e}")))?;
         if status >= 400 {
-            let msg = serde_json::from_slice::<ErrorBody>(&body)
+            let message = serde_json::from_slice::<ErrorBody>(&body)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            bail!("{what}: the server answered {status}: {msg}");
+            return Err(HttpError::Status {
+                what: what.to_string(),
+                status,
+                message,
+            }
+            .into());
         }
         serde_json::from_slice(&body).with_context(|| format!("{what}: malformed answer"))
     }

@@ -4,7 +4,9 @@
 //! - [`model_provider`]: quantize, encrypt the weights, upload, register
 //!   the model with the enclave, and manage it as the key set's owner;
 //! - [`data_provider`]: encrypt inputs, query, receive the result over the
-//!   channel.
+//!   channel;
+//! - [`failover`]: either client with several servers (replicas), retrying
+//!   on another one when a replica fails ([`fault`] tells which failures).
 //!
 //! Both first verify the enclave's evidence ([`trust`]) and speak to the
 //! enclave only through a Noise channel bound to it ([`channel`]). This
@@ -13,6 +15,8 @@
 
 pub mod channel;
 pub mod data_provider;
+pub mod failover;
+pub mod fault;
 pub mod http;
 pub mod model_provider;
 pub mod public_meta;

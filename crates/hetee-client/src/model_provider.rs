@@ -182,6 +182,7 @@ pub fn upload(
 }
 
 /// What the owner can do to a registered model.
+#[derive(Debug, Clone)]
 pub enum Manage {
     /// Read its state.
     Status,

@@ -129,8 +129,11 @@ enum Command {
     /// on the server and receive the logits over the channel.
     Infer {
         /// Server address: host:port, http://host:port or https://host:port.
-        #[arg(long)]
-        server: String,
+        /// Several replicas of one deployment: repeat the flag or separate
+        /// them with commas; queries go to them in turn, and a query whose
+        /// replica fails is retried on another.
+        #[arg(long, required = true, value_delimiter = ',')]
+        server: Vec<String>,
         /// For https: trust the CA certificates in this PEM file instead of
         /// the system's roots.
         #[arg(long)]
@@ -162,7 +165,7 @@ enum Command {
         /// Accept the simulated TEE platform (testing only: it protects nothing).
         #[arg(long)]
         allow_sim: bool,
-        /// Queries in flight at once.
+        /// Queries in flight at once (sessions, spread over the servers).
         #[arg(long, default_value_t = 4)]
         parallel: usize,
         /// Thin client: send the input to the enclave over the channel and
@@ -401,7 +404,7 @@ pub fn run(cli: Cli) -> Result<()> {
             client_key,
         } => crate::infer::infer_file(&crate::infer::InferJob {
             query: crate::infer::Query {
-                server: &server,
+                servers: &server,
                 ca: ca.as_deref(),
                 model_id: &model_id,
                 trust: &crate::client::trust::Trust::new(&expect_measurement, allow_sim)?,

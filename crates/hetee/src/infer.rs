@@ -1,11 +1,15 @@
 //! `hetee infer`: a data provider's batch of images through a served
-//! model, several queries in flight; from an `.npy` file, a PNG or JPEG
-//! image or a folder of them ([`infer_file`]), or a tensor in memory
-//! ([`infer_tensor`]).
+//! model, several queries in flight, spread over one or more servers
+//! (replicas, with failover: [`hetee_client::failover`]); from an `.npy`
+//! file, a PNG or JPEG image or a folder of them ([`infer_file`]), or a
+//! tensor in memory ([`infer_tensor`]).
 
-use hetee_client::data_provider::Receipt;
-use hetee_client::{channel, data_provider, http, relay, trust};
+use hetee_client::data_provider::{Answer, Receipt};
+use hetee_client::failover::Replicas;
+use hetee_client::{channel, trust};
+use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -16,8 +20,9 @@ use crate::images::Preprocess;
 
 /// Where and how `hetee infer` queries.
 pub struct Query<'a> {
-    /// Server address.
-    pub server: &'a str,
+    /// Server addresses (replicas of one deployment; an entry may hold
+    /// several, comma separated).
+    pub servers: &'a [String],
     /// For https: the CA certificates to trust (PEM), instead of the
     /// system's roots.
     pub ca: Option<&'a Path>,
@@ -25,7 +30,7 @@ pub struct Query<'a> {
     pub model_id: &'a str,
     /// Accepted enclave.
     pub trust: &'a trust::Trust,
-    /// Queries in flight.
+    /// Queries in flight (sessions at once, spread over the servers).
     pub parallel: usize,
     /// Thin client mode.
     pub thin: bool,
@@ -89,52 +94,106 @@ pub struct Inferred {
     pub bytes_down: usize,
 }
 
-/// Fetches the model's attested keys, checks them under `q.trust` and gets
-/// the enclave's query plan and the model's public metadata.
-pub fn connect(q: &Query) -> Result<data_provider::Target> {
-    let api: std::sync::Arc<dyn relay::Relay> =
-        std::sync::Arc::new(http::Api::connect(q.server, q.ca)?);
+/// Connects to the model on the servers (`q.servers`, replicas of one
+/// deployment): attests the first that answers and gets the enclave's
+/// query plan and the model's public metadata.
+pub fn connect(q: &Query) -> Result<Replicas> {
     let client = q.client_key.map(channel::load_or_create_key).transpose()?;
-    data_provider::Target::connect(api, q.trust, q.model_id, client)
+    Replicas::connect(q.servers, q.ca, q.trust, q.model_id, client)
+}
+
+/// Some queries failed for good (after failover); added as context to the
+/// first failure's error, so its cause stays in the chain.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{failed} of {total} inputs got no result (inputs {inputs}); nothing was written. \
+     The first failure"
+)]
+pub struct InputsFailed {
+    /// Inputs without a result.
+    pub failed: usize,
+    /// Inputs in the batch.
+    pub total: usize,
+    /// Their indices as ranges, e.g. `0-7, 16-23`.
+    pub inputs: String,
+}
+
+/// A query not sent because an earlier one was refused for good.
+#[derive(Debug, thiserror::Error)]
+#[error("not sent after another query was refused")]
+struct NotSent;
+
+fn ranges(v: &[Range<usize>]) -> String {
+    let mut merged: Vec<Range<usize>> = Vec::new();
+    for r in v {
+        match merged.last_mut() {
+            Some(m) if m.end == r.start => m.end = r.end,
+            _ => merged.push(r.clone()),
+        }
+    }
+    let parts: Vec<String> = merged
+        .iter()
+        .map(|r| match r.len() {
+            1 => r.start.to_string(),
+            _ => format!("{}-{}", r.start, r.end - 1),
+        })
+        .collect();
+    parts.join(", ")
 }
 
 /// Every image of `x` (`[N, ...]` in the model's input shape) through the
-/// model, `parallel` queries at a time. The shape and the values (finite)
-/// are checked against the enclave's query plan before anything is sent.
-/// Returns the outputs and the enclave-signed receipt of every query.
+/// model, `parallel` queries at a time spread over the servers. The shape
+/// and the values (finite) are checked against the enclave's query plan
+/// before anything is sent. A query that fails on a replica is retried on
+/// another; if some still fail, the error names their inputs. Returns the
+/// outputs (in input order) and the enclave-signed receipt of every query.
 pub fn infer_tensor(q: &Query, x: &Tensor) -> Result<(Outputs, Vec<Receipt>)> {
     let r = infer_on(&connect(q)?, q, x)?;
     Ok((r.outputs, r.receipts))
 }
 
-/// [`infer_tensor`] on a connected target, with the figures.
-pub fn infer_on(target: &data_provider::Target, q: &Query, x: &Tensor) -> Result<Inferred> {
-    let n = crate::run::check_shape("the input", x, &target.input_shape)?;
+/// [`infer_tensor`] on connected replicas, with the figures.
+pub fn infer_on(replicas: &Replicas, q: &Query, x: &Tensor) -> Result<Inferred> {
+    let n = crate::run::check_shape("the input", x, &replicas.input_shape)?;
     if n == 0 {
         return Err(crate::run::BadInput("the input holds no samples".into()).into());
     }
     let per = x.data.len() / n;
     let images: Vec<&[f32]> = x.data.chunks(per).collect();
+    let batch = replicas.batch.max(1);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(q.parallel.clamp(1, 64))
         .build()?;
     let bar = crate::progress::bar(n as u64, "images");
-    let answers = pool.install(|| {
+    let refused = AtomicBool::new(false);
+    let results: Vec<Result<Answer>> = pool.install(|| {
         images
-            .par_chunks(target.batch)
+            .par_chunks(batch)
             .map(|chunk| {
-                let a = if q.thin {
-                    target.query_thin(chunk)
-                } else {
-                    target.query(chunk)
-                };
-                bar.inc(chunk.len() as u64);
+                if refused.load(Ordering::Relaxed) {
+                    return Err(NotSent.into());
+                }
+                let a = replicas.query(chunk, q.thin);
+                match &a {
+                    Ok(_) => bar.inc(chunk.len() as u64),
+                    Err(_) => refused.store(true, Ordering::Relaxed),
+                }
                 a
             })
-            .collect::<Result<Vec<_>>>()
+            .collect()
     });
     bar.finish_and_clear();
-    let answers = answers?;
+    let retried = replicas.retried();
+    if !retried.is_empty() {
+        eprintln!(
+            "{} attempts failed on a server and were retried in a new session",
+            retried.len()
+        );
+        for r in &retried {
+            eprintln!("  {}: {}", r.server, r.error);
+        }
+    }
+    let answers = collect_answers(results, batch, n)?;
     let mut r = Inferred {
         outputs: Outputs::Labels {
             shape: vec![],
@@ -161,7 +220,7 @@ pub fn infer_on(target: &data_provider::Target, q: &Query, x: &Tensor) -> Result
     let classes = logits.first().map(Vec::len).unwrap_or(0);
     // The model's own shape, if its provider declared one that fits.
     let mut shape = vec![n];
-    match &target.public.output_shape {
+    match &replicas.public.output_shape {
         Some(s) if !s.is_empty() && s.iter().product::<usize>() == classes => shape.extend(s),
         _ => shape.push(classes),
     }
@@ -172,9 +231,42 @@ pub fn infer_on(target: &data_provider::Target, q: &Query, x: &Tensor) -> Result
     Ok(r)
 }
 
+/// The answers in input order, or an error naming every input without one
+/// (its cause: the first failure that was not a skipped query).
+fn collect_answers(results: Vec<Result<Answer>>, batch: usize, n: usize) -> Result<Vec<Answer>> {
+    let mut answers = Vec::with_capacity(results.len());
+    let mut failed = Vec::new();
+    let mut first: Option<anyhow::Error> = None;
+    for (k, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(a) => answers.push(a),
+            Err(e) => {
+                failed.push(k * batch..((k + 1) * batch).min(n));
+                let skipped = e.downcast_ref::<NotSent>().is_some();
+                if first.is_none() || (!skipped && first_is_skip(&first)) {
+                    first = Some(e);
+                }
+            }
+        }
+    }
+    match first {
+        None => Ok(answers),
+        Some(e) => Err(e.context(InputsFailed {
+            failed: failed.iter().map(Range::len).sum(),
+            total: n,
+            inputs: ranges(&failed),
+        })),
+    }
+}
+
+fn first_is_skip(e: &Option<anyhow::Error>) -> bool {
+    e.as_ref()
+        .is_some_and(|e| e.downcast_ref::<NotSent>().is_some())
+}
+
 /// The preprocessing for image inputs: `given`, else the one declared at
 /// upload, else the default.
-fn spec_for(given: Option<&Preprocess>, target: &data_provider::Target) -> Result<Preprocess> {
+fn spec_for(given: Option<&Preprocess>, target: &Replicas) -> Result<Preprocess> {
     if let Some(p) = given {
         return Ok(p.clone());
     }
@@ -199,11 +291,7 @@ pub struct Input {
 /// Reads `path` for `target`: a `.npy` array as it is, or a PNG or JPEG
 /// image or a folder of them preprocessed with `given`, else with the
 /// spec declared at upload, else with the default.
-pub fn read_for(
-    target: &data_provider::Target,
-    path: &Path,
-    given: Option<&Preprocess>,
-) -> Result<Input> {
+pub fn read_for(target: &Replicas, path: &Path, given: Option<&Preprocess>) -> Result<Input> {
     if !crate::images::is_image_input(path) {
         return Ok(Input {
             tensor: crate::data::read_npy(path).context("input")?,

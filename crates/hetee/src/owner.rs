@@ -1,6 +1,8 @@
 //! The model owner's commands: `hetee model upload`, `status`, `unlock` and
 //! `allow`. Each verifies the enclave, then speaks to it over a channel
 //! opened with the owner's long-term key, the key its key sets belong to.
+//! With several servers (replicas), each command goes to the first that
+//! answers: a replica that fails is skipped for the next.
 
 use std::path::Path;
 
@@ -11,7 +13,7 @@ use hetee_proto::ids::id_hex;
 
 use crate::cli::OwnerArgs;
 use crate::client::channel::load_or_create_key;
-use crate::client::http::Api;
+use crate::client::failover::first_answer;
 use crate::client::model_provider::{self, read_allow_list, Manage, Terms};
 use crate::client::trust::Trust;
 
@@ -49,10 +51,11 @@ pub fn upload_model(
     terms: &Terms,
 ) -> Result<(model_provider::Uploaded, [u8; 32])> {
     let trust = Trust::new(&o.expect_measurement, o.allow_sim)?;
-    let api = Api::connect(&o.server, o.ca.as_deref())?;
     let key = load_or_create_key(&o.client_key)?;
     let spin = crate::progress::spinner("encrypting, uploading and registering the weights");
-    let up = model_provider::upload(&api, &trust, &key, q, terms);
+    let up = first_answer(&o.server, o.ca.as_deref(), |api| {
+        model_provider::upload(api, &trust, &key, q, terms)
+    });
     spin.finish_and_clear();
     Ok((up?, *key.public()))
 }
@@ -87,9 +90,10 @@ pub fn upload(o: &OwnerArgs, q: &QuantModel, terms: &Terms, json: bool) -> Resul
 /// `model_id`; returns the model's state as the enclave reports it.
 pub fn manage(o: &OwnerArgs, model_id: &str, what: Manage) -> Result<ModelReport> {
     let trust = Trust::new(&o.expect_measurement, o.allow_sim)?;
-    let api = Api::connect(&o.server, o.ca.as_deref())?;
     let key = load_or_create_key(&o.client_key)?;
-    model_provider::manage(&api, &trust, &key, model_id, what)
+    first_answer(&o.server, o.ca.as_deref(), |api| {
+        model_provider::manage(api, &trust, &key, model_id, what.clone())
+    })
 }
 
 /// `hetee model status`.

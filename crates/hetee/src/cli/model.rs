@@ -93,8 +93,10 @@ pub(super) enum ModelCommand {
 #[derive(clap::Args, Debug)]
 pub struct OwnerArgs {
     /// Server address: host:port, http://host:port or https://host:port.
-    #[arg(long)]
-    pub server: String,
+    /// Several replicas of one deployment: repeat the flag or separate
+    /// them with commas; the first that answers is used.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub server: Vec<String>,
     /// For https: trust the CA certificates in this PEM file instead of
     /// the system's roots.
     #[arg(long)]

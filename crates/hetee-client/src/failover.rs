@@ -1,0 +1,301 @@
+//! Clients with several servers (replicas of one deployment sharing a
+//! store): a query goes to the next healthy replica in turn, and an attempt
+//! that fails because of the replica ([`Fault::Transient`]: unreachable,
+//! died mid-query, 5xx, a lost state race) is retried in a new session, with
+//! fresh attestation, on another one. A replica whose enclave fails the
+//! client's checks ([`Fault::Untrusted`]) is never used again. A refusal of
+//! the query itself ([`Fault::Fatal`]: budget spent, locked, not allowed,
+//! bad input) is returned at once: every replica would refuse it too.
+//!
+//! Budgets: a query's budget is spent when its enclave starts it. If a
+//! replica dies after that, the retry elsewhere is a new query and spends
+//! again: the dead attempt counted once and the retry once more (never
+//! less than the results received). [`Replicas::retried`] lists every such
+//! attempt.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use hetee_attest::StaticKeypair;
+
+use crate::data_provider::{Answer, Target};
+use crate::fault::{classify, Fault};
+use crate::http::Api;
+use crate::relay::Relay;
+use crate::trust::Trust;
+
+/// How long a replica that failed is skipped before it is tried again (with
+/// one server, or all of them failing, the wait before the next attempt).
+const COOLDOWN: Duration = Duration::from_secs(2);
+
+/// Why a client with several servers gave up. Added as context to the error
+/// of the last attempt, so the cause stays in the error's chain.
+#[derive(Debug, thiserror::Error)]
+pub enum FailoverError {
+    /// Every attempt failed on a replica (none refused the query itself).
+    #[error("no server answered after {attempts} attempts over {servers}")]
+    Exhausted {
+        /// Attempts made.
+        attempts: usize,
+        /// The servers, comma separated.
+        servers: String,
+    },
+    /// Every replica failed the client's checks.
+    #[error("no server passed the client's checks ({servers})")]
+    NoneTrusted {
+        /// The servers, comma separated.
+        servers: String,
+    },
+}
+
+/// An attempt that failed on a replica and was retried (or given up).
+#[derive(Debug, Clone)]
+pub struct Retried {
+    /// The replica's address.
+    pub server: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+enum Health {
+    Up,
+    DownUntil(Instant),
+    Excluded,
+}
+
+struct Replica {
+    addr: String,
+    api: Arc<dyn Relay>,
+    /// Attested and holding the query plan; dropped after a failure so the
+    /// next attempt attests again.
+    target: Mutex<Option<Arc<Target>>>,
+    health: Mutex<Health>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The servers given with `--server`: each argument may hold several
+/// comma-separated addresses.
+pub fn split_servers<S: AsRef<str>>(args: &[S]) -> Result<Vec<String>> {
+    let v: Vec<String> = args
+        .iter()
+        .flat_map(|a| a.as_ref().split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if v.is_empty() {
+        bail!("no server address; pass --server host:port (several: a,b or --server a --server b)");
+    }
+    Ok(v)
+}
+
+/// One model on several replicas, for a data provider.
+pub struct Replicas {
+    replicas: Vec<Replica>,
+    trust: Trust,
+    model_id: String,
+    client: Option<Arc<StaticKeypair>>,
+    next: AtomicUsize,
+    retried: Mutex<Vec<Retried>>,
+    /// Images per query (the enclave's query plan).
+    pub batch: usize,
+    /// One image's shape (the enclave's query plan).
+    pub input_shape: Vec<usize>,
+    /// The model's public metadata (as the first replica serves it).
+    pub public: crate::public_meta::PublicMeta,
+}
+
+impl Replicas {
+    /// Clients for `servers` (`ca`: PEM roots for https) querying
+    /// `model_id` as `client` (`None`: a throwaway key per session); the
+    /// first replica that passes attestation gives the query plan.
+    pub fn connect(
+        servers: &[String],
+        ca: Option<&Path>,
+        trust: &Trust,
+        model_id: &str,
+        client: Option<StaticKeypair>,
+    ) -> Result<Self> {
+        let replicas = split_servers(servers)?
+            .into_iter()
+            .map(|addr| {
+                let api: Arc<dyn Relay> = Arc::new(Api::connect(&addr, ca)?);
+                Ok(Replica {
+                    addr,
+                    api,
+                    target: Mutex::new(None),
+                    health: Mutex::new(Health::Up),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut pool = Replicas {
+            replicas,
+            trust: trust.clone(),
+            model_id: model_id.to_string(),
+            client: client.map(Arc::new),
+            next: AtomicUsize::new(0),
+            retried: Mutex::new(Vec::new()),
+            batch: 0,
+            input_shape: Vec::new(),
+            public: Default::default(),
+        };
+        let first = pool.attempt(|t| Ok(t.clone()))?;
+        pool.batch = first.batch;
+        pool.input_shape = first.input_shape.clone();
+        pool.public = first.public.clone();
+        Ok(pool)
+    }
+
+    /// The servers, comma separated.
+    pub fn servers(&self) -> String {
+        let v: Vec<&str> = self.replicas.iter().map(|r| r.addr.as_str()).collect();
+        v.join(",")
+    }
+
+    /// One query of up to [`Replicas::batch`] images (thin: the input over
+    /// the channel), retried on other replicas as the module doc says.
+    pub fn query(&self, xs: &[&[f32]], thin: bool) -> Result<Answer> {
+        self.attempt(|t| if thin { t.query_thin(xs) } else { t.query(xs) })
+    }
+
+    /// Attempts that failed on a replica and were retried, in order.
+    pub fn retried(&self) -> Vec<Retried> {
+        lock(&self.retried).clone()
+    }
+
+    /// The attested target on replica `i`, connecting if needed.
+    fn target(&self, i: usize) -> Result<Arc<Target>> {
+        let r = &self.replicas[i];
+        let mut slot = lock(&r.target);
+        if let Some(t) = slot.as_ref() {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(Target::connect_as(
+            r.api.clone(),
+            &self.trust,
+            &self.model_id,
+            self.client.clone(),
+        )?);
+        // Every replica serves the same model: its plan must be the same.
+        if self.batch != 0 && (t.batch != self.batch || t.input_shape != self.input_shape) {
+            bail!(
+                "server {} plans queries of this model differently from the others; refusing it",
+                r.addr
+            );
+        }
+        *slot = Some(t.clone());
+        Ok(t)
+    }
+
+    /// The next replica to try, in turn among the healthy ones; if all
+    /// are cooling down, waits for the first to come back. `None`: every
+    /// replica is excluded.
+    fn pick(&self) -> Option<usize> {
+        let n = self.replicas.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut soonest: Option<(Instant, usize)> = None;
+        for k in 0..n {
+            let j = (start + k) % n;
+            match *lock(&self.replicas[j].health) {
+                Health::Up => return Some(j),
+                Health::DownUntil(t) if t <= now => return Some(j),
+                Health::DownUntil(t) => {
+                    if soonest.is_none_or(|(s, _)| t < s) {
+                        soonest = Some((t, j));
+                    }
+                }
+                Health::Excluded => {}
+            }
+        }
+        let (t, j) = soonest?;
+        std::thread::sleep(t.saturating_duration_since(now));
+        Some(j)
+    }
+
+    fn attempt<T>(&self, run: impl Fn(&Arc<Target>) -> Result<T>) -> Result<T> {
+        let max = 2 * self.replicas.len() + 1;
+        let mut last: Option<anyhow::Error> = None;
+        for _ in 0..max {
+            let Some(i) = self.pick() else {
+                let e = last.unwrap_or_else(|| anyhow::anyhow!("no server"));
+                if self.replicas.len() == 1 {
+                    return Err(e);
+                }
+                return Err(e.context(FailoverError::NoneTrusted {
+                    servers: self.servers(),
+                }));
+            };
+            let r = &self.replicas[i];
+            let e = match self.target(i).and_then(|t| run(&t)) {
+                Ok(v) => {
+                    *lock(&r.health) = Health::Up;
+                    return Ok(v);
+                }
+                Err(e) => e,
+            };
+            let fault = classify(&e);
+            if fault == Fault::Fatal {
+                return Err(e);
+            }
+            *lock(&r.target) = None;
+            *lock(&r.health) = match fault {
+                Fault::Untrusted => Health::Excluded,
+                _ => Health::DownUntil(Instant::now() + COOLDOWN),
+            };
+            lock(&self.retried).push(Retried {
+                server: r.addr.clone(),
+                error: format!("{e:#}"),
+            });
+            last = Some(e);
+        }
+        let e = last.unwrap_or_else(|| anyhow::anyhow!("no attempt"));
+        if self.replicas.len() == 1 {
+            return Err(e);
+        }
+        Err(e.context(FailoverError::Exhausted {
+            attempts: max,
+            servers: self.servers(),
+        }))
+    }
+}
+
+/// Runs `f` against the first of `servers` that answers: on a replica's
+/// failure ([`Fault::Transient`] or [`Fault::Untrusted`]) tries the next
+/// one, in order; a refusal ([`Fault::Fatal`]) is returned at once. For the
+/// model owner's commands (upload, status, unlock, allow).
+pub fn first_answer<T>(
+    servers: &[String],
+    ca: Option<&Path>,
+    mut f: impl FnMut(&Api) -> Result<T>,
+) -> Result<T> {
+    let servers = split_servers(servers)?;
+    let mut last = None;
+    for addr in &servers {
+        let api = Api::connect(addr, ca)?;
+        match f(&api) {
+            Ok(v) => return Ok(v),
+            Err(e) if classify(&e) == Fault::Fatal => return Err(e),
+            Err(e) => {
+                if servers.len() > 1 {
+                    eprintln!("server {addr} failed ({e:#}); trying the next one");
+                }
+                last = Some(e);
+            }
+        }
+    }
+    let e = last.unwrap_or_else(|| anyhow::anyhow!("no server"));
+    if servers.len() == 1 {
+        return Err(e);
+    }
+    Err(e.context(FailoverError::Exhausted {
+        attempts: servers.len(),
+        servers: servers.join(","),
+    }))
+}
