@@ -124,8 +124,9 @@ pub struct App {
     stacker: Option<Stacker>,
 }
 
-/// How long a thin query waits, at most, for others to share its stacked
-/// query (models registered for more than one image per query only).
+/// The stacker's time unit: a thin query waits at most 25 of these for
+/// others to share its stacked query (models registered for more than one
+/// image per query only).
 pub const DEFAULT_STACK_WINDOW: Duration = Duration::from_millis(2);
 
 fn parse_id(s: &str, what: &str) -> ApiResult<[u8; 16]> {
@@ -411,9 +412,6 @@ impl App {
                     querying: false,
                 },
             );
-        }
-        if let (Some(stacker), Some(m)) = (&self.stacker, &model_id) {
-            stacker.note_session(m);
         }
         Ok(SessionOpened {
             session: id_hex(&session),

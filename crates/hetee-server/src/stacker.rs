@@ -67,10 +67,11 @@ struct Queue {
     running: usize,
     /// Stacks being evaluated right now.
     executing: usize,
-    /// When the last query arrived or a session of the model opened.
-    last_arrival: Option<Instant>,
     /// The model's batch, once an enclave reported it.
     batch: Option<usize>,
+    /// Sessions the last stack named: clients that send one query after
+    /// another come back about together.
+    expected: usize,
 }
 
 /// One thin query's view of its stack: where to run it, and how many
@@ -94,9 +95,8 @@ pub struct Stacker {
 }
 
 impl Stacker {
-    /// A stacker that waits for others while a model is idle: until no
-    /// query arrived for `window` and no open session is still to send one
-    /// (at most [`MAX_WAIT_WINDOWS`] windows).
+    /// A stacker whose queries wait for others at most
+    /// [`MAX_WAIT_WINDOWS`] × `window` while their model is idle.
     pub fn new(window: Duration) -> Self {
         Stacker {
             window,
@@ -118,11 +118,6 @@ impl Stacker {
             .is_none_or(|b| b > 1)
     }
 
-    /// Notes that a session of `model` opened: a query may follow.
-    pub fn note_session(&self, model: &ModelId) {
-        self.lock().entry(*model).or_default().last_arrival = Some(Instant::now());
-    }
-
     /// Runs the thin query of `session` in a stacked query; returns its
     /// sealed result, the stack's figures and how many sessions it held.
     pub fn submit(&self, job: &Job<'_>, session: SessionId, payload: Vec<u8>) -> StackAnswer {
@@ -135,7 +130,6 @@ impl Stacker {
                 payload,
                 reply: tx,
             });
-            q.last_arrival = Some(Instant::now());
             self.arrived.notify_all();
             if q.running < RUNNING_PER_MODEL {
                 q.running += 1;
@@ -198,9 +192,10 @@ impl Stacker {
     ///
     /// A stack starts at once when the batch is full. Otherwise it waits
     /// while another stack of the model is evaluated (the host is busy
-    /// anyway), and then, with the model idle, until no query arrived for
-    /// the window and no open session of the model is still to send one,
-    /// or [`MAX_WAIT_WINDOWS`] windows have passed.
+    /// anyway), and then, with the model idle, until as many queries wait
+    /// as the last stack named (clients that query one after another come
+    /// back together) and no open session of the model is still to send
+    /// its query; at most [`MAX_WAIT_WINDOWS`] windows.
     fn gather(&self, job: &Job<'_>, rx: &Receiver<Reply>) -> Gathered {
         let mut idle_since: Option<Instant> = None;
         let mut queues = self.lock();
@@ -220,8 +215,8 @@ impl Stacker {
                 false
             } else {
                 let since = *idle_since.get_or_insert(now);
-                let quiet = q.last_arrival.is_none_or(|t| now >= t + self.window);
-                (quiet && (job.coming)() == 0) || now >= since + self.window * MAX_WAIT_WINDOWS
+                let enough = q.waiting.len() >= q.expected.max(1);
+                (enough && (job.coming)() == 0) || now >= since + self.window * MAX_WAIT_WINDOWS
             };
             if go {
                 let n = q.waiting.len().min(want);
@@ -280,7 +275,12 @@ impl Stacker {
                     .iter()
                     .filter_map(|s| by_session.remove(s))
                     .collect();
-                self.lock().entry(job.model).or_default().batch = Some(run.batch);
+                {
+                    let mut queues = self.lock();
+                    let q = queues.entry(job.model).or_default();
+                    q.batch = Some(run.batch);
+                    q.expected = named_count;
+                }
                 for (_, w) in by_session {
                     let _ = w.reply.send(Reply::Done(Err(QueryError::Unexpected(
                         "the enclave left this session out of the stack".into(),

@@ -79,9 +79,9 @@ enum Command {
         #[arg(long, default_value_t = hetee_proto::config::DEFAULT_MEMORY_BUDGET_MIB)]
         memory_budget_mib: u64,
         /// Concurrent thin queries of a model registered for batches share
-        /// stacked queries. A query waits for others until none arrived for
-        /// this long and no open session of the model is still to send one
-        /// (at most 25 times this long); 0: never stack.
+        /// stacked queries: a query waits for the others the model's last
+        /// stack held and for open sessions still to send theirs, at most
+        /// 25 times this long; 0: never stack.
         #[arg(long, default_value_t = 2)]
         stack_window_ms: u64,
         /// Logs as JSON lines.
