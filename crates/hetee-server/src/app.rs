@@ -5,21 +5,21 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hetee_he::ConvPacking;
 use hetee_proto::api::*;
-use hetee_proto::bodies::{QueryBody, StageBody, UploadBody};
+use hetee_proto::bodies::{StageBody, UploadBody};
 use hetee_proto::ids::{
     he_params_from_bytes, id_from_hex, id_hex, upload_id, weights_commitment, ModelId, SessionId,
 };
 use hetee_proto::{Request, Response};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::host_model::{HostModel, ModelMeta, PublicMeta};
 use crate::launcher::LinkError;
-use crate::stacker::{Job, Stacker};
-use crate::stage_loop::{run_query, QueryError};
+use crate::stacker::Stacker;
+use crate::stage_loop::QueryError;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{CallError, KeysRecord, Supervisor};
 
@@ -104,6 +104,7 @@ type ApiResult<T> = Result<T, ApiError>;
 
 mod health;
 mod peer;
+mod query;
 pub use health::{replica_id_in, EnclaveHealth, ReplicaHealth, StoreHealth, REPLICA_ID_FILE};
 
 struct SessionInfo {
@@ -502,125 +503,6 @@ impl App {
         }
     }
 
-    /// `POST /v1/sessions/{id}/query`: runs every linear stage on the host
-    /// and every nonlinear step in the enclave; returns the sealed result.
-    pub fn query(&self, session: &str, req: RunQuery) -> ApiResult<QueryDone> {
-        let payload = unb64(&req.payload, "payload").map_err(ApiError::bad)?;
-        let input = req
-            .input
-            .iter()
-            .map(|c| unb64(c, "input"))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ApiError::bad)?;
-        self.query_bytes(session, QueryBody { payload, input })
-    }
-
-    /// `POST /v1/sessions/{id}/query` with the query as bytes (binary body,
-    /// or the in-process relay).
-    pub fn query_bytes(&self, session: &str, req: QueryBody) -> ApiResult<QueryDone> {
-        let session = parse_id(session, "session")?;
-        let model = self.claim(&session)?;
-        if let Ok(mut s) = self.sessions.lock() {
-            if let Some(i) = s.get_mut(&session) {
-                i.querying = true;
-            }
-        }
-        let r = self.query_inner(session, model, req);
-        // A session carries one query: it ends here either way.
-        self.release(&session, false);
-        let job = serde_json::json!({
-            "session": id_hex(&session),
-            "model_id": model.map(|m| id_hex(&m)),
-            "ok": r.is_ok(),
-            "error": r.as_ref().err().map(|e| e.message.clone()),
-            "host_ms": r.as_ref().ok().map(|d| d.host_ms),
-            "enclave_ms": r.as_ref().ok().map(|d| d.enclave_ms),
-            "finished_unix": now_unix(),
-        });
-        if let Err(e) = self
-            .store
-            .put_job(&id_hex(&session), job.to_string().as_bytes())
-        {
-            warn!(error = %e, "cannot record the job");
-        }
-        r
-    }
-
-    fn query_inner(
-        &self,
-        session: SessionId,
-        model: Option<ModelId>,
-        req: QueryBody,
-    ) -> ApiResult<QueryDone> {
-        let model = model.ok_or_else(|| {
-            ApiError::bad("this session was opened without a model_id; it cannot run a query")
-        })?;
-        let host = self.host_model(&model)?;
-        let QueryBody {
-            payload,
-            input: cts,
-        } = req;
-        let expected = host.packing(0).map(|p| p.input_count()).unwrap_or(0);
-        // A thin query sends no ciphertexts: the enclave encrypts the input.
-        if !cts.is_empty() && cts.len() != expected {
-            return Err(ApiError::bad(format!(
-                "the model takes {expected} input ciphertexts, got {}",
-                cts.len()
-            )));
-        }
-        let t0 = Instant::now();
-        // A thin query may share a stacked query with other sessions; the
-        // figures are then the stack's, and `stacked` says how many shared it.
-        let stacker = self
-            .stacker
-            .as_ref()
-            .filter(|s| cts.is_empty() && s.stacks(&model));
-        let (payload, trace, share) = match stacker {
-            Some(stacker) => {
-                let coming = || self.sessions_to_come(&model);
-                let job = Job {
-                    enclave: &self.enclave,
-                    host: &host,
-                    model,
-                    coming: &coming,
-                };
-                stacker.submit(&job, session, payload)?
-            }
-            None => {
-                let (payload, trace) =
-                    run_query(&self.enclave, &host, session, model, payload, cts)?;
-                (payload, trace, 1)
-            }
-        };
-        let (host_ms, enclave_ms) = (trace.host_ms(), trace.enclave_ms());
-        info!(
-            model_id = %id_hex(&model),
-            total_ms = ms(t0),
-            host_ms,
-            enclave_ms,
-            "query done"
-        );
-        Ok(QueryDone {
-            payload: b64(&payload),
-            host_ms,
-            enclave_ms,
-            stages: trace.stages,
-            stacked: share as u32,
-        })
-    }
-
-    /// Sessions of `model` that are open and have not sent their query.
-    fn sessions_to_come(&self, model: &ModelId) -> usize {
-        self.sessions
-            .lock()
-            .map(|s| {
-                s.values()
-                    .filter(|i| !i.querying && i.model_id.as_ref() == Some(model))
-                    .count()
-            })
-            .unwrap_or(0)
-    }
-
     /// `DELETE /v1/sessions/{id}`.
     pub fn close_session(&self, session: &str) -> ApiResult<()> {
         let session = parse_id(session, "session")?;
@@ -635,8 +517,4 @@ impl App {
         let _ = self.enclave.call(Request::CloseSession { session });
         Ok(())
     }
-}
-
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
 }

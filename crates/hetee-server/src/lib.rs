@@ -8,7 +8,7 @@
 //! - [`store`]: the [`store::Store`] of encrypted models, sealed blobs and job metadata: embedded
 //!   (redb, the default) or PostgreSQL shared by several replicas;
 //! - [`peer`]: the bodies of the peer relay by which a new replica joins the cluster;
-//! - [`app`]: the host logic behind each API call;
+//! - [`app`]: the host logic behind each API call (a query: `app/query.rs`);
 //! - [`api`]: the HTTP/JSON routes (axum), limits and timeouts.
 //!
 //! The JSON bodies are [`hetee_proto::api`], shared with the clients.

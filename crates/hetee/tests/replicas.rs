@@ -7,23 +7,8 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
+use common::replicas::{replica, shared_store};
 use common::*;
-use hetee_server::store::postgres::testing::{test_dsn, TestSchema};
-use hetee_server::store::PgStore;
-
-/// A fresh schema in the test database, migrated, and the DSN `hetee serve --store` takes.
-fn shared_store(test: &str) -> Option<(TestSchema, String)> {
-    let dsn = test_dsn(test)?;
-    let schema = TestSchema::new(&dsn);
-    drop(PgStore::open_in_schema(&schema.dsn, &schema.name).expect("create the schema"));
-    let store = schema.dsn_with_search_path();
-    Some((schema, store))
-}
-
-/// A replica on the shared store, with its own data dir (replica id) and enclave.
-fn replica(dir: &Path, store: &str, id: &str) -> Server {
-    Server::start_with_args(&dir.join(id), &["--store", store, "--replica-id", id])
-}
 
 fn bytes(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
