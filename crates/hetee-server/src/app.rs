@@ -17,6 +17,7 @@ use hetee_proto::{Request, Response};
 use tracing::info;
 
 use crate::host_model::{HostModel, ModelMeta, PublicMeta};
+use crate::job_log::JobLog;
 use crate::launcher::LinkError;
 use crate::stacker::Stacker;
 use crate::stage_loop::QueryError;
@@ -123,6 +124,8 @@ pub struct App {
     sessions: Mutex<HashMap<SessionId, SessionInfo>>,
     /// Gathers concurrent thin queries into stacked ones (`None`: off).
     stacker: Option<Stacker>,
+    /// Where each query's record goes.
+    jobs: JobLog,
 }
 
 /// The stacker's time unit: a thin query waits at most 25 of these for
@@ -146,11 +149,12 @@ impl App {
     pub fn new(store: Arc<dyn Store>, enclave: Supervisor) -> Self {
         App {
             replica_id: health::random_replica_id(),
-            store,
             enclave,
             models: RwLock::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             stacker: Some(Stacker::new(DEFAULT_STACK_WINDOW)),
+            jobs: JobLog::start(store.clone()),
+            store,
         }
     }
 

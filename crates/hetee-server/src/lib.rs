@@ -8,6 +8,7 @@
 //! - [`store`]: the [`store::Store`] of encrypted models, sealed blobs and job metadata: embedded
 //!   (redb, the default) or PostgreSQL shared by several replicas;
 //! - [`peer`]: the bodies of the peer relay by which a new replica joins the cluster;
+//! - [`job_log`]: the record of every query, written off the query path;
 //! - [`app`]: the host logic behind each API call (a query: `app/query.rs`);
 //! - [`api`]: the HTTP/JSON routes (axum), limits and timeouts.
 //!
@@ -19,6 +20,7 @@ pub mod api;
 pub mod app;
 mod child;
 pub mod host_model;
+pub mod job_log;
 pub mod launcher;
 pub mod peer;
 pub mod stacker;

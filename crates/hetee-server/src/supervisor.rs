@@ -103,6 +103,7 @@ fn changes_state(req: &Request) -> bool {
             | Request::Status
             | Request::PeerOffer
             | Request::ShareSealingKey { .. }
+            | Request::ChannelFinish { .. }
     )
 }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 use hetee_proto::api::{b64, unb64, QueryDone, RunQuery};
 use hetee_proto::bodies::QueryBody;
 use hetee_proto::ids::{id_hex, ModelId, SessionId};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{now_unix, parse_id, ApiError, ApiResult, App};
 use crate::stacker::Job;
@@ -48,12 +48,8 @@ impl App {
             "enclave_ms": r.as_ref().ok().map(|d| d.enclave_ms),
             "finished_unix": now_unix(),
         });
-        if let Err(e) = self
-            .store
-            .put_job(&id_hex(&session), job.to_string().as_bytes())
-        {
-            warn!(error = %e, "cannot record the job");
-        }
+        self.jobs
+            .record(id_hex(&session), job.to_string().into_bytes());
         r
     }
 

@@ -200,6 +200,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores (or replaces) the job record `job_id` (a small JSON document).
     fn put_job(&self, job_id: &str, record: &[u8]) -> Result<(), StoreError>;
 
+    /// Stores several job records, in one transaction where the store can.
+    fn put_jobs(&self, jobs: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        for (id, record) in jobs {
+            self.put_job(id, record)?;
+        }
+        Ok(())
+    }
+
     /// The job record `job_id`, if stored.
     fn job(&self, job_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 

@@ -374,6 +374,19 @@ impl Store for RedbStore {
         self.put(JOBS, "job", job_id, record)
     }
 
+    fn put_jobs(&self, jobs: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        self.write(
+            || format!("storing {} job records", jobs.len()),
+            |txn| {
+                let mut table = txn.open_table(JOBS)?;
+                for (id, record) in jobs {
+                    table.insert(id.as_str(), record.as_slice())?;
+                }
+                Ok(())
+            },
+        )
+    }
+
     fn job(&self, job_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.get(JOBS, "job", job_id)
     }

@@ -68,6 +68,15 @@ pub(super) fn every_record_round_trips_and_persists(b: &impl Backend) {
     assert_eq!(s.state("m3").unwrap(), None);
     let u = s.usage().unwrap();
     assert_eq!((u.models, u.keysets, u.jobs), (2, 2, 1));
+    // Several job records at once (the job log writes them in batches).
+    let batch = vec![kv("j2", b"{}"), kv("j3", b"[]"), kv("j1", b"null")];
+    s.put_jobs(&batch).unwrap();
+    drop(s);
+    let s = b.open();
+    assert_eq!(
+        s.jobs().unwrap(),
+        vec![kv("j1", b"null"), kv("j2", b"{}"), kv("j3", b"[]")]
+    );
     assert!(u.file_bytes > 0);
 }
 
