@@ -91,9 +91,11 @@ struct Restored {
     first_refusal: Option<String>,
 }
 
-/// Whether the enclave may answer `req` with a changed model state that must be stored in
-/// order (a query's spend, the owner's changes, restores, key sets).
-fn changes_state(req: &Request) -> bool {
+/// Whether the supervisor holds its lock through the call to the enclave, so that what it
+/// changes is stored in the enclave's order: a query's spend, restores, key sets. A channel's
+/// first message may carry an owner's change too, but stored after a newer spend it loses the
+/// compare-and-set harmlessly (the newer state holds it), so channels run concurrently.
+fn held_through_call(req: &Request) -> bool {
     !matches!(
         req,
         Request::StageResult { .. }
@@ -315,7 +317,7 @@ impl Supervisor {
         // evidence) runs concurrently: the enclave serves many sessions at once.
         let mut loaded = self.lock_loaded();
         let after = self.prepare(&mut loaded, child.as_ref(), number, &req)?;
-        let ordered = changes_state(&req);
+        let ordered = held_through_call(&req);
         let mut held = if ordered {
             Some(loaded)
         } else {

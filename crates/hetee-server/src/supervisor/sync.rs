@@ -14,10 +14,11 @@
 //! ([`Store::put_state`](crate::store::Store::put_state)). For a query's start that is the
 //! budget being spent, so a lost compare-and-set (another replica changed the same model state
 //! at the same time) refuses the query: of two replicas spending the last query of a budget,
-//! one wins and the other's client gets a clear "retry" error. Calls that may change a model
-//! state (query starts, channel messages, restores) run under the [`Loaded`] lock, so this
-//! replica's own state writes reach the store in the enclave's order; stage results, channels
-//! and evidence run concurrently and take the lock only to load and to store.
+//! one wins and the other's client gets a clear "retry" error. Query starts and restores
+//! run under the [`Loaded`] lock, so that this replica's spends reach the store in the
+//! enclave's order; stage results, channels (hellos and the owner's messages) and evidence run
+//! concurrently and take the lock only to load and to store. An owner's change stored after a
+//! newer spend loses the compare-and-set harmlessly: the newer state already holds it.
 //!
 //! What this cannot fix: an enclave that holds a *newer* state than the store (its own write was
 //! lost, e.g. the store was unreachable) refuses the older stored copy as a replay; it keeps its
