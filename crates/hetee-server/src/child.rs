@@ -63,6 +63,8 @@ impl ChildProcess {
                 "the enclave's stdio is unavailable".into(),
             ));
         };
+        widen_pipe(&stdin);
+        widen_pipe(&stdout);
         let pending = Arc::new(Mutex::new(Pending {
             waiting: HashMap::new(),
             dead: None,
@@ -185,3 +187,21 @@ impl Drop for ChildProcess {
         let _ = c.wait();
     }
 }
+
+/// Pipe capacity asked for the enclave's stdin and stdout: stage results are
+/// megabytes, and a 64 KiB pipe makes the two processes take turns every 64 KiB.
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// Asks the kernel for a larger pipe (Linux; up to `/proc/sys/fs/pipe-max-size`). A refusal
+/// leaves the default, which only costs speed.
+#[cfg(target_os = "linux")]
+fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor this process owns; no memory is passed.
+    let got = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) };
+    if got < 0 {
+        tracing::debug!("the kernel kept the enclave pipe's default size");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn widen_pipe<T>(_: &T) {}
