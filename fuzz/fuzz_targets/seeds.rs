@@ -465,7 +465,19 @@ fn stack_seeds() {
     let w = W::default().u8(1).u8(0).u8(0).u8(0).u8(0).u8(0);
     let w = thin(w, 0, 2, 30).u8(0).u8(0).u8(0);
     let w = thin(w, 1, 3, 32);
-    let w = w.u8(1).u8(0).u8(0).u8(1).u8(1).u8(0).u8(1).u8(0).u8(0).u8(1).u8(0).u8(0);
+    let w = w
+        .u8(1)
+        .u8(0)
+        .u8(0)
+        .u8(1)
+        .u8(1)
+        .u8(0)
+        .u8(1)
+        .u8(0)
+        .u8(0)
+        .u8(1)
+        .u8(0)
+        .u8(0);
     put(t, "two-groups", &w.0);
     // Six sessions: B, B, A (another model), an unfinished handshake, a
     // running single query, B; named with an HE query, the A session, the
@@ -483,7 +495,17 @@ fn stack_seeds() {
     let w = W::default().u8(5).u8(0).u8(0).u8(5).u8(6).u8(7).u8(0);
     let w = w.u8(0).u8(0).u8(6);
     let w = thin(w, 0, 1, 40);
-    let w = w.u8(1).u8(1).u8(2).u8(3).u8(3).u8(3).u8(4).u8(3).u8(6).u8(3);
+    let w = w
+        .u8(1)
+        .u8(1)
+        .u8(2)
+        .u8(3)
+        .u8(3)
+        .u8(3)
+        .u8(4)
+        .u8(3)
+        .u8(6)
+        .u8(3);
     let w = thin(w, 5, 2, 42);
     put(t, "mixed", &stages(w, 0).0);
     // A patched stage 0 (a failed check), and a stage out of order.
@@ -499,12 +521,20 @@ fn stack_seeds() {
     let w = W::default().u8(1).u8(0).u8(0).u8(0).u8(0).u8(1);
     let mut w = w.u8(0).u8(0).u8(1).u8(1).u8(20);
     for k in 0..20u32 {
-        w = w.u32(if k == 7 { f32::NAN.to_bits() } else { (k as f32 / 20.0).to_bits() });
+        w = w.u32(if k == 7 {
+            f32::NAN.to_bits()
+        } else {
+            (k as f32 / 20.0).to_bits()
+        });
     }
     let w = thin(w, 1, 1, 60);
     put(t, "nan-image", &stages(w, 0).0);
     let w = thin(W::default().u8(0).u8(0).u8(0).u8(0).u8(0), 0, 1, 70);
-    put(t, "close-group", &w.u8(1).u8(0).u8(0).u8(2).u8(0).u8(0).u8(1).u8(0).u8(0).0);
+    put(
+        t,
+        "close-group",
+        &w.u8(1).u8(0).u8(0).u8(2).u8(0).u8(0).u8(1).u8(0).u8(0).0,
+    );
 }
 
 fn write_all() {

@@ -35,8 +35,10 @@
 //! The enclave must never panic. Asserted: `started`, `deferred` and
 //! `refused` are disjoint, hold only named sessions, and each named session
 //! once; every `StackFinished` payload is for a started member, opens on that
-//! member's own channel and holds a `Result` for model B whose `images` and
-//! input digest are those of the thin query the member sealed.
+//! member's own channel and holds a `Result` for the stack's model whose
+//! `images` and input digest are those of the thin query the member sealed.
+//! A stack on model A (batch 1) is legitimate for sessions that said hello
+//! to A.
 //!
 //! A request that changes the enclave's lasting state marks it dirty; it is
 //! then rebuilt from the sealed key set, models and states.
@@ -128,6 +130,7 @@ struct World {
     /// Model A (batch 1) and model B (batch [`BATCH`]).
     a: Reg,
     b: Reg,
+    host_a: HostModel,
     host_b: HostModel,
     enclave: Enclave,
     evidence: Vec<u8>,
@@ -151,10 +154,7 @@ fn evidence(e: &mut Enclave) -> (Vec<u8>, [u8; 32]) {
 }
 
 /// The client's half of a handshake, up to message 3 (not sent).
-fn open_channel(
-    w: &World,
-    provider: bool,
-) -> (SessionId, hetee_attest::ClientHandshake, Vec<u8>) {
+fn open_channel(w: &World, provider: bool) -> (SessionId, hetee_attest::ClientHandshake, Vec<u8>) {
     let client = if provider { &w.provider } else { &w.owner };
     let prologue = Evidence::decode(&w.evidence).unwrap().hash().unwrap();
     let (hs, msg1) = ClientHandshake::with_client_key(client, &w.channel_key, &prologue).unwrap();
@@ -236,6 +236,7 @@ impl World {
             sealed_keys,
             a: empty(),
             b: empty(),
+            host_a,
             host_b,
             enclave,
             evidence,
@@ -244,8 +245,12 @@ impl World {
             owner: owner_key(),
             provider: data_provider_key(),
         };
+        // The same hosts again (seeded): `w` holds the first copies.
+        let (host_a, host_b) = (
+            HostModel::new(&q, &tiny_schedule(), &public_key),
+            HostModel::new(&q, &schedule_b, &public_key),
+        );
         w.a.registered = register(&mut w, &host_a);
-        let host_b = HostModel::new(&q, &schedule_b, &public_key);
         w.b.registered = register(&mut w, &host_b);
         assert_ne!(w.a.registered.model_id, w.b.registered.model_id);
         w.dirty = false;
@@ -381,6 +386,7 @@ impl Provider {
 /// A stacked query in progress.
 struct Group {
     id: SessionId,
+    model_id: [u8; 16],
     started: Vec<SessionId>,
     expected: u32,
     current: Vec<Vec<u8>>,
@@ -490,8 +496,14 @@ fn start_stack(
     else {
         return;
     };
-    assert_eq!(model_id, w.model_b(), "a stack started on another model");
-    assert_eq!(batch as usize, BATCH);
+    // Model A (batch 1) stacks too, the sessions that said hello to it.
+    let want = if model_id == w.model_b() {
+        BATCH
+    } else {
+        assert_eq!(model_id, w.model_a(), "a stack started on an unknown model");
+        1
+    };
+    assert_eq!(batch as usize, want);
     let named_set: HashSet<SessionId> = named.iter().copied().collect();
     let mut seen = HashSet::new();
     for s in started
@@ -510,7 +522,11 @@ fn start_stack(
         named_set.len(),
         "a named session is in none of started / deferred / refused"
     );
-    assert_eq!(started.first(), Some(&group), "the group is the first started member");
+    assert_eq!(
+        started.first(),
+        Some(&group),
+        "the group is the first started member"
+    );
     let mut images = 0;
     for s in started.iter().chain(later.iter()) {
         // A member newly opened must have sealed a thin query first.
@@ -519,21 +535,21 @@ fn start_stack(
                 .iter()
                 .find(|p| p.id == *s)
                 .expect("the enclave opened a session the harness does not know");
-            let x = p
-                .first_thin
-                .clone()
-                .expect("the enclave opened a query the member did not seal as its first thin query");
+            let x = p.first_thin.clone().expect(
+                "the enclave opened a query the member did not seal as its first thin query",
+            );
             opened.insert(*s, x);
         }
     }
     for s in &started {
         images += opened[s].len();
     }
-    assert!(images >= 1 && images <= BATCH, "{images} images stacked");
+    assert!(images >= 1 && images <= want, "{images} images stacked");
     deferred.retain(|s| !named_set.contains(s));
     deferred.extend(later.iter().copied());
     groups.push(Group {
         id: group,
+        model_id,
         started,
         expected: 0,
         current: input,
@@ -541,12 +557,7 @@ fn start_stack(
     });
 }
 
-fn member(
-    r: &mut Reader,
-    w: &World,
-    providers: &mut [Provider],
-    previous: &[u8],
-) -> StackMember {
+fn member(r: &mut Reader, w: &World, providers: &mut [Provider], previous: &[u8]) -> StackMember {
     let i = r.byte() as usize % (providers.len() + 1);
     let p = r.byte() % 6;
     let Some(prov) = providers.get_mut(i) else {
@@ -606,7 +617,10 @@ fn run(data: &[u8], w: &mut World) {
                 let n = 1 + r.byte() as usize % 8;
                 let mut members: Vec<StackMember> = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let prev = members.last().map(|m| m.payload.clone()).unwrap_or_default();
+                    let prev = members
+                        .last()
+                        .map(|m| m.payload.clone())
+                        .unwrap_or_default();
                     members.push(member(&mut r, w, &mut providers, &prev));
                 }
                 start_stack(
@@ -626,13 +640,21 @@ fn run(data: &[u8], w: &mut World) {
                 let g = r.byte() as usize % groups.len();
                 let kind = r.byte();
                 let grp = &groups[g];
-                let stage = if kind & 0x80 != 0 { r.u32() } else { grp.expected };
+                let stage = if kind & 0x80 != 0 {
+                    r.u32()
+                } else {
+                    grp.expected
+                };
                 let honest = |w: &World, grp: &Group| -> Vec<Vec<u8>> {
                     if stage as usize >= stages {
                         return Vec::new();
                     }
-                    w.host_b
-                        .evaluate(stage as usize, &grp.current)
+                    let host = if grp.model_id == w.model_a() {
+                        &w.host_a
+                    } else {
+                        &w.host_b
+                    };
+                    host.evaluate(stage as usize, &grp.current)
                         .unwrap_or_default()
                 };
                 let cts = match kind % 6 {
@@ -668,7 +690,7 @@ fn run(data: &[u8], w: &mut World) {
                     }
                     Response::StackFinished { payloads } => {
                         let grp = groups.remove(g);
-                        check_finished(w, &grp, payloads, &mut providers, &opened);
+                        check_finished(&grp, payloads, &mut providers, &opened);
                     }
                     Response::Finished { .. } => panic!("a stacked query answered Finished"),
                     _ => {
@@ -729,20 +751,24 @@ fn run(data: &[u8], w: &mut World) {
 /// Every payload of a finished stack: one per started member, in order,
 /// opening on that member's own channel into a `Result` bound to its images.
 fn check_finished(
-    w: &World,
     grp: &Group,
     payloads: Vec<(SessionId, Vec<u8>)>,
     providers: &mut [Provider],
     opened: &HashMap<SessionId, Vec<Vec<f32>>>,
 ) {
     let sessions: Vec<SessionId> = payloads.iter().map(|(s, _)| *s).collect();
-    assert_eq!(sessions, grp.started, "StackFinished is not for the started members");
+    assert_eq!(
+        sessions, grp.started,
+        "StackFinished is not for the started members"
+    );
     for (session, payload) in payloads {
         let p = providers
             .iter_mut()
             .find(|p| p.id == session)
             .expect("a payload for an unknown session");
-        let tx = p.tx.as_mut().expect("a payload for a session without a channel");
+        let tx =
+            p.tx.as_mut()
+                .expect("a payload for a session without a channel");
         let plain = tx
             .open(&payload)
             .expect("a StackFinished payload must open on its member's channel");
@@ -758,7 +784,7 @@ fn check_finished(
             thin_input_digest(images),
             "input digest of the member"
         );
-        assert_eq!(result.model_id, w.model_b());
+        assert_eq!(result.model_id, grp.model_id);
     }
 }
 
