@@ -435,6 +435,108 @@ fn session_seeds() {
     );
 }
 
+/// Seeds of the `stack` target (see stack.rs for the encoding): honest
+/// stacks driven to `StackFinished`, deferred members run in a second
+/// stack, and stacks that name what a host might slip in.
+fn stack_seeds() {
+    let t = "stack";
+    // A thin member: session i, c fixed images with seeds from `first`.
+    let thin = |w: W, i: u8, c: u8, first: u8| {
+        let mut w = w.u8(i).u8(0).u8(c);
+        for k in 0..c {
+            w = w.u8((first + k) << 1);
+        }
+        w
+    };
+    let stages = |w: W, g: u8| w.u8(1).u8(g).u8(0).u8(1).u8(g).u8(0);
+    // Three sessions, 1 + 2 + 1 images: a full batch, both stages honest.
+    let w = W::default().u8(2).u8(0).u8(0).u8(0).u8(0).u8(0).u8(2);
+    let w = thin(thin(thin(w, 0, 1, 1), 1, 2, 2), 2, 1, 4);
+    put(t, "full-batch", &stages(w, 0).0);
+    // One session with four images.
+    let w = thin(W::default().u8(0).u8(0).u8(0).u8(0).u8(0), 0, 4, 10);
+    put(t, "one-member", &stages(w, 0).0);
+    // 3 + 2 + 1 images: the second and third wait; a second stack runs them.
+    let w = W::default().u8(2).u8(0).u8(0).u8(0).u8(0).u8(0).u8(2);
+    let w = thin(thin(thin(w, 0, 3, 20), 1, 2, 23), 2, 1, 25);
+    let w = stages(w, 0).u8(3).u8(0);
+    put(t, "deferred", &stages(w, 0).0);
+    // Two stacks running at once, their stages interleaved.
+    let w = W::default().u8(1).u8(0).u8(0).u8(0).u8(0).u8(0);
+    let w = thin(w, 0, 2, 30).u8(0).u8(0).u8(0);
+    let w = thin(w, 1, 3, 32);
+    let w = w
+        .u8(1)
+        .u8(0)
+        .u8(0)
+        .u8(1)
+        .u8(1)
+        .u8(0)
+        .u8(1)
+        .u8(0)
+        .u8(0)
+        .u8(1)
+        .u8(0)
+        .u8(0);
+    put(t, "two-groups", &w.0);
+    // Six sessions: B, B, A (another model), an unfinished handshake, a
+    // running single query, B; named with an HE query, the A session, the
+    // handshake, the running one, an unknown id, a copied payload and two
+    // honest members; then both stages.
+    let w = W::default().u8(5).u8(0).u8(0).u8(5).u8(6).u8(7).u8(0);
+    let w = w.u8(0).u8(0).u8(7);
+    let w = thin(w, 0, 1, 40);
+    let w = w.u8(1).u8(1); // session 1: an HE query
+    let w = thin(w, 2, 1, 41); // model A's session
+    let w = w.u8(3).u8(3).u8(4).u8(3).u8(6).u8(3); // handshake, running, unknown
+    let w = w.u8(5).u8(4); // session 5: the previous member's payload
+    let w = thin(w, 5, 2, 42); // session 5 again: the stack is refused
+    put(t, "mixed-refused", &w.0);
+    let w = W::default().u8(5).u8(0).u8(0).u8(5).u8(6).u8(7).u8(0);
+    let w = w.u8(0).u8(0).u8(6);
+    let w = thin(w, 0, 1, 40);
+    let w = w
+        .u8(1)
+        .u8(1)
+        .u8(2)
+        .u8(3)
+        .u8(3)
+        .u8(3)
+        .u8(4)
+        .u8(3)
+        .u8(6)
+        .u8(3);
+    let w = thin(w, 5, 2, 42);
+    put(t, "mixed", &stages(w, 0).0);
+    // A patched stage 0 (a failed check), and a stage out of order.
+    let w = thin(W::default().u8(0).u8(0).u8(0).u8(0).u8(0), 0, 2, 50);
+    put(
+        t,
+        "patched",
+        &w.u8(1).u8(0).u8(1).u8(1).u32(12345).u8(0x5A).0,
+    );
+    let w = thin(W::default().u8(0).u8(0).u8(0).u8(0).u8(0), 0, 2, 50);
+    put(t, "wrong-stage", &w.u8(1).u8(0).u8(0x84).u32(1).0);
+    // A thin image of raw values (NaN), and a close of the group mid-way.
+    let w = W::default().u8(1).u8(0).u8(0).u8(0).u8(0).u8(1);
+    let mut w = w.u8(0).u8(0).u8(1).u8(1).u8(20);
+    for k in 0..20u32 {
+        w = w.u32(if k == 7 {
+            f32::NAN.to_bits()
+        } else {
+            (k as f32 / 20.0).to_bits()
+        });
+    }
+    let w = thin(w, 1, 1, 60);
+    put(t, "nan-image", &stages(w, 0).0);
+    let w = thin(W::default().u8(0).u8(0).u8(0).u8(0).u8(0), 0, 1, 70);
+    put(
+        t,
+        "close-group",
+        &w.u8(1).u8(0).u8(0).u8(2).u8(0).u8(0).u8(1).u8(0).u8(0).0,
+    );
+}
+
 fn write_all() {
     let scheds = schedules();
     // The `ciphertext` target's parameters.
@@ -755,6 +857,7 @@ fn write_all() {
     }
 
     session_seeds();
+    stack_seeds();
 
     // Sanity: the sealed seeds restore.
     let e = Enclave::new(Box::new(SimTee::new(MEASUREMENT)), EnclaveConfig::default());
