@@ -1127,12 +1127,7 @@ fn thin_query_matches_the_reference() {
     let id = s.model_id();
     let mut dp = hello(&s.enclave, &s.keys, id).unwrap();
     let images = vec![s.x.clone()];
-    let payload = seal_msg(
-        &mut dp.channel.tx,
-        &ClientMessage::ThinQuery {
-            images: Zeroizing::new(images.clone()),
-        },
-    );
+    let payload = dp.thin_payload(&images);
     let input = match s.enclave.handle(Request::StartQuery {
         session: dp.channel.session,
         model_id: id,
@@ -1154,12 +1149,7 @@ fn thin_query_matches_the_reference() {
 
     // A thin query with ciphertexts attached is refused.
     let mut dp = hello(&s.enclave, &s.keys, id).unwrap();
-    let payload = seal_msg(
-        &mut dp.channel.tx,
-        &ClientMessage::ThinQuery {
-            images: Zeroizing::new(images),
-        },
-    );
+    let payload = dp.thin_payload(&images);
     let msg = error_of(s.enclave.handle(Request::StartQuery {
         session: dp.channel.session,
         model_id: id,

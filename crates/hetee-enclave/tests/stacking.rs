@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use hetee_attest::StaticKeypair;
-use hetee_enclave::messages::{thin_input_digest, ClientMessage, ModelId, OutputPolicy, SessionId};
+use hetee_enclave::messages::{thin_input_digest, ModelId, OutputPolicy, SessionId};
 use hetee_enclave::{EnclaveConfig, Request, Response, Schedule};
 use hetee_proto::host::StackMember;
 
@@ -57,12 +57,7 @@ fn member(
     images: &[Vec<f32>],
 ) -> (DataProvider, Vec<u8>) {
     let mut dp = hello_as(&s.enclave, &s.keys, client, s.model).unwrap();
-    let payload = seal_msg(
-        &mut dp.channel.tx,
-        &ClientMessage::ThinQuery {
-            images: zeroize::Zeroizing::new(images.to_vec()),
-        },
-    );
+    let payload = dp.thin_payload(images);
     (dp, payload)
 }
 
@@ -253,12 +248,7 @@ fn attack_a_stack_cannot_mix_models_or_reopen_a_deferred_query() {
     let other = register(&s.enclave, &s.keys, &host2).model_id;
     assert_ne!(other, s.model);
     let mut dp_other = hello(&s.enclave, &s.keys, other).unwrap();
-    let p_other = seal_msg(
-        &mut dp_other.channel.tx,
-        &ClientMessage::ThinQuery {
-            images: zeroize::Zeroizing::new(vec![image(20)]),
-        },
-    );
+    let p_other = dp_other.thin_payload(&[image(20)]);
     let xs: Vec<Vec<f32>> = (0..BATCH).map(|i| image(21 + i)).collect();
     let (mut full, p_full) = member(&s, None, &xs);
     let (late, p_late) = member(&s, None, &[image(30)]);

@@ -532,6 +532,16 @@ impl DataProvider {
         )
     }
 
+    /// The sealed ThinQuery message for these images.
+    pub fn thin_payload(&mut self, images: &[Vec<f32>]) -> Vec<u8> {
+        seal_msg(
+            &mut self.channel.tx,
+            &ClientMessage::ThinQuery {
+                images: zeroize::Zeroizing::new(images.to_vec()),
+            },
+        )
+    }
+
     /// StartQuery for `model_id` with these inputs.
     pub fn start(&mut self, e: &Enclave, model_id: ModelId, input: &[Vec<u8>]) -> Response {
         let payload = self.query_payload(input);
@@ -641,12 +651,7 @@ pub fn start_thin(
     images: &[Vec<f32>],
 ) -> Result<(DataProvider, Vec<Vec<u8>>), String> {
     let mut dp = hello(e, keys, model_id)?;
-    let payload = seal_msg(
-        &mut dp.channel.tx,
-        &ClientMessage::ThinQuery {
-            images: zeroize::Zeroizing::new(images.to_vec()),
-        },
-    );
+    let payload = dp.thin_payload(images);
     match e.handle(Request::StartQuery {
         session: dp.channel.session,
         model_id,
