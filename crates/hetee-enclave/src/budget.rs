@@ -85,6 +85,11 @@ pub fn set_budget(bytes: usize) {
     BUDGET.store(bytes, Ordering::Relaxed);
 }
 
+/// The budget [`set_budget`] set (`usize::MAX` if none).
+pub fn budget() -> usize {
+    BUDGET.load(Ordering::Relaxed)
+}
+
 /// How many allocations went over the budget so far. A request that runs
 /// alongside others went over its share if this changed while it ran
 /// (whoever allocated: requests overlapping an excess are all refused).

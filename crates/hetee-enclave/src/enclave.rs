@@ -29,6 +29,7 @@ use crate::budget;
 use crate::channel::Finished;
 use crate::config::EnclaveConfig;
 use crate::keys::{KeySet, ModelRecord, Sealer};
+use crate::reserve::Refiller;
 use crate::state::ModelState;
 use crate::EnclaveError;
 
@@ -116,6 +117,8 @@ pub struct Enclave {
     signing_key: OnceLock<SigningKey>,
     /// Highest allocation seen over the enclave's life.
     max_peak: AtomicUsize,
+    /// Fills the key sets' reserves of encryptions of zero.
+    refiller: Refiller,
 }
 
 pub(crate) fn refuse<T>(msg: impl Into<String>) -> Result<T, EnclaveError> {
@@ -183,7 +186,14 @@ impl Enclave {
             channel_key: OnceLock::new(),
             signing_key: OnceLock::new(),
             max_peak: AtomicUsize::new(0),
+            refiller: Refiller::start(),
         }
+    }
+
+    /// The counters of a key set's reserve of encryptions of zero
+    /// ([`crate::reserve`]), if the key set is loaded.
+    pub fn reserve_stats(&self, key_id: &KeyId) -> Option<crate::reserve::ReserveStats> {
+        read(&self.keysets).get(key_id).map(|k| k.reserve.stats())
     }
 
     /// The measurement the platform reports for this enclave.
@@ -342,16 +352,20 @@ impl Enclave {
                     public_key: ks.public_key.clone(),
                     sealed,
                 };
-                write(&self.keysets).insert(ks.key_id, Arc::new(ks));
+                let ks = Arc::new(ks);
+                self.refiller.watch(&ks);
+                write(&self.keysets).insert(ks.key_id, ks);
                 Ok(resp)
             }
             Request::RestoreKeys { sealed } => {
                 let ks = self.sealer()?.restore_keys(&sealed)?;
                 let key_id = ks.key_id;
                 // Already loaded: keep what is there.
-                write(&self.keysets)
-                    .entry(key_id)
-                    .or_insert_with(|| Arc::new(ks));
+                write(&self.keysets).entry(key_id).or_insert_with(|| {
+                    let ks = Arc::new(ks);
+                    self.refiller.watch(&ks);
+                    ks
+                });
                 Ok(Response::KeysRestored { key_id })
             }
             Request::RestoreModel { sealed } => {

@@ -40,6 +40,8 @@ pub struct KeySet {
     pub public_key: Vec<u8>,
     /// The public key.
     pub pk: PublicKey,
+    /// Encryptions of zero made ahead for this key set.
+    pub reserve: crate::reserve::Reserve,
 }
 
 /// What is sealed for a key set.
@@ -170,6 +172,7 @@ impl Sealer {
             ops,
             public_key,
             pk,
+            reserve: Default::default(),
         };
         Ok((ks, sealed))
     }
@@ -195,6 +198,7 @@ impl Sealer {
             ops,
             public_key: snap.public_key.clone(),
             pk,
+            reserve: Default::default(),
         })
     }
 

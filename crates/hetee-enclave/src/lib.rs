@@ -15,6 +15,7 @@
 //! - [`peer`]: the cluster's sealing key, moved enclave to enclave;
 //! - [`state`]: a model's mutable state (lock, incidents, budgets, allow list);
 //! - [`step`]: decrypt → Freivalds check → nonlinear step → encrypt;
+//! - [`reserve`]: encryptions of zero made ahead by an idle thread;
 //! - [`freivalds`]: the checks of the host's linear layers;
 //! - [`policy`]: output policies, branch-free;
 //! - [`budget`]: the counting allocator behind the memory budget;
@@ -32,6 +33,7 @@ pub mod peer;
 pub mod policy;
 mod query;
 mod register;
+pub mod reserve;
 mod stack;
 pub mod state;
 pub mod step;

@@ -161,13 +161,14 @@ pub fn encrypt_stage_input(
 
 /// Encrypts polynomials under the secret key (fresh, symmetric, at the top
 /// level), in the seeded form: `c0` and the seed of `c1`, half the bytes.
+/// Each takes its own encryption of zero from the key set's reserve
+/// ([`crate::reserve`]), or makes one when the reserve is empty.
 pub fn encrypt_all(keys: &KeySet, polys: &[Vec<i64>]) -> Result<Vec<Vec<u8>>, EnclaveError> {
     polys
         .par_iter()
         .map(|p| {
-            Ok(seeded_to_bytes(
-                &keys.ops.encrypt_seeded(p, &mut rand::rng())?,
-            ))
+            let zero = keys.reserve.zero(&keys.ops)?;
+            Ok(seeded_to_bytes(&keys.ops.encrypt_with(p, zero)?))
         })
         .collect()
 }

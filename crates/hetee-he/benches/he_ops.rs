@@ -5,7 +5,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use fhe::bfv::{Encoding, Plaintext, PublicKey, SecretKey};
 use fhe_traits::{FheDecoder, FheDecrypter, FheEncoder, FheEncrypter, Serialize};
-use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
+use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes, seeded_to_bytes};
 use hetee_he::packing::{ConvPacking, ConvShape, Tiling};
 use hetee_he::{Evaluator, HeConfig};
 
@@ -58,6 +58,21 @@ fn he_ops(c: &mut Criterion) {
     });
     g.bench_function("encrypt_secret_key_kept_key", |bn| {
         bn.iter(|| ops.encrypt(&v, &mut rand::rng()).unwrap())
+    });
+    // The enclave's split encryption: the zero encryption its idle thread
+    // makes ahead, and what a query still pays (the message and the bytes).
+    g.bench_function("zero_encryption_made_ahead", |bn| {
+        bn.iter(|| ops.zero_encryption(&mut rand::rng()).unwrap())
+    });
+    g.bench_function("encrypt_with_zero_made_ahead", |bn| {
+        bn.iter_batched(
+            || ops.zero_encryption(&mut rand::rng()).unwrap(),
+            |zero| seeded_to_bytes(&ops.encrypt_with(&v, zero).unwrap()),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("encrypt_seeded_to_bytes", |bn| {
+        bn.iter(|| seeded_to_bytes(&ops.encrypt_seeded(&v, &mut rand::rng()).unwrap()))
     });
     g.bench_function("encrypt_secret_key", |bn| {
         bn.iter(|| -> fhe::bfv::Ciphertext { sk.try_encrypt(&pt, &mut rand::rng()).unwrap() })

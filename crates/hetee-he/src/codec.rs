@@ -5,8 +5,10 @@
 //! coefficients in `ceil(bits(q_i) / 8)` bytes each, little-endian.
 //!
 //! Seeded form (a fresh symmetric encryption whose `c1` is uniform from a
-//! public seed, as the enclave makes): `b"HCS1"`, primes kept, `2`, then
-//! `c0` as above and the 32-byte seed; the decoder expands `c1` from the seed
+//! public seed, as the enclave makes): `b"HCS2"`, primes kept, `2`, then
+//! `c0` in the coefficient domain (as [`crate::encrypt`] forms it; the
+//! decoder applies the forward NTT, on the host's cores rather than the
+//! enclave's) and the 32-byte seed; the decoder expands `c1` from the seed
 //! with `fhe-math`'s `Poly::random_from_seed`. Half the bytes.
 //! Decoding checks the exact length, the level, the count and that every
 //! coefficient is below its prime; decoded polynomials are constant time
@@ -21,7 +23,7 @@ use fhe_math::rq::{traits::TryConvertFrom, Poly, Representation};
 use crate::HeError;
 
 const MAGIC: &[u8; 4] = b"HCT1";
-const SEEDED: &[u8; 4] = b"HCS1";
+const SEEDED: &[u8; 4] = b"HCS2";
 /// Bytes of a seed.
 pub const SEED_LEN: usize = 32;
 
@@ -50,7 +52,7 @@ pub fn ciphertext_to_bytes(ct: &Ciphertext) -> Vec<u8> {
         let coeffs = p.coefficients();
         level_moduli = p.ctx().moduli().len();
         for (row, &q) in coeffs.outer_iter().zip(p.ctx().moduli()) {
-            pack(row.iter().copied(), q, &mut out);
+            pack(row, q, &mut out);
         }
     }
     out[4] = level_moduli as u8;
@@ -82,9 +84,9 @@ pub fn seeded_ciphertext_to_bytes(
     out.push(ctx.moduli().len() as u8);
     out.push(2);
     let mut c0 = ct[0].clone();
-    c0.change_representation(Representation::Ntt);
+    c0.change_representation(Representation::PowerBasis);
     for (row, &q) in c0.coefficients().outer_iter().zip(ctx.moduli()) {
-        pack(row.iter().copied(), q, &mut out);
+        pack(row, q, &mut out);
     }
     out.extend_from_slice(seed);
     Ok(out)
@@ -92,35 +94,69 @@ pub fn seeded_ciphertext_to_bytes(
 
 /// Encodes a seeded encryption: `c0` and the seed (the same bytes as
 /// [`seeded_ciphertext_to_bytes`] of its expansion, without expanding it).
-pub fn seeded_to_bytes(s: &crate::secret::Seeded) -> Vec<u8> {
+pub fn seeded_to_bytes(s: &crate::encrypt::Seeded) -> Vec<u8> {
     let ctx = s.c0.ctx();
     let mut out = SEEDED.to_vec();
     out.push(ctx.moduli().len() as u8);
     out.push(2);
     for (row, &q) in s.c0.coefficients().outer_iter().zip(ctx.moduli()) {
-        pack(row.iter().copied(), q, &mut out);
+        pack(row, q, &mut out);
     }
     out.extend_from_slice(&s.seed);
     out
 }
 
-fn pack(values: impl Iterator<Item = u64>, q: u64, out: &mut Vec<u8>) {
-    let w = width(q);
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes()[..w]);
+fn pack(row: ndarray::ArrayView1<'_, u64>, q: u64, out: &mut Vec<u8>) {
+    let owned;
+    let values = match row.as_slice() {
+        Some(v) => v,
+        None => {
+            owned = row.to_vec();
+            &owned
+        }
+    };
+    // One loop per width, so that the copies are fixed-size moves.
+    fn fixed<const W: usize>(values: &[u64], out: &mut Vec<u8>) {
+        let start = out.len();
+        out.resize(start + values.len() * W, 0);
+        for (c, v) in out[start..].chunks_exact_mut(W).zip(values) {
+            c.copy_from_slice(&v.to_le_bytes()[..W]);
+        }
+    }
+    match width(q) {
+        1 => fixed::<1>(values, out),
+        2 => fixed::<2>(values, out),
+        3 => fixed::<3>(values, out),
+        4 => fixed::<4>(values, out),
+        5 => fixed::<5>(values, out),
+        6 => fixed::<6>(values, out),
+        7 => fixed::<7>(values, out),
+        _ => fixed::<8>(values, out),
     }
 }
 
 fn unpack(bytes: &[u8], q: u64, out: &mut Vec<u64>) -> Result<(), HeError> {
-    let w = width(q);
-    let mut buf = [0u8; 8];
-    let mut bad = false;
-    for c in bytes.chunks_exact(w) {
-        buf[..w].copy_from_slice(c);
-        let x = u64::from_le_bytes(buf);
-        bad |= x >= q;
-        out.push(x);
+    fn fixed<const W: usize>(bytes: &[u8], q: u64, out: &mut Vec<u64>) -> bool {
+        let mut bad = false;
+        out.extend(bytes.chunks_exact(W).map(|c| {
+            let mut buf = [0u8; 8];
+            buf[..W].copy_from_slice(c);
+            let x = u64::from_le_bytes(buf);
+            bad |= x >= q;
+            x
+        }));
+        bad
     }
+    let bad = match width(q) {
+        1 => fixed::<1>(bytes, q, out),
+        2 => fixed::<2>(bytes, q, out),
+        3 => fixed::<3>(bytes, q, out),
+        4 => fixed::<4>(bytes, q, out),
+        5 => fixed::<5>(bytes, q, out),
+        6 => fixed::<6>(bytes, q, out),
+        7 => fixed::<7>(bytes, q, out),
+        _ => fixed::<8>(bytes, q, out),
+    };
     if bad {
         return Err(HeError::Malformed(
             "coefficient out of range for its prime".into(),
@@ -183,12 +219,14 @@ pub fn ciphertext_from_bytes(
             unpack(&bytes[at..at + len], q, &mut coeffs)?;
             at += len;
         }
-        out.push(Poly::try_convert_from(
-            coeffs,
-            ctx,
-            false,
-            Representation::Ntt,
-        )?);
+        let rep = if seeded {
+            Representation::PowerBasis
+        } else {
+            Representation::Ntt
+        };
+        let mut p = Poly::try_convert_from(coeffs, ctx, false, rep)?;
+        p.change_representation(Representation::Ntt);
+        out.push(p);
     }
     if seeded {
         let mut seed = [0u8; SEED_LEN];
@@ -243,5 +281,9 @@ mod tests {
         let mut longer = seeded.clone();
         longer.push(0);
         assert!(ciphertext_from_bytes(&longer, &par, 2).is_err());
+        // The first seeded form (c0 in NTT form) is no longer read.
+        let mut old = seeded.clone();
+        old[..4].copy_from_slice(b"HCS1");
+        assert!(ciphertext_from_bytes(&old, &par, 2).is_err());
     }
 }

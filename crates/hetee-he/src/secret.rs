@@ -12,9 +12,7 @@
 //!   inverse NTT, then `round(t·x/q) mod t` as an exact multiply by a
 //!   precomputed reciprocal, without branches or division; anything else
 //!   (a data provider's input, once per query) goes through `fhe`;
-//! - encrypt (top level): `c1 = a` drawn from a fresh seed (as `fhe` does),
-//!   `c0 = Δ·m + e − a·s`, with `Δ·m + e` formed in the coefficient domain
-//!   so that one forward NTT per prime suffices.
+//! - encrypt (top level): see [`crate::encrypt`].
 //!
 //! Both are tested equal to `fhe`'s decryption on random ciphertexts.
 //! Arithmetic on secret values (the key, phases, messages) is branch-free.
@@ -25,14 +23,13 @@ use fhe::bfv::{BfvParameters, Ciphertext, Encoding, SecretKey};
 use fhe_math::rq::{traits::TryConvertFrom, Context, Poly, Representation};
 use fhe_traits::{DeserializeParametrized, FheDecoder, FheDecrypter};
 use num_bigint::BigUint;
-use rand::{CryptoRng, Rng, RngCore};
 use zeroize::Zeroizing;
 
 use crate::HeError;
 
 /// The error variance of fresh encryptions: `fhe`'s default, which
 /// [`crate::HeConfig::build`] keeps (and the noise test measures).
-const ERROR_VARIANCE: usize = 10;
+pub(crate) const ERROR_VARIANCE: usize = 10;
 
 /// The secret key prepared for the level of stage results.
 struct LevelKey {
@@ -46,16 +43,16 @@ struct LevelKey {
 
 /// Decryption and encryption under one BFV secret key.
 pub struct SecretOps {
-    par: Arc<BfvParameters>,
-    t: u64,
+    pub(crate) par: Arc<BfvParameters>,
+    pub(crate) t: u64,
     sk: SecretKey,
     /// NTT(s) at the top level, for encryption.
-    top: (Arc<Context>, Zeroizing<Poly>),
+    pub(crate) top: (Arc<Context>, Zeroizing<Poly>),
     /// The fast path of the level stage results arrive at, when it has one
     /// prime small enough for the exact reciprocal.
     results: Option<LevelKey>,
-    /// `⌊Q/t⌋` for the top level.
-    delta: BigUint,
+    /// `⌊Q/t⌋ mod q_i` for every prime of the top level.
+    pub(crate) delta_mod_q: Vec<u64>,
 }
 
 fn math(e: fhe_math::Error) -> HeError {
@@ -109,13 +106,18 @@ impl SecretOps {
             _ => None,
         };
         let delta = top_ctx.modulus() / BigUint::from(t);
+        let delta_mod_q = top_ctx
+            .moduli()
+            .iter()
+            .map(|&q| (&delta % q).to_u64_digits().first().copied().unwrap_or(0))
+            .collect();
         Ok(SecretOps {
             par: par.clone(),
             t,
             sk,
             top,
             results,
-            delta,
+            delta_mod_q,
         })
     }
 
@@ -189,79 +191,6 @@ impl SecretOps {
                 })
                 .collect(),
         ))
-    }
-
-    /// Encrypts the centred plaintext coefficients `m` (`|m_i| < t/2`) at
-    /// the top level. The result is a fresh symmetric encryption whose
-    /// `c1` is derived from a random seed.
-    pub fn encrypt<R: RngCore + CryptoRng>(
-        &self,
-        m: &[i64],
-        rng: &mut R,
-    ) -> Result<Ciphertext, HeError> {
-        self.encrypt_seeded(m, rng)?.expand(&self.par)
-    }
-
-    /// [`SecretOps::encrypt`] in the seeded form: `c0` and the public seed
-    /// of `c1`, which travels as such ([`crate::codec::seeded_to_bytes`])
-    /// without `c1` being expanded a second time to check it.
-    pub fn encrypt_seeded<R: RngCore + CryptoRng>(
-        &self,
-        m: &[i64],
-        rng: &mut R,
-    ) -> Result<Seeded, HeError> {
-        let (ctx, s) = &self.top;
-        let n = self.par.degree();
-        if m.len() > n {
-            return Err(HeError::Params(format!(
-                "{} coefficients for degree {n}",
-                m.len()
-            )));
-        }
-        let mut full = Zeroizing::new(vec![0i64; n]);
-        full[..m.len()].copy_from_slice(m);
-        let mut b = Zeroizing::new(
-            Poly::try_convert_from(full.as_slice(), ctx, false, Representation::PowerBasis)
-                .map_err(math)?,
-        );
-        b.disallow_variable_time_computations();
-        *b *= &self.delta;
-        let e = Zeroizing::new(
-            Poly::small(ctx, Representation::PowerBasis, ERROR_VARIANCE, rng).map_err(math)?,
-        );
-        *b += &*e;
-        b.change_representation(Representation::Ntt);
-        let seed: [u8; 32] = rng.random();
-        let mut a_s = Zeroizing::new(Poly::random_from_seed(ctx, Representation::Ntt, seed));
-        a_s.disallow_variable_time_computations();
-        *a_s *= &**s;
-        *b -= &*a_s;
-        Ok(Seeded {
-            c0: (*b).clone(),
-            seed,
-        })
-    }
-}
-
-/// A fresh symmetric encryption whose `c1` is
-/// `Poly::random_from_seed(ctx, Ntt, seed)`: `c0` (NTT form) and the seed.
-/// Only [`SecretOps::encrypt_seeded`] makes one, so the form holds by
-/// construction.
-pub struct Seeded {
-    pub(crate) c0: Poly,
-    pub(crate) seed: [u8; 32],
-}
-
-impl Seeded {
-    /// The full ciphertext (expands `c1` from the seed).
-    pub fn expand(&self, par: &Arc<BfvParameters>) -> Result<Ciphertext, HeError> {
-        let a = Poly::random_from_seed(self.c0.ctx(), Representation::Ntt, self.seed);
-        Ok(Ciphertext::new(vec![self.c0.clone(), a], par)?)
-    }
-
-    /// The seed of `c1`.
-    pub fn seed(&self) -> &[u8; 32] {
-        &self.seed
     }
 }
 
@@ -356,6 +285,7 @@ mod tests {
     use super::*;
     use fhe::bfv::{Encoding, Plaintext, PublicKey, SecretKey};
     use fhe_traits::{FheDecoder, FheDecrypter, FheEncoder, FheEncrypter, Serialize};
+    use rand::Rng;
 
     fn setup(bound: u64) -> (Arc<BfvParameters>, SecretKey, SecretOps) {
         let par = crate::HeConfig::for_accumulator_bound(bound)

@@ -1,0 +1,202 @@
+//! Encryptions of zero made ahead, so that a query's re-encryption costs
+//! the enclave only the message's half ([`hetee_he::encrypt`]).
+//!
+//! Every key set keeps a small [`Reserve`], filled once a query has
+//! encrypted under it. One refill thread per enclave tops the reserves up
+//! to [`TARGET`] whenever a query takes from one. It
+//! runs at the scheduler's idle priority (`SCHED_IDLE` on Linux), so it only
+//! uses CPU time that neither the enclave's queries nor the host's products
+//! want; when the machine is saturated (batches, stacks) the reserve runs
+//! dry and a query makes its encryptions itself, as before. It never fills
+//! while the enclave uses more than half its memory budget.
+//!
+//! Each entry is taken out of the reserve by value and consumed by one
+//! encryption, so none is ever used twice; the entries are zeroized when
+//! dropped.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::JoinHandle;
+
+use hetee_he::encrypt::ZeroEncryption;
+use hetee_he::secret::SecretOps;
+
+use crate::budget;
+use crate::enclave::lock;
+use crate::keys::KeySet;
+
+/// Encryptions of zero a key set keeps ready: two queries' worth of the
+/// bundled models' largest stage inputs.
+pub const TARGET: usize = 16;
+
+/// One key set's encryptions of zero.
+#[derive(Default)]
+pub struct Reserve {
+    zeros: Mutex<Vec<ZeroEncryption>>,
+    /// Set by the first encryption: only key sets in use are filled.
+    used: AtomicBool,
+    /// Encryptions that took their zero from the reserve.
+    from_reserve: AtomicU64,
+    /// Encryptions that found the reserve empty and made their own.
+    made_inline: AtomicU64,
+    /// The refill thread to wake when an entry is taken.
+    refill: Mutex<Option<Weak<Shared>>>,
+}
+
+impl Reserve {
+    /// An encryption of zero for one message: from the reserve, or made now.
+    pub fn zero(&self, ops: &SecretOps) -> Result<ZeroEncryption, hetee_he::HeError> {
+        self.used.store(true, Ordering::Relaxed);
+        let taken = lock(&self.zeros).pop();
+        match taken {
+            Some(z) => {
+                self.from_reserve.fetch_add(1, Ordering::Relaxed);
+                self.wake();
+                Ok(z)
+            }
+            None => {
+                self.made_inline.fetch_add(1, Ordering::Relaxed);
+                self.wake();
+                ops.zero_encryption(&mut rand::rng())
+            }
+        }
+    }
+
+    /// Entries ready now.
+    pub fn ready(&self) -> usize {
+        lock(&self.zeros).len()
+    }
+
+    /// What the reserve has done so far.
+    pub fn stats(&self) -> ReserveStats {
+        ReserveStats {
+            ready: self.ready(),
+            from_reserve: self.from_reserve.load(Ordering::Relaxed),
+            made_inline: self.made_inline.load(Ordering::Relaxed),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(shared) = lock(&self.refill).as_ref().and_then(Weak::upgrade) {
+            lock(&shared.state).wanted = true;
+            shared.wake.notify_one();
+        }
+    }
+}
+
+/// A reserve's counters (no secret in them: the host can count the
+/// enclave's encryptions from the ciphertexts it receives anyway).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReserveStats {
+    /// Encryptions of zero ready now.
+    pub ready: usize,
+    /// Encryptions that took their zero from the reserve.
+    pub from_reserve: u64,
+    /// Encryptions that made their own (the reserve was empty).
+    pub made_inline: u64,
+}
+
+#[derive(Default)]
+struct State {
+    keysets: Vec<Weak<KeySet>>,
+    wanted: bool,
+    stop: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+/// The enclave's refill thread; stops when dropped.
+pub struct Refiller {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Refiller {
+    /// Starts the thread (`None` if the platform cannot start one: queries
+    /// then make every encryption themselves).
+    pub fn start() -> Self {
+        let shared = Arc::new(Shared::default());
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("hetee-reserve".into())
+            .spawn(move || {
+                idle_priority();
+                run(&worker)
+            })
+            .ok();
+        Refiller { shared, thread }
+    }
+
+    /// Keeps `ks`'s reserve filled once it is in use.
+    pub fn watch(&self, ks: &Arc<KeySet>) {
+        *lock(&ks.reserve.refill) = Some(Arc::downgrade(&self.shared));
+        let mut st = lock(&self.shared.state);
+        st.keysets.push(Arc::downgrade(ks));
+    }
+}
+
+impl Drop for Refiller {
+    fn drop(&mut self) {
+        lock(&self.shared.state).stop = true;
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &Shared) {
+    loop {
+        let live: Vec<Arc<KeySet>> = {
+            let mut st = lock(&shared.state);
+            while !st.wanted && !st.stop {
+                st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.stop {
+                return;
+            }
+            st.wanted = false;
+            st.keysets.retain(|w| w.strong_count() > 0);
+            st.keysets
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|ks| ks.reserve.used.load(Ordering::Relaxed))
+                .collect()
+        };
+        for ks in live {
+            while ks.reserve.ready() < TARGET && room() {
+                if lock(&shared.state).stop {
+                    return;
+                }
+                match ks.ops.zero_encryption(&mut rand::rng()) {
+                    Ok(z) => lock(&ks.reserve.zeros).push(z),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// Whether the enclave has room for more entries: below half its budget
+/// (always, when the meter is not installed).
+fn room() -> bool {
+    budget::current() < budget::budget() / 2
+}
+
+/// Lowers the calling thread to the idle scheduling class (nice 19 where
+/// that is refused). Best effort: a platform that ignores it only makes
+/// the refill compete as an ordinary thread.
+fn idle_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread with a valid parameter.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+        }
+    }
+}

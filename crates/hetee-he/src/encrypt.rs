@@ -1,0 +1,278 @@
+//! Secret-key encryption in two halves: an encryption of zero made ahead
+//! of time, and the message added when it is known.
+//!
+//! A fresh symmetric BFV encryption of `m` is `(c0, c1) = (Δ·m + e − a·s, a)`
+//! with `a` uniform (here expanded from a public seed, as `fhe` does) and `e`
+//! a small error. Everything but `Δ·m` is independent of the message:
+//! [`SecretOps::zero_encryption`] draws `a` and `e` and computes
+//! `z = e − a·s` in the coefficient domain (the sampling, one product and
+//! one inverse NTT per prime: most of the cost), and
+//! [`SecretOps::encrypt_with`] later forms `c0 = Δ·m + z` (a conversion,
+//! a scalar product and an addition). The enclave keeps a small reserve
+//! of zero encryptions that an idle thread refills, so a query pays only
+//! the second half.
+//!
+//! Security rests on each zero encryption being used once: `z` masks the
+//! message as a one-time pad would, and two messages sent with the same
+//! `z` would leak their difference. [`ZeroEncryption`] is therefore
+//! neither `Clone` nor `Copy`, [`SecretOps::encrypt_with`] consumes it, and
+//! it is zeroized when dropped. `c0` stays in the coefficient domain: it
+//! travels that way ([`crate::codec::seeded_to_bytes`]) and the host, which
+//! has the cores, applies the forward NTT when it decodes it.
+
+use fhe::bfv::Ciphertext;
+use fhe_math::rq::{traits::TryConvertFrom, Poly, Representation};
+use rand::{CryptoRng, Rng, RngCore};
+use zeroize::Zeroizing;
+
+use crate::secret::{SecretOps, ERROR_VARIANCE};
+use crate::HeError;
+
+fn math(e: fhe_math::Error) -> HeError {
+    HeError::from(e)
+}
+
+/// `e − a·s` for a fresh error `e` and `a` expanded from `seed`: an
+/// encryption of zero under the secret key, waiting for its message.
+/// Secret until used (it masks the message); used once.
+pub struct ZeroEncryption {
+    z: Zeroizing<Poly>,
+    seed: [u8; 32],
+}
+
+impl std::fmt::Debug for ZeroEncryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ZeroEncryption(..)")
+    }
+}
+
+/// A fresh symmetric encryption whose `c1` is
+/// `Poly::random_from_seed(ctx, Ntt, seed)`: `c0` (coefficient form) and the
+/// seed. Only [`SecretOps::encrypt_with`] makes one, so the form holds by
+/// construction.
+pub struct Seeded {
+    pub(crate) c0: Poly,
+    pub(crate) seed: [u8; 32],
+}
+
+impl Seeded {
+    /// The full ciphertext (expands `c1` from the seed), both polynomials in
+    /// NTT form.
+    pub fn expand(
+        &self,
+        par: &std::sync::Arc<fhe::bfv::BfvParameters>,
+    ) -> Result<Ciphertext, HeError> {
+        let mut c0 = self.c0.clone();
+        c0.change_representation(Representation::Ntt);
+        let a = Poly::random_from_seed(self.c0.ctx(), Representation::Ntt, self.seed);
+        Ok(Ciphertext::new(vec![c0, a], par)?)
+    }
+
+    /// The seed of `c1`.
+    pub fn seed(&self) -> &[u8; 32] {
+        &self.seed
+    }
+}
+
+impl SecretOps {
+    /// Draws an encryption of zero at the top level: the message-free
+    /// (and costly) half of [`SecretOps::encrypt_seeded`].
+    pub fn zero_encryption<R: RngCore + CryptoRng>(
+        &self,
+        rng: &mut R,
+    ) -> Result<ZeroEncryption, HeError> {
+        let (ctx, s) = &self.top;
+        let seed: [u8; 32] = rng.random();
+        let mut a_s = Zeroizing::new(Poly::random_from_seed(ctx, Representation::Ntt, seed));
+        a_s.disallow_variable_time_computations();
+        *a_s *= &**s;
+        a_s.change_representation(Representation::PowerBasis);
+        let mut z = Zeroizing::new(
+            Poly::small(ctx, Representation::PowerBasis, ERROR_VARIANCE, rng).map_err(math)?,
+        );
+        z.disallow_variable_time_computations();
+        *z -= &*a_s;
+        Ok(ZeroEncryption { z, seed })
+    }
+
+    /// Encrypts the centred plaintext coefficients `m` (`|m_i| < t/2`) with
+    /// `zero`, which is used up: `c0 = Δ·m + z`, prime by prime (reduce,
+    /// multiply by `Δ mod q_i`, add), all in constant time.
+    pub fn encrypt_with(&self, m: &[i64], zero: ZeroEncryption) -> Result<Seeded, HeError> {
+        let (ctx, _) = &self.top;
+        let n = self.par.degree();
+        if m.len() > n {
+            return Err(HeError::Params(format!(
+                "{} coefficients for degree {n}",
+                m.len()
+            )));
+        }
+        // Range of the message, without a branch on any coefficient.
+        let half = self.t / 2;
+        let out = m.iter().fold(0u64, |acc, &x| {
+            acc | half.wrapping_sub(x.unsigned_abs()) >> 63
+        });
+        if out != 0 {
+            return Err(HeError::Params(
+                "a message coefficient is outside (-t/2, t/2)".into(),
+            ));
+        }
+        if zero.z.ctx() != ctx {
+            return Err(HeError::Params(
+                "an encryption of zero made under other parameters".into(),
+            ));
+        }
+        let mut full = Zeroizing::new(vec![0i64; n]);
+        full[..m.len()].copy_from_slice(m);
+        let z = zero.z.coefficients();
+        let mut c0 = Vec::with_capacity(n * ctx.moduli().len());
+        for (((q, &qi), &d), row) in ctx
+            .moduli_operators()
+            .iter()
+            .zip(ctx.moduli())
+            .zip(&self.delta_mod_q)
+            .zip(z.outer_iter())
+        {
+            // |m_i| < t/2 < q_i: the residue is m_i, or m_i + q_i when
+            // negative, selected by the sign mask without a branch.
+            let mut dm: Zeroizing<Vec<u64>> = Zeroizing::new(
+                full.iter()
+                    .map(|&x| (x as u64).wrapping_add(qi & ((x >> 63) as u64)))
+                    .collect(),
+            );
+            q.scalar_mul_vec(&mut dm, d);
+            let row = row
+                .as_slice()
+                .ok_or_else(|| HeError::Malformed("non-contiguous coefficients".into()))?;
+            q.add_vec(&mut dm, row);
+            // Δ·m + z: the ciphertext, public from here on.
+            c0.extend_from_slice(&dm);
+        }
+        Ok(Seeded {
+            c0: Poly::try_convert_from(c0, ctx, false, Representation::PowerBasis).map_err(math)?,
+            seed: zero.seed,
+        })
+    }
+
+    /// Encrypts `m` at the top level in the seeded form, both halves at
+    /// once: `c0` and the public seed of `c1`, which travels as such
+    /// ([`crate::codec::seeded_to_bytes`]) without `c1` being expanded.
+    pub fn encrypt_seeded<R: RngCore + CryptoRng>(
+        &self,
+        m: &[i64],
+        rng: &mut R,
+    ) -> Result<Seeded, HeError> {
+        let zero = self.zero_encryption(rng)?;
+        self.encrypt_with(m, zero)
+    }
+
+    /// Encrypts `m` at the top level: a fresh symmetric encryption whose
+    /// `c1` is derived from a random seed.
+    pub fn encrypt<R: RngCore + CryptoRng>(
+        &self,
+        m: &[i64],
+        rng: &mut R,
+    ) -> Result<Ciphertext, HeError> {
+        self.encrypt_seeded(m, rng)?.expand(&self.par)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::HeConfig;
+    use fhe::bfv::SecretKey;
+    use fhe_traits::Serialize;
+
+    fn setup(bound: u64) -> (std::sync::Arc<fhe::bfv::BfvParameters>, SecretOps) {
+        let par = HeConfig::for_accumulator_bound(bound)
+            .unwrap()
+            .build()
+            .unwrap();
+        let sk = SecretKey::random(&par, &mut rand::rng());
+        let ops = SecretOps::from_secret_key_bytes(&par, &sk.to_bytes()).unwrap();
+        (par, ops)
+    }
+
+    #[test]
+    fn zero_encryptions_made_ahead_decrypt_to_their_message() {
+        for bound in [1000, 1 << 28] {
+            let (par, ops) = setup(bound);
+            let t = par.plaintext() as i64;
+            let mut rng = rand::rng();
+            let zeros: Vec<ZeroEncryption> = (0..3)
+                .map(|_| ops.zero_encryption(&mut rng).unwrap())
+                .collect();
+            for zero in zeros {
+                let m: Vec<i64> = (0..par.degree())
+                    .map(|_| rng.random_range(-(t / 2)..t / 2))
+                    .collect();
+                let ct = ops.encrypt_with(&m, zero).unwrap().expand(&par).unwrap();
+                let got: Vec<u64> = ops.decrypt(&ct).unwrap().to_vec();
+                let want: Vec<u64> = m.iter().map(|&v| v.rem_euclid(t) as u64).collect();
+                assert_eq!(got, want);
+            }
+        }
+    }
+
+    #[test]
+    fn encrypt_with_equals_the_polynomial_arithmetic() {
+        // c0 = Δ·m + z computed with fhe-math's polynomials.
+        for bound in [1000, 1 << 35] {
+            let (par, ops) = setup(bound);
+            let t = par.plaintext() as i64;
+            let mut rng = rand::rng();
+            let zero = ops.zero_encryption(&mut rng).unwrap();
+            let z = (*zero.z).clone();
+            let m: Vec<i64> = (0..par.degree() - 3)
+                .map(|_| rng.random_range(-(t / 2)..t / 2))
+                .collect();
+            let got = ops.encrypt_with(&m, zero).unwrap();
+            let mut full = vec![0i64; par.degree()];
+            full[..m.len()].copy_from_slice(&m);
+            let mut want = Poly::try_convert_from(
+                full.as_slice(),
+                &ops.top.0,
+                false,
+                Representation::PowerBasis,
+            )
+            .unwrap();
+            want *= &(ops.top.0.modulus() / num_bigint::BigUint::from(ops.t));
+            want += &z;
+            assert_eq!(got.c0, want);
+        }
+    }
+
+    #[test]
+    fn each_zero_encryption_masks_with_fresh_randomness() {
+        // The same message twice: different seeds, different c0.
+        let (par, ops) = setup(1000);
+        let m = vec![7i64; par.degree()];
+        let a = ops.encrypt_seeded(&m, &mut rand::rng()).unwrap();
+        let b = ops.encrypt_seeded(&m, &mut rand::rng()).unwrap();
+        assert_ne!(a.seed(), b.seed());
+        assert_ne!(a.c0, b.c0);
+    }
+
+    #[test]
+    fn other_parameters_and_out_of_range_messages_are_refused() {
+        let (_, ops) = setup(1000);
+        let (par2, ops2) = setup(1 << 35);
+        let zero = ops2.zero_encryption(&mut rand::rng()).unwrap();
+        assert!(ops.encrypt_with(&[1, 2, 3], zero).is_err());
+        let zero = ops.zero_encryption(&mut rand::rng()).unwrap();
+        assert!(ops
+            .encrypt_with(&vec![0; par2.degree() * 2 + 1], zero)
+            .is_err());
+        // Coefficients outside (-t/2, t/2) are refused, not wrapped.
+        let half = (ops.t / 2) as i64;
+        for bad in [half + 1, -half - 1, i64::MIN, i64::MAX] {
+            let zero = ops.zero_encryption(&mut rand::rng()).unwrap();
+            assert!(ops.encrypt_with(&[0, bad, 0], zero).is_err(), "{bad}");
+        }
+        for edge in [half, -half] {
+            let zero = ops.zero_encryption(&mut rand::rng()).unwrap();
+            assert!(ops.encrypt_with(&[edge], zero).is_ok(), "{edge}");
+        }
+    }
+}
