@@ -168,14 +168,32 @@ impl SecretOps {
                 Encoding::poly_at_level(pt.level()),
             )?));
         };
-        let mut phase = Zeroizing::new(ct[0].clone());
-        phase.disallow_variable_time_computations();
-        for (ci, si) in ct[1..].iter().zip([&lk.s, &lk.s2]) {
-            let mut term = Zeroizing::new(ci.clone());
-            term.disallow_variable_time_computations();
-            *term *= &**si;
-            *phase += &*term;
+        // phase = c0 + c1·s (+ c2·s²), coefficient-wise in NTT form on the
+        // one prime's residues, constant time, without intermediate polynomials.
+        let q = lk
+            .ctx
+            .moduli_operators()
+            .first()
+            .ok_or_else(|| HeError::Malformed("a level without primes".into()))?;
+        let ntt_rows: Vec<std::borrow::Cow<'_, [u64]>> =
+            ct.iter().map(ntt_row).collect::<Result<_, _>>()?;
+        let mut acc = Zeroizing::new(ntt_rows[1].to_vec());
+        q.mul_vec(&mut acc, row0(&lk.s)?);
+        q.add_vec(&mut acc, &ntt_rows[0]);
+        if let Some(c2) = ntt_rows.get(2) {
+            let mut term = Zeroizing::new(c2.to_vec());
+            q.mul_vec(&mut term, row0(&lk.s2)?);
+            q.add_vec(&mut acc, &term);
         }
+        let mut phase = Zeroizing::new(
+            Poly::try_convert_from(
+                std::mem::take(&mut *acc),
+                &lk.ctx,
+                false,
+                Representation::Ntt,
+            )
+            .map_err(math)?,
+        );
         phase.change_representation(Representation::PowerBasis);
         let coeffs = phase.coefficients();
         let x = coeffs
@@ -192,6 +210,25 @@ impl SecretOps {
                 .collect(),
         ))
     }
+}
+
+/// The first prime's residues of `p` (the only prime at the level of stage
+/// results) in NTT form: borrowed when `p` is in NTT form already.
+fn ntt_row(p: &Poly) -> Result<std::borrow::Cow<'_, [u64]>, HeError> {
+    if *p.representation() == Representation::Ntt {
+        return Ok(std::borrow::Cow::Borrowed(row0(p)?));
+    }
+    let mut p = p.clone();
+    p.change_representation(Representation::Ntt);
+    Ok(std::borrow::Cow::Owned(row0(&p)?.to_vec()))
+}
+
+/// The first row of a polynomial's coefficients, contiguous.
+fn row0(p: &Poly) -> Result<&[u64], HeError> {
+    p.coefficients()
+        .index_axis_move(ndarray::Axis(0), 0)
+        .to_slice()
+        .ok_or_else(|| HeError::Malformed("non-contiguous coefficients".into()))
 }
 
 /// Bits of the values the one-prime rounding divides.

@@ -25,6 +25,7 @@ pub enum Request {
     /// Restores a key set sealed by an enclave with the same measurement.
     RestoreKeys {
         /// Blob from [`Response::KeysCreated`].
+        #[serde(with = "serde_bytes")]
         sealed: Vec<u8>,
     },
     /// The key set's public identity and the platform's evidence for it.
@@ -37,8 +38,10 @@ pub enum Request {
         /// Key set the evidence attests.
         key_id: KeyId,
         /// The evidence the client verified; its hash is the Noise prologue.
+        #[serde(with = "serde_bytes")]
         evidence: Vec<u8>,
         /// Handshake message 1.
+        #[serde(with = "serde_bytes")]
         msg1: Vec<u8>,
     },
     /// Noise XK message 3 and the client's first message.
@@ -46,20 +49,24 @@ pub enum Request {
         /// From [`Response::ChannelOpened`].
         session: SessionId,
         /// Handshake message 3.
+        #[serde(with = "serde_bytes")]
         msg3: Vec<u8>,
         /// A sealed client message.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// Restores a model sealed by an enclave with the same measurement.
     /// Its key set must be restored first.
     RestoreModel {
         /// Blob from [`RegisteredModel::sealed`].
+        #[serde(with = "serde_bytes")]
         sealed: Vec<u8>,
     },
     /// Restores a model's sealed state (lock, budgets, allow list).
     /// A state older than the one loaded is refused.
     RestoreState {
         /// Blob from [`SealedState::sealed`].
+        #[serde(with = "serde_bytes")]
         sealed: Vec<u8>,
     },
     /// Starts the query of a session that said hello.
@@ -69,9 +76,11 @@ pub enum Request {
         /// The model whose weights the host evaluates (must be the session's).
         model_id: ModelId,
         /// A sealed query message.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
         /// The data provider's input ciphertexts, exactly as the host will
         /// use them for stage 0 (their digest must match the query's).
+        #[serde(with = "crate::bytes::list")]
         input: Vec<Vec<u8>>,
     },
     /// Starts one query for several thin sessions of the same model: the
@@ -91,6 +100,7 @@ pub enum Request {
         /// Stage index; stages must come in order, each once.
         stage: u32,
         /// Serialized degree-2 ciphertexts, in packing order.
+        #[serde(with = "crate::bytes::list")]
         ciphertexts: Vec<Vec<u8>>,
     },
     /// Forgets a session (the host gave up on it).
@@ -109,19 +119,23 @@ pub enum Request {
         /// The peer's channel key, from its offer.
         peer_key: [u8; 32],
         /// The peer's evidence over `peer_key`.
+        #[serde(with = "serde_bytes")]
         peer_evidence: Vec<u8>,
     },
     /// Adopt the sealing key a peer enclave shared with this one (before
     /// any key set is created or restored).
     AdoptSealingKey {
         /// The one-way message to this enclave's channel key.
+        #[serde(with = "serde_bytes")]
         message: Vec<u8>,
         /// The sharing enclave's evidence over the message.
+        #[serde(with = "serde_bytes")]
         evidence: Vec<u8>,
     },
     /// Take back an adopted sealing key this enclave sealed for itself.
     RestoreSealingKey {
         /// What [`Response::SealingKeyAdopted`] gave the host.
+        #[serde(with = "serde_bytes")]
         sealed: Vec<u8>,
     },
 }
@@ -132,6 +146,7 @@ pub struct StackMember {
     /// The session (it said hello to the model).
     pub session: SessionId,
     /// Its sealed thin query; empty for a member deferred by an earlier stack.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -143,8 +158,10 @@ pub enum Response {
         /// Its id.
         key_id: KeyId,
         /// Serialized BFV public key.
+        #[serde(with = "serde_bytes")]
         public_key: Vec<u8>,
         /// The key set sealed to this enclave's measurement (host stores it).
+        #[serde(with = "serde_bytes")]
         sealed: Vec<u8>,
     },
     /// Key set restored.
@@ -157,6 +174,7 @@ pub enum Response {
         /// The identity it attests.
         identity: Identity,
         /// Encoded [`hetee_attest::Evidence`].
+        #[serde(with = "serde_bytes")]
         evidence: Vec<u8>,
     },
     /// Noise XK message 2.
@@ -164,11 +182,13 @@ pub enum Response {
         /// The new session.
         session: SessionId,
         /// Handshake message 2.
+        #[serde(with = "serde_bytes")]
         msg2: Vec<u8>,
     },
     /// The enclave's sealed answer to the client's first message.
     ChannelReply {
         /// A sealed enclave message for the client.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
         /// Set when the message registered a model: what the host stores.
         registered: Option<RegisteredModel>,
@@ -191,6 +211,7 @@ pub enum Response {
     /// ciphertexts, or on `input` for a thin query (encrypted by the enclave).
     QueryStarted {
         /// Stage-0 input of a thin query.
+        #[serde(with = "crate::bytes::option_list")]
         input: Option<Vec<Vec<u8>>>,
         /// The model's state with this query counted (budgeted models
         /// only; `None` when the state did not change): what the host stores.
@@ -204,6 +225,7 @@ pub enum Response {
         /// The model's batch: the most images one stacked query holds.
         batch: u32,
         /// Stage-0 input, encrypted by the enclave.
+        #[serde(with = "crate::bytes::list")]
         input: Vec<Vec<u8>>,
         /// Members whose images are in this query, in stacking order.
         started: Vec<SessionId>,
@@ -226,11 +248,13 @@ pub enum Response {
         /// The stage these ciphertexts feed.
         stage: u32,
         /// Serialized fresh ciphertexts.
+        #[serde(with = "crate::bytes::list")]
         ciphertexts: Vec<Vec<u8>>,
     },
     /// The query's result, sealed to the data provider's channel.
     Finished {
         /// A sealed [`crate::channel::EnclaveMessage::Result`].
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// Session closed.
@@ -240,19 +264,23 @@ pub enum Response {
         /// The enclave's channel key.
         channel_public_key: [u8; 32],
         /// Evidence binding it.
+        #[serde(with = "serde_bytes")]
         evidence: Vec<u8>,
     },
     /// The sealing key, encrypted to the peer (see [`Request::ShareSealingKey`]).
     SealingKeyShared {
         /// One-way message to the peer's channel key.
+        #[serde(with = "serde_bytes")]
         message: Vec<u8>,
         /// This enclave's evidence over the message.
+        #[serde(with = "serde_bytes")]
         evidence: Vec<u8>,
     },
     /// The cluster's sealing key is adopted; `sealed` is it, sealed under
     /// this enclave's own platform key, for its host to keep.
     SealingKeyAdopted {
         /// The adopted key, sealed for this enclave only.
+        #[serde(with = "serde_bytes")]
         sealed: Vec<u8>,
     },
     /// The adopted sealing key is back.
@@ -287,6 +315,7 @@ pub struct RegisteredModel {
     /// The upload whose weights it uses ([`crate::ids::upload_id`]).
     pub upload_id: [u8; 16],
     /// Model secrets sealed to the enclave's measurement.
+    #[serde(with = "serde_bytes")]
     pub sealed: Vec<u8>,
     /// Its first sealed state.
     pub state: SealedState,
@@ -301,6 +330,7 @@ pub struct SealedState {
     /// The state's version (public, so the host keeps the newest).
     pub version: u64,
     /// The sealed blob.
+    #[serde(with = "serde_bytes")]
     pub sealed: Vec<u8>,
 }
 

@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod bodies;
+pub mod bytes;
 pub mod channel;
 pub mod config;
 mod graph_check;
