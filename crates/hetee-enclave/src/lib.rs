@@ -14,6 +14,7 @@
 //! - [`keys`]: key sets, registered models, sealing;
 //! - [`peer`]: the cluster's sealing key, moved enclave to enclave;
 //! - [`state`]: a model's mutable state (lock, incidents, budgets, allow list);
+//! - [`query_ids`]: recent query ids, so a retried query spends once;
 //! - [`step`]: decrypt → Freivalds check → nonlinear step → encrypt;
 //! - [`freivalds`]: the checks of the host's linear layers;
 //! - [`policy`]: output policies, branch-free;
@@ -31,6 +32,7 @@ pub mod keys;
 pub mod peer;
 pub mod policy;
 mod query;
+pub mod query_ids;
 mod register;
 mod stack;
 pub mod state;
