@@ -124,18 +124,36 @@ impl Replicas {
         model_id: &str,
         client: Option<StaticKeypair>,
     ) -> Result<Self> {
-        let replicas = split_servers(servers)?
+        let relays = split_servers(servers)?
             .into_iter()
             .map(|addr| {
                 let api: Arc<dyn Relay> = Arc::new(Api::connect(&addr, ca)?);
-                Ok(Replica {
-                    addr,
-                    api,
-                    target: Mutex::new(None),
-                    health: Mutex::new(Health::Up),
-                })
+                Ok((addr, api))
             })
             .collect::<Result<Vec<_>>>()?;
+        Self::over(relays, trust, model_id, client)
+    }
+
+    /// [`Replicas::connect`] over given relays, each named by its address
+    /// (e.g. an [`Api`] wrapped to observe or disturb its traffic).
+    pub fn over(
+        relays: Vec<(String, Arc<dyn Relay>)>,
+        trust: &Trust,
+        model_id: &str,
+        client: Option<StaticKeypair>,
+    ) -> Result<Self> {
+        if relays.is_empty() {
+            bail!("no server address; pass --server host:port");
+        }
+        let replicas = relays
+            .into_iter()
+            .map(|(addr, api)| Replica {
+                addr,
+                api,
+                target: Mutex::new(None),
+                health: Mutex::new(Health::Up),
+            })
+            .collect();
         let mut pool = Replicas {
             replicas,
             trust: trust.clone(),
