@@ -13,6 +13,7 @@
 //! - `stack`: several thin data providers' queries stacked in one batch;
 //! - [`keys`]: key sets, registered models, sealing;
 //! - [`peer`]: the cluster's sealing key, moved enclave to enclave;
+//! - [`peer_check`]: how a peer's evidence is checked (production verifiers);
 //! - [`state`]: a model's mutable state (lock, incidents, budgets, allow list);
 //! - [`query_ids`]: recent query ids, so a retried query spends once;
 //! - [`step`]: decrypt → Freivalds check → nonlinear step → encrypt;
@@ -30,6 +31,7 @@ pub mod enclave;
 pub mod freivalds;
 pub mod keys;
 pub mod peer;
+pub mod peer_check;
 pub mod policy;
 mod query;
 pub mod query_ids;
