@@ -159,7 +159,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
             }
-            ClientMessage::ThinQuery { images } => {
+            ClientMessage::ThinQuery { images, .. } => {
                 let _ = thin_input_digest(&images);
             }
             ClientMessage::SetAllowList { allow, .. } => {

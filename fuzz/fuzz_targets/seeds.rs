@@ -203,6 +203,7 @@ fn session_seeds() {
     let input =
         hetee_enclave::input_binding::encrypt_input(&pk, &par, &polys, &INPUT_SEED).unwrap();
     let query = ClientMessage::Query {
+        query_id: [0x51; 16],
         input_digest: input_digest(&input),
         images: 1,
         seed: Zeroizing::new(INPUT_SEED),
@@ -339,6 +340,7 @@ fn session_seeds() {
     }
     put(t, "thin", &thin.u8(0).u8(0).0);
     let thin_msg = ClientMessage::ThinQuery {
+        query_id: [0x52; 16],
         images: Zeroizing::new(vec![x.clone()]),
     };
     put(
@@ -723,6 +725,7 @@ fn write_all() {
         (
             "query",
             ClientMessage::Query {
+                query_id: [4; 16],
                 input_digest: [2; 32],
                 images: 1,
                 seed: Zeroizing::new([3; 32]),
@@ -731,6 +734,7 @@ fn write_all() {
         (
             "thin-query",
             ClientMessage::ThinQuery {
+                query_id: [5; 16],
                 images: Zeroizing::new(vec![vec![0.25; 20]]),
             },
         ),

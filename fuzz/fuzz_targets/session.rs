@@ -368,6 +368,7 @@ fn query(r: &mut Reader, w: &mut World, mut s: Session, kind: u8) {
                 digest[0] ^= 1;
             }
             let msg = ClientMessage::Query {
+                query_id: s.id,
                 input_digest: digest,
                 images,
                 seed: Zeroizing::new(seed),
@@ -390,6 +391,7 @@ fn query(r: &mut Reader, w: &mut World, mut s: Session, kind: u8) {
                 })
                 .collect();
             let msg = ClientMessage::ThinQuery {
+                query_id: s.id,
                 images: Zeroizing::new(images),
             };
             (

@@ -326,7 +326,7 @@ impl Provider {
             return postcard::to_allocvec(msg).unwrap();
         };
         if self.sealed == 0 {
-            if let ClientMessage::ThinQuery { images } = msg {
+            if let ClientMessage::ThinQuery { images, .. } = msg {
                 self.first_thin = Some(images.to_vec());
             }
         }
@@ -405,6 +405,7 @@ fn open_sessions(r: &mut Reader, w: &mut World) -> Vec<Provider> {
             };
             if kind == 7 {
                 let msg = ClientMessage::ThinQuery {
+                    query_id: id,
                     images: Zeroizing::new(vec![image(0)]),
                 };
                 let payload = p.seal(&msg);
@@ -527,11 +528,14 @@ fn member(r: &mut Reader, w: &World, providers: &mut [Provider], previous: &[u8]
     let payload = match p {
         0 => {
             let images = thin_images(r);
+            let query_id = prov.id;
             prov.seal(&ClientMessage::ThinQuery {
+                query_id,
                 images: Zeroizing::new(images),
             })
         }
         1 => prov.seal(&ClientMessage::Query {
+            query_id: prov.id,
             input_digest: [0x44; 32],
             images: 1,
             seed: Zeroizing::new(INPUT_SEED),

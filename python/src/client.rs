@@ -22,7 +22,8 @@ use crate::local::{opt_path, path_string};
 /// `server`: `host:port`, `http://host:port` or `https://host:port`; or
 /// several replicas of one deployment (a list, or a comma-separated
 /// string): queries go to them in turn and a query whose replica fails is
-/// retried on another.
+/// retried on another, with the same query id and input, so a budget
+/// counts it once.
 /// `measurement`: the enclave measurement to accept (64 hex digits).
 /// `key_file`: the long-term client key (hex file, created if missing):
 /// the key a model's owner lists to allow queries, and by which query

@@ -10,7 +10,7 @@ use hetee_proto::api::{KeysInfo, ModelInfo, QueryDone};
 use hetee_proto::bodies::QueryBody;
 use hetee_proto::input_binding::encrypt_input;
 use hetee_proto::messages::{
-    id_from_hex, id_hex, input_digest, thin_input_digest, ClientMessage, EnclaveMessage,
+    id_from_hex, id_hex, input_digest, thin_input_digest, ClientMessage, EnclaveMessage, QueryId,
     QueryResult,
 };
 use serde::{Deserialize, Serialize};
@@ -59,6 +59,36 @@ pub struct Answer {
     pub bytes_up: usize,
     /// Sealed result bytes this client received.
     pub bytes_down: usize,
+}
+
+/// One logical query's identity, kept across its attempts: its id and the
+/// secret seed of its input encryption. A retry with the same ticket and
+/// the same images sends the same id and the same input (the same
+/// ciphertexts, or the same plaintext for a thin query), so a budgeted
+/// model counts the query once (up to the enclave's bound of recent ids
+/// per client key, `hetee_enclave::query_ids::MAX_RECENT_QUERIES`).
+pub struct Ticket {
+    /// The query's id.
+    pub query_id: QueryId,
+    /// The seed of the input's encryption randomness (secret: only the
+    /// enclave sees it).
+    seed: Zeroizing<[u8; 32]>,
+}
+
+impl Ticket {
+    /// A fresh ticket: a random id and seed.
+    pub fn new() -> Self {
+        Ticket {
+            query_id: rand::random(),
+            seed: Zeroizing::new(rand::random()),
+        }
+    }
+}
+
+impl Default for Ticket {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A result signed by the attested enclave, with the evidence that binds
@@ -169,16 +199,23 @@ impl Target {
     /// One query of up to the model's batch of images, in its own session:
     /// the input is encrypted here under the attested key.
     pub fn query(&self, xs: &[&[f32]]) -> Result<Answer> {
-        self.run(xs, false)
+        self.run(xs, false, &Ticket::new())
     }
 
     /// A thin query: the input goes to the enclave over the channel and
     /// the enclave encrypts it (for clients that cannot run HE).
     pub fn query_thin(&self, xs: &[&[f32]]) -> Result<Answer> {
-        self.run(xs, true)
+        self.run(xs, true, &Ticket::new())
     }
 
-    fn run(&self, xs: &[&[f32]], thin: bool) -> Result<Answer> {
+    /// One attempt at the query of `ticket` (thin or not): a retry of a
+    /// query whose attempt failed passes the same ticket and images, so a
+    /// budgeted model counts the query once.
+    pub fn attempt(&self, xs: &[&[f32]], thin: bool, ticket: &Ticket) -> Result<Answer> {
+        self.run(xs, thin, ticket)
+    }
+
+    fn run(&self, xs: &[&[f32]], thin: bool, ticket: &Ticket) -> Result<Answer> {
         let hello = ClientMessage::Hello {
             model_id: self.model_id,
         };
@@ -211,15 +248,21 @@ impl Target {
         let (msg, cts, digest) = if thin || plan.input_in_enclave {
             let images = Zeroizing::new(xs.iter().map(|x| x.to_vec()).collect::<Vec<_>>());
             let digest = thin_input_digest(&images);
-            (ClientMessage::ThinQuery { images }, Vec::new(), digest)
+            let msg = ClientMessage::ThinQuery {
+                query_id: ticket.query_id,
+                images,
+            };
+            (msg, Vec::new(), digest)
         } else {
             let polys = plan.pack_input(xs)?;
-            // Fresh secret randomness, revealed only to the enclave: it
-            // proves that this session made these ciphertexts.
-            let seed = Zeroizing::new(rand::random::<[u8; 32]>());
+            // Secret randomness, revealed only to the enclave: it proves
+            // that this client made these ciphertexts. The ticket's, so a
+            // retry makes the same ciphertexts.
+            let seed = ticket.seed.clone();
             let cts = encrypt_input(&keys.public_key, &keys.par, &polys, &seed)?;
             let digest = input_digest(&cts);
             let msg = ClientMessage::Query {
+                query_id: ticket.query_id,
                 input_digest: digest,
                 images: xs.len() as u32,
                 seed,

@@ -7,11 +7,13 @@
 //! the query itself ([`Fault::Fatal`]: budget spent, locked, not allowed,
 //! bad input) is returned at once: every replica would refuse it too.
 //!
-//! Budgets: a query's budget is spent when its enclave starts it. If a
-//! replica dies after that, the retry elsewhere is a new query and spends
-//! again: the dead attempt counted once and the retry once more (never
-//! less than the results received). [`Replicas::retried`] lists every such
-//! attempt.
+//! Budgets: a query's budget is spent when its enclave starts it. Every
+//! attempt of one query carries the same [`Ticket`] (query id and
+//! encryption seed), so its input and id are the same on every replica: if
+//! a replica dies after the spend, the retry elsewhere runs without
+//! spending again. A query counts once (the enclave remembers the last 64
+//! spending ids of each client key; see `hetee_enclave::query_ids`).
+//! [`Replicas::retried`] lists every retried attempt.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use hetee_attest::StaticKeypair;
 
-use crate::data_provider::{Answer, Target};
+use crate::data_provider::{Answer, Target, Ticket};
 use crate::fault::{classify, Fault};
 use crate::http::Api;
 use crate::relay::Relay;
@@ -122,18 +124,36 @@ impl Replicas {
         model_id: &str,
         client: Option<StaticKeypair>,
     ) -> Result<Self> {
-        let replicas = split_servers(servers)?
+        let relays = split_servers(servers)?
             .into_iter()
             .map(|addr| {
                 let api: Arc<dyn Relay> = Arc::new(Api::connect(&addr, ca)?);
-                Ok(Replica {
-                    addr,
-                    api,
-                    target: Mutex::new(None),
-                    health: Mutex::new(Health::Up),
-                })
+                Ok((addr, api))
             })
             .collect::<Result<Vec<_>>>()?;
+        Self::over(relays, trust, model_id, client)
+    }
+
+    /// [`Replicas::connect`] over given relays, each named by its address
+    /// (e.g. an [`Api`] wrapped to observe or disturb its traffic).
+    pub fn over(
+        relays: Vec<(String, Arc<dyn Relay>)>,
+        trust: &Trust,
+        model_id: &str,
+        client: Option<StaticKeypair>,
+    ) -> Result<Self> {
+        if relays.is_empty() {
+            bail!("no server address; pass --server host:port");
+        }
+        let replicas = relays
+            .into_iter()
+            .map(|(addr, api)| Replica {
+                addr,
+                api,
+                target: Mutex::new(None),
+                health: Mutex::new(Health::Up),
+            })
+            .collect();
         let mut pool = Replicas {
             replicas,
             trust: trust.clone(),
@@ -159,9 +179,11 @@ impl Replicas {
     }
 
     /// One query of up to [`Replicas::batch`] images (thin: the input over
-    /// the channel), retried on other replicas as the module doc says.
+    /// the channel), retried on other replicas as the module doc says, each
+    /// attempt with the same [`Ticket`]: a budget counts it once.
     pub fn query(&self, xs: &[&[f32]], thin: bool) -> Result<Answer> {
-        self.attempt(|t| if thin { t.query_thin(xs) } else { t.query(xs) })
+        let ticket = Ticket::new();
+        self.attempt(|t| t.attempt(xs, thin, &ticket))
     }
 
     /// Attempts that failed on a replica and were retried, in order.

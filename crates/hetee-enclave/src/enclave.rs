@@ -65,6 +65,8 @@ pub(crate) struct Opened {
     pub x: Zeroizing<Vec<Vec<i64>>>,
     /// What the member's result binds: the digest of its images.
     pub input_digest: [u8; 32],
+    /// The client's id of the query (a retry reuses it).
+    pub query_id: crate::messages::QueryId,
 }
 
 /// One data provider's part of a running query: its channel, its images
@@ -435,9 +437,7 @@ impl Enclave {
     }
 
     fn restore_state(&self, sealed: &[u8]) -> Result<Response, EnclaveError> {
-        let st: ModelState = self
-            .sealer()?
-            .unseal_record(crate::state::STATE_LABEL, sealed)?;
+        let st = ModelState::unseal(&self.sealer()?, sealed)?;
         if !read(&self.models).contains_key(&st.model_id) {
             return refuse("restore the state's model first");
         }

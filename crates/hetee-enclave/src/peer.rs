@@ -7,8 +7,9 @@
 //! 1. the joining enclave's [`Request::PeerOffer`](crate::Request): its
 //!    channel key and evidence that binds it;
 //! 2. a member's [`Request::ShareSealingKey`](crate::Request): it checks
-//!    the offer (same measurement, same platform kind, sim only between sim
-//!    enclaves), encrypts its sealing key to the offered channel key (one
+//!    the offer ([`crate::peer_check`]: same measurement, same platform
+//!    kind, the vendor's production verifier on a real TEE, sim only
+//!    between sim enclaves), encrypts its sealing key to the offered channel key (one
 //!    Noise `N` message) and attests the message with its own evidence;
 //! 3. the joiner's [`Request::AdoptSealingKey`](crate::Request): it checks
 //!    that evidence the same way, opens the message and seals the adopted
@@ -18,16 +19,13 @@
 //! read the key (encrypted to an attested enclave key) nor plant one of its
 //! own (the sender's evidence must bind the message).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use hetee_attest::oneway::{open_with, seal_to};
-use hetee_attest::verify::{EvidenceVerifier, Policy, SimVerifier};
-use hetee_attest::{Evidence, PlatformKind};
 use sha2::{Digest, Sha256, Sha512};
 use zeroize::Zeroizing;
 
 use crate::enclave::{read, refuse, write, Enclave};
 use crate::messages::Response;
+use crate::peer_check::{check_peer_evidence, host_clock, peer_verifiers};
 use crate::EnclaveError;
 
 const JOIN: &[u8] = b"hetee/peer-join/v1";
@@ -42,47 +40,24 @@ fn bound(domain: &[u8], data: &[u8]) -> [u8; 64] {
     h.finalize().into()
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl Enclave {
     /// The prologue of a share: bound to the measurement.
     fn share_prologue(&self) -> Vec<u8> {
         [SHARE, &self.measurement().0[..]].concat()
     }
 
-    /// Checks a peer's evidence: authentic, this enclave's measurement,
-    /// this enclave's platform kind (sim only between sim enclaves), and
-    /// `want` as report data.
+    /// Checks a peer's evidence ([`check_peer_evidence`]): authentic, this
+    /// enclave's platform kind and measurement, and `want` as report data.
     fn check_peer(&self, evidence: &[u8], want: &[u8; 64]) -> Result<(), EnclaveError> {
-        let ev = Evidence::decode(evidence)?;
-        let own = self.platform().kind();
-        if ev.platform != own {
-            return refuse(format!(
-                "the peer runs on {:?}, this enclave on {own:?}",
-                ev.platform
-            ));
-        }
-        let verifier: Box<dyn EvidenceVerifier> = match own {
-            PlatformKind::Sim => Box::new(SimVerifier::dev()),
-            kind => {
-                return refuse(format!(
-                    "this enclave build verifies no {kind:?} peer evidence yet"
-                ))
-            }
-        };
-        let policy = Policy {
-            expected_measurement: self.measurement(),
-            allow_sim: own == PlatformKind::Sim,
-            allow_debug: false,
-        };
-        policy
-            .check(verifier.as_ref(), &ev, want, unix_now())
-            .map_err(|e| EnclaveError::Protocol(format!("the peer's evidence is refused: {e}")))?;
+        check_peer_evidence(
+            &peer_verifiers(),
+            self.platform().kind(),
+            self.measurement(),
+            evidence,
+            want,
+            host_clock(),
+        )
+        .map_err(|e| EnclaveError::Protocol(e.to_string()))?;
         Ok(())
     }
 

@@ -16,6 +16,7 @@ use crate::messages::{
     SessionId,
 };
 use crate::policy;
+use crate::query_ids::SpentQuery;
 use crate::state::ModelState;
 use crate::step::{
     decrypt_all, encrypt_stage_input, start_values, step, StepOutput, INTEGRITY_FAILURE,
@@ -45,20 +46,35 @@ impl Enclave {
         let (m, ks) = self.model_and_keys(&model_id)?;
         let ks = ks.as_ref();
         let batch = m.schedule.batch;
-        self.with_state(&model_id, |s| s.admit(&client, &m.terms))?;
-        let (values, digest, images, thin_input) = match msg {
+        // What the query spends on: its id and its input's digest (cheap to
+        // compute, so a refusal comes before any HE work).
+        let spent = match &msg {
             ClientMessage::Query {
+                query_id,
                 input_digest: want,
-                images,
-                seed,
+                ..
             } => {
+                if input_digest(input) != *want {
+                    return refuse("the input ciphertexts are not the ones the data provider sent");
+                }
+                SpentQuery {
+                    query_id: *query_id,
+                    input_digest: *want,
+                }
+            }
+            ClientMessage::ThinQuery { query_id, images } => SpentQuery {
+                query_id: *query_id,
+                input_digest: thin_input_digest(images),
+            },
+            _ => return refuse("expected the data provider's query; session closed"),
+        };
+        self.with_state(&model_id, |s| s.admit_query(&client, &m.terms, &spent))?;
+        let (values, images, thin_input) = match msg {
+            ClientMessage::Query { images, seed, .. } => {
                 if m.schedule.input_in_enclave() {
                     return refuse(
                         "this model runs ops on the input in the enclave before its first linear layer; send the input over the channel (a thin query)",
                     );
-                }
-                if input_digest(input) != want {
-                    return refuse("the input ciphertexts are not the ones the data provider sent");
                 }
                 let need = m.schedule.stages[0].packing.input_count();
                 if input.len() != need {
@@ -78,9 +94,9 @@ impl Enclave {
                 if !in_range(&x, m.schedule.input.min, m.schedule.input.max) {
                     return refuse("the input holds values outside the model's input range");
                 }
-                (start_values(&m.schedule, &x)?, want, images, None)
+                (start_values(&m.schedule, &x)?, images, None)
             }
-            ClientMessage::ThinQuery { images } => {
+            ClientMessage::ThinQuery { images, .. } => {
                 if !input.is_empty() {
                     return refuse("a thin query carries no ciphertexts");
                 }
@@ -88,8 +104,7 @@ impl Enclave {
                 pad_to_batch(&m.schedule, &mut x);
                 let values = start_values(&m.schedule, &x)?;
                 let cts = encrypt_stage_input(ks, &m.schedule, 0, &values)?;
-                let digest = thin_input_digest(&images);
-                (values, digest, images.len() as u32, Some(cts))
+                (values, images.len() as u32, Some(cts))
             }
             _ => return refuse("expected the data provider's query; session closed"),
         };
@@ -97,11 +112,11 @@ impl Enclave {
             return refuse(format!("a query holds 1 to {batch} images, not {images}"));
         }
         // Admit and spend at once, under the state table's lock: two queries
-        // cannot both spend a budget's last query.
+        // cannot both spend a budget's last query, and a retry of a query
+        // that spent (same id, same input) spends nothing.
         let sealed_state = self.with_state(&model_id, |state| {
-            state.admit(&client, &m.terms)?;
             let mut next: ModelState = state.clone();
-            next.spend(&client, &m.terms);
+            next.charge(&client, &m.terms, &spent)?;
             if next.version == state.version {
                 return Ok(None);
             }
@@ -109,6 +124,7 @@ impl Enclave {
             *state = next;
             Ok(Some(sealed))
         })?;
+        let digest = spent.input_digest;
         self.insert_session(
             session,
             Session::Running(Box::new(Running {

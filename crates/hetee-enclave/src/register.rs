@@ -43,7 +43,7 @@ impl Enclave {
             .get(&key_id)
             .map(|k| k.owner)
             .unwrap_or([0; 32]);
-        self.with_state(&model_id, |s| s.admit(&client, &m.terms))?;
+        self.with_state(&model_id, |s| s.admit_client(&client))?;
         let plan = QueryPlan::of(model_id, key_id, owner, &m.schedule)?;
         seal(tx, &EnclaveMessage::Plan(Box::new(plan)))
     }

@@ -16,6 +16,7 @@ use crate::channel::decode;
 use crate::enclave::{lock, refuse, Enclave, Member, Opened, Running, Session};
 use crate::messages::{thin_input_digest, ClientMessage, ModelId, Response, SessionId};
 use crate::query::{pad_to_batch, quantize_thin};
+use crate::query_ids::SpentQuery;
 use crate::state::ModelState;
 use crate::step::{encrypt_stage_input, start_values};
 use crate::EnclaveError;
@@ -70,16 +71,19 @@ impl Enclave {
                 self.insert_session(session, Session::Opened(Box::new(o)));
             }
         }
-        // Admit and spend each member at once, under the state table's lock.
+        // Admit and spend each member at once, under the state table's lock
+        // (a member retrying a query that spent, same id and images, spends
+        // nothing).
         let mut admitted = Vec::with_capacity(taken.len());
         let sealed_state = self.with_state(&model_id, |state| {
             let mut next: ModelState = state.clone();
             for (session, o) in taken {
-                match next.admit(&o.client, &m.terms) {
-                    Ok(()) => {
-                        next.spend(&o.client, &m.terms);
-                        admitted.push((session, o));
-                    }
+                let q = SpentQuery {
+                    query_id: o.query_id,
+                    input_digest: o.input_digest,
+                };
+                match next.charge(&o.client, &m.terms, &q) {
+                    Ok(_) => admitted.push((session, o)),
                     Err(e) => refused.push((session, e.to_string())),
                 }
             }
@@ -180,7 +184,8 @@ impl Enclave {
                 if payload.is_empty() {
                     return refuse("the session sent no query; session closed");
                 }
-                let ClientMessage::ThinQuery { images } = decode(&tx.open(payload)?)? else {
+                let ClientMessage::ThinQuery { query_id, images } = decode(&tx.open(payload)?)?
+                else {
                     return refuse(
                         "only thin queries can be stacked (the enclave stacks inputs it holds \
                          in the clear); session closed",
@@ -189,6 +194,7 @@ impl Enclave {
                 Ok(Opened {
                     x: quantize_thin(schedule, &images)?,
                     input_digest: thin_input_digest(&images),
+                    query_id,
                     tx: *tx,
                     model_id: theirs,
                     client,

@@ -10,6 +10,9 @@
 //! a host that restarts the enclave can replay an older copy (an unlocked
 //! model, smaller budgets spent). The owner sees the version in
 //! [`ModelReport`] and can notice it going back.
+//!
+//! A budgeted model's state also keeps each client's recent query ids
+//! ([`crate::query_ids`]), so a retried query is counted once.
 
 use std::collections::BTreeMap;
 
@@ -19,10 +22,13 @@ use hetee_proto::ids::{ClientKey, ModelId};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::Sealer;
+use crate::query_ids::{RecentQueries, Seen, SpentQuery, ID_REUSED};
 use crate::EnclaveError;
 
-/// Label of sealed model states.
-pub const STATE_LABEL: &str = "state-v1";
+/// Label of sealed model states (version 2: with the recent query ids).
+pub const STATE_LABEL: &str = "state-v2";
+/// Label of version-1 sealed model states (no query ids), still read.
+pub const STATE_V1_LABEL: &str = "state-v1";
 /// Most incidents kept in the log (the oldest are dropped, the count stays).
 pub const MAX_INCIDENTS: usize = 64;
 /// Most client keys whose spending a budgeted model tracks.
@@ -50,6 +56,46 @@ pub struct ModelState {
     pub incident_count: u64,
     /// The most recent incidents since the last unlock.
     pub incidents: Vec<Incident>,
+    /// The recent query ids that spent, per client key (budgeted models).
+    pub recent: RecentQueries,
+}
+
+/// What admitting a query decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A new query: it spends the client's budget (if the model has one).
+    Spend,
+    /// A retry of a query that already spent: it runs without spending.
+    Repeat,
+}
+
+/// A version-1 sealed state: [`ModelState`] before the query ids.
+#[derive(Serialize, Deserialize)]
+struct ModelStateV1 {
+    model_id: ModelId,
+    version: u64,
+    allow: AllowList,
+    spent: BTreeMap<ClientKey, u64>,
+    failures: u32,
+    locked: bool,
+    incident_count: u64,
+    incidents: Vec<Incident>,
+}
+
+impl From<ModelStateV1> for ModelState {
+    fn from(v: ModelStateV1) -> Self {
+        ModelState {
+            model_id: v.model_id,
+            version: v.version,
+            allow: v.allow,
+            spent: v.spent,
+            failures: v.failures,
+            locked: v.locked,
+            incident_count: v.incident_count,
+            incidents: v.incidents,
+            recent: RecentQueries::default(),
+        }
+    }
 }
 
 impl ModelState {
@@ -64,11 +110,14 @@ impl ModelState {
             locked: false,
             incident_count: 0,
             incidents: Vec::new(),
+            recent: RecentQueries::default(),
         }
     }
 
-    /// Whether `client` may start a query now; the refusal says why.
-    pub fn admit(&self, client: &ClientKey, terms: &ModelTerms) -> Result<(), EnclaveError> {
+    /// Whether `client` may query the model at all (not locked, allowed);
+    /// its budget is checked when its query starts
+    /// ([`ModelState::admit_query`]), when the query's id is known.
+    pub fn admit_client(&self, client: &ClientKey) -> Result<(), EnclaveError> {
         if self.locked {
             return Err(EnclaveError::Protocol(LOCKED.into()));
         }
@@ -77,7 +126,27 @@ impl ModelState {
                 "this client key is not on the model's allow list; ask the model's owner".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Whether `client` may start query `q` now, and whether it spends;
+    /// the refusal says why. On a budgeted model, a repeat of one of the
+    /// client's recent spending ids with the same input runs without
+    /// spending (even with the budget spent); with another input it is
+    /// refused.
+    pub fn admit_query(
+        &self,
+        client: &ClientKey,
+        terms: &ModelTerms,
+        q: &SpentQuery,
+    ) -> Result<Admission, EnclaveError> {
+        self.admit_client(client)?;
         if let Some(budget) = terms.query_budget {
+            match self.recent.seen(client, q) {
+                Seen::Repeat => return Ok(Admission::Repeat),
+                Seen::Conflict => return Err(EnclaveError::Protocol(ID_REUSED.into())),
+                Seen::New => {}
+            }
             let spent = self.spent.get(client).copied().unwrap_or(0);
             if spent >= budget {
                 return Err(EnclaveError::Protocol(
@@ -91,7 +160,24 @@ impl ModelState {
                 )));
             }
         }
-        Ok(())
+        Ok(Admission::Spend)
+    }
+
+    /// Admits `client`'s query `q` ([`ModelState::admit_query`]) and, if it
+    /// is new on a budgeted model, counts it and remembers its id: one new
+    /// version. A repeat changes nothing.
+    pub fn charge(
+        &mut self,
+        client: &ClientKey,
+        terms: &ModelTerms,
+        q: &SpentQuery,
+    ) -> Result<Admission, EnclaveError> {
+        let admission = self.admit_query(client, terms, q)?;
+        if admission == Admission::Spend && terms.query_budget.is_some() {
+            self.spend(client, terms);
+            self.recent.record(client, *q);
+        }
+        Ok(admission)
     }
 
     /// Counts one query of `client` (budgeted models only).
@@ -155,5 +241,58 @@ impl ModelState {
             version: self.version,
             sealed: sealer.seal_record(STATE_LABEL, self)?,
         })
+    }
+
+    /// Opens a sealed state: the current format, or a version-1 state
+    /// (read with no recent query ids).
+    pub fn unseal(sealer: &Sealer, sealed: &[u8]) -> Result<Self, EnclaveError> {
+        match sealer.unseal_record::<ModelState>(STATE_LABEL, sealed) {
+            Ok(s) => Ok(s),
+            Err(e) => sealer
+                .unseal_record::<ModelStateV1>(STATE_V1_LABEL, sealed)
+                .map(ModelState::from)
+                .map_err(|_| e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hetee_attest::Measurement;
+    use zeroize::Zeroizing;
+
+    #[test]
+    fn a_version_1_state_is_still_read() {
+        let sealer = Sealer {
+            secret: Zeroizing::new([3; 32]),
+            measurement: Measurement([4; 32]),
+        };
+        let incidents = vec![Incident {
+            seq: 1,
+            stage: 0,
+            client: [5; 32],
+        }];
+        let old = ModelStateV1 {
+            model_id: [1; 16],
+            version: 7,
+            allow: AllowList::Only(vec![[5; 32]]),
+            spent: BTreeMap::from([([5; 32], 3)]),
+            failures: 1,
+            locked: true,
+            incident_count: 1,
+            incidents,
+        };
+        let sealed = sealer.seal_record(STATE_V1_LABEL, &old).unwrap();
+        let st = ModelState::unseal(&sealer, &sealed).unwrap();
+        assert_eq!((st.model_id, st.version, st.locked), ([1; 16], 7, true));
+        assert_eq!(st.spent.get(&[5; 32]), Some(&3));
+        assert_eq!(st.recent, RecentQueries::default());
+        // Sealed again, it is a version-2 state that reads back equal.
+        let again = st.seal(&sealer).unwrap();
+        assert_eq!(ModelState::unseal(&sealer, &again.sealed).unwrap(), st);
+        // Anything else is refused with the current format's error.
+        let err = ModelState::unseal(&sealer, &sealed[1..]).unwrap_err();
+        assert!(err.to_string().contains(STATE_LABEL), "{err}");
     }
 }

@@ -67,6 +67,7 @@ fn start(e: &Enclave, keys: &Keys, model_id: ModelId, images: &[Vec<f32>]) -> Fl
     let payload = seal_msg(
         &mut dp.channel.tx,
         &ClientMessage::Query {
+            query_id: dp.query_id,
             input_digest: input_digest(&input),
             images: images.len() as u32,
             seed: zeroize::Zeroizing::new(dp.seed),
@@ -1204,6 +1205,7 @@ fn spy_query(
     let payload = seal_msg(
         &mut spy.channel.tx,
         &ClientMessage::Query {
+            query_id: spy.query_id,
             input_digest: input_digest(input),
             images: 1,
             // The host can only prove its own seed.

@@ -416,6 +416,7 @@ fn query_before_hello_and_unknown_models_are_refused() {
     let _g = shared();
     let mut s = Setup::new();
     let q = ClientMessage::Query {
+        query_id: [0; 16],
         input_digest: [0; 32],
         images: 1,
         seed: Zeroizing::new([0; 32]),

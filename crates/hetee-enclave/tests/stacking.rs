@@ -3,13 +3,14 @@
 //! its own images and sealed to its own channel only; a member that does
 //! not fit waits for the next stack; whatever the host names that is not a
 //! thin query of this model is refused on its own, without harming the
-//! others.
+//! others. A member carries its query id: a retry spends nothing.
 
 mod common;
 
 use common::*;
 use hetee_attest::StaticKeypair;
-use hetee_enclave::messages::{thin_input_digest, ModelId, OutputPolicy, SessionId};
+use hetee_enclave::messages::{thin_input_digest, ClientMessage, ModelId, OutputPolicy, SessionId};
+use hetee_enclave::query_ids::ID_REUSED;
 use hetee_enclave::{EnclaveConfig, Request, Response, Schedule};
 use hetee_proto::host::StackMember;
 
@@ -273,5 +274,71 @@ fn attack_a_stack_cannot_mix_models_or_reopen_a_deferred_query() {
         .err()
         .unwrap();
     assert!(msg.contains("already opened"), "{msg}");
+    assert_eq!(status(&s.enclave).sessions, 0, "every session ended");
+}
+
+#[test]
+fn attack_a_stacked_member_carries_its_query_id() {
+    let s = setup(Some(3));
+    let alice = StaticKeypair::generate().unwrap();
+    let member_with = |id: [u8; 16], images: &[Vec<f32>]| {
+        let mut dp = hello_as(&s.enclave, &s.keys, Some(&alice), s.model).unwrap();
+        dp.query_id = id;
+        let payload = dp.thin_payload(images);
+        (dp, payload)
+    };
+    let spent = || {
+        let msg = ClientMessage::ModelStatus { model_id: s.model };
+        let r = manage(&s.enclave, &s.keys, &msg).unwrap().0;
+        let n = r.spent.iter().find(|(k, _)| k == alice.public());
+        n.map_or(0, |(_, n)| *n)
+    };
+    let id: [u8; 16] = rand::random();
+    let x = vec![image(40)];
+    let (mut dp, p) = member_with(id, &x);
+    let st = stack(&s, vec![(dp.channel.session, p)]).unwrap();
+    let (_, payload) = finish(&s, &st).remove(0);
+    check(&s, &mut dp, &payload, &x);
+    assert_eq!(spent(), 1);
+
+    // A retry of that member in a later stack (its first result lost),
+    // beside the same id on another image and a new query sent twice.
+    let (mut retry, p_retry) = member_with(id, &x);
+    let (reused, p_reused) = member_with(id, &[image(41)]);
+    let twice: [u8; 16] = rand::random();
+    let y = vec![image(42)];
+    let (mut y1, p_y1) = member_with(twice, &y);
+    let (mut y2, p_y2) = member_with(twice, &y);
+    let st = stack(
+        &s,
+        vec![
+            (retry.channel.session, p_retry),
+            (reused.channel.session, p_reused),
+            (y1.channel.session, p_y1),
+            (y2.channel.session, p_y2),
+        ],
+    )
+    .unwrap();
+    let want = vec![
+        retry.channel.session,
+        y1.channel.session,
+        y2.channel.session,
+    ];
+    assert_eq!(st.started, want);
+    assert_eq!(st.refused.len(), 1);
+    assert_eq!(st.refused[0].0, reused.channel.session);
+    assert!(st.refused[0].1.contains(ID_REUSED), "{}", st.refused[0].1);
+    for (session, payload) in finish(&s, &st) {
+        let (dp, images) = if session == retry.channel.session {
+            (&mut retry, &x)
+        } else if session == y1.channel.session {
+            (&mut y1, &y)
+        } else {
+            (&mut y2, &y)
+        };
+        check(&s, dp, &payload, images);
+    }
+    // The retry spent nothing, the new query once.
+    assert_eq!(spent(), 2);
     assert_eq!(status(&s.enclave).sessions, 0, "every session ended");
 }

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::ids::{ClientKey, KeyId, ModelId};
+use crate::ids::{ClientKey, KeyId, ModelId, QueryId};
 use crate::plan::QueryPlan;
 use crate::schedule::Schedule;
 
@@ -155,6 +155,9 @@ pub enum ClientMessage {
     },
     /// Data provider: the input is uploaded.
     Query {
+        /// The logical query (a retry reuses it, with the same seed, so the
+        /// input digest is the same and a budget counts the query once).
+        query_id: QueryId,
         /// [`crate::ids::input_digest`] of the input ciphertexts.
         input_digest: [u8; 32],
         /// Real images in the batch (the rest is padding).
@@ -166,6 +169,9 @@ pub enum ClientMessage {
     /// Thin data provider: the input in the clear, for the enclave to
     /// quantize, pack and encrypt.
     ThinQuery {
+        /// The logical query (a retry reuses it with the same images, so a
+        /// budget counts the query once).
+        query_id: QueryId,
         /// The images (each in the model's input shape).
         images: Zeroizing<Vec<Vec<f32>>>,
     },

@@ -16,6 +16,10 @@ pub type ModelId = [u8; 16];
 pub type SessionId = [u8; 16];
 /// A party's long-term Noise static public key (X25519).
 pub type ClientKey = [u8; 32];
+/// Identifies one logical query of a data provider: random, drawn by the
+/// client, and reused by every retry of that query (on any replica, in a new
+/// session) so that a budgeted model counts it once.
+pub type QueryId = [u8; 16];
 
 /// The public identity of a key set: what the report data binds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -288,6 +288,7 @@ fn enclave_killed_mid_query_restarts_unseals_and_serves_the_next_query() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     let payload = s
         .seal(&ClientMessage::Query {
+            query_id: [0; 16],
             input_digest: [0; 32],
             images: 1,
             seed: zeroize::Zeroizing::new([0; 32]),

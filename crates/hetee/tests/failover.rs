@@ -1,8 +1,9 @@
 //! Clients with several servers: three `hetee serve` replicas on one PostgreSQL store
 //! (`HETEE_TEST_PG`; skipped without it unless `HETEE_REQUIRE_PG`), one of them killed with
 //! SIGKILL while queries are in flight. Every input still gets exactly its result (bit for bit
-//! `hetee run --plaintext`), the model and its budget state survive, and the killed replica
-//! comes back.
+//! `hetee run --plaintext`), the model and its budget state survive, every query counts once
+//! against the budget (a retry after its replica died reuses the query's id and input), and the
+//! killed replica comes back.
 
 mod common;
 
@@ -44,12 +45,15 @@ fn killing_a_replica_mid_run_loses_no_query_and_keeps_the_budget_consistent() {
     let mut r2 = replica(d, &store, "r2");
     let r3 = replica(d, &store, "r3");
     let owner = d.join("owner.key");
+    // A budget of exactly the queries this test sends (50 + 200 + 20): a query counted twice
+    // would leave the last ones without a result.
+    let budget = 50 + 200 + 20;
     let id = upload_as(
         &r1.addr,
         &m,
         MODEL,
         &owner,
-        &["--max-batch", "1", "--query-budget", "100000"],
+        &["--max-batch", "1", "--query-budget", &budget.to_string()],
     );
     let key = d.join("client.key");
     let client = public_key_hex(&key);
@@ -131,7 +135,8 @@ fn killing_a_replica_mid_run_loses_no_query_and_keeps_the_budget_consistent() {
     }
 
     // The model and its budget state live on: one state, every spend the enclaves made counted
-    // once (each stored spend is one state version), never fewer than the results received.
+    // once (each stored spend is one state version), and each query spent once, however many
+    // of its attempts reached an enclave.
     let after = model_status(&addrs(&[&r3, &r1]), &m, &id, &owner);
     let spends = after["version"].as_u64().unwrap() - before["version"].as_u64().unwrap();
     let spent = spent_by(&after, &client) - spent_by(&before, &client);
@@ -139,10 +144,10 @@ fn killing_a_replica_mid_run_loses_no_query_and_keeps_the_budget_consistent() {
         spent, spends,
         "spent count and stored spends disagree: {after}"
     );
-    assert!(spent >= n as u64, "{spent} queries counted for {n} results");
-    assert!(
-        spent <= (n + retried.len()) as u64,
-        "{spent} spends for {n} results and {} retried attempts",
+    assert_eq!(
+        spent,
+        n as u64,
+        "{spent} queries counted for {n} results ({} retried attempts)",
         retried.len()
     );
 
@@ -164,6 +169,24 @@ fn killing_a_replica_mid_run_loses_no_query_and_keeps_the_budget_consistent() {
         same_bytes(&secure, &plain),
         "the restarted replica 2 differs from the reference"
     );
+    // The budget is now spent exactly: one more query is refused.
+    let st = model_status(&r2.addr, &m, &id, &owner);
+    assert_eq!(spent_by(&st, &client), budget as u64, "{st}");
+    let x = d.join("x1.npy");
+    write_f32(&x, &[1, 1, 28, 28], &mnist_images(1));
+    let out = infer_command(
+        &r2.addr,
+        &m,
+        &id,
+        &x,
+        &d.join("y1.npy"),
+        &["--client-key", key_arg],
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("query budget for the model is spent"), "{err}");
 }
 
 #[test]

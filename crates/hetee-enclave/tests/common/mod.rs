@@ -3,6 +3,8 @@
 //! client that drives the attested flow through [`Enclave::handle`].
 #![allow(dead_code)]
 
+pub mod restart;
+
 use std::sync::Arc;
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
@@ -473,6 +475,8 @@ pub struct DataProvider {
     pub plan: QueryPlan,
     /// The secret seed of this provider's input encryption.
     pub seed: [u8; 32],
+    /// The id of this provider's query (a retry reuses it with the seed).
+    pub query_id: [u8; 16],
 }
 
 /// Hello on a new channel.
@@ -501,6 +505,7 @@ pub fn hello_as(
             channel: opened.channel,
             plan: *plan,
             seed: rand::random(),
+            query_id: rand::random(),
         }),
         other => panic!("expected a plan, got {other:?}"),
     }
@@ -525,6 +530,7 @@ impl DataProvider {
         seal_msg(
             &mut self.channel.tx,
             &ClientMessage::Query {
+                query_id: self.query_id,
                 input_digest: input_digest(input),
                 images: 1,
                 seed: zeroize::Zeroizing::new(self.seed),
@@ -537,6 +543,7 @@ impl DataProvider {
         seal_msg(
             &mut self.channel.tx,
             &ClientMessage::ThinQuery {
+                query_id: self.query_id,
                 images: zeroize::Zeroizing::new(images.to_vec()),
             },
         )
