@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::channel::{decode, seal};
 use crate::enclave::{refuse, Enclave, Member, Outcome, Running, Session};
-use crate::input_binding::made_with;
+use crate::input_binding::{input_masks, made_with_masks};
 use crate::messages::{
     input_digest, thin_input_digest, ClientMessage, EnclaveMessage, ModelId, QueryResult, Response,
     SessionId,
@@ -83,9 +83,14 @@ impl Enclave {
                         input.len()
                     ));
                 }
-                // The stage-0 check needs the input in the clear.
-                let polys = Zeroizing::new(decrypt_all(ks, input, 2)?);
-                if !made_with(&ks.pk, &ks.par, &polys, &seed, input)? {
+                // The stage-0 check needs the input in the clear; the
+                // binding's message-free half is made meanwhile.
+                let (polys, masks) = rayon::join(
+                    || decrypt_all(ks, input, 2),
+                    || input_masks(&ks.pk, &ks.par, &seed, input.len()),
+                );
+                let polys = Zeroizing::new(polys?);
+                if !made_with_masks(&ks.par, &polys, masks?, input)? {
                     return refuse(
                         "the input ciphertexts were not made by this session's data provider",
                     );

@@ -17,7 +17,7 @@
 //! Both are tested equal to `fhe`'s decryption on random ciphertexts.
 //! Arithmetic on secret values (the key, phases, messages) is branch-free.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use fhe::bfv::{BfvParameters, Ciphertext, Encoding, SecretKey};
 use fhe_math::rns::ScalingFactor;
@@ -55,8 +55,9 @@ pub struct SecretOps {
     /// `⌊Q/t⌋ mod q_i` for every prime of the top level.
     pub(crate) delta_mod_q: Vec<u64>,
     /// The top level's rounding `x ↦ round(t·x/Q) mod t`, for degree-1
-    /// ciphertexts there (a data provider's input, once per query).
-    top_round: Scaler,
+    /// ciphertexts there (a data provider's input, once per query); made at
+    /// the first such decryption (its tables are an NTT context for `t`).
+    top_round: OnceLock<Scaler>,
 }
 
 fn math(e: fhe_math::Error) -> HeError {
@@ -115,13 +116,6 @@ impl SecretOps {
             .iter()
             .map(|&q| (&delta % q).to_u64_digits().first().copied().unwrap_or(0))
             .collect();
-        let t_ctx = Context::new_arc(&[t], par.degree()).map_err(math)?;
-        let top_round = Scaler::new(
-            &top_ctx,
-            &t_ctx,
-            ScalingFactor::new(&BigUint::from(t), top_ctx.modulus()),
-        )
-        .map_err(math)?;
         Ok(SecretOps {
             par: par.clone(),
             t,
@@ -129,7 +123,7 @@ impl SecretOps {
             top,
             results,
             delta_mod_q,
-            top_round,
+            top_round: OnceLock::new(),
         })
     }
 
@@ -258,7 +252,20 @@ impl SecretOps {
                 .map_err(math)?,
         );
         p.change_representation(Representation::PowerBasis);
-        let m = Zeroizing::new(p.scale(&self.top_round).map_err(math)?);
+        let round = match self.top_round.get() {
+            Some(r) => r,
+            None => {
+                let t_ctx = Context::new_arc(&[self.t], n).map_err(math)?;
+                let r = Scaler::new(
+                    ctx,
+                    &t_ctx,
+                    ScalingFactor::new(&BigUint::from(self.t), ctx.modulus()),
+                )
+                .map_err(math)?;
+                self.top_round.get_or_init(|| r)
+            }
+        };
+        let m = Zeroizing::new(p.scale(round).map_err(math)?);
         Ok(Zeroizing::new(row0(&m)?.to_vec()))
     }
 }
