@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hetee_he::ConvPacking;
 use hetee_proto::api::*;
@@ -111,8 +111,30 @@ pub use health::{replica_id_in, EnclaveHealth, ReplicaHealth, StoreHealth, REPLI
 struct SessionInfo {
     model_id: Option<ModelId>,
     busy: bool,
-    /// Its query was sent (the session ends with it).
+    /// A query of this session is on its way (sent, not answered yet).
     querying: bool,
+    /// When the session last opened, or last answered a request: it is
+    /// closed after [`App::with_session_idle_timeout`] without a request.
+    last_active: Instant,
+    /// Queries this session ran (each one's record is its own job).
+    queries: u64,
+}
+
+impl SessionInfo {
+    fn new(model_id: Option<ModelId>) -> Self {
+        SessionInfo {
+            model_id,
+            busy: false,
+            querying: false,
+            last_active: Instant::now(),
+            queries: 0,
+        }
+    }
+
+    /// Idle (no request in progress) for longer than `timeout`.
+    fn expired(&self, timeout: Duration) -> bool {
+        !self.busy && self.last_active.elapsed() > timeout
+    }
 }
 
 /// The host: store, enclave, loaded models and open sessions.
@@ -126,7 +148,14 @@ pub struct App {
     stacker: Option<Stacker>,
     /// Where each query's record goes.
     jobs: JobLog,
+    /// How long a session may stay idle before the host closes it.
+    session_idle: Duration,
 }
+
+/// How long a session may stay idle (no request) before the host closes it
+/// and the enclave forgets its channel: a client between queries keeps its
+/// session this long.
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(300);
 
 /// The stacker's time unit: a thin query waits at most 25 of these for
 /// others to share its stacked query (models registered for more than one
@@ -155,7 +184,15 @@ impl App {
             stacker: Some(Stacker::new(DEFAULT_STACK_WINDOW)),
             jobs: JobLog::start(store.clone()),
             store,
+            session_idle: DEFAULT_SESSION_IDLE,
         }
+    }
+
+    /// Closes sessions idle (no request) for longer than `idle`
+    /// (default [`DEFAULT_SESSION_IDLE`]).
+    pub fn with_session_idle_timeout(mut self, idle: Duration) -> Self {
+        self.session_idle = idle;
+        self
     }
 
     /// Stacks concurrent thin queries of a model registered for batches
@@ -408,15 +445,9 @@ impl App {
         else {
             return Err(ApiError::conflict("unexpected answer to OpenChannel"));
         };
+        self.close_idle_sessions();
         if let Ok(mut s) = self.sessions.lock() {
-            s.insert(
-                session,
-                SessionInfo {
-                    model_id,
-                    busy: false,
-                    querying: false,
-                },
-            );
+            s.insert(session, SessionInfo::new(model_id));
         }
         Ok(SessionOpened {
             session: id_hex(&session),
@@ -481,6 +512,18 @@ impl App {
                 "unknown or finished session; open a new one with POST /v1/sessions",
             )
         })?;
+        if info.expired(self.session_idle) {
+            s.remove(session);
+            drop(s);
+            let _ = self
+                .enclave
+                .call(Request::CloseSession { session: *session });
+            return Err(ApiError::not_found(format!(
+                "the session was idle for more than {} s and is closed; open a new one \
+                 with POST /v1/sessions",
+                self.session_idle.as_secs()
+            )));
+        }
         if info.busy {
             return Err(ApiError::conflict(
                 "this session is busy with another request; requests of a session go one at a time",
@@ -495,6 +538,8 @@ impl App {
             if keep {
                 if let Some(i) = s.get_mut(session) {
                     i.busy = false;
+                    i.querying = false;
+                    i.last_active = Instant::now();
                 }
             } else {
                 s.remove(session);
@@ -504,6 +549,29 @@ impl App {
             let _ = self
                 .enclave
                 .call(Request::CloseSession { session: *session });
+        }
+    }
+
+    /// Closes every session idle for longer than the idle timeout, here and
+    /// in the enclave.
+    fn close_idle_sessions(&self) {
+        let idle = self.session_idle;
+        let expired: Vec<SessionId> = match self.sessions.lock() {
+            Ok(mut s) => {
+                let gone: Vec<SessionId> = s
+                    .iter()
+                    .filter(|(_, i)| i.expired(idle))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in &gone {
+                    s.remove(id);
+                }
+                gone
+            }
+            Err(_) => Vec::new(),
+        };
+        for session in expired {
+            let _ = self.enclave.call(Request::CloseSession { session });
         }
     }
 

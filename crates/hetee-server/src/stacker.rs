@@ -83,7 +83,7 @@ pub struct Job<'a> {
     pub host: &'a HostModel,
     /// The model.
     pub model: ModelId,
-    /// Sessions of the model that are open and may still send a query.
+    /// Sessions of the model that are open and may soon send a query.
     pub coming: &'a (dyn Fn() -> usize + Sync),
 }
 
@@ -103,6 +103,11 @@ impl Stacker {
             queues: Mutex::new(HashMap::new()),
             arrived: Condvar::new(),
         }
+    }
+
+    /// The longest a query waits for others while its model is idle.
+    pub fn max_wait(&self) -> Duration {
+        self.window * MAX_WAIT_WINDOWS
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<ModelId, Queue>> {

@@ -106,6 +106,11 @@ fn sum_stages(s: &QueryStats, f: impl Fn(&hetee_proto::api::StageStats) -> usize
 
 /// Runs the benchmark and prints the table.
 pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
+    // `RUST_LOG=debug` traces the served rows: the server's queries and
+    // stacks, and each client's session open, query and receipt check.
+    if std::env::var_os("RUST_LOG").is_some() {
+        crate::serve::init_logs(false);
+    }
     let mut rows = Vec::new();
     for name in &o.models {
         let b = crate::bundled::find(name).with_context(|| {

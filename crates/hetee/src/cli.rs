@@ -84,6 +84,10 @@ enum Command {
         /// 25 times this long; 0: never stack.
         #[arg(long, default_value_t = 2)]
         stack_window_ms: u64,
+        /// A session (one client's channel to the enclave, carrying its
+        /// queries one after another) idle this long is closed.
+        #[arg(long, default_value_t = 300)]
+        session_idle_secs: u64,
         /// Logs as JSON lines.
         #[arg(long)]
         log_json: bool,
@@ -354,6 +358,7 @@ pub fn run(cli: Cli) -> Result<()> {
             replica_id,
             memory_budget_mib,
             stack_window_ms,
+            session_idle_secs,
             log_json,
             platform,
             enclave_binary,
@@ -376,6 +381,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 enclave,
                 stack_window: (stack_window_ms > 0)
                     .then(|| std::time::Duration::from_millis(stack_window_ms)),
+                session_idle: std::time::Duration::from_secs(session_idle_secs.max(1)),
                 log_json,
                 enclave_program: enclave_binary,
                 platform,

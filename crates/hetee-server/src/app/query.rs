@@ -1,7 +1,7 @@
 //! A data provider's query on the host: the stage loop, or a stacked query
 //! shared with other thin queries of the same model.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hetee_proto::api::{b64, unb64, QueryDone, RunQuery};
 use hetee_proto::bodies::QueryBody;
@@ -15,6 +15,8 @@ use crate::stage_loop::run_query;
 impl App {
     /// `POST /v1/sessions/{id}/query`: runs every linear stage on the host
     /// and every nonlinear step in the enclave; returns the sealed result.
+    /// The session stays open for the client's next query (a failed query
+    /// ends it).
     pub fn query(&self, session: &str, req: RunQuery) -> ApiResult<QueryDone> {
         let payload = unb64(&req.payload, "payload").map_err(ApiError::bad)?;
         let input = req
@@ -31,16 +33,21 @@ impl App {
     pub fn query_bytes(&self, session: &str, req: QueryBody) -> ApiResult<QueryDone> {
         let session = parse_id(session, "session")?;
         let model = self.claim(&session)?;
+        let mut nth = 1;
         if let Ok(mut s) = self.sessions.lock() {
             if let Some(i) = s.get_mut(&session) {
                 i.querying = true;
+                i.queries += 1;
+                nth = i.queries;
             }
         }
         let r = self.query_inner(session, model, req);
-        // A session carries one query: it ends here either way.
-        self.release(&session, false);
+        // After a result the session waits for the client's next query; a
+        // failed query ends it (the enclave has closed its side).
+        self.release(&session, r.is_ok());
         let job = serde_json::json!({
             "session": id_hex(&session),
+            "query": nth,
             "model_id": model.map(|m| id_hex(&m)),
             "ok": r.is_ok(),
             "error": r.as_ref().err().map(|e| e.message.clone()),
@@ -48,8 +55,11 @@ impl App {
             "enclave_ms": r.as_ref().ok().map(|d| d.enclave_ms),
             "finished_unix": now_unix(),
         });
-        self.jobs
-            .record(id_hex(&session), job.to_string().into_bytes());
+        let job_id = match nth {
+            1 => id_hex(&session),
+            n => format!("{}-{n}", id_hex(&session)),
+        };
+        self.jobs.record(job_id, job.to_string().into_bytes());
         r
     }
 
@@ -84,7 +94,8 @@ impl App {
             .filter(|s| cts.is_empty() && s.stacks(&model));
         let (payload, trace, share) = match stacker {
             Some(stacker) => {
-                let coming = || self.sessions_to_come(&model);
+                let recent = stacker.max_wait();
+                let coming = || self.sessions_to_come(&model, recent);
                 let job = Job {
                     enclave: &self.enclave,
                     host: &host,
@@ -116,13 +127,20 @@ impl App {
         })
     }
 
-    /// Sessions of `model` that are open and have not sent their query.
-    fn sessions_to_come(&self, model: &ModelId) -> usize {
+    /// Sessions of `model` whose next query a stack should wait for: open,
+    /// no query on its way, and active within `recent` (said hello or got
+    /// its last result). A client sending one query after another comes
+    /// back within that; a session idle for longer is not waited for.
+    fn sessions_to_come(&self, model: &ModelId, recent: Duration) -> usize {
         self.sessions
             .lock()
             .map(|s| {
                 s.values()
-                    .filter(|i| !i.querying && i.model_id.as_ref() == Some(model))
+                    .filter(|i| {
+                        !i.querying
+                            && i.model_id.as_ref() == Some(model)
+                            && i.last_active.elapsed() <= recent
+                    })
                     .count()
             })
             .unwrap_or(0)
