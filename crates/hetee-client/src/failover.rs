@@ -220,6 +220,11 @@ impl Replicas {
         lock(&self.retried).clone()
     }
 
+    /// [`Replicas::retried`], emptying the list.
+    pub fn take_retried(&self) -> Vec<Retried> {
+        std::mem::take(&mut *lock(&self.retried))
+    }
+
     /// The attested target on replica `i`, connecting if needed.
     fn target(&self, i: usize) -> Result<Arc<Target>> {
         let r = &self.replicas[i];

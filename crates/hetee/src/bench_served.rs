@@ -118,7 +118,7 @@ pub(crate) fn rows(
     latency_images: usize,
     threads: usize,
     runs: usize,
-    clients: usize,
+    (clients, in_flight): (usize, usize),
     plain: impl Fn() -> Result<Plain>,
 ) -> Result<Vec<BenchRow>> {
     let footprint = |s: &Served| Footprint {
@@ -147,16 +147,23 @@ pub(crate) fn rows(
     }
     let concurrent: [(&str, Option<&Served>, bool); 2] =
         [("clients", Some(served), false), ("stacked", stacked, true)];
+    // Each client keeps `in_flight` queries outstanding: one stream (a
+    // session sending one query after another) per outstanding query.
+    let streams = clients * in_flight.max(1);
+    let label = match in_flight {
+        0 | 1 => clients.to_string(),
+        k => format!("{clients}x{k}"),
+    };
     for (mode, target, thin) in concurrent {
         let Some(target) = target else { continue };
         let mut run_rows = Vec::new();
         for _ in 0..runs.max(1) {
             let t0 = Instant::now();
             let stats = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..clients)
+                let handles: Vec<_> = (0..streams)
                     .map(|c| {
                         s.spawn(move || {
-                            target.queries(xs.iter().copied().skip(c).step_by(clients), thin)
+                            target.queries(xs.iter().copied().skip(c).step_by(streams), thin)
                         })
                     })
                     .collect();
@@ -170,16 +177,18 @@ pub(crate) fn rows(
             })?;
             let wall = t0.elapsed().as_secs_f64();
             let stats: Vec<QueryStats> = stats.into_iter().flatten().collect();
-            run_rows.push(row(
+            let mut r = row(
                 name,
-                &format!("{mode}{clients}"),
+                &format!("{mode}{label}"),
                 threads,
                 xs.len(),
                 &stats,
                 plain()?,
                 Some(wall),
                 footprint(target),
-            ));
+            );
+            r.in_flight = in_flight.max(1);
+            run_rows.push(r);
         }
         out.push(median_row(run_rows));
     }

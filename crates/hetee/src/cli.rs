@@ -282,6 +282,12 @@ enum Command {
         /// served deployment (e.g. 16).
         #[arg(long, default_value_t = 0)]
         clients: usize,
+        /// With --clients: single-image queries each client keeps
+        /// outstanding, each on its own session (rows `clientsNxK`,
+        /// `stackedNxK`, JSON `in_flight`); the stacked model stays
+        /// registered for batches of N, so K stacks are outstanding at once.
+        #[arg(long, default_value_t = 1)]
+        in_flight: usize,
         /// Also measure thin queries (the input over the channel, encrypted
         /// by the enclave) one image at a time, in process (`thin` rows).
         #[arg(long)]
@@ -485,6 +491,7 @@ pub fn run(cli: Cli) -> Result<()> {
             models,
             served,
             clients,
+            in_flight,
             thin,
         } => {
             let all = std::thread::available_parallelism()
@@ -506,6 +513,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 chart: chart.as_deref(),
                 served,
                 clients,
+                in_flight,
                 thin,
             };
             crate::bench::bench(&o).map(|_| ())
