@@ -199,8 +199,10 @@ impl Stacker {
     /// while another stack of the model is evaluated (the host is busy
     /// anyway), and then, with the model idle, until as many queries wait
     /// as the last stack named (clients that query one after another come
-    /// back together) and no open session of the model is still to send
-    /// its query; at most [`MAX_WAIT_WINDOWS`] windows.
+    /// back together) and no session of the model that was active within
+    /// [`Stacker::max_wait`] is still to send its query (a session idle
+    /// between queries for longer is not waited for); at most
+    /// [`MAX_WAIT_WINDOWS`] windows.
     fn gather(&self, job: &Job<'_>, rx: &Receiver<Reply>) -> Gathered {
         let mut idle_since: Option<Instant> = None;
         let mut queues = self.lock();
