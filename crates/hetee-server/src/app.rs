@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hetee_he::ConvPacking;
 use hetee_proto::api::*;
@@ -106,36 +106,9 @@ type ApiResult<T> = Result<T, ApiError>;
 mod health;
 mod peer;
 mod query;
+mod sessions;
 pub use health::{replica_id_in, EnclaveHealth, ReplicaHealth, StoreHealth, REPLICA_ID_FILE};
-
-struct SessionInfo {
-    model_id: Option<ModelId>,
-    busy: bool,
-    /// A query of this session is on its way (sent, not answered yet).
-    querying: bool,
-    /// When the session last opened, or last answered a request: it is
-    /// closed after [`App::with_session_idle_timeout`] without a request.
-    last_active: Instant,
-    /// Queries this session ran (each one's record is its own job).
-    queries: u64,
-}
-
-impl SessionInfo {
-    fn new(model_id: Option<ModelId>) -> Self {
-        SessionInfo {
-            model_id,
-            busy: false,
-            querying: false,
-            last_active: Instant::now(),
-            queries: 0,
-        }
-    }
-
-    /// Idle (no request in progress) for longer than `timeout`.
-    fn expired(&self, timeout: Duration) -> bool {
-        !self.busy && self.last_active.elapsed() > timeout
-    }
-}
+use sessions::SessionInfo;
 
 /// The host: store, enclave, loaded models and open sessions.
 pub struct App {
@@ -500,93 +473,5 @@ impl App {
         Ok(Sealed {
             payload: b64(&payload),
         })
-    }
-
-    fn claim(&self, session: &SessionId) -> ApiResult<Option<ModelId>> {
-        let mut s = self
-            .sessions
-            .lock()
-            .map_err(|_| ApiError::conflict("session table poisoned"))?;
-        let info = s.get_mut(session).ok_or_else(|| {
-            ApiError::not_found(
-                "unknown or finished session; open a new one with POST /v1/sessions",
-            )
-        })?;
-        if info.expired(self.session_idle) {
-            s.remove(session);
-            drop(s);
-            let _ = self
-                .enclave
-                .call(Request::CloseSession { session: *session });
-            return Err(ApiError::not_found(format!(
-                "the session was idle for more than {} s and is closed; open a new one \
-                 with POST /v1/sessions",
-                self.session_idle.as_secs()
-            )));
-        }
-        if info.busy {
-            return Err(ApiError::conflict(
-                "this session is busy with another request; requests of a session go one at a time",
-            ));
-        }
-        info.busy = true;
-        Ok(info.model_id)
-    }
-
-    fn release(&self, session: &SessionId, keep: bool) {
-        if let Ok(mut s) = self.sessions.lock() {
-            if keep {
-                if let Some(i) = s.get_mut(session) {
-                    i.busy = false;
-                    i.querying = false;
-                    i.last_active = Instant::now();
-                }
-            } else {
-                s.remove(session);
-            }
-        }
-        if !keep {
-            let _ = self
-                .enclave
-                .call(Request::CloseSession { session: *session });
-        }
-    }
-
-    /// Closes every session idle for longer than the idle timeout, here and
-    /// in the enclave.
-    fn close_idle_sessions(&self) {
-        let idle = self.session_idle;
-        let expired: Vec<SessionId> = match self.sessions.lock() {
-            Ok(mut s) => {
-                let gone: Vec<SessionId> = s
-                    .iter()
-                    .filter(|(_, i)| i.expired(idle))
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in &gone {
-                    s.remove(id);
-                }
-                gone
-            }
-            Err(_) => Vec::new(),
-        };
-        for session in expired {
-            let _ = self.enclave.call(Request::CloseSession { session });
-        }
-    }
-
-    /// `DELETE /v1/sessions/{id}`.
-    pub fn close_session(&self, session: &str) -> ApiResult<()> {
-        let session = parse_id(session, "session")?;
-        let known = self
-            .sessions
-            .lock()
-            .map(|mut s| s.remove(&session).is_some())
-            .unwrap_or(false);
-        if !known {
-            return Err(ApiError::not_found("unknown or finished session"));
-        }
-        let _ = self.enclave.call(Request::CloseSession { session });
-        Ok(())
     }
 }

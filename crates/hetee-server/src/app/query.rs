@@ -1,7 +1,7 @@
 //! A data provider's query on the host: the stage loop, or a stacked query
 //! shared with other thin queries of the same model.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hetee_proto::api::{b64, unb64, QueryDone, RunQuery};
 use hetee_proto::bodies::QueryBody;
@@ -33,14 +33,7 @@ impl App {
     pub fn query_bytes(&self, session: &str, req: QueryBody) -> ApiResult<QueryDone> {
         let session = parse_id(session, "session")?;
         let model = self.claim(&session)?;
-        let mut nth = 1;
-        if let Ok(mut s) = self.sessions.lock() {
-            if let Some(i) = s.get_mut(&session) {
-                i.querying = true;
-                i.queries += 1;
-                nth = i.queries;
-            }
-        }
+        let nth = self.begin_query(&session);
         let r = self.query_inner(session, model, req);
         // After a result the session waits for the client's next query; a
         // failed query ends it (the enclave has closed its side).
@@ -125,25 +118,6 @@ impl App {
             stages: trace.stages,
             stacked: share as u32,
         })
-    }
-
-    /// Sessions of `model` whose next query a stack should wait for: open,
-    /// no query on its way, and active within `recent` (said hello or got
-    /// its last result). A client sending one query after another comes
-    /// back within that; a session idle for longer is not waited for.
-    fn sessions_to_come(&self, model: &ModelId, recent: Duration) -> usize {
-        self.sessions
-            .lock()
-            .map(|s| {
-                s.values()
-                    .filter(|i| {
-                        !i.querying
-                            && i.model_id.as_ref() == Some(model)
-                            && i.last_active.elapsed() <= recent
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
     }
 }
 
