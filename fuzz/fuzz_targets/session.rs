@@ -26,7 +26,8 @@
 //!                                     the chosen inputs (bit1: corrupted), the fixed
 //!                                     seed (bit0: the given one)
 //!   2: count:u8 (n:u8 f32*)*          a ThinQuery of count%5 images (n == 0: 20 values)
-//!   then StartQuery, and while it runs up to 4 ops
+//!   then StartQuery, and while it runs up to 4 ops; a query that finished leaves its
+//!   session ready, and kind:u8 query follows on it (up to 3 queries a session)
 //! inputs := c:u8 ...   c%5: 0 the valid input, 1 it with patches, 2 count:u8 blob*,
 //!                      3 none, 4 the valid input twice
 //! patches := n:u8 (pos:u32 xor:u8)*   n%9 byte flips, over the concatenated ciphertexts
@@ -342,8 +343,9 @@ fn inputs(r: &mut Reader, w: &World) -> Vec<Vec<u8>> {
     }
 }
 
-/// The query of a session that said hello, then up to four stage ops.
-fn query(r: &mut Reader, w: &mut World, mut s: Session, kind: u8) {
+/// The query of a session that said hello (or finished its last query),
+/// then up to four stage ops; the session again if its query finished.
+fn query(r: &mut Reader, w: &mut World, mut s: Session, kind: u8) -> Option<Session> {
     let mut model = model_id();
     let (payload, input) = match kind % 3 {
         0 => {
@@ -410,7 +412,7 @@ fn query(r: &mut Reader, w: &mut World, mut s: Session, kind: u8) {
     w.note(&resp);
     let mut current = match resp {
         Response::QueryStarted { input: thin, .. } => thin.unwrap_or(input),
-        _ => return,
+        _ => return None,
     };
     let stages = w.base.host.schedule.stages.len();
     let mut expected = 0u32;
@@ -481,13 +483,14 @@ fn query(r: &mut Reader, w: &mut World, mut s: Session, kind: u8) {
                 let msg: EnclaveMessage =
                     postcard::from_bytes(&plain).expect("a Finished payload must decode");
                 assert!(matches!(msg, EnclaveMessage::Result { .. }), "{msg:?}");
-                break;
+                return Some(s);
             }
             _ => {
                 previous = cts;
             }
         }
     }
+    None
 }
 
 /// A real hello by the data provider; the session if it got a plan.
@@ -531,8 +534,11 @@ fn run(data: &[u8], w: &mut World) {
     } else {
         hello(w, &mut opened).map(|s| (s, mode - 1))
     };
-    if let Some((s, kind)) = session {
-        query(&mut r, w, s, kind);
+    // A finished query leaves its session ready: up to three queries on it.
+    let mut next = session;
+    for _ in 0..3 {
+        let Some((s, kind)) = next else { break };
+        next = query(&mut r, w, s, kind).and_then(|s| r.u8().map(|k| (s, k)));
     }
     for session in opened {
         let _ = w.enclave.handle(Request::CloseSession { session });

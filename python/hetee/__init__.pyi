@@ -79,7 +79,11 @@ class ModelOwner:
 
 @final
 class Client:
-    """A data provider: verifies the server's enclave and queries served models."""
+    """A data provider: verifies the server's enclave and queries served models.
+
+    It keeps its session with each model open between `infer` calls (no new
+    handshake per call); the server closes a session idle for 5 minutes, and
+    the client then opens a new one."""
 
     def __new__(
         cls,

@@ -1,9 +1,12 @@
 //! `hetee.Client`: the data provider (`hetee infer`, `hetee verify-receipt`).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use hetee::client::channel::load_or_create_key;
 use hetee::client::data_provider::Receipt;
+use hetee::client::failover::Replicas;
 use hetee::client::trust::Trust;
 use hetee::images::Preprocess;
 use hetee::infer::{connect, infer_on, read_for, Outputs, Query};
@@ -31,12 +34,33 @@ use crate::local::{opt_path, path_string};
 /// `allow_sim`: accept the simulated TEE platform (testing only).
 /// `ca`: for https, a PEM file of CA certificates to trust instead of the
 /// system's roots.
+///
+/// A client keeps its sessions with each model open between calls, so
+/// consecutive `infer` calls skip the handshake (the server closes a session
+/// idle for 5 minutes; the client then opens a new one).
 #[pyclass(module = "hetee", frozen)]
 pub struct Client {
     servers: Vec<String>,
     ca: Option<PathBuf>,
     trust: Trust,
     key_file: Option<PathBuf>,
+    /// Connected models (with their kept sessions), by model id.
+    connected: Mutex<HashMap<String, Arc<Replicas>>>,
+}
+
+impl Client {
+    /// The model's replicas as connected by an earlier call (with the
+    /// sessions it kept), or newly connected.
+    fn connected(&self, query: &Query) -> anyhow::Result<Arc<Replicas>> {
+        let key = query.model_id.to_string();
+        let mut map = self.connected.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = map.get(&key) {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(connect(query)?);
+        map.insert(key, r.clone());
+        Ok(r)
+    }
 }
 
 #[pymethods]
@@ -58,6 +82,7 @@ impl Client {
             ca,
             trust,
             key_file: opt_path("key_file", key_file)?,
+            connected: Mutex::new(HashMap::new()),
         })
     }
 
@@ -134,7 +159,7 @@ impl Client {
         };
         let (outputs, signed) = py
             .detach(|| -> anyhow::Result<_> {
-                let target = connect(&query)?;
+                let target = self.connected(&query)?;
                 let input = match (x, &path) {
                     (Some(t), _) => t,
                     (None, Some(p)) => read_for(&target, p, spec.as_ref())?.tensor,

@@ -6,18 +6,16 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::{anyhow, bail, Result};
 use hetee_attest::StaticKeypair;
-use hetee_proto::api::{KeysInfo, ModelInfo, QueryDone};
-use hetee_proto::bodies::QueryBody;
-use hetee_proto::input_binding::encrypt_input;
+use hetee_proto::api::{KeysInfo, ModelInfo};
 use hetee_proto::messages::{
-    id_from_hex, id_hex, input_digest, thin_input_digest, ClientMessage, EnclaveMessage, QueryId,
-    QueryResult,
+    id_from_hex, id_hex, ClientMessage, EnclaveMessage, QueryId, QueryResult,
 };
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::channel::Session;
 use crate::public_meta::PublicMeta;
+pub use crate::query_session::QuerySession;
 use crate::relay::Relay;
 use crate::trust::{verify, AttestedKeys, Trust};
 
@@ -72,7 +70,7 @@ pub struct Ticket {
     pub query_id: QueryId,
     /// The seed of the input's encryption randomness (secret: only the
     /// enclave sees it).
-    seed: Zeroizing<[u8; 32]>,
+    pub(crate) seed: Zeroizing<[u8; 32]>,
 }
 
 impl Ticket {
@@ -196,26 +194,10 @@ impl Target {
         }
     }
 
-    /// One query of up to the model's batch of images, in its own session:
-    /// the input is encrypted here under the attested key.
-    pub fn query(&self, xs: &[&[f32]]) -> Result<Answer> {
-        self.run(xs, false, &Ticket::new())
-    }
-
-    /// A thin query: the input goes to the enclave over the channel and
-    /// the enclave encrypts it (for clients that cannot run HE).
-    pub fn query_thin(&self, xs: &[&[f32]]) -> Result<Answer> {
-        self.run(xs, true, &Ticket::new())
-    }
-
-    /// One attempt at the query of `ticket` (thin or not): a retry of a
-    /// query whose attempt failed passes the same ticket and images, so a
-    /// budgeted model counts the query once.
-    pub fn attempt(&self, xs: &[&[f32]], thin: bool, ticket: &Ticket) -> Result<Answer> {
-        self.run(xs, thin, ticket)
-    }
-
-    fn run(&self, xs: &[&[f32]], thin: bool, ticket: &Ticket) -> Result<Answer> {
+    /// Opens a session with the model: attests (again, if the enclave
+    /// restarted since), handshakes and says hello. The session then runs
+    /// any number of queries without another handshake.
+    pub fn session(&self) -> Result<QuerySession> {
         let hello = ClientMessage::Hello {
             model_id: self.model_id,
         };
@@ -235,84 +217,34 @@ impl Target {
             }
             r => r,
         };
-        let (mut s, answer) = opened?;
-        let (keys, info) = (&current.0, &current.1);
+        let (s, answer) = opened?;
         let EnclaveMessage::Plan(plan) = answer else {
+            api.close_session(&s.id);
             bail!("the enclave did not send a query plan");
         };
-        if plan.he != keys.he || plan.model_id != self.model_id {
-            bail!("the enclave's plan does not match the attested keys; refusing");
-        }
-        // A model with ops before its first linear layer takes its input
-        // over the channel: the enclave runs them before encrypting.
-        let (msg, cts, digest) = if thin || plan.input_in_enclave {
-            let images = Zeroizing::new(xs.iter().map(|x| x.to_vec()).collect::<Vec<_>>());
-            let digest = thin_input_digest(&images);
-            let msg = ClientMessage::ThinQuery {
-                query_id: ticket.query_id,
-                images,
-            };
-            (msg, Vec::new(), digest)
-        } else {
-            let polys = plan.pack_input(xs)?;
-            // Secret randomness, revealed only to the enclave: it proves
-            // that this client made these ciphertexts. The ticket's, so a
-            // retry makes the same ciphertexts.
-            let seed = ticket.seed.clone();
-            let cts = encrypt_input(&keys.public_key, &keys.par, &polys, &seed)?;
-            let digest = input_digest(&cts);
-            let msg = ClientMessage::Query {
-                query_id: ticket.query_id,
-                input_digest: digest,
-                images: xs.len() as u32,
-                seed,
-            };
-            (msg, cts, digest)
-        };
-        let payload = s.seal(&msg)?;
-        // Ciphertexts, or the sealed input of a thin query.
-        let bytes_up: usize = cts.iter().map(Vec::len).sum::<usize>() + payload.len();
-        let done: QueryDone = api.query(
-            &s.id,
-            &QueryBody {
-                payload,
-                input: cts,
-            },
-        )?;
-        let EnclaveMessage::Result { result, signature } = s.open_reply(&done.payload)? else {
-            bail!("the enclave sent no result");
-        };
-        let receipt = Receipt {
-            result,
-            signature: hetee_attest::evidence::hex(&signature),
-            keys: info.clone(),
-        };
-        receipt.verify_against(keys)?;
-        let r = &receipt.result;
-        if r.images as usize != xs.len() || r.model_id != self.model_id || r.input_digest != digest
-        {
-            bail!("the enclave's result does not match the query");
-        }
-        let classes = r.classes.max(1) as usize;
-        let per_label = r.labels.len() / xs.len();
-        if !r.logits.is_empty() && r.logits.len() != xs.len() * classes {
-            bail!("the enclave's result has the wrong size");
-        }
-        Ok(Answer {
-            logits: r.logits.chunks(classes).map(<[f32]>::to_vec).collect(),
-            labels: r
-                .labels
-                .chunks(per_label.max(1))
-                .map(<[u32]>::to_vec)
-                .collect(),
-            host_ms: done.host_ms,
-            enclave_ms: done.enclave_ms,
-            bytes_up,
-            bytes_down: done.payload.len() * 3 / 4,
-            stages: done.stages,
-            stacked: done.stacked.max(1),
-            receipt,
-        })
+        QuerySession::new(self.api.clone(), s, current, *plan, self.model_id)
+    }
+
+    /// One query of up to the model's batch of images, in a session of its
+    /// own (opened and closed around it): the input is encrypted here under
+    /// the attested key. For several queries, [`Target::session`] saves a
+    /// handshake per query.
+    pub fn query(&self, xs: &[&[f32]]) -> Result<Answer> {
+        self.session()?.query(xs)
+    }
+
+    /// A thin query in a session of its own: the input goes to the enclave
+    /// over the channel and the enclave encrypts it (for clients that
+    /// cannot run HE).
+    pub fn query_thin(&self, xs: &[&[f32]]) -> Result<Answer> {
+        self.session()?.query_thin(xs)
+    }
+
+    /// One attempt, in a session of its own, at the query of `ticket`
+    /// (thin or not): a retry of a query whose attempt failed passes the
+    /// same ticket and images, so a budgeted model counts the query once.
+    pub fn attempt(&self, xs: &[&[f32]], thin: bool, ticket: &Ticket) -> Result<Answer> {
+        self.session()?.attempt(xs, thin, ticket)
     }
 }
 
@@ -324,7 +256,8 @@ fn is_restart(e: &anyhow::Error) -> bool {
 }
 
 impl Receipt {
-    fn verify_against(&self, keys: &AttestedKeys) -> Result<()> {
+    /// Checks the signature under already verified keys.
+    pub(crate) fn verify_against(&self, keys: &AttestedKeys) -> Result<()> {
         let vk = ed25519_dalek::VerifyingKey::from_bytes(&keys.signing_key)
             .map_err(|e| anyhow!("the attested signing key is invalid: {e}"))?;
         let sig = hetee_attest::evidence::unhex(&self.signature).map_err(|e| anyhow!(e))?;

@@ -1,5 +1,6 @@
 //! Clients with several servers (replicas of one deployment sharing a
-//! store): a query goes to the next healthy replica in turn, and an attempt
+//! store): a query goes to the next healthy replica in turn (on a session
+//! the client keeps open there between queries), and an attempt
 //! that fails because of the replica ([`Fault::Transient`]: unreachable,
 //! died mid-query, 5xx, a lost state race) is retried in a new session, with
 //! fresh attestation, on another one. A replica whose enclave fails the
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use hetee_attest::StaticKeypair;
 
-use crate::data_provider::{Answer, Target, Ticket};
+use crate::data_provider::{Answer, QuerySession, Target, Ticket};
 use crate::fault::{classify, Fault};
 use crate::http::Api;
 use crate::relay::Relay;
@@ -74,6 +75,9 @@ struct Replica {
     /// Attested and holding the query plan; dropped after a failure so the
     /// next attempt attests again.
     target: Mutex<Option<Arc<Target>>>,
+    /// Open sessions between queries, for the next queries to this replica
+    /// (one per concurrent caller at most).
+    sessions: Mutex<Vec<QuerySession>>,
     health: Mutex<Health>,
 }
 
@@ -151,6 +155,7 @@ impl Replicas {
                 addr,
                 api,
                 target: Mutex::new(None),
+                sessions: Mutex::new(Vec::new()),
                 health: Mutex::new(Health::Up),
             })
             .collect();
@@ -165,7 +170,7 @@ impl Replicas {
             input_shape: Vec::new(),
             public: Default::default(),
         };
-        let first = pool.attempt(|t| Ok(t.clone()))?;
+        let first = pool.attempt(|_, t| Ok(t.clone()))?;
         pool.batch = first.batch;
         pool.input_shape = first.input_shape.clone();
         pool.public = first.public.clone();
@@ -180,15 +185,67 @@ impl Replicas {
 
     /// One query of up to [`Replicas::batch`] images (thin: the input over
     /// the channel), retried on other replicas as the module doc says, each
-    /// attempt with the same [`Ticket`]: a budget counts it once.
+    /// attempt with the same [`Ticket`]: a budget counts it once. It runs
+    /// on a session this client left open on the replica after an earlier
+    /// query (no new handshake), or on a new one.
     pub fn query(&self, xs: &[&[f32]], thin: bool) -> Result<Answer> {
         let ticket = Ticket::new();
-        self.attempt(|t| t.attempt(xs, thin, &ticket))
+        self.attempt(|i, t| self.query_on(i, t, xs, thin, &ticket))
+    }
+
+    /// A query on replica `i`, in a kept session if one is reusable.
+    fn query_on(
+        &self,
+        i: usize,
+        t: &Target,
+        xs: &[&[f32]],
+        thin: bool,
+        ticket: &Ticket,
+    ) -> Result<Answer> {
+        let pool = &self.replicas[i].sessions;
+        let kept = {
+            let mut p = lock(pool);
+            let mut stale = Vec::new();
+            let mut found = None;
+            while let Some(s) = p.pop() {
+                if s.reusable() {
+                    found = Some(s);
+                    break;
+                }
+                stale.push(s);
+            }
+            drop(p);
+            // Closed outside the lock (each is a request to the server).
+            drop(stale);
+            found
+        };
+        let run = |s: &mut QuerySession| s.attempt(xs, thin, ticket);
+        let (mut s, reused) = match kept {
+            Some(s) => (s, true),
+            None => (t.session()?, false),
+        };
+        let a = match run(&mut s) {
+            Ok(a) => a,
+            // The server closed the kept session (idle too long, or
+            // restarted): nothing ran; open a new one.
+            Err(e) if reused && session_gone(&e) => {
+                s = t.session()?;
+                run(&mut s)?
+            }
+            Err(e) => return Err(e),
+        };
+        lock(pool).push(s);
+        Ok(a)
     }
 
     /// Attempts that failed on a replica and were retried, in order.
     pub fn retried(&self) -> Vec<Retried> {
         lock(&self.retried).clone()
+    }
+
+    /// [`Replicas::retried`], emptying the list.
+    pub fn take_retried(&self) -> Vec<Retried> {
+        std::mem::take(&mut *lock(&self.retried))
     }
 
     /// The attested target on replica `i`, connecting if needed.
@@ -241,7 +298,7 @@ impl Replicas {
         Some(j)
     }
 
-    fn attempt<T>(&self, run: impl Fn(&Arc<Target>) -> Result<T>) -> Result<T> {
+    fn attempt<T>(&self, run: impl Fn(usize, &Arc<Target>) -> Result<T>) -> Result<T> {
         let max = 2 * self.replicas.len() + 1;
         let mut last: Option<anyhow::Error> = None;
         for _ in 0..max {
@@ -255,7 +312,7 @@ impl Replicas {
                 }));
             };
             let r = &self.replicas[i];
-            let e = match self.target(i).and_then(|t| run(&t)) {
+            let e = match self.target(i).and_then(|t| run(i, &t)) {
                 Ok(v) => {
                     *lock(&r.health) = Health::Up;
                     return Ok(v);
@@ -267,6 +324,10 @@ impl Replicas {
                 return Err(e);
             }
             *lock(&r.target) = None;
+            // The replica failed: its kept sessions are not reused (nor
+            // closed over the network, which may hang on it).
+            let kept = std::mem::take(&mut *lock(&r.sessions));
+            kept.into_iter().for_each(QuerySession::forget);
             *lock(&r.health) = match fault {
                 Fault::Untrusted => Health::Excluded,
                 _ => Health::DownUntil(Instant::now() + COOLDOWN),
@@ -286,6 +347,13 @@ impl Replicas {
             servers: self.servers(),
         }))
     }
+}
+
+/// Whether a query on a kept session failed because the server no longer
+/// knows the session (it closed it); the query itself did not run.
+fn session_gone(e: &anyhow::Error) -> bool {
+    let s = format!("{e:#}");
+    s.contains("unknown or finished session") || s.contains("idle for more than")
 }
 
 /// Runs `f` against the first of `servers` that answers: on a replica's

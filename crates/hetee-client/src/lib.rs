@@ -4,7 +4,7 @@
 //! - [`model_provider`]: quantize, encrypt the weights, upload, register
 //!   the model with the enclave, and manage it as the key set's owner;
 //! - [`data_provider`]: encrypt inputs, query, receive the result over the
-//!   channel;
+//!   channel; [`query_session`]: several queries on one session;
 //! - [`failover`]: either client with several servers (replicas), retrying
 //!   on another one when a replica fails ([`fault`] tells which failures).
 //!
@@ -20,5 +20,6 @@ pub mod fault;
 pub mod http;
 pub mod model_provider;
 pub mod public_meta;
+pub mod query_session;
 pub mod relay;
 pub mod trust;

@@ -1,9 +1,13 @@
 //! Enclave state and request handling.
 //!
 //! Each session is a small state machine (in the style of a TLS handshake):
-//! `Handshake → Ready → Running(stage 0, 1, …) → done`. A session is taken
-//! out of its table for every step and put back only if the step succeeded,
-//! so any refused request ends the session it touched.
+//! `Handshake → Ready → Running(stage 0, 1, …) → Ready → …`. A data
+//! provider's session carries one query after another on its Noise channel
+//! (each admitted, spent and answered on its own; the channel's nonces
+//! refuse replayed or reordered messages) until the host closes it (the
+//! client finished, or it stayed idle too long). A session is taken out of
+//! its table for every step and put back only if the step succeeded, so any
+//! refused request, a failed check included, ends the session it touched.
 //!
 //! The enclave serves many sessions at once. Query traffic (channels,
 //! hellos, query starts, stage results) shares a gate and runs in
@@ -43,7 +47,8 @@ pub(crate) enum Session {
         hs: Box<EnclaveHandshake>,
         key_id: KeyId,
     },
-    /// The data provider said hello to a model; waiting for its query.
+    /// The data provider said hello to a model, or got its last result;
+    /// waiting for its (next) query.
     Ready {
         tx: Box<Transport>,
         model_id: ModelId,
@@ -265,6 +270,14 @@ impl Enclave {
                     Response::StackStarted { group, state, .. } => {
                         lock(&self.sessions).remove(&group);
                         state
+                    }
+                    // The results are dropped: no member's session goes on.
+                    Response::StackFinished { payloads } => {
+                        let mut sessions = lock(&self.sessions);
+                        for (session, _) in payloads {
+                            sessions.remove(&session);
+                        }
+                        None
                     }
                     _ => None,
                 };

@@ -1,4 +1,5 @@
-//! The query half of a session: `Ready → Running(stage 0, 1, …) → done`.
+//! The query half of a session: `Ready → Running(stage 0, 1, …) → Ready`,
+//! as many times as the data provider sends queries on its channel.
 //! Each stage's decrypted result is checked (Freivalds) against the input
 //! the enclave itself holds before anything is computed from it; the final
 //! result goes through the model's output policy, is signed, and is sealed
@@ -200,14 +201,21 @@ impl Enclave {
             }
             StepOutput::Logits(values) => {
                 let classes = values.len() / m.schedule.batch.max(1);
-                let mut payloads = Vec::with_capacity(run.members.len());
-                for member in run.members.iter_mut() {
+                let Running {
+                    members,
+                    stacked,
+                    model_id,
+                    ..
+                } = *run;
+                let mut payloads = Vec::with_capacity(members.len());
+                let mut ready = Vec::with_capacity(members.len());
+                for mut member in members {
                     let from = (member.offset as usize * classes).min(values.len());
                     let to = ((member.offset + member.images) as usize * classes).min(values.len());
                     let (logits, labels) =
                         policy::apply(m.terms.policy, &values[from..to], classes);
                     let result = QueryResult {
-                        model_id: run.model_id,
+                        model_id,
                         commitment: m.commitment,
                         input_digest: member.input_digest,
                         images: member.images,
@@ -218,8 +226,22 @@ impl Enclave {
                     };
                     let payload = sign_and_seal(self, &mut member.tx, result).map_err(plain)?;
                     payloads.push((member.session, payload));
+                    ready.push((member.session, member.tx, member.client));
                 }
-                if run.stacked {
+                // Each member's session goes back to ready for the same
+                // model on the same channel: its next query needs no new
+                // handshake, and is admitted and spent on its own.
+                for (session, tx, client) in ready {
+                    self.insert_session(
+                        session,
+                        Session::Ready {
+                            tx: Box::new(tx),
+                            model_id,
+                            client,
+                        },
+                    );
+                }
+                if stacked {
                     return Ok(Response::StackFinished { payloads });
                 }
                 let payload = payloads.pop().map(|(_, p)| p).unwrap_or_default();

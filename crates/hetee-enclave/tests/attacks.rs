@@ -153,6 +153,7 @@ impl Flight {
         let Response::Finished { payload } = r else {
             panic!("an honest session failed: {}", short(&r))
         };
+        close(e, self.session());
         let result = self.dp.result(keys, &payload);
         assert_eq!(result.images as usize, self.images.len());
         let want: Vec<f32> = self.images.iter().flat_map(|x| reference(q, x)).collect();

@@ -163,7 +163,11 @@ fn stacked_members_are_each_bit_exact_and_a_member_that_does_not_fit_waits() {
         let i = ids.iter().position(|x| *x == session).unwrap();
         check(&s, &mut dps[i], &payload, &sets[i]);
     }
-    assert_eq!(status(&s.enclave).sessions, 0, "every session ended");
+    assert_eq!(
+        status(&s.enclave).sessions,
+        sets.len(),
+        "every member waits for its next query"
+    );
 }
 
 #[test]
@@ -182,6 +186,7 @@ fn attack_the_host_cannot_slip_foreign_spent_or_repeated_sessions_into_a_stack()
     // An honest member, then what a host might slip in beside it.
     let xa = vec![image(11)];
     let (mut a, pa) = member(&s, None, &xa);
+    let pa_again = pa.clone();
     let (b_dp, b_payload) = {
         // An HE query: not something the enclave holds in the clear.
         let mut dp = hello(&s.enclave, &s.keys, s.model).unwrap();
@@ -231,12 +236,22 @@ fn attack_the_host_cannot_slip_foreign_spent_or_repeated_sessions_into_a_stack()
     .err()
     .unwrap();
     assert!(msg.contains("twice"), "{msg}");
-    // Replaying a finished member, or a closed one, starts nothing.
+    // A finished member waits for its next query, but the host cannot
+    // replay its last one: the channel's nonce has moved on. The replay
+    // closes it, and a closed member starts nothing either.
+    let msg = stack(&s, vec![(a.channel.session, pa_again)])
+        .err()
+        .unwrap();
+    assert!(msg.contains("channel"), "{msg}");
     let msg = stack(&s, vec![(a.channel.session, vec![])]).err().unwrap();
     assert!(msg.contains("unknown"), "{msg}");
     let msg = stack(&s, vec![(d.channel.session, vec![])]).err().unwrap();
     assert!(msg.contains("unknown"), "{msg}");
-    assert_eq!(status(&s.enclave).sessions, 0, "every session ended");
+    assert_eq!(
+        status(&s.enclave).sessions,
+        1,
+        "the first query's member waits for its next query"
+    );
 }
 
 #[test]
@@ -274,7 +289,47 @@ fn attack_a_stack_cannot_mix_models_or_reopen_a_deferred_query() {
         .err()
         .unwrap();
     assert!(msg.contains("already opened"), "{msg}");
-    assert_eq!(status(&s.enclave).sessions, 0, "every session ended");
+    assert_eq!(
+        status(&s.enclave).sessions,
+        1,
+        "the finished member waits for its next query"
+    );
+}
+
+#[test]
+fn stacked_members_query_again_on_their_sessions_each_spent() {
+    let s = setup(Some(2));
+    let clients: Vec<StaticKeypair> = (0..2).map(|_| StaticKeypair::generate().unwrap()).collect();
+    let mut dps: Vec<DataProvider> = clients
+        .iter()
+        .map(|c| hello_as(&s.enclave, &s.keys, Some(c), s.model).unwrap())
+        .collect();
+    let sessions: Vec<SessionId> = dps.iter().map(|d| d.channel.session).collect();
+    for round in 0..3 {
+        // Each member's next query, on the session its last one left ready.
+        let sets: Vec<Vec<Vec<f32>>> = (0..dps.len())
+            .map(|i| vec![image(40 + 10 * round + i)])
+            .collect();
+        let named: Vec<(SessionId, Vec<u8>)> = dps
+            .iter_mut()
+            .zip(&sets)
+            .map(|(dp, images)| (dp.channel.session, dp.thin_payload(images)))
+            .collect();
+        let started = stack(&s, named);
+        if round == 2 {
+            // A budget of two queries per client: the third is refused.
+            let msg = started.err().unwrap();
+            assert!(msg.contains("budget"), "{msg}");
+            break;
+        }
+        let st = started.unwrap();
+        assert_eq!(st.started, sessions);
+        for (session, payload) in finish(&s, &st) {
+            let i = sessions.iter().position(|x| *x == session).unwrap();
+            check(&s, &mut dps[i], &payload, &sets[i]);
+        }
+    }
+    assert_eq!(status(&s.enclave).sessions, 0, "the refusal ended them");
 }
 
 #[test]

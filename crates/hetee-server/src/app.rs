@@ -106,14 +106,9 @@ type ApiResult<T> = Result<T, ApiError>;
 mod health;
 mod peer;
 mod query;
+mod sessions;
 pub use health::{replica_id_in, EnclaveHealth, ReplicaHealth, StoreHealth, REPLICA_ID_FILE};
-
-struct SessionInfo {
-    model_id: Option<ModelId>,
-    busy: bool,
-    /// Its query was sent (the session ends with it).
-    querying: bool,
-}
+use sessions::SessionInfo;
 
 /// The host: store, enclave, loaded models and open sessions.
 pub struct App {
@@ -126,7 +121,14 @@ pub struct App {
     stacker: Option<Stacker>,
     /// Where each query's record goes.
     jobs: JobLog,
+    /// How long a session may stay idle before the host closes it.
+    session_idle: Duration,
 }
+
+/// How long a session may stay idle (no request) before the host closes it
+/// and the enclave forgets its channel: a client between queries keeps its
+/// session this long.
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(300);
 
 /// The stacker's time unit: a thin query waits at most 25 of these for
 /// others to share its stacked query (models registered for more than one
@@ -155,7 +157,15 @@ impl App {
             stacker: Some(Stacker::new(DEFAULT_STACK_WINDOW)),
             jobs: JobLog::start(store.clone()),
             store,
+            session_idle: DEFAULT_SESSION_IDLE,
         }
+    }
+
+    /// Closes sessions idle (no request) for longer than `idle`
+    /// (default [`DEFAULT_SESSION_IDLE`]).
+    pub fn with_session_idle_timeout(mut self, idle: Duration) -> Self {
+        self.session_idle = idle;
+        self
     }
 
     /// Stacks concurrent thin queries of a model registered for batches
@@ -408,15 +418,9 @@ impl App {
         else {
             return Err(ApiError::conflict("unexpected answer to OpenChannel"));
         };
+        self.close_idle_sessions();
         if let Ok(mut s) = self.sessions.lock() {
-            s.insert(
-                session,
-                SessionInfo {
-                    model_id,
-                    busy: false,
-                    querying: false,
-                },
-            );
+            s.insert(session, SessionInfo::new(model_id));
         }
         Ok(SessionOpened {
             session: id_hex(&session),
@@ -469,56 +473,5 @@ impl App {
         Ok(Sealed {
             payload: b64(&payload),
         })
-    }
-
-    fn claim(&self, session: &SessionId) -> ApiResult<Option<ModelId>> {
-        let mut s = self
-            .sessions
-            .lock()
-            .map_err(|_| ApiError::conflict("session table poisoned"))?;
-        let info = s.get_mut(session).ok_or_else(|| {
-            ApiError::not_found(
-                "unknown or finished session; open a new one with POST /v1/sessions",
-            )
-        })?;
-        if info.busy {
-            return Err(ApiError::conflict(
-                "this session is busy with another request; requests of a session go one at a time",
-            ));
-        }
-        info.busy = true;
-        Ok(info.model_id)
-    }
-
-    fn release(&self, session: &SessionId, keep: bool) {
-        if let Ok(mut s) = self.sessions.lock() {
-            if keep {
-                if let Some(i) = s.get_mut(session) {
-                    i.busy = false;
-                }
-            } else {
-                s.remove(session);
-            }
-        }
-        if !keep {
-            let _ = self
-                .enclave
-                .call(Request::CloseSession { session: *session });
-        }
-    }
-
-    /// `DELETE /v1/sessions/{id}`.
-    pub fn close_session(&self, session: &str) -> ApiResult<()> {
-        let session = parse_id(session, "session")?;
-        let known = self
-            .sessions
-            .lock()
-            .map(|mut s| s.remove(&session).is_some())
-            .unwrap_or(false);
-        if !known {
-            return Err(ApiError::not_found("unknown or finished session"));
-        }
-        let _ = self.enclave.call(Request::CloseSession { session });
-        Ok(())
     }
 }

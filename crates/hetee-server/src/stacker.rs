@@ -83,7 +83,7 @@ pub struct Job<'a> {
     pub host: &'a HostModel,
     /// The model.
     pub model: ModelId,
-    /// Sessions of the model that are open and may still send a query.
+    /// Sessions of the model that are open and may soon send a query.
     pub coming: &'a (dyn Fn() -> usize + Sync),
 }
 
@@ -103,6 +103,11 @@ impl Stacker {
             queues: Mutex::new(HashMap::new()),
             arrived: Condvar::new(),
         }
+    }
+
+    /// The longest a query waits for others while its model is idle.
+    pub fn max_wait(&self) -> Duration {
+        self.window * MAX_WAIT_WINDOWS
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<ModelId, Queue>> {
@@ -194,8 +199,10 @@ impl Stacker {
     /// while another stack of the model is evaluated (the host is busy
     /// anyway), and then, with the model idle, until as many queries wait
     /// as the last stack named (clients that query one after another come
-    /// back together) and no open session of the model is still to send
-    /// its query; at most [`MAX_WAIT_WINDOWS`] windows.
+    /// back together) and no session of the model that was active within
+    /// [`Stacker::max_wait`] is still to send its query (a session idle
+    /// between queries for longer is not waited for); at most
+    /// [`MAX_WAIT_WINDOWS`] windows.
     fn gather(&self, job: &Job<'_>, rx: &Receiver<Reply>) -> Gathered {
         let mut idle_since: Option<Instant> = None;
         let mut queues = self.lock();

@@ -27,7 +27,8 @@ pub struct BenchRow {
     /// image at a time through `hetee serve` on loopback), `clientsN` (N
     /// concurrent single-image clients through it) or `stackedN` (N
     /// concurrent single-image thin clients of the model registered for
-    /// batches of N, stacked by the server).
+    /// batches of N, stacked by the server); `clientsNxK`, `stackedNxK`:
+    /// each of the N clients keeps K queries outstanding (`in_flight`).
     pub mode: String,
     /// Rayon threads.
     pub threads: usize,
@@ -68,6 +69,9 @@ pub struct BenchRow {
     pub enclave_decrypts: f64,
     /// Enclave encryptions per image.
     pub enclave_encrypts: f64,
+    /// Queries each concurrent client keeps outstanding, each on a session
+    /// of its own (`clientsN`/`stackedN` rows; 1 elsewhere).
+    pub in_flight: usize,
 }
 
 /// Options of `hetee bench`.
@@ -93,6 +97,10 @@ pub struct BenchOptions<'a> {
     pub clients: usize,
     /// Also measure thin queries one image at a time (`thin` rows).
     pub thin: bool,
+    /// Single-image queries each concurrent client keeps outstanding (each
+    /// on its own session); the stacked model stays registered for batches
+    /// of `clients`, so that several stacks are outstanding at once.
+    pub in_flight: usize,
 }
 
 pub(crate) fn per_image(stats: &[QueryStats], f: impl Fn(&QueryStats) -> f64) -> f64 {
@@ -106,6 +114,11 @@ fn sum_stages(s: &QueryStats, f: impl Fn(&hetee_proto::api::StageStats) -> usize
 
 /// Runs the benchmark and prints the table.
 pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
+    // `RUST_LOG=debug` traces the served rows: the server's queries and
+    // stacks, and each client's session open, query and receipt check.
+    if std::env::var_os("RUST_LOG").is_some() {
+        crate::serve::init_logs(false);
+    }
     let mut rows = Vec::new();
     for name in &o.models {
         let b = crate::bundled::find(name).with_context(|| {
@@ -220,9 +233,14 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
         if o.served || o.clients > 0 {
             // The server evaluates on its global pool (all cores).
             // The concurrent rows send at least four queries per client.
-            let n = o.images.max(1).max(4 * o.clients);
+            let in_flight = o.in_flight.max(1);
+            let streams = o.clients * in_flight;
+            let n = o.images.max(1).max(4 * streams);
             let xs: Vec<&[f32]> = images.data.chunks(per).take(n).collect();
             let served = crate::bench_served::Served::start(&q, 1)?;
+            // Registered for stacks of one query per client: with several
+            // queries in flight per client, several stacks are outstanding,
+            // and the host evaluates one while the enclave works on another.
             let stacked = match o.clients {
                 0 | 1 => None,
                 c => Some(crate::bench_served::Served::start(&q, c)?),
@@ -259,7 +277,7 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
                 o.images.max(1),
                 all,
                 o.runs,
-                o.clients,
+                (o.clients, in_flight),
                 plain,
             )?);
         }
@@ -353,6 +371,7 @@ pub(crate) fn row(
         ct_products: sum_stages(first, |s| s.products) / per_q,
         enclave_decrypts: sum_stages(first, |s| s.enclave_decrypts) / per_q,
         enclave_encrypts: sum_stages(first, |s| s.enclave_encrypts) / per_q,
+        in_flight: 1,
     }
 }
 

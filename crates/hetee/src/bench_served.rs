@@ -8,6 +8,9 @@
 //! - `stacked`: the same N clients sending single-image *thin* queries to
 //!   the model registered for batches of N: the server gathers concurrent
 //!   queries into stacked queries (one product for all of them).
+//!
+//! Every client opens one session and sends its queries on it, one after
+//! another (one handshake per client, not per query).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,11 +63,31 @@ impl Served {
         })
     }
 
-    /// One query; its figures.
+    /// One query in a session of its own; its figures.
     pub fn query(&self, x: &[f32]) -> Result<QueryStats> {
         let t0 = Instant::now();
         let a = self.target.query(&[x])?;
         Ok(QueryStats::of(&a, t0.elapsed().as_secs_f64() * 1e3))
+    }
+
+    /// Single-image queries of `xs` one after another on one session (thin:
+    /// the input over the channel); their figures.
+    pub fn queries<'x>(
+        &self,
+        xs: impl Iterator<Item = &'x [f32]>,
+        thin: bool,
+    ) -> Result<Vec<QueryStats>> {
+        let mut s = self.target.session()?;
+        xs.map(|x| {
+            let t0 = Instant::now();
+            let a = if thin {
+                s.query_thin(&[x])?
+            } else {
+                s.query(&[x])?
+            };
+            Ok(QueryStats::of(&a, t0.elapsed().as_secs_f64() * 1e3))
+        })
+        .collect()
     }
 
     /// One thin query (the server may stack it with others); its figures.
@@ -95,7 +118,7 @@ pub(crate) fn rows(
     latency_images: usize,
     threads: usize,
     runs: usize,
-    clients: usize,
+    (clients, in_flight): (usize, usize),
     plain: impl Fn() -> Result<Plain>,
 ) -> Result<Vec<BenchRow>> {
     let footprint = |s: &Served| Footprint {
@@ -106,10 +129,7 @@ pub(crate) fn rows(
     let mut run_rows = Vec::new();
     let first = &xs[..latency_images.min(xs.len())];
     for _ in 0..runs.max(1) {
-        let stats = first
-            .iter()
-            .map(|x| served.query(x))
-            .collect::<Result<Vec<_>>>()?;
+        let stats = served.queries(first.iter().copied(), false)?;
         run_rows.push(row(
             name,
             "served",
@@ -127,26 +147,23 @@ pub(crate) fn rows(
     }
     let concurrent: [(&str, Option<&Served>, bool); 2] =
         [("clients", Some(served), false), ("stacked", stacked, true)];
+    // Each client keeps `in_flight` queries outstanding: one stream (a
+    // session sending one query after another) per outstanding query.
+    let streams = clients * in_flight.max(1);
+    let label = match in_flight {
+        0 | 1 => clients.to_string(),
+        k => format!("{clients}x{k}"),
+    };
     for (mode, target, thin) in concurrent {
         let Some(target) = target else { continue };
         let mut run_rows = Vec::new();
         for _ in 0..runs.max(1) {
             let t0 = Instant::now();
             let stats = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..clients)
+                let handles: Vec<_> = (0..streams)
                     .map(|c| {
                         s.spawn(move || {
-                            xs.iter()
-                                .skip(c)
-                                .step_by(clients)
-                                .map(|x| {
-                                    if thin {
-                                        target.query_thin(x)
-                                    } else {
-                                        target.query(x)
-                                    }
-                                })
-                                .collect::<Result<Vec<_>>>()
+                            target.queries(xs.iter().copied().skip(c).step_by(streams), thin)
                         })
                     })
                     .collect();
@@ -160,16 +177,18 @@ pub(crate) fn rows(
             })?;
             let wall = t0.elapsed().as_secs_f64();
             let stats: Vec<QueryStats> = stats.into_iter().flatten().collect();
-            run_rows.push(row(
+            let mut r = row(
                 name,
-                &format!("{mode}{clients}"),
+                &format!("{mode}{label}"),
                 threads,
                 xs.len(),
                 &stats,
                 plain()?,
                 Some(wall),
                 footprint(target),
-            ));
+            );
+            r.in_flight = in_flight.max(1);
+            run_rows.push(r);
         }
         out.push(median_row(run_rows));
     }

@@ -84,6 +84,10 @@ enum Command {
         /// 25 times this long; 0: never stack.
         #[arg(long, default_value_t = 2)]
         stack_window_ms: u64,
+        /// A session (one client's channel to the enclave, carrying its
+        /// queries one after another) idle this long is closed.
+        #[arg(long, default_value_t = 300)]
+        session_idle_secs: u64,
         /// Logs as JSON lines.
         #[arg(long)]
         log_json: bool,
@@ -278,6 +282,12 @@ enum Command {
         /// served deployment (e.g. 16).
         #[arg(long, default_value_t = 0)]
         clients: usize,
+        /// With --clients: single-image queries each client keeps
+        /// outstanding, each on its own session (rows `clientsNxK`,
+        /// `stackedNxK`, JSON `in_flight`); the stacked model stays
+        /// registered for batches of N, so K stacks are outstanding at once.
+        #[arg(long, default_value_t = 1)]
+        in_flight: usize,
         /// Also measure thin queries (the input over the channel, encrypted
         /// by the enclave) one image at a time, in process (`thin` rows).
         #[arg(long)]
@@ -354,6 +364,7 @@ pub fn run(cli: Cli) -> Result<()> {
             replica_id,
             memory_budget_mib,
             stack_window_ms,
+            session_idle_secs,
             log_json,
             platform,
             enclave_binary,
@@ -376,6 +387,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 enclave,
                 stack_window: (stack_window_ms > 0)
                     .then(|| std::time::Duration::from_millis(stack_window_ms)),
+                session_idle: std::time::Duration::from_secs(session_idle_secs.max(1)),
                 log_json,
                 enclave_program: enclave_binary,
                 platform,
@@ -479,6 +491,7 @@ pub fn run(cli: Cli) -> Result<()> {
             models,
             served,
             clients,
+            in_flight,
             thin,
         } => {
             let all = std::thread::available_parallelism()
@@ -500,6 +513,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 chart: chart.as_deref(),
                 served,
                 clients,
+                in_flight,
                 thin,
             };
             crate::bench::bench(&o).map(|_| ())

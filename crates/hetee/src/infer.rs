@@ -183,7 +183,8 @@ pub fn infer_on(replicas: &Replicas, q: &Query, x: &Tensor) -> Result<Inferred> 
             .collect()
     });
     bar.finish_and_clear();
-    let retried = replicas.retried();
+    // This call's retries only (a Python client's replicas serve many).
+    let retried = replicas.take_retried();
     if !retried.is_empty() {
         eprintln!(
             "{} attempts failed on a server and were retried in a new session",

@@ -34,6 +34,9 @@ pub struct ServeOptions {
     /// How long a thin query waits, at most, to share a stacked query
     /// (`None`: never stack).
     pub stack_window: Option<std::time::Duration>,
+    /// How long a session may stay idle between queries before the server
+    /// closes it.
+    pub session_idle: std::time::Duration,
     /// Logs as JSON lines.
     pub log_json: bool,
     /// The enclave executable (default: `hetee-enclave` beside this one).
@@ -106,6 +109,7 @@ impl ServeOptions {
             replica_id: None,
             enclave: EnclaveConfig::default(),
             stack_window: Some(hetee_server::app::DEFAULT_STACK_WINDOW),
+            session_idle: hetee_server::app::DEFAULT_SESSION_IDLE,
             log_json: false,
             enclave_program: None,
             platform: "sim".into(),
@@ -163,7 +167,8 @@ impl Server {
             app: Arc::new(
                 App::new(store, sup)
                     .with_replica_id(replica_id)
-                    .with_stack_window(opts.stack_window),
+                    .with_stack_window(opts.stack_window)
+                    .with_session_idle_timeout(opts.session_idle),
             ),
         })
     }

@@ -1,6 +1,7 @@
 //! Stacked queries through `hetee serve`: concurrent thin data providers of
-//! a model registered for batches share stacked queries, and each gets its
-//! own exact result.
+//! a model registered for batches share stacked queries, each sending its
+//! queries one after another on one session, and each gets its own exact
+//! result.
 
 mod common;
 
@@ -13,7 +14,7 @@ use hetee::client::relay::Relay;
 use hetee::client::trust::Trust;
 
 #[test]
-fn concurrent_thin_clients_share_stacked_queries_and_each_result_is_exact() {
+fn concurrent_clients_each_run_several_queries_on_one_session_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     let m = measurement();
@@ -31,18 +32,38 @@ fn concurrent_thin_clients_share_stacked_queries_and_each_result_is_exact() {
             std::thread::spawn(move || -> anyhow::Result<Vec<u32>> {
                 let relay: Arc<dyn Relay> = Arc::new(api);
                 let target = Target::connect(relay, &Trust::new(&m, true)?, &id, None)?;
+                // One session for all of this client's queries: thin ones
+                // (stacked with other clients'), and an HE one among them
+                // for the odd clients (run on its own).
+                let mut session = target.session()?;
+                let opened = session.id().to_string();
                 let mut stacked = Vec::new();
                 for k in 0..EACH {
                     let i = c * EACH + k;
                     let xi = &x[i * 784..(i + 1) * 784];
-                    let got = target.query_thin(&[xi])?;
+                    let he = c % 2 == 1 && k == 1;
+                    let got = if he {
+                        session.query(&[xi])?
+                    } else {
+                        session.query_thin(&[xi])?
+                    };
                     let want = hetee_model::reference::run_quantized(&q, xi)?;
                     anyhow::ensure!(
                         got.logits[0] == want,
                         "client {c} image {k}: result differs"
                     );
-                    stacked.push(got.stacked);
+                    anyhow::ensure!(
+                        got.receipt.result.input_digest != [0; 32]
+                            && got.receipt.result.images == 1
+                    );
+                    if he {
+                        anyhow::ensure!(got.stacked == 1, "an HE query was stacked");
+                    } else {
+                        stacked.push(got.stacked);
+                    }
                 }
+                anyhow::ensure!(session.id() == opened && session.queries() == EACH as u64);
+                session.close();
                 Ok(stacked)
             })
         })
@@ -57,7 +78,9 @@ fn concurrent_thin_clients_share_stacked_queries_and_each_result_is_exact() {
         sizes.iter().any(|&n| n > 1),
         "no two concurrent thin queries shared a stacked query: {sizes:?}"
     );
-    // HE queries of the same model still run on their own.
+    // Every client closed its session: none is left on the server.
+    assert_eq!(server.health()["sessions"], 0, "{}", server.health());
+    // A one-shot HE query of the same model runs on its own.
     let relay: Arc<dyn Relay> = Arc::new(api);
     let target = Target::connect(relay, &Trust::new(&m, true).unwrap(), &id, None).unwrap();
     let xi = &x[..784];

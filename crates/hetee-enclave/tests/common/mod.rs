@@ -602,7 +602,16 @@ pub fn run_stages(
     panic!("the enclave asked for more stages than the model has")
 }
 
-/// A whole query by a new data provider; returns the logits it receives.
+/// The host closes a session (its client is done with it).
+pub fn close(e: &Enclave, session: SessionId) {
+    assert!(matches!(
+        e.handle(Request::CloseSession { session }),
+        Response::Closed
+    ));
+}
+
+/// A whole query by a new data provider in its own session (closed after
+/// the result); returns the logits it receives.
 pub fn query(
     e: &Enclave,
     keys: &Keys,
@@ -634,6 +643,8 @@ pub fn query_as(
     let digest = input_digest(&input);
     match run_stages(e, host, dp.channel.session, input) {
         Response::Finished { payload } => {
+            // The session is ready for another query; this client is done.
+            close(e, dp.channel.session);
             let r = dp.result(keys, &payload);
             assert_eq!(r.model_id, model_id);
             assert_eq!(r.commitment, host.commitment());
@@ -686,6 +697,7 @@ pub fn query_thin(
     let (mut dp, input) = start_thin(e, keys, model_id, &images)?;
     match run_stages(e, host, dp.channel.session, input) {
         Response::Finished { payload } => {
+            close(e, dp.channel.session);
             let r = dp.result(keys, &payload);
             assert_eq!(
                 r.input_digest,

@@ -15,6 +15,8 @@ use crate::stage_loop::run_query;
 impl App {
     /// `POST /v1/sessions/{id}/query`: runs every linear stage on the host
     /// and every nonlinear step in the enclave; returns the sealed result.
+    /// The session stays open for the client's next query (a failed query
+    /// ends it).
     pub fn query(&self, session: &str, req: RunQuery) -> ApiResult<QueryDone> {
         let payload = unb64(&req.payload, "payload").map_err(ApiError::bad)?;
         let input = req
@@ -31,16 +33,14 @@ impl App {
     pub fn query_bytes(&self, session: &str, req: QueryBody) -> ApiResult<QueryDone> {
         let session = parse_id(session, "session")?;
         let model = self.claim(&session)?;
-        if let Ok(mut s) = self.sessions.lock() {
-            if let Some(i) = s.get_mut(&session) {
-                i.querying = true;
-            }
-        }
+        let nth = self.begin_query(&session);
         let r = self.query_inner(session, model, req);
-        // A session carries one query: it ends here either way.
-        self.release(&session, false);
+        // After a result the session waits for the client's next query; a
+        // failed query ends it (the enclave has closed its side).
+        self.release(&session, r.is_ok());
         let job = serde_json::json!({
             "session": id_hex(&session),
+            "query": nth,
             "model_id": model.map(|m| id_hex(&m)),
             "ok": r.is_ok(),
             "error": r.as_ref().err().map(|e| e.message.clone()),
@@ -48,8 +48,11 @@ impl App {
             "enclave_ms": r.as_ref().ok().map(|d| d.enclave_ms),
             "finished_unix": now_unix(),
         });
-        self.jobs
-            .record(id_hex(&session), job.to_string().into_bytes());
+        let job_id = match nth {
+            1 => id_hex(&session),
+            n => format!("{}-{n}", id_hex(&session)),
+        };
+        self.jobs.record(job_id, job.to_string().into_bytes());
         r
     }
 
@@ -84,7 +87,8 @@ impl App {
             .filter(|s| cts.is_empty() && s.stacks(&model));
         let (payload, trace, share) = match stacker {
             Some(stacker) => {
-                let coming = || self.sessions_to_come(&model);
+                let recent = stacker.max_wait();
+                let coming = || self.sessions_to_come(&model, recent);
                 let job = Job {
                     enclave: &self.enclave,
                     host: &host,
@@ -114,18 +118,6 @@ impl App {
             stages: trace.stages,
             stacked: share as u32,
         })
-    }
-
-    /// Sessions of `model` that are open and have not sent their query.
-    fn sessions_to_come(&self, model: &ModelId) -> usize {
-        self.sessions
-            .lock()
-            .map(|s| {
-                s.values()
-                    .filter(|i| !i.querying && i.model_id.as_ref() == Some(model))
-                    .count()
-            })
-            .unwrap_or(0)
     }
 }
 
