@@ -95,7 +95,8 @@ fn close(e: &Enclave, dp: &DataProvider) {
     });
 }
 
-/// Runs a started HE query to its end; its logits.
+/// Runs a started HE query to its end and closes its session (which
+/// would otherwise stay open for another query); its logits.
 fn finish(
     e: &Enclave,
     keys: &Keys,
@@ -108,6 +109,7 @@ fn finish(
         Response::Finished { payload } => {
             let r = dp.result(keys, &payload);
             assert_eq!(r.input_digest, digest);
+            close(e, &dp);
             r.logits.to_vec()
         }
         other => panic!("stages: {}", short(&other)),

@@ -30,7 +30,9 @@ fn setup(query_budget: Option<u64>, lock_after: u32) -> Setup {
 /// One HE query of `x` on `dp`'s open session, with fresh input randomness
 /// as a real client draws it; the result or the enclave's refusal.
 fn he_query(s: &Setup, dp: &mut DataProvider, x: &[f32]) -> Result<QueryResult, String> {
+    // A new query: a new id and a new seed (a retry would reuse both).
     dp.seed = rand::random();
+    dp.query_id = rand::random();
     let id = s.model_id();
     let input = dp.encrypt(&s.keys.public_key, x);
     match dp.start(&s.enclave, id, &input) {
@@ -53,6 +55,7 @@ fn he_query(s: &Setup, dp: &mut DataProvider, x: &[f32]) -> Result<QueryResult, 
 
 /// One thin query of `x` on `dp`'s open session.
 fn thin_query(s: &Setup, dp: &mut DataProvider, x: &[f32]) -> Result<QueryResult, String> {
+    dp.query_id = rand::random();
     let images = vec![x.to_vec()];
     let payload = dp.thin_payload(&images);
     let input = match s.enclave.handle(Request::StartQuery {
