@@ -238,12 +238,12 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
             let n = o.images.max(1).max(4 * streams);
             let xs: Vec<&[f32]> = images.data.chunks(per).take(n).collect();
             let served = crate::bench_served::Served::start(&q, 1)?;
-            // Registered for stacks of one query per client: with several
-            // queries in flight per client, several stacks are outstanding,
-            // and the host evaluates one while the enclave works on another.
+            // Registered for stacks of every outstanding query: one per
+            // client, or `in_flight` per client (16 clients with 4 queries in
+            // flight fill 64-image stacks, the batch row's size).
             let stacked = match o.clients {
                 0 | 1 => None,
-                c => Some(crate::bench_served::Served::start(&q, c)?),
+                c => Some(crate::bench_served::Served::start(&q, c * in_flight)?),
             };
             // Warm up: the first query loads the model's weights on the host.
             served.query(xs[0])?;
