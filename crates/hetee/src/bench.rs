@@ -72,6 +72,12 @@ pub struct BenchRow {
     /// Queries each concurrent client keeps outstanding, each on a session
     /// of its own (`clientsN`/`stackedN` rows; 1 elsewhere).
     pub in_flight: usize,
+    /// Concurrent clients (`clientsN`/`stackedN` rows: N; 1 elsewhere).
+    pub clients: usize,
+    /// `served` rows: this latency over the in-process `latency` row's, same
+    /// model and threads, same run (goal ≤ 1.2); absent elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_ratio: Option<f64>,
 }
 
 /// Options of `hetee bench`.
@@ -283,6 +289,7 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
         }
         spin.finish_and_clear();
     }
+    set_served_ratios(&mut rows);
     print_table(&rows);
     if let Some(p) = o.json {
         std::fs::write(p, serde_json::to_string_pretty(&rows)?)
@@ -292,6 +299,23 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
         crate::chart::draw(&rows, p)?;
     }
     Ok(rows)
+}
+
+/// Fills `served_ratio` of every `served` row from the `latency` row of its
+/// model and threads.
+fn set_served_ratios(rows: &mut [BenchRow]) {
+    let latency: Vec<(String, usize, f64)> = rows
+        .iter()
+        .filter(|r| r.mode == "latency")
+        .map(|r| (r.model.clone(), r.threads, r.latency_ms))
+        .collect();
+    for r in rows.iter_mut().filter(|r| r.mode == "served") {
+        r.served_ratio = latency
+            .iter()
+            .find(|(m, t, _)| *m == r.model && *t == r.threads)
+            .filter(|(_, _, l)| *l > 0.0)
+            .map(|(_, _, l)| r.latency_ms / l);
+    }
 }
 
 /// Plaintext times per image of one row, measured in the same run.
@@ -372,6 +396,8 @@ pub(crate) fn row(
         enclave_decrypts: sum_stages(first, |s| s.enclave_decrypts) / per_q,
         enclave_encrypts: sum_stages(first, |s| s.enclave_encrypts) / per_q,
         in_flight: 1,
+        clients: 1,
+        served_ratio: None,
     }
 }
 
@@ -391,5 +417,64 @@ fn print_table(rows: &[BenchRow]) {
             "{:<6} {:<8} {:>3} {:>5} {:>5} {:>9.2} {:>9.1} {:>9.4} {:>7.0} {:>8.2} {:>8.2} {:>6.3} {:>7.1} {:>9.0} {:>5.1} {:>5.1} {:>5.1}",
             r.model, r.mode, r.threads, r.images, r.batch, r.latency_ms, r.throughput_img_s, r.plaintext_ms, r.ratio, r.host_ms, r.enclave_ms, r.enclave_share, r.enclave_peak_mib, r.bytes_up, r.ct_products, r.enclave_decrypts, r.enclave_encrypts
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(model: &str, mode: &str, threads: usize, latency_ms: f64) -> BenchRow {
+        BenchRow {
+            model: model.into(),
+            mode: mode.into(),
+            threads,
+            images: 1,
+            latency_ms,
+            throughput_img_s: 0.0,
+            plaintext_engine: "tract".into(),
+            plaintext_ms: 0.0,
+            tract_ms: 0.0,
+            reference_ms: 0.0,
+            ratio: 0.0,
+            host_ms: 0.0,
+            enclave_ms: 0.0,
+            enclave_share: 0.0,
+            enclave_peak_mib: 0.0,
+            batch: 1,
+            bytes_up: 0.0,
+            bytes_down: 0.0,
+            ct_products: 0.0,
+            enclave_decrypts: 0.0,
+            enclave_encrypts: 0.0,
+            in_flight: 1,
+            clients: 1,
+            served_ratio: None,
+        }
+    }
+
+    #[test]
+    fn served_rows_get_their_ratio_to_the_same_models_latency_row() {
+        let mut rows = vec![
+            row("a", "latency", 2, 10.0),
+            row("b", "latency", 2, 4.0),
+            row("a", "served", 2, 12.0),
+            row("b", "served", 2, 5.0),
+            row("c", "served", 2, 5.0),
+            row("a", "latency", 1, 20.0),
+        ];
+        set_served_ratios(&mut rows);
+        let ratios: Vec<Option<f64>> = rows.iter().map(|r| r.served_ratio).collect();
+        assert_eq!(ratios, vec![None, None, Some(1.2), Some(1.25), None, None]);
+        let json = serde_json::to_value(&rows[2]).unwrap();
+        for key in [
+            "plaintext_engine",
+            "plaintext_ms",
+            "reference_ms",
+            "served_ratio",
+            "clients",
+        ] {
+            assert!(json.get(key).is_some(), "{key} missing");
+        }
     }
 }

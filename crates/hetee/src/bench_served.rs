@@ -188,6 +188,7 @@ pub(crate) fn rows(
                 footprint(target),
             );
             r.in_flight = in_flight.max(1);
+            r.clients = clients;
             run_rows.push(r);
         }
         out.push(median_row(run_rows));
