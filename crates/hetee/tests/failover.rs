@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::replicas::{
     addrs, infer_command, model_status, replica, shared_store, spent_by, stored_state_version,
+    two_replicas_with_budget,
 };
 use common::*;
 
@@ -197,19 +198,9 @@ fn a_query_refused_by_the_model_is_not_retried_and_names_its_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let m = measurement();
-    let r1 = replica(d, &store, "r1");
-    let r2 = replica(d, &store, "r2");
-    let owner = d.join("owner.key");
     let budget = 3;
-    let id = upload_as(
-        &r1.addr,
-        &m,
-        "e2dm",
-        &owner,
-        &["--max-batch", "1", "--query-budget", &budget.to_string()],
-    );
-    let key = d.join("client.key");
-    public_key_hex(&key);
+    let (r1, r2, id, key, _) = two_replicas_with_budget(d, &store, "e2dm", budget);
+    let owner = d.join("owner.key");
     // A dead address first: the client skips it. Five inputs, a budget of three, one at a time.
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -237,5 +228,5 @@ fn a_query_refused_by_the_model_is_not_retried_and_names_its_inputs() {
     );
     assert!(!d.join("y.npy").exists(), "an output was written");
     let st = model_status(&addrs(&[&r2]), &m, &id, &owner);
-    assert_eq!(spent_by(&st, &public_key_hex(&key)), budget, "{st}");
+    assert_eq!(spent_by(&st, &public_key_hex(&key)), budget as u64, "{st}");
 }

@@ -11,6 +11,7 @@ mod common;
 
 use std::path::Path;
 
+use common::replicas::shared_store;
 use common::*;
 
 /// A replica on the shared store with its own data dir, its enclave on simulated CPU `cpu`.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use common::replicas::{model_status, replica, shared_store, spent_by};
+use common::replicas::{model_status, shared_store, spent_by, two_replicas_with_budget};
 use common::*;
 use hetee::client::channel::load_or_create_key;
 use hetee::client::failover::Replicas;
@@ -102,19 +102,9 @@ fn a_retry_after_a_replica_died_past_the_spend_is_not_counted_twice() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let m = measurement();
-    let r1 = replica(d, &store, "r1");
-    let r2 = replica(d, &store, "r2");
-    let owner = d.join("owner.key");
     let n = 4;
-    let id = upload_as(
-        &r1.addr,
-        &m,
-        "mnist",
-        &owner,
-        &["--max-batch", "1", "--query-budget", &n.to_string()],
-    );
-    let key = d.join("client.key");
-    let client = public_key_hex(&key);
+    let (r1, r2, id, key, client) = two_replicas_with_budget(d, &store, "mnist", n);
+    let owner = d.join("owner.key");
     let x = d.join("x.npy");
     let images = mnist_images(n);
     write_f32(&x, &[n, 1, 28, 28], &images);

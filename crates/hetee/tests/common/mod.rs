@@ -272,22 +272,6 @@ pub fn run_plaintext(model: &str, x: &Path, y: &Path) {
     assert!(out.status.success(), "{}", describe(&out));
 }
 
-/// A fresh schema in the test database (`HETEE_TEST_PG`), migrated, and the DSN
-/// `hetee serve --store` takes; `None` (skip) without a database unless `HETEE_REQUIRE_PG`.
-pub fn shared_store(
-    test: &str,
-) -> Option<(hetee_server::store::postgres::testing::TestSchema, String)> {
-    use hetee_server::store::postgres::testing::{test_dsn, TestSchema};
-    let dsn = test_dsn(test)?;
-    let schema = TestSchema::new(&dsn);
-    drop(
-        hetee_server::store::PgStore::open_in_schema(&schema.dsn, &schema.name)
-            .expect("create the schema"),
-    );
-    let store = schema.dsn_with_search_path();
-    Some((schema, store))
-}
-
 /// Runs `hetee serve` with `extra` arguments on a free loopback port, expecting it to exit
 /// (fail at start) within two minutes; its output. Panics if it keeps serving.
 pub fn serve_exit(data_dir: &Path, extra: &[&str]) -> Output {

@@ -2,13 +2,13 @@
 //! test; `None` without it, a failure instead with `HETEE_REQUIRE_PG`), and the owner's and data
 //! provider's commands against several of them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use hetee_server::store::postgres::testing::{test_dsn, TestSchema};
 use hetee_server::store::{PgStore, Store};
 
-use super::{describe, hetee, Server, BIN};
+use super::{describe, hetee, measurement, public_key_hex, upload_as, Server, BIN};
 
 /// A fresh schema in the test database, migrated, and the DSN `hetee serve --store` takes.
 pub fn shared_store(test: &str) -> Option<(TestSchema, String)> {
@@ -23,6 +23,30 @@ pub fn shared_store(test: &str) -> Option<(TestSchema, String)> {
 /// and enclave. Starting it again with the same `id` restarts the same replica.
 pub fn replica(dir: &Path, store: &str, id: &str) -> Server {
     Server::start_with_args(&dir.join(id), &["--store", store, "--replica-id", id])
+}
+
+/// Two replicas (`r1`, `r2`) on `store`, and `model` uploaded through `r1`
+/// by a new owner for queries of one image under a query budget of
+/// `budget`: the replicas, the model id, and a new data provider's key
+/// (its path and public key).
+pub fn two_replicas_with_budget(
+    d: &Path,
+    store: &str,
+    model: &str,
+    budget: usize,
+) -> (Server, Server, String, PathBuf, String) {
+    let r1 = replica(d, store, "r1");
+    let r2 = replica(d, store, "r2");
+    let id = upload_as(
+        &r1.addr,
+        &measurement(),
+        model,
+        &d.join("owner.key"),
+        &["--max-batch", "1", "--query-budget", &budget.to_string()],
+    );
+    let key = d.join("client.key");
+    let client = public_key_hex(&key);
+    (r1, r2, id, key, client)
 }
 
 /// Comma-separated addresses, as `--server` takes several.
