@@ -44,6 +44,17 @@ fn he_ops(c: &mut Criterion) {
     g.bench_function("decrypt_degree2_kept_key", |bn| {
         bn.iter(|| ops.decrypt(&prod).unwrap())
     });
+    // A data provider's input: degree 1 at the top level, decrypted once
+    // per HE query (kept NTT(s) and fhe-math's rounding, against fhe).
+    g.bench_function("decrypt_input_top_level_fhe", |bn| {
+        bn.iter(|| {
+            let p = sk.try_decrypt(&a).unwrap();
+            Vec::<u64>::try_decode(&p, Encoding::poly()).unwrap()
+        })
+    });
+    g.bench_function("decrypt_input_top_level_kept_key", |bn| {
+        bn.iter(|| ops.decrypt(&a).unwrap())
+    });
     let mut low = prod.clone();
     low.switch_to_level(hetee_he::eval::output_level(&par))
         .unwrap();
