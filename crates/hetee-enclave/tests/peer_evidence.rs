@@ -139,7 +139,7 @@ fn check_sample(
 }
 
 #[test]
-fn a_tdx_peer_is_checked_with_the_production_verifier() {
+fn attack_a_tdx_peer_with_another_measurement_report_data_or_signature_is_refused() {
     let evidence = tdx(TDX_QUOTE.to_vec());
     let mut q = TDX_QUOTE.to_vec();
     q[TDX_SIGNATURE_AT + 5] ^= 1;
@@ -165,7 +165,7 @@ fn a_tdx_peer_is_checked_with_the_production_verifier() {
 }
 
 #[test]
-fn an_sgx_peer_is_checked_with_the_production_verifier() {
+fn attack_an_sgx_peer_with_another_measurement_report_data_or_signature_is_refused() {
     let evidence = sgx(SGX_QUOTE.to_vec());
     let mut q = SGX_QUOTE.to_vec();
     // The quote's ECDSA signature follows the header (48) and report (384)
@@ -193,7 +193,7 @@ fn an_sgx_peer_is_checked_with_the_production_verifier() {
 }
 
 #[test]
-fn an_sev_snp_peer_is_checked_with_the_production_verifier() {
+fn attack_an_sev_snp_peer_with_another_measurement_report_data_or_signature_is_refused() {
     let report = snp_report();
     let mut r = report.clone();
     r[SNP_SIGNATURE_AT + 3] ^= 1;
@@ -207,7 +207,7 @@ fn an_sev_snp_peer_is_checked_with_the_production_verifier() {
 }
 
 #[test]
-fn a_peer_on_another_platform_or_with_garbage_is_refused_first() {
+fn attack_a_peer_on_another_platform_or_with_garbage_is_refused_first() {
     let evidence = tdx(TDX_QUOTE.to_vec());
     let want = bound(&evidence);
     let v = peer_verifiers();
