@@ -3,7 +3,8 @@
 //!
 //! Every key set keeps a small [`Reserve`], filled once a query has
 //! encrypted under it. One refill thread per enclave tops the reserves up
-//! to [`TARGET`] whenever a query takes from one. It
+//! to [`TARGET`] whenever a query takes from one (and looks again every
+//! [`RESCAN`], for a wake-up it missed). It
 //! runs at the scheduler's idle priority (`SCHED_IDLE` on Linux), so it only
 //! uses CPU time that neither the enclave's queries nor the host's products
 //! want; when the machine is saturated (batches, stacks) the reserve runs
@@ -28,6 +29,9 @@ use crate::keys::KeySet;
 /// Encryptions of zero a key set keeps ready: two queries' worth of the
 /// bundled models' largest stage inputs.
 pub const TARGET: usize = 16;
+
+/// How often the refill thread looks at the reserves without being woken.
+pub const RESCAN: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One key set's encryptions of zero.
 #[derive(Default)]
@@ -77,8 +81,15 @@ impl Reserve {
     }
 
     fn wake(&self) {
-        if let Some(shared) = lock(&self.refill).as_ref().and_then(Weak::upgrade) {
-            lock(&shared.state).wanted = true;
+        // (`refill` is only ever locked by queries and `watch`.)
+        let shared = lock(&self.refill).as_ref().and_then(Weak::upgrade);
+        if let Some(shared) = shared {
+            // Not waiting on the idle-priority thread for its state's lock:
+            // if it holds it, it is awake; a wake-up lost this way is made
+            // up by its periodic rescan (`RESCAN`).
+            if let Ok(mut st) = shared.state.try_lock() {
+                st.wanted = true;
+            }
             shared.wake.notify_one();
         }
     }
@@ -153,8 +164,11 @@ fn run(shared: &Shared) {
     loop {
         let live: Vec<Arc<KeySet>> = {
             let mut st = lock(&shared.state);
-            while !st.wanted && !st.stop {
-                st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+            if !st.wanted && !st.stop {
+                st = match shared.wake.wait_timeout(st, RESCAN) {
+                    Ok((g, _)) => g,
+                    Err(p) => p.into_inner().0,
+                };
             }
             if st.stop {
                 return;
