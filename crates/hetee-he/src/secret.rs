@@ -189,8 +189,9 @@ impl SecretOps {
             .moduli_operators()
             .first()
             .ok_or_else(|| HeError::Malformed("a level without primes".into()))?;
+        // One prime at this level: a polynomial's residues are its only row.
         let ntt_rows: Vec<std::borrow::Cow<'_, [u64]>> =
-            ct.iter().map(ntt_row).collect::<Result<_, _>>()?;
+            ct.iter().map(ntt_residues).collect::<Result<_, _>>()?;
         let mut acc = Zeroizing::new(ntt_rows[1].to_vec());
         q.mul_vec(&mut acc, row0(&lk.s)?);
         q.add_vec(&mut acc, &ntt_rows[0]);
@@ -233,17 +234,13 @@ impl SecretOps {
     fn decrypt_top(&self, ct: &Ciphertext) -> Result<Zeroizing<Vec<u64>>, HeError> {
         let (ctx, s) = &self.top;
         let n = self.par.degree();
-        let c0 = ntt_rows(&ct[0])?;
-        let c1 = ntt_rows(&ct[1])?;
-        let sc = s.coefficients();
+        let c0 = ntt_residues(&ct[0])?;
+        let c1 = ntt_residues(&ct[1])?;
+        let s = ntt_residues(s)?;
         let mut phase = Zeroizing::new(Vec::with_capacity(n * ctx.moduli().len()));
         for (i, q) in ctx.moduli_operators().iter().enumerate() {
-            let si = sc
-                .row(i)
-                .to_slice()
-                .ok_or_else(|| HeError::Malformed("non-contiguous coefficients".into()))?;
             let mut acc = Zeroizing::new(c1[i * n..(i + 1) * n].to_vec());
-            q.mul_vec(&mut acc, si);
+            q.mul_vec(&mut acc, &s[i * n..(i + 1) * n]);
             q.add_vec(&mut acc, &c0[i * n..(i + 1) * n]);
             phase.extend_from_slice(&acc);
         }
@@ -270,27 +267,20 @@ impl SecretOps {
     }
 }
 
-/// All residues of `p` in NTT form, prime after prime.
-fn ntt_rows(p: &Poly) -> Result<Zeroizing<Vec<u64>>, HeError> {
-    let mut q = Zeroizing::new(p.clone());
-    q.change_representation(Representation::Ntt);
-    let c = q.coefficients();
-    Ok(Zeroizing::new(
-        c.as_slice()
-            .ok_or_else(|| HeError::Malformed("non-contiguous coefficients".into()))?
-            .to_vec(),
-    ))
-}
-
-/// The first prime's residues of `p` (the only prime at the level of stage
-/// results) in NTT form: borrowed when `p` is in NTT form already.
-fn ntt_row(p: &Poly) -> Result<std::borrow::Cow<'_, [u64]>, HeError> {
+/// All residues of `p` in NTT form, prime after prime: borrowed when `p` is
+/// in NTT form already (ciphertexts from the codec, the kept keys).
+fn ntt_residues(p: &Poly) -> Result<std::borrow::Cow<'_, [u64]>, HeError> {
+    fn all(p: &Poly) -> Result<&[u64], HeError> {
+        p.coefficients()
+            .to_slice()
+            .ok_or_else(|| HeError::Malformed("non-contiguous coefficients".into()))
+    }
     if *p.representation() == Representation::Ntt {
-        return Ok(std::borrow::Cow::Borrowed(row0(p)?));
+        return Ok(std::borrow::Cow::Borrowed(all(p)?));
     }
     let mut p = p.clone();
     p.change_representation(Representation::Ntt);
-    Ok(std::borrow::Cow::Owned(row0(&p)?.to_vec()))
+    Ok(std::borrow::Cow::Owned(all(&p)?.to_vec()))
 }
 
 /// The first row of a polynomial's coefficients, contiguous.
