@@ -56,15 +56,18 @@ use hetee_attest::{ClientHandshake, Evidence, StaticKeypair, Transport};
 use hetee_enclave::messages::{
     input_digest, AllowList, ClientMessage, EnclaveMessage, ModelTerms, RegisteredModel, SessionId,
 };
-use hetee_enclave::{Enclave, EnclaveConfig, Request, Response};
+use hetee_enclave::{Enclave, Request, Response};
 use libfuzzer_sys::fuzz_target;
 use zeroize::Zeroizing;
 
 #[path = "common/fixtures.rs"]
 mod fixtures;
 use fixtures::*;
+#[path = "common/driver.rs"]
+mod driver;
 #[path = "common/reader.rs"]
 mod reader;
+use driver::{evidence, new_enclave, short, tracing};
 use reader::Reader;
 
 /// Largest channel message blob (a registration of the tiny model is ~2 KiB).
@@ -91,19 +94,6 @@ struct World {
     dirty: bool,
     owner: StaticKeypair,
     provider: StaticKeypair,
-}
-
-fn new_enclave() -> Enclave {
-    Enclave::new(Box::new(SimTee::new(MEASUREMENT)), EnclaveConfig::default())
-}
-
-fn evidence(e: &mut Enclave) -> (Vec<u8>, [u8; 32]) {
-    match e.handle(Request::Evidence {
-        key_id: FIXED_KEY_ID,
-    }) {
-        Response::Evidence { identity, evidence } => (evidence, identity.channel_public_key),
-        other => panic!("Evidence: {other:?}"),
-    }
 }
 
 /// The client side of a handshake; `Err` when the enclave refuses.
@@ -280,42 +270,6 @@ fn register_message(host: &HostModel) -> ClientMessage {
         weights: Zeroizing::new(host.plain_weights.clone()),
         terms: ModelTerms::default(),
         allow: AllowList::Open,
-    }
-}
-
-/// `HETEE_FUZZ_TRACE=1` prints every response (to check what seeds reach).
-fn tracing() -> bool {
-    static T: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *T.get_or_init(|| std::env::var_os("HETEE_FUZZ_TRACE").is_some())
-}
-
-/// A response without its (large) ciphertexts.
-fn short(r: &Response) -> String {
-    match r {
-        Response::NextInput { stage, ciphertexts } => {
-            format!("NextInput(stage {stage}, {} cts)", ciphertexts.len())
-        }
-        Response::QueryStarted { input, state } => format!(
-            "QueryStarted(thin: {}, state: {:?})",
-            input.is_some(),
-            state.as_ref().map(|s| s.version)
-        ),
-        Response::ChannelReply {
-            registered, state, ..
-        } => format!(
-            "ChannelReply(registered: {}, state: {:?})",
-            registered.is_some(),
-            state.as_ref().map(|s| s.version)
-        ),
-        Response::Error { message, state } => format!(
-            "Error({message}; state: {:?})",
-            state.as_ref().map(|s| s.version)
-        ),
-        Response::Finished { .. } => "Finished".into(),
-        other => {
-            let s = format!("{other:?}");
-            s.chars().take(120).collect()
-        }
     }
 }
 

@@ -53,7 +53,7 @@ use hetee_enclave::messages::{
     thin_input_digest, AllowList, ClientMessage, EnclaveMessage, ModelTerms, RegisteredModel,
     SessionId,
 };
-use hetee_enclave::{Enclave, EnclaveConfig, Request, Response, Schedule};
+use hetee_enclave::{Enclave, Request, Response, Schedule};
 use hetee_proto::host::StackMember;
 use libfuzzer_sys::fuzz_target;
 use zeroize::Zeroizing;
@@ -61,8 +61,11 @@ use zeroize::Zeroizing;
 #[path = "common/fixtures.rs"]
 mod fixtures;
 use fixtures::*;
+#[path = "common/driver.rs"]
+mod driver;
 #[path = "common/reader.rs"]
 mod reader;
+use driver::{evidence, new_enclave, short, tracing};
 use reader::Reader;
 
 /// Model B's batch: the most images one stack holds.
@@ -90,19 +93,6 @@ struct World {
     dirty: bool,
     owner: StaticKeypair,
     provider: StaticKeypair,
-}
-
-fn new_enclave() -> Enclave {
-    Enclave::new(Box::new(SimTee::new(MEASUREMENT)), EnclaveConfig::default())
-}
-
-fn evidence(e: &mut Enclave) -> (Vec<u8>, [u8; 32]) {
-    match e.handle(Request::Evidence {
-        key_id: FIXED_KEY_ID,
-    }) {
-        Response::Evidence { identity, evidence } => (evidence, identity.channel_public_key),
-        other => panic!("Evidence: {other:?}"),
-    }
 }
 
 /// The client's half of a handshake, up to message 3 (not sent).
@@ -257,50 +247,6 @@ impl World {
         (self.evidence, self.channel_key) = evidence(&mut e);
         self.enclave = e;
         self.dirty = false;
-    }
-}
-
-/// `HETEE_FUZZ_TRACE=1` prints every response.
-fn tracing() -> bool {
-    static T: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *T.get_or_init(|| std::env::var_os("HETEE_FUZZ_TRACE").is_some())
-}
-
-/// A response without its (large) ciphertexts.
-fn short(r: &Response) -> String {
-    match r {
-        Response::NextInput { stage, ciphertexts } => {
-            format!("NextInput(stage {stage}, {} cts)", ciphertexts.len())
-        }
-        Response::StackStarted {
-            started,
-            deferred,
-            refused,
-            state,
-            ..
-        } => format!(
-            "StackStarted(started {}, deferred {}, refused {:?}, state: {:?})",
-            started.len(),
-            deferred.len(),
-            refused.iter().map(|(_, w)| w.as_str()).collect::<Vec<_>>(),
-            state.as_ref().map(|s| s.version)
-        ),
-        Response::StackFinished { payloads } => format!("StackFinished({})", payloads.len()),
-        Response::ChannelReply {
-            registered, state, ..
-        } => format!(
-            "ChannelReply(registered: {}, state: {:?})",
-            registered.is_some(),
-            state.as_ref().map(|s| s.version)
-        ),
-        Response::Error { message, state } => format!(
-            "Error({message}; state: {:?})",
-            state.as_ref().map(|s| s.version)
-        ),
-        other => {
-            let s = format!("{other:?}");
-            s.chars().take(120).collect()
-        }
     }
 }
 
