@@ -142,5 +142,43 @@ fn he_ops(c: &mut Criterion) {
     eprintln!("degree-2 ciphertext: {} bytes serialized", bytes.len());
 }
 
-criterion_group!(benches, he_ops);
+/// The evaluator's rescale of one accumulated polynomial (five primes down
+/// to one, by `t q_out / q^2`): fhe-math's general scaler against the HPS
+/// rescaler of `hetee_he::rns`.
+fn rescale(c: &mut Criterion) {
+    use fhe_math::rq::{Context, Poly, Representation};
+    use fhe_math::zq::primes::generate_prime;
+    let n = 4096;
+    let mut ext = vec![
+        generate_prime(55, 2 * n as u64, 1 << 55).unwrap(),
+        generate_prime(54, 2 * n as u64, 1 << 54).unwrap(),
+    ];
+    let mut upper = 1u64 << 62;
+    while ext.len() < 5 {
+        upper = generate_prime(62, 2 * n as u64, upper).unwrap();
+        ext.push(upper);
+    }
+    let q = Context::new_arc(&ext[..2], n).unwrap();
+    let mul = Context::new_arc(&ext, n).unwrap();
+    let out = Context::new_arc(&ext[..1], n).unwrap();
+    let num = num_bigint::BigUint::from(16_760_833u64) * out.modulus();
+    let den = q.modulus() * q.modulus();
+    let p = Poly::random(&mul, Representation::PowerBasis, &mut rand::rng());
+    let ours = hetee_he::rns::Rescaler::new(&mul, &out, &num, &den).unwrap();
+    let theirs = fhe_math::rq::scaler::Scaler::new(
+        &mul,
+        &out,
+        fhe_math::rns::ScalingFactor::new(&num, &den),
+    )
+    .unwrap();
+    let mut g = c.benchmark_group("n4096");
+    g.sample_size(20);
+    g.bench_function("rescale_fhe_math", |bn| {
+        bn.iter(|| p.scale(&theirs).unwrap())
+    });
+    g.bench_function("rescale_hps", |bn| bn.iter(|| ours.scale(&p).unwrap()));
+    g.finish();
+}
+
+criterion_group!(benches, he_ops, rescale);
 criterion_main!(benches);

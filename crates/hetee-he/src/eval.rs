@@ -9,12 +9,14 @@
 use std::sync::Arc;
 
 use fhe::bfv::{BfvParameters, Ciphertext};
-use fhe_math::rns::ScalingFactor;
-use fhe_math::rq::{scaler::Scaler, Context, Poly, Representation};
+use fhe_math::rq::{traits::TryConvertFrom, Context, Poly, Representation};
 use fhe_math::zq::primes::generate_prime;
+use fhe_math::zq::Modulus;
+use ndarray::{Array2, ArrayView2};
 use num_bigint::BigUint;
 use rayon::prelude::*;
 
+use crate::rns::{BasisExtender, Rescaler};
 use crate::HeError;
 
 /// A fresh ciphertext extended to the multiplication basis, NTT form.
@@ -33,13 +35,47 @@ impl ExtendedCiphertext {
     }
 }
 
+/// Products summed in 128 bits before one reduction: each is below `2^124`
+/// (primes below `2^62`), and fifteen of them plus the running sum (below
+/// `2^62`) stay below `2^128`.
+const LAZY_PRODUCTS: usize = 15;
+
+/// Running sums of `a0 b0`, `a1 b1` and `(a0 + a1)(b0 + b1)` in the
+/// multiplication basis, NTT form, one row per prime.
+#[derive(Debug)]
+struct Sums([Array2<u64>; 3]);
+
+impl Sums {
+    fn zero(primes: usize, n: usize) -> Self {
+        Sums(std::array::from_fn(|_| Array2::zeros((primes, n))))
+    }
+
+    /// Adds another partial sum of the same output.
+    fn add(&mut self, other: &Sums, ops: &[Modulus]) {
+        for (mine, theirs) in self.0.iter_mut().zip(&other.0) {
+            for (i, op) in ops.iter().enumerate() {
+                for (x, y) in mine.row_mut(i).iter_mut().zip(theirs.row(i)) {
+                    *x = op.add(*x, *y);
+                }
+            }
+        }
+    }
+}
+
+/// Row `i` of a polynomial's coefficients as a slice.
+fn row<'a>(a: &'a ArrayView2<'a, u64>, i: usize) -> Result<&'a [u64], HeError> {
+    a.row(i)
+        .to_slice()
+        .ok_or_else(|| HeError::Malformed("polynomial rows are not contiguous".into()))
+}
+
 /// Extends, multiplies and accumulates ciphertexts; one per parameter set.
 #[derive(Debug)]
 pub struct Evaluator {
     par: Arc<BfvParameters>,
     mul_ctx: Arc<Context>,
-    extender: Scaler,
-    down: Scaler,
+    extender: BasisExtender,
+    down: Rescaler,
 }
 
 /// Bits of ciphertext modulus kept above the plaintext modulus when the host
@@ -81,18 +117,16 @@ impl Evaluator {
             }
         }
         let mul_ctx = Context::new_arc(&ext, par.degree())?;
-        let extender = Scaler::new(&base, &mul_ctx, ScalingFactor::one())?;
+        let extender = BasisExtender::new(&base, &mul_ctx)?;
         // Rescale by t/q and mod-switch to the output level in one step:
         // factor (t / q) * (q_out / q), straight into the smaller basis.
         let out_level = output_level(par);
         let out_ctx = par.context_at_level(out_level)?;
-        let down = Scaler::new(
+        let down = Rescaler::new(
             &mul_ctx,
             out_ctx,
-            ScalingFactor::new(
-                &(BigUint::from(par.plaintext()) * out_ctx.modulus()),
-                &(base.modulus() * base.modulus()),
-            ),
+            &(BigUint::from(par.plaintext()) * out_ctx.modulus()),
+            &(base.modulus() * base.modulus()),
         )?;
         Ok(Evaluator {
             par: par.clone(),
@@ -118,15 +152,10 @@ impl Evaluator {
         if ct[0].ctx().moduli() != self.par.context_at_level(0)?.moduli() {
             return Err(HeError::Malformed("operand is not at level 0".into()));
         }
-        let mut c0 = ct[0].scale(&self.extender)?;
-        let mut c1 = ct[1].scale(&self.extender)?;
-        c0.change_representation(Representation::Ntt);
-        c1.change_representation(Representation::Ntt);
-        // Host data is public ciphertext: variable-time arithmetic is fine here.
-        unsafe {
-            c0.allow_variable_time_computations();
-            c1.allow_variable_time_computations();
-        }
+        // Host data is public ciphertext: variable-time arithmetic is fine
+        // here (the extension allows it).
+        let c0 = self.extender.extend(&ct[0])?;
+        let c1 = self.extender.extend(&ct[1])?;
         let sum = &c0 + &c1;
         Ok(ExtendedCiphertext { c0, c1, sum })
     }
@@ -136,43 +165,63 @@ impl Evaluator {
         cts.par_iter().map(|c| self.extend(c)).collect()
     }
 
-    fn zero(&self) -> Poly {
-        let mut p = Poly::zero(&self.mul_ctx, Representation::Ntt);
-        unsafe { p.allow_variable_time_computations() };
-        p
-    }
-
     /// Accumulates `sum a_i * b_i` in the multiplication basis (Karatsuba:
-    /// `a0 b0`, `a1 b1`, `(a0 + a1)(b0 + b1)`).
-    fn accumulate(&self, pairs: &[(&ExtendedCiphertext, &ExtendedCiphertext)]) -> [Poly; 3] {
-        let (mut s0, mut s2, mut s01) = (self.zero(), self.zero(), self.zero());
-        let mut tmp = self.zero();
-        for (a, b) in pairs {
-            tmp.clone_from(&a.c0);
-            tmp *= &b.c0;
-            s0 += &tmp;
-            tmp.clone_from(&a.c1);
-            tmp *= &b.c1;
-            s2 += &tmp;
-            tmp.clone_from(&a.sum);
-            tmp *= &b.sum;
-            s01 += &tmp;
+    /// `a0 b0`, `a1 b1`, `(a0 + a1)(b0 + b1)`), in one pass per prime: the
+    /// products of up to [`LAZY_PRODUCTS`] pairs are summed in 128 bits and
+    /// reduced once.
+    fn accumulate(
+        &self,
+        pairs: &[(&ExtendedCiphertext, &ExtendedCiphertext)],
+    ) -> Result<Sums, HeError> {
+        let ops = self.mul_ctx.moduli_operators();
+        let n = self.par.degree();
+        let mut sums = Sums::zero(ops.len(), n);
+        let parts: [fn(&ExtendedCiphertext) -> &Poly; 3] = [|e| &e.c0, |e| &e.c1, |e| &e.sum];
+        for (part, out) in parts.iter().zip(sums.0.iter_mut()) {
+            let views = pairs
+                .iter()
+                .map(|(a, b)| (part(a).coefficients(), part(b).coefficients()))
+                .collect::<Vec<_>>();
+            for (i, op) in ops.iter().enumerate() {
+                let rows = views
+                    .iter()
+                    .map(|(a, b)| Ok((row(a, i)?, row(b, i)?)))
+                    .collect::<Result<Vec<_>, HeError>>()?;
+                let mut acc = out.row_mut(i);
+                let acc = acc
+                    .as_slice_mut()
+                    .ok_or_else(|| HeError::Malformed("accumulator rows".into()))?;
+                for group in rows.chunks(LAZY_PRODUCTS) {
+                    for (c, slot) in acc.iter_mut().enumerate() {
+                        let mut wide = *slot as u128;
+                        for (a, b) in group {
+                            wide += a[c] as u128 * b[c] as u128;
+                        }
+                        *slot = op.reduce_u128(wide);
+                    }
+                }
+            }
         }
-        [s0, s2, s01]
+        Ok(sums)
     }
 
     /// Turns accumulated products into a degree-2 ciphertext: one scaling per
     /// polynomial by `t/q` that also switches down to [`output_level`], so
     /// that the enclave decrypts a smaller ciphertext.
-    fn finish(&self, acc: [Poly; 3]) -> Result<Ciphertext, HeError> {
-        let [s0, s2, mut s01] = acc;
-        s01 -= &s0;
-        s01 -= &s2;
+    fn finish(&self, acc: Sums) -> Result<Ciphertext, HeError> {
+        let ops = self.mul_ctx.moduli_operators();
+        let [s0, s2, mut s01] = acc.0;
+        for (i, op) in ops.iter().enumerate() {
+            for ((x, a), b) in s01.row_mut(i).iter_mut().zip(s0.row(i)).zip(s2.row(i)) {
+                *x = op.sub(op.sub(*x, *a), *b);
+            }
+        }
         let polys = [s0, s01, s2]
             .into_par_iter()
-            .map(|mut p| {
+            .map(|a| {
+                let mut p = Poly::try_convert_from(a, &self.mul_ctx, true, Representation::Ntt)?;
                 p.change_representation(Representation::PowerBasis);
-                let mut d = p.scale(&self.down)?;
+                let mut d = self.down.scale(&p)?;
                 d.change_representation(Representation::Ntt);
                 d.disallow_variable_time_computations();
                 Ok(d)
@@ -189,7 +238,7 @@ impl Evaluator {
         if pairs.is_empty() {
             return Err(HeError::Malformed("empty sum of products".into()));
         }
-        self.finish(self.accumulate(pairs))
+        self.finish(self.accumulate(pairs)?)
     }
 
     /// Evaluates a whole product plan: output `k` is the sum over `plan[k]`
@@ -235,18 +284,17 @@ impl Evaluator {
                         Ok((a, b))
                     })
                     .collect::<Result<Vec<_>, HeError>>()?;
-                Ok((k, self.accumulate(&pairs)))
+                Ok((k, self.accumulate(&pairs)?))
             })
             .collect::<Result<Vec<_>, HeError>>()?;
-        let mut sums: Vec<Option<[Poly; 3]>> = (0..plan.len()).map(|_| None).collect();
+        let ops = self.mul_ctx.moduli_operators();
+        let mut sums: Vec<Option<Sums>> = (0..plan.len()).map(|_| None).collect();
         for (k, acc) in partials {
             sums[k] = Some(match sums[k].take() {
                 None => acc,
-                Some([mut a0, mut a2, mut a01]) => {
-                    a0 += &acc[0];
-                    a2 += &acc[1];
-                    a01 += &acc[2];
-                    [a0, a2, a01]
+                Some(mut total) => {
+                    total.add(&acc, ops);
+                    total
                 }
             });
         }

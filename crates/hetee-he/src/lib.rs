@@ -12,6 +12,7 @@ pub mod layout;
 pub mod packing;
 pub mod params;
 pub mod planner;
+pub mod rns;
 pub mod secret;
 
 pub use eval::Evaluator;
