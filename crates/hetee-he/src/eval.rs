@@ -1,8 +1,19 @@
 //! The untrusted host's ct x ct evaluator.
 //!
 //! Each operand is extended to the multiplication basis once and kept in
-//! NTT form (with `c0 + c1` precomputed for Karatsuba), products of a sum are
-//! accumulated in that basis, and each output is scaled back by `t/q` once.
+//! NTT form, products of a sum are accumulated in that basis, and each output
+//! is scaled back by `t/q` once.
+//!
+//! The multiplication basis `q p` must hold every accumulated coefficient
+//! exactly. With operands lifted to `(-q/2, q/2]` and the cross term summed
+//! as `a0 b1 + a1 b0` (four products, not Karatsuba's three, whose
+//! `(a0 + a1)(b0 + b1)` is twice as large), a sum of `K` products has
+//! coefficients below `K N q^2 / 2`, so `p > K N q` suffices. An evaluator
+//! made for sums of at most `K` terms ([`Evaluator::for_sums`]) takes the
+//! fewest 62-bit primes that give it; MNIST's sums of at most four products
+//! need two instead of three, which makes every extension, product and
+//! rescale a fifth cheaper. (Karatsuba with `a0 + a1` formed on the fly was
+//! measured slower than the fourth product.)
 //! The result is a degree-2 ciphertext; the enclave decrypts it directly,
 //! so no relinearization key is needed.
 
@@ -24,23 +35,25 @@ use crate::HeError;
 pub struct ExtendedCiphertext {
     c0: Poly,
     c1: Poly,
-    sum: Poly,
 }
 
 impl ExtendedCiphertext {
     /// Bytes held in memory by this operand.
     pub fn memory_bytes(&self) -> usize {
         let n = self.c0.coefficients().shape()[1];
-        3 * self.c0.ctx().moduli().len() * n * 8
+        2 * self.c0.ctx().moduli().len() * n * 8
     }
 }
+
+/// The longest sum [`Evaluator::new`] takes: far beyond any layer.
+pub const GENERAL_MAX_TERMS: usize = 1 << 20;
 
 /// Products summed in 128 bits before one reduction: each is below `2^124`
 /// (primes below `2^62`), and fifteen of them plus the running sum (below
 /// `2^62`) stay below `2^128`.
 const LAZY_PRODUCTS: usize = 15;
 
-/// Running sums of `a0 b0`, `a1 b1` and `(a0 + a1)(b0 + b1)` in the
+/// Running sums of `a0 b0`, `a0 b1 + a1 b0` and `a1 b1` in the
 /// multiplication basis, NTT form, one row per prime.
 #[derive(Debug)]
 struct Sums([Array2<u64>; 3]);
@@ -76,6 +89,7 @@ pub struct Evaluator {
     mul_ctx: Arc<Context>,
     extender: BasisExtender,
     down: Rescaler,
+    max_terms: usize,
 }
 
 /// Bits of ciphertext modulus kept above the plaintext modulus when the host
@@ -101,19 +115,31 @@ pub fn output_level(par: &BfvParameters) -> usize {
 }
 
 impl Evaluator {
-    /// Prepares the multiplication basis for `par` (ciphertexts at level 0).
+    /// Prepares the multiplication basis for `par` (ciphertexts at level 0),
+    /// for sums of up to [`GENERAL_MAX_TERMS`] products.
     pub fn new(par: &Arc<BfvParameters>) -> Result<Self, HeError> {
+        Self::for_sums(par, GENERAL_MAX_TERMS)
+    }
+
+    /// Prepares the smallest multiplication basis that holds every sum of
+    /// up to `max_terms` products exactly (`p > max_terms N q`); longer sums
+    /// are refused.
+    pub fn for_sums(par: &Arc<BfvParameters>, max_terms: usize) -> Result<Self, HeError> {
         let base = par.context_at_level(0)?.clone();
         let moduli = base.moduli().to_vec();
-        let log_q: usize = par.moduli_sizes().iter().sum();
-        let extra = (log_q + 60).div_ceil(62);
+        // p > K N q, with 2^-30 to spare for a lift that lands a hair
+        // above q/2 (see `rns`).
+        let knq = BigUint::from(max_terms.max(1)) * BigUint::from(par.degree()) * base.modulus();
+        let need = &knq + (&knq >> 30u32);
         let mut ext = moduli.clone();
+        let mut p = BigUint::from(1u8);
         let mut upper = 1u64 << 62;
-        while ext.len() < moduli.len() + extra {
+        while p <= need {
             upper = generate_prime(62, 2 * par.degree() as u64, upper)
                 .ok_or_else(|| HeError::Params("no prime for the multiplication basis".into()))?;
             if !ext.contains(&upper) {
                 ext.push(upper);
+                p *= upper;
             }
         }
         let mul_ctx = Context::new_arc(&ext, par.degree())?;
@@ -133,7 +159,28 @@ impl Evaluator {
             mul_ctx,
             extender,
             down,
+            max_terms: max_terms.max(1),
         })
+    }
+
+    fn check_terms(&self, terms: usize) -> Result<(), HeError> {
+        if terms > self.max_terms {
+            return Err(HeError::Params(format!(
+                "a sum of {terms} products exceeds the {} this evaluator's basis holds",
+                self.max_terms
+            )));
+        }
+        Ok(())
+    }
+
+    /// The longest sum of products this evaluator takes.
+    pub fn max_terms(&self) -> usize {
+        self.max_terms
+    }
+
+    /// Primes of the multiplication basis (ciphertext primes included).
+    pub fn basis_primes(&self) -> usize {
+        self.mul_ctx.moduli().len()
     }
 
     /// The parameters this evaluator works with.
@@ -156,8 +203,7 @@ impl Evaluator {
         // here (the extension allows it).
         let c0 = self.extender.extend(&ct[0])?;
         let c1 = self.extender.extend(&ct[1])?;
-        let sum = &c0 + &c1;
-        Ok(ExtendedCiphertext { c0, c1, sum })
+        Ok(ExtendedCiphertext { c0, c1 })
     }
 
     /// Extends many ciphertexts in parallel.
@@ -165,10 +211,9 @@ impl Evaluator {
         cts.par_iter().map(|c| self.extend(c)).collect()
     }
 
-    /// Accumulates `sum a_i * b_i` in the multiplication basis (Karatsuba:
-    /// `a0 b0`, `a1 b1`, `(a0 + a1)(b0 + b1)`), in one pass per prime: the
-    /// products of up to [`LAZY_PRODUCTS`] pairs are summed in 128 bits and
-    /// reduced once.
+    /// Accumulates `sum a_i * b_i` in the multiplication basis (`a0 b0`,
+    /// `a0 b1 + a1 b0`, `a1 b1`), in one pass per prime: up to
+    /// [`LAZY_PRODUCTS`] products are summed in 128 bits and reduced once.
     fn accumulate(
         &self,
         pairs: &[(&ExtendedCiphertext, &ExtendedCiphertext)],
@@ -176,21 +221,31 @@ impl Evaluator {
         let ops = self.mul_ctx.moduli_operators();
         let n = self.par.degree();
         let mut sums = Sums::zero(ops.len(), n);
-        let parts: [fn(&ExtendedCiphertext) -> &Poly; 3] = [|e| &e.c0, |e| &e.c1, |e| &e.sum];
-        for (part, out) in parts.iter().zip(sums.0.iter_mut()) {
-            let views = pairs
-                .iter()
-                .map(|(a, b)| (part(a).coefficients(), part(b).coefficients()))
-                .collect::<Vec<_>>();
+        let views = pairs
+            .iter()
+            .map(|(a, b)| {
+                [
+                    a.c0.coefficients(),
+                    a.c1.coefficients(),
+                    b.c0.coefficients(),
+                    b.c1.coefficients(),
+                ]
+            })
+            .collect::<Vec<_>>();
+        // Which operand parts each sum multiplies: (a part, b part).
+        const TERMS: [&[(usize, usize)]; 3] = [&[(0, 2)], &[(0, 3), (1, 2)], &[(1, 3)]];
+        for (terms, out) in TERMS.iter().zip(sums.0.iter_mut()) {
             for (i, op) in ops.iter().enumerate() {
-                let rows = views
-                    .iter()
-                    .map(|(a, b)| Ok((row(a, i)?, row(b, i)?)))
-                    .collect::<Result<Vec<_>, HeError>>()?;
                 let mut acc = out.row_mut(i);
                 let acc = acc
                     .as_slice_mut()
                     .ok_or_else(|| HeError::Malformed("accumulator rows".into()))?;
+                let mut rows = Vec::with_capacity(views.len() * terms.len());
+                for v in &views {
+                    for &(x, y) in *terms {
+                        rows.push((row(&v[x], i)?, row(&v[y], i)?));
+                    }
+                }
                 for group in rows.chunks(LAZY_PRODUCTS) {
                     for (c, slot) in acc.iter_mut().enumerate() {
                         let mut wide = *slot as u128;
@@ -209,14 +264,8 @@ impl Evaluator {
     /// polynomial by `t/q` that also switches down to [`output_level`], so
     /// that the enclave decrypts a smaller ciphertext.
     fn finish(&self, acc: Sums) -> Result<Ciphertext, HeError> {
-        let ops = self.mul_ctx.moduli_operators();
-        let [s0, s2, mut s01] = acc.0;
-        for (i, op) in ops.iter().enumerate() {
-            for ((x, a), b) in s01.row_mut(i).iter_mut().zip(s0.row(i)).zip(s2.row(i)) {
-                *x = op.sub(op.sub(*x, *a), *b);
-            }
-        }
-        let polys = [s0, s01, s2]
+        let polys = acc
+            .0
             .into_par_iter()
             .map(|a| {
                 let mut p = Poly::try_convert_from(a, &self.mul_ctx, true, Representation::Ntt)?;
@@ -238,6 +287,7 @@ impl Evaluator {
         if pairs.is_empty() {
             return Err(HeError::Malformed("empty sum of products".into()));
         }
+        self.check_terms(pairs.len())?;
         self.finish(self.accumulate(pairs)?)
     }
 
@@ -259,6 +309,7 @@ impl Evaluator {
             if sum.is_empty() {
                 return Err(HeError::Malformed(format!("output {k} has no products")));
             }
+            self.check_terms(sum.len())?;
             for part in sum.chunks(chunk) {
                 tasks.push((k, part));
             }

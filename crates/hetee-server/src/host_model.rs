@@ -136,7 +136,14 @@ impl HostModel {
                 weights.len()
             )));
         }
-        let evaluator = Evaluator::new(&par)?;
+        // The longest sum of any stage sets the multiplication basis.
+        let max_terms = packings
+            .iter()
+            .flat_map(|p| p.product_plan())
+            .map(|sum| sum.len())
+            .max()
+            .unwrap_or(1);
+        let evaluator = Evaluator::for_sums(&par, max_terms)?;
         let mut ext = Vec::with_capacity(weights.len());
         for (k, (p, w)) in packings.iter().zip(weights).enumerate() {
             let checked = ConvPacking::new(p.shape, p.tiling, he.degree)

@@ -1,0 +1,101 @@
+//! The multiplication basis of an evaluator made for sums of at most `K`
+//! products holds the worst case exactly, and longer sums are refused.
+
+use fhe::bfv::{BfvParameters, Ciphertext};
+use fhe_math::rq::{traits::TryConvertFrom, Poly, Representation};
+use hetee_he::{Evaluator, HeConfig};
+use num_bigint::BigUint;
+use std::sync::Arc;
+
+/// A "ciphertext" whose every coefficient is `(q - 1) / 2` (or its
+/// negation), the largest centred value: the worst case for the basis.
+fn extreme(par: &Arc<BfvParameters>, negative: bool) -> Ciphertext {
+    let ctx = par.context_at_level(0).unwrap();
+    let q = ctx.modulus().clone();
+    let half = (&q - 1u8) >> 1u32;
+    let v = if negative { &q - &half } else { half };
+    let coeffs = vec![v; par.degree()];
+    let mut polys = Vec::new();
+    for _ in 0..2 {
+        let mut p =
+            Poly::try_convert_from(coeffs.as_slice(), ctx, false, Representation::PowerBasis)
+                .unwrap();
+        p.change_representation(Representation::Ntt);
+        polys.push(p);
+    }
+    Ciphertext::new(polys, par).unwrap()
+}
+
+fn coefficients(ct: &Ciphertext) -> Vec<Vec<BigUint>> {
+    (0..ct.len())
+        .map(|i| {
+            let mut p = ct[i].clone();
+            p.change_representation(Representation::PowerBasis);
+            Vec::<BigUint>::from(&p)
+        })
+        .collect()
+}
+
+#[test]
+fn the_smallest_basis_holds_the_worst_sum_it_was_made_for() {
+    for bound in [1u64 << 20, 1 << 28] {
+        let par = HeConfig::for_accumulator_bound(bound)
+            .unwrap()
+            .build()
+            .unwrap();
+        let general = Evaluator::new(&par).unwrap();
+        for terms in [1usize, 4, 7, 8, 16] {
+            let small = Evaluator::for_sums(&par, terms).unwrap();
+            assert!(small.basis_primes() <= general.basis_primes());
+            let (a, b) = (extreme(&par, false), extreme(&par, true));
+            let (sa, sb) = (small.extend(&a).unwrap(), small.extend(&b).unwrap());
+            let (ga, gb) = (general.extend(&a).unwrap(), general.extend(&b).unwrap());
+            let ours = small.sum_of_products(&vec![(&sa, &sb); terms]).unwrap();
+            let exact = general.sum_of_products(&vec![(&ga, &gb); terms]).unwrap();
+            let q = par
+                .context_at_level(hetee_he::eval::output_level(&par))
+                .unwrap();
+            let q = q.modulus().clone();
+            for (x, y) in coefficients(&ours).iter().zip(coefficients(&exact)) {
+                for (x, y) in x.iter().zip(&y) {
+                    let d = (x + &q - y) % &q;
+                    assert!(
+                        d <= BigUint::from(1u8) || d == &q - 1u8,
+                        "{terms} terms in {} primes: {x} against {y}",
+                        small.basis_primes()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn mnist_sized_sums_need_one_prime_fewer() {
+    let par = HeConfig::for_accumulator_bound(1 << 22)
+        .unwrap()
+        .build()
+        .unwrap();
+    assert_eq!(Evaluator::new(&par).unwrap().basis_primes(), 5);
+    assert_eq!(Evaluator::for_sums(&par, 4).unwrap().basis_primes(), 4);
+}
+
+#[test]
+fn a_sum_longer_than_the_basis_holds_is_refused() {
+    let par = HeConfig::for_accumulator_bound(1 << 20)
+        .unwrap()
+        .build()
+        .unwrap();
+    let ev = Evaluator::for_sums(&par, 2).unwrap();
+    let a = ev.extend(&extreme(&par, false)).unwrap();
+    assert!(ev.sum_of_products(&[(&a, &a), (&a, &a)]).is_ok());
+    let err = ev.sum_of_products(&[(&a, &a), (&a, &a), (&a, &a)]);
+    assert!(err.unwrap_err().to_string().contains("exceeds"));
+    assert!(ev
+        .evaluate_plan(
+            &[vec![(0, 0); 3]],
+            std::slice::from_ref(&a),
+            std::slice::from_ref(&a)
+        )
+        .is_err());
+}
