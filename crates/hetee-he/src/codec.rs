@@ -171,6 +171,21 @@ pub fn ciphertext_from_bytes(
     par: &Arc<BfvParameters>,
     polys: usize,
 ) -> Result<Ciphertext, HeError> {
+    let mut out = polys_from_bytes(bytes, par, polys)?;
+    out.iter_mut()
+        .for_each(|p| p.change_representation(Representation::Ntt));
+    Ok(Ciphertext::new(out, par)?)
+}
+
+/// The polynomials of a ciphertext of exactly `polys` polynomials under
+/// `par`, each in the form it travelled in: NTT, except a seeded
+/// ciphertext's `c0`, which stays in the power basis (the host's extension
+/// needs it there, and is spared an NTT and its inverse).
+pub fn polys_from_bytes(
+    bytes: &[u8],
+    par: &Arc<BfvParameters>,
+    polys: usize,
+) -> Result<Vec<Poly>, HeError> {
     let seeded = bytes.len() >= 6 && &bytes[..4] == SEEDED;
     if bytes.len() < 6 || (&bytes[..4] != MAGIC && !seeded) {
         return Err(HeError::Malformed(
@@ -224,16 +239,14 @@ pub fn ciphertext_from_bytes(
         } else {
             Representation::Ntt
         };
-        let mut p = Poly::try_convert_from(coeffs, ctx, false, rep)?;
-        p.change_representation(Representation::Ntt);
-        out.push(p);
+        out.push(Poly::try_convert_from(coeffs, ctx, false, rep)?);
     }
     if seeded {
         let mut seed = [0u8; SEED_LEN];
         seed.copy_from_slice(&bytes[at..at + SEED_LEN]);
         out.push(Poly::random_from_seed(ctx, Representation::Ntt, seed));
     }
-    Ok(Ciphertext::new(out, par)?)
+    Ok(out)
 }
 
 #[cfg(test)]

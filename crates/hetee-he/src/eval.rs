@@ -190,20 +190,29 @@ impl Evaluator {
 
     /// Extends a fresh (degree-1, level-0) ciphertext to the multiplication basis.
     pub fn extend(&self, ct: &Ciphertext) -> Result<ExtendedCiphertext, HeError> {
-        if ct.len() != 2 {
+        let polys: Vec<&Poly> = ct.iter().collect();
+        self.extend_polys(&polys)
+    }
+
+    /// Extends the two polynomials of a fresh level-0 ciphertext, each in
+    /// either form (as [`crate::codec::polys_from_bytes`] gives them).
+    pub fn extend_polys(&self, polys: &[&Poly]) -> Result<ExtendedCiphertext, HeError> {
+        let [c0, c1] = polys else {
             return Err(HeError::Malformed(format!(
                 "operand has {} polynomials, expected 2",
-                ct.len()
+                polys.len()
             )));
-        }
-        if ct[0].ctx().moduli() != self.par.context_at_level(0)?.moduli() {
+        };
+        let top = self.par.context_at_level(0)?;
+        if c0.ctx().moduli() != top.moduli() || c1.ctx().moduli() != top.moduli() {
             return Err(HeError::Malformed("operand is not at level 0".into()));
         }
         // Host data is public ciphertext: variable-time arithmetic is fine
         // here (the extension allows it).
-        let c0 = self.extender.extend(&ct[0])?;
-        let c1 = self.extender.extend(&ct[1])?;
-        Ok(ExtendedCiphertext { c0, c1 })
+        Ok(ExtendedCiphertext {
+            c0: self.extender.extend(c0)?,
+            c1: self.extender.extend(c1)?,
+        })
     }
 
     /// Extends many ciphertexts in parallel.

@@ -99,3 +99,44 @@ fn a_sum_longer_than_the_basis_holds_is_refused() {
         )
         .is_err());
 }
+
+#[test]
+fn a_seeded_input_extends_the_same_from_either_form() {
+    use fhe::bfv::SecretKey;
+    use fhe_traits::Serialize;
+    use hetee_he::codec::{ciphertext_from_bytes, polys_from_bytes, seeded_to_bytes};
+    use hetee_he::secret::SecretOps;
+    let par = HeConfig::for_accumulator_bound(1 << 22)
+        .unwrap()
+        .build()
+        .unwrap();
+    let sk = SecretKey::random(&par, &mut rand::rng());
+    let ops = SecretOps::from_secret_key_bytes(&par, &sk.to_bytes()).unwrap();
+    let m: Vec<i64> = (0..par.degree() as i64).map(|i| i % 97 - 48).collect();
+    let bytes = seeded_to_bytes(&ops.encrypt_seeded(&m, &mut rand::rng()).unwrap());
+    let ev = Evaluator::for_sums(&par, 4).unwrap();
+    let via_ct = ev
+        .extend(&ciphertext_from_bytes(&bytes, &par, 2).unwrap())
+        .unwrap();
+    let polys = polys_from_bytes(&bytes, &par, 2).unwrap();
+    assert_eq!(polys[0].representation(), &Representation::PowerBasis);
+    let via_polys = ev.extend_polys(&polys.iter().collect::<Vec<_>>()).unwrap();
+    let a = ev.sum_of_products(&[(&via_ct, &via_ct)]).unwrap();
+    let b = ev.sum_of_products(&[(&via_polys, &via_polys)]).unwrap();
+    assert_eq!(coefficients(&a), coefficients(&b));
+    // The product still decrypts to m * m (negacyclic) mod t.
+    let t = par.plaintext() as i128;
+    let n = par.degree();
+    let want: Vec<u64> = (0..n)
+        .map(|k| {
+            let mut acc = 0i128;
+            for i in 0..n {
+                let j = (k + n - i) % n;
+                let sign = if i <= k { 1 } else { -1 };
+                acc += sign * m[i] as i128 * m[j] as i128;
+            }
+            acc.rem_euclid(t) as u64
+        })
+        .collect();
+    assert_eq!(*ops.decrypt(&b).unwrap(), want);
+}

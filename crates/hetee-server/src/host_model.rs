@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use fhe::bfv::BfvParameters;
-use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
+use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes, polys_from_bytes};
 use hetee_he::eval::ExtendedCiphertext;
 use hetee_he::{ConvPacking, Evaluator, HeConfig};
 use rayon::prelude::*;
@@ -197,12 +197,16 @@ impl HostModel {
                 input.len()
             )));
         }
-        let cts = input
+        let ext = input
             .par_iter()
-            .map(|b| ciphertext_from_bytes(b, &self.par, 2))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| EvalError::Input(format!("stage {k} input: {e}")))?;
-        let ext = self.evaluator.extend_all(&cts)?;
+            .map(|b| {
+                let polys = polys_from_bytes(b, &self.par, 2)
+                    .map_err(|e| EvalError::Input(format!("stage {k} input: {e}")))?;
+                Ok(self
+                    .evaluator
+                    .extend_polys(&polys.iter().collect::<Vec<_>>())?)
+            })
+            .collect::<Result<Vec<_>, EvalError>>()?;
         let outs = self.evaluator.evaluate_plan(&p.product_plan(), &ext, w)?;
         Ok(outs.par_iter().map(ciphertext_to_bytes).collect())
     }
