@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod restart;
+pub mod session_fixtures;
 
 use std::sync::Arc;
 
