@@ -350,10 +350,33 @@ impl Replicas {
 }
 
 /// Whether a query on a kept session failed because the server no longer
-/// knows the session (it closed it); the query itself did not run.
+/// knows the session (it closed it), or the enclave closed it to make room
+/// for a new client (its session table was full); the query itself did not
+/// run (the enclave refuses an unknown session before admitting anything).
 fn session_gone(e: &anyhow::Error) -> bool {
     let s = format!("{e:#}");
-    s.contains("unknown or finished session") || s.contains("idle for more than")
+    s.contains("unknown or finished session")
+        || s.contains("idle for more than")
+        || s.contains("unknown or closed session")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::session_gone;
+
+    #[test]
+    fn a_session_the_server_or_the_enclave_closed_is_reopened() {
+        for m in [
+            "unknown or finished session; open a new one with POST /v1/sessions",
+            "session idle for more than 300 s",
+            "protocol: unknown or closed session",
+        ] {
+            assert!(session_gone(&anyhow::anyhow!("server: {m}")), "{m}");
+        }
+        assert!(!session_gone(&anyhow::anyhow!(
+            "budget for the model is spent"
+        )));
+    }
 }
 
 /// Runs `f` against the first of `servers` that answers: on a replica's

@@ -64,9 +64,9 @@ impl Enclave {
         let session: SessionId = rand::random();
         {
             let mut sessions = lock(&self.sessions);
-            if sessions.len() >= MAX_SESSIONS {
+            if sessions.len() >= MAX_SESSIONS && !evict_longest_idle(&mut sessions) {
                 return refuse(format!(
-                    "{MAX_SESSIONS} sessions are open; finish or close some first"
+                    "{MAX_SESSIONS} sessions are open and none is idle; finish or close some first"
                 ));
             }
             sessions.insert(
@@ -74,10 +74,18 @@ impl Enclave {
                 Session::Handshake {
                     hs: Box::new(hs),
                     key_id,
+                    idle_since: self.tick(),
                 },
             );
         }
         Ok(Response::ChannelOpened { session, msg2 })
+    }
+
+    /// The next value of a counter that orders idle sessions: a session
+    /// that started waiting earlier has a smaller tick.
+    pub(crate) fn tick(&self) -> u64 {
+        self.ticks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn take(&self, session: &SessionId) -> Result<Session, EnclaveError> {
@@ -92,7 +100,7 @@ impl Enclave {
         msg3: &[u8],
         payload: &[u8],
     ) -> Result<Finished, EnclaveError> {
-        let Session::Handshake { hs, key_id } = self.take(&session)? else {
+        let Session::Handshake { hs, key_id, .. } = self.take(&session)? else {
             return refuse("the handshake of this session is already finished; session closed");
         };
         let mut tx = hs.finish(msg3)?;
@@ -109,6 +117,7 @@ impl Enclave {
                         tx: Box::new(tx),
                         model_id,
                         client,
+                        idle_since: self.tick(),
                     },
                 );
                 Ok(Finished::Hello(Response::ChannelReply {
@@ -142,4 +151,28 @@ pub(crate) fn seal(tx: &mut Transport, msg: &EnclaveMessage) -> Result<Vec<u8>, 
             .map_err(|e| EnclaveError::Protocol(format!("cannot encode reply: {e}")))?,
     );
     Ok(tx.seal(&plain)?)
+}
+
+/// With the session table full, closes the session that has waited longest
+/// with nothing in progress (a half-open handshake, or a session between
+/// queries), so that new clients are not locked out by idle ones (clients
+/// keep sessions between queries). Running and stacked queries are never
+/// evicted. Returns whether one was.
+fn evict_longest_idle(sessions: &mut std::collections::HashMap<SessionId, Session>) -> bool {
+    let oldest = sessions
+        .iter()
+        .filter_map(|(id, s)| match s {
+            Session::Handshake { idle_since, .. } | Session::Ready { idle_since, .. } => {
+                Some((*idle_since, *id))
+            }
+            _ => None,
+        })
+        .min();
+    match oldest {
+        Some((_, id)) => {
+            sessions.remove(&id);
+            true
+        }
+        None => false,
+    }
 }

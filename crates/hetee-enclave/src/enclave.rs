@@ -46,6 +46,8 @@ pub(crate) enum Session {
     Handshake {
         hs: Box<EnclaveHandshake>,
         key_id: KeyId,
+        /// When it started waiting (an [`Enclave::tick`]).
+        idle_since: u64,
     },
     /// The data provider said hello to a model, or got its last result;
     /// waiting for its (next) query.
@@ -53,6 +55,8 @@ pub(crate) enum Session {
         tx: Box<Transport>,
         model_id: ModelId,
         client: ClientKey,
+        /// When it started waiting (an [`Enclave::tick`]).
+        idle_since: u64,
     },
     /// A thin query opened but not yet stacked: a stacked query's batch
     /// was full (see [`crate::stack`]). Its images wait here, in the clear.
@@ -112,6 +116,8 @@ pub struct Enclave {
     pub(crate) models: RwLock<HashMap<ModelId, Arc<ModelRecord>>>,
     pub(crate) states: Mutex<HashMap<ModelId, ModelState>>,
     pub(crate) sessions: Mutex<HashMap<SessionId, Session>>,
+    /// A counter that orders idle sessions (see [`Enclave::tick`]).
+    pub(crate) ticks: std::sync::atomic::AtomicU64,
     platform: Box<dyn Platform>,
     measurement: Measurement,
     /// The platform's sealing key, asked for once.
@@ -185,6 +191,7 @@ impl Enclave {
             models: RwLock::new(HashMap::new()),
             states: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            ticks: std::sync::atomic::AtomicU64::new(0),
             measurement: platform.measurement(),
             platform,
             platform_key: OnceLock::new(),

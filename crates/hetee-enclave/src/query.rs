@@ -36,6 +36,7 @@ impl Enclave {
             mut tx,
             model_id,
             client,
+            ..
         } = self.take(&session)?
         else {
             return refuse("this session cannot start a query now; session closed");
@@ -238,6 +239,7 @@ impl Enclave {
                             tx: Box::new(tx),
                             model_id,
                             client,
+                            idle_since: self.tick(),
                         },
                     );
                 }

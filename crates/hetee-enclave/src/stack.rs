@@ -177,6 +177,7 @@ impl Enclave {
                 mut tx,
                 model_id: theirs,
                 client,
+                ..
             } => {
                 if theirs != *model_id {
                     return refuse("the session said hello to another model; session closed");
