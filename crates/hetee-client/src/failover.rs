@@ -360,25 +360,6 @@ fn session_gone(e: &anyhow::Error) -> bool {
         || s.contains("unknown or closed session")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::session_gone;
-
-    #[test]
-    fn a_session_the_server_or_the_enclave_closed_is_reopened() {
-        for m in [
-            "unknown or finished session; open a new one with POST /v1/sessions",
-            "session idle for more than 300 s",
-            "protocol: unknown or closed session",
-        ] {
-            assert!(session_gone(&anyhow::anyhow!("server: {m}")), "{m}");
-        }
-        assert!(!session_gone(&anyhow::anyhow!(
-            "budget for the model is spent"
-        )));
-    }
-}
-
 /// Runs `f` against the first of `servers` that answers: on a replica's
 /// failure ([`Fault::Transient`] or [`Fault::Untrusted`]) tries the next
 /// one, in order; a refusal ([`Fault::Fatal`]) is returned at once. For the
@@ -411,4 +392,23 @@ pub fn first_answer<T>(
         attempts: servers.len(),
         servers: servers.join(","),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::session_gone;
+
+    #[test]
+    fn a_session_the_server_or_the_enclave_closed_is_reopened() {
+        for m in [
+            "unknown or finished session; open a new one with POST /v1/sessions",
+            "session idle for more than 300 s",
+            "protocol: unknown or closed session",
+        ] {
+            assert!(session_gone(&anyhow::anyhow!("server: {m}")), "{m}");
+        }
+        assert!(!session_gone(&anyhow::anyhow!(
+            "budget for the model is spent"
+        )));
+    }
 }
