@@ -103,6 +103,9 @@ pub(crate) struct Running {
     /// The values still needed, per image (zeroed when freed): the input
     /// of `next_stage` for its check, and every skip tensor.
     pub values: Vec<hetee_model::graph::Values>,
+    /// An HE query's input binding, checked while the host evaluates
+    /// stage 0; its result is used only once the check holds.
+    pub binding: Option<crate::binding::BindingVerdict>,
 }
 
 /// The enclave: keys, models, their states and sessions. Reads no file and

@@ -26,6 +26,7 @@
 //! The protocol types live in [`hetee_proto`]; [`messages`] and
 //! [`schedule`] re-export them for the enclave's users.
 
+pub mod binding;
 pub mod budget;
 mod channel;
 pub mod enclave;

@@ -9,9 +9,9 @@ use ed25519_dalek::Signer;
 use hetee_attest::Transport;
 use zeroize::Zeroizing;
 
+use crate::binding::BindingVerdict;
 use crate::channel::{decode, seal};
 use crate::enclave::{refuse, Enclave, Member, Outcome, Running, Session};
-use crate::input_binding::{input_masks, made_with_masks};
 use crate::messages::{
     input_digest, thin_input_digest, ClientMessage, EnclaveMessage, ModelId, QueryResult, Response,
     SessionId,
@@ -45,8 +45,8 @@ impl Enclave {
             return refuse("the host evaluates another model than the session's; session closed");
         }
         let msg = decode(&tx.open(payload)?)?;
-        let (m, ks) = self.model_and_keys(&model_id)?;
-        let ks = ks.as_ref();
+        let (m, keys) = self.model_and_keys(&model_id)?;
+        let ks = keys.as_ref();
         let batch = m.schedule.batch;
         // What the query spends on: its id and its input's digest (cheap to
         // compute, so a refusal comes before any HE work).
@@ -71,7 +71,7 @@ impl Enclave {
             _ => return refuse("expected the data provider's query; session closed"),
         };
         self.with_state(&model_id, |s| s.admit_query(&client, &m.terms, &spent))?;
-        let (values, images, thin_input) = match msg {
+        let (values, images, thin_input, binding) = match msg {
             ClientMessage::Query { images, seed, .. } => {
                 if m.schedule.input_in_enclave() {
                     return refuse(
@@ -85,23 +85,17 @@ impl Enclave {
                         input.len()
                     ));
                 }
-                // The stage-0 check needs the input in the clear; the
-                // binding's message-free half is made meanwhile.
-                let (polys, masks) = rayon::join(
-                    || decrypt_all(ks, input, 2),
-                    || input_masks(&ks.pk, &ks.par, &seed, input.len()),
-                );
-                let polys = Zeroizing::new(polys?);
-                if !made_with_masks(&ks.par, &polys, masks?, input)? {
-                    return refuse(
-                        "the input ciphertexts were not made by this session's data provider",
-                    );
-                }
+                // The stage-0 check needs the input in the clear. The input
+                // binding is checked beside the host's stage 0 (`binding`):
+                // stage 0's result is used only once it holds.
+                let polys = Zeroizing::new(decrypt_all(ks, input, 2)?);
                 let x = Zeroizing::new(m.schedule.unpack_stage_input(0, &polys)?);
                 if !in_range(&x, m.schedule.input.min, m.schedule.input.max) {
                     return refuse("the input holds values outside the model's input range");
                 }
-                (start_values(&m.schedule, &x)?, images, None)
+                let values = start_values(&m.schedule, &x)?;
+                let binding = BindingVerdict::spawn(keys.clone(), seed, polys, input.to_vec());
+                (values, images, None, Some(binding))
             }
             ClientMessage::ThinQuery { images, .. } => {
                 if !input.is_empty() {
@@ -111,7 +105,7 @@ impl Enclave {
                 pad_to_batch(&m.schedule, &mut x);
                 let values = start_values(&m.schedule, &x)?;
                 let cts = encrypt_stage_input(ks, &m.schedule, 0, &values)?;
-                (values, images.len() as u32, Some(cts))
+                (values, images.len() as u32, Some(cts), None)
             }
             _ => return refuse("expected the data provider's query; session closed"),
         };
@@ -147,6 +141,7 @@ impl Enclave {
                 model_id,
                 next_stage: 0,
                 values,
+                binding,
             })),
         );
         Ok(Response::QueryStarted {
@@ -174,6 +169,16 @@ impl Enclave {
             .map_err(plain)?
         {
             return Err(plain(EnclaveError::Protocol(crate::state::LOCKED.into())));
+        }
+        // An HE query's stage 0 waits for its input binding (checked
+        // meanwhile); nothing is decrypted before it holds.
+        if let Some(binding) = run.binding.take() {
+            if !binding.holds() {
+                return refuse(
+                    "the input ciphertexts were not made by this session's data provider; session closed",
+                )
+                .map_err(plain);
+            }
         }
         let (m, ks) = self.model_and_keys(&run.model_id).map_err(plain)?;
         let Some(check) = m.checks.get(stage as usize) else {

@@ -150,6 +150,7 @@ impl Enclave {
                 model_id,
                 next_stage: 0,
                 values,
+                binding: None,
             })),
         );
         Ok(Response::StackStarted {

@@ -53,12 +53,30 @@ fn attack_input_swap() {
     for (what, input) in swaps {
         let mut dp = hello(&s.enclave, &s.keys, id).unwrap();
         let payload = dp.query_payload(&committed);
-        let msg = refused(s.enclave.handle(Request::StartQuery {
+        let started = s.enclave.handle(Request::StartQuery {
             session: dp.channel.session,
             model_id: id,
             payload: payload.clone(),
-            input,
-        }));
+            input: input.clone(),
+        });
+        let msg = if input_digest(&input) == input_digest(&committed) {
+            // The sealed digest matches (the owner's seed makes the same
+            // ciphertexts again), so the start is admitted; the input
+            // binding, checked beside the host's stage 0, refuses the
+            // stage-0 result before anything is decrypted from it.
+            assert!(
+                matches!(started, Response::QueryStarted { input: None, .. }),
+                "{what}: {}",
+                short(&started)
+            );
+            refused(s.enclave.handle(Request::StageResult {
+                session: dp.channel.session,
+                stage: 0,
+                ciphertexts: s.host.evaluate(0, &input),
+            }))
+        } else {
+            refused(started)
+        };
         refused_publicly(&msg, "the input ciphertexts", &[]);
         let msg = error_of(s.enclave.handle(Request::StartQuery {
             session: dp.channel.session,

@@ -276,3 +276,56 @@ fn unbudgeted_models_remember_no_query_ids() {
         );
     }
 }
+
+/// The input binding is checked beside the host's stage 0, after the
+/// spend. A client that sends another provider's ciphertexts (which it did
+/// not make: the binding fails) pays for its own refused query; the
+/// provider whose ciphertexts they were is charged for its own query only,
+/// and gets its result, bit-exact.
+#[test]
+fn attack_a_replayed_input_is_paid_for_by_the_replayer_alone() {
+    let s = budgeted(3);
+    let e = &s.enclave;
+    let victim = StaticKeypair::generate().unwrap();
+    let spy = StaticKeypair::generate().unwrap();
+    let (mut v, input, r) = start_he(
+        e,
+        &s.keys,
+        &s,
+        &victim,
+        (rand::random(), rand::random()),
+        &s.x,
+    );
+    r.unwrap();
+    // The spy binds the digest of the victim's ciphertexts in its own
+    // session, under its own seed.
+    let mut dp = hello_as(e, &s.keys, Some(&spy), s.model_id()).unwrap();
+    let payload = dp.query_payload(&input);
+    started(e.handle(Request::StartQuery {
+        session: dp.channel.session,
+        model_id: s.model_id(),
+        payload,
+        input: input.clone(),
+    }))
+    .unwrap();
+    let msg = error_of(e.handle(Request::StageResult {
+        session: dp.channel.session,
+        stage: 0,
+        ciphertexts: s.host.evaluate(0, &input),
+    }));
+    assert!(
+        msg.contains("not made by this session's data provider"),
+        "{msg}"
+    );
+    let r = report(e, &s.keys, &s);
+    assert_eq!(spent(&r, spy.public()), 1);
+    assert_eq!(spent(&r, victim.public()), 1);
+    // The victim's query runs to its result.
+    match run_stages(e, &s.host, v.channel.session, input) {
+        Response::Finished { payload } => {
+            let got = v.result(&s.keys, &payload);
+            assert_eq!(bits(&got.logits), bits(&reference(&s.q, &s.x)));
+        }
+        other => panic!("the victim's query: {}", short(&other)),
+    }
+}

@@ -86,7 +86,14 @@ fn attack_the_host_never_receives_two_encryptions_under_one_mask() {
     let s = Setup::new();
     let id = s.model_id();
     let want = bits(&reference(&s.q, &s.x));
-    let seen: Vec<[u8; 32]> = std::thread::scope(|sc| {
+    // A first query puts the key set in use; the race starts on a full
+    // reserve (on a loaded machine the idle-priority refill may not run
+    // during the race itself), so that it takes masks from both sources.
+    let mut seen = Vec::new();
+    let (_, input) = start_thin(&s.enclave, &s.keys, id, std::slice::from_ref(&s.x)).unwrap();
+    seen.extend(input.iter().map(|c| seed_of(c)));
+    wait_full(&s);
+    let raced: Vec<[u8; 32]> = std::thread::scope(|sc| {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let s = &s;
@@ -127,6 +134,7 @@ fn attack_the_host_never_receives_two_encryptions_under_one_mask() {
             .flat_map(|h| h.join().unwrap())
             .collect()
     });
+    seen.extend(raced);
     let st = stats(&s);
     assert_eq!(seen.len() as u64, st.from_reserve + st.made_inline);
     assert!(st.from_reserve > 0, "the reserve was used: {st:?}");
