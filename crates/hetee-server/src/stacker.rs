@@ -83,8 +83,12 @@ pub struct Job<'a> {
     pub host: &'a HostModel,
     /// The model.
     pub model: ModelId,
-    /// Sessions of the model that are open and may soon send a query.
+    /// Sessions of the model that are open (or being opened, or part of
+    /// a burst of opens) and may soon send a query.
     pub coming: &'a (dyn Fn() -> usize + Sync),
+    /// Marks this query as no longer to come; called under the stacker's
+    /// lock once the query waits in its queue.
+    pub queued: &'a (dyn Fn() + Sync),
 }
 
 /// Gathers concurrent thin queries per model into stacked queries.
@@ -103,6 +107,11 @@ impl Stacker {
             queues: Mutex::new(HashMap::new()),
             arrived: Condvar::new(),
         }
+    }
+
+    /// The stacker's time unit (`--stack-window-ms`).
+    pub fn window(&self) -> Duration {
+        self.window
     }
 
     /// The longest a query waits for others while its model is idle.
@@ -135,6 +144,7 @@ impl Stacker {
                 payload,
                 reply: tx,
             });
+            (job.queued)();
             self.arrived.notify_all();
             if q.running < RUNNING_PER_MODEL {
                 q.running += 1;
@@ -257,12 +267,16 @@ impl Stacker {
         match outcome {
             Ok(run) => {
                 let size = run.results.len();
+                let stages = &run.trace.stages;
                 debug!(
                     named = named_count,
                     started = size,
                     deferred = run.deferred.len(),
                     refused = run.refused.len(),
                     ms = t0.elapsed().as_secs_f64() * 1e3,
+                    start_ms = run.trace.start_ms,
+                    host_ms = run.trace.host_ms(),
+                    stages_enclave_ms = ?stages.iter().map(|s| s.enclave_ms).collect::<Vec<_>>(),
                     "stacked query"
                 );
                 for (session, payload) in run.results {
