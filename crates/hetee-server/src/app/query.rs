@@ -87,7 +87,7 @@ impl App {
             .filter(|s| cts.is_empty() && s.stacks(&model));
         let (payload, trace, share) = match stacker {
             Some(stacker) => {
-                let recent = stacker.max_wait();
+                let recent = stacker.max_wait(&model);
                 let fresh = stacker.window();
                 let coming =
                     || self.sessions_to_come(&model, recent) + self.openings.coming(&model, fresh);
