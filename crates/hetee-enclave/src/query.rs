@@ -16,6 +16,7 @@ use crate::messages::{
     input_digest, thin_input_digest, ClientMessage, EnclaveMessage, ModelId, QueryResult, Response,
     SessionId,
 };
+use crate::par::map_ordered;
 use crate::policy;
 use crate::query_ids::SpentQuery;
 use crate::state::ModelState;
@@ -215,7 +216,9 @@ impl Enclave {
                 } = *run;
                 let mut payloads = Vec::with_capacity(members.len());
                 let mut ready = Vec::with_capacity(members.len());
-                for mut member in members {
+                // Each member's result is signed and sealed to its own
+                // channel (two threads for a stack).
+                let sealed = map_ordered(members, |mut member| {
                     let from = (member.offset as usize * classes).min(values.len());
                     let to = ((member.offset + member.images) as usize * classes).min(values.len());
                     let (logits, labels) =
@@ -230,7 +233,10 @@ impl Enclave {
                         logits: Zeroizing::new(logits),
                         labels: Zeroizing::new(labels),
                     };
-                    let payload = sign_and_seal(self, &mut member.tx, result).map_err(plain)?;
+                    sign_and_seal(self, &mut member.tx, result).map(|payload| (member, payload))
+                });
+                for outcome in sealed {
+                    let (member, payload) = outcome.map_err(plain)?;
                     payloads.push((member.session, payload));
                     ready.push((member.session, member.tx, member.client));
                 }

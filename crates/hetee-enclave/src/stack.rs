@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 use crate::channel::decode;
 use crate::enclave::{lock, refuse, Enclave, Member, Opened, Running, Session};
 use crate::messages::{thin_input_digest, ClientMessage, ModelId, Response, SessionId};
+use crate::par::map_ordered;
 use crate::query::{pad_to_batch, quantize_thin};
 use crate::query_ids::SpentQuery;
 use crate::state::ModelState;
@@ -52,10 +53,15 @@ impl Enclave {
         let batch = m.schedule.batch;
         let mut refused = Vec::new();
         let mut opened = Vec::new();
-        for member in members {
-            match self.open_member(&m.schedule, &model_id, member.session, &member.payload) {
-                Ok(o) => opened.push((member.session, o)),
-                Err(e) => refused.push((member.session, e.to_string())),
+        // Each member's channel message is opened on its own (two threads).
+        let outcomes = map_ordered(members, |member| {
+            let o = self.open_member(&m.schedule, &model_id, member.session, &member.payload);
+            (member.session, o)
+        });
+        for (session, outcome) in outcomes {
+            match outcome {
+                Ok(o) => opened.push((session, o)),
+                Err(e) => refused.push((session, e.to_string())),
             }
         }
         // Take members in order while the batch has room; keep the others.

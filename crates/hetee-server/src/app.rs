@@ -104,6 +104,7 @@ impl From<QueryError> for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 mod health;
+mod openings;
 mod peer;
 mod query;
 mod sessions;
@@ -117,6 +118,8 @@ pub struct App {
     enclave: Supervisor,
     models: RwLock<HashMap<ModelId, Arc<HostModel>>>,
     sessions: Mutex<HashMap<SessionId, SessionInfo>>,
+    /// Sessions of each model being opened (the stacker waits for them).
+    openings: openings::Openings,
     /// Gathers concurrent thin queries into stacked ones (`None`: off).
     stacker: Option<Stacker>,
     /// Where each query's record goes.
@@ -154,6 +157,7 @@ impl App {
             enclave,
             models: RwLock::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            openings: openings::Openings::default(),
             stacker: Some(Stacker::new(DEFAULT_STACK_WINDOW)),
             jobs: JobLog::start(store.clone()),
             store,
@@ -406,6 +410,8 @@ impl App {
             None => None,
         };
         let msg1 = unb64(&req.msg1, "msg1").map_err(ApiError::bad)?;
+        // A data provider's session: its query is on its way (stacks wait).
+        let _opening = model_id.map(|m| self.openings.begin(m));
         let (_, evidence) = self.enclave.identity(&key_id)?;
         // No retry: a restarted enclave has another channel key, so msg1 is
         // useless to it; the client must attest again.

@@ -72,6 +72,19 @@ struct Queue {
     /// Sessions the last stack named: clients that send one query after
     /// another come back about together.
     expected: usize,
+    /// How long the last stack took: a stack started early costs the
+    /// host as much as a full one, so its members' return is worth
+    /// waiting for up to that long.
+    last_run: Duration,
+}
+
+impl Queue {
+    /// The longest a query waits for others while the model is idle:
+    /// [`MAX_WAIT_WINDOWS`] windows, or the last stack's time if longer
+    /// (a loaded host answers slower, and its clients come back slower).
+    fn max_wait(&self, window: Duration) -> Duration {
+        (window * MAX_WAIT_WINDOWS).max(self.last_run)
+    }
 }
 
 /// One thin query's view of its stack: where to run it, and how many
@@ -83,8 +96,12 @@ pub struct Job<'a> {
     pub host: &'a HostModel,
     /// The model.
     pub model: ModelId,
-    /// Sessions of the model that are open and may soon send a query.
+    /// Sessions of the model that are open (or being opened, or part of
+    /// a burst of opens) and may soon send a query.
     pub coming: &'a (dyn Fn() -> usize + Sync),
+    /// Marks this query as no longer to come; called under the stacker's
+    /// lock once the query waits in its queue.
+    pub queued: &'a (dyn Fn() + Sync),
 }
 
 /// Gathers concurrent thin queries per model into stacked queries.
@@ -96,7 +113,8 @@ pub struct Stacker {
 
 impl Stacker {
     /// A stacker whose queries wait for others at most
-    /// [`MAX_WAIT_WINDOWS`] × `window` while their model is idle.
+    /// [`MAX_WAIT_WINDOWS`] × `window` (or the last stack's time, if
+    /// longer) while their model is idle.
     pub fn new(window: Duration) -> Self {
         Stacker {
             window,
@@ -105,9 +123,20 @@ impl Stacker {
         }
     }
 
-    /// The longest a query waits for others while its model is idle.
-    pub fn max_wait(&self) -> Duration {
-        self.window * MAX_WAIT_WINDOWS
+    /// The stacker's time unit (`--stack-window-ms`).
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// The longest a query of `model` waits for others while the model is
+    /// idle: [`MAX_WAIT_WINDOWS`] windows, or as long as the model's last
+    /// stack took if that is longer.
+    pub fn max_wait(&self, model: &ModelId) -> Duration {
+        let queues = self.lock();
+        match queues.get(model) {
+            Some(q) => q.max_wait(self.window),
+            None => self.window * MAX_WAIT_WINDOWS,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<ModelId, Queue>> {
@@ -135,6 +164,7 @@ impl Stacker {
                 payload,
                 reply: tx,
             });
+            (job.queued)();
             self.arrived.notify_all();
             if q.running < RUNNING_PER_MODEL {
                 q.running += 1;
@@ -181,6 +211,9 @@ impl Stacker {
                 }
                 _ => q.running = q.running.saturating_sub(1),
             }
+            drop(queues);
+            // The next leader may be a leader already, waiting in `gather`.
+            self.arrived.notify_all();
             return answer;
         }
     }
@@ -202,7 +235,7 @@ impl Stacker {
     /// back together) and no session of the model that was active within
     /// [`Stacker::max_wait`] is still to send its query (a session idle
     /// between queries for longer is not waited for); at most
-    /// [`MAX_WAIT_WINDOWS`] windows.
+    /// [`MAX_WAIT_WINDOWS`] windows, or the last stack's time if longer.
     fn gather(&self, job: &Job<'_>, rx: &Receiver<Reply>) -> Gathered {
         let mut idle_since: Option<Instant> = None;
         let mut queues = self.lock();
@@ -223,14 +256,20 @@ impl Stacker {
             } else {
                 let since = *idle_since.get_or_insert(now);
                 let enough = q.waiting.len() >= q.expected.max(1);
-                (enough && (job.coming)() == 0) || now >= since + self.window * MAX_WAIT_WINDOWS
+                (enough && (job.coming)() == 0) || now >= since + q.max_wait(self.window)
             };
             if go {
                 let n = q.waiting.len().min(want);
                 q.executing += 1;
                 return Gathered::Members(q.waiting.drain(..n).collect());
             }
-            let wait = (self.window / 4).max(Duration::from_micros(200));
+            // Counting windows while the model is idle: look again soon.
+            // Otherwise an arrival, the end of a stack or a reply wakes this
+            // leader; the long timeout is only a safety net.
+            let wait = match idle_since {
+                Some(_) => (self.window / 4).max(Duration::from_micros(200)),
+                None => self.window * MAX_WAIT_WINDOWS,
+            };
             queues = match self.arrived.wait_timeout(queues, wait) {
                 Ok((g, _)) => g,
                 Err(p) => p.into_inner().0,
@@ -257,12 +296,16 @@ impl Stacker {
         match outcome {
             Ok(run) => {
                 let size = run.results.len();
+                let stages = &run.trace.stages;
                 debug!(
                     named = named_count,
                     started = size,
                     deferred = run.deferred.len(),
                     refused = run.refused.len(),
                     ms = t0.elapsed().as_secs_f64() * 1e3,
+                    start_ms = run.trace.start_ms,
+                    host_ms = run.trace.host_ms(),
+                    stages_enclave_ms = ?stages.iter().map(|s| s.enclave_ms).collect::<Vec<_>>(),
                     "stacked query"
                 );
                 for (session, payload) in run.results {
@@ -286,7 +329,9 @@ impl Stacker {
                     let mut queues = self.lock();
                     let q = queues.entry(job.model).or_default();
                     q.batch = Some(run.batch);
-                    q.expected = named_count;
+                    // Members left for the next stack come back at once.
+                    q.expected = named_count.min(run.batch);
+                    q.last_run = t0.elapsed();
                 }
                 for (_, w) in by_session {
                     let _ = w.reply.send(Reply::Done(Err(QueryError::Unexpected(
@@ -326,5 +371,21 @@ fn duplicate(e: &QueryError) -> QueryError {
             message: message.clone(),
         },
         other => QueryError::Unexpected(format!("the stacked query failed: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_last_stack_stretches_the_longest_wait() {
+        let window = Duration::from_millis(2);
+        let mut q = Queue::default();
+        assert_eq!(q.max_wait(window), window * MAX_WAIT_WINDOWS);
+        q.last_run = Duration::from_millis(20);
+        assert_eq!(q.max_wait(window), window * MAX_WAIT_WINDOWS);
+        q.last_run = Duration::from_millis(180);
+        assert_eq!(q.max_wait(window), Duration::from_millis(180));
     }
 }

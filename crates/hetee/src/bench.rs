@@ -104,8 +104,8 @@ pub struct BenchOptions<'a> {
     /// Also measure thin queries one image at a time (`thin` rows).
     pub thin: bool,
     /// Single-image queries each concurrent client keeps outstanding (each
-    /// on its own session); the stacked model stays registered for batches
-    /// of `clients`, so that several stacks are outstanding at once.
+    /// on its own session); the stacked model is registered for stacks of
+    /// `clients` × `in_flight`.
     pub in_flight: usize,
 }
 

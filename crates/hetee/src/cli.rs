@@ -80,8 +80,9 @@ enum Command {
         memory_budget_mib: u64,
         /// Concurrent thin queries of a model registered for batches share
         /// stacked queries: a query waits for the others the model's last
-        /// stack held and for open sessions still to send theirs, at most
-        /// 25 times this long; 0: never stack.
+        /// stack held and for sessions still to send theirs (open, being
+        /// opened, or a burst of opens), at most 25 times this long or the
+        /// last stack's time, if longer; 0: never stack.
         #[arg(long, default_value_t = 2)]
         stack_window_ms: u64,
         /// A session (one client's channel to the enclave, carrying its
@@ -284,8 +285,8 @@ enum Command {
         clients: usize,
         /// With --clients: single-image queries each client keeps
         /// outstanding, each on its own session (rows `clientsNxK`,
-        /// `stackedNxK`, JSON `in_flight`); the stacked model stays
-        /// registered for batches of N, so K stacks are outstanding at once.
+        /// `stackedNxK`, JSON `in_flight`); the stacked model is
+        /// registered for stacks of N × K (16 × 4 fill 64-image stacks).
         #[arg(long, default_value_t = 1)]
         in_flight: usize,
         /// Also measure thin queries (the input over the channel, encrypted

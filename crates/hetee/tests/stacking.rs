@@ -116,3 +116,57 @@ fn enclave_calls_of_concurrent_queries_overlap() {
     let peak = h.app().enclave().peak_concurrent_calls();
     assert!(peak >= 2, "enclave calls never overlapped (peak {peak})");
 }
+
+#[test]
+fn a_burst_of_clients_opening_sessions_fills_one_stack() {
+    // Clients of a burst open their sessions one after another; the first
+    // two query at once, while the others are still to open theirs. The
+    // first stack waits for the whole burst (one batch of products), not
+    // only for the sessions already open; every result is exact.
+    let dir = tempfile::tempdir().unwrap();
+    // A wide window (a burst is opens less than 100 ms apart, the longest
+    // wait 2.5 s) so that a loaded machine does not end the burst early.
+    let server = Server::start_with_args(&dir.path().join("data"), &["--stack-window-ms", "100"]);
+    let m = measurement();
+    let owner = dir.path().join("owner.key");
+    const CLIENTS: usize = 8;
+    let batch = CLIENTS.to_string();
+    let id = upload_as(&server.addr, &m, "e2dm", &owner, &["--max-batch", &batch]);
+    let api = Api::new(&server.addr).unwrap();
+    let (model, calib) = hetee::cli::load_model("e2dm", None).unwrap();
+    let q = Arc::new(hetee::cli::prepare(&model, &calib).unwrap());
+    let relay: Arc<dyn Relay> = Arc::new(api);
+    let target =
+        Arc::new(Target::connect(relay, &Trust::new(&m, true).unwrap(), &id, None).unwrap());
+    let x = Arc::new(mnist_images(CLIENTS));
+    let start = Arc::new(std::sync::Barrier::new(CLIENTS));
+    let handles: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (target, q, x, start) = (target.clone(), q.clone(), x.clone(), start.clone());
+            std::thread::spawn(move || -> anyhow::Result<u32> {
+                start.wait();
+                // Clients 0 and 1 open at once, the others 5 ms apart.
+                std::thread::sleep(std::time::Duration::from_millis(
+                    5 * c.saturating_sub(1) as u64,
+                ));
+                let mut session = target.session()?;
+                let xi = &x[c * 784..(c + 1) * 784];
+                let got = session.query_thin(&[xi])?;
+                let want = hetee_model::reference::run_quantized(&q, xi)?;
+                anyhow::ensure!(got.logits[0] == want, "client {c}: result differs");
+                session.close();
+                Ok(got.stacked)
+            })
+        })
+        .collect();
+    let sizes: Vec<u32> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect();
+    if sizes.iter().any(|&n| n as usize != CLIENTS) {
+        panic!(
+            "the burst was split over several stacks: {sizes:?}\nserver log:\n{}",
+            server.stop()
+        );
+    }
+}

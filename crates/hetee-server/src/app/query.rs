@@ -87,17 +87,22 @@ impl App {
             .filter(|s| cts.is_empty() && s.stacks(&model));
         let (payload, trace, share) = match stacker {
             Some(stacker) => {
-                let recent = stacker.max_wait();
-                let coming = || self.sessions_to_come(&model, recent);
+                let recent = stacker.max_wait(&model);
+                let fresh = stacker.window();
+                let coming =
+                    || self.sessions_to_come(&model, recent) + self.openings.coming(&model, fresh);
+                let queued = || self.mark_querying(&session);
                 let job = Job {
                     enclave: &self.enclave,
                     host: &host,
                     model,
                     coming: &coming,
+                    queued: &queued,
                 };
                 stacker.submit(&job, session, payload)?
             }
             None => {
+                self.mark_querying(&session);
                 let (payload, trace) =
                     run_query(&self.enclave, &host, session, model, payload, cts)?;
                 (payload, trace, 1)

@@ -128,19 +128,30 @@ impl App {
         Ok(())
     }
 
-    /// Marks the session's query as on its way; returns its number in the
-    /// session (1 for the first).
+    /// Counts the session's query; returns its number in the session (1
+    /// for the first). The session still counts as to come for stacks
+    /// until [`App::mark_querying`].
     pub(super) fn begin_query(&self, session: &SessionId) -> u64 {
         let Ok(mut s) = self.sessions.lock() else {
             return 1;
         };
         match s.get_mut(session) {
             Some(i) => {
-                i.querying = true;
                 i.queries += 1;
                 i.queries
             }
             None => 1,
+        }
+    }
+
+    /// Marks the session's query as on its way: running, or waiting in the
+    /// stacker's queue (marked under the stacker's lock, so that a stack
+    /// never sees the query neither to come nor waiting).
+    pub(super) fn mark_querying(&self, session: &SessionId) {
+        if let Ok(mut s) = self.sessions.lock() {
+            if let Some(i) = s.get_mut(session) {
+                i.querying = true;
+            }
         }
     }
 
