@@ -4,18 +4,16 @@
 //! NTT form, products of a sum are accumulated in that basis, and each output
 //! is scaled back by `t/q` once.
 //!
-//! The multiplication basis `q p` must hold every accumulated coefficient
-//! exactly. With operands lifted to `(-q/2, q/2]` and the cross term summed
-//! as `a0 b1 + a1 b0` (four products, not Karatsuba's three, whose
-//! `(a0 + a1)(b0 + b1)` is twice as large), a sum of `K` products has
-//! coefficients below `K N q^2 / 2`, so `p > K N q` suffices. An evaluator
-//! made for sums of at most `K` terms ([`Evaluator::for_sums`]) takes the
-//! fewest 62-bit primes that give it; MNIST's sums of at most four products
-//! need two instead of three, which makes every extension, product and
-//! rescale a fifth cheaper. (Karatsuba with `a0 + a1` formed on the fly was
-//! measured slower than the fourth product.)
-//! The result is a degree-2 ciphertext; the enclave decrypts it directly,
-//! so no relinearization key is needed.
+//! The multiplication basis `q p` must hold every coefficient of the three
+//! sums that are rescaled (`a0 b0`, `a0 b1 + a1 b0`, `a1 b1`) exactly. With
+//! operands lifted to `(-q/2, q/2]`, a sum of `K` products has coefficients
+//! below `K N q^2 / 2`, so `p > K N q` suffices. (Karatsuba's middle sum
+//! `(a0 + a1)(b0 + b1)` is twice as large and may wrap, but the cross term
+//! is formed from it modulo the basis, where it is exact.) An evaluator made
+//! for sums of at most `K` terms ([`Evaluator::for_sums`]) takes the fewest
+//! 62-bit primes that give it; MNIST's sums of at most four products need
+//! two instead of three, which makes every extension, product and rescale a
+//! fifth cheaper.
 
 use std::sync::Arc;
 
@@ -35,13 +33,15 @@ use crate::HeError;
 pub struct ExtendedCiphertext {
     c0: Poly,
     c1: Poly,
+    /// `c0 + c1`, kept for Karatsuba.
+    sum: Poly,
 }
 
 impl ExtendedCiphertext {
     /// Bytes held in memory by this operand.
     pub fn memory_bytes(&self) -> usize {
         let n = self.c0.coefficients().shape()[1];
-        2 * self.c0.ctx().moduli().len() * n * 8
+        3 * self.c0.ctx().moduli().len() * n * 8
     }
 }
 
@@ -53,7 +53,7 @@ pub const GENERAL_MAX_TERMS: usize = 1 << 20;
 /// `2^62`) stay below `2^128`.
 const LAZY_PRODUCTS: usize = 15;
 
-/// Running sums of `a0 b0`, `a0 b1 + a1 b0` and `a1 b1` in the
+/// Running sums of `a0 b0`, `(a0 + a1)(b0 + b1)` and `a1 b1` in the
 /// multiplication basis, NTT form, one row per prime.
 #[derive(Debug)]
 struct Sums([Array2<u64>; 3]);
@@ -209,10 +209,10 @@ impl Evaluator {
         }
         // Host data is public ciphertext: variable-time arithmetic is fine
         // here (the extension allows it).
-        Ok(ExtendedCiphertext {
-            c0: self.extender.extend(c0)?,
-            c1: self.extender.extend(c1)?,
-        })
+        let c0 = self.extender.extend(c0)?;
+        let c1 = self.extender.extend(c1)?;
+        let sum = &c0 + &c1;
+        Ok(ExtendedCiphertext { c0, c1, sum })
     }
 
     /// Extends many ciphertexts in parallel.
@@ -220,9 +220,10 @@ impl Evaluator {
         cts.par_iter().map(|c| self.extend(c)).collect()
     }
 
-    /// Accumulates `sum a_i * b_i` in the multiplication basis (`a0 b0`,
-    /// `a0 b1 + a1 b0`, `a1 b1`), in one pass per prime: up to
-    /// [`LAZY_PRODUCTS`] products are summed in 128 bits and reduced once.
+    /// Accumulates `sum a_i * b_i` in the multiplication basis (Karatsuba:
+    /// `a0 b0`, `(a0 + a1)(b0 + b1)`, `a1 b1`), in one pass per prime: up
+    /// to [`LAZY_PRODUCTS`] products are summed in 128 bits and reduced
+    /// once.
     fn accumulate(
         &self,
         pairs: &[(&ExtendedCiphertext, &ExtendedCiphertext)],
@@ -238,23 +239,23 @@ impl Evaluator {
                     a.c1.coefficients(),
                     b.c0.coefficients(),
                     b.c1.coefficients(),
+                    a.sum.coefficients(),
+                    b.sum.coefficients(),
                 ]
             })
             .collect::<Vec<_>>();
         // Which operand parts each sum multiplies: (a part, b part).
-        const TERMS: [&[(usize, usize)]; 3] = [&[(0, 2)], &[(0, 3), (1, 2)], &[(1, 3)]];
-        for (terms, out) in TERMS.iter().zip(sums.0.iter_mut()) {
+        const TERMS: [(usize, usize); 3] = [(0, 2), (4, 5), (1, 3)];
+        for (&(x, y), out) in TERMS.iter().zip(sums.0.iter_mut()) {
             for (i, op) in ops.iter().enumerate() {
                 let mut acc = out.row_mut(i);
                 let acc = acc
                     .as_slice_mut()
                     .ok_or_else(|| HeError::Malformed("accumulator rows".into()))?;
-                let mut rows = Vec::with_capacity(views.len() * terms.len());
-                for v in &views {
-                    for &(x, y) in *terms {
-                        rows.push((row(&v[x], i)?, row(&v[y], i)?));
-                    }
-                }
+                let rows = views
+                    .iter()
+                    .map(|v| Ok((row(&v[x], i)?, row(&v[y], i)?)))
+                    .collect::<Result<Vec<_>, HeError>>()?;
                 for group in rows.chunks(LAZY_PRODUCTS) {
                     for (c, slot) in acc.iter_mut().enumerate() {
                         let mut wide = *slot as u128;
@@ -273,8 +274,16 @@ impl Evaluator {
     /// polynomial by `t/q` that also switches down to [`output_level`], so
     /// that the enclave decrypts a smaller ciphertext.
     fn finish(&self, acc: Sums) -> Result<Ciphertext, HeError> {
-        let polys = acc
-            .0
+        // The cross term, (a0 + a1)(b0 + b1) - a0 b0 - a1 b1, exact modulo
+        // the basis (the middle sum itself may wrap; the difference fits).
+        let [s0, mut s1, s2] = acc.0;
+        let ops = self.mul_ctx.moduli_operators();
+        for (i, op) in ops.iter().enumerate() {
+            for ((x, a), b) in s1.row_mut(i).iter_mut().zip(s0.row(i)).zip(s2.row(i)) {
+                *x = op.sub(op.sub(*x, *a), *b);
+            }
+        }
+        let polys = [s0, s1, s2]
             .into_par_iter()
             .map(|a| {
                 let mut p = Poly::try_convert_from(a, &self.mul_ctx, true, Representation::Ntt)?;
