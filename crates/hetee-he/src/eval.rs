@@ -7,9 +7,11 @@
 //! The multiplication basis `q p` must hold every coefficient of the three
 //! sums that are rescaled (`a0 b0`, `a0 b1 + a1 b0`, `a1 b1`) exactly. With
 //! operands lifted to `(-q/2, q/2]`, a sum of `K` products has coefficients
-//! below `K N q^2 / 2`, so `p > K N q` suffices. (Karatsuba's middle sum
-//! `(a0 + a1)(b0 + b1)` is twice as large and may wrap, but the cross term
-//! is formed from it modulo the basis, where it is exact.) An evaluator made
+//! below `K N q^2 / 2`, so `p > K N q` suffices. Long sums use Karatsuba
+//! (three products per pair); its middle sum `(a0 + a1)(b0 + b1)` is twice
+//! as large and may wrap, but the cross term is formed from it modulo the
+//! basis, where it is exact. Short sums take four products, which is
+//! faster there than keeping `a0 + a1` per operand. An evaluator made
 //! for sums of at most `K` terms ([`Evaluator::for_sums`]) takes the fewest
 //! 62-bit primes that give it; MNIST's sums of at most four products need
 //! two instead of three, which makes every extension, product and rescale a
@@ -33,15 +35,16 @@ use crate::HeError;
 pub struct ExtendedCiphertext {
     c0: Poly,
     c1: Poly,
-    /// `c0 + c1`, kept for Karatsuba.
-    sum: Poly,
+    /// `c0 + c1`, kept for Karatsuba (long sums only).
+    sum: Option<Poly>,
 }
 
 impl ExtendedCiphertext {
     /// Bytes held in memory by this operand.
     pub fn memory_bytes(&self) -> usize {
         let n = self.c0.coefficients().shape()[1];
-        3 * self.c0.ctx().moduli().len() * n * 8
+        let polys = 2 + usize::from(self.sum.is_some());
+        polys * self.c0.ctx().moduli().len() * n * 8
     }
 }
 
@@ -53,8 +56,9 @@ pub const GENERAL_MAX_TERMS: usize = 1 << 20;
 /// `2^62`) stay below `2^128`.
 const LAZY_PRODUCTS: usize = 15;
 
-/// Running sums of `a0 b0`, `(a0 + a1)(b0 + b1)` and `a1 b1` in the
-/// multiplication basis, NTT form, one row per prime.
+/// Running sums of `a0 b0`, `(a0 + a1)(b0 + b1)` (Karatsuba) or
+/// `a0 b1 + a1 b0`, and `a1 b1` in the multiplication basis, NTT form, one
+/// row per prime.
 #[derive(Debug)]
 struct Sums([Array2<u64>; 3]);
 
@@ -90,7 +94,16 @@ pub struct Evaluator {
     extender: BasisExtender,
     down: Rescaler,
     max_terms: usize,
+    /// Karatsuba (three products per pair, `c0 + c1` kept per operand) for
+    /// long sums; four products (`a0 b1 + a1 b0` for the cross term) for
+    /// short ones, where the extra operand costs more than the product.
+    karatsuba: bool,
 }
+
+/// Sums of at least this many products use Karatsuba (measured: MNIST's
+/// sums of four are faster with four products, MobileNet's batched sums of
+/// 64 with Karatsuba).
+pub const KARATSUBA_FROM_TERMS: usize = 8;
 
 /// Bits of ciphertext modulus kept above the plaintext modulus when the host
 /// mod-switches a product down: covers the switching noise (about 12 bits
@@ -160,6 +173,7 @@ impl Evaluator {
             extender,
             down,
             max_terms: max_terms.max(1),
+            karatsuba: max_terms >= KARATSUBA_FROM_TERMS,
         })
     }
 
@@ -211,7 +225,7 @@ impl Evaluator {
         // here (the extension allows it).
         let c0 = self.extender.extend(c0)?;
         let c1 = self.extender.extend(c1)?;
-        let sum = &c0 + &c1;
+        let sum = self.karatsuba.then(|| &c0 + &c1);
         Ok(ExtendedCiphertext { c0, c1, sum })
     }
 
@@ -220,10 +234,10 @@ impl Evaluator {
         cts.par_iter().map(|c| self.extend(c)).collect()
     }
 
-    /// Accumulates `sum a_i * b_i` in the multiplication basis (Karatsuba:
-    /// `a0 b0`, `(a0 + a1)(b0 + b1)`, `a1 b1`), in one pass per prime: up
-    /// to [`LAZY_PRODUCTS`] products are summed in 128 bits and reduced
-    /// once.
+    /// Accumulates `sum a_i * b_i` in the multiplication basis (`a0 b0`,
+    /// Karatsuba's `(a0 + a1)(b0 + b1)` or the cross term, `a1 b1`), in one
+    /// pass per prime: up to [`LAZY_PRODUCTS`] products are summed in 128
+    /// bits and reduced once.
     fn accumulate(
         &self,
         pairs: &[(&ExtendedCiphertext, &ExtendedCiphertext)],
@@ -234,28 +248,42 @@ impl Evaluator {
         let views = pairs
             .iter()
             .map(|(a, b)| {
-                [
+                let sums = match (&a.sum, &b.sum) {
+                    (Some(x), Some(y)) => [x.coefficients(), y.coefficients()],
+                    _ if self.karatsuba => {
+                        return Err(HeError::Malformed(
+                            "an operand extended by another evaluator".into(),
+                        ))
+                    }
+                    _ => [a.c0.coefficients(), b.c0.coefficients()],
+                };
+                let [sa, sb] = sums;
+                Ok([
                     a.c0.coefficients(),
                     a.c1.coefficients(),
                     b.c0.coefficients(),
                     b.c1.coefficients(),
-                    a.sum.coefficients(),
-                    b.sum.coefficients(),
-                ]
+                    sa,
+                    sb,
+                ])
             })
-            .collect::<Vec<_>>();
+            .collect::<Result<Vec<_>, HeError>>()?;
         // Which operand parts each sum multiplies: (a part, b part).
-        const TERMS: [(usize, usize); 3] = [(0, 2), (4, 5), (1, 3)];
-        for (&(x, y), out) in TERMS.iter().zip(sums.0.iter_mut()) {
+        const KARATSUBA: [&[(usize, usize)]; 3] = [&[(0, 2)], &[(4, 5)], &[(1, 3)]];
+        const CROSS: [&[(usize, usize)]; 3] = [&[(0, 2)], &[(0, 3), (1, 2)], &[(1, 3)]];
+        let terms_of = if self.karatsuba { KARATSUBA } else { CROSS };
+        for (terms, out) in terms_of.iter().zip(sums.0.iter_mut()) {
             for (i, op) in ops.iter().enumerate() {
                 let mut acc = out.row_mut(i);
                 let acc = acc
                     .as_slice_mut()
                     .ok_or_else(|| HeError::Malformed("accumulator rows".into()))?;
-                let rows = views
-                    .iter()
-                    .map(|v| Ok((row(&v[x], i)?, row(&v[y], i)?)))
-                    .collect::<Result<Vec<_>, HeError>>()?;
+                let mut rows = Vec::with_capacity(views.len() * terms.len());
+                for v in &views {
+                    for &(x, y) in *terms {
+                        rows.push((row(&v[x], i)?, row(&v[y], i)?));
+                    }
+                }
                 for group in rows.chunks(LAZY_PRODUCTS) {
                     for (c, slot) in acc.iter_mut().enumerate() {
                         let mut wide = *slot as u128;
@@ -277,10 +305,12 @@ impl Evaluator {
         // The cross term, (a0 + a1)(b0 + b1) - a0 b0 - a1 b1, exact modulo
         // the basis (the middle sum itself may wrap; the difference fits).
         let [s0, mut s1, s2] = acc.0;
-        let ops = self.mul_ctx.moduli_operators();
-        for (i, op) in ops.iter().enumerate() {
-            for ((x, a), b) in s1.row_mut(i).iter_mut().zip(s0.row(i)).zip(s2.row(i)) {
-                *x = op.sub(op.sub(*x, *a), *b);
+        if self.karatsuba {
+            let ops = self.mul_ctx.moduli_operators();
+            for (i, op) in ops.iter().enumerate() {
+                for ((x, a), b) in s1.row_mut(i).iter_mut().zip(s0.row(i)).zip(s2.row(i)) {
+                    *x = op.sub(op.sub(*x, *a), *b);
+                }
             }
         }
         let polys = [s0, s1, s2]
