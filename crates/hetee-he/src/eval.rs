@@ -4,18 +4,23 @@
 //! NTT form, products of a sum are accumulated in that basis, and each output
 //! is scaled back by `t/q` once.
 //!
-//! The multiplication basis `q p` must hold every coefficient of the three
-//! sums that are rescaled (`a0 b0`, `a0 b1 + a1 b0`, `a1 b1`) exactly. With
+//! The multiplication basis `q p` must hold every coefficient of the sums
+//! that are rescaled (`a0 b0`, `a0 b1 + a1 b0`, `a1 b1`) exactly. With
 //! operands lifted to `(-q/2, q/2]`, a sum of `K` products has coefficients
-//! below `K N q^2 / 2`, so `p > K N q` suffices. Long sums use Karatsuba
-//! (three products per pair); its middle sum `(a0 + a1)(b0 + b1)` is twice
-//! as large and may wrap, but the cross term is formed from it modulo the
-//! basis, where it is exact. Short sums take four products, which is
-//! faster there than keeping `a0 + a1` per operand. An evaluator made
-//! for sums of at most `K` terms ([`Evaluator::for_sums`]) takes the fewest
-//! 62-bit primes that give it; MNIST's sums of at most four products need
-//! two instead of three, which makes every extension, product and rescale a
+//! below `K N q^2 / 2`, so `p > K N q` suffices. An evaluator made for sums
+//! of at most `K` terms ([`Evaluator::for_sums`]) takes the fewest 62-bit
+//! primes that give it; MNIST's sums of at most four products need two
+//! instead of three, which makes every extension, product and rescale a
 //! fifth cheaper.
+//!
+//! The cross term takes two products (four per pair in all). Karatsuba's
+//! three would work in the same basis (its middle sum may wrap, but the
+//! cross term formed from it is exact modulo the basis); with `a0 + a1`
+//! kept per operand it was measured slower on MNIST (one image and 64) and
+//! no faster on MobileNet's 16-image model, within the noise, and formed on
+//! the fly it was slower still.
+//! The result is a degree-2 ciphertext; the enclave decrypts it directly,
+//! so no relinearization key is needed.
 
 use std::sync::Arc;
 
@@ -35,16 +40,13 @@ use crate::HeError;
 pub struct ExtendedCiphertext {
     c0: Poly,
     c1: Poly,
-    /// `c0 + c1`, kept for Karatsuba (long sums only).
-    sum: Option<Poly>,
 }
 
 impl ExtendedCiphertext {
     /// Bytes held in memory by this operand.
     pub fn memory_bytes(&self) -> usize {
         let n = self.c0.coefficients().shape()[1];
-        let polys = 2 + usize::from(self.sum.is_some());
-        polys * self.c0.ctx().moduli().len() * n * 8
+        2 * self.c0.ctx().moduli().len() * n * 8
     }
 }
 
@@ -56,9 +58,8 @@ pub const GENERAL_MAX_TERMS: usize = 1 << 20;
 /// `2^62`) stay below `2^128`.
 const LAZY_PRODUCTS: usize = 15;
 
-/// Running sums of `a0 b0`, `(a0 + a1)(b0 + b1)` (Karatsuba) or
-/// `a0 b1 + a1 b0`, and `a1 b1` in the multiplication basis, NTT form, one
-/// row per prime.
+/// Running sums of `a0 b0`, `a0 b1 + a1 b0` and `a1 b1` in the
+/// multiplication basis, NTT form, one row per prime.
 #[derive(Debug)]
 struct Sums([Array2<u64>; 3]);
 
@@ -94,16 +95,7 @@ pub struct Evaluator {
     extender: BasisExtender,
     down: Rescaler,
     max_terms: usize,
-    /// Karatsuba (three products per pair, `c0 + c1` kept per operand) for
-    /// long sums; four products (`a0 b1 + a1 b0` for the cross term) for
-    /// short ones, where the extra operand costs more than the product.
-    karatsuba: bool,
 }
-
-/// Sums of at least this many products use Karatsuba (measured: MNIST's
-/// sums of four are faster with four products, MobileNet's batched sums of
-/// 64 with Karatsuba).
-pub const KARATSUBA_FROM_TERMS: usize = 8;
 
 /// Bits of ciphertext modulus kept above the plaintext modulus when the host
 /// mod-switches a product down: covers the switching noise (about 12 bits
@@ -173,7 +165,6 @@ impl Evaluator {
             extender,
             down,
             max_terms: max_terms.max(1),
-            karatsuba: max_terms >= KARATSUBA_FROM_TERMS,
         })
     }
 
@@ -223,10 +214,10 @@ impl Evaluator {
         }
         // Host data is public ciphertext: variable-time arithmetic is fine
         // here (the extension allows it).
-        let c0 = self.extender.extend(c0)?;
-        let c1 = self.extender.extend(c1)?;
-        let sum = self.karatsuba.then(|| &c0 + &c1);
-        Ok(ExtendedCiphertext { c0, c1, sum })
+        Ok(ExtendedCiphertext {
+            c0: self.extender.extend(c0)?,
+            c1: self.extender.extend(c1)?,
+        })
     }
 
     /// Extends many ciphertexts in parallel.
@@ -235,9 +226,8 @@ impl Evaluator {
     }
 
     /// Accumulates `sum a_i * b_i` in the multiplication basis (`a0 b0`,
-    /// Karatsuba's `(a0 + a1)(b0 + b1)` or the cross term, `a1 b1`), in one
-    /// pass per prime: up to [`LAZY_PRODUCTS`] products are summed in 128
-    /// bits and reduced once.
+    /// `a0 b1 + a1 b0`, `a1 b1`), in one pass per prime: up to
+    /// [`LAZY_PRODUCTS`] products are summed in 128 bits and reduced once.
     fn accumulate(
         &self,
         pairs: &[(&ExtendedCiphertext, &ExtendedCiphertext)],
@@ -248,31 +238,17 @@ impl Evaluator {
         let views = pairs
             .iter()
             .map(|(a, b)| {
-                let sums = match (&a.sum, &b.sum) {
-                    (Some(x), Some(y)) => [x.coefficients(), y.coefficients()],
-                    _ if self.karatsuba => {
-                        return Err(HeError::Malformed(
-                            "an operand extended by another evaluator".into(),
-                        ))
-                    }
-                    _ => [a.c0.coefficients(), b.c0.coefficients()],
-                };
-                let [sa, sb] = sums;
-                Ok([
+                [
                     a.c0.coefficients(),
                     a.c1.coefficients(),
                     b.c0.coefficients(),
                     b.c1.coefficients(),
-                    sa,
-                    sb,
-                ])
+                ]
             })
-            .collect::<Result<Vec<_>, HeError>>()?;
+            .collect::<Vec<_>>();
         // Which operand parts each sum multiplies: (a part, b part).
-        const KARATSUBA: [&[(usize, usize)]; 3] = [&[(0, 2)], &[(4, 5)], &[(1, 3)]];
-        const CROSS: [&[(usize, usize)]; 3] = [&[(0, 2)], &[(0, 3), (1, 2)], &[(1, 3)]];
-        let terms_of = if self.karatsuba { KARATSUBA } else { CROSS };
-        for (terms, out) in terms_of.iter().zip(sums.0.iter_mut()) {
+        const TERMS: [&[(usize, usize)]; 3] = [&[(0, 2)], &[(0, 3), (1, 2)], &[(1, 3)]];
+        for (terms, out) in TERMS.iter().zip(sums.0.iter_mut()) {
             for (i, op) in ops.iter().enumerate() {
                 let mut acc = out.row_mut(i);
                 let acc = acc
@@ -302,18 +278,8 @@ impl Evaluator {
     /// polynomial by `t/q` that also switches down to [`output_level`], so
     /// that the enclave decrypts a smaller ciphertext.
     fn finish(&self, acc: Sums) -> Result<Ciphertext, HeError> {
-        // The cross term, (a0 + a1)(b0 + b1) - a0 b0 - a1 b1, exact modulo
-        // the basis (the middle sum itself may wrap; the difference fits).
-        let [s0, mut s1, s2] = acc.0;
-        if self.karatsuba {
-            let ops = self.mul_ctx.moduli_operators();
-            for (i, op) in ops.iter().enumerate() {
-                for ((x, a), b) in s1.row_mut(i).iter_mut().zip(s0.row(i)).zip(s2.row(i)) {
-                    *x = op.sub(op.sub(*x, *a), *b);
-                }
-            }
-        }
-        let polys = [s0, s1, s2]
+        let polys = acc
+            .0
             .into_par_iter()
             .map(|a| {
                 let mut p = Poly::try_convert_from(a, &self.mul_ctx, true, Representation::Ntt)?;
