@@ -28,11 +28,11 @@ use fhe::bfv::{BfvParameters, Ciphertext};
 use fhe_math::rq::{traits::TryConvertFrom, Context, Poly, Representation};
 use fhe_math::zq::primes::generate_prime;
 use fhe_math::zq::Modulus;
-use ndarray::{Array2, ArrayView2};
+use ndarray::Array2;
 use num_bigint::BigUint;
 use rayon::prelude::*;
 
-use crate::rns::{BasisExtender, Rescaler};
+use crate::rns::{row_slices, BasisExtender, Rescaler};
 use crate::HeError;
 
 /// A fresh ciphertext extended to the multiplication basis, NTT form.
@@ -78,13 +78,6 @@ impl Sums {
             }
         }
     }
-}
-
-/// Row `i` of a polynomial's coefficients as a slice.
-fn row<'a>(a: &'a ArrayView2<'a, u64>, i: usize) -> Result<&'a [u64], HeError> {
-    a.row(i)
-        .to_slice()
-        .ok_or_else(|| HeError::Malformed("polynomial rows are not contiguous".into()))
 }
 
 /// Extends, multiplies and accumulates ciphertexts; one per parameter set.
@@ -178,11 +171,6 @@ impl Evaluator {
         Ok(())
     }
 
-    /// The longest sum of products this evaluator takes.
-    pub fn max_terms(&self) -> usize {
-        self.max_terms
-    }
-
     /// Primes of the multiplication basis (ciphertext primes included).
     pub fn basis_primes(&self) -> usize {
         self.mul_ctx.moduli().len()
@@ -246,6 +234,18 @@ impl Evaluator {
                 ]
             })
             .collect::<Vec<_>>();
+        // Per pair, the rows (one per prime) of a0, a1, b0 and b1.
+        let parts = views
+            .iter()
+            .map(|v| {
+                Ok([
+                    row_slices(&v[0])?,
+                    row_slices(&v[1])?,
+                    row_slices(&v[2])?,
+                    row_slices(&v[3])?,
+                ])
+            })
+            .collect::<Result<Vec<_>, HeError>>()?;
         // Which operand parts each sum multiplies: (a part, b part).
         const TERMS: [&[(usize, usize)]; 3] = [&[(0, 2)], &[(0, 3), (1, 2)], &[(1, 3)]];
         for (terms, out) in TERMS.iter().zip(sums.0.iter_mut()) {
@@ -254,12 +254,15 @@ impl Evaluator {
                 let acc = acc
                     .as_slice_mut()
                     .ok_or_else(|| HeError::Malformed("accumulator rows".into()))?;
-                let mut rows = Vec::with_capacity(views.len() * terms.len());
-                for v in &views {
-                    for &(x, y) in *terms {
-                        rows.push((row(&v[x], i)?, row(&v[y], i)?));
-                    }
-                }
+                let rows = parts
+                    .iter()
+                    .flat_map(|p| {
+                        terms
+                            .iter()
+                            .map(move |&(x, y)| Some((*p[x].get(i)?, *p[y].get(i)?)))
+                    })
+                    .collect::<Option<Vec<(&[u64], &[u64])>>>()
+                    .ok_or_else(|| HeError::Malformed("an operand over another basis".into()))?;
                 for group in rows.chunks(LAZY_PRODUCTS) {
                     for (c, slot) in acc.iter_mut().enumerate() {
                         let mut wide = *slot as u128;

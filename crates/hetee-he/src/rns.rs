@@ -20,6 +20,7 @@
 //!
 //! Host data only: ciphertexts are public, so these run in variable time.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use fhe_math::rq::{traits::TryConvertFrom, Context, Poly, Representation};
@@ -121,7 +122,7 @@ impl Decomposition {
 }
 
 /// The rows of a polynomial's coefficient array.
-fn row_slices<'a>(a: &'a ArrayView2<'a, u64>) -> Result<Vec<&'a [u64]>, HeError> {
+pub(crate) fn row_slices<'a>(a: &'a ArrayView2<'a, u64>) -> Result<Vec<&'a [u64]>, HeError> {
     a.outer_iter()
         .map(|r| {
             r.to_slice()
@@ -203,14 +204,16 @@ impl BasisExtender {
                 "polynomial is not over the ciphertext basis".into(),
             ));
         }
-        let (coeffs, ntt) = match p.representation() {
+        // The power basis for the new primes' residues, the NTT form for the
+        // old primes' rows: one of them is `p` itself.
+        let (coeffs, ntt): (Cow<'_, Poly>, Cow<'_, Poly>) = match p.representation() {
             Representation::PowerBasis => {
                 let mut n = p.clone();
                 unsafe { n.allow_variable_time_computations() };
                 n.change_representation(Representation::Ntt);
-                (p.clone(), n)
+                (Cow::Borrowed(p), Cow::Owned(n))
             }
-            _ => (power_basis(p), p.clone()),
+            _ => (Cow::Owned(power_basis(p)), Cow::Borrowed(p)),
         };
         let view = coeffs.coefficients();
         let n = view.shape()[1];
