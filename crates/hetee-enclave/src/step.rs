@@ -2,9 +2,7 @@
 //! stage exactly in the clear, and re-encrypt for the next stage (or release
 //! the logits).
 
-use fhe::bfv::Ciphertext;
-use hetee_he::codec::{ciphertext_from_bytes, seeded_to_bytes};
-use hetee_he::secret::SecretOps;
+use hetee_he::codec::seeded_to_bytes;
 use hetee_model::graph::TensorRef;
 use hetee_model::graph::{live_after, Values};
 use hetee_model::quant::dequantize_output;
@@ -31,16 +29,18 @@ pub enum StepOutput {
 pub const INTEGRITY_FAILURE: &str =
     "integrity: the host's stage result failed the check; session closed";
 
-/// Decrypts ciphertexts of `polys` polynomials to centred coefficients.
+/// Decrypts ciphertexts of `polys` polynomials (the codec's bytes) to
+/// centred coefficients in `(-t/2, t/2]`.
 pub fn decrypt_all(
     keys: &KeySet,
     cts: &[Vec<u8>],
     polys: usize,
 ) -> Result<Vec<Vec<i64>>, EnclaveError> {
+    let t = keys.par.plaintext();
     cts.par_iter()
         .map(|b| {
-            let ct = ciphertext_from_bytes(b, &keys.par, polys)?;
-            decrypt(&keys.ops, &ct, keys.par.plaintext())
+            let v = keys.ops.decrypt_bytes(b, polys)?;
+            Ok(v.iter().map(|&x| centre(x, t)).collect())
         })
         .collect()
 }
@@ -171,12 +171,6 @@ pub fn encrypt_all(keys: &KeySet, polys: &[Vec<i64>]) -> Result<Vec<Vec<u8>>, En
             Ok(seeded_to_bytes(&keys.ops.encrypt_with(p, zero)?))
         })
         .collect()
-}
-
-/// Decrypts to centred coefficients in `(-t/2, t/2]`.
-pub fn decrypt(ops: &SecretOps, ct: &Ciphertext, t: u64) -> Result<Vec<i64>, EnclaveError> {
-    let v = ops.decrypt(ct)?;
-    Ok(v.iter().map(|&x| centre(x, t)).collect())
 }
 
 /// Branch-free centring of a residue `x < t`: `x - t` if `x > t/2`, else `x`.

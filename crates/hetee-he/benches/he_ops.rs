@@ -80,6 +80,22 @@ fn he_ops(c: &mut Criterion) {
     g.bench_function("decrypt_degree2_output_level_kept_key", |bn| {
         bn.iter(|| ops.decrypt(&low).unwrap())
     });
+    // What the enclave runs: straight from the codec's bytes (NTT form),
+    // against decoding then decrypting.
+    let low_bytes = ciphertext_to_bytes(&low);
+    g.bench_function("decrypt_degree2_output_level_decode_then_decrypt", |bn| {
+        bn.iter(|| {
+            ops.decrypt(&ciphertext_from_bytes(&low_bytes, &par, 3).unwrap())
+                .unwrap()
+        })
+    });
+    g.bench_function("decrypt_degree2_output_level_from_bytes", |bn| {
+        bn.iter(|| ops.decrypt_bytes(&low_bytes, 3).unwrap())
+    });
+    let input_bytes = ciphertext_to_bytes(&a);
+    g.bench_function("decrypt_input_top_level_from_bytes", |bn| {
+        bn.iter(|| ops.decrypt_bytes(&input_bytes, 2).unwrap())
+    });
     g.bench_function("encrypt_secret_key_kept_key", |bn| {
         bn.iter(|| ops.encrypt(&v, &mut rand::rng()).unwrap())
     });

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use fhe::bfv::{BfvParameters, Ciphertext};
-use fhe_math::rq::{traits::TryConvertFrom, Poly, Representation};
+use fhe_math::rq::{traits::TryConvertFrom, Context, Poly, Representation};
 
 use crate::HeError;
 
@@ -177,6 +177,100 @@ pub fn ciphertext_from_bytes(
     Ok(Ciphertext::new(out, par)?)
 }
 
+/// A checked header: the form, the level and where each stored
+/// polynomial's residues lie.
+pub(crate) struct Header {
+    /// The seeded form (`c0` in the power basis, then the seed of `c1`).
+    pub(crate) seeded: bool,
+    /// The level (`fhe`'s numbering: primes dropped from the top).
+    pub(crate) level: usize,
+    polys: usize,
+    degree: usize,
+}
+
+/// Bytes before the first coefficient.
+const HEADER_LEN: usize = 6;
+
+impl Header {
+    /// Checks the magic, the level, the polynomial count (`polys`) and the
+    /// exact length of `bytes`.
+    pub(crate) fn parse(
+        bytes: &[u8],
+        par: &Arc<BfvParameters>,
+        polys: usize,
+    ) -> Result<Self, HeError> {
+        let seeded = bytes.len() >= HEADER_LEN && &bytes[..4] == SEEDED;
+        if bytes.len() < HEADER_LEN || (&bytes[..4] != MAGIC && !seeded) {
+            return Err(HeError::Malformed(
+                "not a hetee ciphertext (bad magic)".into(),
+            ));
+        }
+        if seeded && polys != 2 {
+            return Err(HeError::Malformed(format!(
+                "a seeded ciphertext has 2 polynomials, expected {polys}"
+            )));
+        }
+        let kept = bytes[4] as usize;
+        let total = par.moduli().len();
+        if kept == 0 || kept > total {
+            return Err(HeError::Malformed(format!(
+                "ciphertext keeps {kept} primes, parameters have {total}"
+            )));
+        }
+        let level = total - kept;
+        if bytes[5] as usize != polys {
+            return Err(HeError::Malformed(format!(
+                "ciphertext has {} polynomials, expected {polys}",
+                bytes[5]
+            )));
+        }
+        let want = if seeded {
+            encoded_len(par, level, 1)? + SEED_LEN
+        } else {
+            encoded_len(par, level, polys)?
+        };
+        if bytes.len() != want {
+            return Err(HeError::Malformed(format!(
+                "ciphertext is {} bytes, expected {want}",
+                bytes.len()
+            )));
+        }
+        Ok(Header {
+            seeded,
+            level,
+            polys,
+            degree: par.degree(),
+        })
+    }
+
+    /// The stored polynomials' residues (all primes of `ctx`, the
+    /// header's level, prime after prime), each checked below its prime;
+    /// a seeded ciphertext stores only `c0`.
+    pub(crate) fn rows(&self, bytes: &[u8], ctx: &Context) -> Result<Vec<Vec<u64>>, HeError> {
+        let n = self.degree;
+        let mut at = HEADER_LEN;
+        let mut out = Vec::with_capacity(self.stored());
+        for _ in 0..self.stored() {
+            let mut coeffs = Vec::with_capacity(ctx.moduli().len() * n);
+            for &q in ctx.moduli() {
+                let len = n * width(q);
+                unpack(&bytes[at..at + len], q, &mut coeffs)?;
+                at += len;
+            }
+            out.push(coeffs);
+        }
+        Ok(out)
+    }
+
+    fn stored(&self) -> usize {
+        if self.seeded {
+            1
+        } else {
+            self.polys
+        }
+    }
+}
+
 /// The polynomials of a ciphertext of exactly `polys` polynomials under
 /// `par`, each in the form it travelled in: NTT, except a seeded
 /// ciphertext's `c0`, which stays in the power basis (the host's extension
@@ -186,64 +280,22 @@ pub fn polys_from_bytes(
     par: &Arc<BfvParameters>,
     polys: usize,
 ) -> Result<Vec<Poly>, HeError> {
-    let seeded = bytes.len() >= 6 && &bytes[..4] == SEEDED;
-    if bytes.len() < 6 || (&bytes[..4] != MAGIC && !seeded) {
-        return Err(HeError::Malformed(
-            "not a hetee ciphertext (bad magic)".into(),
-        ));
-    }
-    if seeded && polys != 2 {
-        return Err(HeError::Malformed(format!(
-            "a seeded ciphertext has 2 polynomials, expected {polys}"
-        )));
-    }
-    let kept = bytes[4] as usize;
-    let total = par.moduli().len();
-    if kept == 0 || kept > total {
-        return Err(HeError::Malformed(format!(
-            "ciphertext keeps {kept} primes, parameters have {total}"
-        )));
-    }
-    let level = total - kept;
-    if bytes[5] as usize != polys {
-        return Err(HeError::Malformed(format!(
-            "ciphertext has {} polynomials, expected {polys}",
-            bytes[5]
-        )));
-    }
-    let want = if seeded {
-        encoded_len(par, level, 1)? + SEED_LEN
+    let head = Header::parse(bytes, par, polys)?;
+    let ctx = par.context_at_level(head.level)?;
+    let rep = if head.seeded {
+        Representation::PowerBasis
     } else {
-        encoded_len(par, level, polys)?
+        Representation::Ntt
     };
-    if bytes.len() != want {
-        return Err(HeError::Malformed(format!(
-            "ciphertext is {} bytes, expected {want}",
-            bytes.len()
-        )));
-    }
-    let ctx = par.context_at_level(level)?;
-    let n = par.degree();
-    let mut at = 6;
-    let mut out = Vec::with_capacity(polys);
-    let stored = if seeded { 1 } else { polys };
-    for _ in 0..stored {
-        let mut coeffs = Vec::with_capacity(kept * n);
-        for &q in ctx.moduli() {
-            let len = n * width(q);
-            unpack(&bytes[at..at + len], q, &mut coeffs)?;
-            at += len;
-        }
-        let rep = if seeded {
-            Representation::PowerBasis
-        } else {
-            Representation::Ntt
-        };
-        out.push(Poly::try_convert_from(coeffs, ctx, false, rep)?);
-    }
-    if seeded {
+    let mut out = head
+        .rows(bytes, ctx)?
+        .into_iter()
+        .map(|coeffs| Poly::try_convert_from(coeffs, ctx, false, rep))
+        .collect::<Result<Vec<_>, _>>()?;
+    if head.seeded {
+        let at = bytes.len() - SEED_LEN;
         let mut seed = [0u8; SEED_LEN];
-        seed.copy_from_slice(&bytes[at..at + SEED_LEN]);
+        seed.copy_from_slice(&bytes[at..]);
         out.push(Poly::random_from_seed(ctx, Representation::Ntt, seed));
     }
     Ok(out)

@@ -6,6 +6,7 @@
 //! I/O.
 
 pub mod codec;
+pub mod decrypt;
 pub mod encrypt;
 pub mod eval;
 pub mod layout;

@@ -1,0 +1,421 @@
+//! Decryption with the secret key's NTT form kept, at the levels the
+//! enclave decrypts at, straight from the codec's bytes.
+//!
+//! The enclave decrypts two kinds of ciphertext: a stage result (degree 2,
+//! at the one-prime level the host switches every result down to, a few
+//! per layer of every query) and a data provider's input (degree 1 at the
+//! top level, two primes for the `N = 4096` parameters, once per query).
+//! For both, a [`LevelKey`] holds NTT(s) and NTT(s²) per prime with their
+//! Shoup companions, the primes' inverse NTTs and the level's rounding:
+//!
+//! 1. the phase `c0 + c1·s (+ c2·s²)` in NTT form, prime by prime, read
+//!    from the wire bytes (NTT form already: nothing is transformed
+//!    forward) with Shoup products;
+//! 2. one inverse NTT per prime;
+//! 3. `round(t·x/Q) mod t`, with `x` lifted from its residues by Garner's
+//!    formula for two primes, as a quotient estimated with a precomputed
+//!    fixed-point `t/Q` and corrected by its exact remainder (at most two
+//!    steps, taken as masks).
+//!
+//! Every step is branch-free on the phase: `fhe-math`'s constant-time
+//! Shoup products, sums and Barrett reduction, the data-independent NTT,
+//! and masks in the rounding. Tested equal to `fhe`'s decryption on random
+//! ciphertexts ([`crate::secret`]'s tests) and to exact integer rounding on
+//! edge values (below).
+
+use std::sync::Arc;
+
+use fhe_math::ntt::NttOperator;
+use fhe_math::rq::{Context, Poly};
+use fhe_math::zq::Modulus;
+use zeroize::Zeroizing;
+
+use crate::HeError;
+
+/// `round(t·x/Q) mod t` for the one or two primes of a level.
+enum Rounding {
+    /// `Q = p`: `c = ⌊t·2^64/p⌋`.
+    One { p: u64, half: u64, c: u64 },
+    /// `Q = q1·q2 < 2^120`: Garner's lift `x = x1 + q1·((x2 − x1)·q1⁻¹ mod q2)`,
+    /// then `c = ⌊t·2^128/Q⌋ < 2^64`.
+    Two {
+        q1: u64,
+        q2: u64,
+        /// A multiple of `q2` at least `q1`: `x2 + cover − x1 > 0`.
+        cover: u64,
+        q1_inv: u64,
+        q1_inv_shoup: u64,
+        q: u128,
+        half: u128,
+        c: u64,
+    },
+}
+
+/// NTT(s^j) at a level, all residues prime after prime, and their Shoup
+/// companions.
+type KeyPower = (Zeroizing<Vec<u64>>, Zeroizing<Vec<u64>>);
+
+/// The secret key prepared for decryption at one level.
+pub(crate) struct LevelKey {
+    /// The level's context (to recognize its ciphertexts).
+    pub(crate) ctx: Arc<Context>,
+    n: usize,
+    /// The level's primes and their operators.
+    primes: Vec<u64>,
+    moduli: Vec<Modulus>,
+    ntt: Vec<NttOperator>,
+    /// NTT(s^j) for `j = 1..=powers.len()`, all residues prime after
+    /// prime, each with its Shoup companion.
+    powers: Vec<KeyPower>,
+    rounding: Rounding,
+    t: u64,
+}
+
+/// The residues of `p` (NTT form), prime after prime, contiguous.
+fn residues(p: &Poly) -> Result<&[u64], HeError> {
+    p.coefficients()
+        .to_slice()
+        .ok_or_else(|| HeError::Malformed("non-contiguous coefficients".into()))
+}
+
+impl LevelKey {
+    /// The key at `ctx` for ciphertexts of degree up to `degree`, given
+    /// NTT(s) there; `None` when the level has more than two primes or
+    /// its primes are too large for the rounding (then `fhe` decrypts).
+    pub(crate) fn new(
+        ctx: &Arc<Context>,
+        s: &Poly,
+        degree: usize,
+        t: u64,
+    ) -> Result<Option<Self>, HeError> {
+        let rounding = match *ctx.moduli() {
+            [p] if p < PRIME_LIMIT && t < p => {
+                let c = ((t as u128) << 64) / p as u128;
+                Rounding::One {
+                    p,
+                    half: p / 2,
+                    c: c as u64,
+                }
+            }
+            [q1, q2] if q1 < PRIME_LIMIT && q2 < PRIME_LIMIT => {
+                let q = q1 as u128 * q2 as u128;
+                if (t as u128) >= q >> 64 {
+                    return Ok(None);
+                }
+                // Public values: fhe-math's (variable-time) helpers are fine.
+                let m2 = Modulus::new(q2)?;
+                let q1_inv = m2.inv(m2.reduce(q1)).ok_or_else(|| {
+                    HeError::Params("the primes of a level are not coprime".into())
+                })?;
+                Rounding::Two {
+                    q1,
+                    q2,
+                    cover: q1.div_ceil(q2) * q2,
+                    q1_inv_shoup: shoup(q1_inv, q2),
+                    q1_inv,
+                    q,
+                    half: q / 2,
+                    c: fixed_point(t, q),
+                }
+            }
+            _ => return Ok(None),
+        };
+        let n = s.coefficients().ncols();
+        let moduli = ctx
+            .moduli()
+            .iter()
+            .map(|&q| Modulus::new(q))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ntt = moduli
+            .iter()
+            .map(|m| NttOperator::new(m, n))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| HeError::Params("a prime without an NTT of this degree".into()))?;
+        let s1 = residues(s)?;
+        let mut powers: Vec<KeyPower> = Vec::new();
+        let mut cur = Zeroizing::new(s1.to_vec());
+        for j in 1..=degree {
+            if j > 1 {
+                for (i, m) in moduli.iter().enumerate() {
+                    m.mul_vec(&mut cur[i * n..(i + 1) * n], &s1[i * n..(i + 1) * n]);
+                }
+            }
+            let mut companions = Zeroizing::new(Vec::with_capacity(cur.len()));
+            for (i, &p) in ctx.moduli().iter().enumerate() {
+                companions.extend(cur[i * n..(i + 1) * n].iter().map(|&v| shoup(v, p)));
+            }
+            powers.push((cur.clone(), companions));
+        }
+        Ok(Some(LevelKey {
+            ctx: ctx.clone(),
+            n,
+            primes: ctx.moduli().to_vec(),
+            moduli,
+            ntt,
+            powers,
+            rounding,
+            t,
+        }))
+    }
+
+    /// Highest ciphertext degree this key decrypts (polynomials − 1).
+    pub(crate) fn degree(&self) -> usize {
+        self.powers.len()
+    }
+
+    /// Decrypts the ciphertext whose polynomials (NTT form, all residues
+    /// prime after prime) `poly(j)` gives, `j = 0..=degree`, to its
+    /// plaintext coefficients in `[0, t)`.
+    pub(crate) fn decrypt_rows<'a>(
+        &self,
+        polys: usize,
+        poly: impl Fn(usize) -> Result<&'a [u64], HeError>,
+    ) -> Result<Zeroizing<Vec<u64>>, HeError> {
+        if polys < 2 || polys > self.powers.len() + 1 {
+            return Err(HeError::Malformed(format!(
+                "a ciphertext of {polys} polynomials at a level prepared for {}",
+                self.powers.len() + 1
+            )));
+        }
+        let n = self.n;
+        let len = n * self.moduli.len();
+        let mut phase = Zeroizing::new(poly(0)?.to_vec());
+        if phase.len() != len {
+            return Err(HeError::Malformed("a polynomial of the wrong size".into()));
+        }
+        let rows = (1..polys).map(&poly).collect::<Result<Vec<_>, _>>()?;
+        if rows.iter().any(|c| c.len() != len) {
+            return Err(HeError::Malformed("a polynomial of the wrong size".into()));
+        }
+        for (i, &p) in self.primes.iter().enumerate() {
+            let r = i * n..(i + 1) * n;
+            // c0 + Σ c_j·s^j with lazy Shoup products (each below 2p): the
+            // sum stays below 5p and is reduced once.
+            for (k, acc) in phase[r.clone()].iter_mut().enumerate() {
+                let mut x = *acc;
+                for (c, (key, companion)) in rows.iter().zip(&self.powers) {
+                    let at = r.start + k;
+                    x += lazy_shoup(c[at], key[at], companion[at], p);
+                }
+                *acc = sub_if_at_least(sub_if_at_least(sub_if_at_least(x, 2 * p), 2 * p), p);
+            }
+        }
+        for (i, op) in self.ntt.iter().enumerate() {
+            op.backward(&mut phase[i * n..(i + 1) * n]);
+        }
+        let t = self.t;
+        let out = match &self.rounding {
+            Rounding::One { p, half, c } => phase
+                .iter()
+                .map(|&x| round_one(x, t, *p, *half, *c))
+                .collect(),
+            Rounding::Two {
+                q1,
+                q2,
+                cover,
+                q1_inv,
+                q1_inv_shoup,
+                q,
+                half,
+                c,
+            } => {
+                let (x1, x2) = phase.split_at(n);
+                x1.iter()
+                    .zip(x2)
+                    .map(|(&a, &b)| {
+                        // Garner: x = a + q1·k, k = (b − a)·q1⁻¹ mod q2.
+                        let k = lazy_shoup(b + cover - a, *q1_inv, *q1_inv_shoup, *q2);
+                        let k = sub_if_at_least(k, *q2);
+                        let x = a as u128 + *q1 as u128 * k as u128;
+                        round_two(x, t, *q, *half, *c)
+                    })
+                    .collect()
+            }
+        };
+        Ok(Zeroizing::new(out))
+    }
+}
+
+/// `round(t·x/p) mod t` for `x < p < 2^61`, `t < p`, `c = ⌊t·2^64/p⌋`:
+/// `e = ⌊x·c/2^64⌋` is `⌊t·x/p⌋` or one less, so the exact
+/// `⌊(t·x + ⌊p/2⌋)/p⌋` is `e` plus 0, 1 or 2, read off the remainder
+/// `t·x + ⌊p/2⌋ − e·p ∈ [0, 2.5p)` (exact modulo 2^64). No branches.
+fn round_one(x: u64, t: u64, p: u64, half: u64, c: u64) -> u64 {
+    let e = ((x as u128 * c as u128) >> 64) as u64;
+    let rem = x
+        .wrapping_mul(t)
+        .wrapping_add(half)
+        .wrapping_sub(e.wrapping_mul(p));
+    let r = e + at_least(rem, p) + at_least(rem, 2 * p);
+    reduce_once(r, t)
+}
+
+/// `round(t·x/Q) mod t` for `x < Q < 2^120`, `t < Q/2^64`,
+/// `c = ⌊t·2^128/Q⌋`: as [`round_one`], with the estimate
+/// `⌊x·c/2^128⌋` computed from `x`'s two 64-bit halves and the remainder
+/// exact modulo 2^128.
+fn round_two(x: u128, t: u64, q: u128, half: u128, c: u64) -> u64 {
+    let (xh, xl) = (x >> 64, x as u64 as u128);
+    let e = (xh * c as u128 + ((xl * c as u128) >> 64)) >> 64;
+    let rem = x
+        .wrapping_mul(t as u128)
+        .wrapping_add(half)
+        .wrapping_sub(e.wrapping_mul(q));
+    let r = e as u64 + at_least_128(rem, q) + at_least_128(rem, 2 * q);
+    reduce_once(r, t)
+}
+
+/// `⌊t·2^128/q⌋` for `t < q/2^64` (public values, once per key set).
+fn fixed_point(t: u64, q: u128) -> u64 {
+    let c = (num_bigint::BigUint::from(t) << 128u32) / num_bigint::BigUint::from(q);
+    c.to_u64_digits().first().copied().unwrap_or(0)
+}
+
+/// Primes this module takes: sums of up to five residues fit in 63 bits.
+const PRIME_LIMIT: u64 = 1 << 60;
+
+/// `a·b mod p`, lazily (in `[0, 2p)`), for any `a`, `b < p` and Shoup's
+/// companion `b' = ⌊b·2^64/p⌋`: two multiplications, no branch.
+fn lazy_shoup(a: u64, b: u64, b_shoup: u64, p: u64) -> u64 {
+    let q = ((a as u128 * b_shoup as u128) >> 64) as u64;
+    a.wrapping_mul(b).wrapping_sub(q.wrapping_mul(p))
+}
+
+/// Shoup's companion `⌊v·2^64/p⌋` of `v < p < 2^60`, without a division
+/// (`v` is key material): estimated with the public `⌊2^128/p⌋`, short
+/// of the quotient by at most 2, and corrected from the exact remainder.
+fn shoup(v: u64, p: u64) -> u64 {
+    let r = u128::MAX / p as u128; // ⌊(2^128 − 1)/p⌋ = ⌊2^128/p⌋ for p not a power of 2
+    let (rh, rl) = (r >> 64, r as u64 as u128);
+    let e = v as u128 * rh + ((v as u128 * rl) >> 64);
+    let rem = ((v as u128) << 64).wrapping_sub(e.wrapping_mul(p as u128));
+    e as u64 + at_least_128(rem, p as u128) + at_least_128(rem, 2 * p as u128)
+}
+
+/// `x − m` if `x >= m`, else `x`, for `x, m < 2^63`, without a branch.
+fn sub_if_at_least(x: u64, m: u64) -> u64 {
+    let d = x.wrapping_sub(m);
+    d.wrapping_add(m & ((d as i64 >> 63) as u64))
+}
+
+/// `1` if `a >= b`, else `0`, for `a, b < 2^63`, without a branch.
+fn at_least(a: u64, b: u64) -> u64 {
+    (a.wrapping_sub(b) >> 63) ^ 1
+}
+
+/// `1` if `a >= b`, else `0`, for `a, b < 2^127`, without a branch.
+fn at_least_128(a: u128, b: u128) -> u64 {
+    ((a.wrapping_sub(b) >> 127) as u64) ^ 1
+}
+
+/// `x mod t` for `x < 2t`, without branches.
+pub(crate) fn reduce_once(x: u64, t: u64) -> u64 {
+    let d = x.wrapping_sub(t);
+    let keep = (d >> 63).wrapping_neg(); // all ones if x < t
+    (x & keep) | (d & !keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+
+    /// `⌊(t·x + ⌊Q/2⌋)/Q⌋ mod t` in exact big-integer arithmetic.
+    fn exact(x: u128, t: u64, q: u128) -> u64 {
+        use num_bigint::BigUint;
+        let y = BigUint::from(x) * BigUint::from(t) + BigUint::from(q / 2);
+        let r = (y / BigUint::from(q)) % BigUint::from(t);
+        r.to_u64_digits().first().copied().unwrap_or(0)
+    }
+
+    /// The least `x` that rounds to `m`: `⌈(m·Q − ⌊Q/2⌋)/t⌉`.
+    fn boundary(m: u64, t: u64, q: u128) -> u128 {
+        use num_bigint::BigUint;
+        let num = BigUint::from(m) * BigUint::from(q) - BigUint::from(q / 2);
+        let b = (num + BigUint::from(t - 1)) / BigUint::from(t);
+        b.to_u64_digits()
+            .iter()
+            .rev()
+            .fold(0u128, |acc, &d| acc << 64 | d as u128)
+    }
+
+    #[test]
+    fn shoup_companions_are_exact() {
+        let mut rng = rand::rng();
+        for p in [
+            36028797018652673u64,
+            18014398509309953,
+            (1 << 60) - 93,
+            65537,
+            3,
+        ] {
+            for v in [0, 1, p / 2, p - 1]
+                .into_iter()
+                .chain((0..20_000).map(|_| rng.random_range(0..p)))
+            {
+                assert_eq!(
+                    shoup(v, p),
+                    (((v as u128) << 64) / p as u128) as u64,
+                    "{v} {p}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn one_prime_rounding_is_exact() {
+        let mut rng = rand::rng();
+        for (p, t) in [
+            (36028797018652673u64, 1073692673u64),
+            (36028797018652673, 12289),
+            (18014398509309953, 65537),
+            ((1 << 60) - 93, (1 << 30) - 35),
+            (1_000_003, 999_983),
+        ] {
+            let c = (((t as u128) << 64) / p as u128) as u64;
+            let edges = (1..64).flat_map(|k| {
+                let b = boundary(k * (t / 64), t, p as u128) as u64;
+                [b - 1, b, (b + 1).min(p - 1)]
+            });
+            for x in [0, 1, p / 2, p - 1]
+                .into_iter()
+                .chain(edges)
+                .chain((0..20_000).map(|_| rng.random_range(0..p)))
+            {
+                assert_eq!(
+                    round_one(x, t, p, p / 2, c),
+                    exact(x as u128, t, p as u128),
+                    "x {x}, p {p}, t {t}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn two_prime_rounding_is_exact() {
+        let mut rng = rand::rng();
+        for (q1, q2, t) in [
+            (36028797018652673u64, 18014398509309953u64, 1073692673u64),
+            (36028797018652673, 18014398509309953, 12289),
+            ((1 << 59) - 55, (1 << 58) - 27, (1 << 30) - 35),
+        ] {
+            let q = q1 as u128 * q2 as u128;
+            let c = fixed_point(t, q);
+            let edges = (1..64).flat_map(|k| {
+                let b = boundary(k * (t / 64), t, q);
+                [b - 1, b, (b + 1).min(q - 1)]
+            });
+            for x in [0, 1, q / 2, q - 1]
+                .into_iter()
+                .chain(edges)
+                .chain((0..20_000).map(|_| rng.random_range(0..q)))
+            {
+                assert_eq!(
+                    round_two(x, t, q, q / 2, c),
+                    exact(x, t, q),
+                    "x {x}, q {q}, t {t}"
+                );
+            }
+        }
+    }
+}
