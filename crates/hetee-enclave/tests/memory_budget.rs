@@ -195,11 +195,17 @@ fn a_refused_restore_keeps_what_was_loaded() {
     let _g = exclusive();
     let (q, _) = tiny_model();
     let he = Schedule::compile(&q, 1).unwrap().he;
-    let e = attested_enclave(MEASUREMENT, SMALL);
+    // Room for two key sets (about 8 MiB each), not three.
+    let e = attested_enclave(
+        MEASUREMENT,
+        EnclaveConfig {
+            memory_budget_mib: 20,
+        },
+    );
     let a = create_keys(&e, &he);
     let b = create_keys(&e, &he);
     assert_eq!(status(&e).keysets, 2);
-    // About 15 MiB are in use; restoring A again needs about 8 more.
+    // About 16 MiB are in use; restoring A again needs about 8 more.
     let msg = error_of(e.handle(Request::RestoreKeys {
         sealed: a.sealed.clone(),
     }));

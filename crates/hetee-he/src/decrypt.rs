@@ -5,13 +5,13 @@
 //! at the one-prime level the host switches every result down to, a few
 //! per layer of every query) and a data provider's input (degree 1 at the
 //! top level, two primes for the `N = 4096` parameters, once per query).
-//! For both, a [`LevelKey`] holds NTT(s) and NTT(s²) per prime with their
-//! Shoup companions, the primes' inverse NTTs and the level's rounding:
+//! For both, a [`LevelKey`] holds NTT(s) and NTT(s²) per prime in
+//! Montgomery form (one word per residue) and the level's rounding:
 //!
 //! 1. the phase `c0 + c1·s (+ c2·s²)` in NTT form, prime by prime, read
 //!    from the wire bytes (NTT form already: nothing is transformed
-//!    forward) with Shoup products;
-//! 2. one inverse NTT per prime;
+//!    forward) with Montgomery products;
+//! 2. one inverse NTT per prime (the context's own operators);
 //! 3. `round(t·x/Q) mod t`, with `x` lifted from its residues by Garner's
 //!    formula for two primes, as a quotient estimated with a precomputed
 //!    fixed-point `t/Q` and corrected by its exact remainder (at most two
@@ -25,8 +25,7 @@
 
 use std::sync::Arc;
 
-use fhe_math::ntt::NttOperator;
-use fhe_math::rq::{Context, Poly};
+use fhe_math::rq::{traits::TryConvertFrom, Context, Poly, Representation};
 use fhe_math::zq::Modulus;
 use zeroize::Zeroizing;
 
@@ -51,22 +50,18 @@ enum Rounding {
     },
 }
 
-/// NTT(s^j) at a level, all residues prime after prime, and their Shoup
-/// companions.
-type KeyPower = (Zeroizing<Vec<u64>>, Zeroizing<Vec<u64>>);
-
 /// The secret key prepared for decryption at one level.
 pub(crate) struct LevelKey {
     /// The level's context (to recognize its ciphertexts).
     pub(crate) ctx: Arc<Context>,
     n: usize,
-    /// The level's primes and their operators.
+    /// The level's primes.
     primes: Vec<u64>,
-    moduli: Vec<Modulus>,
-    ntt: Vec<NttOperator>,
-    /// NTT(s^j) for `j = 1..=powers.len()`, all residues prime after
-    /// prime, each with its Shoup companion.
-    powers: Vec<KeyPower>,
+    /// NTT(s^j)·2^64 mod q_i for `j = 1..=powers.len()`, all residues
+    /// prime after prime (Montgomery form).
+    powers: Vec<Zeroizing<Vec<u64>>>,
+    /// `−q_i⁻¹ mod 2^64` per prime.
+    neg_inv: Vec<u64>,
     rounding: Rounding,
     t: u64,
 }
@@ -126,13 +121,9 @@ impl LevelKey {
             .iter()
             .map(|&q| Modulus::new(q))
             .collect::<Result<Vec<_>, _>>()?;
-        let ntt = moduli
-            .iter()
-            .map(|m| NttOperator::new(m, n))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| HeError::Params("a prime without an NTT of this degree".into()))?;
         let s1 = residues(s)?;
-        let mut powers: Vec<KeyPower> = Vec::new();
+        let neg_inv: Vec<u64> = ctx.moduli().iter().map(|&p| neg_inverse(p)).collect();
+        let mut powers: Vec<Zeroizing<Vec<u64>>> = Vec::new();
         let mut cur = Zeroizing::new(s1.to_vec());
         for j in 1..=degree {
             if j > 1 {
@@ -140,19 +131,24 @@ impl LevelKey {
                     m.mul_vec(&mut cur[i * n..(i + 1) * n], &s1[i * n..(i + 1) * n]);
                 }
             }
-            let mut companions = Zeroizing::new(Vec::with_capacity(cur.len()));
+            let mut mont = Zeroizing::new(Vec::with_capacity(cur.len()));
             for (i, &p) in ctx.moduli().iter().enumerate() {
-                companions.extend(cur[i * n..(i + 1) * n].iter().map(|&v| shoup(v, p)));
+                // v·2^64 = REDC(v · 2^128 mod p): no division on the key.
+                let r2 = ((1u128 << 64) % p as u128).pow(2) % p as u128;
+                mont.extend(
+                    cur[i * n..(i + 1) * n]
+                        .iter()
+                        .map(|&v| sub_if_at_least(mont_mul(v, r2 as u64, p, neg_inv[i]), p)),
+                );
             }
-            powers.push((cur.clone(), companions));
+            powers.push(mont);
         }
         Ok(Some(LevelKey {
             ctx: ctx.clone(),
             n,
             primes: ctx.moduli().to_vec(),
-            moduli,
-            ntt,
             powers,
+            neg_inv,
             rounding,
             t,
         }))
@@ -178,7 +174,7 @@ impl LevelKey {
             )));
         }
         let n = self.n;
-        let len = n * self.moduli.len();
+        let len = n * self.primes.len();
         let mut phase = Zeroizing::new(poly(0)?.to_vec());
         if phase.len() != len {
             return Err(HeError::Malformed("a polynomial of the wrong size".into()));
@@ -189,20 +185,28 @@ impl LevelKey {
         }
         for (i, &p) in self.primes.iter().enumerate() {
             let r = i * n..(i + 1) * n;
-            // c0 + Σ c_j·s^j with lazy Shoup products (each below 2p): the
-            // sum stays below 5p and is reduced once.
+            let neg_inv = self.neg_inv[i];
+            // c0 + Σ c_j·s^j with lazy Montgomery products (each below 2p):
+            // the sum stays below 5p and is reduced once.
             for (k, acc) in phase[r.clone()].iter_mut().enumerate() {
                 let mut x = *acc;
-                for (c, (key, companion)) in rows.iter().zip(&self.powers) {
+                for (c, key) in rows.iter().zip(&self.powers) {
                     let at = r.start + k;
-                    x += lazy_shoup(c[at], key[at], companion[at], p);
+                    x += mont_mul(c[at], key[at], p, neg_inv);
                 }
                 *acc = sub_if_at_least(sub_if_at_least(sub_if_at_least(x, 2 * p), 2 * p), p);
             }
         }
-        for (i, op) in self.ntt.iter().enumerate() {
-            op.backward(&mut phase[i * n..(i + 1) * n]);
-        }
+        // The inverse NTT with the level's own operators (keeping none per
+        // key set: they are most of its memory).
+        let mut x = Zeroizing::new(Poly::try_convert_from(
+            std::mem::take(&mut *phase),
+            &self.ctx,
+            false,
+            Representation::Ntt,
+        )?);
+        x.change_representation(Representation::PowerBasis);
+        let phase = residues(&x)?;
         let t = self.t;
         let out = match &self.rounding {
             Rounding::One { p, half, c } => phase
@@ -281,15 +285,28 @@ fn lazy_shoup(a: u64, b: u64, b_shoup: u64, p: u64) -> u64 {
     a.wrapping_mul(b).wrapping_sub(q.wrapping_mul(p))
 }
 
-/// Shoup's companion `⌊v·2^64/p⌋` of `v < p < 2^60`, without a division
-/// (`v` is key material): estimated with the public `⌊2^128/p⌋`, short
-/// of the quotient by at most 2, and corrected from the exact remainder.
+/// Shoup's companion `⌊v·2^64/p⌋` of a public `v < p`.
 fn shoup(v: u64, p: u64) -> u64 {
-    let r = u128::MAX / p as u128; // ⌊(2^128 − 1)/p⌋ = ⌊2^128/p⌋ for p not a power of 2
-    let (rh, rl) = (r >> 64, r as u64 as u128);
-    let e = v as u128 * rh + ((v as u128 * rl) >> 64);
-    let rem = ((v as u128) << 64).wrapping_sub(e.wrapping_mul(p as u128));
-    e as u64 + at_least_128(rem, p as u128) + at_least_128(rem, 2 * p as u128)
+    (((v as u128) << 64) / p as u128) as u64
+}
+
+/// `a·b·2^-64 mod p`, lazily (in `[0, 2p)`), for `a, b < p < 2^63` and
+/// `neg_inv = −p⁻¹ mod 2^64` (Montgomery's reduction): with `b` kept as
+/// `b·2^64 mod p`, the product `a·b mod p`. Three multiplications, no
+/// branch.
+fn mont_mul(a: u64, b: u64, p: u64, neg_inv: u64) -> u64 {
+    let t = a as u128 * b as u128;
+    let m = (t as u64).wrapping_mul(neg_inv);
+    ((t + m as u128 * p as u128) >> 64) as u64
+}
+
+/// `−p⁻¹ mod 2^64` for an odd `p` (Newton's iteration, public).
+fn neg_inverse(p: u64) -> u64 {
+    let mut inv = 1u64;
+    for _ in 0..7 {
+        inv = inv.wrapping_mul(2u64.wrapping_sub(p.wrapping_mul(inv)));
+    }
+    inv.wrapping_neg()
 }
 
 /// `x − m` if `x >= m`, else `x`, for `x, m < 2^63`, without a branch.
@@ -340,7 +357,7 @@ mod tests {
     }
 
     #[test]
-    fn shoup_companions_are_exact() {
+    fn montgomery_products_are_exact() {
         let mut rng = rand::rng();
         for p in [
             36028797018652673u64,
@@ -349,15 +366,16 @@ mod tests {
             65537,
             3,
         ] {
-            for v in [0, 1, p / 2, p - 1]
-                .into_iter()
-                .chain((0..20_000).map(|_| rng.random_range(0..p)))
-            {
-                assert_eq!(
-                    shoup(v, p),
-                    (((v as u128) << 64) / p as u128) as u64,
-                    "{v} {p}"
-                );
+            let ni = neg_inverse(p);
+            assert_eq!(p.wrapping_mul(ni), u64::MAX, "-p^-1 for {p}");
+            let r2 = (((1u128 << 64) % p as u128).pow(2) % p as u128) as u64;
+            for _ in 0..20_000 {
+                let (a, b) = (rng.random_range(0..p), rng.random_range(0..p));
+                let b_mont = sub_if_at_least(mont_mul(b, r2, p, ni), p);
+                assert_eq!(b_mont as u128, ((b as u128) << 64) % p as u128);
+                let lazy = mont_mul(a, b_mont, p, ni);
+                assert!(lazy < 2 * p);
+                assert_eq!(lazy % p, ((a as u128 * b as u128) % p as u128) as u64);
             }
         }
     }
