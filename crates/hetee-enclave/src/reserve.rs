@@ -48,22 +48,25 @@ pub struct Reserve {
 }
 
 impl Reserve {
-    /// An encryption of zero for one message: from the reserve, or made now.
-    pub fn zero(&self, ops: &SecretOps) -> Result<ZeroEncryption, hetee_he::HeError> {
+    /// Up to `n` encryptions of zero from the reserve (fewer when it holds
+    /// fewer); the rest are the caller's to make ([`Self::make`]).
+    pub fn take(&self, n: usize) -> Vec<ZeroEncryption> {
         self.used.store(true, Ordering::Relaxed);
-        let taken = lock(&self.zeros).pop();
-        match taken {
-            Some(z) => {
-                self.from_reserve.fetch_add(1, Ordering::Relaxed);
-                self.wake();
-                Ok(z)
-            }
-            None => {
-                self.made_inline.fetch_add(1, Ordering::Relaxed);
-                self.wake();
-                ops.zero_encryption(&mut rand::rng())
-            }
-        }
+        let taken: Vec<ZeroEncryption> = {
+            let mut zeros = lock(&self.zeros);
+            let keep = zeros.len().saturating_sub(n);
+            zeros.split_off(keep)
+        };
+        self.from_reserve
+            .fetch_add(taken.len() as u64, Ordering::Relaxed);
+        self.wake();
+        taken
+    }
+
+    /// An encryption of zero made now, because the reserve had none left.
+    pub fn make(&self, ops: &SecretOps) -> Result<ZeroEncryption, hetee_he::HeError> {
+        self.made_inline.fetch_add(1, Ordering::Relaxed);
+        ops.zero_encryption(&mut rand::rng())
     }
 
     /// Entries ready now.
