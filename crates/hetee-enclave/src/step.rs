@@ -2,7 +2,6 @@
 //! stage exactly in the clear, and re-encrypt for the next stage (or release
 //! the logits).
 
-use hetee_he::codec::seeded_to_bytes;
 use hetee_model::graph::TensorRef;
 use hetee_model::graph::{live_after, Values};
 use hetee_model::quant::dequantize_output;
@@ -164,7 +163,7 @@ pub fn encrypt_stage_input(
 /// Each takes its own encryption of zero from the key set's reserve
 /// ([`crate::reserve`]); those the reserve lacks (the costly half, about
 /// 130 µs each) are made on the enclave's threads. The message's half
-/// (about 25 µs) runs on this thread: a fork-join would cost more in
+/// (about 10 µs, straight to the wire form) runs on this thread: a fork-join would cost more in
 /// waking and yielding threads than it saves (it took 0.55 ms instead of
 /// 0.13 for MNIST's three stage-2 inputs, the idle refill thread getting
 /// the yielded cores).
@@ -178,7 +177,7 @@ pub fn encrypt_all(keys: &KeySet, polys: &[Vec<i64>]) -> Result<Vec<Vec<u8>>, En
     polys
         .iter()
         .zip(zeros)
-        .map(|(p, zero)| Ok(seeded_to_bytes(&keys.ops.encrypt_with(p, zero)?)))
+        .map(|(p, zero)| Ok(keys.ops.encrypt_to_bytes(p, zero)?))
         .collect()
 }
 

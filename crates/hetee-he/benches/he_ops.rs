@@ -111,6 +111,13 @@ fn he_ops(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+    g.bench_function("encrypt_to_bytes_with_zero_made_ahead", |bn| {
+        bn.iter_batched(
+            || ops.zero_encryption(&mut rand::rng()).unwrap(),
+            |zero| ops.encrypt_to_bytes(&v, zero).unwrap(),
+            criterion::BatchSize::SmallInput,
+        )
+    });
     g.bench_function("encrypt_seeded_to_bytes", |bn| {
         bn.iter(|| seeded_to_bytes(&ops.encrypt_seeded(&v, &mut rand::rng()).unwrap()))
     });

@@ -80,9 +80,7 @@ pub fn seeded_ciphertext_to_bytes(
             "the ciphertext's c1 is not expanded from this seed".into(),
         ));
     }
-    let mut out = SEEDED.to_vec();
-    out.push(ctx.moduli().len() as u8);
-    out.push(2);
+    let mut out = seeded_header(ctx.moduli().len());
     let mut c0 = ct[0].clone();
     c0.change_representation(Representation::PowerBasis);
     for (row, &q) in c0.coefficients().outer_iter().zip(ctx.moduli()) {
@@ -96,9 +94,7 @@ pub fn seeded_ciphertext_to_bytes(
 /// [`seeded_ciphertext_to_bytes`] of its expansion, without expanding it).
 pub fn seeded_to_bytes(s: &crate::encrypt::Seeded) -> Vec<u8> {
     let ctx = s.c0.ctx();
-    let mut out = SEEDED.to_vec();
-    out.push(ctx.moduli().len() as u8);
-    out.push(2);
+    let mut out = seeded_header(ctx.moduli().len());
     for (row, &q) in s.c0.coefficients().outer_iter().zip(ctx.moduli()) {
         pack(row, q, &mut out);
     }
@@ -107,14 +103,23 @@ pub fn seeded_to_bytes(s: &crate::encrypt::Seeded) -> Vec<u8> {
 }
 
 fn pack(row: ndarray::ArrayView1<'_, u64>, q: u64, out: &mut Vec<u8>) {
-    let owned;
-    let values = match row.as_slice() {
-        Some(v) => v,
-        None => {
-            owned = row.to_vec();
-            &owned
-        }
-    };
+    match row.as_slice() {
+        Some(v) => pack_row(v, q, out),
+        None => pack_row(&row.to_vec(), q, out),
+    }
+}
+
+/// The start of a seeded ciphertext keeping `kept` primes (then each
+/// prime's row of `c0`, [`pack_row`], and the seed).
+pub(crate) fn seeded_header(kept: usize) -> Vec<u8> {
+    let mut out = SEEDED.to_vec();
+    out.push(kept as u8);
+    out.push(2);
+    out
+}
+
+/// Appends residues below `q`, `ceil(bits(q) / 8)` bytes each.
+pub(crate) fn pack_row(values: &[u64], q: u64, out: &mut Vec<u8>) {
     // One loop per width, so that the copies are fixed-size moves.
     fn fixed<const W: usize>(values: &[u64], out: &mut Vec<u8>) {
         let start = out.len();

@@ -29,6 +29,9 @@ use fhe_math::rq::{traits::TryConvertFrom, Context, Poly, Representation};
 use fhe_math::zq::Modulus;
 use zeroize::Zeroizing;
 
+use crate::arith::{
+    at_least, at_least_128, lazy_shoup, mont_mul, neg_inverse, reduce_once, shoup, sub_if_at_least,
+};
 use crate::HeError;
 
 /// `round(t·x/Q) mod t` for the one or two primes of a level.
@@ -278,60 +281,6 @@ fn fixed_point(t: u64, q: u128) -> u64 {
 /// Primes this module takes: sums of up to five residues fit in 63 bits.
 const PRIME_LIMIT: u64 = 1 << 60;
 
-/// `a·b mod p`, lazily (in `[0, 2p)`), for any `a`, `b < p` and Shoup's
-/// companion `b' = ⌊b·2^64/p⌋`: two multiplications, no branch.
-fn lazy_shoup(a: u64, b: u64, b_shoup: u64, p: u64) -> u64 {
-    let q = ((a as u128 * b_shoup as u128) >> 64) as u64;
-    a.wrapping_mul(b).wrapping_sub(q.wrapping_mul(p))
-}
-
-/// Shoup's companion `⌊v·2^64/p⌋` of a public `v < p`.
-fn shoup(v: u64, p: u64) -> u64 {
-    (((v as u128) << 64) / p as u128) as u64
-}
-
-/// `a·b·2^-64 mod p`, lazily (in `[0, 2p)`), for `a, b < p < 2^63` and
-/// `neg_inv = −p⁻¹ mod 2^64` (Montgomery's reduction): with `b` kept as
-/// `b·2^64 mod p`, the product `a·b mod p`. Three multiplications, no
-/// branch.
-fn mont_mul(a: u64, b: u64, p: u64, neg_inv: u64) -> u64 {
-    let t = a as u128 * b as u128;
-    let m = (t as u64).wrapping_mul(neg_inv);
-    ((t + m as u128 * p as u128) >> 64) as u64
-}
-
-/// `−p⁻¹ mod 2^64` for an odd `p` (Newton's iteration, public).
-fn neg_inverse(p: u64) -> u64 {
-    let mut inv = 1u64;
-    for _ in 0..7 {
-        inv = inv.wrapping_mul(2u64.wrapping_sub(p.wrapping_mul(inv)));
-    }
-    inv.wrapping_neg()
-}
-
-/// `x − m` if `x >= m`, else `x`, for `x, m < 2^63`, without a branch.
-fn sub_if_at_least(x: u64, m: u64) -> u64 {
-    let d = x.wrapping_sub(m);
-    d.wrapping_add(m & ((d as i64 >> 63) as u64))
-}
-
-/// `1` if `a >= b`, else `0`, for `a, b < 2^63`, without a branch.
-fn at_least(a: u64, b: u64) -> u64 {
-    (a.wrapping_sub(b) >> 63) ^ 1
-}
-
-/// `1` if `a >= b`, else `0`, for `a, b < 2^127`, without a branch.
-fn at_least_128(a: u128, b: u128) -> u64 {
-    ((a.wrapping_sub(b) >> 127) as u64) ^ 1
-}
-
-/// `x mod t` for `x < 2t`, without branches.
-pub(crate) fn reduce_once(x: u64, t: u64) -> u64 {
-    let d = x.wrapping_sub(t);
-    let keep = (d >> 63).wrapping_neg(); // all ones if x < t
-    (x & keep) | (d & !keep)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,30 +303,6 @@ mod tests {
             .iter()
             .rev()
             .fold(0u128, |acc, &d| acc << 64 | d as u128)
-    }
-
-    #[test]
-    fn montgomery_products_are_exact() {
-        let mut rng = rand::rng();
-        for p in [
-            36028797018652673u64,
-            18014398509309953,
-            (1 << 60) - 93,
-            65537,
-            3,
-        ] {
-            let ni = neg_inverse(p);
-            assert_eq!(p.wrapping_mul(ni), u64::MAX, "-p^-1 for {p}");
-            let r2 = (((1u128 << 64) % p as u128).pow(2) % p as u128) as u64;
-            for _ in 0..20_000 {
-                let (a, b) = (rng.random_range(0..p), rng.random_range(0..p));
-                let b_mont = sub_if_at_least(mont_mul(b, r2, p, ni), p);
-                assert_eq!(b_mont as u128, ((b as u128) << 64) % p as u128);
-                let lazy = mont_mul(a, b_mont, p, ni);
-                assert!(lazy < 2 * p);
-                assert_eq!(lazy % p, ((a as u128 * b as u128) % p as u128) as u64);
-            }
-        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ use fhe_math::rq::{traits::TryConvertFrom, Poly, Representation};
 use rand::{CryptoRng, Rng, RngCore};
 use zeroize::Zeroizing;
 
+use crate::arith::{lazy_shoup, shoup, sub_if_at_least};
 use crate::secret::{SecretOps, ERROR_VARIANCE};
 use crate::HeError;
 
@@ -101,27 +102,7 @@ impl SecretOps {
     pub fn encrypt_with(&self, m: &[i64], zero: ZeroEncryption) -> Result<Seeded, HeError> {
         let (ctx, _) = &self.top;
         let n = self.par.degree();
-        if m.len() > n {
-            return Err(HeError::Params(format!(
-                "{} coefficients for degree {n}",
-                m.len()
-            )));
-        }
-        // Range of the message, without a branch on any coefficient.
-        let half = self.t / 2;
-        let out = m.iter().fold(0u64, |acc, &x| {
-            acc | half.wrapping_sub(x.unsigned_abs()) >> 63
-        });
-        if out != 0 {
-            return Err(HeError::Params(
-                "a message coefficient is outside (-t/2, t/2)".into(),
-            ));
-        }
-        if zero.z.ctx() != ctx {
-            return Err(HeError::Params(
-                "an encryption of zero made under other parameters".into(),
-            ));
-        }
+        self.check_message(m, &zero)?;
         let mut full = Zeroizing::new(vec![0i64; n]);
         full[..m.len()].copy_from_slice(m);
         let z = zero.z.coefficients();
@@ -152,6 +133,72 @@ impl SecretOps {
             c0: Poly::try_convert_from(c0, ctx, false, Representation::PowerBasis).map_err(math)?,
             seed: zero.seed,
         })
+    }
+
+    /// Encrypts the centred plaintext coefficients `m` with `zero`, which
+    /// is used up, straight to the seeded wire form: the same bytes as
+    /// [`crate::codec::seeded_to_bytes`] of [`Self::encrypt_with`], computed
+    /// residue by residue (Shoup's product by the public `Δ mod q_i`, the
+    /// zero added, two masked subtractions: [`crate::arith`]) without the
+    /// intermediate polynomial.
+    pub fn encrypt_to_bytes(&self, m: &[i64], zero: ZeroEncryption) -> Result<Vec<u8>, HeError> {
+        let (ctx, _) = &self.top;
+        let n = self.par.degree();
+        self.check_message(m, &zero)?;
+        let z = zero.z.coefficients();
+        let mut out = crate::codec::seeded_header(ctx.moduli().len());
+        out.reserve(crate::codec::encoded_len(&self.par, 0, 1)? + crate::codec::SEED_LEN);
+        let mut row = Zeroizing::new(vec![0u64; n]);
+        for ((&qi, &d), zrow) in ctx
+            .moduli()
+            .iter()
+            .zip(&self.delta_mod_q)
+            .zip(z.outer_iter())
+        {
+            let d_shoup = shoup(d, qi);
+            let zrow = zrow
+                .to_slice()
+                .ok_or_else(|| HeError::Malformed("non-contiguous coefficients".into()))?;
+            let message = m.iter().copied().chain(std::iter::repeat(0));
+            for ((r, x), &zi) in row.iter_mut().zip(message).zip(zrow) {
+                // |x| < t/2 < q_i: the residue is x, or x + q_i when negative.
+                let xi = (x as u64).wrapping_add(qi & ((x >> 63) as u64));
+                let v = lazy_shoup(xi, d, d_shoup, qi) + zi;
+                *r = sub_if_at_least(sub_if_at_least(v, 2 * qi), qi);
+            }
+            // Δ·m + z: the ciphertext, public from here on.
+            crate::codec::pack_row(&row, qi, &mut out);
+        }
+        out.extend_from_slice(&zero.seed);
+        Ok(out)
+    }
+
+    /// The checks before an encryption with `zero`: the message's length
+    /// and range (without a branch on any coefficient) and the zero's
+    /// parameters.
+    fn check_message(&self, m: &[i64], zero: &ZeroEncryption) -> Result<(), HeError> {
+        let n = self.par.degree();
+        if m.len() > n {
+            return Err(HeError::Params(format!(
+                "{} coefficients for degree {n}",
+                m.len()
+            )));
+        }
+        let half = self.t / 2;
+        let out = m.iter().fold(0u64, |acc, &x| {
+            acc | half.wrapping_sub(x.unsigned_abs()) >> 63
+        });
+        if out != 0 {
+            return Err(HeError::Params(
+                "a message coefficient is outside (-t/2, t/2)".into(),
+            ));
+        }
+        if zero.z.ctx() != &self.top.0 {
+            return Err(HeError::Params(
+                "an encryption of zero made under other parameters".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Encrypts `m` at the top level in the seeded form, both halves at
@@ -240,6 +287,40 @@ mod tests {
             want *= &(ops.top.0.modulus() / num_bigint::BigUint::from(ops.t));
             want += &z;
             assert_eq!(got.c0, want);
+        }
+    }
+
+    #[test]
+    fn encryption_straight_to_bytes_equals_the_polynomial_path() {
+        use rand::SeedableRng;
+        for bound in [1000, 1 << 28, 1 << 35] {
+            let (par, ops) = setup(bound);
+            let t = par.plaintext() as i64;
+            let mut rng = rand::rng();
+            for len in [0, 5, par.degree()] {
+                let mut m: Vec<i64> = (0..len)
+                    .map(|_| rng.random_range(-(t / 2)..t / 2))
+                    .collect();
+                if len > 2 {
+                    (m[0], m[1]) = (t / 2, -(t / 2));
+                }
+                // The same zero twice, from the same seeded generator.
+                let seed: [u8; 32] = rng.random();
+                let zero = |s| {
+                    ops.zero_encryption(&mut rand_chacha::ChaCha8Rng::from_seed(s))
+                        .unwrap()
+                };
+                let want =
+                    crate::codec::seeded_to_bytes(&ops.encrypt_with(&m, zero(seed)).unwrap());
+                assert_eq!(
+                    ops.encrypt_to_bytes(&m, zero(seed)).unwrap(),
+                    want,
+                    "bound {bound}, {len} coefficients"
+                );
+            }
+            let half = (ops.t / 2) as i64;
+            let zero = ops.zero_encryption(&mut rng).unwrap();
+            assert!(ops.encrypt_to_bytes(&[0, half + 1], zero).is_err());
         }
     }
 

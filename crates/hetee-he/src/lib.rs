@@ -5,6 +5,7 @@
 //! encryption with the key prepared once ([`secret`]). Pure computation, no
 //! I/O.
 
+mod arith;
 pub mod codec;
 pub mod decrypt;
 pub mod encrypt;
