@@ -109,8 +109,9 @@ fn main() -> ExitCode {
         }
     };
     let enclave = Enclave::new(platform, config);
-    let stdin = std::io::stdin();
-    let mut input = std::io::BufReader::new(stdin.lock());
+    // Not `stdin().lock()`: its guard cannot move between the workers,
+    // which take turns at the input.
+    let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
     let mut output = std::io::BufWriter::new(std::io::stdout());
     // Threads for concurrent requests: twice the cores, so that a request
     // waiting its turn (an owner's change runs alone) idles no core.

@@ -2,14 +2,18 @@
 //! ([`hetee_proto::wire`]). The enclave process is a plain `main` around
 //! [`serve`] on its stdin/stdout.
 //!
-//! One thread reads requests, and `workers` threads handle them (the
-//! enclave is shared: see [`Enclave::handle`]); each worker writes its
-//! answer, tagged with its request's id, as soon as it is ready, under the
-//! output's lock (no hand-off to a writer thread on the way out). With one
-//! worker, answers come in request order.
+//! `workers` threads take turns at the input: the one holding it reads
+//! the next request, lets the next thread wait for the one after, and
+//! handles its request itself (no hand-off on the way in: in this VM a
+//! hand-off to a sleeping thread costs tens of microseconds, and a query
+//! makes a call per stage). Each worker writes its answer, tagged with
+//! its request's id, as soon as it is ready, under the output's lock (no
+//! hand-off on the way out either). With one worker, answers come in
+//! request order; a host that sends faster than the enclave works waits,
+//! as a request is read only by a free thread.
 
 use std::io::{Read, Write};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use hetee_attest::Error as FrameError;
@@ -22,28 +26,43 @@ use crate::Enclave;
 /// Serves requests from `input` until it closes, on `workers` threads.
 /// Malformed requests get a [`Response::Error`]; only a broken stream ends
 /// the loop with an error (once every request read has been answered).
-pub fn serve<W: Write + Send>(
+pub fn serve<R: Read + Send, W: Write + Send>(
     enclave: &Enclave,
-    input: &mut impl Read,
+    input: &mut R,
     output: &mut W,
     workers: usize,
 ) -> Result<(), FrameError> {
     let workers = workers.max(1);
-    // Bounded: a host that sends faster than the enclave works waits.
-    let (work_tx, work_rx) = mpsc::sync_channel::<Vec<u8>>(workers * 2);
-    let work_rx = Mutex::new(work_rx);
+    let input = Mutex::new(input);
     let output = Mutex::new(output);
-    // The first write error; the workers stop, the reader stops at the
-    // next request.
+    // The stream's end or first read error stops every worker at its next
+    // turn at the input; the first write error too.
+    let ended = AtomicBool::new(false);
+    let read_error: Mutex<Option<FrameError>> = Mutex::new(None);
     let failed: Mutex<Option<FrameError>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..workers {
-            let (rx, output, failed) = (&work_rx, &output, &failed);
+            let (input, output, ended, read_error, failed) =
+                (&input, &output, &ended, &read_error, &failed);
             s.spawn(move || {
                 let codec = codec();
                 loop {
-                    let next = lock(rx).recv();
-                    let Ok(payload) = next else { break };
+                    let payload = {
+                        let mut input = lock(input);
+                        if ended.load(Ordering::Acquire) || lock(failed).is_some() {
+                            break;
+                        }
+                        match codec.read_kind(&mut **input, KIND_REQUEST) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                ended.store(true, Ordering::Release);
+                                if !matches!(e, FrameError::Closed) {
+                                    lock(read_error).get_or_insert(e);
+                                }
+                                break;
+                            }
+                        }
+                    };
                     let (id, req) = decode_request(&payload);
                     drop(payload);
                     let resp = match req {
@@ -67,24 +86,10 @@ pub fn serve<W: Write + Send>(
                 }
             });
         }
-        let codec = codec();
-        let read = loop {
-            if lock(&failed).is_some() {
-                break Ok(());
-            }
-            match codec.read_kind(input, KIND_REQUEST) {
-                Ok(p) => {
-                    if work_tx.send(p).is_err() {
-                        break Ok(());
-                    }
-                }
-                Err(FrameError::Closed) => break Ok(()),
-                Err(e) => break Err(e),
-            }
-        };
-        drop(work_tx);
-        read
-    })?;
+    });
+    if let Some(e) = read_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
     match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some(e) => Err(e),
         None => Ok(()),
