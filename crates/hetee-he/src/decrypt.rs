@@ -305,9 +305,23 @@ mod tests {
             .fold(0u128, |acc, &d| acc << 64 | d as u128)
     }
 
+    /// The values a rounding is checked at, for `x < q`: the ends, the
+    /// middle, both sides of 63 rounding boundaries and 20,000 random ones.
+    fn probes(t: u64, q: u128) -> Vec<u128> {
+        let mut rng = rand::rng();
+        let edges = (1..64).flat_map(|k| {
+            let b = boundary(k * (t / 64), t, q);
+            [b - 1, b, (b + 1).min(q - 1)]
+        });
+        [0, 1, q / 2, q - 1]
+            .into_iter()
+            .chain(edges)
+            .chain((0..20_000).map(|_| rng.random_range(0..q)))
+            .collect()
+    }
+
     #[test]
     fn one_prime_rounding_is_exact() {
-        let mut rng = rand::rng();
         for (p, t) in [
             (36028797018652673u64, 1073692673u64),
             (36028797018652673, 12289),
@@ -316,18 +330,10 @@ mod tests {
             (1_000_003, 999_983),
         ] {
             let c = (((t as u128) << 64) / p as u128) as u64;
-            let edges = (1..64).flat_map(|k| {
-                let b = boundary(k * (t / 64), t, p as u128) as u64;
-                [b - 1, b, (b + 1).min(p - 1)]
-            });
-            for x in [0, 1, p / 2, p - 1]
-                .into_iter()
-                .chain(edges)
-                .chain((0..20_000).map(|_| rng.random_range(0..p)))
-            {
+            for x in probes(t, p as u128) {
                 assert_eq!(
-                    round_one(x, t, p, p / 2, c),
-                    exact(x as u128, t, p as u128),
+                    round_one(x as u64, t, p, p / 2, c),
+                    exact(x, t, p as u128),
                     "x {x}, p {p}, t {t}"
                 );
             }
@@ -336,7 +342,6 @@ mod tests {
 
     #[test]
     fn two_prime_rounding_is_exact() {
-        let mut rng = rand::rng();
         for (q1, q2, t) in [
             (36028797018652673u64, 18014398509309953u64, 1073692673u64),
             (36028797018652673, 18014398509309953, 12289),
@@ -344,15 +349,7 @@ mod tests {
         ] {
             let q = q1 as u128 * q2 as u128;
             let c = fixed_point(t, q);
-            let edges = (1..64).flat_map(|k| {
-                let b = boundary(k * (t / 64), t, q);
-                [b - 1, b, (b + 1).min(q - 1)]
-            });
-            for x in [0, 1, q / 2, q - 1]
-                .into_iter()
-                .chain(edges)
-                .chain((0..20_000).map(|_| rng.random_range(0..q)))
-            {
+            for x in probes(t, q) {
                 assert_eq!(
                     round_two(x, t, q, q / 2, c),
                     exact(x, t, q),
