@@ -108,17 +108,23 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Threads for concurrent requests: twice the cores, so that a request
+    // waiting its turn (an owner's change runs alone) idles no core. They
+    // run on the global pool, beside a thread per core for their parallel
+    // steps (`stream::serve`).
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(2)
+        .clamp(2, 16);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers + cores)
+        .build_global();
     let enclave = Enclave::new(platform, config);
     // Not `stdin().lock()`: its guard cannot move between the workers,
     // which take turns at the input.
     let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
     let mut output = std::io::BufWriter::new(std::io::stdout());
-    // Threads for concurrent requests: twice the cores, so that a request
-    // waiting its turn (an owner's change runs alone) idles no core.
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get() * 2)
-        .unwrap_or(2)
-        .clamp(2, 16);
     match hetee_enclave::stream::serve(&enclave, &mut input, &mut output, workers) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

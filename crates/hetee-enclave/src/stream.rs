@@ -14,7 +14,7 @@
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Barrier, Mutex};
 
 use hetee_attest::Error as FrameError;
 use hetee_proto::wire::{codec, decode_request, encode_response, KIND_REQUEST, KIND_RESPONSE};
@@ -23,9 +23,27 @@ use crate::enclave::lock;
 use crate::messages::Response;
 use crate::Enclave;
 
+/// What the workers share: the stream's two ends and how it stopped.
+struct Shared<'a, R, W> {
+    input: Mutex<&'a mut R>,
+    output: Mutex<&'a mut W>,
+    /// The stream's end or first read error: every worker stops at its
+    /// next turn at the input (and at the first write error too).
+    ended: AtomicBool,
+    read_error: Mutex<Option<FrameError>>,
+    failed: Mutex<Option<FrameError>>,
+}
+
 /// Serves requests from `input` until it closes, on `workers` threads.
 /// Malformed requests get a [`Response::Error`]; only a broken stream ends
 /// the loop with an error (once every request read has been answered).
+///
+/// When the global rayon pool has more threads than `workers` (the
+/// enclave binary builds it so), the workers are threads of that pool:
+/// a request's parallel steps (decryptions, encryptions) then start on
+/// the worker itself instead of being handed to a sleeping pool thread
+/// and waited for. All workers start before any request is read (a
+/// barrier), so no worker's loop can be stolen into another's step.
 pub fn serve<R: Read + Send, W: Write + Send>(
     enclave: &Enclave,
     input: &mut R,
@@ -33,65 +51,85 @@ pub fn serve<R: Read + Send, W: Write + Send>(
     workers: usize,
 ) -> Result<(), FrameError> {
     let workers = workers.max(1);
-    let input = Mutex::new(input);
-    let output = Mutex::new(output);
-    // The stream's end or first read error stops every worker at its next
-    // turn at the input; the first write error too.
-    let ended = AtomicBool::new(false);
-    let read_error: Mutex<Option<FrameError>> = Mutex::new(None);
-    let failed: Mutex<Option<FrameError>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            let (input, output, ended, read_error, failed) =
-                (&input, &output, &ended, &read_error, &failed);
-            s.spawn(move || {
-                let codec = codec();
-                loop {
-                    let payload = {
-                        let mut input = lock(input);
-                        if ended.load(Ordering::Acquire) || lock(failed).is_some() {
-                            break;
-                        }
-                        match codec.read_kind(&mut **input, KIND_REQUEST) {
-                            Ok(p) => p,
-                            Err(e) => {
-                                ended.store(true, Ordering::Release);
-                                if !matches!(e, FrameError::Closed) {
-                                    lock(read_error).get_or_insert(e);
-                                }
-                                break;
-                            }
-                        }
-                    };
-                    let (id, req) = decode_request(&payload);
-                    drop(payload);
-                    let resp = match req {
-                        Ok(req) => enclave.handle(req),
-                        Err(e) => Response::error(e),
-                    };
-                    let bytes = encode_response(id, &resp)
-                        .or_else(|e| encode_response(id, &Response::error(e)))
-                        .unwrap_or_default();
-                    drop(resp);
-                    let written = {
-                        let mut out = lock(output);
-                        codec
-                            .write(&mut **out, KIND_RESPONSE, &bytes)
-                            .and_then(|()| out.flush().map_err(FrameError::from))
-                    };
-                    if let Err(e) = written {
-                        lock(failed).get_or_insert(e);
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    let shared = Shared {
+        input: Mutex::new(input),
+        output: Mutex::new(output),
+        ended: AtomicBool::new(false),
+        read_error: Mutex::new(None),
+        failed: Mutex::new(None),
+    };
+    let on_pool = rayon::current_thread_index().is_none() && rayon::current_num_threads() > workers;
+    if on_pool {
+        let started = Barrier::new(workers);
+        rayon::scope(|s| {
+            for _ in 0..workers {
+                let (shared, started) = (&shared, &started);
+                s.spawn(move |_| {
+                    started.wait();
+                    work(enclave, shared);
+                });
+            }
+        });
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                let shared = &shared;
+                s.spawn(move || work(enclave, shared));
+            }
+        });
+    }
+    let Shared {
+        read_error, failed, ..
+    } = shared;
     if let Some(e) = read_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
     match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// One worker: takes its turn at the input, handles the request it read
+/// and writes the answer, until the stream ends or fails.
+fn work<R: Read, W: Write>(enclave: &Enclave, shared: &Shared<'_, R, W>) {
+    let codec = codec();
+    loop {
+        let payload = {
+            let mut input = lock(&shared.input);
+            if shared.ended.load(Ordering::Acquire) || lock(&shared.failed).is_some() {
+                break;
+            }
+            match codec.read_kind(&mut **input, KIND_REQUEST) {
+                Ok(p) => p,
+                Err(e) => {
+                    shared.ended.store(true, Ordering::Release);
+                    if !matches!(e, FrameError::Closed) {
+                        lock(&shared.read_error).get_or_insert(e);
+                    }
+                    break;
+                }
+            }
+        };
+        let (id, req) = decode_request(&payload);
+        drop(payload);
+        let resp = match req {
+            Ok(req) => enclave.handle(req),
+            Err(e) => Response::error(e),
+        };
+        let bytes = encode_response(id, &resp)
+            .or_else(|e| encode_response(id, &Response::error(e)))
+            .unwrap_or_default();
+        drop(resp);
+        let written = {
+            let mut out = lock(&shared.output);
+            codec
+                .write(&mut **out, KIND_RESPONSE, &bytes)
+                .and_then(|()| out.flush().map_err(FrameError::from))
+        };
+        if let Err(e) = written {
+            lock(&shared.failed).get_or_insert(e);
+            break;
+        }
     }
 }
