@@ -114,7 +114,8 @@ pub fn weights_commitment(stages: &[Vec<Vec<u8>>]) -> [u8; 32] {
 /// mode under its own context, over each ciphertext's length and bytes.
 /// The enclave computes it for every HE query before admitting it (about
 /// 115 KB for an MNIST image): BLAKE3 hashes the chunks side by side,
-/// 19 µs where SHA-256 took 57 (115 KB, one core).
+/// 18 µs where SHA-256 took 55 (115 KB, one core; `cargo bench -p
+/// hetee-proto --bench digest`).
 pub fn input_digest(cts: &[Vec<u8>]) -> [u8; 32] {
     let mut h = blake3::Hasher::new_derive_key("hetee 2026-11 input ciphertexts v2");
     h.update(&(cts.len() as u64).to_le_bytes());
