@@ -163,10 +163,10 @@ pub fn encrypt_stage_input(
 /// Each takes its own encryption of zero from the key set's reserve
 /// ([`crate::reserve`]); those the reserve lacks (the costly half, about
 /// 130 µs each) are made on the enclave's threads. The message's half
-/// (about 10 µs, straight to the wire form) runs on this thread: a fork-join would cost more in
-/// waking and yielding threads than it saves (it took 0.55 ms instead of
-/// 0.13 for MNIST's three stage-2 inputs, the idle refill thread getting
-/// the yielded cores).
+/// (about 18 µs, straight to the wire form) runs on this thread: a
+/// fork-join would cost more in waking and yielding threads than it saves
+/// (it took 0.55 ms instead of 0.13 for MNIST's three stage-2 inputs, the
+/// idle refill thread getting the yielded cores).
 pub fn encrypt_all(keys: &KeySet, polys: &[Vec<i64>]) -> Result<Vec<Vec<u8>>, EnclaveError> {
     let mut zeros = keys.reserve.take(polys.len());
     let made = (zeros.len()..polys.len())

@@ -97,38 +97,11 @@ impl SecretOps {
     }
 
     /// Encrypts the centred plaintext coefficients `m` (`|m_i| < t/2`) with
-    /// `zero`, which is used up: `c0 = Δ·m + z`, prime by prime (reduce,
-    /// multiply by `Δ mod q_i`, add), all in constant time.
+    /// `zero`, which is used up: `c0 = Δ·m + z` ([`Self::c0_rows`]).
     pub fn encrypt_with(&self, m: &[i64], zero: ZeroEncryption) -> Result<Seeded, HeError> {
-        let (ctx, _) = &self.top;
-        let n = self.par.degree();
-        self.check_message(m, &zero)?;
-        let mut full = Zeroizing::new(vec![0i64; n]);
-        full[..m.len()].copy_from_slice(m);
-        let z = zero.z.coefficients();
-        let mut c0 = Vec::with_capacity(n * ctx.moduli().len());
-        for (((q, &qi), &d), row) in ctx
-            .moduli_operators()
-            .iter()
-            .zip(ctx.moduli())
-            .zip(&self.delta_mod_q)
-            .zip(z.outer_iter())
-        {
-            // |m_i| < t/2 < q_i: the residue is m_i, or m_i + q_i when
-            // negative, selected by the sign mask without a branch.
-            let mut dm: Zeroizing<Vec<u64>> = Zeroizing::new(
-                full.iter()
-                    .map(|&x| (x as u64).wrapping_add(qi & ((x >> 63) as u64)))
-                    .collect(),
-            );
-            q.scalar_mul_vec(&mut dm, d);
-            let row = row
-                .as_slice()
-                .ok_or_else(|| HeError::Malformed("non-contiguous coefficients".into()))?;
-            q.add_vec(&mut dm, row);
-            // Δ·m + z: the ciphertext, public from here on.
-            c0.extend_from_slice(&dm);
-        }
+        let ctx = &self.top.0;
+        let mut c0 = Vec::with_capacity(self.par.degree() * ctx.moduli().len());
+        self.c0_rows(m, &zero, |_, row| c0.extend_from_slice(row))?;
         Ok(Seeded {
             c0: Poly::try_convert_from(c0, ctx, false, Representation::PowerBasis).map_err(math)?,
             seed: zero.seed,
@@ -137,18 +110,34 @@ impl SecretOps {
 
     /// Encrypts the centred plaintext coefficients `m` with `zero`, which
     /// is used up, straight to the seeded wire form: the same bytes as
-    /// [`crate::codec::seeded_to_bytes`] of [`Self::encrypt_with`], computed
-    /// residue by residue (Shoup's product by the public `Δ mod q_i`, the
-    /// zero added, two masked subtractions: [`crate::arith`]) without the
-    /// intermediate polynomial.
+    /// [`crate::codec::seeded_to_bytes`] of [`Self::encrypt_with`], each
+    /// row of `c0` packed as it is made, without the intermediate
+    /// polynomial.
     pub fn encrypt_to_bytes(&self, m: &[i64], zero: ZeroEncryption) -> Result<Vec<u8>, HeError> {
-        let (ctx, _) = &self.top;
-        let n = self.par.degree();
-        self.check_message(m, &zero)?;
-        let z = zero.z.coefficients();
-        let mut out = crate::codec::seeded_header(ctx.moduli().len());
+        let mut out = crate::codec::seeded_header(self.top.0.moduli().len());
         out.reserve(crate::codec::encoded_len(&self.par, 0, 1)? + crate::codec::SEED_LEN);
-        let mut row = Zeroizing::new(vec![0u64; n]);
+        self.c0_rows(m, &zero, |qi, row| {
+            crate::codec::pack_row(row, qi, &mut out)
+        })?;
+        out.extend_from_slice(&zero.seed);
+        Ok(out)
+    }
+
+    /// `c0 = Δ·m + z` prime by prime, each row handed to `each` with its
+    /// prime: residue by residue, Shoup's product by the public
+    /// `Δ mod q_i`, the zero added, two masked subtractions
+    /// ([`crate::arith`]), no branch on the message. Checks the message
+    /// first ([`Self::check_message`]).
+    fn c0_rows(
+        &self,
+        m: &[i64],
+        zero: &ZeroEncryption,
+        mut each: impl FnMut(u64, &[u64]),
+    ) -> Result<(), HeError> {
+        self.check_message(m, zero)?;
+        let ctx = &self.top.0;
+        let z = zero.z.coefficients();
+        let mut row = Zeroizing::new(vec![0u64; self.par.degree()]);
         for ((&qi, &d), zrow) in ctx
             .moduli()
             .iter()
@@ -167,10 +156,9 @@ impl SecretOps {
                 *r = sub_if_at_least(sub_if_at_least(v, 2 * qi), qi);
             }
             // Δ·m + z: the ciphertext, public from here on.
-            crate::codec::pack_row(&row, qi, &mut out);
+            each(qi, &row);
         }
-        out.extend_from_slice(&zero.seed);
-        Ok(out)
+        Ok(())
     }
 
     /// The checks before an encryption with `zero`: the message's length
