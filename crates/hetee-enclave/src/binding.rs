@@ -17,28 +17,51 @@
 //! spend), so the check fails only in the session of a client that sent
 //! ciphertexts it did not make, and that client pays for its own query.
 
-use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::{Arc, OnceLock};
+use std::sync::mpsc::{channel, sync_channel, Receiver, SendError, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use zeroize::Zeroizing;
 
+use crate::enclave::lock;
 use crate::input_binding::{input_masks, made_with_masks};
 use crate::keys::KeySet;
 
-/// The checks' own threads. A stage result waits for its verdict, possibly
-/// on a thread of the global pool: were the checks queued there, every such
-/// thread could be waiting for a check that none of them is free to run.
-/// `None` if the threads cannot start: the check then runs at the start.
-fn pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .thread_name(|i| format!("hetee-binding-{i}"))
-            .build()
-            .ok()
-    })
-    .as_ref()
+/// A check to run on [`checkers`].
+type Check = Box<dyn FnOnce() + Send>;
+
+/// The checks' own threads, fed through a channel. A stage result waits
+/// for its verdict, possibly on a thread of the global pool: were the
+/// checks queued there, every such thread could be waiting for a check
+/// that none of them is free to run. Plain threads blocked on a channel,
+/// not a rayon pool: an idle rayon thread yields the CPU some thirty
+/// times before it sleeps, and on a small machine those yields took
+/// turns with the enclave's and the host's own work after every check.
+/// `None` if no thread can start: the check then runs at the start.
+fn checkers() -> Option<&'static Mutex<Sender<Check>>> {
+    static CHECKERS: OnceLock<Option<Mutex<Sender<Check>>>> = OnceLock::new();
+    CHECKERS
+        .get_or_init(|| {
+            let (tx, rx) = channel::<Check>();
+            let rx = Arc::new(Mutex::new(rx));
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let started = (0..threads)
+                .filter(|i| {
+                    let rx = rx.clone();
+                    std::thread::Builder::new()
+                        .name(format!("hetee-binding-{i}"))
+                        .spawn(move || loop {
+                            let next = lock(&rx).recv();
+                            match next {
+                                Ok(check) => check(),
+                                Err(_) => return,
+                            }
+                        })
+                        .is_ok()
+                })
+                .count();
+            (started > 0).then(|| Mutex::new(tx))
+        })
+        .as_ref()
 }
 
 /// The pending verdict of one query's input binding.
@@ -61,9 +84,14 @@ impl BindingVerdict {
             // The session may be gone already: then nobody waits.
             let _ = tx.send(ok);
         };
-        match pool() {
-            Some(p) => p.spawn(job),
-            None => job(),
+        let job: Check = Box::new(job);
+        // A send fails only if every checker is gone: run it here then.
+        let unsent = match checkers() {
+            Some(tx) => lock(tx).send(job).err().map(|SendError(job)| job),
+            None => Some(job),
+        };
+        if let Some(job) = unsent {
+            job();
         }
         BindingVerdict(rx)
     }
