@@ -18,6 +18,7 @@
 //! real CPUs, while its measurement stays the same (the CPU is not part of
 //! what a loader measures).
 
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 
 use hetee_attest::platform::{Platform, SimTee};
@@ -124,7 +125,15 @@ fn main() -> ExitCode {
     // Not `stdin().lock()`: its guard cannot move between the workers,
     // which take turns at the input.
     let mut input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin());
-    let mut output = std::io::BufWriter::new(std::io::stdout());
+    // Stdout's own descriptor, unbuffered: each answer is one frame in
+    // one write (`std::io::Stdout` would split it at line breaks).
+    let mut output = match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => {
+            eprintln!("hetee-enclave: cannot use stdout: {e}");
+            return ExitCode::from(1);
+        }
+    };
     match hetee_enclave::stream::serve(&enclave, &mut input, &mut output, workers) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -8,7 +8,7 @@
 //! hand-off to a sleeping thread costs tens of microseconds, and a query
 //! makes a call per stage). Each worker writes its answer, tagged with
 //! its request's id, as soon as it is ready, under the output's lock (no
-//! hand-off on the way out either). With one worker, answers come in
+//! hand-off on the way out either), as one whole frame in one write. With one worker, answers come in
 //! request order; a host that sends faster than the enclave works waits,
 //! as a request is read only by a free thread.
 
@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Barrier, Mutex};
 
 use hetee_attest::Error as FrameError;
-use hetee_proto::wire::{codec, decode_request, encode_response, KIND_REQUEST, KIND_RESPONSE};
+use hetee_proto::wire::{codec, decode_request, response_frame, KIND_REQUEST};
 
 use crate::enclave::lock;
 use crate::messages::Response;
@@ -37,6 +37,9 @@ struct Shared<'a, R, W> {
 /// Serves requests from `input` until it closes, on `workers` threads.
 /// Malformed requests get a [`Response::Error`]; only a broken stream ends
 /// the loop with an error (once every request read has been answered).
+/// Each answer is one `write_all` of a whole frame, then a flush: an
+/// unbuffered `output` (the enclave binary passes its stdout's
+/// descriptor) hands the host each answer in one piece.
 ///
 /// When the global rayon pool has more threads than `workers` (the
 /// enclave binary builds it so), the workers are threads of that pool:
@@ -117,18 +120,18 @@ fn work<R: Read, W: Write>(enclave: &Enclave, shared: &Shared<'_, R, W>) {
             Ok(req) => enclave.handle(req),
             Err(e) => Response::error(e),
         };
-        let bytes = encode_response(id, &resp)
-            .or_else(|e| encode_response(id, &Response::error(e)))
+        // One buffer, one write: the host's reader wakes once per answer.
+        // An answer over the frame limit becomes an error answer.
+        let frame = response_frame(id, &resp)
+            .or_else(|e| response_frame(id, &Response::error(e)))
             .unwrap_or_default();
         drop(resp);
         let written = {
             let mut out = lock(&shared.output);
-            codec
-                .write(&mut **out, KIND_RESPONSE, &bytes)
-                .and_then(|()| out.flush().map_err(FrameError::from))
+            out.write_all(&frame).and_then(|()| out.flush())
         };
         if let Err(e) = written {
-            lock(&shared.failed).get_or_insert(e);
+            lock(&shared.failed).get_or_insert(e.into());
             break;
         }
     }

@@ -4,7 +4,8 @@
 //! in `postcard`: the enclave works on several requests at once and answers
 //! each, tagged with its id, as soon as it is done.
 
-use hetee_attest::frame::{FrameCodec, DEFAULT_MAX_PAYLOAD};
+use hetee_attest::frame::{FrameCodec, DEFAULT_MAX_PAYLOAD, HEADER_LEN};
+use serde::Serialize;
 
 use crate::host::{Request, Response};
 
@@ -27,6 +28,32 @@ fn tagged(id: u64, body: Result<Vec<u8>, postcard::Error>, what: &str) -> Result
     out.extend_from_slice(&id.to_le_bytes());
     out.extend_from_slice(&body);
     Ok(out)
+}
+
+/// A whole frame of `kind` in one buffer: the header, the id, then `msg`
+/// serialized in place. The stream gets it in one write, so the reader is
+/// woken once per message, not once for the header and again for the body.
+fn frame(kind: u8, id: u64, msg: &impl Serialize, what: &str) -> Result<Vec<u8>, String> {
+    let mut out = vec![0u8; HEADER_LEN];
+    out.extend_from_slice(&id.to_le_bytes());
+    let mut out =
+        postcard::to_extend(msg, out).map_err(|e| format!("cannot encode {what}: {e}"))?;
+    let header = codec()
+        .encode_header(kind, out.len() - HEADER_LEN)
+        .map_err(|e| format!("cannot send {what}: {e}"))?;
+    out[..HEADER_LEN].copy_from_slice(&header);
+    Ok(out)
+}
+
+/// The whole frame of request `r` with id `id` (header and payload, as
+/// [`encode_request`] makes the payload); refused over the frame limit.
+pub fn request_frame(id: u64, r: &Request) -> Result<Vec<u8>, String> {
+    frame(KIND_REQUEST, id, r, "request")
+}
+
+/// The whole frame of the response `r` to request `id`.
+pub fn response_frame(id: u64, r: &Response) -> Result<Vec<u8>, String> {
+    frame(KIND_RESPONSE, id, r, "response")
 }
 
 /// Splits a payload into its request id (little-endian) and body; a

@@ -1,42 +1,92 @@
 //! The enclave as a child process speaking frames on its stdin/stdout.
-//! Calls run concurrently: each request carries an id, a reader thread
-//! hands every answer to the call waiting for that id, and the enclave
-//! answers in whatever order it finishes. A call that outlives the timeout
-//! kills the enclave (the supervisor restarts it); a dead stream fails
-//! every call in flight with a clear error.
+//! Calls run concurrently: each request carries an id and the enclave
+//! answers in whatever order it finishes.
+//!
+//! There is no reader thread: the callers take turns at the enclave's
+//! output (leader-follower). The one holding it reads the next answer; if
+//! the answer is its own it returns with it, otherwise it leaves it for
+//! its caller and wakes that caller, and keeps reading. A caller leaving
+//! the output wakes another waiting caller to take it. So an answer
+//! reaches its caller with no hand-off between threads in the common case
+//! (one call at a time): in this VM each hand-off to a sleeping thread cost
+//! tens of microseconds, sometimes hundreds, and a query makes a call per
+//! stage.
+//!
+//! A call that outlives the timeout kills the enclave (the supervisor
+//! restarts it): the reader waits for data with `poll` up to its deadline,
+//! and a waiting caller wakes at its own. A dead stream fails every call
+//! in flight with a clear error.
 
 use std::collections::HashMap;
-use std::io::{BufReader, BufWriter, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::io::{BufReader, Read, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
+use hetee_attest::Error as FrameError;
 use hetee_attest::Measurement;
-use hetee_proto::wire::{codec, decode_response, encode_request, KIND_REQUEST, KIND_RESPONSE};
+use hetee_proto::wire::{codec, decode_response, request_frame, KIND_RESPONSE};
 use hetee_proto::{Request, Response};
 
 use crate::launcher::{EnclaveLink, LaunchSpec, LinkError};
 
 type Reply = Result<Response, LinkError>;
 
-/// Calls waiting for their answer, by request id; `None` once the stream
-/// is dead (with why).
-struct Pending {
-    waiting: HashMap<u64, Sender<Reply>>,
+/// The calls in flight and the answers read for them.
+#[derive(Default)]
+struct Inbox {
+    /// Calls waiting for their answer, by request id, with the thread to
+    /// wake when it is read.
+    waiting: HashMap<u64, Thread>,
+    /// Answers read by another caller, not yet taken by their own.
+    answers: HashMap<u64, Reply>,
+    /// Whether a caller is reading the enclave's output now.
+    reading: bool,
+    /// Why the stream is dead, once it is.
     dead: Option<String>,
+}
+
+impl Inbox {
+    /// Wakes a waiting caller other than `me` to take the output.
+    fn wake_next_reader(&self, me: u64) {
+        if let Some(t) = self
+            .waiting
+            .iter()
+            .find(|(id, _)| **id != me && !self.answers.contains_key(id))
+            .map(|(_, t)| t)
+        {
+            t.unpark();
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The enclave's stdout, read only up to a deadline: each read waits for
+/// data with `poll` first.
+struct Output {
+    out: ChildStdout,
+    deadline: Instant,
+}
+
+impl Read for Output {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        wait_readable(&self.out, self.deadline)?;
+        self.out.read(buf)
+    }
+}
+
 /// The enclave process and its stream.
 pub struct ChildProcess {
     child: Arc<Mutex<Child>>,
-    stdin: Mutex<BufWriter<ChildStdin>>,
-    pending: Arc<Mutex<Pending>>,
+    stdin: Mutex<ChildStdin>,
+    /// Held only by the caller whose turn it is to read ([`Inbox::reading`]).
+    stdout: Mutex<BufReader<Output>>,
+    inbox: Mutex<Inbox>,
     next_id: AtomicU64,
     measurement: Measurement,
     pid: u32,
@@ -65,19 +115,17 @@ impl ChildProcess {
         };
         widen_pipe(&stdin);
         widen_pipe(&stdout);
-        let pending = Arc::new(Mutex::new(Pending {
-            waiting: HashMap::new(),
-            dead: None,
-        }));
-        let reader_pending = pending.clone();
-        std::thread::Builder::new()
-            .name(format!("enclave-{pid}-reader"))
-            .spawn(move || read_answers(BufReader::new(stdout), &reader_pending))
-            .map_err(|e| LinkError::Launch(format!("cannot start the reader: {e}")))?;
         let link = ChildProcess {
             child: Arc::new(Mutex::new(child)),
-            stdin: Mutex::new(BufWriter::new(stdin)),
-            pending,
+            stdin: Mutex::new(stdin),
+            stdout: Mutex::new(BufReader::with_capacity(
+                READ_BUFFER,
+                Output {
+                    out: stdout,
+                    deadline: Instant::now(),
+                },
+            )),
+            inbox: Mutex::new(Inbox::default()),
             next_id: AtomicU64::new(1),
             measurement,
             pid,
@@ -105,78 +153,121 @@ impl ChildProcess {
     fn kill(&self) {
         let _ = lock(&self.child).kill();
     }
-}
 
-/// Reads answers until the stream ends, handing each to its call; then
-/// fails every call still waiting.
-fn read_answers(mut stdout: BufReader<std::process::ChildStdout>, pending: &Mutex<Pending>) {
-    let c = codec();
-    let why = loop {
-        let payload = match c.read_kind(&mut stdout, KIND_RESPONSE) {
-            Ok(p) => p,
-            Err(e) => break format!("read: {e}"),
-        };
-        match decode_response(&payload) {
-            Ok((id, resp)) => {
-                if let Some(tx) = lock(pending).waiting.remove(&id) {
-                    let _ = tx.send(Ok(resp));
+    /// Reads the next answer, waiting for it up to `deadline`.
+    fn read_answer(&self, deadline: Instant) -> Result<(u64, Response), Read1Error> {
+        let mut stdout = lock(&self.stdout);
+        stdout.get_mut().deadline = deadline;
+        match codec().read_kind(&mut *stdout, KIND_RESPONSE) {
+            Ok(payload) => decode_response(&payload).map_err(Read1Error::Broken),
+            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(Read1Error::TimedOut)
+            }
+            Err(e) => Err(Read1Error::Broken(format!("read: {e}"))),
+        }
+    }
+
+    /// Waits for the answer to request `id` until `deadline`, reading the
+    /// enclave's output while it is this caller's turn.
+    fn wait_for(&self, id: u64, deadline: Instant) -> Reply {
+        let mut inbox = lock(&self.inbox);
+        loop {
+            if let Some(reply) = inbox.answers.remove(&id) {
+                inbox.waiting.remove(&id);
+                return reply;
+            }
+            if let Some(why) = inbox.dead.clone() {
+                inbox.waiting.remove(&id);
+                return Err(LinkError::Dead(why));
+            }
+            if Instant::now() >= deadline {
+                return Err(self.time_out(inbox, id));
+            }
+            if inbox.reading {
+                drop(inbox);
+                std::thread::park_timeout(deadline.saturating_duration_since(Instant::now()));
+                inbox = lock(&self.inbox);
+                continue;
+            }
+            inbox.reading = true;
+            drop(inbox);
+            let read = self.read_answer(deadline);
+            inbox = lock(&self.inbox);
+            inbox.reading = false;
+            match read {
+                Ok((rid, resp)) if rid == id => {
+                    inbox.waiting.remove(&id);
+                    inbox.wake_next_reader(id);
+                    return Ok(resp);
+                }
+                Ok((rid, resp)) => {
+                    // Another call's answer (one that timed out is dropped).
+                    if let Some(t) = inbox.waiting.get(&rid) {
+                        t.unpark();
+                        inbox.answers.insert(rid, Ok(resp));
+                    }
+                }
+                Err(Read1Error::TimedOut) => return Err(self.time_out(inbox, id)),
+                Err(Read1Error::Broken(why)) => {
+                    inbox.dead = Some(why.clone());
+                    for t in inbox.waiting.values() {
+                        t.unpark();
+                    }
+                    inbox.waiting.remove(&id);
+                    return Err(LinkError::Dead(why));
                 }
             }
-            Err(e) => break e,
         }
-    };
-    let mut p = lock(pending);
-    p.dead = Some(why.clone());
-    for (_, tx) in p.waiting.drain() {
-        let _ = tx.send(Err(LinkError::Dead(why.clone())));
     }
+
+    /// Gives up on call `id`: the enclave is hung (or this call is too
+    /// large for the timeout), so it is killed; the supervisor restarts it,
+    /// and the next reader finds the stream closed and fails every other
+    /// call in flight.
+    fn time_out(&self, mut inbox: MutexGuard<'_, Inbox>, id: u64) -> LinkError {
+        inbox.waiting.remove(&id);
+        inbox.wake_next_reader(id);
+        drop(inbox);
+        self.kill();
+        LinkError::TimedOut(self.timeout.as_secs())
+    }
+}
+
+/// Why reading one answer failed.
+enum Read1Error {
+    /// No answer came before the deadline.
+    TimedOut,
+    /// The stream ended or carried something malformed.
+    Broken(String),
 }
 
 impl EnclaveLink for ChildProcess {
     fn call(&self, req: Request) -> Result<(Response, usize), LinkError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let payload = encode_request(id, &req).map_err(LinkError::TooLarge)?;
+        let frame = request_frame(id, &req)
+            .map_err(|e| LinkError::TooLarge(format!("{e}; send less per query")))?;
         drop(req);
-        let c = codec();
-        if payload.len() > c.max_payload() as usize {
-            return Err(LinkError::TooLarge(format!(
-                "a {} MiB message is over the enclave's {} MiB frame limit; send less per query",
-                payload.len() >> 20,
-                c.max_payload() >> 20
-            )));
-        }
-        let (tx, rx) = mpsc::channel();
         {
-            let mut p = lock(&self.pending);
-            if let Some(why) = &p.dead {
+            let mut inbox = lock(&self.inbox);
+            if let Some(why) = &inbox.dead {
                 return Err(LinkError::Dead(why.clone()));
             }
-            p.waiting.insert(id, tx);
+            inbox.waiting.insert(id, std::thread::current());
         }
+        // One whole frame in one write: the enclave's reader wakes once.
         let written = {
             let mut w = lock(&self.stdin);
-            c.write(&mut *w, KIND_REQUEST, &payload)
-                .and_then(|_| w.flush().map_err(Into::into))
+            w.write_all(&frame).and_then(|()| w.flush())
         };
-        drop(payload);
+        drop(frame);
         if let Err(e) = written {
-            lock(&self.pending).waiting.remove(&id);
+            let mut inbox = lock(&self.inbox);
+            inbox.waiting.remove(&id);
+            inbox.wake_next_reader(id);
             return Err(LinkError::Dead(format!("write: {e}")));
         }
-        match rx.recv_timeout(self.timeout) {
-            Ok(reply) => reply.map(|r| (r, 0)),
-            Err(RecvTimeoutError::Timeout) => {
-                lock(&self.pending).waiting.remove(&id);
-                // The enclave is hung (or this call is too large for the
-                // timeout): kill it; the supervisor restarts it, and the
-                // reader fails every other call in flight.
-                self.kill();
-                Err(LinkError::TimedOut(self.timeout.as_secs()))
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                Err(LinkError::Dead("the reader stopped".into()))
-            }
-        }
+        self.wait_for(id, Instant::now() + self.timeout)
+            .map(|r| (r, 0))
     }
 }
 
@@ -186,6 +277,44 @@ impl Drop for ChildProcess {
         let _ = c.kill();
         let _ = c.wait();
     }
+}
+
+/// The host's read buffer: a stage's input for the next stage arrives in
+/// one read.
+const READ_BUFFER: usize = 1 << 20;
+
+/// Waits until `fd` has data (or is closed) or `deadline` passes.
+#[cfg(unix)]
+fn wait_readable(fd: &impl std::os::fd::AsRawFd, deadline: Instant) -> std::io::Result<()> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = i32::try_from(left.as_millis().saturating_add(1)).unwrap_or(i32::MAX);
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on a descriptor this process owns.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        match r {
+            0 if Instant::now() >= deadline => {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            0 => continue,
+            r if r < 0 => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn wait_readable<T>(_: &T, _: Instant) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Pipe capacity asked for the enclave's stdin and stdout: stage results are
