@@ -19,15 +19,25 @@ use crate::supervisor::{CallError, Supervisor};
 
 /// Anything that answers enclave requests: the supervised enclave process
 /// or an in-process enclave. A refusal is an `Err`.
-pub trait EnclaveCall {
+pub trait EnclaveCall: Sync {
     /// Sends `req`; returns the answer and the peak bytes the enclave
     /// allocated for it (0 when unknown).
     fn call_enclave(&self, req: Request) -> Result<(Response, usize), CallError>;
+
+    /// Whether the enclave works on its own threads (another process), so
+    /// that a caller waiting for it leaves this process's cores free.
+    fn separate(&self) -> bool {
+        false
+    }
 }
 
 impl EnclaveCall for Supervisor {
     fn call_enclave(&self, req: Request) -> Result<(Response, usize), CallError> {
         self.call_measured(req)
+    }
+
+    fn separate(&self) -> bool {
+        self.is_process()
     }
 }
 
@@ -89,21 +99,90 @@ pub fn run_query(
     input: Vec<Vec<u8>>,
 ) -> Result<(Vec<u8>, QueryTrace), QueryError> {
     let mut trace = QueryTrace::default();
-    let te = Instant::now();
-    let (started, _) = enclave.call_enclave(Request::StartQuery {
-        session,
-        model_id: model,
-        payload,
-        input: input.clone(),
-    })?;
-    let Response::QueryStarted { input: thin, .. } = started else {
+    let start = |input| {
+        let te = Instant::now();
+        let started = enclave.call_enclave(Request::StartQuery {
+            session,
+            model_id: model,
+            payload,
+            input,
+        });
+        (started, ms(te))
+    };
+    // An HE query's input is the host's already. When the enclave is its
+    // own process, the host evaluates stage 0 while the enclave checks and
+    // admits the query (a thread of its own waits for the answer), so the
+    // round trip costs the query nothing. Nothing reaches the enclave from
+    // that evaluation before the start is answered. An enclave in this
+    // process would take the same cores: it starts the query first.
+    let (started, first) = if input.is_empty() || !enclave.separate() {
+        (start(input.clone()), None)
+    } else {
+        std::thread::scope(|s| {
+            let waiter = std::thread::Builder::new()
+                .name("hetee-start".into())
+                .spawn_scoped(s, || start(input.clone()));
+            match waiter {
+                Ok(waiter) => {
+                    let first = evaluate_stage(host, 0, &input);
+                    let started = waiter.join().unwrap_or_else(|_| {
+                        (
+                            Err(CallError::Link(LinkError::Dead(
+                                "the thread waiting for the query's start stopped".into(),
+                            ))),
+                            0.0,
+                        )
+                    });
+                    (started, Some(first))
+                }
+                // Nothing was sent: the query is not started, not spent.
+                Err(e) => (
+                    (
+                        Err(CallError::Link(LinkError::Launch(format!(
+                            "no thread to wait for the enclave: {e}"
+                        )))),
+                        0.0,
+                    ),
+                    None,
+                ),
+            }
+        })
+    };
+    let (started, start_ms) = started;
+    let Response::QueryStarted { input: thin, .. } = started?.0 else {
         return Err(QueryError::Unexpected("not QueryStarted".into()));
     };
-    trace.start_ms = ms(te);
-    match run_stages(enclave, host, session, thin.unwrap_or(input), &mut trace)? {
+    trace.start_ms = start_ms;
+    let first = match (first, thin) {
+        (Some(first), _) => First::Evaluated(first?),
+        (None, Some(thin)) => First::Input(thin),
+        (None, None) => First::Input(input),
+    };
+    match run_stages(enclave, host, session, first, &mut trace)? {
         Response::Finished { payload } => Ok((payload, trace)),
         _ => Err(QueryError::Unexpected("not Finished".into())),
     }
+}
+
+/// Stage 0 as a query starts: its input, or its output already evaluated
+/// (with the host's time for it).
+enum First {
+    Input(Vec<Vec<u8>>),
+    Evaluated((Vec<Vec<u8>>, f64)),
+}
+
+/// The host's evaluation of stage `k` on `cts`, and its time (ms).
+fn evaluate_stage(
+    host: &HostModel,
+    k: usize,
+    cts: &[Vec<u8>],
+) -> Result<(Vec<Vec<u8>>, f64), QueryError> {
+    let th = Instant::now();
+    let outs = host.evaluate(k, cts).map_err(|e| QueryError::Host {
+        stage: k,
+        message: e.to_string(),
+    })?;
+    Ok((outs, ms(th)))
 }
 
 /// What a stacked query did with each session it named.
@@ -153,7 +232,7 @@ pub fn run_stack(
         refused,
         ..Default::default()
     };
-    match run_stages(enclave, host, group, input, &mut trace)? {
+    match run_stages(enclave, host, group, First::Input(input), &mut trace)? {
         Response::StackFinished { payloads } => run.results = payloads,
         _ => return Err(QueryError::Unexpected("not StackFinished".into())),
     }
@@ -161,15 +240,20 @@ pub fn run_stack(
     Ok(run)
 }
 
-/// Runs every stage of the running query `session` from its stage-0 input
-/// `cts`; returns the enclave's last answer (`Finished` or `StackFinished`).
+/// Runs every stage of the running query `session` from stage 0's input
+/// (or its output); returns the enclave's last answer (`Finished` or
+/// `StackFinished`).
 fn run_stages(
     enclave: &dyn EnclaveCall,
     host: &HostModel,
     session: SessionId,
-    mut cts: Vec<Vec<u8>>,
+    first: First,
     trace: &mut QueryTrace,
 ) -> Result<Response, QueryError> {
+    let (mut cts, mut evaluated) = match first {
+        First::Input(cts) => (cts, None),
+        First::Evaluated(out) => (Vec::new(), Some(out)),
+    };
     for k in 0..host.stages() {
         let packing = host
             .packing(k)
@@ -179,12 +263,11 @@ fn run_stages(
             enclave_decrypts: packing.output_count(),
             ..Default::default()
         };
-        let th = Instant::now();
-        let outs = host.evaluate(k, &cts).map_err(|e| QueryError::Host {
-            stage: k,
-            message: e.to_string(),
-        })?;
-        s.host_ms = ms(th);
+        let (outs, host_ms) = match evaluated.take() {
+            Some(out) => out,
+            None => evaluate_stage(host, k, &cts)?,
+        };
+        s.host_ms = host_ms;
         s.bytes_to_enclave = outs.iter().map(Vec::len).sum();
         let te = Instant::now();
         let (resp, peak) = enclave.call_enclave(Request::StageResult {

@@ -169,6 +169,11 @@ impl Supervisor {
         self.peak_in_flight.load(Ordering::Relaxed)
     }
 
+    /// Whether the enclave is a process of its own (not in this one).
+    pub fn is_process(&self) -> bool {
+        matches!(self.launch, Launch::Process(_))
+    }
+
     /// Process id of the running enclave (0 if none).
     pub fn pid(&self) -> u32 {
         self.lock_current().as_ref().map(|i| i.pid).unwrap_or(0)
