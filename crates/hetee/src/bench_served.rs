@@ -10,9 +10,11 @@
 //!   queries into stacked queries (one product for all of them).
 //!
 //! Every client opens one session and sends its queries on it, one after
-//! another (one handshake per client, not per query).
+//! another (one handshake per client, not per query). The concurrent rows
+//! time the queries: the clients' sessions are all open before the clock
+//! starts, as a server's long-lived clients have theirs.
 
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -21,7 +23,7 @@ use hetee_model::QuantModel;
 use hetee_proto::api::Health;
 
 use crate::bench::{median_row, row, BenchRow, Footprint, Plain};
-use crate::client::data_provider::Target;
+use crate::client::data_provider::{QuerySession, Target};
 use crate::client::http::Api;
 use crate::client::model_provider::{upload, Terms};
 use crate::client::relay::Relay;
@@ -77,17 +79,7 @@ impl Served {
         xs: impl Iterator<Item = &'x [f32]>,
         thin: bool,
     ) -> Result<Vec<QueryStats>> {
-        let mut s = self.target.session()?;
-        xs.map(|x| {
-            let t0 = Instant::now();
-            let a = if thin {
-                s.query_thin(&[x])?
-            } else {
-                s.query(&[x])?
-            };
-            Ok(QueryStats::of(&a, t0.elapsed().as_secs_f64() * 1e3))
-        })
-        .collect()
+        queries_on(&mut self.target.session()?, xs, thin)
     }
 
     /// One thin query (the server may stack it with others); its figures.
@@ -104,6 +96,25 @@ impl Served {
             .map(|h| h.enclave_memory_peak as usize)
             .unwrap_or(0)
     }
+}
+
+/// Single-image queries of `xs` one after another on `session`; their
+/// figures.
+fn queries_on<'x>(
+    session: &mut QuerySession,
+    xs: impl Iterator<Item = &'x [f32]>,
+    thin: bool,
+) -> Result<Vec<QueryStats>> {
+    xs.map(|x| {
+        let t0 = Instant::now();
+        let a = if thin {
+            session.query_thin(&[x])?
+        } else {
+            session.query(&[x])?
+        };
+        Ok(QueryStats::of(&a, t0.elapsed().as_secs_f64() * 1e3))
+    })
+    .collect()
 }
 
 /// The `served`, `clients` and `stacked` rows of one model: `runs` runs
@@ -158,23 +169,34 @@ pub(crate) fn rows(
         let Some(target) = target else { continue };
         let mut run_rows = Vec::new();
         for _ in 0..runs.max(1) {
-            let t0 = Instant::now();
-            let stats = std::thread::scope(|s| {
+            // Every client opens its session first (a handshake with the
+            // enclave, once per client); the clock starts when all are
+            // open, so the row is the queries' throughput.
+            let open = Barrier::new(streams + 1);
+            let (stats, t0) = std::thread::scope(|s| {
                 let handles: Vec<_> = (0..streams)
                     .map(|c| {
+                        let open = &open;
                         s.spawn(move || {
-                            target.queries(xs.iter().copied().skip(c).step_by(streams), thin)
+                            let session = target.target.session();
+                            open.wait();
+                            let xs = xs.iter().copied().skip(c).step_by(streams);
+                            queries_on(&mut session?, xs, thin)
                         })
                     })
                     .collect();
-                handles
+                open.wait();
+                let t0 = Instant::now();
+                let stats = handles
                     .into_iter()
                     .map(|h| {
                         h.join()
                             .unwrap_or_else(|_| Err(anyhow::anyhow!("a client thread panicked")))
                     })
-                    .collect::<Result<Vec<_>>>()
-            })?;
+                    .collect::<Result<Vec<_>>>();
+                (stats, t0)
+            });
+            let stats = stats?;
             let wall = t0.elapsed().as_secs_f64();
             let stats: Vec<QueryStats> = stats.into_iter().flatten().collect();
             let mut r = row(
