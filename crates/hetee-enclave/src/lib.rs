@@ -32,7 +32,6 @@ mod channel;
 pub mod enclave;
 pub mod freivalds;
 pub mod keys;
-mod par;
 pub mod peer;
 pub mod peer_check;
 pub mod policy;

@@ -7,6 +7,7 @@
 
 use ed25519_dalek::Signer;
 use hetee_attest::Transport;
+use rayon::prelude::*;
 use zeroize::Zeroizing;
 
 use crate::binding::BindingVerdict;
@@ -16,7 +17,6 @@ use crate::messages::{
     input_digest, thin_input_digest, ClientMessage, EnclaveMessage, ModelId, QueryResult, Response,
     SessionId,
 };
-use crate::par::map_ordered;
 use crate::policy;
 use crate::query_ids::SpentQuery;
 use crate::state::ModelState;
@@ -217,24 +217,28 @@ impl Enclave {
                 let mut payloads = Vec::with_capacity(members.len());
                 let mut ready = Vec::with_capacity(members.len());
                 // Each member's result is signed and sealed to its own
-                // channel (two threads for a stack).
-                let sealed = map_ordered(members, |mut member| {
-                    let from = (member.offset as usize * classes).min(values.len());
-                    let to = ((member.offset + member.images) as usize * classes).min(values.len());
-                    let (logits, labels) =
-                        policy::apply(m.terms.policy, &values[from..to], classes);
-                    let result = QueryResult {
-                        model_id,
-                        commitment: m.commitment,
-                        input_digest: member.input_digest,
-                        images: member.images,
-                        classes: classes as u32,
-                        policy: m.terms.policy,
-                        logits: Zeroizing::new(logits),
-                        labels: Zeroizing::new(labels),
-                    };
-                    sign_and_seal(self, &mut member.tx, result).map(|payload| (member, payload))
-                });
+                // channel, on the enclave's threads.
+                let sealed: Vec<_> = members
+                    .into_par_iter()
+                    .map(|mut member| {
+                        let from = (member.offset as usize * classes).min(values.len());
+                        let to =
+                            ((member.offset + member.images) as usize * classes).min(values.len());
+                        let (logits, labels) =
+                            policy::apply(m.terms.policy, &values[from..to], classes);
+                        let result = QueryResult {
+                            model_id,
+                            commitment: m.commitment,
+                            input_digest: member.input_digest,
+                            images: member.images,
+                            classes: classes as u32,
+                            policy: m.terms.policy,
+                            logits: Zeroizing::new(logits),
+                            labels: Zeroizing::new(labels),
+                        };
+                        sign_and_seal(self, &mut member.tx, result).map(|payload| (member, payload))
+                    })
+                    .collect();
                 for outcome in sealed {
                     let (member, payload) = outcome.map_err(plain)?;
                     payloads.push((member.session, payload));

@@ -10,12 +10,12 @@
 //! sessions in order; the enclave takes them while the model's batch has
 //! room and keeps the rest opened (`Session::Opened`) for a later stack.
 
+use rayon::prelude::*;
 use zeroize::Zeroizing;
 
 use crate::channel::decode;
 use crate::enclave::{lock, refuse, Enclave, Member, Opened, Running, Session};
 use crate::messages::{thin_input_digest, ClientMessage, ModelId, Response, SessionId};
-use crate::par::map_ordered;
 use crate::query::{pad_to_batch, quantize_thin};
 use crate::query_ids::SpentQuery;
 use crate::state::ModelState;
@@ -53,11 +53,15 @@ impl Enclave {
         let batch = m.schedule.batch;
         let mut refused = Vec::new();
         let mut opened = Vec::new();
-        // Each member's channel message is opened on its own (two threads).
-        let outcomes = map_ordered(members, |member| {
-            let o = self.open_member(&m.schedule, &model_id, member.session, &member.payload);
-            (member.session, o)
-        });
+        // Each member's channel message is opened on its own, on the
+        // enclave's threads (a rayon pool wakes faster than a thread starts).
+        let outcomes: Vec<_> = members
+            .into_par_iter()
+            .map(|member| {
+                let o = self.open_member(&m.schedule, &model_id, member.session, &member.payload);
+                (member.session, o)
+            })
+            .collect();
         for (session, outcome) in outcomes {
             match outcome {
                 Ok(o) => opened.push((session, o)),
