@@ -20,9 +20,7 @@ use crate::messages::{
 use crate::policy;
 use crate::query_ids::SpentQuery;
 use crate::state::ModelState;
-use crate::step::{
-    decrypt_all, encrypt_stage_input, start_values, step, StepOutput, INTEGRITY_FAILURE,
-};
+use crate::step::{encrypt_stage_input, start_values, step, StepOutput, INTEGRITY_FAILURE};
 use crate::EnclaveError;
 
 impl Enclave {
@@ -86,17 +84,11 @@ impl Enclave {
                         input.len()
                     ));
                 }
-                // The stage-0 check needs the input in the clear. The input
-                // binding is checked beside the host's stage 0 (`binding`):
-                // stage 0's result is used only once it holds.
-                let polys = Zeroizing::new(decrypt_all(ks, input, 2)?);
-                let x = Zeroizing::new(m.schedule.unpack_stage_input(0, &polys)?);
-                if !in_range(&x, m.schedule.input.min, m.schedule.input.max) {
-                    return refuse("the input holds values outside the model's input range");
-                }
-                let values = start_values(&m.schedule, &x)?;
-                let binding = BindingVerdict::spawn(keys.clone(), seed, polys, input.to_vec());
-                (values, images, None, Some(binding))
+                // Decrypted and checked beside the host's stage 0
+                // (`binding`): stage 0's result is used only once that
+                // is done.
+                let binding = BindingVerdict::spawn(keys.clone(), m.clone(), seed, input.to_vec());
+                (Vec::new(), images, None, Some(binding))
             }
             ClientMessage::ThinQuery { images, .. } => {
                 if !input.is_empty() {
@@ -171,15 +163,10 @@ impl Enclave {
         {
             return Err(plain(EnclaveError::Protocol(crate::state::LOCKED.into())));
         }
-        // An HE query's stage 0 waits for its input binding (checked
+        // An HE query's stage 0 waits for its input (decrypted and checked
         // meanwhile); nothing is decrypted before it holds.
         if let Some(binding) = run.binding.take() {
-            if !binding.holds() {
-                return refuse(
-                    "the input ciphertexts were not made by this session's data provider; session closed",
-                )
-                .map_err(plain);
-            }
+            run.values = binding.wait().map_err(plain)?;
         }
         let (m, ks) = self.model_and_keys(&run.model_id).map_err(plain)?;
         let Some(check) = m.checks.get(stage as usize) else {
@@ -294,13 +281,6 @@ impl Enclave {
 }
 
 /// Whether every value lies in `[min, max]`, without branching on a value.
-fn in_range(x: &[Vec<i64>], min: i64, max: i64) -> bool {
-    let bad = x.iter().flatten().fold(0i64, |acc, &v| {
-        acc | v.wrapping_sub(min) | max.wrapping_sub(v)
-    });
-    bad >= 0
-}
-
 fn sign_and_seal(
     e: &Enclave,
     tx: &mut Transport,

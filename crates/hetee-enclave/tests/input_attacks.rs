@@ -401,3 +401,61 @@ fn selection_model(s: &mut Setup, stage: usize, offset: usize) -> Option<(HostMo
     let id = opened.registered?.model_id;
     Some((host, id))
 }
+
+/// A curious data provider encrypts, with its own seed, an input holding
+/// values outside the model's quantized input range (to learn more of
+/// the weights from one result than any valid image shows). The input is
+/// its own, so its binding holds; the enclave decrypts it beside the
+/// host's stage 0 and refuses the query before anything is computed from
+/// stage 0's result. The provider's next, valid query is exact.
+#[test]
+fn attack_a_data_provider_sends_values_outside_the_input_range() {
+    use fhe::bfv::PublicKey;
+    use fhe_traits::DeserializeParametrized;
+
+    let s = Setup::new();
+    let id = s.model_id();
+    let mut dp = hello(&s.enclave, &s.keys, id).unwrap();
+    let par = dp.plan.he.build().unwrap();
+    let pk = PublicKey::from_bytes(&s.keys.public_key, &par).unwrap();
+    let mut polys = dp.plan.pack_input(&[&s.x]).unwrap();
+    // Just past the top of the range. Without the range check the stage-0
+    // check refuses it instead (the sums wrap the plaintext modulus): this
+    // test fails either way if the range check goes.
+    let hi = s.q.input.max;
+    for p in &mut polys {
+        for c in p.iter_mut() {
+            *c = hi + 3;
+        }
+    }
+    let input = hetee_enclave::input_binding::encrypt_input(&pk, &par, &polys, &dp.seed).unwrap();
+    let session = dp.channel.session;
+    assert!(
+        matches!(
+            dp.start(&s.enclave, id, &input),
+            Response::QueryStarted { .. }
+        ),
+        "the start checks only the digest"
+    );
+    match run_stages(&s.enclave, &s.host, session, input) {
+        Response::Error { message, .. } => {
+            assert!(
+                message.contains("outside the model's input range"),
+                "{message}"
+            )
+        }
+        other => panic!("an out-of-range input was evaluated: {other:?}"),
+    }
+    // Its session is closed: nothing more comes out of it.
+    assert!(matches!(
+        s.enclave.handle(Request::StageResult {
+            session,
+            stage: 1,
+            ciphertexts: vec![],
+        }),
+        Response::Error { .. }
+    ));
+    let want: Vec<u32> = reference(&s.q, &s.x).iter().map(|v| v.to_bits()).collect();
+    let got = query(&s.enclave, &s.keys, &s.host, id, &s.x).unwrap();
+    assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
+}
