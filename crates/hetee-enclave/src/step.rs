@@ -35,13 +35,17 @@ pub fn decrypt_all(
     cts: &[Vec<u8>],
     polys: usize,
 ) -> Result<Vec<Vec<i64>>, EnclaveError> {
-    let t = keys.par.plaintext();
     cts.par_iter()
-        .map(|b| {
-            let v = keys.ops.decrypt_bytes(b, polys)?;
-            Ok(v.iter().map(|&x| centre(x, t)).collect())
-        })
+        .map(|b| decrypt_one(keys, b, polys))
         .collect()
+}
+
+/// Decrypts one ciphertext of `polys` polynomials (the codec's bytes) to
+/// centred coefficients.
+pub fn decrypt_one(keys: &KeySet, ct: &[u8], polys: usize) -> Result<Vec<i64>, EnclaveError> {
+    let t = keys.par.plaintext();
+    let v = keys.ops.decrypt_bytes(ct, polys)?;
+    Ok(v.iter().map(|&x| centre(x, t)).collect())
 }
 
 /// Decrypt, check against the stage's input (held in `values`, one store
@@ -117,12 +121,35 @@ pub fn step(
 /// the joins on the input (ops before the first linear layer) already run
 /// and what nothing reads later freed.
 pub fn start_values(schedule: &Schedule, xs: &[Vec<i64>]) -> Result<Vec<Values>, EnclaveError> {
-    let (n, j) = (schedule.stages.len(), schedule.joins.len());
-    let mut values: Vec<Values> = xs.iter().map(|x| Values::new(x.clone(), n, j)).collect();
+    let mut values = new_values(schedule, xs);
     values
         .par_iter_mut()
         .try_for_each(|v| run_joins(None, &schedule.joins, v))
         .map_err(|e| EnclaveError::Schedule(e.to_string()))?;
+    Ok(keep_live(schedule, values))
+}
+
+/// [`start_values`] on this thread alone (for a thread outside the
+/// global pool, which must not wait for it).
+pub fn start_values_here(
+    schedule: &Schedule,
+    xs: &[Vec<i64>],
+) -> Result<Vec<Values>, EnclaveError> {
+    let mut values = new_values(schedule, xs);
+    values
+        .iter_mut()
+        .try_for_each(|v| run_joins(None, &schedule.joins, v))
+        .map_err(|e| EnclaveError::Schedule(e.to_string()))?;
+    Ok(keep_live(schedule, values))
+}
+
+fn new_values(schedule: &Schedule, xs: &[Vec<i64>]) -> Vec<Values> {
+    let (n, j) = (schedule.stages.len(), schedule.joins.len());
+    xs.iter().map(|x| Values::new(x.clone(), n, j)).collect()
+}
+
+/// `values` with what nothing reads later freed.
+fn keep_live(schedule: &Schedule, mut values: Vec<Values>) -> Vec<Values> {
     let live = live_after(
         None,
         &schedule.stage_reads(),
@@ -130,7 +157,7 @@ pub fn start_values(schedule: &Schedule, xs: &[Vec<i64>]) -> Result<Vec<Values>,
         schedule.output_ref(),
     );
     values.iter_mut().for_each(|v| v.retain(&live));
-    Ok(values)
+    values
 }
 
 /// Packs stage `k`'s input from the values the enclave holds and encrypts

@@ -57,7 +57,10 @@ pub fn encrypt_input(
 /// zero with the randomness `seed` gives it, so that `masks[i] + polys[i]`
 /// is `encrypt_input`'s ciphertext `i` (`fhe` draws the same samples in the
 /// same order whatever the message, and adds the message to `c0` last).
-/// The enclave computes these while it decrypts the input.
+/// On the calling thread alone, as [`made_with_masks`]: the enclave runs
+/// each input check on a thread of its own, beside the host's stage 0,
+/// and that thread must never wait for a thread pool whose threads may be
+/// waiting for the check.
 pub fn input_masks(
     pk: &PublicKey,
     par: &Arc<BfvParameters>,
@@ -66,7 +69,6 @@ pub fn input_masks(
 ) -> Result<Vec<Ciphertext>, ProtoError> {
     let zero = Plaintext::zero(Encoding::poly(), par).map_err(hetee_he::HeError::from)?;
     (0..count)
-        .into_par_iter()
         .map(|i| {
             Ok(pk
                 .try_encrypt(&zero, &mut input_rng(seed, i))
@@ -87,7 +89,7 @@ pub fn made_with_masks(
         return Ok(false);
     }
     polys
-        .par_iter()
+        .iter()
         .zip(masks)
         .zip(input)
         .map(|((p, mask), got)| {
@@ -104,7 +106,7 @@ pub fn made_with_masks(
             let ct = mask + &pt;
             Ok(ciphertext_to_bytes(&ct) == *got)
         })
-        .try_reduce(|| true, |a, b| Ok(a && b))
+        .try_fold(true, |all, same: Result<bool, ProtoError>| Ok(all & same?))
 }
 
 /// Whether `input` is exactly the encryption of `polys` under `seed`.
