@@ -49,8 +49,8 @@ type Check = Box<dyn FnOnce() + Send>;
 /// before it sleeps, beside the host's stage 0 (served e2dm, 4 pairs:
 /// 5.14 ms on a rayon pool against 4.84 on plain threads). `None` if no
 /// thread can start: the check then runs at the start.
-fn checkers() -> Option<&'static Mutex<Sender<Check>>> {
-    static CHECKERS: OnceLock<Option<Mutex<Sender<Check>>>> = OnceLock::new();
+fn checkers() -> Option<&'static Sender<Check>> {
+    static CHECKERS: OnceLock<Option<Sender<Check>>> = OnceLock::new();
     CHECKERS
         .get_or_init(|| {
             let (tx, rx) = channel::<Check>();
@@ -71,7 +71,7 @@ fn checkers() -> Option<&'static Mutex<Sender<Check>>> {
                         .is_ok()
                 })
                 .count();
-            (started > 0).then(|| Mutex::new(tx))
+            (started > 0).then_some(tx)
         })
         .as_ref()
 }
@@ -98,7 +98,7 @@ impl BindingVerdict {
         let job: Check = Box::new(job);
         // A send fails only if every checker is gone: run it here then.
         let unsent = match checkers() {
-            Some(tx) => lock(tx).send(job).err().map(|SendError(job)| job),
+            Some(tx) => tx.send(job).err().map(|SendError(job)| job),
             None => Some(job),
         };
         if let Some(job) = unsent {
@@ -119,7 +119,7 @@ impl BindingVerdict {
 }
 
 /// Refusal of an input its session's data provider did not make.
-pub const NOT_MADE_BY_THE_PROVIDER: &str =
+const NOT_MADE_BY_THE_PROVIDER: &str =
     "the input ciphertexts were not made by this session's data provider; session closed";
 
 /// Decrypts and checks an HE query's input, on this thread alone (a
@@ -153,7 +153,7 @@ fn open_input(
 }
 
 /// Whether every value lies in `[min, max]` (one pass, no early exit).
-pub(crate) fn in_range(x: &[Vec<i64>], min: i64, max: i64) -> bool {
+fn in_range(x: &[Vec<i64>], min: i64, max: i64) -> bool {
     let bad = x.iter().flatten().fold(0i64, |acc, &v| {
         acc | v.wrapping_sub(min) | max.wrapping_sub(v)
     });

@@ -121,12 +121,7 @@ pub fn step(
 /// the joins on the input (ops before the first linear layer) already run
 /// and what nothing reads later freed.
 pub fn start_values(schedule: &Schedule, xs: &[Vec<i64>]) -> Result<Vec<Values>, EnclaveError> {
-    let mut values = new_values(schedule, xs);
-    values
-        .par_iter_mut()
-        .try_for_each(|v| run_joins(None, &schedule.joins, v))
-        .map_err(|e| EnclaveError::Schedule(e.to_string()))?;
-    Ok(keep_live(schedule, values))
+    make_values(schedule, xs, true)
 }
 
 /// [`start_values`] on this thread alone (for a thread outside the
@@ -135,21 +130,23 @@ pub fn start_values_here(
     schedule: &Schedule,
     xs: &[Vec<i64>],
 ) -> Result<Vec<Values>, EnclaveError> {
-    let mut values = new_values(schedule, xs);
-    values
-        .iter_mut()
-        .try_for_each(|v| run_joins(None, &schedule.joins, v))
-        .map_err(|e| EnclaveError::Schedule(e.to_string()))?;
-    Ok(keep_live(schedule, values))
+    make_values(schedule, xs, false)
 }
 
-fn new_values(schedule: &Schedule, xs: &[Vec<i64>]) -> Vec<Values> {
+fn make_values(
+    schedule: &Schedule,
+    xs: &[Vec<i64>],
+    parallel: bool,
+) -> Result<Vec<Values>, EnclaveError> {
     let (n, j) = (schedule.stages.len(), schedule.joins.len());
-    xs.iter().map(|x| Values::new(x.clone(), n, j)).collect()
-}
-
-/// `values` with what nothing reads later freed.
-fn keep_live(schedule: &Schedule, mut values: Vec<Values>) -> Vec<Values> {
+    let mut values: Vec<Values> = xs.iter().map(|x| Values::new(x.clone(), n, j)).collect();
+    let joins = |v: &mut Values| run_joins(None, &schedule.joins, v);
+    let ran = if parallel {
+        values.par_iter_mut().try_for_each(joins)
+    } else {
+        values.iter_mut().try_for_each(joins)
+    };
+    ran.map_err(|e| EnclaveError::Schedule(e.to_string()))?;
     let live = live_after(
         None,
         &schedule.stage_reads(),
@@ -157,7 +154,7 @@ fn keep_live(schedule: &Schedule, mut values: Vec<Values>) -> Vec<Values> {
         schedule.output_ref(),
     );
     values.iter_mut().for_each(|v| v.retain(&live));
-    values
+    Ok(values)
 }
 
 /// Packs stage `k`'s input from the values the enclave holds and encrypts

@@ -155,15 +155,15 @@ impl ChildProcess {
     }
 
     /// Reads the next answer, waiting for it up to `deadline`.
-    fn read_answer(&self, deadline: Instant) -> Result<(u64, Response), Read1Error> {
+    fn read_answer(&self, deadline: Instant) -> Result<(u64, Response), ReadError> {
         let mut stdout = lock(&self.stdout);
         stdout.get_mut().deadline = deadline;
         match codec().read_kind(&mut *stdout, KIND_RESPONSE) {
-            Ok(payload) => decode_response(&payload).map_err(Read1Error::Broken),
+            Ok(payload) => decode_response(&payload).map_err(ReadError::Broken),
             Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                Err(Read1Error::TimedOut)
+                Err(ReadError::TimedOut)
             }
-            Err(e) => Err(Read1Error::Broken(format!("read: {e}"))),
+            Err(e) => Err(ReadError::Broken(format!("read: {e}"))),
         }
     }
 
@@ -207,8 +207,8 @@ impl ChildProcess {
                         inbox.answers.insert(rid, Ok(resp));
                     }
                 }
-                Err(Read1Error::TimedOut) => return Err(self.time_out(inbox, id)),
-                Err(Read1Error::Broken(why)) => {
+                Err(ReadError::TimedOut) => return Err(self.time_out(inbox, id)),
+                Err(ReadError::Broken(why)) => {
                     inbox.dead = Some(why.clone());
                     for t in inbox.waiting.values() {
                         t.unpark();
@@ -234,7 +234,7 @@ impl ChildProcess {
 }
 
 /// Why reading one answer failed.
-enum Read1Error {
+enum ReadError {
     /// No answer came before the deadline.
     TimedOut,
     /// The stream ended or carried something malformed.

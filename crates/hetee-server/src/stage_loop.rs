@@ -115,40 +115,25 @@ pub fn run_query(
     // round trip costs the query nothing. Nothing reaches the enclave from
     // that evaluation before the start is answered. An enclave in this
     // process would take the same cores: it starts the query first.
-    let (started, first) = if input.is_empty() || !enclave.separate() {
-        (start(input.clone()), None)
+    let (started, start_ms, first) = if input.is_empty() || !enclave.separate() {
+        let (started, ms) = start(input.clone());
+        (started, ms, None)
     } else {
         std::thread::scope(|s| {
+            // No thread to wait: nothing was sent, the query is not spent.
             let waiter = std::thread::Builder::new()
                 .name("hetee-start".into())
-                .spawn_scoped(s, || start(input.clone()));
-            match waiter {
-                Ok(waiter) => {
-                    let first = evaluate_stage(host, 0, &input);
-                    let started = waiter.join().unwrap_or_else(|_| {
-                        (
-                            Err(CallError::Link(LinkError::Dead(
-                                "the thread waiting for the query's start stopped".into(),
-                            ))),
-                            0.0,
-                        )
-                    });
-                    (started, Some(first))
-                }
-                // Nothing was sent: the query is not started, not spent.
-                Err(e) => (
-                    (
-                        Err(CallError::Link(LinkError::Launch(format!(
-                            "no thread to wait for the enclave: {e}"
-                        )))),
-                        0.0,
-                    ),
-                    None,
-                ),
-            }
-        })
+                .spawn_scoped(s, || start(input.clone()))
+                .map_err(|e| {
+                    LinkError::Launch(format!("no thread to wait for the enclave: {e}"))
+                })?;
+            let first = evaluate_stage(host, 0, &input);
+            let (started, ms) = waiter.join().map_err(|_| {
+                LinkError::Dead("the thread waiting for the query's start stopped".into())
+            })?;
+            Ok::<_, QueryError>((started, ms, Some(first)))
+        })?
     };
-    let (started, start_ms) = started;
     let Response::QueryStarted { input: thin, .. } = started?.0 else {
         return Err(QueryError::Unexpected("not QueryStarted".into()));
     };
