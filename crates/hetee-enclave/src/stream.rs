@@ -8,9 +8,10 @@
 //! hand-off to a sleeping thread costs tens of microseconds, and a query
 //! makes a call per stage). Each worker writes its answer, tagged with
 //! its request's id, as soon as it is ready, under the output's lock (no
-//! hand-off on the way out either), as one whole frame in one write. With one worker, answers come in
-//! request order; a host that sends faster than the enclave works waits,
-//! as a request is read only by a free thread.
+//! hand-off on the way out either), as one whole frame in one write. With
+//! one worker, answers come in request order; a host that sends faster
+//! than the enclave works waits, as a request is read only by a free
+//! thread.
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};

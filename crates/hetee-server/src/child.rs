@@ -41,7 +41,7 @@ struct Inbox {
     /// wake when it is read.
     waiting: HashMap<u64, Thread>,
     /// Answers read by another caller, not yet taken by their own.
-    answers: HashMap<u64, Reply>,
+    answers: HashMap<u64, Response>,
     /// Whether a caller is reading the enclave's output now.
     reading: bool,
     /// Why the stream is dead, once it is.
@@ -172,9 +172,9 @@ impl ChildProcess {
     fn wait_for(&self, id: u64, deadline: Instant) -> Reply {
         let mut inbox = lock(&self.inbox);
         loop {
-            if let Some(reply) = inbox.answers.remove(&id) {
+            if let Some(resp) = inbox.answers.remove(&id) {
                 inbox.waiting.remove(&id);
-                return reply;
+                return Ok(resp);
             }
             if let Some(why) = inbox.dead.clone() {
                 inbox.waiting.remove(&id);
@@ -204,7 +204,7 @@ impl ChildProcess {
                     // Another call's answer (one that timed out is dropped).
                     if let Some(t) = inbox.waiting.get(&rid) {
                         t.unpark();
-                        inbox.answers.insert(rid, Ok(resp));
+                        inbox.answers.insert(rid, resp);
                     }
                 }
                 Err(ReadError::TimedOut) => return Err(self.time_out(inbox, id)),

@@ -101,21 +101,27 @@ fn call(link: &ChildProcess, token: u8) -> Result<usize, LinkError> {
     }
 }
 
-fn python_missing() -> bool {
-    std::process::Command::new("python3")
+/// The scripted "enclave" in `mode` in a fresh directory, or `None` (the
+/// test skips) where there is no `python3`.
+fn scripted_link(mode: &str, timeout: Duration) -> Option<(tempfile::TempDir, Arc<ChildProcess>)> {
+    if std::process::Command::new("python3")
         .arg("--version")
         .output()
         .is_err()
+    {
+        eprintln!("skipped: no python3");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let link = Arc::new(scripted(dir.path(), mode, timeout));
+    Some((dir, link))
 }
 
 #[test]
 fn answers_in_reverse_order_each_reach_their_own_caller() {
-    if python_missing() {
-        eprintln!("skipped: no python3");
+    let Some((_dir, link)) = scripted_link("reverse8", Duration::from_secs(20)) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let link = Arc::new(scripted(dir.path(), "reverse8", Duration::from_secs(20)));
+    };
     for round in 0..3u8 {
         let calls: Vec<_> = (0..8u8)
             .map(|i| {
@@ -137,12 +143,9 @@ fn answers_in_reverse_order_each_reach_their_own_caller() {
 
 #[test]
 fn a_call_never_answered_times_out_while_the_others_get_theirs() {
-    if python_missing() {
-        eprintln!("skipped: no python3");
+    let Some((_dir, link)) = scripted_link("never99", Duration::from_millis(1500)) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let link = Arc::new(scripted(dir.path(), "never99", Duration::from_millis(1500)));
+    };
     let t0 = Instant::now();
     let hung = {
         let link = link.clone();
