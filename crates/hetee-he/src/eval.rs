@@ -11,7 +11,11 @@
 //! of at most `K` terms ([`Evaluator::for_sums`]) takes the fewest 62-bit
 //! primes that give it; MNIST's sums of at most four products need two
 //! instead of three, which makes every extension, product and rescale a
-//! fifth cheaper.
+//! fifth cheaper. The host's sums are of fresh ciphertexts, whose
+//! coefficients are uniform: [`Evaluator::for_fresh_sums`] bounds them with
+//! `p > 12 sqrt(K N) q` instead (failing with probability below `2^-100`
+//! per coefficient, caught by the enclave's checks), which takes two primes
+//! for every bundled model.
 //!
 //! The cross term takes two products (four per pair in all). Karatsuba's
 //! three would work in the same basis (its middle sum may wrap, but the
@@ -120,15 +124,60 @@ impl Evaluator {
     }
 
     /// Prepares the smallest multiplication basis that holds every sum of
-    /// up to `max_terms` products exactly (`p > max_terms N q`); longer sums
-    /// are refused.
+    /// up to `max_terms` products exactly (`p > max_terms N q`), whatever
+    /// the operands; longer sums are refused.
     pub fn for_sums(par: &Arc<BfvParameters>, max_terms: usize) -> Result<Self, HeError> {
+        let q = par.context_at_level(0)?.modulus().clone();
+        let knq = BigUint::from(max_terms.max(1)) * BigUint::from(par.degree()) * q;
+        Self::with_extension_above(par, knq, max_terms)
+    }
+
+    /// Prepares the smallest multiplication basis that holds sums of up to
+    /// `max_terms` products of *fresh* ciphertexts, except with probability
+    /// below `2^-100` per coefficient (`p > 12 sqrt(max_terms N) q`); longer
+    /// sums are refused.
+    ///
+    /// Every operand the host multiplies is a fresh encryption (the data
+    /// provider's input, the enclave's re-encryptions, the model provider's
+    /// weights), whose polynomials have independent coefficients uniform
+    /// in `(-q/2, q/2]`, and the products of one sum pair distinct inputs
+    /// with distinct weights ([`crate::packing::ConvPacking::product_plan`]).
+    /// Given the weights, a coefficient of `Σ a0 b1` is then a sum of
+    /// `K N` independent terms in `[-q²/4, q²/4]` with mean zero, so by
+    /// Hoeffding it exceeds `x` with probability at most
+    /// `2 exp(-8 x² / (K N q⁴))`; the same holds for `Σ a1 b0`, `Σ a0 b0`
+    /// and `Σ a1 b1`. The cross term is the largest, and it stays below
+    /// `q p / 2` when `p > q sqrt(2 K N ln(2/δ))`, which is `11.8 sqrt(K N) q`
+    /// for `δ = 2^-100`.
+    ///
+    /// The worst case ([`Evaluator::for_sums`]) grows with `K N` instead of
+    /// its square root: e2dm's sums of 8 to 16 products, or ResNet-20's of
+    /// 64, need three 62-bit primes there and two here, which makes every
+    /// extension, product and rescale of theirs a fifth cheaper.
+    ///
+    /// Operands chosen to defeat the bound (a malicious data provider's
+    /// input, a malicious model provider's weights) can make a sum wrap.
+    /// That is liveness, not secrecy or integrity: the host could return any
+    /// ciphertext anyway, and the enclave's Freivalds check refuses a wrong
+    /// result, so such a party only spoils its own queries.
+    pub fn for_fresh_sums(par: &Arc<BfvParameters>, max_terms: usize) -> Result<Self, HeError> {
+        let q = par.context_at_level(0)?.modulus().clone();
+        let kn = max_terms.max(1) as f64 * par.degree() as f64;
+        // 12 sqrt(K N), rounded up to an integer.
+        let factor = (12.0 * kn.sqrt()).ceil() as u64 + 1;
+        Self::with_extension_above(par, BigUint::from(factor) * q, max_terms)
+    }
+
+    /// The evaluator whose extension primes `p` exceed `need`.
+    fn with_extension_above(
+        par: &Arc<BfvParameters>,
+        need: BigUint,
+        max_terms: usize,
+    ) -> Result<Self, HeError> {
         let base = par.context_at_level(0)?.clone();
         let moduli = base.moduli().to_vec();
-        // p > K N q, with 2^-30 to spare for a lift that lands a hair
-        // above q/2 (see `rns`).
-        let knq = BigUint::from(max_terms.max(1)) * BigUint::from(par.degree()) * base.modulus();
-        let need = &knq + (&knq >> 30u32);
+        // 2^-30 to spare for a lift that lands a hair above q/2 (see `rns`).
+        let need = &need + (&need >> 30u32);
         let mut ext = moduli.clone();
         let mut p = BigUint::from(1u8);
         let mut upper = 1u64 << 62;

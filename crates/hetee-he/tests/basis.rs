@@ -1,5 +1,6 @@
 //! The multiplication basis of an evaluator made for sums of at most `K`
-//! products holds the worst case exactly, and longer sums are refused.
+//! products holds the worst case exactly, and longer sums are refused; the
+//! smaller basis made for sums of fresh ciphertexts holds them exactly.
 
 use fhe::bfv::{BfvParameters, Ciphertext};
 use fhe_math::rq::{traits::TryConvertFrom, Poly, Representation};
@@ -56,16 +57,12 @@ fn the_smallest_basis_holds_the_worst_sum_it_was_made_for() {
                 .context_at_level(hetee_he::eval::output_level(&par))
                 .unwrap();
             let q = q.modulus().clone();
-            for (x, y) in coefficients(&ours).iter().zip(coefficients(&exact)) {
-                for (x, y) in x.iter().zip(&y) {
-                    let d = (x + &q - y) % &q;
-                    assert!(
-                        d <= BigUint::from(1u8) || d == &q - 1u8,
-                        "{terms} terms in {} primes: {x} against {y}",
-                        small.basis_primes()
-                    );
-                }
-            }
+            assert_eq!(
+                first_difference(&ours, &exact, &q),
+                None,
+                "{terms} terms in {} primes",
+                small.basis_primes()
+            );
         }
     }
 }
@@ -139,4 +136,92 @@ fn a_seeded_input_extends_the_same_from_either_form() {
         })
         .collect();
     assert_eq!(*ops.decrypt(&b).unwrap(), want);
+}
+
+/// Coefficients of `ours` within one of `exact`'s (the rescale may round
+/// either way at a boundary), or the first that is not.
+fn first_difference(ours: &Ciphertext, exact: &Ciphertext, q: &BigUint) -> Option<String> {
+    for (x, y) in coefficients(ours).iter().zip(coefficients(exact)) {
+        for (x, y) in x.iter().zip(&y) {
+            let d = (x + q - y) % q;
+            if d > BigUint::from(1u8) && d != q - 1u8 {
+                return Some(format!("{x} against {y}"));
+            }
+        }
+    }
+    None
+}
+
+/// Sums of `terms` products of fresh encryptions of random values, each
+/// pairing distinct inputs with distinct weights (as the host's plans do):
+/// the basis made for fresh sums gives the worst-case basis's results, with
+/// one 62-bit prime fewer.
+#[test]
+fn fresh_sums_in_the_smaller_basis_equal_the_worst_case_basis() {
+    use fhe::bfv::{Encoding, Plaintext, PublicKey, SecretKey};
+    use fhe_traits::{FheEncoder, FheEncrypter};
+    use rand::Rng;
+    let par = HeConfig::for_accumulator_bound(1 << 23)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut rng = rand::rng();
+    let sk = SecretKey::random(&par, &mut rng);
+    let pk = PublicKey::new(&sk, &mut rng);
+    let q = par
+        .context_at_level(hetee_he::eval::output_level(&par))
+        .unwrap()
+        .modulus()
+        .clone();
+    let mut fresh = |n: usize| -> Vec<Ciphertext> {
+        (0..n)
+            .map(|_| {
+                let v: Vec<i64> = (0..par.degree())
+                    .map(|_| rng.random_range(-128..128))
+                    .collect();
+                let pt = Plaintext::try_encode(v.as_slice(), Encoding::poly(), &par).unwrap();
+                pk.try_encrypt(&pt, &mut rand::rng()).unwrap()
+            })
+            .collect()
+    };
+    for terms in [16usize, 64] {
+        let small = Evaluator::for_fresh_sums(&par, terms).unwrap();
+        let exact = Evaluator::for_sums(&par, terms).unwrap();
+        assert_eq!(small.basis_primes(), 4, "{terms} terms");
+        assert_eq!(exact.basis_primes(), 5, "{terms} terms");
+        let (a, b) = (fresh(terms), fresh(terms));
+        let sum = |ev: &Evaluator| {
+            let a = ev.extend_all(&a).unwrap();
+            let b = ev.extend_all(&b).unwrap();
+            let pairs: Vec<_> = a.iter().zip(&b).collect();
+            ev.sum_of_products(&pairs).unwrap()
+        };
+        let (ours, want) = (sum(&small), sum(&exact));
+        assert_eq!(first_difference(&ours, &want, &q), None, "{terms} terms");
+    }
+}
+
+/// The fresh-sum basis is smaller than the worst case needs: operands
+/// chosen to defeat it (every coefficient at q/2) make a sum wrap. The
+/// enclave's Freivalds check refuses such a result (`attack_*` tests).
+#[test]
+fn extreme_operands_wrap_the_fresh_basis() {
+    let par = HeConfig::for_accumulator_bound(1 << 23)
+        .unwrap()
+        .build()
+        .unwrap();
+    let q = par
+        .context_at_level(hetee_he::eval::output_level(&par))
+        .unwrap()
+        .modulus()
+        .clone();
+    let terms = 64;
+    let small = Evaluator::for_fresh_sums(&par, terms).unwrap();
+    let exact = Evaluator::for_sums(&par, terms).unwrap();
+    let (a, b) = (extreme(&par, false), extreme(&par, true));
+    let sum = |ev: &Evaluator| {
+        let (a, b) = (ev.extend(&a).unwrap(), ev.extend(&b).unwrap());
+        ev.sum_of_products(&vec![(&a, &b); terms]).unwrap()
+    };
+    assert!(first_difference(&sum(&small), &sum(&exact), &q).is_some());
 }

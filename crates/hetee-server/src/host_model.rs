@@ -136,14 +136,15 @@ impl HostModel {
                 weights.len()
             )));
         }
-        // The longest sum of any stage sets the multiplication basis.
+        // The longest sum of any stage sets the multiplication basis; every
+        // operand is a fresh ciphertext.
         let max_terms = packings
             .iter()
             .flat_map(|p| p.product_plan())
             .map(|sum| sum.len())
             .max()
             .unwrap_or(1);
-        let evaluator = Evaluator::for_sums(&par, max_terms)?;
+        let evaluator = Evaluator::for_fresh_sums(&par, max_terms)?;
         let mut ext = Vec::with_capacity(weights.len());
         for (k, (p, w)) in packings.iter().zip(weights).enumerate() {
             let checked = ConvPacking::new(p.shape, p.tiling, he.degree)
