@@ -47,6 +47,20 @@ fn he_ops(c: &mut Criterion) {
     g.bench_function("sum_of_16_products", |bn| {
         bn.iter(|| ev.sum_of_products(&pairs16).unwrap())
     });
+    // The host's basis for sums of fresh ciphertexts: two extension primes
+    // where the worst case for 16 terms needs three.
+    let evf = Evaluator::for_fresh_sums(&par, 64).unwrap();
+    let (ha, hb) = (evf.extend(&a).unwrap(), evf.extend(&b).unwrap());
+    g.bench_function("extend_fresh_basis", |bn| {
+        bn.iter(|| evf.extend(&a).unwrap())
+    });
+    g.bench_function("sum_of_1_product_fresh_basis", |bn| {
+        bn.iter(|| evf.sum_of_products(&[(&ha, &hb)]).unwrap())
+    });
+    let fresh16: Vec<_> = (0..16).map(|_| (&ha, &hb)).collect();
+    g.bench_function("sum_of_16_products_fresh_basis", |bn| {
+        bn.iter(|| evf.sum_of_products(&fresh16).unwrap())
+    });
     g.bench_function("decrypt_degree2", |bn| {
         bn.iter(|| {
             let p = sk.try_decrypt(&prod).unwrap();

@@ -30,6 +30,13 @@ pub struct CostModel {
 impl CostModel {
     /// Figures measured with fhe 0.1.1 at N = 4096 on one core (the
     /// `he_ops` criterion benchmark), scaled for N.
+    ///
+    /// They are older than the host's evaluator: today one product costs
+    /// about 0.043 ms, a rescale 0.63, an extension 0.24, a decryption
+    /// 0.046 and an encryption 0.14 (`*_fresh_basis` and the enclave's
+    /// benchmarks). Put in here, those figures chose a plan for MNIST's
+    /// 64-image batch that ran slower (200-215 against 220-227 img/s, A/B),
+    /// so the planner keeps the figures whose rankings were measured best.
     pub fn for_degree(degree: usize) -> Self {
         let f = (degree as f64 / 4096.0) * if degree > 4096 { 1.5 } else { 1.0 };
         CostModel {
