@@ -3,6 +3,7 @@
 //! tract's optimized plan, the fastest plaintext engine here) and the
 //! plaintext integer reference, as medians over runs.
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
@@ -290,7 +291,7 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
         spin.finish_and_clear();
     }
     set_served_ratios(&mut rows);
-    print_table(&rows);
+    print_table(&rows)?;
     if let Some(p) = o.json {
         std::fs::write(p, serde_json::to_string_pretty(&rows)?)
             .with_context(|| format!("cannot write {}", p.display()))?;
@@ -407,17 +408,21 @@ pub(crate) fn median_row(mut runs: Vec<BenchRow>) -> BenchRow {
     runs.swap_remove(runs.len() / 2)
 }
 
-fn print_table(rows: &[BenchRow]) {
-    println!(
+fn print_table(rows: &[BenchRow]) -> Result<()> {
+    let mut out = String::new();
+    writeln!(
+        out,
         "{:<6} {:<8} {:>3} {:>5} {:>5} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8} {:>6} {:>7} {:>9} {:>5} {:>5} {:>5}",
         "model", "mode", "thr", "imgs", "stack", "lat ms", "img/s", "floor ms", "ratio", "host ms", "encl ms", "share", "peakMiB", "bytes up", "prods", "decr", "encr"
-    );
+    )?;
     for r in rows {
-        println!(
+        writeln!(
+        out,
             "{:<6} {:<8} {:>3} {:>5} {:>5} {:>9.2} {:>9.1} {:>9.4} {:>7.0} {:>8.2} {:>8.2} {:>6.3} {:>7.1} {:>9.0} {:>5.1} {:>5.1} {:>5.1}",
             r.model, r.mode, r.threads, r.images, r.batch, r.latency_ms, r.throughput_img_s, r.plaintext_ms, r.ratio, r.host_ms, r.enclave_ms, r.enclave_share, r.enclave_peak_mib, r.bytes_up, r.ct_products, r.enclave_decrypts, r.enclave_encrypts
-        );
+        )?;
     }
+    crate::stdout::emit(&out)
 }
 
 #[cfg(test)]

@@ -25,3 +25,4 @@ pub mod results;
 pub mod run;
 pub mod run_files;
 pub mod serve;
+pub mod stdout;

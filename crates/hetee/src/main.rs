@@ -9,6 +9,9 @@ static ALLOC: hetee_enclave::budget::Meter = hetee_enclave::budget::Meter;
 fn main() {
     let args = cli::Cli::parse();
     if let Err(e) = cli::run(args) {
+        if hetee::stdout::is_closed_stdout(&e) {
+            return;
+        }
         eprintln!("error: {e:#}");
         std::process::exit(2);
     }

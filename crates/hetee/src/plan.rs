@@ -2,6 +2,8 @@
 //! Bytes are the per-query ciphertext traffic of each stage: fresh inputs to
 //! the host plus mod-switched products to the enclave.
 
+use std::fmt::Write as _;
+
 use anyhow::Result;
 use hetee_enclave::Schedule;
 use hetee_he::planner::CostModel;
@@ -107,14 +109,16 @@ pub fn plan(q: &QuantModel, batch: usize) -> Result<Plan> {
 pub fn print_plan(q: &QuantModel, batch: usize, json: bool) -> Result<()> {
     let p = plan(q, batch)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&p)?);
-        return Ok(());
+        return crate::stdout::emit(&format!("{}\n", serde_json::to_string_pretty(&p)?));
     }
-    println!(
+    let mut out = String::new();
+    writeln!(
+        out,
         "batch {}: HE N={} t={} log2 q={} (max |acc| {})",
         p.batch, p.degree, p.plaintext_modulus, p.log2_q, p.max_acc
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "{:<5} {:<28} {:<22} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>9}",
         "stage",
         "layer",
@@ -126,11 +130,12 @@ pub fn print_plan(q: &QuantModel, batch: usize, json: bool) -> Result<()> {
         "bytes",
         "host ms",
         "encl ms"
-    );
+    )?;
     for st in &p.stages {
         let [c, h, w, kh, kw, m] = st.shape;
         let [ct, ht, wt, mt] = st.tiling;
-        println!(
+        writeln!(
+            out,
             "{:<5} {:<28} {:<22} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9.2} {:>9.2}",
             st.stage,
             format!("{c}x{h}x{w} k{kh}x{kw} -> {m}"),
@@ -142,19 +147,21 @@ pub fn print_plan(q: &QuantModel, batch: usize, json: bool) -> Result<()> {
             st.bytes,
             st.host_ms,
             st.enclave_ms
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "predicted per query of {} image(s): host {:.1} ms, enclave {:.1} ms; per image: host {:.2} ms, enclave {:.2} ms",
         p.batch,
         p.host_ms,
         p.enclave_ms,
         p.host_ms / p.batch as f64,
         p.enclave_ms / p.batch as f64
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "host memory of the encrypted weights (multiplication basis): {:.0} MiB",
         p.weight_memory as f64 / (1u64 << 20) as f64
-    );
-    Ok(())
+    )?;
+    crate::stdout::emit(&out)
 }
