@@ -116,6 +116,34 @@ pub fn output_level(par: &BfvParameters) -> usize {
     best
 }
 
+/// Coefficients per block of [`accumulate_group`]: its 128-bit sums
+/// (4 KiB) stay in the L1 cache while every product of the group is added
+/// (256 measured best of 128 to 1024).
+const BLOCK: usize = 256;
+
+/// `acc += sum a_i b_i` modulo `op` for one group of at most
+/// [`LAZY_PRODUCTS`] rows of length `acc.len()`, summed in 128 bits and
+/// reduced once. Block by block, each product streams through its two rows
+/// in order, which the compiler unrolls without bounds checks.
+fn accumulate_group(acc: &mut [u64], group: &[(&[u64], &[u64])], op: &Modulus) {
+    let mut wide = [0u128; BLOCK];
+    for (start, acc) in (0..).step_by(BLOCK).zip(acc.chunks_mut(BLOCK)) {
+        let wide = &mut wide[..acc.len()];
+        for (w, &x) in wide.iter_mut().zip(acc.iter()) {
+            *w = x as u128;
+        }
+        for (a, b) in group {
+            let (a, b) = (&a[start..start + acc.len()], &b[start..start + acc.len()]);
+            for ((w, &x), &y) in wide.iter_mut().zip(a).zip(b) {
+                *w += x as u128 * y as u128;
+            }
+        }
+        for (slot, &w) in acc.iter_mut().zip(wide.iter()) {
+            *slot = op.reduce_u128(w);
+        }
+    }
+}
+
 impl Evaluator {
     /// Prepares the multiplication basis for `par` (ciphertexts at level 0),
     /// for sums of up to [`GENERAL_MAX_TERMS`] products.
@@ -312,14 +340,11 @@ impl Evaluator {
                     })
                     .collect::<Option<Vec<(&[u64], &[u64])>>>()
                     .ok_or_else(|| HeError::Malformed("an operand over another basis".into()))?;
+                if rows.iter().any(|(a, b)| a.len() != n || b.len() != n) {
+                    return Err(HeError::Malformed("an operand of another degree".into()));
+                }
                 for group in rows.chunks(LAZY_PRODUCTS) {
-                    for (c, slot) in acc.iter_mut().enumerate() {
-                        let mut wide = *slot as u128;
-                        for (a, b) in group {
-                            wide += a[c] as u128 * b[c] as u128;
-                        }
-                        *slot = op.reduce_u128(wide);
-                    }
+                    accumulate_group(acc, group, op);
                 }
             }
         }
