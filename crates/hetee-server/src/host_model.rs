@@ -198,6 +198,7 @@ impl HostModel {
                 input.len()
             )));
         }
+        let t0 = std::time::Instant::now();
         let ext = input
             .par_iter()
             .map(|b| {
@@ -208,8 +209,21 @@ impl HostModel {
                     .extend_polys(&polys.iter().collect::<Vec<_>>())?)
             })
             .collect::<Result<Vec<_>, EvalError>>()?;
+        let t1 = std::time::Instant::now();
         let outs = self.evaluator.evaluate_plan(&p.product_plan(), &ext, w)?;
-        Ok(outs.par_iter().map(ciphertext_to_bytes).collect())
+        let t2 = std::time::Instant::now();
+        let bytes = outs.par_iter().map(ciphertext_to_bytes).collect();
+        tracing::debug!(
+            stage = k,
+            inputs = input.len(),
+            products = p.product_count(),
+            outputs = outs.len(),
+            extend_ms = (t1 - t0).as_secs_f64() * 1e3,
+            products_ms = (t2 - t1).as_secs_f64() * 1e3,
+            encode_ms = t2.elapsed().as_secs_f64() * 1e3,
+            "host stage"
+        );
+        Ok(bytes)
     }
 }
 
