@@ -227,6 +227,13 @@ fn rescale(c: &mut Criterion) {
         bn.iter(|| p.scale(&theirs).unwrap())
     });
     g.bench_function("rescale_hps", |bn| bn.iter(|| ours.scale(&p).unwrap()));
+    // The host's basis for fresh sums: four primes.
+    let mul4 = Context::new_arc(&ext[..4], n).unwrap();
+    let p4 = Poly::random(&mul4, Representation::PowerBasis, &mut rand::rng());
+    let ours4 = hetee_he::rns::Rescaler::new(&mul4, &out, &num, &den).unwrap();
+    g.bench_function("rescale_hps_4_primes", |bn| {
+        bn.iter(|| ours4.scale(&p4).unwrap())
+    });
     g.finish();
 }
 

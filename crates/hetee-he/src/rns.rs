@@ -220,17 +220,25 @@ impl BasisExtender {
         let rows = row_slices(&view)?;
         let e = self.hat_mod_p.len();
         let mut out = Array2::<u64>::zeros((e, n));
-        let ops = self.extra.moduli_operators();
-        let mut y = [0u64; MAX_PRIMES];
-        for c in 0..n {
-            let v = self.from.split(&rows, c, &mut y);
-            for j in 0..e {
-                let hat = &self.hat_mod_p[j];
-                let mut acc = v as u128 * self.neg_q_mod_p[j] as u128;
-                for i in 0..k {
-                    acc += y[i] as u128 * hat[i] as u128;
+        // Unrolled for the bases in use (two ciphertext primes, two or
+        // three extra ones).
+        match (k, e, out.as_slice_mut()) {
+            (2, 2, Some(o)) => self.extend_rows::<2, 2>(&rows, o),
+            (2, 3, Some(o)) => self.extend_rows::<2, 3>(&rows, o),
+            _ => {
+                let ops = self.extra.moduli_operators();
+                let mut y = [0u64; MAX_PRIMES];
+                for c in 0..n {
+                    let v = self.from.split(&rows, c, &mut y);
+                    for j in 0..e {
+                        let hat = &self.hat_mod_p[j];
+                        let mut acc = v as u128 * self.neg_q_mod_p[j] as u128;
+                        for i in 0..k {
+                            acc += y[i] as u128 * hat[i] as u128;
+                        }
+                        out[[j, c]] = ops[j].reduce_u128(acc);
+                    }
                 }
-                out[[j, c]] = ops[j].reduce_u128(acc);
             }
         }
         let mut extra = Poly::try_convert_from(out, &self.extra, true, Representation::PowerBasis)?;
@@ -244,6 +252,40 @@ impl BasisExtender {
             true,
             Representation::Ntt,
         )?)
+    }
+}
+
+impl BasisExtender {
+    /// The new primes' residues of `rows` (`K` primes, power basis) into
+    /// `out` (`E` rows of one residue per coefficient): the general loop of
+    /// [`BasisExtender::extend`] with every constant in a register.
+    fn extend_rows<const K: usize, const E: usize>(&self, rows: &[&[u64]], out: &mut [u64]) {
+        let n = out.len() / E;
+        let rows: [&[u64]; K] = std::array::from_fn(|i| &rows[i][..n]);
+        let inv_hat: [(u64, u64); K] = std::array::from_fn(|i| self.from.inv_hat[i]);
+        let moduli: [u64; K] = std::array::from_fn(|i| self.from.moduli[i]);
+        let inv_m: [f64; K] = std::array::from_fn(|i| self.from.inv_m[i]);
+        let hat: [[u64; K]; E] =
+            std::array::from_fn(|j| std::array::from_fn(|i| self.hat_mod_p[j][i]));
+        let neg_q: [u64; E] = std::array::from_fn(|j| self.neg_q_mod_p[j]);
+        let ops = self.extra.moduli_operators();
+        for c in 0..n {
+            let mut y = [0u64; K];
+            let mut s = 0.5f64;
+            for i in 0..K {
+                let (b, bs) = inv_hat[i];
+                y[i] = mul_shoup(rows[i][c], b, bs, moduli[i]);
+                s += (y[i] as i64) as f64 * inv_m[i];
+            }
+            let v = (s as i64) as u64;
+            for j in 0..E {
+                let mut acc = v as u128 * neg_q[j] as u128;
+                for i in 0..K {
+                    acc += y[i] as u128 * hat[j][i] as u128;
+                }
+                out[j * n + c] = ops[j].reduce_u128(acc);
+            }
+        }
     }
 }
 
@@ -345,13 +387,78 @@ impl Rescaler {
         let view = p.coefficients();
         let n = view.shape()[1];
         let rows = row_slices(&view)?;
+        let l = self.int_mod_q.len();
+        let mut out = Array2::<u64>::zeros((l, n));
+        // The evaluator's case, one output prime, with the loop over the
+        // input primes unrolled for the bases it uses.
+        if let (1, Some(row)) = (l, out.as_slice_mut()) {
+            match rows.len() {
+                3 => self.scale_to_one::<3>(&rows, row),
+                4 => self.scale_to_one::<4>(&rows, row),
+                5 => self.scale_to_one::<5>(&rows, row),
+                6 => self.scale_to_one::<6>(&rows, row),
+                _ => self.scale_rows(&rows, &mut out),
+            }
+        } else {
+            self.scale_rows(&rows, &mut out);
+        }
+        Ok(Poly::try_convert_from(
+            out,
+            &self.to,
+            true,
+            Representation::PowerBasis,
+        )?)
+    }
+
+    /// [`Rescaler::scale`] for `K` input primes and one output prime, into
+    /// `out` (one residue per coefficient): the same arithmetic as
+    /// [`Rescaler::scale_rows`], with every constant in a register.
+    fn scale_to_one<const K: usize>(&self, rows: &[&[u64]], out: &mut [u64]) {
+        let n = out.len();
+        let rows: [&[u64]; K] = std::array::from_fn(|i| &rows[i][..n]);
+        let inv_hat: [(u64, u64); K] = std::array::from_fn(|i| self.from.inv_hat[i]);
+        let moduli: [u64; K] = std::array::from_fn(|i| self.from.moduli[i]);
+        let inv_m: [f64; K] = std::array::from_fn(|i| self.from.inv_m[i]);
+        let (f, g): ([f64; K], [f64; K]) = (
+            std::array::from_fn(|i| self.f[i]),
+            std::array::from_fn(|i| self.g[i]),
+        );
+        let ints: [u64; K] = std::array::from_fn(|i| self.int_mod_q[0][i]);
+        let highs: [u64; K] = std::array::from_fn(|i| self.high_mod_q[0][i]);
+        let (neg_int_m, neg_shift) = (self.neg_int_m_mod_q[0], self.neg_shift_mod_q[0]);
+        let op = &self.to.moduli_operators()[0];
+        for (c, o) in out.iter_mut().enumerate() {
+            let mut y = [0u64; K];
+            let mut s = 0.5f64;
+            for i in 0..K {
+                let (b, bs) = inv_hat[i];
+                y[i] = mul_shoup(rows[i][c], b, bs, moduli[i]);
+                s += (y[i] as i64) as f64 * inv_m[i];
+            }
+            let v = (s as i64) as u64;
+            let mut frac = -((v as i64) as f64) * self.f_m;
+            for i in 0..K {
+                frac += ((y[i] >> 32) as i64) as f64 * g[i]
+                    + ((y[i] & 0xffff_ffff) as i64) as f64 * f[i];
+            }
+            let shifted = (frac + ROUND_SHIFT) as i64 as u64;
+            let mut acc = v as u128 * neg_int_m as u128 + shifted as u128 + neg_shift as u128;
+            for i in 0..K {
+                acc += y[i] as u128 * ints[i] as u128 + (y[i] >> 32) as u128 * highs[i] as u128;
+            }
+            *o = op.reduce_u128(acc);
+        }
+    }
+
+    /// [`Rescaler::scale`] for any number of primes, into `out` (`[l, n]`).
+    fn scale_rows(&self, rows: &[&[u64]], out: &mut Array2<u64>) {
+        let n = out.shape()[1];
         let k = self.from.moduli.len();
         let l = self.int_mod_q.len();
         let ops = self.to.moduli_operators();
-        let mut out = Array2::<u64>::zeros((l, n));
         let mut y = [0u64; MAX_PRIMES];
         for c in 0..n {
-            let v = self.from.split(&rows, c, &mut y);
+            let v = self.from.split(rows, c, &mut y);
             let mut frac = -((v as i64) as f64) * self.f_m;
             for ((yi, g), f) in y[..k].iter().zip(&self.g).zip(&self.f) {
                 frac += ((yi >> 32) as i64) as f64 * g + ((yi & 0xffff_ffff) as i64) as f64 * f;
@@ -370,12 +477,6 @@ impl Rescaler {
                 out[[j, c]] = ops[j].reduce_u128(acc);
             }
         }
-        Ok(Poly::try_convert_from(
-            out,
-            &self.to,
-            true,
-            Representation::PowerBasis,
-        )?)
     }
 }
 
@@ -425,13 +526,22 @@ mod tests {
 
     #[test]
     fn extension_is_the_exact_lift_of_random_coefficients() {
-        let (q, ext, _) = contexts();
-        let ours = BasisExtender::new(&q, &ext).unwrap();
-        let theirs = Scaler::new(&q, &ext, ScalingFactor::one()).unwrap();
+        let (q, five, _) = contexts();
+        // Two extra primes (the unrolled case of the basis for fresh sums)
+        // and three.
+        let four = Context::new_arc(&five.moduli()[..4], N).unwrap();
+        for ext in [four, five] {
+            extension_is_exact(&q, &ext);
+        }
+    }
+
+    fn extension_is_exact(q: &Arc<Context>, ext: &Arc<Context>) {
+        let ours = BasisExtender::new(q, ext).unwrap();
+        let theirs = Scaler::new(q, ext, ScalingFactor::one()).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         for repr in [Representation::PowerBasis, Representation::Ntt] {
             for _ in 0..20 {
-                let p = Poly::random(&q, repr, &mut rng);
+                let p = Poly::random(q, repr, &mut rng);
                 let mut a = ours.extend(&p).unwrap();
                 let mut b = power_basis(&p).scale(&theirs).unwrap();
                 a.change_representation(Representation::PowerBasis);
@@ -490,6 +600,37 @@ mod tests {
             }
         }
         assert!(equal * 1000 >= total * 999, "{equal} of {total} equal");
+    }
+
+    #[test]
+    fn the_unrolled_rescale_equals_the_general_loop() {
+        let (q, _, out) = contexts();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for primes in 3..=6 {
+            let mut ext = q.moduli().to_vec();
+            let mut upper = 1u64 << 62;
+            while ext.len() < primes {
+                upper = fhe_math::zq::primes::generate_prime(62, 2 * N as u64, upper).unwrap();
+                ext.push(upper);
+            }
+            let ext = Context::new_arc(&ext, N).unwrap();
+            let num = BigUint::from(16_760_833u64) * out.modulus();
+            let den = q.modulus() * q.modulus();
+            let r = Rescaler::new(&ext, &out, &num, &den).unwrap();
+            for _ in 0..10 {
+                let p = Poly::random(&ext, Representation::PowerBasis, &mut rng);
+                let view = p.coefficients();
+                let rows = row_slices(&view).unwrap();
+                let mut general = Array2::<u64>::zeros((1, N));
+                r.scale_rows(&rows, &mut general);
+                let unrolled = r.scale(&p).unwrap();
+                assert_eq!(
+                    unrolled.coefficients().as_slice().unwrap(),
+                    general.as_slice().unwrap(),
+                    "{primes} primes"
+                );
+            }
+        }
     }
 
     #[test]

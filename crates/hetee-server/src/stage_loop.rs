@@ -138,6 +138,7 @@ pub fn run_query(
         return Err(QueryError::Unexpected("not QueryStarted".into()));
     };
     trace.start_ms = start_ms;
+    tracing::debug!(start_ms, "query started");
     let first = match (first, thin) {
         (Some(first), _) => First::Evaluated(first?),
         (None, Some(thin)) => First::Input(thin),
@@ -262,6 +263,12 @@ fn run_stages(
         })?;
         s.enclave_ms = ms(te);
         s.enclave_working_peak = peak;
+        tracing::debug!(
+            stage = k,
+            host_ms = s.host_ms,
+            enclave_ms = s.enclave_ms,
+            "stage"
+        );
         match resp {
             Response::NextInput { ciphertexts, .. } => {
                 s.enclave_encrypts = ciphertexts.len();
