@@ -106,6 +106,17 @@ fn he_ops(c: &mut Criterion) {
     g.bench_function("decrypt_degree2_output_level_from_bytes", |bn| {
         bn.iter(|| ops.decrypt_bytes(&low_bytes, 3).unwrap())
     });
+    // A stage result of five outputs (MNIST's stages 1 and 2), over the
+    // threads as the enclave's step decrypts it.
+    let five = vec![low_bytes.clone(); 5];
+    g.bench_function("decrypt_5_outputs_parallel", |bn| {
+        use rayon::prelude::*;
+        bn.iter(|| {
+            five.par_iter()
+                .map(|b| ops.decrypt_bytes(b, 3).unwrap())
+                .collect::<Vec<_>>()
+        })
+    });
     let input_bytes = ciphertext_to_bytes(&a);
     g.bench_function("decrypt_input_top_level_from_bytes", |bn| {
         bn.iter(|| ops.decrypt_bytes(&input_bytes, 2).unwrap())
