@@ -251,6 +251,16 @@ impl Header {
     /// The stored polynomials' residues (all primes of `ctx`, the
     /// header's level, prime after prime), each checked below its prime;
     /// a seeded ciphertext stores only `c0`.
+    /// The stored polynomials' bytes (after the header, before a seed)
+    /// and the residue width of each of `ctx`'s primes: polynomial after
+    /// polynomial, each prime after prime, `n` residues of its width.
+    pub(crate) fn body<'a>(&self, bytes: &'a [u8], ctx: &Context) -> (&'a [u8], Vec<usize>) {
+        let widths: Vec<usize> = ctx.moduli().iter().map(|&q| width(q)).collect();
+        let len = self.stored() * self.degree * widths.iter().sum::<usize>();
+        let body = bytes.get(HEADER_LEN..HEADER_LEN + len).unwrap_or_default();
+        (body, widths)
+    }
+
     pub(crate) fn rows(&self, bytes: &[u8], ctx: &Context) -> Result<Vec<Vec<u64>>, HeError> {
         let n = self.degree;
         let mut at = HEADER_LEN;

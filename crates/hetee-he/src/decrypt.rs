@@ -200,6 +200,65 @@ impl LevelKey {
                 *acc = sub_if_at_least(sub_if_at_least(sub_if_at_least(x, 2 * p), 2 * p), p);
             }
         }
+        self.finish(phase)
+    }
+
+    /// [`LevelKey::decrypt_rows`] straight from the codec's body (`polys`
+    /// polynomials, each prime after prime, `n` little-endian residues of
+    /// `widths[i]` bytes for prime `i`): each residue is read, checked
+    /// below its prime and multiplied where it lies, without unpacking the
+    /// ciphertext first.
+    pub(crate) fn decrypt_wire(
+        &self,
+        polys: usize,
+        body: &[u8],
+        widths: &[usize],
+    ) -> Result<Zeroizing<Vec<u64>>, HeError> {
+        if polys < 2 || polys > self.powers.len() + 1 {
+            return Err(HeError::Malformed(format!(
+                "a ciphertext of {polys} polynomials at a level prepared for {}",
+                self.powers.len() + 1
+            )));
+        }
+        let n = self.n;
+        let per_poly: usize = widths.iter().map(|w| w * n).sum();
+        if widths.len() != self.primes.len() || body.len() != polys * per_poly {
+            return Err(HeError::Malformed("a polynomial of the wrong size".into()));
+        }
+        let mut phase = Zeroizing::new(vec![0u64; n * self.primes.len()]);
+        let mut bad = false;
+        let mut at = 0;
+        for (i, (&p, &w)) in self.primes.iter().zip(widths).enumerate() {
+            let rows: Vec<&[u8]> = (0..polys)
+                .map(|j| &body[j * per_poly + at..j * per_poly + at + n * w])
+                .collect();
+            let keys: Vec<&[u64]> = self.powers.iter().map(|k| &k[i * n..(i + 1) * n]).collect();
+            let out = &mut phase[i * n..(i + 1) * n];
+            let neg_inv = self.neg_inv[i];
+            bad |= match w {
+                8 => phase_from_wire::<8>(&rows, &keys, p, neg_inv, out),
+                7 => phase_from_wire::<7>(&rows, &keys, p, neg_inv, out),
+                6 => phase_from_wire::<6>(&rows, &keys, p, neg_inv, out),
+                5 => phase_from_wire::<5>(&rows, &keys, p, neg_inv, out),
+                4 => phase_from_wire::<4>(&rows, &keys, p, neg_inv, out),
+                3 => phase_from_wire::<3>(&rows, &keys, p, neg_inv, out),
+                2 => phase_from_wire::<2>(&rows, &keys, p, neg_inv, out),
+                _ => phase_from_wire::<1>(&rows, &keys, p, neg_inv, out),
+            };
+            at += n * w;
+        }
+        if bad {
+            return Err(HeError::Malformed(
+                "coefficient out of range for its prime".into(),
+            ));
+        }
+        self.finish(phase)
+    }
+
+    /// The inverse NTT of the phase (NTT form, prime after prime) and its
+    /// rounding to the plaintext.
+    fn finish(&self, mut phase: Zeroizing<Vec<u64>>) -> Result<Zeroizing<Vec<u64>>, HeError> {
+        let n = self.n;
         // The inverse NTT with the level's own operators (keeping none per
         // key set: they are most of its memory).
         let mut x = Zeroizing::new(Poly::try_convert_from(
@@ -241,6 +300,40 @@ impl LevelKey {
         };
         Ok(Zeroizing::new(out))
     }
+}
+
+/// One prime's phase `c0 + Σ c_j·s^j` (NTT form) from the polynomials'
+/// residues on the wire (`rows[j]`, `W` bytes each) and the key powers
+/// (`keys[j - 1]`, Montgomery form), into `out`; whether a residue was not
+/// below `p` (the ciphertext is public: the check may branch, the
+/// products do not).
+fn phase_from_wire<const W: usize>(
+    rows: &[&[u8]],
+    keys: &[&[u64]],
+    p: u64,
+    neg_inv: u64,
+    out: &mut [u64],
+) -> bool {
+    let read = |r: &[u8], k: usize| {
+        let mut b = [0u8; 8];
+        b[..W].copy_from_slice(&r[k * W..k * W + W]);
+        u64::from_le_bytes(b)
+    };
+    let Some((c0, rest)) = rows.split_first() else {
+        return true;
+    };
+    let mut bad = false;
+    for (k, o) in out.iter_mut().enumerate() {
+        let mut x = read(c0, k);
+        bad |= x >= p;
+        for (r, key) in rest.iter().zip(keys) {
+            let c = read(r, k);
+            bad |= c >= p;
+            x += mont_mul(c, key[k], p, neg_inv);
+        }
+        *o = sub_if_at_least(sub_if_at_least(sub_if_at_least(x, 2 * p), 2 * p), p);
+    }
+    bad
 }
 
 /// `round(t·x/p) mod t` for `x < p < 2^61`, `t < p`, `c = ⌊t·2^64/p⌋`:

@@ -161,8 +161,8 @@ impl SecretOps {
         let ctx = self.par.context_at_level(head.level)?;
         match self.level_key(ctx, polys) {
             Some(lk) if !head.seeded => {
-                let rows = head.rows(bytes, ctx)?;
-                lk.decrypt_rows(polys, |j| Ok(&rows[j][..]))
+                let (body, widths) = head.body(bytes, ctx);
+                lk.decrypt_wire(polys, body, &widths)
             }
             _ => self.decrypt(&crate::codec::ciphertext_from_bytes(
                 bytes, &self.par, polys,
