@@ -183,11 +183,14 @@ impl Evaluator {
     /// 64, need three 62-bit primes there and two here, which makes every
     /// extension, product and rescale of theirs a fifth cheaper.
     ///
-    /// Operands chosen to defeat the bound (a malicious data provider's
-    /// input, a malicious model provider's weights) can make a sum wrap.
-    /// That is liveness, not secrecy or integrity: the host could return any
-    /// ciphertext anyway, and the enclave's Freivalds check refuses a wrong
-    /// result, so such a party only spoils its own queries.
+    /// Only operands chosen to defeat the bound make a sum wrap, and only
+    /// the model provider can choose them (its weights): a data provider's
+    /// input must be the public-key encryption its seed gives, or the
+    /// enclave's binding check refuses it, and every other operand is the
+    /// enclave's. A wrapped sum decrypts to a wrong result, which the
+    /// enclave's Freivalds check refuses like any wrong result from the
+    /// host (which could return any ciphertext anyway): the model provider
+    /// only spoils, and locks, its own model.
     pub fn for_fresh_sums(par: &Arc<BfvParameters>, max_terms: usize) -> Result<Self, HeError> {
         let q = par.context_at_level(0)?.modulus().clone();
         let kn = max_terms.max(1) as f64 * par.degree() as f64;
