@@ -95,6 +95,21 @@ proptest! {
         let k = kernel(&spec, seed ^ 7);
         prop_assert_eq!(evaluate_plain(&p, &spec.layout_input(&x), &spec.layout_kernel(&k)), spec.direct(&x, &k));
     }
+
+    /// Every sum of a plan pairs distinct inputs with distinct weights: the
+    /// host's basis for fresh sums (`Evaluator::for_fresh_sums`) assumes it.
+    #[test]
+    fn every_sum_pairs_distinct_inputs_with_distinct_weights(spec in spec_strategy(12, 6), ct in 1usize..5, ht in 1usize..9, wt in 1usize..9, mt in 1usize..5) {
+        let shape = spec.normal_shape();
+        let tiling = Tiling { ct: ct.min(shape.c), ht: ht.clamp(shape.kh, shape.h), wt: wt.clamp(shape.kw, shape.w), mt: mt.min(shape.m) };
+        let Ok(p) = ConvPacking::new(shape, tiling, 256) else { return Ok(()) };
+        for sum in p.product_plan() {
+            let inputs: std::collections::HashSet<usize> = sum.iter().map(|&(i, _)| i).collect();
+            let weights: std::collections::HashSet<usize> = sum.iter().map(|&(_, w)| w).collect();
+            prop_assert_eq!(inputs.len(), sum.len());
+            prop_assert_eq!(weights.len(), sum.len());
+        }
+    }
 }
 
 proptest! {
