@@ -86,10 +86,11 @@ impl Lut {
 
 /// `table[i]` for a secret `i`, reading every entry once in order and
 /// keeping the one whose position equals `i` by a mask (0 if none does).
-/// The scan runs on 16-bit lanes, which the compiler vectorizes (16
-/// entries per AVX2 operation: three to four times the 64-bit scan's
-/// rate, a MobileNet stage's activations 1.0 → 0.25 ms; `cargo bench -p
-/// hetee-model --bench lut`); an `i` outside the
+/// The scan runs on 16-bit lanes, which the compiler vectorizes (eight
+/// entries per SSE2 operation in the default x86-64 build, which has no
+/// AVX2: three to four times the 64-bit scan's rate, a MobileNet stage's
+/// activations 1.0 → 0.25 ms; `cargo bench -p hetee-model --bench lut`);
+/// an `i` outside the
 /// 8-bit grid gets bit 14 set first, so it matches no entry (no
 /// truncation aliases it onto one).
 #[inline]
