@@ -17,7 +17,7 @@
 //! The models of the forgery tests lock only after [`LENIENT`] failed
 //! checks, so that each forgery meets the check itself; with the default
 //! threshold of 1 the first failed check locks the model (tested in
-//! `ownership_attacks.rs`). Before any forgery is refused, [`Unchecked`]
+//! `restart_attacks.rs`). Before any forgery is refused, [`Unchecked`]
 //! shows what it decrypts to without the check.
 
 mod common;

@@ -3,154 +3,45 @@
 //! the import's float execution matches tract's, and the quantized integer
 //! reference with the activation tables agrees with the float model.
 
+mod common;
+
+use common::onnx_build::{model_bytes_opset, node_out, tensor, Rng, A};
 use hetee_model::float::run_float;
 use hetee_model::intops::PostOp;
 use hetee_model::reference::run_quantized;
 use hetee_model::{quantize, Layer, Model, ModelError};
 use hetee_onnx::{import_onnx_bytes, tract_float_reference};
-use prost::Message;
-use tract_onnx::pb::{
-    self, attribute_proto::AttributeType, tensor_shape_proto::dimension, type_proto,
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
-};
-
-/// Deterministic pseudo-random values in [-1, 1).
-struct Rng(u64);
-impl Rng {
-    fn f(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.f() * scale).collect()
-    }
-}
-
-fn tensor(name: &str, dims: &[i64], data: Vec<f32>) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        dims: dims.to_vec(),
-        data_type: 1,
-        float_data: data,
-        ..Default::default()
-    }
-}
-
-/// An attribute: float, int, ints or string.
-enum A {
-    F(f32),
-    I(i64),
-    Is(&'static [i64]),
-    S(&'static str),
-}
-
-fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<(&str, A)>) -> NodeProto {
-    let attribute = attrs
-        .into_iter()
-        .map(|(n, a)| {
-            let mut p = AttributeProto {
-                name: n.into(),
-                ..Default::default()
-            };
-            match a {
-                A::F(f) => (p.f, p.r#type) = (f, AttributeType::Float as i32),
-                A::I(i) => (p.i, p.r#type) = (i, AttributeType::Int as i32),
-                A::Is(v) => (p.ints, p.r#type) = (v.to_vec(), AttributeType::Ints as i32),
-                A::S(s) => (p.s, p.r#type) = (s.into(), AttributeType::String as i32),
-            }
-            p
-        })
-        .collect();
-    NodeProto {
-        op_type: op.into(),
-        name: format!("{op}_{output}"),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        attribute,
-        ..Default::default()
-    }
-}
-
-fn model_bytes(
-    opset: i64,
-    in_dims: &[i64],
-    nodes: Vec<NodeProto>,
-    inits: Vec<TensorProto>,
-) -> Vec<u8> {
-    let mut dim = vec![pb::tensor_shape_proto::Dimension {
-        value: Some(dimension::Value::DimParam("N".into())),
-        ..Default::default()
-    }];
-    dim.extend(in_dims.iter().map(|&d| pb::tensor_shape_proto::Dimension {
-        value: Some(dimension::Value::DimValue(d)),
-        ..Default::default()
-    }));
-    let input = ValueInfoProto {
-        name: "x".into(),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: opset,
-        }],
-        graph: Some(GraphProto {
-            name: "g".into(),
-            node: nodes,
-            initializer: inits,
-            input: vec![input],
-            output: vec![ValueInfoProto {
-                name: "y".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
-}
+use tract_onnx::pb::{NodeProto, TensorProto};
 
 /// `x[N, 12] -> Gemm(12 -> 10) -> act -> Gemm(10 -> 4)`; `act` reads `h`,
 /// writes `a` and may add constants.
 fn mlp(opset: i64, act: Vec<NodeProto>, extra: Vec<TensorProto>) -> Vec<u8> {
     let mut r = Rng(11);
     let mut inits = vec![
-        tensor("w1", &[10, 12], r.vec(120, 1.5)),
-        tensor("b1", &[10], r.vec(10, 0.5)),
-        tensor("w2", &[4, 10], r.vec(40, 1.0)),
-        tensor("b2", &[4], r.vec(4, 0.2)),
+        tensor("w1", &[10, 12], r.vec_scaled(120, 1.5)),
+        tensor("b1", &[10], r.vec_scaled(10, 0.5)),
+        tensor("w2", &[4, 10], r.vec_scaled(40, 1.0)),
+        tensor("b2", &[4], r.vec_scaled(4, 0.2)),
     ];
     inits.extend(extra);
-    let mut nodes = vec![node(
+    let mut nodes = vec![node_out(
         "Gemm",
         &["x", "w1", "b1"],
         "h",
         vec![("transB", A::I(1))],
     )];
     nodes.extend(act);
-    nodes.push(node(
+    nodes.push(node_out(
         "Gemm",
         &["a", "w2", "b2"],
         "y",
         vec![("transB", A::I(1))],
     ));
-    model_bytes(opset, &[12], nodes, inits)
+    model_bytes_opset(opset, &[12], nodes, inits)
 }
 
 fn act(op: &str, attrs: Vec<(&str, A)>) -> Vec<NodeProto> {
-    vec![node(op, &["h"], "a", attrs)]
+    vec![node_out(op, &["h"], "a", attrs)]
 }
 
 /// The single-activation models: name, opset, bytes.
@@ -165,15 +56,15 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
             "PRelu",
             mlp(
                 16,
-                vec![node("PRelu", &["h", "slope"], "a", vec![])],
-                vec![tensor("slope", &[10], Rng(3).vec(10, 0.5))],
+                vec![node_out("PRelu", &["h", "slope"], "a", vec![])],
+                vec![tensor("slope", &[10], Rng(3).vec_scaled(10, 0.5))],
             ),
         ),
         (
             "Clip",
             mlp(
                 13,
-                vec![node("Clip", &["h", "lo", "hi"], "a", vec![])],
+                vec![node_out("Clip", &["h", "lo", "hi"], "a", vec![])],
                 vec![scalar("lo", -0.5), scalar("hi", 1.5)],
             ),
         ),
@@ -189,7 +80,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
             "Clip (min only)",
             mlp(
                 13,
-                vec![node("Clip", &["h", "lo"], "a", vec![])],
+                vec![node_out("Clip", &["h", "lo"], "a", vec![])],
                 vec![scalar("lo", 0.25)],
             ),
         ),
@@ -239,9 +130,9 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
             mlp(
                 13,
                 vec![
-                    node("Tanh", &["h"], "t", vec![]),
-                    node("Relu", &["t"], "r", vec![]),
-                    node("Sigmoid", &["r"], "a", vec![]),
+                    node_out("Tanh", &["h"], "t", vec![]),
+                    node_out("Relu", &["t"], "r", vec![]),
+                    node_out("Sigmoid", &["r"], "a", vec![]),
                 ],
                 vec![],
             ),
@@ -251,8 +142,8 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
             mlp(
                 13,
                 vec![
-                    node("Relu", &["h"], "r", vec![]),
-                    node("Softplus", &["r"], "a", vec![]),
+                    node_out("Relu", &["h"], "r", vec![]),
+                    node_out("Softplus", &["r"], "a", vec![]),
                 ],
                 vec![],
             ),
@@ -266,19 +157,19 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
 fn conv_model() -> Vec<u8> {
     let mut r = Rng(5);
     let inits = vec![
-        tensor("w1", &[3, 2, 3, 3], r.vec(54, 0.6)),
-        tensor("b1", &[3], r.vec(3, 0.3)),
+        tensor("w1", &[3, 2, 3, 3], r.vec_scaled(54, 0.6)),
+        tensor("b1", &[3], r.vec_scaled(3, 0.3)),
         tensor("slope", &[3, 1, 1], vec![0.2, -0.5, 1.5]),
-        tensor("w2", &[4, 3, 2, 2], r.vec(48, 0.8)),
-        tensor("w3", &[5, 36], r.vec(180, 0.7)),
-        tensor("b3", &[5], r.vec(5, 0.5)),
+        tensor("w2", &[4, 3, 2, 2], r.vec_scaled(48, 0.8)),
+        tensor("w3", &[5, 36], r.vec_scaled(180, 0.7)),
+        tensor("b3", &[5], r.vec_scaled(5, 0.5)),
         tensor("lo", &[], vec![0.0]),
         tensor("hi", &[], vec![6.0]),
     ];
     let nodes = vec![
-        node("Conv", &["x", "w1", "b1"], "c1", vec![]),
-        node("PRelu", &["c1", "slope"], "p1", vec![]),
-        node(
+        node_out("Conv", &["x", "w1", "b1"], "c1", vec![]),
+        node_out("PRelu", &["c1", "slope"], "p1", vec![]),
+        node_out(
             "MaxPool",
             &["p1"],
             "m1",
@@ -287,13 +178,13 @@ fn conv_model() -> Vec<u8> {
                 ("strides", A::Is(&[1, 1])),
             ],
         ),
-        node("Conv", &["m1", "w2"], "c2", vec![]),
-        node("HardSwish", &["c2"], "s2", vec![]),
-        node("Flatten", &["s2"], "f", vec![]),
-        node("Gemm", &["f", "w3", "b3"], "g", vec![("transB", A::I(1))]),
-        node("Clip", &["g", "lo", "hi"], "y", vec![]),
+        node_out("Conv", &["m1", "w2"], "c2", vec![]),
+        node_out("HardSwish", &["c2"], "s2", vec![]),
+        node_out("Flatten", &["s2"], "f", vec![]),
+        node_out("Gemm", &["f", "w3", "b3"], "g", vec![("transB", A::I(1))]),
+        node_out("Clip", &["g", "lo", "hi"], "y", vec![]),
     ];
-    model_bytes(14, &[2, 7, 7], nodes, inits)
+    model_bytes_opset(14, &[2, 7, 7], nodes, inits)
 }
 
 fn argmax(v: &[f32]) -> usize {
@@ -308,7 +199,7 @@ fn check(what: &str, bytes: &[u8]) -> Model {
     let path = dir.path().join("m.onnx");
     std::fs::write(&path, bytes).unwrap();
     let n: usize = model.input_shape.iter().product();
-    let batch = Rng(42).vec(8 * n, 2.0);
+    let batch = Rng(42).vec_scaled(8 * n, 2.0);
     let want = tract_float_reference(&path, &model.input_shape, &batch, 8).unwrap();
     let float: Vec<Vec<f32>> = batch
         .chunks(n)
@@ -319,7 +210,7 @@ fn check(what: &str, bytes: &[u8]) -> Model {
         assert!((g - w).abs() <= 1e-3 * scale, "{what}: got {g}, tract {w}");
     }
     // Quantize on 64 samples, compare on 200 others.
-    let calib = Rng(7).vec(64 * n, 2.0);
+    let calib = Rng(7).vec_scaled(64 * n, 2.0);
     let q = quantize(&model, &calib).unwrap_or_else(|e| panic!("{what}: {e}"));
     let tables = q
         .stages
@@ -328,7 +219,7 @@ fn check(what: &str, bytes: &[u8]) -> Model {
         .filter(|op| matches!(op, PostOp::Lut(_)))
         .count();
     assert!(tables >= 1, "{what}: no activation table");
-    let test = Rng(99).vec(200 * n, 2.0);
+    let test = Rng(99).vec_scaled(200 * n, 2.0);
     let (mut agree, mut err, mut sum, mut range) = (0, 0f32, 0f32, 0f32);
     for x in test.chunks(n) {
         let f = run_float(&model, x).unwrap();
@@ -379,7 +270,7 @@ fn conv_with_per_channel_prelu_hardswish_and_clipped_logits() {
             "Clip"
         ]
     );
-    let q = quantize(&m, &Rng(1).vec(32 * 98, 2.0)).unwrap();
+    let q = quantize(&m, &Rng(1).vec_scaled(32 * 98, 2.0)).unwrap();
     let PostOp::Lut(prelu) = &q.stages[0].post[0] else {
         panic!("{:?}", q.stages[0].post)
     };
@@ -403,7 +294,7 @@ fn malformed_activations_are_refused_by_name() {
     refused(
         mlp(
             16,
-            vec![node("PRelu", &["h", "slope"], "a", vec![])],
+            vec![node_out("PRelu", &["h", "slope"], "a", vec![])],
             vec![tensor("slope", &[5, 2], vec![0.1; 10])],
         ),
         "slope 'slope' of shape [5, 2]",
@@ -411,7 +302,7 @@ fn malformed_activations_are_refused_by_name() {
     refused(
         mlp(
             13,
-            vec![node("Clip", &["h", "lo"], "a", vec![])],
+            vec![node_out("Clip", &["h", "lo"], "a", vec![])],
             vec![tensor("lo", &[2], vec![0.0, 1.0])],
         ),
         "min must be a scalar",
@@ -430,7 +321,11 @@ fn malformed_activations_are_refused_by_name() {
     );
     // A non-constant slope.
     refused(
-        mlp(16, vec![node("PRelu", &["h", "h"], "a", vec![])], vec![]),
+        mlp(
+            16,
+            vec![node_out("PRelu", &["h", "h"], "a", vec![])],
+            vec![],
+        ),
         "must be a constant",
     );
     // Mish decomposed into Mul(x, Tanh(Softplus(x))) names the fix.
@@ -438,9 +333,9 @@ fn malformed_activations_are_refused_by_name() {
         &mlp(
             13,
             vec![
-                node("Softplus", &["h"], "sp", vec![]),
-                node("Tanh", &["sp"], "t", vec![]),
-                node("Mul", &["h", "t"], "a", vec![]),
+                node_out("Softplus", &["h"], "sp", vec![]),
+                node_out("Tanh", &["sp"], "t", vec![]),
+                node_out("Mul", &["h", "t"], "a", vec![]),
             ],
             vec![],
         ),

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod data_provider;
+pub mod ownership;
 pub mod restart;
 pub mod session_fixtures;
 

@@ -2,6 +2,8 @@
 //! on a loopback port with a temp data dir, and the bundled MNIST data.
 #![allow(dead_code)]
 
+pub mod cli;
+pub mod deploy;
 pub mod replicas;
 
 use std::io::{BufRead, BufReader, Read};
