@@ -162,6 +162,18 @@ impl LevelKey {
         self.powers.len()
     }
 
+    /// Refuses a ciphertext of `polys` polynomials that this key does not
+    /// decrypt (fewer than two, or of a higher degree).
+    fn check_polys(&self, polys: usize) -> Result<(), HeError> {
+        if polys < 2 || polys > self.powers.len() + 1 {
+            return Err(HeError::Malformed(format!(
+                "a ciphertext of {polys} polynomials at a level prepared for {}",
+                self.powers.len() + 1
+            )));
+        }
+        Ok(())
+    }
+
     /// Decrypts the ciphertext whose polynomials (NTT form, all residues
     /// prime after prime) `poly(j)` gives, `j = 0..=degree`, to its
     /// plaintext coefficients in `[0, t)`.
@@ -170,12 +182,7 @@ impl LevelKey {
         polys: usize,
         poly: impl Fn(usize) -> Result<&'a [u64], HeError>,
     ) -> Result<Zeroizing<Vec<u64>>, HeError> {
-        if polys < 2 || polys > self.powers.len() + 1 {
-            return Err(HeError::Malformed(format!(
-                "a ciphertext of {polys} polynomials at a level prepared for {}",
-                self.powers.len() + 1
-            )));
-        }
+        self.check_polys(polys)?;
         let n = self.n;
         let len = n * self.primes.len();
         let mut phase = Zeroizing::new(poly(0)?.to_vec());
@@ -214,12 +221,7 @@ impl LevelKey {
         body: &[u8],
         widths: &[usize],
     ) -> Result<Zeroizing<Vec<u64>>, HeError> {
-        if polys < 2 || polys > self.powers.len() + 1 {
-            return Err(HeError::Malformed(format!(
-                "a ciphertext of {polys} polynomials at a level prepared for {}",
-                self.powers.len() + 1
-            )));
-        }
+        self.check_polys(polys)?;
         let n = self.n;
         let per_poly: usize = widths.iter().map(|w| w * n).sum();
         if widths.len() != self.primes.len() || body.len() != polys * per_poly {
