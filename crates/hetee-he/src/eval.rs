@@ -168,7 +168,10 @@ impl Evaluator {
     /// Every operand the host multiplies is a fresh encryption (the data
     /// provider's input, the enclave's re-encryptions, the model provider's
     /// weights), whose polynomials have independent coefficients uniform
-    /// in `(-q/2, q/2]`, and the products of one sum pair distinct inputs
+    /// in `(-q/2, q/2]` (pseudorandom: a seed's expansion, or an RLWE
+    /// sample, which no one can tell from uniform without the secret key,
+    /// so a bound that holds for uniform operands holds for them up to a
+    /// negligible difference), and the products of one sum pair distinct inputs
     /// with distinct weights ([`crate::packing::ConvPacking::product_plan`]).
     /// Given the weights, a coefficient of `Σ a0 b1` is then a sum of
     /// `K N` independent terms in `[-q²/4, q²/4]` with mean zero, so by
