@@ -1,12 +1,12 @@
 //! `hetee._hetee`: the Rust side of the `hetee` Python package. Thin
 //! bindings over the library functions the `hetee` CLI uses:
-//! - [`owner::ModelOwner`]: `hetee model upload|status|unlock|allow`;
-//! - [`client::Client`]: `hetee infer`;
-//! - [`local::run`]: `hetee run`; [`local::measure`]: `hetee enclave measure`.
+//! - `ModelOwner`: `hetee model upload|status|unlock|allow`;
+//! - `Client`: `hetee infer`;
+//! - `run`: `hetee run`; `measure`: `hetee enclave measure`.
 //!
 //! Arrays come in and go out as numpy arrays; every call that does real work
 //! (attestation, HE encryption, network, inference) runs with the GIL
-//! released. Errors become [`errors::HeteeError`] (or a subclass) with the
+//! released. Errors become `HeteeError` (or a subclass) with the
 //! CLI's message.
 
 use pyo3::prelude::*;

@@ -8,8 +8,8 @@
 //!
 //! - [`enclave`]: state, sessions and dispatch;
 //! - `channel`: identity, handshake and a channel's first message;
-//! - [`register`]: model registration and the owner's management messages;
-//! - [`query`]: a data provider's query, stage by stage;
+//! - `register`: model registration and the owner's management messages;
+//! - `query`: a data provider's query, stage by stage;
 //! - `stack`: several thin data providers' queries stacked in one batch;
 //! - [`keys`]: key sets, registered models, sealing;
 //! - [`peer`]: the cluster's sealing key, moved enclave to enclave;

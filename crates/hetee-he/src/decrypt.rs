@@ -5,7 +5,7 @@
 //! at the one-prime level the host switches every result down to, a few
 //! per layer of every query) and a data provider's input (degree 1 at the
 //! top level, two primes for the `N = 4096` parameters, once per query).
-//! For both, a [`LevelKey`] holds NTT(s) and NTT(s²) per prime in
+//! For both, a `LevelKey` holds NTT(s) and NTT(s²) per prime in
 //! Montgomery form (one word per residue) and the level's rounding:
 //!
 //! 1. the phase `c0 + c1·s (+ c2·s²)` in NTT form, prime by prime, read

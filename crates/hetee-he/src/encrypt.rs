@@ -97,7 +97,7 @@ impl SecretOps {
     }
 
     /// Encrypts the centred plaintext coefficients `m` (`|m_i| < t/2`) with
-    /// `zero`, which is used up: `c0 = Δ·m + z` ([`Self::c0_rows`]).
+    /// `zero`, which is used up: `c0 = Δ·m + z` (`c0_rows`).
     pub fn encrypt_with(&self, m: &[i64], zero: ZeroEncryption) -> Result<Seeded, HeError> {
         let ctx = &self.top.0;
         let mut c0 = Vec::with_capacity(self.par.degree() * ctx.moduli().len());

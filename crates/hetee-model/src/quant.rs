@@ -8,7 +8,7 @@
 //! requantization is an integer multiply + shift ([`Requant`]).
 //!
 //! A run of consecutive activations other than a leading ReLU becomes one
-//! table ([`Lut`]): the values are requantized to an 8-bit grid calibrated
+//! table ([`Lut`](crate::lut::Lut)): the values are requantized to an 8-bit grid calibrated
 //! on the run's input, and the table maps the grid to an 8-bit output grid
 //! that covers everything the function takes on it. After a table the
 //! stage's values are 8-bit already, so the stage ends with the identity

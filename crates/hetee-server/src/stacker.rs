@@ -113,7 +113,7 @@ pub struct Stacker {
 
 impl Stacker {
     /// A stacker whose queries wait for others at most
-    /// [`MAX_WAIT_WINDOWS`] × `window` (or the last stack's time, if
+    /// `MAX_WAIT_WINDOWS` × `window` (or the last stack's time, if
     /// longer) while their model is idle.
     pub fn new(window: Duration) -> Self {
         Stacker {
@@ -129,7 +129,7 @@ impl Stacker {
     }
 
     /// The longest a query of `model` waits for others while the model is
-    /// idle: [`MAX_WAIT_WINDOWS`] windows, or as long as the model's last
+    /// idle: `MAX_WAIT_WINDOWS` windows, or as long as the model's last
     /// stack took if that is longer.
     pub fn max_wait(&self, model: &ModelId) -> Duration {
         let queues = self.lock();

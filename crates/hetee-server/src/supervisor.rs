@@ -3,7 +3,7 @@
 //! restarts it when it dies. Every sealed state the enclave hands back (a
 //! query counted, a failed check, an owner's change) is stored here, so
 //! nothing above has to remember to. With a store shared by several
-//! replicas, [`sync`] also loads what other replicas stored since, and
+//! replicas, `sync` also loads what other replicas stored since, and
 //! [`join`] gives each new enclave the cluster's sealing key first.
 
 use std::collections::HashMap;
