@@ -318,6 +318,12 @@ impl ConvPacking {
         out
     }
 
+    /// The most products summed into one output ciphertext (what the
+    /// host's multiplication basis must hold).
+    pub fn longest_sum(&self) -> usize {
+        self.product_plan().iter().map(Vec::len).max().unwrap_or(1)
+    }
+
     /// Which products are summed into each output ciphertext.
     pub fn product_plan(&self) -> Vec<ProductSum> {
         let (rt, ctl) = self.spatial_tiles();

@@ -140,8 +140,7 @@ impl HostModel {
         // operand is a fresh ciphertext.
         let max_terms = packings
             .iter()
-            .flat_map(|p| p.product_plan())
-            .map(|sum| sum.len())
+            .map(ConvPacking::longest_sum)
             .max()
             .unwrap_or(1);
         let evaluator = Evaluator::for_fresh_sums(&par, max_terms)?;
