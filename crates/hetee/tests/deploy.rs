@@ -201,11 +201,13 @@ fn tampered_evidence_is_refused() {
 
 #[test]
 fn a_channel_to_a_different_key_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
-    let m = measurement();
-    let id = upload_mnist(&server.addr, &m, &dir.path().join("owner.key"));
-    let api = api(&server);
+    let ServedMnist {
+        api,
+        id,
+        m,
+        server: _server,
+        dir: _dir,
+    } = served_mnist();
     let info: ModelInfo = api.get(&format!("/v1/models/{id}")).unwrap();
     let mut keys = verify(&info.keys, &trust(&m)).unwrap();
     // The client pins a static key the enclave does not hold.
@@ -232,11 +234,13 @@ fn a_channel_to_a_different_key_fails() {
 
 #[test]
 fn sixteen_data_providers_at_once_get_exact_results() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
-    let m = measurement();
-    let id = upload_mnist(&server.addr, &m, &dir.path().join("owner.key"));
-    let api = api(&server);
+    let ServedMnist {
+        api,
+        id,
+        m,
+        server: _server,
+        dir: _dir,
+    } = served_mnist();
     let q = Arc::new(quantized_mnist());
     let x = Arc::new(mnist_images(16));
     let start = Instant::now();

@@ -18,11 +18,13 @@ use hetee_proto::messages::{id_from_hex, ClientMessage, EnclaveMessage};
 
 #[test]
 fn enclave_killed_mid_query_restarts_unseals_and_serves_the_next_query() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
-    let m = measurement();
-    let id = upload_mnist(&server.addr, &m, &dir.path().join("owner.key"));
-    let api = api(&server);
+    let ServedMnist {
+        api,
+        id,
+        m,
+        server,
+        dir: _dir,
+    } = served_mnist();
     let t = trust(&m);
     let q = quantized_mnist();
     let x = mnist_images(1);
@@ -148,11 +150,13 @@ fn raw_post(addr: &str, path: &str, body: &[u8]) -> (u16, String) {
 
 #[test]
 fn malformed_oversized_and_out_of_order_requests_get_4xx_and_others_go_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
-    let m = measurement();
-    let id = upload_mnist(&server.addr, &m, &dir.path().join("owner.key"));
-    let api = api(&server);
+    let ServedMnist {
+        api,
+        id,
+        m,
+        server,
+        dir: _dir,
+    } = served_mnist();
     let t = trust(&m);
     let target = target(&api, &m, &id);
     let x = mnist_images(1);
