@@ -36,6 +36,7 @@ use ndarray::Array2;
 use num_bigint::BigUint;
 use rayon::prelude::*;
 
+use crate::ntt::Ntt;
 use crate::rns::{row_slices, BasisExtender, Rescaler};
 use crate::HeError;
 
@@ -91,6 +92,9 @@ pub struct Evaluator {
     mul_ctx: Arc<Context>,
     extender: BasisExtender,
     down: Rescaler,
+    /// The transforms of the multiplication basis and of the output level.
+    mul_ntt: Ntt,
+    out_ntt: Ntt,
     max_terms: usize,
 }
 
@@ -237,6 +241,8 @@ impl Evaluator {
         )?;
         Ok(Evaluator {
             par: par.clone(),
+            mul_ntt: Ntt::for_context(&mul_ctx)?,
+            out_ntt: Ntt::for_context(out_ctx)?,
             mul_ctx,
             extender,
             down,
@@ -364,13 +370,12 @@ impl Evaluator {
         let polys = acc
             .0
             .into_par_iter()
-            .map(|a| {
-                let mut p = Poly::try_convert_from(a, &self.mul_ctx, true, Representation::Ntt)?;
-                p.change_representation(Representation::PowerBasis);
-                let mut d = self.down.scale(&p)?;
-                d.change_representation(Representation::Ntt);
-                d.disallow_variable_time_computations();
-                Ok(d)
+            .map(|mut a| {
+                self.mul_ntt.inverse_rows(&mut a)?;
+                let p = Poly::try_convert_from(a, &self.mul_ctx, true, Representation::PowerBasis)?;
+                let d = self.down.scale(&p)?;
+                self.out_ntt
+                    .converted(&d, d.ctx(), Representation::Ntt, false)
             })
             .collect::<Result<Vec<_>, HeError>>()?;
         Ok(Ciphertext::new(polys, &self.par)?)

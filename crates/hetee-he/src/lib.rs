@@ -11,6 +11,7 @@ pub mod decrypt;
 pub mod encrypt;
 pub mod eval;
 pub mod layout;
+pub mod ntt;
 pub mod packing;
 pub mod params;
 pub mod planner;

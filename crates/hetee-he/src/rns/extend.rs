@@ -7,7 +7,8 @@ use std::sync::Arc;
 use fhe_math::rq::{traits::TryConvertFrom, Context, Poly, Representation};
 use ndarray::{s, Array2};
 
-use super::{big_mod, degree, power_basis, row_slices, Decomposition, FixedSplit, MAX_PRIMES};
+use super::{big_mod, degree, row_slices, Decomposition, FixedSplit, MAX_PRIMES};
+use crate::ntt::Ntt;
 use crate::HeError;
 
 /// Extends polynomials exactly (up to the lift of a coefficient at `+-q/2`)
@@ -21,6 +22,9 @@ pub struct BasisExtender {
     hat_mod_p: Vec<Vec<u64>>,
     /// `p_j - (q mod p_j)`.
     neg_q_mod_p: Vec<u64>,
+    /// The transforms of the ciphertext basis and of the extra primes.
+    from_ntt: Ntt,
+    extra_ntt: Ntt,
 }
 
 impl BasisExtender {
@@ -50,6 +54,8 @@ impl BasisExtender {
             .map(|&p| (p - big_mod(&dec.product, p)) % p)
             .collect();
         Ok(BasisExtender {
+            from_ntt: Ntt::for_context(from)?,
+            extra_ntt: Ntt::for_context(&extra)?,
             from: dec,
             to: to.clone(),
             extra,
@@ -71,12 +77,17 @@ impl BasisExtender {
         // old primes' rows: one of them is `p` itself.
         let (coeffs, ntt): (Cow<'_, Poly>, Cow<'_, Poly>) = match p.representation() {
             Representation::PowerBasis => {
-                let mut n = p.clone();
-                unsafe { n.allow_variable_time_computations() };
-                n.change_representation(Representation::Ntt);
+                let n = self
+                    .from_ntt
+                    .converted(p, p.ctx(), Representation::Ntt, true)?;
                 (Cow::Borrowed(p), Cow::Owned(n))
             }
-            _ => (Cow::Owned(power_basis(p)), Cow::Borrowed(p)),
+            _ => {
+                let c = self
+                    .from_ntt
+                    .converted(p, p.ctx(), Representation::PowerBasis, true)?;
+                (Cow::Owned(c), Cow::Borrowed(p))
+            }
         };
         let view = coeffs.coefficients();
         let n = view.shape()[1];
@@ -104,11 +115,10 @@ impl BasisExtender {
                 }
             }
         }
-        let mut extra = Poly::try_convert_from(out, &self.extra, true, Representation::PowerBasis)?;
-        extra.change_representation(Representation::Ntt);
+        self.extra_ntt.forward_rows(&mut out)?;
         let mut all = Array2::<u64>::zeros((k + e, n));
         all.slice_mut(s![..k, ..]).assign(&ntt.coefficients());
-        all.slice_mut(s![k.., ..]).assign(&extra.coefficients());
+        all.slice_mut(s![k.., ..]).assign(&out);
         Ok(Poly::try_convert_from(
             all,
             &self.to,

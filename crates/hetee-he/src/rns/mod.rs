@@ -145,15 +145,6 @@ fn degree(ctx: &Arc<Context>) -> usize {
         .shape()[1]
 }
 
-/// Rows of `p` in the power basis (a copy converted when `p` is in NTT form).
-fn power_basis(p: &Poly) -> Poly {
-    let mut q = p.clone();
-    if q.representation() != &Representation::PowerBasis {
-        q.change_representation(Representation::PowerBasis);
-    }
-    q
-}
-
 /// [`Decomposition::split`] for exactly `K` primes, with the rows cut to one
 /// length and every constant in a register: the loops unrolled over the
 /// bases in use ([`BasisExtender`], [`Rescaler`]).

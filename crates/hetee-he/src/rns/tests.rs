@@ -159,3 +159,12 @@ fn mismatched_bases_are_refused() {
         .is_err());
     assert!(r.scale(&Poly::zero(&ext, Representation::Ntt)).is_err());
 }
+
+/// Rows of `p` in the power basis (a copy converted when `p` is in NTT form).
+fn power_basis(p: &Poly) -> Poly {
+    let mut q = p.clone();
+    if q.representation() != &Representation::PowerBasis {
+        q.change_representation(Representation::PowerBasis);
+    }
+    q
+}
