@@ -25,13 +25,15 @@
 
 use std::sync::Arc;
 
-use fhe_math::rq::{traits::TryConvertFrom, Context, Poly, Representation};
+use fhe_math::rq::{Context, Poly};
 use fhe_math::zq::Modulus;
 use zeroize::Zeroizing;
 
 use crate::arith::{
     at_least, at_least_128, lazy_shoup, mont_mul, neg_inverse, reduce_once, shoup, sub_if_at_least,
 };
+use crate::ntt::Ntt;
+use crate::simd;
 use crate::HeError;
 
 /// `round(t·x/Q) mod t` for the one or two primes of a level.
@@ -67,6 +69,8 @@ pub(crate) struct LevelKey {
     neg_inv: Vec<u64>,
     rounding: Rounding,
     t: u64,
+    /// The level's transforms (shared plans, nothing per key set).
+    ntt: Ntt,
 }
 
 /// The residues of `p` (NTT form), prime after prime, contiguous.
@@ -154,6 +158,7 @@ impl LevelKey {
             neg_inv,
             rounding,
             t,
+            ntt: Ntt::for_context(ctx)?,
         }))
     }
 
@@ -237,6 +242,11 @@ impl LevelKey {
             let keys: Vec<&[u64]> = self.powers.iter().map(|k| &k[i * n..(i + 1) * n]).collect();
             let out = &mut phase[i * n..(i + 1) * n];
             let neg_inv = self.neg_inv[i];
+            if let Some(b) = simd::phase(&rows, w, &keys, p, neg_inv, out) {
+                bad |= b;
+                at += n * w;
+                continue;
+            }
             bad |= match w {
                 8 => phase_from_wire::<8>(&rows, &keys, p, neg_inv, out),
                 7 => phase_from_wire::<7>(&rows, &keys, p, neg_inv, out),
@@ -261,22 +271,19 @@ impl LevelKey {
     /// rounding to the plaintext.
     fn finish(&self, mut phase: Zeroizing<Vec<u64>>) -> Result<Zeroizing<Vec<u64>>, HeError> {
         let n = self.n;
-        // The inverse NTT with the level's own operators (keeping none per
-        // key set: they are most of its memory).
-        let mut x = Zeroizing::new(Poly::try_convert_from(
-            std::mem::take(&mut *phase),
-            &self.ctx,
-            false,
-            Representation::Ntt,
-        )?);
-        x.change_representation(Representation::PowerBasis);
-        let phase = residues(&x)?;
+        self.ntt.inverse(&mut phase)?;
+        let phase = phase.as_slice();
         let t = self.t;
         let out = match &self.rounding {
-            Rounding::One { p, half, c } => phase
-                .iter()
-                .map(|&x| round_one(x, t, *p, *half, *c))
-                .collect(),
+            Rounding::One { p, half, c } => {
+                let mut out = vec![0u64; phase.len()];
+                if !simd::round_one(phase, t, *p, *half, *c, &mut out) {
+                    for (o, &x) in out.iter_mut().zip(phase) {
+                        *o = round_one(x, t, *p, *half, *c);
+                    }
+                }
+                out
+            }
             Rounding::Two {
                 q1,
                 q2,
@@ -425,12 +432,88 @@ mod tests {
             (1_000_003, 999_983),
         ] {
             let c = (((t as u128) << 64) / p as u128) as u64;
-            for x in probes(t, p as u128) {
-                assert_eq!(
-                    round_one(x as u64, t, p, p / 2, c),
-                    exact(x, t, p as u128),
-                    "x {x}, p {p}, t {t}"
-                );
+            let mut xs: Vec<u64> = probes(t, p as u128).iter().map(|&x| x as u64).collect();
+            xs.resize(xs.len().next_multiple_of(8), p - 1);
+            let want: Vec<u64> = xs.iter().map(|&x| exact(x as u128, t, p as u128)).collect();
+            for (&x, &w) in xs.iter().zip(&want) {
+                assert_eq!(round_one(x, t, p, p / 2, c), w, "x {x}, p {p}, t {t}");
+            }
+            // The AVX-512 kernel, where this CPU has it.
+            let mut got = vec![0u64; xs.len()];
+            if simd::round_one(&xs, t, p, p / 2, c, &mut got) {
+                assert_eq!(got, want, "AVX-512 rounding, p {p}, t {t}");
+            }
+        }
+    }
+
+    /// The AVX-512 phase equals the scalar one on random ciphertexts (with
+    /// the extreme residues 0 and `p - 1` among them), read from residues
+    /// of the prime's own width and of 8 bytes, and both refuse a residue
+    /// at or above `p` in any polynomial.
+    #[test]
+    fn the_vector_phase_equals_the_scalar_phase() {
+        let mut rng = rand::rng();
+        let n = 4096;
+        let bytes = |rows: &[Vec<u64>], w: usize| -> Vec<Vec<u8>> {
+            rows.iter()
+                .map(|r| {
+                    r.iter()
+                        .flat_map(|x| x.to_le_bytes()[..w].to_vec())
+                        .collect()
+                })
+                .collect()
+        };
+        for p in [
+            36028797018652673u64,
+            18014398509309953,
+            (1 << 60) - 93,
+            1_000_003,
+        ] {
+            let neg_inv = neg_inverse(p);
+            let keys: Vec<Vec<u64>> = (0..2)
+                .map(|_| (0..n).map(|_| rng.random_range(0..p)).collect())
+                .collect();
+            let keys: Vec<&[u64]> = keys.iter().map(Vec::as_slice).collect();
+            let mut rows: Vec<Vec<u64>> = (0..3)
+                .map(|_| (0..n).map(|_| rng.random_range(0..p)).collect())
+                .collect();
+            for r in rows.iter_mut() {
+                r[..8].copy_from_slice(&[0, p - 1, 0, p - 1, 1, p - 2, 0, 0]);
+                r[n - 2..].copy_from_slice(&[p - 1, p - 1]);
+            }
+            let wire = bytes(&rows, 8);
+            let wire: Vec<&[u8]> = wire.iter().map(Vec::as_slice).collect();
+            let mut scalar = vec![0u64; n];
+            assert!(!phase_from_wire::<8>(&wire, &keys, p, neg_inv, &mut scalar));
+            let own = (64 - p.leading_zeros() as usize).div_ceil(8);
+            for w in [own, 8] {
+                let wire = bytes(&rows, w);
+                let wire: Vec<&[u8]> = wire.iter().map(Vec::as_slice).collect();
+                let mut vector = vec![0u64; n];
+                let Some(bad) = simd::phase(&wire, w, &keys, p, neg_inv, &mut vector) else {
+                    eprintln!("no AVX-512 here: only the scalar phase is checked");
+                    return;
+                };
+                assert!(!bad);
+                assert_eq!(vector, scalar, "p {p}, {w}-byte residues");
+                for j in 0..3 {
+                    let mut tampered = rows.clone();
+                    tampered[j][n - 1 - j] = p + j as u64;
+                    let wire = bytes(&tampered, w);
+                    let wire: Vec<&[u8]> = wire.iter().map(Vec::as_slice).collect();
+                    assert_eq!(
+                        simd::phase(&wire, w, &keys, p, neg_inv, &mut vector),
+                        Some(true),
+                        "p {p}, {w}-byte residues, polynomial {j}"
+                    );
+                }
+            }
+            for j in 0..3 {
+                let mut tampered = rows.clone();
+                tampered[j][n - 1 - j] = p + j as u64;
+                let wire = bytes(&tampered, 8);
+                let wire: Vec<&[u8]> = wire.iter().map(Vec::as_slice).collect();
+                assert!(phase_from_wire::<8>(&wire, &keys, p, neg_inv, &mut scalar));
             }
         }
     }

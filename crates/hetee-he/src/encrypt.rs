@@ -87,7 +87,11 @@ impl SecretOps {
         let mut a_s = Zeroizing::new(Poly::random_from_seed(ctx, Representation::Ntt, seed));
         a_s.disallow_variable_time_computations();
         *a_s *= &**s;
-        a_s.change_representation(Representation::PowerBasis);
+        let a_s =
+            Zeroizing::new(
+                self.top_ntt
+                    .converted(&a_s, ctx, Representation::PowerBasis, false)?,
+            );
         let mut z = Zeroizing::new(
             Poly::small(ctx, Representation::PowerBasis, ERROR_VARIANCE, rng).map_err(math)?,
         );

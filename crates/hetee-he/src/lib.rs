@@ -17,6 +17,7 @@ pub mod params;
 pub mod planner;
 pub mod rns;
 pub mod secret;
+mod simd;
 
 pub use eval::Evaluator;
 pub use layout::ConvSpec;

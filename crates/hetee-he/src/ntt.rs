@@ -29,10 +29,13 @@ pub struct Ntt {
     n: usize,
 }
 
+/// Plans by degree and prime.
+type Plans = HashMap<(usize, u64), Arc<Plan>>;
+
 /// The plan for degree `n` and prime `p`, made once per process (a plan
 /// holds its roots: 64 KiB at N = 4096).
 fn plan(n: usize, p: u64) -> Result<Arc<Plan>, HeError> {
-    static PLANS: OnceLock<Mutex<HashMap<(usize, u64), Arc<Plan>>>> = OnceLock::new();
+    static PLANS: OnceLock<Mutex<Plans>> = OnceLock::new();
     let mut plans = PLANS
         .get_or_init(Default::default)
         .lock()
@@ -40,9 +43,10 @@ fn plan(n: usize, p: u64) -> Result<Arc<Plan>, HeError> {
     if let Some(plan) = plans.get(&(n, p)) {
         return Ok(plan.clone());
     }
-    let plan = Arc::new(Plan::try_new(n, p).ok_or_else(|| {
-        HeError::Params(format!("no NTT of degree {n} modulo {p}"))
-    })?);
+    let plan = Arc::new(
+        Plan::try_new(n, p)
+            .ok_or_else(|| HeError::Params(format!("no NTT of degree {n} modulo {p}")))?,
+    );
     plans.insert((n, p), plan.clone());
     Ok(plan)
 }

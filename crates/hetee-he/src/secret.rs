@@ -26,6 +26,7 @@ use num_bigint::BigUint;
 use zeroize::Zeroizing;
 
 use crate::decrypt::LevelKey;
+use crate::ntt::Ntt;
 use crate::HeError;
 
 /// The error variance of fresh encryptions: `fhe`'s default, which
@@ -39,6 +40,8 @@ pub struct SecretOps {
     sk: SecretKey,
     /// NTT(s) at the top level, for encryption.
     pub(crate) top: (Arc<Context>, Zeroizing<Poly>),
+    /// The top level's transforms.
+    pub(crate) top_ntt: Ntt,
     /// The level stage results arrive at (degree 2), when it has one or
     /// two primes.
     results: Option<LevelKey>,
@@ -92,6 +95,7 @@ impl SecretOps {
             par: par.clone(),
             t,
             sk,
+            top_ntt: Ntt::for_context(&top.0)?,
             top,
             results,
             input,

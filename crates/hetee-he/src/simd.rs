@@ -1,0 +1,227 @@
+//! AVX-512 kernels for the enclave's decryption of stage results: the
+//! phase `c0 + c1·s + c2·s²` and its rounding to the plaintext, eight
+//! coefficients at a time. The same arithmetic as the scalar code of
+//! [`crate::decrypt`] and [`crate::arith`] (Montgomery's products, masked
+//! subtractions, the rounding by a fixed-point estimate), so the same
+//! results bit for bit (`tests`); no branch on any value. Chosen at run
+//! time on x86-64 CPUs with AVX-512 F, DQ, BW and VBMI (stable Rust since
+//! 1.89); the scalar code runs elsewhere.
+
+/// Whether the kernels can run on this CPU.
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vbmi")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One prime's phase into `out` (`n` residues) from the ciphertext's rows
+/// as the codec lays them out (`rows[j]`: `n` little-endian residues of
+/// `w` bytes, `1 <= w <= 8`, of polynomial `j`) and the key powers
+/// (`keys[j - 1]`, Montgomery form), for `p < 2^61`; whether a residue
+/// was not below `p`. `None` when the kernels cannot run here or the
+/// lengths are not whole vectors.
+pub(crate) fn phase(
+    rows: &[&[u8]],
+    w: usize,
+    keys: &[&[u64]],
+    p: u64,
+    neg_inv: u64,
+    out: &mut [u64],
+) -> Option<bool> {
+    let n = out.len();
+    let fits = n.is_multiple_of(8)
+        && (1..=8).contains(&w)
+        && rows.len() == keys.len() + 1
+        && rows.iter().all(|r| r.len() == w * n)
+        && keys.iter().all(|k| k.len() == n);
+    if !fits || !available() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: the CPU has the features (checked above); every row holds
+        // `n` residues of `w` bytes, every key `n` words, and `n` is a
+        // multiple of 8 (checked above).
+        Some(unsafe { avx512::phase(rows, w, keys, p, neg_inv, out) })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (p, neg_inv);
+        None
+    }
+}
+
+/// `round(t·x/p) mod t` of every `x` in `xs` into `out`, as
+/// [`crate::decrypt`]'s scalar `round_one` (`x < p < 2^61`, `t < p`,
+/// `c = ⌊t·2^64/p⌋`). `false` when the kernels cannot run here (nothing
+/// written).
+pub(crate) fn round_one(xs: &[u64], t: u64, p: u64, half: u64, c: u64, out: &mut [u64]) -> bool {
+    if xs.len() != out.len() || !xs.len().is_multiple_of(8) || !available() {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: AVX-512F/DQ present, equal lengths, multiples of 8.
+        unsafe { avx512::round_one(xs, t, p, half, c, out) };
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (t, p, half, c);
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// The high words of `a·b`, lane by lane (four 32-bit products).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    fn mul_hi(a: __m512i, b: __m512i) -> __m512i {
+        let low = _mm512_set1_epi64(0xffff_ffff);
+        let (a1, b1) = (_mm512_srli_epi64(a, 32), _mm512_srli_epi64(b, 32));
+        let p00 = _mm512_mul_epu32(a, b);
+        let p01 = _mm512_mul_epu32(a, b1);
+        let p10 = _mm512_mul_epu32(a1, b);
+        let p11 = _mm512_mul_epu32(a1, b1);
+        let mid = _mm512_add_epi64(
+            _mm512_add_epi64(_mm512_srli_epi64(p00, 32), _mm512_and_si512(p01, low)),
+            _mm512_and_si512(p10, low),
+        );
+        _mm512_add_epi64(
+            _mm512_add_epi64(p11, _mm512_srli_epi64(mid, 32)),
+            _mm512_add_epi64(_mm512_srli_epi64(p01, 32), _mm512_srli_epi64(p10, 32)),
+        )
+    }
+
+    /// Montgomery's product `a·b·2^-64 mod p` in `[0, 2p)`, lane by lane,
+    /// as [`crate::arith::mont_mul`]: `(a·b + m·p) / 2^64` with
+    /// `m = (a·b mod 2^64)·(−p⁻¹)`, whose low words cancel (a carry of
+    /// one unless the low word of `a·b` is zero).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    fn mont_mul(a: __m512i, b: __m512i, p: __m512i, neg_inv: __m512i) -> __m512i {
+        let lo = _mm512_mullo_epi64(a, b);
+        let hi = mul_hi(a, b);
+        let m = _mm512_mullo_epi64(lo, neg_inv);
+        let sum = _mm512_add_epi64(hi, mul_hi(m, p));
+        let carry = _mm512_test_epi64_mask(lo, lo);
+        _mm512_mask_add_epi64(sum, carry, sum, _mm512_set1_epi64(1))
+    }
+
+    /// `x − m` where `x >= m`, lane by lane (`x, m < 2^63`): the smaller of
+    /// `x` and the wrapped difference.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn sub_if_at_least(x: __m512i, m: __m512i) -> __m512i {
+        _mm512_min_epu64(x, _mm512_sub_epi64(x, m))
+    }
+
+    /// Eight residues of `w` bytes from `at` (a masked load: nothing past
+    /// `8 w` bytes is read), widened to words: byte `i < w` of lane `j` is
+    /// byte `w j + i` of the input, the others zero.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    unsafe fn load(
+        at: *const u8,
+        w: usize,
+        bytes: __mmask64,
+        lanes: __mmask64,
+        idx: __m512i,
+    ) -> __m512i {
+        // SAFETY: the caller's `at` has `8 w` readable bytes.
+        let v = unsafe { _mm512_maskz_loadu_epi8(bytes, at.cast()) };
+        if w == 8 {
+            v
+        } else {
+            _mm512_maskz_permutexvar_epi8(lanes, idx, v)
+        }
+    }
+
+    /// See [`super::phase`].
+    ///
+    /// # Safety
+    /// AVX-512 F/DQ/BW/VBMI; `1 <= w <= 8`, `rows[j].len() == w *
+    /// out.len()`, `keys[j].len() == out.len()`, `out.len() % 8 == 0`,
+    /// `rows.len() == keys.len() + 1`.
+    #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vbmi")]
+    pub(super) unsafe fn phase(
+        rows: &[&[u8]],
+        w: usize,
+        keys: &[&[u64]],
+        p: u64,
+        neg_inv: u64,
+        out: &mut [u64],
+    ) -> bool {
+        let (pv, ninv) = (
+            _mm512_set1_epi64(p as i64),
+            _mm512_set1_epi64(neg_inv as i64),
+        );
+        let two_p = _mm512_set1_epi64(2 * p as i64);
+        let bytes: __mmask64 = if w >= 8 { !0 } else { (1u64 << (8 * w)) - 1 };
+        let lane: u64 = (1u64 << w) - 1;
+        let lanes: __mmask64 = (0..8).fold(0, |m, j| m | lane << (8 * j));
+        let mut idx = [0u8; 64];
+        for (b, slot) in idx.iter_mut().enumerate() {
+            let (j, i) = (b / 8, b % 8);
+            *slot = if i < w { (w * j + i) as u8 } else { 0 };
+        }
+        // SAFETY: 64 bytes, read unaligned.
+        let idx = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
+        let mut bad: __mmask8 = 0;
+        for k in (0..out.len()).step_by(8) {
+            // SAFETY: residues k..k+8 lie inside every row (bytes
+            // `w k .. w k + 8 w`), key and `out`.
+            unsafe {
+                let c0 = load(rows[0].as_ptr().add(w * k), w, bytes, lanes, idx);
+                bad |= _mm512_cmpge_epu64_mask(c0, pv);
+                let mut x = c0;
+                for (r, key) in rows[1..].iter().zip(keys) {
+                    let c = load(r.as_ptr().add(w * k), w, bytes, lanes, idx);
+                    bad |= _mm512_cmpge_epu64_mask(c, pv);
+                    let s = _mm512_loadu_si512(key.as_ptr().add(k).cast());
+                    x = _mm512_add_epi64(x, mont_mul(c, s, pv, ninv));
+                }
+                let x = sub_if_at_least(sub_if_at_least(sub_if_at_least(x, two_p), two_p), pv);
+                _mm512_storeu_si512(out.as_mut_ptr().add(k).cast(), x);
+            }
+        }
+        bad != 0
+    }
+
+    /// See [`super::round_one`].
+    ///
+    /// # Safety
+    /// AVX-512F/DQ; `xs.len() == out.len()`, a multiple of 8.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn round_one(xs: &[u64], t: u64, p: u64, half: u64, c: u64, out: &mut [u64]) {
+        let (tv, pv) = (_mm512_set1_epi64(t as i64), _mm512_set1_epi64(p as i64));
+        let (halfv, cv) = (_mm512_set1_epi64(half as i64), _mm512_set1_epi64(c as i64));
+        let two_p = _mm512_set1_epi64(2 * p as i64);
+        let one = _mm512_set1_epi64(1);
+        for k in (0..xs.len()).step_by(8) {
+            // SAFETY: lane k..k+8 lies inside `xs` and `out`.
+            unsafe {
+                let x = _mm512_loadu_si512(xs.as_ptr().add(k).cast());
+                let e = mul_hi(x, cv);
+                let rem = _mm512_sub_epi64(
+                    _mm512_add_epi64(_mm512_mullo_epi64(x, tv), halfv),
+                    _mm512_mullo_epi64(e, pv),
+                );
+                let r = _mm512_mask_add_epi64(e, _mm512_cmpge_epu64_mask(rem, pv), e, one);
+                let r = _mm512_mask_add_epi64(r, _mm512_cmpge_epu64_mask(rem, two_p), r, one);
+                _mm512_storeu_si512(out.as_mut_ptr().add(k).cast(), sub_if_at_least(r, tv));
+            }
+        }
+    }
+}
