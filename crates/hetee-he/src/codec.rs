@@ -28,7 +28,7 @@ const SEEDED: &[u8; 4] = b"HCS2";
 pub const SEED_LEN: usize = 32;
 
 /// Bytes per coefficient modulo `q`.
-fn width(q: u64) -> usize {
+pub(crate) fn width(q: u64) -> usize {
     (64 - q.leading_zeros() as usize).div_ceil(8)
 }
 

@@ -14,7 +14,7 @@
 //! a coefficient), as fhe-math's do.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use fhe_math::rq::{traits::TryConvertFrom, Context, Poly, Representation};
 use ndarray::Array2;
@@ -29,25 +29,27 @@ pub struct Ntt {
     n: usize,
 }
 
-/// Plans by degree and prime.
-type Plans = HashMap<(usize, u64), Arc<Plan>>;
+/// Plans by degree and prime, held weakly: a plan lives while a basis
+/// uses it, so what a refused key set made is freed with it.
+type Plans = HashMap<(usize, u64), Weak<Plan>>;
 
-/// The plan for degree `n` and prime `p`, made once per process (a plan
-/// holds its roots: 64 KiB at N = 4096).
+/// The plan for degree `n` and prime `p`, shared by every basis that uses
+/// it (a plan holds its roots: 64 KiB at N = 4096).
 fn plan(n: usize, p: u64) -> Result<Arc<Plan>, HeError> {
     static PLANS: OnceLock<Mutex<Plans>> = OnceLock::new();
     let mut plans = PLANS
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if let Some(plan) = plans.get(&(n, p)) {
-        return Ok(plan.clone());
+    if let Some(plan) = plans.get(&(n, p)).and_then(Weak::upgrade) {
+        return Ok(plan);
     }
+    plans.retain(|_, w| w.strong_count() > 0);
     let plan = Arc::new(
         Plan::try_new(n, p)
             .ok_or_else(|| HeError::Params(format!("no NTT of degree {n} modulo {p}")))?,
     );
-    plans.insert((n, p), plan.clone());
+    plans.insert((n, p), Arc::downgrade(&plan));
     Ok(plan)
 }
 

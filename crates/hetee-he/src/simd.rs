@@ -1,9 +1,11 @@
-//! AVX-512 kernels for the enclave's decryption of stage results: the
-//! phase `c0 + c1·s + c2·s²` and its rounding to the plaintext, eight
-//! coefficients at a time. The same arithmetic as the scalar code of
-//! [`crate::decrypt`] and [`crate::arith`] (Montgomery's products, masked
-//! subtractions, the rounding by a fixed-point estimate), so the same
-//! results bit for bit (`tests`); no branch on any value. Chosen at run
+//! AVX-512 kernels for the enclave's work on every stage: the phase
+//! `c0 + c1·s + c2·s²` of a stage result and its rounding to the
+//! plaintext, and the row `Δ·m + z` of a re-encryption packed for the
+//! wire, eight coefficients at a time. The same arithmetic as the scalar
+//! code of [`crate::decrypt`], [`crate::encrypt`] and [`crate::arith`]
+//! (Montgomery's and Shoup's products, masked subtractions, the rounding
+//! by a fixed-point estimate), so the same results bit for bit (their
+//! tests); no branch on any value. Chosen at run
 //! time on x86-64 CPUs with AVX-512 F, DQ, BW and VBMI (stable Rust since
 //! 1.89); the scalar code runs elsewhere.
 
@@ -76,6 +78,41 @@ pub(crate) fn round_one(xs: &[u64], t: u64, p: u64, half: u64, c: u64, out: &mut
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (t, p, half, c);
+        false
+    }
+}
+
+/// One prime's row of `c0 = Δ·m + z` appended to `out` in the codec's
+/// form (`n` little-endian residues of `w` bytes), as the scalar code of
+/// [`crate::encrypt`]: `m` the centred message (`|m_i| < q/2`, zeros past
+/// its end), `z` the zero's row (`n` residues below `q < 2^62`), `d` and
+/// `d_shoup` the public `Δ mod q` and its Shoup companion. `false` when
+/// the kernel cannot run here (nothing appended).
+pub(crate) fn encrypt_row(
+    m: &[i64],
+    z: &[u64],
+    q: u64,
+    (d, d_shoup): (u64, u64),
+    w: usize,
+    out: &mut Vec<u8>,
+) -> bool {
+    let n = z.len();
+    if !n.is_multiple_of(8) || m.len() > n || !(1..=8).contains(&w) || !available() {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let start = out.len();
+        // Each vector's masked store writes its `8 w` bytes in place.
+        out.resize(start + n * w, 0);
+        // SAFETY: the CPU has the features (checked above); `out` holds
+        // `n w` bytes from `start`, `z` holds `n` words, `m` at most `n`.
+        unsafe { avx512::encrypt_row(m, z, q, d, d_shoup, w, &mut out[start..]) };
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (q, d, d_shoup, out);
         false
     }
 }
@@ -197,6 +234,65 @@ mod avx512 {
             }
         }
         bad != 0
+    }
+
+    /// See [`super::encrypt_row`].
+    ///
+    /// # Safety
+    /// AVX-512 F/DQ/BW/VBMI; `z.len() == out.len() / w`, a multiple of 8,
+    /// `m.len() <= z.len()`, `1 <= w <= 8`.
+    #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vbmi")]
+    pub(super) unsafe fn encrypt_row(
+        m: &[i64],
+        z: &[u64],
+        q: u64,
+        d: u64,
+        d_shoup: u64,
+        w: usize,
+        out: &mut [u8],
+    ) {
+        let (qv, two_q) = (_mm512_set1_epi64(q as i64), _mm512_set1_epi64(2 * q as i64));
+        let (dv, dsv) = (
+            _mm512_set1_epi64(d as i64),
+            _mm512_set1_epi64(d_shoup as i64),
+        );
+        // Byte `b < 8 w` of the packed vector is byte `b mod w` of lane `b / w`.
+        let mut idx = [0u8; 64];
+        for (b, slot) in idx.iter_mut().enumerate() {
+            *slot = if b < 8 * w {
+                (8 * (b / w) + b % w) as u8
+            } else {
+                0
+            };
+        }
+        // SAFETY: 64 bytes, read unaligned.
+        let idx = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
+        let bytes: __mmask64 = if w >= 8 { !0 } else { (1u64 << (8 * w)) - 1 };
+        for k in (0..z.len()).step_by(8) {
+            // The message's lanes (none past its end: a masked load reads
+            // nothing there).
+            let left = m.len().saturating_sub(k).min(8);
+            let lanes = ((1u32 << left) - 1) as __mmask8;
+            // SAFETY: lanes k..k+8 of `z` and bytes `w k .. w k + 8 w` of
+            // `out` exist; of `m` only the `left` lanes that exist are read
+            // (the pointer is not dereferenced past them).
+            unsafe {
+                let x = _mm512_maskz_loadu_epi64(lanes, m.as_ptr().wrapping_add(k).cast());
+                // |x| < q/2: the residue is x, or x + q when negative.
+                let xi = _mm512_add_epi64(x, _mm512_and_si512(qv, _mm512_srai_epi64(x, 63)));
+                // Shoup: xi·d − ⌊xi·d'/2^64⌋·q, in [0, 2q).
+                let qh = mul_hi(xi, dsv);
+                let v = _mm512_sub_epi64(_mm512_mullo_epi64(xi, dv), _mm512_mullo_epi64(qh, qv));
+                let zv = _mm512_loadu_si512(z.as_ptr().add(k).cast());
+                let c = sub_if_at_least(sub_if_at_least(_mm512_add_epi64(v, zv), two_q), qv);
+                let packed = if w == 8 {
+                    c
+                } else {
+                    _mm512_permutexvar_epi8(idx, c)
+                };
+                _mm512_mask_storeu_epi8(out.as_mut_ptr().add(w * k).cast(), bytes, packed);
+            }
+        }
     }
 
     /// See [`super::round_one`].
