@@ -117,6 +117,68 @@ pub(crate) fn encrypt_row(
     }
 }
 
+/// What a rescale of `K` primes down to one prime `q` needs, for
+/// [`rescale_to_one`]: the input rows (power basis) and the constants of
+/// [`crate::rns::Rescaler`] and of the basis decomposition, as its
+/// unrolled scalar loop holds them.
+pub(crate) struct RescaleToOne<'a, const K: usize> {
+    /// The input's residues, one row per input prime.
+    pub rows: [&'a [u64]; K],
+    /// `(q/m_i)^-1 mod m_i` with its Shoup companion.
+    pub inv_hat: [(u64, u64); K],
+    /// The input primes.
+    pub moduli: [u64; K],
+    /// `1 / m_i`.
+    pub inv_m: [f64; K],
+    /// The fractions `f_i`, `g_i` and `f_M`.
+    pub f: [f64; K],
+    /// See `f`.
+    pub g: [f64; K],
+    /// See `f`.
+    pub f_m: f64,
+    /// `I_i mod q`, `G_i mod q`, `q − (I_M mod q)`, `q − (2^40 mod q)`.
+    pub ints: [u64; K],
+    /// See `ints`.
+    pub highs: [u64; K],
+    /// See `ints`.
+    pub neg_int_m: u64,
+    /// See `ints`.
+    pub neg_shift: u64,
+    /// The output prime.
+    pub q: u64,
+    /// `2^40 + 1/2`.
+    pub round_shift: f64,
+}
+
+/// The rescale of [`RescaleToOne`] into `out`, eight coefficients at a
+/// time: the same floating-point operations in the same order as the
+/// scalar loop (so the same rounding), and the integer part reduced
+/// term by term with Shoup's products instead of summed in 128 bits
+/// (the same value modulo `q`). `false` when it cannot run here (for an
+/// output prime of 58 bits or more, or lengths that are not whole
+/// vectors).
+pub(crate) fn rescale_to_one<const K: usize>(r: &RescaleToOne<'_, K>, out: &mut [u64]) -> bool {
+    let n = out.len();
+    let fits = n.is_multiple_of(8)
+        && (1..=6).contains(&K)
+        && r.q < 1 << 58
+        && r.rows.iter().all(|row| row.len() == n)
+        && r.moduli.iter().all(|&m| m < 1 << 62);
+    if !fits || !available() {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: the CPU has the features and the lengths hold (above).
+        unsafe { avx512::rescale_to_one(r, out) };
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -291,6 +353,88 @@ mod avx512 {
                     _mm512_permutexvar_epi8(idx, c)
                 };
                 _mm512_mask_storeu_epi8(out.as_mut_ptr().add(w * k).cast(), bytes, packed);
+            }
+        }
+    }
+
+    /// `a·b mod m` lazily, in `[0, 2m)`, for any `a` and `b < m` with
+    /// `b_shoup = ⌊b·2^64/m⌋` (Shoup).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    fn shoup_lazy(a: __m512i, b: __m512i, b_shoup: __m512i, m: __m512i) -> __m512i {
+        let q = mul_hi(a, b_shoup);
+        _mm512_sub_epi64(_mm512_mullo_epi64(a, b), _mm512_mullo_epi64(q, m))
+    }
+
+    /// See [`super::rescale_to_one`].
+    ///
+    /// # Safety
+    /// AVX-512 F/DQ/BW/VBMI; every row holds `out.len()` residues, a
+    /// multiple of 8; `q < 2^58`, `K <= 6`, every input prime `< 2^62`.
+    #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vbmi")]
+    pub(super) unsafe fn rescale_to_one<const K: usize>(
+        r: &super::RescaleToOne<'_, K>,
+        out: &mut [u64],
+    ) {
+        let set = |x: u64| _mm512_set1_epi64(x as i64);
+        let shoup = |b: u64, m: u64| (((b as u128) << 64) / m as u128) as u64;
+        let low32 = set(0xffff_ffff);
+        let qv = set(r.q);
+        let moduli: [__m512i; K] = std::array::from_fn(|i| set(r.moduli[i]));
+        let inv_hat: [(__m512i, __m512i); K] =
+            std::array::from_fn(|i| (set(r.inv_hat[i].0), set(r.inv_hat[i].1)));
+        let inv_m: [__m512d; K] = std::array::from_fn(|i| _mm512_set1_pd(r.inv_m[i]));
+        let (f, g): ([__m512d; K], [__m512d; K]) = (
+            std::array::from_fn(|i| _mm512_set1_pd(r.f[i])),
+            std::array::from_fn(|i| _mm512_set1_pd(r.g[i])),
+        );
+        let ints: [(__m512i, __m512i); K] =
+            std::array::from_fn(|i| (set(r.ints[i]), set(shoup(r.ints[i], r.q))));
+        let highs: [(__m512i, __m512i); K] =
+            std::array::from_fn(|i| (set(r.highs[i]), set(shoup(r.highs[i], r.q))));
+        let neg_int_m = (set(r.neg_int_m), set(shoup(r.neg_int_m, r.q)));
+        let neg_shift = set(r.neg_shift);
+        let barrett = set(((1u128 << 64) / r.q as u128) as u64);
+        let (neg_f_m, half, round) = (
+            _mm512_set1_pd(-r.f_m),
+            _mm512_set1_pd(0.5),
+            _mm512_set1_pd(r.round_shift),
+        );
+        for c in (0..out.len()).step_by(8) {
+            // SAFETY: lanes c..c+8 lie inside every row and `out`.
+            unsafe {
+                // The split: y_i = x_i (q/m_i)^-1 mod m_i, and v = round(Σ y_i / m_i).
+                let mut y = [_mm512_setzero_si512(); K];
+                let mut s = half;
+                for i in 0..K {
+                    let x = _mm512_loadu_si512(r.rows[i].as_ptr().add(c).cast());
+                    let t = shoup_lazy(x, inv_hat[i].0, inv_hat[i].1, moduli[i]);
+                    y[i] = sub_if_at_least(t, moduli[i]);
+                    s = _mm512_add_pd(s, _mm512_mul_pd(_mm512_cvtepi64_pd(y[i]), inv_m[i]));
+                }
+                let v = _mm512_cvttpd_epi64(s);
+                // The fraction, in the scalar loop's order.
+                let mut frac = _mm512_mul_pd(_mm512_cvtepi64_pd(v), neg_f_m);
+                for i in 0..K {
+                    let hi = _mm512_cvtepi64_pd(_mm512_srli_epi64(y[i], 32));
+                    let lo = _mm512_cvtepi64_pd(_mm512_and_si512(y[i], low32));
+                    let t = _mm512_add_pd(_mm512_mul_pd(hi, g[i]), _mm512_mul_pd(lo, f[i]));
+                    frac = _mm512_add_pd(frac, t);
+                }
+                let shifted = _mm512_cvttpd_epi64(_mm512_add_pd(frac, round));
+                // The integer part modulo q, term by term (each below 2q).
+                let mut acc = _mm512_add_epi64(shifted, neg_shift);
+                acc = _mm512_add_epi64(acc, shoup_lazy(v, neg_int_m.0, neg_int_m.1, qv));
+                for i in 0..K {
+                    acc = _mm512_add_epi64(acc, shoup_lazy(y[i], ints[i].0, ints[i].1, qv));
+                    let yh = _mm512_srli_epi64(y[i], 32);
+                    acc = _mm512_add_epi64(acc, shoup_lazy(yh, highs[i].0, highs[i].1, qv));
+                }
+                // acc < 2^63: Barrett leaves it below 3q.
+                let est = mul_hi(acc, barrett);
+                let rem = _mm512_sub_epi64(acc, _mm512_mullo_epi64(est, qv));
+                let rem = sub_if_at_least(sub_if_at_least(rem, qv), qv);
+                _mm512_storeu_si512(out.as_mut_ptr().add(c).cast(), rem);
             }
         }
     }

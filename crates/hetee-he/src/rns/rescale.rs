@@ -134,7 +134,16 @@ impl Rescaler {
     /// [`Rescaler::scale`] for `K` input primes and one output prime, into
     /// `out` (one residue per coefficient): the same arithmetic as
     /// [`Rescaler::scale_rows`], with every constant in a register.
+    /// On CPUs with AVX-512, its kernel ([`crate::simd::rescale_to_one`]).
     fn scale_to_one<const K: usize>(&self, rows: &[&[u64]], out: &mut [u64]) {
+        let split = FixedSplit::<K>::new(&self.from, rows, out.len());
+        if !crate::simd::rescale_to_one(&self.vector_consts(&split), out) {
+            self.scale_to_one_scalar::<K>(rows, out);
+        }
+    }
+
+    /// [`Rescaler::scale_to_one`] in scalar code.
+    pub(super) fn scale_to_one_scalar<const K: usize>(&self, rows: &[&[u64]], out: &mut [u64]) {
         let split = FixedSplit::<K>::new(&self.from, rows, out.len());
         let (f, g): ([f64; K], [f64; K]) = (
             std::array::from_fn(|i| self.f[i]),
@@ -157,6 +166,28 @@ impl Rescaler {
                 acc += y[i] as u128 * ints[i] as u128 + (y[i] >> 32) as u128 * highs[i] as u128;
             }
             *o = op.reduce_u128(acc);
+        }
+    }
+
+    /// The constants of [`Rescaler::scale_to_one`] for its AVX-512 kernel.
+    fn vector_consts<'a, const K: usize>(
+        &self,
+        split: &FixedSplit<'a, K>,
+    ) -> crate::simd::RescaleToOne<'a, K> {
+        crate::simd::RescaleToOne {
+            rows: split.rows,
+            inv_hat: split.inv_hat,
+            moduli: split.moduli,
+            inv_m: split.inv_m,
+            f: std::array::from_fn(|i| self.f[i]),
+            g: std::array::from_fn(|i| self.g[i]),
+            f_m: self.f_m,
+            ints: std::array::from_fn(|i| self.int_mod_q[0][i]),
+            highs: std::array::from_fn(|i| self.high_mod_q[0][i]),
+            neg_int_m: self.neg_int_m_mod_q[0],
+            neg_shift: self.neg_shift_mod_q[0],
+            q: self.to.moduli()[0],
+            round_shift: ROUND_SHIFT,
         }
     }
 

@@ -139,11 +139,25 @@ fn the_unrolled_rescale_equals_the_general_loop() {
             let rows = row_slices(&view).unwrap();
             let mut general = Array2::<u64>::zeros((1, N));
             r.scale_rows(&rows, &mut general);
+            // The AVX-512 kernel where this CPU has it, else the unrolled loop.
             let unrolled = r.scale(&p).unwrap();
             assert_eq!(
                 unrolled.coefficients().as_slice().unwrap(),
                 general.as_slice().unwrap(),
                 "{primes} primes"
+            );
+            // The unrolled scalar loop itself.
+            let mut scalar = vec![0u64; N];
+            match primes {
+                3 => r.scale_to_one_scalar::<3>(&rows, &mut scalar),
+                4 => r.scale_to_one_scalar::<4>(&rows, &mut scalar),
+                5 => r.scale_to_one_scalar::<5>(&rows, &mut scalar),
+                _ => r.scale_to_one_scalar::<6>(&rows, &mut scalar),
+            }
+            assert_eq!(
+                scalar,
+                general.as_slice().unwrap(),
+                "{primes} primes, scalar"
             );
         }
     }
