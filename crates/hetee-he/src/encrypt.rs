@@ -131,17 +131,17 @@ impl SecretOps {
 
     /// [`Self::c0_rows`] packed straight into `out` by the AVX-512 kernel
     /// ([`crate::simd::encrypt_row`]); `false` when it cannot run here
-    /// (nothing appended). Checks the message first.
+    /// (nothing appended, nothing checked). Checks the message first.
     fn c0_packed_avx512(
         &self,
         m: &[i64],
         zero: &ZeroEncryption,
         out: &mut Vec<u8>,
     ) -> Result<bool, HeError> {
-        self.check_message(m, zero)?;
         if !crate::simd::available() {
             return Ok(false);
         }
+        self.check_message(m, zero)?;
         let start = out.len();
         let z = zero.z.coefficients();
         for ((&qi, &d), zrow) in self
