@@ -11,9 +11,10 @@
 //! is in). The enclave checks the input's digest, admits and spends the
 //! query and answers the start at once; on a worker thread, while the host
 //! evaluates stage 0, it decrypts the input, checks its range and its
-//! binding, and lays out the query's values. The stage-0 result is not
-//! decrypted, and nothing is computed from it, until that is done. A
-//! failed check closes the session there, with nothing released.
+//! binding, and lays out the query's values. The stage-0 result is
+//! decrypted meanwhile (the input is in the clear in the enclave already),
+//! but nothing is computed from it, and nothing leaves, until that is
+//! done. A failed check closes the session there, with nothing released.
 //!
 //! Spending before the verdict takes nothing from an honest data provider:
 //! the host cannot change the ciphertexts of a provider's session (their

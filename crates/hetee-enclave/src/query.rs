@@ -20,7 +20,9 @@ use crate::messages::{
 use crate::policy;
 use crate::query_ids::SpentQuery;
 use crate::state::ModelState;
-use crate::step::{encrypt_stage_input, start_values, step, StepOutput, INTEGRITY_FAILURE};
+use crate::step::{
+    decrypt_stage, encrypt_stage_input, start_values, step_decrypted, StepOutput, INTEGRITY_FAILURE,
+};
 use crate::EnclaveError;
 
 impl Enclave {
@@ -163,23 +165,23 @@ impl Enclave {
         {
             return Err(plain(EnclaveError::Protocol(crate::state::LOCKED.into())));
         }
-        // An HE query's stage 0 waits for its input (decrypted and checked
-        // meanwhile); nothing is decrypted before it holds.
-        if let Some(binding) = run.binding.take() {
-            run.values = binding.wait().map_err(plain)?;
-        }
         let (m, ks) = self.model_and_keys(&run.model_id).map_err(plain)?;
         let Some(check) = m.checks.get(stage as usize) else {
             return refuse("the model has no check for this stage; session closed").map_err(plain);
         };
-        let out = match step(
-            &ks,
-            &m.schedule,
-            stage as usize,
-            cts,
-            &mut run.values,
-            Some(check),
-        ) {
+        let k = stage as usize;
+        // An HE query's stage 0 waits for its input, decrypted and checked
+        // on a thread of its own. The host's result is decrypted meanwhile
+        // (the input is in the clear in the enclave already); nothing is
+        // computed from it, and nothing leaves, until the check holds, and
+        // a refusal drops it (zeroized).
+        let polys = decrypt_stage(&ks, &m.schedule, k, cts).map_err(plain)?;
+        if let Some(binding) = run.binding.take() {
+            run.values = binding.wait().map_err(plain)?;
+        }
+        let stepped = step_decrypted(&ks, &m.schedule, k, &polys, &mut run.values, Some(check));
+        drop(polys);
+        let out = match stepped {
             Ok(out) => out,
             Err(EnclaveError::Integrity(_)) => return Err(self.failed_check(&run, stage)),
             Err(e) => return Err(plain(e)),

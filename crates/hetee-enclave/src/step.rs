@@ -60,6 +60,19 @@ pub fn step(
     values: &mut [Values],
     check: Option<&StageCheck>,
 ) -> Result<StepOutput, EnclaveError> {
+    let polys = decrypt_stage(keys, schedule, k, cts)?;
+    step_decrypted(keys, schedule, k, &polys, values, check)
+}
+
+/// The decrypted result of stage `k` (its polynomials' centred
+/// coefficients), after checking that `cts` holds as many ciphertexts as
+/// the stage has outputs.
+pub fn decrypt_stage(
+    keys: &KeySet,
+    schedule: &Schedule,
+    k: usize,
+    cts: &[Vec<u8>],
+) -> Result<Zeroizing<Vec<Vec<i64>>>, EnclaveError> {
     let st = schedule
         .stages
         .get(k)
@@ -71,8 +84,23 @@ pub fn step(
             cts.len()
         )));
     }
-    let polys = Zeroizing::new(decrypt_all(keys, cts, 3)?);
-    let accs = Zeroizing::new(schedule.unpack_stage_output(k, &polys)?);
+    Ok(Zeroizing::new(decrypt_all(keys, cts, 3)?))
+}
+
+/// [`step`] from the stage's result decrypted already ([`decrypt_stage`]).
+pub fn step_decrypted(
+    keys: &KeySet,
+    schedule: &Schedule,
+    k: usize,
+    polys: &[Vec<i64>],
+    values: &mut [Values],
+    check: Option<&StageCheck>,
+) -> Result<StepOutput, EnclaveError> {
+    let st = schedule
+        .stages
+        .get(k)
+        .ok_or_else(|| EnclaveError::Protocol(format!("no stage {k}")))?;
+    let accs = Zeroizing::new(schedule.unpack_stage_output(k, polys)?);
     if let Some(c) = check {
         let mut ok = values.len() == accs.len();
         for (v, yi) in values.iter().zip(accs.iter()) {
