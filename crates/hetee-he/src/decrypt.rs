@@ -491,7 +491,7 @@ mod tests {
                 let wire: Vec<&[u8]> = wire.iter().map(Vec::as_slice).collect();
                 let mut vector = vec![0u64; n];
                 let Some(bad) = simd::phase(&wire, w, &keys, p, neg_inv, &mut vector) else {
-                    eprintln!("no AVX-512 here: only the scalar phase is checked");
+                    eprintln!("no AVX-512 kernels here (or HETEE_SIMD=off): only the scalar phase is checked");
                     return;
                 };
                 assert!(!bad);

@@ -9,8 +9,17 @@
 //! time on x86-64 CPUs with AVX-512 F, DQ, BW and VBMI (stable Rust since
 //! 1.89); the scalar code runs elsewhere.
 
-/// Whether the kernels can run on this CPU.
+/// Whether the kernels run: the CPU has the features, and `HETEE_SIMD`
+/// is not `off` (read once; CI runs the tests both ways, and a host that
+/// turns them off in the enclave's environment changes its speed only:
+/// both paths give the same results).
 pub(crate) fn available() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("HETEE_SIMD").as_deref() != Ok("off") && cpu_has_features())
+}
+
+/// Whether this CPU has AVX-512 F, DQ, BW and VBMI.
+fn cpu_has_features() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
