@@ -1,13 +1,17 @@
-//! AVX-512 kernels for the enclave's work on every stage: the phase
-//! `c0 + c1·s + c2·s²` of a stage result and its rounding to the
-//! plaintext, and the row `Δ·m + z` of a re-encryption packed for the
-//! wire, eight coefficients at a time. The same arithmetic as the scalar
-//! code of [`crate::decrypt`], [`crate::encrypt`] and [`crate::arith`]
-//! (Montgomery's and Shoup's products, masked subtractions, the rounding
-//! by a fixed-point estimate), so the same results bit for bit (their
-//! tests); no branch on any value. Chosen at run
-//! time on x86-64 CPUs with AVX-512 F, DQ, BW and VBMI (stable Rust since
-//! 1.89); the scalar code runs elsewhere.
+//! AVX-512 kernels, eight coefficients at a time:
+//! - for the enclave's work on every stage: the phase `c0 + c1·s + c2·s²`
+//!   of a stage result and its rounding to the plaintext, and the row
+//!   `Δ·m + z` of a re-encryption packed for the wire;
+//! - for the host: the `t/q` rescale of an accumulated product down to one
+//!   prime.
+//!
+//! The same arithmetic as the scalar code of [`crate::decrypt`],
+//! [`crate::encrypt`], [`crate::arith`] and [`crate::rns`] (Montgomery's
+//! and Shoup's products, masked subtractions, the rounding by a
+//! fixed-point estimate, the same floating-point operations in the same
+//! order), so the same results bit for bit (their tests); no branch on
+//! any value. Chosen at run time on x86-64 CPUs with AVX-512 F, DQ, BW
+//! and VBMI (stable Rust since 1.89); the scalar code runs elsewhere.
 
 /// Whether the kernels run: the CPU has the features, and `HETEE_SIMD`
 /// is not `off` (read once; CI runs the tests both ways, and a host that
