@@ -1,14 +1,18 @@
 //! The number-theoretic transform of the hot paths: the host's extensions
-//! and rescales, the enclave's decryptions and encryptions.
+//! and rescales, the enclave's decryptions and encryptions, on rows of
+//! residues in place (no polynomial built and converted around each one).
 //!
-//! fhe-math 0.1.1 transforms with tfhe-ntt 0.6, whose AVX-512 code needs a
-//! nightly compiler; on stable it runs the AVX2 code. tfhe-ntt 0.7 runs its
-//! AVX-512 code on stable Rust (chosen at run time, AVX2 or scalar code
-//! elsewhere): at N = 4096 a 62-bit prime's transform takes about 5.4 µs
-//! here against 18 µs through fhe-math. Its NTT form is fhe-math's, value
-//! for value (`tests::the_transform_is_fhe_maths`), so rows transformed
-//! here mix freely with fhe-math's polynomials: the products, the kept
-//! keys, the seeded `c1`s sampled in NTT form.
+//! tfhe-ntt 0.7 runs its AVX-512 code on stable Rust (chosen at run time,
+//! AVX2 or scalar code elsewhere): at N = 4096 a 62-bit prime's transform
+//! takes about 5.4 µs here. fhe-math 0.1.1 pins tfhe-ntt 0.6, whose
+//! AVX-512 code needs a nightly compiler (18 µs per transform through it);
+//! the workspace patches 0.7 in its place (`vendor/tfhe-ntt-0.6-on-0.7`),
+//! so fhe and fhe-math run the same code. Before that patch,
+//! `tests::the_transform_is_fhe_maths` held 0.7's NTT form equal to 0.6's,
+//! value for value; it now holds these rows equal to fhe-math's
+//! conversions (the order of the residues, the normalization). So rows
+//! transformed here mix freely with fhe-math's polynomials: the products,
+//! the kept keys, the seeded `c1`s sampled in NTT form.
 //!
 //! The transforms do the same arithmetic whatever the values (no branch on
 //! a coefficient), as fhe-math's do.
