@@ -481,6 +481,13 @@ mod tests {
                 r[..8].copy_from_slice(&[0, p - 1, 0, p - 1, 1, p - 2, 0, 0]);
                 r[n - 2..].copy_from_slice(&[p - 1, p - 1]);
             }
+            // The rows with polynomial `j`'s residue `n - 1 - j` at `p + j`,
+            // as `w`-byte residues.
+            let tampered = |j: usize, w: usize| {
+                let mut t = rows.clone();
+                t[j][n - 1 - j] = p + j as u64;
+                bytes(&t, w)
+            };
             let wire = bytes(&rows, 8);
             let wire: Vec<&[u8]> = wire.iter().map(Vec::as_slice).collect();
             let mut scalar = vec![0u64; n];
@@ -497,9 +504,7 @@ mod tests {
                 assert!(!bad);
                 assert_eq!(vector, scalar, "p {p}, {w}-byte residues");
                 for j in 0..3 {
-                    let mut tampered = rows.clone();
-                    tampered[j][n - 1 - j] = p + j as u64;
-                    let wire = bytes(&tampered, w);
+                    let wire = tampered(j, w);
                     let wire: Vec<&[u8]> = wire.iter().map(Vec::as_slice).collect();
                     assert_eq!(
                         simd::phase(&wire, w, &keys, p, neg_inv, &mut vector),
@@ -509,9 +514,7 @@ mod tests {
                 }
             }
             for j in 0..3 {
-                let mut tampered = rows.clone();
-                tampered[j][n - 1 - j] = p + j as u64;
-                let wire = bytes(&tampered, 8);
+                let wire = tampered(j, 8);
                 let wire: Vec<&[u8]> = wire.iter().map(Vec::as_slice).collect();
                 assert!(phase_from_wire::<8>(&wire, &keys, p, neg_inv, &mut scalar));
             }

@@ -69,10 +69,7 @@ impl Ntt {
 
     /// The transforms of `ctx`'s basis.
     pub fn for_context(ctx: &Arc<Context>) -> Result<Self, HeError> {
-        let n = Poly::zero(ctx, Representation::PowerBasis)
-            .coefficients()
-            .shape()[1];
-        Self::new(ctx.moduli(), n)
+        Self::new(ctx.moduli(), crate::rns::degree(ctx))
     }
 
     /// The ring degree.

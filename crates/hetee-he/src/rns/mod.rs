@@ -139,7 +139,7 @@ pub(crate) fn row_slices<'a>(a: &'a ArrayView2<'a, u64>) -> Result<Vec<&'a [u64]
 }
 
 /// The ring degree of a context.
-fn degree(ctx: &Arc<Context>) -> usize {
+pub(crate) fn degree(ctx: &Arc<Context>) -> usize {
     Poly::zero(ctx, Representation::PowerBasis)
         .coefficients()
         .shape()[1]
