@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! hetee-enclave run [--platform sim|tdx|snp|gramine] [--memory-budget-mib N] [--sim-cpu NAME]
+//!                    [--shared-memory PATH --shared-slots N --shared-slot-bytes B]
 //! ```
 //!
 //! It reads requests from stdin and writes responses to stdout, in frames
@@ -17,12 +18,19 @@
 //! enclave "on another CPU": its sealing key differs, as it would between two
 //! real CPUs, while its measurement stays the same (the CPU is not part of
 //! what a loader measures).
+//!
+//! `--shared-memory PATH` maps the host's region of slots beside the stream
+//! (`hetee_proto::shared_memory`): large payloads then skip the pipe. The region is the host's memory, untrusted like the
+//! pipe; it is not part of the measurement. A region that cannot be mapped
+//! stops the enclave (exit 1), and the host starts it again without one.
 
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use hetee_attest::platform::{Platform, SimTee};
 use hetee_enclave::budget::Meter;
+use hetee_enclave::shared_memory::{Layout, Region};
 use hetee_enclave::{Enclave, EnclaveConfig};
 use sha2::{Digest, Sha256};
 
@@ -30,7 +38,8 @@ use sha2::{Digest, Sha256};
 static METER: Meter = Meter;
 
 const USAGE: &str = "usage: hetee-enclave run [--platform sim|tdx|snp|gramine] \
-                     [--memory-budget-mib N] [--sim-cpu NAME]";
+                     [--memory-budget-mib N] [--sim-cpu NAME] \
+                     [--shared-memory PATH --shared-slots N --shared-slot-bytes B]";
 
 /// What the command line asks for.
 struct Args {
@@ -38,6 +47,8 @@ struct Args {
     config: EnclaveConfig,
     /// The simulated CPU's name (sim only).
     sim_cpu: Option<String>,
+    /// The host's shared region and its layout.
+    shared: Option<(PathBuf, Layout)>,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
@@ -48,6 +59,13 @@ fn parse(args: &[String]) -> Result<Args, String> {
     let mut platform = "sim".to_string();
     let mut config = EnclaveConfig::default();
     let mut sim_cpu = None;
+    let mut shared_path = None;
+    let mut layout = Layout::DEFAULT;
+    let number = |flag: &str, value: &str| {
+        value
+            .parse::<u32>()
+            .map_err(|_| format!("{flag} {value:?} is not a number"))
+    };
     while let Some(flag) = it.next() {
         let value = it
             .next()
@@ -61,6 +79,9 @@ fn parse(args: &[String]) -> Result<Args, String> {
                     .parse()
                     .map_err(|_| format!("--memory-budget-mib {value:?} is not a number"))?
             }
+            "--shared-memory" => shared_path = Some(PathBuf::from(value)),
+            "--shared-slots" => layout.slots = number(flag, value)?,
+            "--shared-slot-bytes" => layout.slot_bytes = number(flag, value)?,
             _ => return Err(format!("unknown option {flag}\n{USAGE}")),
         }
     }
@@ -71,10 +92,12 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--sim-cpu is for the simulated platform only, not --platform {platform}"
         ));
     }
+    layout.check().map_err(|e| e.to_string())?;
     Ok(Args {
         platform,
         config,
         sim_cpu,
+        shared: shared_path.map(|p| (p, layout)),
     })
 }
 
@@ -100,6 +123,16 @@ fn main() -> ExitCode {
             eprintln!("hetee-enclave: {e}");
             return ExitCode::from(2);
         }
+    };
+    let region = match &args.shared {
+        Some((path, layout)) => match Region::open(path, *layout) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("hetee-enclave: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
     };
     let config = args.config;
     let platform = match platform(&args) {
@@ -134,7 +167,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match hetee_enclave::stream::serve(&enclave, &mut input, &mut output, workers) {
+    match hetee_enclave::stream::serve_with(
+        &enclave,
+        &mut input,
+        &mut output,
+        workers,
+        region.as_ref(),
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hetee-enclave: stream: {e}");

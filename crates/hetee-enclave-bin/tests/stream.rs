@@ -4,14 +4,25 @@
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
+use hetee_proto::shared_memory::{
+    Layout, Region, Side, SlotRef, KIND_REQUEST_SHARED, KIND_RESPONSE_SHARED,
+};
 use hetee_proto::wire::{codec, decode_response, encode_request, KIND_REQUEST, KIND_RESPONSE};
 use hetee_proto::{Request, Response};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hetee-enclave");
 
 fn enclave_session(input: &[u8]) -> (std::process::ExitStatus, Vec<u8>, String) {
+    enclave_session_with(&[], input)
+}
+
+fn enclave_session_with(
+    args: &[&str],
+    input: &[u8],
+) -> (std::process::ExitStatus, Vec<u8>, String) {
     let mut child = Command::new(BIN)
-        .args(["run"])
+        .arg("run")
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -87,4 +98,86 @@ fn broken_stream_ends_the_enclave_with_a_message_not_a_panic() {
     let (status, _, err) = enclave_session(&hdr);
     assert!(!status.success());
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// A host's region of slots: a request in its slot is answered in the same
+/// slot; references out of bounds, to a slot holding another request, or
+/// malformed, get error answers (the enclave keeps serving).
+#[test]
+fn shared_memory_requests_are_answered_in_their_slot_and_hostile_references_refused() {
+    let layout = Layout {
+        slots: 2,
+        slot_bytes: 4096,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (region, path) = Region::create(dir.path(), layout).unwrap();
+    let status = encode_request(5, &Request::Status).unwrap();
+    region.write(1, Side::Request, &status).unwrap();
+    let len = status.len() as u32;
+    let c = codec();
+    let mut input = Vec::new();
+    for (id, slot, len) in [(5, 1, len), (6, 2, len), (7, 0, 4097), (8, 1, len)] {
+        let r = SlotRef { id, slot, len };
+        input.extend(c.encode(KIND_REQUEST_SHARED, &r.encode()).unwrap());
+    }
+    input.extend(c.encode(KIND_REQUEST_SHARED, b"short").unwrap());
+    let args = [
+        "--shared-memory",
+        path.to_str().unwrap(),
+        "--shared-slots",
+        "2",
+        "--shared-slot-bytes",
+        "4096",
+    ];
+    let (exit, out, err) = enclave_session_with(&args, &input);
+    assert!(exit.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let mut answers = std::collections::BTreeMap::new();
+    let mut in_slot = Vec::new();
+    let mut at = 0;
+    while at < out.len() {
+        let (f, used) = c.decode(&out[at..]).unwrap();
+        at += used;
+        let (id, resp) = if f.kind == KIND_RESPONSE_SHARED {
+            let r = SlotRef::decode(&f.payload).unwrap();
+            assert_eq!(r.slot, 1, "answered in another slot");
+            in_slot.push(r.id);
+            decode_response(&region.read(&r, Side::Response).unwrap()).unwrap()
+        } else {
+            assert_eq!(f.kind, KIND_RESPONSE);
+            decode_response(&f.payload).unwrap()
+        };
+        answers.insert(id, resp);
+    }
+    assert!(
+        matches!(answers.get(&5), Some(Response::Status(_))),
+        "{answers:?}"
+    );
+    assert_eq!(
+        in_slot,
+        [5],
+        "only the good request is answered in its slot"
+    );
+    let error = |id: u64| match answers.get(&id) {
+        Some(Response::Error { message, .. }) => message.clone(),
+        other => panic!("request {id}: expected an error, got {other:?}"),
+    };
+    assert!(error(6).contains("out of bounds"), "{}", error(6));
+    assert!(error(7).contains("out of bounds"), "{}", error(7));
+    assert!(error(8).contains("another request"), "{}", error(8));
+    assert!(error(0).contains("malformed"), "{}", error(0));
+}
+
+/// Without the region's file, or with a layout out of bounds, the enclave
+/// stops with a message (the host then starts it without shared memory).
+#[test]
+fn an_unusable_region_stops_the_enclave_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let (exit, _, err) = enclave_session_with(&["--shared-memory", missing.to_str().unwrap()], &[]);
+    assert_eq!(exit.code(), Some(1), "{err}");
+    assert!(err.contains("shared memory"), "{err}");
+    let (exit, _, err) = enclave_session_with(&["--shared-slots", "0"], &[]);
+    assert_eq!(exit.code(), Some(2), "{err}");
+    assert!(err.contains("slots"), "{err}");
 }

@@ -45,7 +45,7 @@ pub mod step;
 pub mod stream;
 
 pub use enclave::Enclave;
-pub use hetee_proto::{config, input_binding, messages, schedule};
+pub use hetee_proto::{config, input_binding, messages, schedule, shared_memory};
 pub use hetee_proto::{EnclaveConfig, Request, Response, Schedule};
 
 /// Errors inside the enclave.

@@ -12,13 +12,22 @@
 //! one worker, answers come in request order; a host that sends faster
 //! than the enclave works waits, as a request is read only by a free
 //! thread.
+//!
+//! With a shared region ([`serve_with`], [`hetee_proto::shared_memory`]),
+//! a request may come as a reference to a slot: the worker copies the
+//! payload out of the slot once, before it parses anything, and answers
+//! in the same slot when the answer fits (inline otherwise).
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Barrier, Mutex};
 
+use hetee_attest::frame::HEADER_LEN;
 use hetee_attest::Error as FrameError;
-use hetee_proto::wire::{codec, decode_request, response_frame, KIND_REQUEST};
+use hetee_proto::shared_memory::{
+    Region, Side, SlotRef, KIND_REQUEST_SHARED, KIND_RESPONSE_SHARED,
+};
+use hetee_proto::wire::{codec, decode_request, response_frame, split_id, KIND_REQUEST};
 
 use crate::enclave::lock;
 use crate::messages::Response;
@@ -27,6 +36,8 @@ use crate::Enclave;
 /// What the workers share: the stream's two ends and how it stopped.
 struct Shared<'a, R, W> {
     input: Mutex<&'a mut R>,
+    /// The slots requests may come in, if the host mapped any.
+    region: Option<&'a Region>,
     output: Mutex<&'a mut W>,
     /// The stream's end or first read error: every worker stops at its
     /// next turn at the input (and at the first write error too).
@@ -54,9 +65,23 @@ pub fn serve<R: Read + Send, W: Write + Send>(
     output: &mut W,
     workers: usize,
 ) -> Result<(), FrameError> {
+    serve_with(enclave, input, output, workers, None)
+}
+
+/// [`serve`], with requests also coming through the slots of `region`
+/// (frames of kind [`KIND_REQUEST_SHARED`]); without a region such frames
+/// get an error answer.
+pub fn serve_with<R: Read + Send, W: Write + Send>(
+    enclave: &Enclave,
+    input: &mut R,
+    output: &mut W,
+    workers: usize,
+    region: Option<&Region>,
+) -> Result<(), FrameError> {
     let workers = workers.max(1);
     let shared = Shared {
         input: Mutex::new(input),
+        region,
         output: Mutex::new(output),
         ended: AtomicBool::new(false),
         read_error: Mutex::new(None),
@@ -99,13 +124,22 @@ pub fn serve<R: Read + Send, W: Write + Send>(
 fn work<R: Read, W: Write>(enclave: &Enclave, shared: &Shared<'_, R, W>) {
     let codec = codec();
     loop {
-        let payload = {
+        let frame = {
             let mut input = lock(&shared.input);
             if shared.ended.load(Ordering::Acquire) || lock(&shared.failed).is_some() {
                 break;
             }
-            match codec.read_kind(&mut **input, KIND_REQUEST) {
-                Ok(p) => p,
+            match codec.read(&mut **input) {
+                Ok(f) if matches!(f.kind, KIND_REQUEST | KIND_REQUEST_SHARED) => f,
+                Ok(f) => {
+                    shared.ended.store(true, Ordering::Release);
+                    let e = FrameError::UnexpectedKind {
+                        found: f.kind,
+                        expected: KIND_REQUEST,
+                    };
+                    lock(&shared.read_error).get_or_insert(e);
+                    break;
+                }
                 Err(e) => {
                     shared.ended.store(true, Ordering::Release);
                     if !matches!(e, FrameError::Closed) {
@@ -115,8 +149,19 @@ fn work<R: Read, W: Write>(enclave: &Enclave, shared: &Shared<'_, R, W>) {
                 }
             }
         };
-        let (id, req) = decode_request(&payload);
-        drop(payload);
+        let (id, slot, req) = if frame.kind == KIND_REQUEST {
+            let (id, req) = decode_request(&frame.payload);
+            (id, None, req)
+        } else {
+            match from_slot(shared.region, &frame.payload) {
+                Ok((slot, payload)) => {
+                    let (id, req) = decode_request(&payload);
+                    (id, Some(slot), req)
+                }
+                Err((id, why)) => (id, None, Err(why)),
+            }
+        };
+        drop(frame);
         let resp = match req {
             Ok(req) => enclave.handle(req),
             Err(e) => Response::error(e),
@@ -127,6 +172,10 @@ fn work<R: Read, W: Write>(enclave: &Enclave, shared: &Shared<'_, R, W>) {
             .or_else(|e| response_frame(id, &Response::error(e)))
             .unwrap_or_default();
         drop(resp);
+        let frame = match (slot, shared.region) {
+            (Some(slot), Some(region)) => into_slot(region, slot, id, frame),
+            _ => frame,
+        };
         let written = {
             let mut out = lock(&shared.output);
             out.write_all(&frame).and_then(|()| out.flush())
@@ -136,4 +185,36 @@ fn work<R: Read, W: Write>(enclave: &Enclave, shared: &Shared<'_, R, W>) {
             break;
         }
     }
+}
+
+/// The request payload a shared frame names, copied out of its slot once,
+/// with the slot; or the id to answer and why not.
+fn from_slot(region: Option<&Region>, frame: &[u8]) -> Result<(u32, Vec<u8>), (u64, String)> {
+    let r = SlotRef::decode(frame).ok_or((0, "malformed shared-memory reference".to_string()))?;
+    let region = region.ok_or((r.id, "this enclave maps no shared memory".to_string()))?;
+    let payload = region
+        .read(&r, Side::Request)
+        .map_err(|e| (r.id, e.to_string()))?;
+    if split_id(&payload).0 != r.id {
+        return Err((r.id, "the slot holds another request".into()));
+    }
+    Ok((r.slot, payload))
+}
+
+/// The answer `frame` moved into `slot`'s response area, and the frame
+/// that names it; `frame` itself when the answer does not fit.
+fn into_slot(region: &Region, slot: u32, id: u64, frame: Vec<u8>) -> Vec<u8> {
+    let Some(payload) = frame.get(HEADER_LEN..) else {
+        return frame;
+    };
+    let Ok(len) = u32::try_from(payload.len()) else {
+        return frame;
+    };
+    if !region.fits(payload.len()) || region.write(slot, Side::Response, payload).is_err() {
+        return frame;
+    }
+    let r = SlotRef { id, slot, len };
+    codec()
+        .encode(KIND_RESPONSE_SHARED, &r.encode())
+        .unwrap_or(frame)
 }

@@ -1,9 +1,10 @@
 //! `hetee-proto`: the types that cross a trust boundary, shared by the
 //! clients, the untrusted host and the enclave. Nothing here holds a secret
-//! key or does I/O.
+//! key; the only I/O is mapping the link's shared region.
 //!
 //! - [`host`]: host ↔ enclave requests and responses (the enclave's one stream);
 //! - [`wire`]: how those travel as frames;
+//! - [`shared_memory`]: their large payloads beside the stream, in memory both processes map;
 //! - [`channel`]: client ↔ enclave messages inside the Noise channel;
 //! - [`ids`]: ids, digests and the attested [`ids::Identity`] of a key set;
 //! - [`plan`]: what a data provider needs to encrypt its input;
@@ -26,6 +27,7 @@ pub mod ids;
 pub mod input_binding;
 pub mod plan;
 pub mod schedule;
+pub mod shared_memory;
 pub mod wire;
 
 pub use config::EnclaveConfig;

@@ -12,6 +12,12 @@
 //! tens of microseconds, sometimes hundreds, and a query makes a call per
 //! stage.
 //!
+//! Large payloads go through a region of shared memory when the launch
+//! asks for one ([`LaunchSpec::shared_memory`]): a call takes a free slot,
+//! writes its request there and sends a reference; the enclave answers in
+//! the same slot. Small messages, calls that find no free slot and
+//! payloads larger than a slot travel in the stream.
+//!
 //! A call that outlives the timeout kills the enclave (the supervisor
 //! restarts it): the reader waits for data with `poll` up to its deadline,
 //! and a waiting caller wakes at its own. A dead stream fails every call
@@ -19,14 +25,19 @@
 
 use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+use hetee_attest::frame::HEADER_LEN;
 use hetee_attest::Error as FrameError;
 use hetee_attest::Measurement;
+use hetee_proto::shared_memory::{
+    Layout, Region, Side, SlotRef, KIND_REQUEST_SHARED, KIND_RESPONSE_SHARED,
+};
 use hetee_proto::wire::{codec, decode_response, request_frame, KIND_RESPONSE};
 use hetee_proto::{Request, Response};
 
@@ -91,14 +102,79 @@ pub struct ChildProcess {
     measurement: Measurement,
     pid: u32,
     timeout: Duration,
+    /// The slots beside the stream, if the enclave mapped them.
+    shared: Option<Slots>,
+}
+
+/// The shared region and which of its slots no call holds.
+struct Slots {
+    region: Region,
+    free: Mutex<Vec<u32>>,
+}
+
+/// Requests smaller than this go in the stream even when a slot is free:
+/// one write of a small frame costs less than a slot's bookkeeping.
+const INLINE_BELOW: usize = 16 << 10;
+
+/// A slot held by one call until its answer is read.
+struct SlotHold<'a> {
+    slots: &'a Slots,
+    slot: u32,
+}
+
+impl Drop for SlotHold<'_> {
+    fn drop(&mut self) {
+        lock(&self.slots.free).push(self.slot);
+    }
 }
 
 impl ChildProcess {
-    /// Measures and starts the enclave.
+    /// Measures and starts the enclave, with the shared region the spec asks
+    /// for; an enclave that cannot map it is started again without one.
     pub fn spawn(spec: &LaunchSpec) -> Result<Self, LinkError> {
+        let Some(layout) = spec.shared_memory else {
+            return Self::start(spec, None);
+        };
+        let dir = shared_memory_dir();
+        let (region, path) = match Region::create(&dir, layout) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(
+                    "no shared memory for the enclave ({e}); payloads go through its stream"
+                );
+                return Self::start(spec, None);
+            }
+        };
+        let started = Self::start(spec, Some((region, &path)));
+        // The enclave has mapped it (or failed): the name is not needed.
+        let _ = std::fs::remove_file(&path);
+        match started {
+            Err(LinkError::Launch(e) | LinkError::Dead(e)) => {
+                tracing::warn!(
+                    "the enclave did not start with shared memory ({e}); starting it without"
+                );
+                Self::start(spec, None)
+            }
+            other => other,
+        }
+    }
+
+    fn start(spec: &LaunchSpec, shared: Option<(Region, &Path)>) -> Result<Self, LinkError> {
         let measurement = spec.measure()?;
+        let mut args = spec.args();
+        if let Some((region, path)) = &shared {
+            let l: Layout = region.layout();
+            args.extend([
+                "--shared-memory".into(),
+                path.display().to_string(),
+                "--shared-slots".into(),
+                l.slots.to_string(),
+                "--shared-slot-bytes".into(),
+                l.slot_bytes.to_string(),
+            ]);
+        }
         let mut child = Command::new(&spec.program)
-            .args(spec.args())
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -130,6 +206,10 @@ impl ChildProcess {
             measurement,
             pid,
             timeout: spec.timeout,
+            shared: shared.map(|(region, _)| Slots {
+                free: Mutex::new((0..region.layout().slots).rev().collect()),
+                region,
+            }),
         };
         match link.call(Request::Status)? {
             (Response::Status(_), _) => Ok(link),
@@ -158,8 +238,25 @@ impl ChildProcess {
     fn read_answer(&self, deadline: Instant) -> Result<(u64, Response), ReadError> {
         let mut stdout = lock(&self.stdout);
         stdout.get_mut().deadline = deadline;
-        match codec().read_kind(&mut *stdout, KIND_RESPONSE) {
-            Ok(payload) => decode_response(&payload).map_err(ReadError::Broken),
+        match codec().read(&mut *stdout) {
+            Ok(f) if f.kind == KIND_RESPONSE => {
+                decode_response(&f.payload).map_err(ReadError::Broken)
+            }
+            Ok(f) if f.kind == KIND_RESPONSE_SHARED => {
+                let payload = SlotRef::decode(&f.payload)
+                    .zip(self.shared.as_ref())
+                    .ok_or_else(|| ReadError::Broken("a stray shared-memory answer".into()))
+                    .and_then(|(r, s)| {
+                        s.region
+                            .read(&r, Side::Response)
+                            .map_err(|e| ReadError::Broken(e.to_string()))
+                    })?;
+                decode_response(&payload).map_err(ReadError::Broken)
+            }
+            Ok(f) => Err(ReadError::Broken(format!(
+                "read: a frame of kind {:#04x} where an answer belongs",
+                f.kind
+            ))),
             Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
                 Err(ReadError::TimedOut)
             }
@@ -247,6 +344,7 @@ impl EnclaveLink for ChildProcess {
         let frame = request_frame(id, &req)
             .map_err(|e| LinkError::TooLarge(format!("{e}; send less per query")))?;
         drop(req);
+        let (frame, _hold) = self.place_in_slot(id, frame);
         {
             let mut inbox = lock(&self.inbox);
             if let Some(why) = &inbox.dead {
@@ -268,6 +366,47 @@ impl EnclaveLink for ChildProcess {
         }
         self.wait_for(id, Instant::now() + self.timeout)
             .map(|r| (r, 0))
+    }
+}
+
+impl ChildProcess {
+    /// The request `frame` moved into a free slot, with the frame that
+    /// names it and the slot's hold; `frame` itself when it is small, too
+    /// large for a slot, or every slot is held.
+    fn place_in_slot(&self, id: u64, frame: Vec<u8>) -> (Vec<u8>, Option<SlotHold<'_>>) {
+        let Some(slots) = &self.shared else {
+            return (frame, None);
+        };
+        let payload = &frame[HEADER_LEN.min(frame.len())..];
+        let (Ok(len), true) = (u32::try_from(payload.len()), payload.len() >= INLINE_BELOW) else {
+            return (frame, None);
+        };
+        if !slots.region.fits(payload.len()) {
+            return (frame, None);
+        }
+        let Some(slot) = lock(&slots.free).pop() else {
+            return (frame, None);
+        };
+        let hold = SlotHold { slots, slot };
+        if slots.region.write(slot, Side::Request, payload).is_err() {
+            return (frame, None);
+        }
+        let r = SlotRef { id, slot, len };
+        match codec().encode(KIND_REQUEST_SHARED, &r.encode()) {
+            Ok(named) => (named, Some(hold)),
+            Err(_) => (frame, None),
+        }
+    }
+}
+
+/// Where the shared region's file is made: `/dev/shm` (memory, never
+/// written back to a disk) where there is one, else the temporary folder.
+fn shared_memory_dir() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
     }
 }
 

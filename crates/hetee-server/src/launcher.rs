@@ -13,6 +13,7 @@ use hetee_attest::platform::SimTee;
 use hetee_attest::Measurement;
 use hetee_enclave::budget;
 use hetee_enclave::Enclave;
+use hetee_proto::shared_memory::Layout;
 use hetee_proto::{EnclaveConfig, Request, Response};
 
 /// Failures reaching the enclave.
@@ -89,6 +90,13 @@ pub struct LaunchSpec {
     /// the enclave runs on (`--sim-cpu`); its sealing key differs per name,
     /// its measurement does not.
     pub sim_cpu: Option<String>,
+    /// The slots of shared memory beside the stream for large payloads
+    /// ([`hetee_proto::shared_memory`]); `None` sends everything through
+    /// the stream. By default a region of [`Layout::DEFAULT`] on the
+    /// simulated platform, where the enclave is a process beside the host.
+    /// Gramine could map one too (an `untrusted_shm` mount); a TDX or
+    /// SEV-SNP guest would need a device for it.
+    pub shared_memory: Option<Layout>,
 }
 
 /// Default of [`LaunchSpec::timeout`].
@@ -112,6 +120,7 @@ impl LaunchSpec {
             config,
             timeout: DEFAULT_ENCLAVE_TIMEOUT,
             sim_cpu: None,
+            shared_memory: (platform == "sim").then_some(Layout::DEFAULT),
         })
     }
 

@@ -124,6 +124,11 @@ enum Command {
         /// whose sealing key differs from every other name's (the measurement does not).
         #[arg(long, value_name = "NAME")]
         sim_cpu: Option<String>,
+        /// Send every payload through the enclave's stream. By default the simulated
+        /// platform's enclave also maps a region of shared memory (in /dev/shm) in which
+        /// stage results and next inputs skip the pipe; it is untrusted, like the pipe.
+        #[arg(long)]
+        no_shared_memory: bool,
     },
     /// Model provider commands.
     Model {
@@ -376,6 +381,7 @@ pub fn run(cli: Cli) -> Result<()> {
             found_if_empty,
             join_ca,
             sim_cpu,
+            no_shared_memory,
         } => {
             let enclave = hetee_proto::EnclaveConfig { memory_budget_mib };
             hetee_proto::EnclaveConfig::from_bytes(&enclave.to_bytes())
@@ -398,6 +404,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 found_if_empty,
                 join_ca,
                 sim_cpu,
+                shared_memory: !no_shared_memory,
             })
         }
         Command::Model { cmd } => model_command(cmd),

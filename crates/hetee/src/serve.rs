@@ -58,6 +58,10 @@ pub struct ServeOptions {
     pub join_ca: Option<PathBuf>,
     /// `--sim-cpu`: the simulated CPU the enclave runs on (sim only).
     pub sim_cpu: Option<String>,
+    /// Whether the enclave may map shared memory for large payloads (the
+    /// platform's default, [`LaunchSpec::shared_memory`]); `false` sends
+    /// everything through its stream.
+    pub shared_memory: bool,
 }
 
 /// The peer relay over HTTP(S): `POST PEER/v1/peer/share` with the offer as a binary body.
@@ -119,6 +123,7 @@ impl ServeOptions {
             found_if_empty: false,
             join_ca: None,
             sim_cpu: None,
+            shared_memory: true,
         }
     }
 }
@@ -139,6 +144,9 @@ impl Server {
         let mut spec = LaunchSpec::new(opts.enclave_program.clone(), &opts.platform, opts.enclave)?;
         spec.timeout = opts.enclave_timeout;
         spec.sim_cpu = opts.sim_cpu.clone();
+        if !opts.shared_memory {
+            spec.shared_memory = None;
+        }
         if spec.sim_cpu.is_some() && opts.platform != "sim" {
             bail!("--sim-cpu is for the simulated platform only (--platform sim)");
         }

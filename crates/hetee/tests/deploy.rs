@@ -20,13 +20,23 @@ use hetee_proto::messages::{id_from_hex, id_hex, ClientMessage};
 
 #[test]
 fn fifty_images_through_the_server_equal_the_plaintext_run() {
+    images_through_the_server_equal_the_plaintext_run(50, &[]);
+}
+
+/// The enclave's stream alone (no shared memory) carries the same results.
+#[test]
+fn images_through_the_enclave_stream_alone_equal_the_plaintext_run() {
+    images_through_the_server_equal_the_plaintext_run(8, &["--no-shared-memory"]);
+}
+
+fn images_through_the_server_equal_the_plaintext_run(n: usize, serve_args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
+    let server = Server::start_with_args(&dir.path().join("data"), serve_args);
     let m = measurement();
     let owner = dir.path().join("owner.key");
     let id = upload_mnist(&format!("http://{}", server.addr), &m, &owner);
     let x = dir.path().join("x.npy");
-    write_f32(&x, &[50, 1, 28, 28], &mnist_images(50));
+    write_f32(&x, &[n, 1, 28, 28], &mnist_images(n));
     let secure = dir.path().join("secure.npy");
     let plain = dir.path().join("plain.npy");
     let out = hetee(&[
