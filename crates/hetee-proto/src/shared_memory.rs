@@ -75,12 +75,13 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The host's default: 8 slots of 4 MiB each way (64 MiB mapped, used
-    /// only as far as payloads reach). A latency query's largest stage
-    /// result, across the bundled models, is 2.3 MB.
+    /// The host's default: 8 slots of 3 MiB each way (48 MiB, reserved in
+    /// `/dev/shm` when the region is made; a container's default `/dev/shm`
+    /// of 64 MiB holds it). A latency query's largest stage result, across
+    /// the bundled models, is 2.3 MB.
     pub const DEFAULT: Layout = Layout {
         slots: 8,
-        slot_bytes: 4 << 20,
+        slot_bytes: 3 << 20,
     };
 
     /// Most slots a layout may have.
@@ -168,6 +169,26 @@ impl SlotRef {
     }
 }
 
+/// Sizes `file` to `len` bytes with its memory reserved up front: a sparse
+/// file in a `tmpfs` that fills up would kill whichever process touched a
+/// page too many (`SIGBUS`). A full `/dev/shm` is an error here instead, and
+/// the host keeps to the stream.
+#[cfg(target_os = "linux")]
+fn reserve(file: &File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    // SAFETY: a descriptor this process owns; no memory is passed.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reserve(file: &File, len: u64) -> std::io::Result<()> {
+    file.set_len(len)
+}
+
 /// The mapped region.
 pub struct Region {
     map: MmapRaw,
@@ -197,9 +218,7 @@ impl Region {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let file = options.open(&path).map_err(io)?;
-        let mapped = file
-            .set_len(layout.region_bytes())
-            .and_then(|()| MmapRaw::map_raw(&file));
+        let mapped = reserve(&file, layout.region_bytes()).and_then(|()| MmapRaw::map_raw(&file));
         match mapped {
             Ok(map) => Ok((Region { map, layout }, path)),
             Err(e) => {
