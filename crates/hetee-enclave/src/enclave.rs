@@ -448,6 +448,12 @@ impl Enclave {
                 peer_evidence,
             } => self.share_sealing_key(&peer_key, &peer_evidence),
             Request::Status => Ok(Response::Status(Status {
+                made_ahead: self.refiller.made_ahead().0,
+                made_ahead_us: self.refiller.made_ahead().1,
+                taken_ahead: read(&self.keysets)
+                    .values()
+                    .map(|k| k.reserve.stats().from_reserve)
+                    .sum(),
                 keysets: read(&self.keysets).len(),
                 models: read(&self.models).len(),
                 sessions: lock(&self.sessions).len(),

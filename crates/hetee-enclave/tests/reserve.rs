@@ -62,6 +62,17 @@ fn queries_take_their_masks_from_the_reserve_an_idle_thread_refills() {
         "every encryption of the second query came from the full reserve"
     );
     assert_eq!(second.made_inline, first.made_inline);
+    // The enclave reports that work: entries made, their CPU time, and
+    // the entries queries took.
+    let Response::Status(st) = s.enclave.handle(hetee_enclave::Request::Status) else {
+        panic!("no status")
+    };
+    assert_eq!(st.taken_ahead, second.from_reserve);
+    assert!(
+        st.made_ahead >= TARGET as u64 + first.from_reserve,
+        "{st:?}"
+    );
+    assert!(st.made_ahead_us > 0, "{st:?}");
 
     // A thin query's stage-0 input comes from the reserve too.
     wait_full(&s);

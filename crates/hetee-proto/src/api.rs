@@ -41,6 +41,15 @@ pub struct Health {
     pub enclave_memory_peak: u64,
     /// Enclave memory budget (bytes).
     pub enclave_memory_budget: u64,
+    /// Encryptions of zero the enclave made ahead, off any query's path.
+    #[serde(default)]
+    pub enclave_made_ahead: u64,
+    /// The enclave CPU time they took (µs).
+    #[serde(default)]
+    pub enclave_made_ahead_us: u64,
+    /// Re-encryptions that used one (over the key sets loaded now).
+    #[serde(default)]
+    pub enclave_taken_ahead: u64,
     /// Registered models in the store.
     pub models: usize,
     /// Sessions open in the enclave.

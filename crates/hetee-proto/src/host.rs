@@ -349,4 +349,11 @@ pub struct Status {
     pub memory_peak: u64,
     /// The configured budget (0: none).
     pub memory_budget: u64,
+    /// Encryptions of zero made ahead so far (for re-encryptions).
+    pub made_ahead: u64,
+    /// The CPU time making them took (µs): enclave time no query waits for.
+    pub made_ahead_us: u64,
+    /// Re-encryptions that used an encryption of zero made ahead, over the
+    /// key sets loaded now.
+    pub taken_ahead: u64,
 }

@@ -16,6 +16,7 @@ use crate::data::idx_images;
 use crate::harness::{Harness, QueryStats};
 use hetee_model::reference;
 use hetee_onnx::TractPlan;
+use hetee_proto::api::Health;
 
 /// One row of the benchmark table and JSON.
 #[derive(Debug, Clone, Serialize)]
@@ -54,8 +55,16 @@ pub struct BenchRow {
     pub host_ms: f64,
     /// Enclave time per image (ms).
     pub enclave_ms: f64,
-    /// Enclave share of the per-query CPU time (0-1).
+    /// Enclave share of the per-query CPU time (0-1): the time queries
+    /// wait for the enclave.
     pub enclave_share: f64,
+    /// Enclave CPU time per image spent off the queries' path: the
+    /// encryptions of zero made ahead that this row's re-encryptions used,
+    /// at their measured average cost (ms).
+    pub enclave_ahead_ms: f64,
+    /// The enclave's share counting that work too:
+    /// `(enclave + ahead) / (host + enclave + ahead)` (0-1).
+    pub enclave_cpu_share: f64,
     /// Enclave peak memory: resident state + largest working set (MiB).
     pub enclave_peak_mib: f64,
     /// Images stacked per query by the planner.
@@ -161,6 +170,7 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
                     let mut run_rows = Vec::new();
                     for _ in 0..o.runs.max(1) {
                         let mut stats = Vec::with_capacity(n);
+                        let ahead = dep.ahead();
                         for x in xs.iter().take(n) {
                             let r = if mode == "thin" {
                                 dep.infer_thin(x)?
@@ -183,19 +193,22 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
                             std::hint::black_box(tract1.run(x)?);
                             floor.push(tf.elapsed().as_secs_f64() * 1e3);
                         }
-                        run_rows.push(row(
-                            name,
-                            mode,
-                            t,
-                            n,
-                            &stats,
-                            Plain {
-                                tract_ms: median(floor),
-                                reference_ms: median(plain),
-                            },
-                            None,
-                            (&dep).into(),
-                        ));
+                        run_rows.push(
+                            row(
+                                name,
+                                mode,
+                                t,
+                                n,
+                                &stats,
+                                Plain {
+                                    tract_ms: median(floor),
+                                    reference_ms: median(plain),
+                                },
+                                None,
+                                (&dep).into(),
+                            )
+                            .with_ahead(ahead.ms_until(&dep.ahead())),
+                        );
                     }
                     rows.push(median_row(run_rows));
                 }
@@ -204,6 +217,7 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
                 let mut run_rows = Vec::new();
                 for _ in 0..o.runs.max(1) {
                     let b = o.batch.max(1);
+                    let ahead = dep_batch.ahead();
                     let t0 = Instant::now();
                     let stats = xs[..b]
                         .par_chunks(dep_batch.schedule.batch)
@@ -219,19 +233,22 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
                     let tf = Instant::now();
                     std::hint::black_box(tract_b.run(&flat)?);
                     let floor = tf.elapsed().as_secs_f64() * 1e3 / b as f64;
-                    run_rows.push(row(
-                        name,
-                        "batch",
-                        t,
-                        b,
-                        &stats,
-                        Plain {
-                            tract_ms: floor,
-                            reference_ms: plain,
-                        },
-                        Some(wall),
-                        (&dep_batch).into(),
-                    ));
+                    run_rows.push(
+                        row(
+                            name,
+                            "batch",
+                            t,
+                            b,
+                            &stats,
+                            Plain {
+                                tract_ms: floor,
+                                reference_ms: plain,
+                            },
+                            Some(wall),
+                            (&dep_batch).into(),
+                        )
+                        .with_ahead(ahead.ms_until(&dep_batch.ahead())),
+                    );
                 }
                 rows.push(median_row(run_rows));
                 Ok(())
@@ -389,6 +406,8 @@ pub(crate) fn row(
         host_ms: host,
         enclave_ms: encl,
         enclave_share: encl / (host + encl).max(1e-9),
+        enclave_ahead_ms: 0.0,
+        enclave_cpu_share: encl / (host + encl).max(1e-9),
         enclave_peak_mib: (dep.enclave_resident + working) as f64 / (1 << 20) as f64,
         batch: dep.batch,
         bytes_up: first.bytes_up as f64 / per_q,
@@ -402,6 +421,44 @@ pub(crate) fn row(
     }
 }
 
+impl BenchRow {
+    /// Counts `ms` of enclave work made ahead during this row's run.
+    pub(crate) fn with_ahead(mut self, ms: f64) -> Self {
+        self.enclave_ahead_ms = ms / self.images.max(1) as f64;
+        let enclave = self.enclave_ms + self.enclave_ahead_ms;
+        self.enclave_cpu_share = enclave / (self.host_ms + enclave).max(1e-9);
+        self
+    }
+}
+
+/// The enclave's counters of work made ahead, as its health reports them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Ahead {
+    taken: u64,
+    made: u64,
+    made_us: u64,
+}
+
+impl Ahead {
+    pub(crate) fn of(h: &Health) -> Self {
+        Ahead {
+            taken: h.enclave_taken_ahead,
+            made: h.enclave_made_ahead,
+            made_us: h.enclave_made_ahead_us,
+        }
+    }
+
+    /// The CPU time (ms) of the entries taken between `self` and `later`,
+    /// at the average cost of every entry made by then.
+    pub(crate) fn ms_until(&self, later: &Ahead) -> f64 {
+        if later.made == 0 {
+            return 0.0;
+        }
+        let each_us = later.made_us as f64 / later.made as f64;
+        later.taken.saturating_sub(self.taken) as f64 * each_us / 1e3
+    }
+}
+
 /// The run whose headline figure (latency or throughput) is the median.
 pub(crate) fn median_row(mut runs: Vec<BenchRow>) -> BenchRow {
     runs.sort_by(|a, b| a.throughput_img_s.total_cmp(&b.throughput_img_s));
@@ -412,14 +469,14 @@ fn print_table(rows: &[BenchRow]) -> Result<()> {
     let mut out = String::new();
     writeln!(
         out,
-        "{:<6} {:<8} {:>3} {:>5} {:>5} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8} {:>6} {:>7} {:>9} {:>5} {:>5} {:>5}",
-        "model", "mode", "thr", "imgs", "stack", "lat ms", "img/s", "floor ms", "ratio", "host ms", "encl ms", "share", "peakMiB", "bytes up", "prods", "decr", "encr"
+        "{:<6} {:<8} {:>3} {:>5} {:>5} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8} {:>6} {:>6} {:>7} {:>9} {:>5} {:>5} {:>5}",
+        "model", "mode", "thr", "imgs", "stack", "lat ms", "img/s", "floor ms", "ratio", "host ms", "encl ms", "share", "+ahead", "peakMiB", "bytes up", "prods", "decr", "encr"
     )?;
     for r in rows {
         writeln!(
         out,
-            "{:<6} {:<8} {:>3} {:>5} {:>5} {:>9.2} {:>9.1} {:>9.4} {:>7.0} {:>8.2} {:>8.2} {:>6.3} {:>7.1} {:>9.0} {:>5.1} {:>5.1} {:>5.1}",
-            r.model, r.mode, r.threads, r.images, r.batch, r.latency_ms, r.throughput_img_s, r.plaintext_ms, r.ratio, r.host_ms, r.enclave_ms, r.enclave_share, r.enclave_peak_mib, r.bytes_up, r.ct_products, r.enclave_decrypts, r.enclave_encrypts
+            "{:<6} {:<8} {:>3} {:>5} {:>5} {:>9.2} {:>9.1} {:>9.4} {:>7.0} {:>8.2} {:>8.2} {:>6.3} {:>6.3} {:>7.1} {:>9.0} {:>5.1} {:>5.1} {:>5.1}",
+            r.model, r.mode, r.threads, r.images, r.batch, r.latency_ms, r.throughput_img_s, r.plaintext_ms, r.ratio, r.host_ms, r.enclave_ms, r.enclave_share, r.enclave_cpu_share, r.enclave_peak_mib, r.bytes_up, r.ct_products, r.enclave_decrypts, r.enclave_encrypts
         )?;
     }
     crate::stdout::emit(&out)
@@ -445,6 +502,8 @@ mod tests {
             host_ms: 0.0,
             enclave_ms: 0.0,
             enclave_share: 0.0,
+            enclave_ahead_ms: 0.0,
+            enclave_cpu_share: 0.0,
             enclave_peak_mib: 0.0,
             batch: 1,
             bytes_up: 0.0,
@@ -481,5 +540,29 @@ mod tests {
         ] {
             assert!(json.get(key).is_some(), "{key} missing");
         }
+    }
+
+    #[test]
+    fn work_made_ahead_counts_the_entries_taken_at_their_average_cost() {
+        let before = Ahead {
+            taken: 10,
+            made: 20,
+            made_us: 2_000,
+        };
+        // 30 more taken; 50 made by then at 4 ms in all: 80 µs each.
+        let after = Ahead {
+            taken: 40,
+            made: 50,
+            made_us: 4_000,
+        };
+        assert!((before.ms_until(&after) - 2.4).abs() < 1e-9);
+        assert_eq!(Ahead::default().ms_until(&Ahead::default()), 0.0);
+        let mut r = row("a", "latency", 2, 10.0);
+        (r.images, r.host_ms, r.enclave_ms) = (4, 9.0, 0.6);
+        let r = r.with_ahead(1.6);
+        assert!((r.enclave_ahead_ms - 0.4).abs() < 1e-9);
+        assert!((r.enclave_cpu_share - 0.1).abs() < 1e-9);
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json.get("enclave_cpu_share").is_some());
     }
 }

@@ -22,7 +22,7 @@ use hetee_attest::StaticKeypair;
 use hetee_model::QuantModel;
 use hetee_proto::api::Health;
 
-use crate::bench::{median_row, row, BenchRow, Footprint, Plain};
+use crate::bench::{median_row, row, Ahead, BenchRow, Footprint, Plain};
 use crate::client::data_provider::{QuerySession, Target};
 use crate::client::http::Api;
 use crate::client::model_provider::{upload, Terms};
@@ -89,6 +89,15 @@ impl Served {
         Ok(QueryStats::of(&a, t0.elapsed().as_secs_f64() * 1e3))
     }
 
+    /// The enclave process's counters of work made ahead (zero when its
+    /// health does not answer).
+    fn ahead(&self) -> Ahead {
+        self.api
+            .get::<Health>("/v1/health")
+            .map(|h| Ahead::of(&h))
+            .unwrap_or_default()
+    }
+
     /// The enclave process's peak memory so far.
     fn enclave_peak(&self) -> usize {
         self.api
@@ -140,17 +149,22 @@ pub(crate) fn rows(
     let mut run_rows = Vec::new();
     let first = &xs[..latency_images.min(xs.len())];
     for _ in 0..runs.max(1) {
+        let ahead = served.ahead();
         let stats = served.queries(first.iter().copied(), false)?;
-        run_rows.push(row(
-            name,
-            "served",
-            threads,
-            first.len(),
-            &stats,
-            plain()?,
-            None,
-            footprint(served),
-        ));
+        let ahead = ahead.ms_until(&served.ahead());
+        run_rows.push(
+            row(
+                name,
+                "served",
+                threads,
+                first.len(),
+                &stats,
+                plain()?,
+                None,
+                footprint(served),
+            )
+            .with_ahead(ahead),
+        );
     }
     out.push(median_row(run_rows));
     if clients == 0 {
@@ -172,6 +186,7 @@ pub(crate) fn rows(
             // Every client opens its session first (a handshake with the
             // enclave, once per client); the clock starts when all are
             // open, so the row is the queries' throughput.
+            let ahead = target.ahead();
             let open = Barrier::new(streams + 1);
             let (stats, t0) = std::thread::scope(|s| {
                 let handles: Vec<_> = (0..streams)
@@ -198,6 +213,7 @@ pub(crate) fn rows(
             });
             let stats = stats?;
             let wall = t0.elapsed().as_secs_f64();
+            let ahead = ahead.ms_until(&target.ahead());
             let stats: Vec<QueryStats> = stats.into_iter().flatten().collect();
             let mut r = row(
                 name,
@@ -208,7 +224,8 @@ pub(crate) fn rows(
                 plain()?,
                 Some(wall),
                 footprint(target),
-            );
+            )
+            .with_ahead(ahead);
             r.in_flight = in_flight.max(1);
             r.clients = clients;
             run_rows.push(r);

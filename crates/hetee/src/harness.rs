@@ -200,6 +200,11 @@ impl Harness {
         })
     }
 
+    /// The enclave's counters of work made ahead (`bench`).
+    pub(crate) fn ahead(&self) -> crate::bench::Ahead {
+        crate::bench::Ahead::of(&self.app.health().base)
+    }
+
     /// The host logic (for tests that play the host).
     pub fn app(&self) -> &Arc<App> {
         &self.app
