@@ -447,20 +447,23 @@ impl Enclave {
                 peer_key,
                 peer_evidence,
             } => self.share_sealing_key(&peer_key, &peer_evidence),
-            Request::Status => Ok(Response::Status(Status {
-                made_ahead: self.refiller.made_ahead().0,
-                made_ahead_us: self.refiller.made_ahead().1,
-                taken_ahead: read(&self.keysets)
-                    .values()
-                    .map(|k| k.reserve.stats().from_reserve)
-                    .sum(),
-                keysets: read(&self.keysets).len(),
-                models: read(&self.models).len(),
-                sessions: lock(&self.sessions).len(),
-                memory_current: budget::current() as u64,
-                memory_peak: self.max_peak.load(Ordering::Relaxed) as u64,
-                memory_budget: self.config.budget_bytes() as u64,
-            })),
+            Request::Status => Ok({
+                let (made_ahead, made_ahead_us) = self.refiller.made_ahead();
+                Response::Status(Status {
+                    made_ahead,
+                    made_ahead_us,
+                    taken_ahead: read(&self.keysets)
+                        .values()
+                        .map(|k| k.reserve.stats().from_reserve)
+                        .sum(),
+                    keysets: read(&self.keysets).len(),
+                    models: read(&self.models).len(),
+                    sessions: lock(&self.sessions).len(),
+                    memory_current: budget::current() as u64,
+                    memory_peak: self.max_peak.load(Ordering::Relaxed) as u64,
+                    memory_budget: self.config.budget_bytes() as u64,
+                })
+            }),
             _ => refuse("this request is handled apart"),
         }
     }

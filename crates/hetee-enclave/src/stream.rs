@@ -22,11 +22,8 @@ use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Barrier, Mutex};
 
-use hetee_attest::frame::HEADER_LEN;
 use hetee_attest::Error as FrameError;
-use hetee_proto::shared_memory::{
-    Region, Side, SlotRef, KIND_REQUEST_SHARED, KIND_RESPONSE_SHARED,
-};
+use hetee_proto::shared_memory::{Region, Side, SlotRef, KIND_REQUEST_SHARED};
 use hetee_proto::wire::{codec, decode_request, response_frame, split_id, KIND_REQUEST};
 
 use crate::enclave::lock;
@@ -173,7 +170,10 @@ fn work<R: Read, W: Write>(enclave: &Enclave, shared: &Shared<'_, R, W>) {
             .unwrap_or_default();
         drop(resp);
         let frame = match (slot, shared.region) {
-            (Some(slot), Some(region)) => into_slot(region, slot, id, frame),
+            // Answered in the request's slot when it fits, inline otherwise.
+            (Some(slot), Some(region)) => region
+                .move_into(slot, Side::Response, id, &frame)
+                .unwrap_or(frame),
             _ => frame,
         };
         let written = {
@@ -199,22 +199,4 @@ fn from_slot(region: Option<&Region>, frame: &[u8]) -> Result<(u32, Vec<u8>), (u
         return Err((r.id, "the slot holds another request".into()));
     }
     Ok((r.slot, payload))
-}
-
-/// The answer `frame` moved into `slot`'s response area, and the frame
-/// that names it; `frame` itself when the answer does not fit.
-fn into_slot(region: &Region, slot: u32, id: u64, frame: Vec<u8>) -> Vec<u8> {
-    let Some(payload) = frame.get(HEADER_LEN..) else {
-        return frame;
-    };
-    let Ok(len) = u32::try_from(payload.len()) else {
-        return frame;
-    };
-    if !region.fits(payload.len()) || region.write(slot, Side::Response, payload).is_err() {
-        return frame;
-    }
-    let r = SlotRef { id, slot, len };
-    codec()
-        .encode(KIND_RESPONSE_SHARED, &r.encode())
-        .unwrap_or(frame)
 }

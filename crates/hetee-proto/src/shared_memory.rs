@@ -31,7 +31,10 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
+use hetee_attest::frame::HEADER_LEN;
 use memmap2::MmapRaw;
+
+use crate::wire::codec;
 
 /// Frame kind of a request whose payload is in a slot's request area.
 pub const KIND_REQUEST_SHARED: u8 = 0x12;
@@ -290,6 +293,23 @@ impl Region {
         Ok(())
     }
 
+    /// Moves the payload of the whole frame `frame` (header, then payload,
+    /// as [`crate::wire`] builds it) for request `id` into `side` of
+    /// `slot`; returns the frame that names it ([`KIND_REQUEST_SHARED`] or
+    /// [`KIND_RESPONSE_SHARED`]), or `None` when the payload does not fit.
+    pub fn move_into(&self, slot: u32, side: Side, id: u64, frame: &[u8]) -> Option<Vec<u8>> {
+        let payload = frame.get(HEADER_LEN..)?;
+        let len = u32::try_from(payload.len()).ok()?;
+        self.write(slot, side, payload).ok()?;
+        let kind = match side {
+            Side::Request => KIND_REQUEST_SHARED,
+            Side::Response => KIND_RESPONSE_SHARED,
+        };
+        codec()
+            .encode(kind, &SlotRef { id, slot, len }.encode())
+            .ok()
+    }
+
     /// Copies the payload `r` names out of `side` of its slot, once.
     pub fn read(&self, r: &SlotRef, side: Side) -> Result<Vec<u8>, SharedMemoryError> {
         let len = r.len as usize;
@@ -345,6 +365,16 @@ mod tests {
         };
         assert_eq!(host.read(&a, Side::Response).unwrap(), b"answer");
         assert_eq!(enclave.read(&r, Side::Request).unwrap(), request);
+        // A whole frame's payload moves into a slot; the frame names it.
+        let frame = codec().encode(0x11, b"a frame's payload").unwrap();
+        let named = enclave.move_into(0, Side::Response, 4, &frame).unwrap();
+        let (f, _) = codec().decode(&named).unwrap();
+        assert_eq!(f.kind, KIND_RESPONSE_SHARED);
+        let r = SlotRef::decode(&f.payload).unwrap();
+        assert_eq!((r.id, r.slot), (4, 0));
+        assert_eq!(host.read(&r, Side::Response).unwrap(), b"a frame's payload");
+        let too_large = codec().encode(0x10, &[7; 4097]).unwrap();
+        assert_eq!(host.move_into(0, Side::Request, 5, &too_large), None);
     }
 
     #[test]

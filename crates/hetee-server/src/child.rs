@@ -35,9 +35,7 @@ use std::time::{Duration, Instant};
 use hetee_attest::frame::HEADER_LEN;
 use hetee_attest::Error as FrameError;
 use hetee_attest::Measurement;
-use hetee_proto::shared_memory::{
-    Layout, Region, Side, SlotRef, KIND_REQUEST_SHARED, KIND_RESPONSE_SHARED,
-};
+use hetee_proto::shared_memory::{Layout, Region, Side, SlotRef, KIND_RESPONSE_SHARED};
 use hetee_proto::wire::{codec, decode_response, request_frame, KIND_RESPONSE};
 use hetee_proto::{Request, Response};
 
@@ -377,24 +375,17 @@ impl ChildProcess {
         let Some(slots) = &self.shared else {
             return (frame, None);
         };
-        let payload = &frame[HEADER_LEN.min(frame.len())..];
-        let (Ok(len), true) = (u32::try_from(payload.len()), payload.len() >= INLINE_BELOW) else {
-            return (frame, None);
-        };
-        if !slots.region.fits(payload.len()) {
+        let size = frame.len().saturating_sub(HEADER_LEN);
+        if size < INLINE_BELOW || !slots.region.fits(size) {
             return (frame, None);
         }
         let Some(slot) = lock(&slots.free).pop() else {
             return (frame, None);
         };
         let hold = SlotHold { slots, slot };
-        if slots.region.write(slot, Side::Request, payload).is_err() {
-            return (frame, None);
-        }
-        let r = SlotRef { id, slot, len };
-        match codec().encode(KIND_REQUEST_SHARED, &r.encode()) {
-            Ok(named) => (named, Some(hold)),
-            Err(_) => (frame, None),
+        match slots.region.move_into(slot, Side::Request, id, &frame) {
+            Some(named) => (named, Some(hold)),
+            None => (frame, None),
         }
     }
 }
