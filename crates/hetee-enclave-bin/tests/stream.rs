@@ -101,10 +101,12 @@ fn broken_stream_ends_the_enclave_with_a_message_not_a_panic() {
 }
 
 /// A host's region of slots: a request in its slot is answered in the same
-/// slot; references out of bounds, to a slot holding another request, or
-/// malformed, get error answers (the enclave keeps serving).
+/// slot. The host as attacker names slots past the region, lengths past a
+/// slot, a slot that holds another request, and a malformed reference:
+/// each gets an error answer, nothing is read out of bounds, and the
+/// enclave keeps serving.
 #[test]
-fn shared_memory_requests_are_answered_in_their_slot_and_hostile_references_refused() {
+fn attack_hostile_slot_references_are_refused_and_good_ones_answered_in_their_slot() {
     let layout = Layout {
         slots: 2,
         slot_bytes: 4096,
