@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use hetee_attest::frame::HEADER_LEN;
 use hetee_attest::Error as FrameError;
 use hetee_attest::Measurement;
-use hetee_proto::shared_memory::{Layout, Region, Side, SlotRef, KIND_RESPONSE_SHARED};
+use hetee_proto::shared_memory::{Region, Side, SlotRef, KIND_RESPONSE_SHARED};
 use hetee_proto::wire::{codec, decode_response, request_frame, KIND_RESPONSE};
 use hetee_proto::{Request, Response};
 
@@ -161,7 +161,7 @@ impl ChildProcess {
         let measurement = spec.measure()?;
         let mut args = spec.args();
         if let Some((region, path)) = &shared {
-            let l: Layout = region.layout();
+            let l = region.layout();
             args.extend([
                 "--shared-memory".into(),
                 path.display().to_string(),

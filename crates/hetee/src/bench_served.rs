@@ -89,19 +89,20 @@ impl Served {
         Ok(QueryStats::of(&a, t0.elapsed().as_secs_f64() * 1e3))
     }
 
+    /// The server's health (`None` when it does not answer).
+    fn health(&self) -> Option<Health> {
+        self.api.get::<Health>("/v1/health").ok()
+    }
+
     /// The enclave process's counters of work made ahead (zero when its
     /// health does not answer).
     fn ahead(&self) -> Ahead {
-        self.api
-            .get::<Health>("/v1/health")
-            .map(|h| Ahead::of(&h))
-            .unwrap_or_default()
+        self.health().map(|h| Ahead::of(&h)).unwrap_or_default()
     }
 
     /// The enclave process's peak memory so far.
     fn enclave_peak(&self) -> usize {
-        self.api
-            .get::<Health>("/v1/health")
+        self.health()
             .map(|h| h.enclave_memory_peak as usize)
             .unwrap_or(0)
     }
