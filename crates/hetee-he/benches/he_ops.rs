@@ -129,6 +129,36 @@ fn he_ops(c: &mut Criterion) {
     g.bench_function("zero_encryption_made_ahead", |bn| {
         bn.iter(|| ops.zero_encryption(&mut rand::rng()).unwrap())
     });
+    // Its parts: the public c1 expanded from a seed (enclave and host
+    // both do it), the error, and the inverse transforms.
+    let top = par.context_at_level(0).unwrap().clone();
+    g.bench_function("expand_c1_from_seed_fhe_math", |bn| {
+        bn.iter(|| {
+            fhe_math::rq::Poly::random_from_seed(&top, fhe_math::rq::Representation::Ntt, [7; 32])
+        })
+    });
+    g.bench_function("expand_c1_from_seed", |bn| {
+        bn.iter(|| hetee_he::sample::uniform_ntt(&top, &[7; 32]).unwrap())
+    });
+    g.bench_function("error_cbd_fhe_util", |bn| {
+        bn.iter(|| {
+            fhe_math::rq::Poly::small(
+                &top,
+                fhe_math::rq::Representation::PowerBasis,
+                10,
+                &mut rand::rng(),
+            )
+            .unwrap()
+        })
+    });
+    g.bench_function("error_cbd", |bn| {
+        bn.iter(|| hetee_he::sample::centred_binomial(par.degree(), 10, &mut rand::rng()).unwrap())
+    });
+    let top_ntt = hetee_he::ntt::Ntt::for_context(&top).unwrap();
+    let mut rows = hetee_he::sample::uniform_ntt_rows(top.moduli(), par.degree(), &[7; 32]);
+    g.bench_function("inverse_ntt_top_level", |bn| {
+        bn.iter(|| top_ntt.inverse(&mut rows).unwrap())
+    });
     g.bench_function("encrypt_with_zero_made_ahead", |bn| {
         bn.iter_batched(
             || ops.zero_encryption(&mut rand::rng()).unwrap(),

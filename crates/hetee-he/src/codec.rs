@@ -23,7 +23,7 @@ use fhe_math::rq::{traits::TryConvertFrom, Context, Poly, Representation};
 use crate::HeError;
 
 const MAGIC: &[u8; 4] = b"HCT1";
-const SEEDED: &[u8; 4] = b"HCS2";
+const SEEDED: &[u8; 4] = b"HCS3";
 /// Bytes of a seed.
 pub const SEED_LEN: usize = 32;
 
@@ -60,7 +60,7 @@ pub fn ciphertext_to_bytes(ct: &Ciphertext) -> Vec<u8> {
 }
 
 /// Encodes a fresh symmetric encryption whose `c1` is
-/// `Poly::random_from_seed(ctx, Ntt, seed)`: `c0` and the seed only.
+/// [`crate::sample::uniform_ntt`] of `seed`: `c0` and the seed only.
 /// Refuses a ciphertext that is not of that form (it would not decode back).
 pub fn seeded_ciphertext_to_bytes(
     ct: &Ciphertext,
@@ -72,7 +72,7 @@ pub fn seeded_ciphertext_to_bytes(
         ));
     }
     let ctx = ct[0].ctx();
-    let a = Poly::random_from_seed(ctx, Representation::Ntt, *seed);
+    let a = crate::sample::uniform_ntt(ctx, seed)?;
     let mut c1 = ct[1].clone();
     c1.change_representation(Representation::Ntt);
     if a != c1 {
@@ -311,7 +311,7 @@ pub fn polys_from_bytes(
         let at = bytes.len() - SEED_LEN;
         let mut seed = [0u8; SEED_LEN];
         seed.copy_from_slice(&bytes[at..]);
-        out.push(Poly::random_from_seed(ctx, Representation::Ntt, seed));
+        out.push(crate::sample::uniform_ntt(ctx, &seed)?);
     }
     Ok(out)
 }
@@ -361,9 +361,12 @@ mod tests {
         let mut longer = seeded.clone();
         longer.push(0);
         assert!(ciphertext_from_bytes(&longer, &par, 2).is_err());
-        // The first seeded form (c0 in NTT form) is no longer read.
-        let mut old = seeded.clone();
-        old[..4].copy_from_slice(b"HCS1");
-        assert!(ciphertext_from_bytes(&old, &par, 2).is_err());
+        // The earlier seeded forms (c0 in NTT form; c1 expanded by
+        // fhe-math) are no longer read.
+        for magic in [b"HCS1", b"HCS2"] {
+            let mut old = seeded.clone();
+            old[..4].copy_from_slice(magic);
+            assert!(ciphertext_from_bytes(&old, &par, 2).is_err());
+        }
     }
 }

@@ -80,6 +80,26 @@ fn residues(p: &Poly) -> Result<&[u64], HeError> {
         .ok_or_else(|| HeError::Malformed("non-contiguous coefficients".into()))
 }
 
+/// `v·2^64 mod q_i` for every residue `v` of `rows` (prime after prime,
+/// `n` each): Montgomery form, for [`mont_mul`]. Computed as
+/// `REDC(v · (2^128 mod q_i))`, so no division touches the (secret) values.
+pub(crate) fn montgomery_rows(
+    moduli: &[u64],
+    neg_inv: &[u64],
+    n: usize,
+    rows: &[u64],
+) -> Zeroizing<Vec<u64>> {
+    let mut mont = Zeroizing::new(Vec::with_capacity(rows.len()));
+    for ((&p, &ni), row) in moduli.iter().zip(neg_inv).zip(rows.chunks_exact(n)) {
+        let r2 = (((1u128 << 64) % p as u128).pow(2) % p as u128) as u64;
+        mont.extend(
+            row.iter()
+                .map(|&v| sub_if_at_least(mont_mul(v, r2, p, ni), p)),
+        );
+    }
+    mont
+}
+
 impl LevelKey {
     /// The key at `ctx` for ciphertexts of degree up to `degree`, given
     /// NTT(s) there; `None` when the level has more than two primes or
@@ -138,17 +158,7 @@ impl LevelKey {
                     m.mul_vec(&mut cur[i * n..(i + 1) * n], &s1[i * n..(i + 1) * n]);
                 }
             }
-            let mut mont = Zeroizing::new(Vec::with_capacity(cur.len()));
-            for (i, &p) in ctx.moduli().iter().enumerate() {
-                // v·2^64 = REDC(v · 2^128 mod p): no division on the key.
-                let r2 = ((1u128 << 64) % p as u128).pow(2) % p as u128;
-                mont.extend(
-                    cur[i * n..(i + 1) * n]
-                        .iter()
-                        .map(|&v| sub_if_at_least(mont_mul(v, r2 as u64, p, neg_inv[i]), p)),
-                );
-            }
-            powers.push(mont);
+            powers.push(montgomery_rows(ctx.moduli(), &neg_inv, n, &cur));
         }
         Ok(Some(LevelKey {
             ctx: ctx.clone(),

@@ -21,11 +21,13 @@
 //! has the cores, applies the forward NTT when it decodes it.
 
 use fhe::bfv::Ciphertext;
-use fhe_math::rq::{traits::TryConvertFrom, Poly, Representation};
+use std::sync::Arc;
+
+use fhe_math::rq::{traits::TryConvertFrom, Context, Poly, Representation};
 use rand::{CryptoRng, Rng, RngCore};
 use zeroize::Zeroizing;
 
-use crate::arith::{lazy_shoup, shoup, sub_if_at_least};
+use crate::arith::{lazy_shoup, mont_mul, shoup, sub_if_at_least};
 use crate::secret::{SecretOps, ERROR_VARIANCE};
 use crate::HeError;
 
@@ -37,7 +39,9 @@ fn math(e: fhe_math::Error) -> HeError {
 /// encryption of zero under the secret key, waiting for its message.
 /// Secret until used (it masks the message); used once.
 pub struct ZeroEncryption {
-    z: Zeroizing<Poly>,
+    /// `z`'s residues in the coefficient domain, prime after prime.
+    z: Zeroizing<Vec<u64>>,
+    ctx: Arc<Context>,
     seed: [u8; 32],
 }
 
@@ -47,8 +51,8 @@ impl std::fmt::Debug for ZeroEncryption {
     }
 }
 
-/// A fresh symmetric encryption whose `c1` is
-/// `Poly::random_from_seed(ctx, Ntt, seed)`: `c0` (coefficient form) and the
+/// A fresh symmetric encryption whose `c1` is the uniform polynomial in
+/// NTT form that `seed` names ([`crate::sample::uniform_ntt`]): `c0` (coefficient form) and the
 /// seed. Only [`SecretOps::encrypt_with`] makes one, so the form holds by
 /// construction.
 pub struct Seeded {
@@ -65,7 +69,7 @@ impl Seeded {
     ) -> Result<Ciphertext, HeError> {
         let mut c0 = self.c0.clone();
         c0.change_representation(Representation::Ntt);
-        let a = Poly::random_from_seed(self.c0.ctx(), Representation::Ntt, self.seed);
+        let a = crate::sample::uniform_ntt(self.c0.ctx(), &self.seed)?;
         Ok(Ciphertext::new(vec![c0, a], par)?)
     }
 
@@ -77,27 +81,40 @@ impl Seeded {
 
 impl SecretOps {
     /// Draws an encryption of zero at the top level: the message-free
-    /// (and costly) half of [`SecretOps::encrypt_seeded`].
+    /// (and costly) half of [`SecretOps::encrypt_seeded`]. Prime by
+    /// prime: `a` expanded from a fresh seed ([`crate::sample`]), times
+    /// NTT(s) (Montgomery's product, no branch), the inverse transform,
+    /// and the error subtracted from, all in one row buffer.
     pub fn zero_encryption<R: RngCore + CryptoRng>(
         &self,
         rng: &mut R,
     ) -> Result<ZeroEncryption, HeError> {
-        let (ctx, s) = &self.top;
+        let n = self.par.degree();
+        let moduli = self.top.0.moduli();
         let seed: [u8; 32] = rng.random();
-        let mut a_s = Zeroizing::new(Poly::random_from_seed(ctx, Representation::Ntt, seed));
-        a_s.disallow_variable_time_computations();
-        *a_s *= &**s;
-        let a_s =
-            Zeroizing::new(
-                self.top_ntt
-                    .converted(&a_s, ctx, Representation::PowerBasis, false)?,
-            );
-        let mut z = Zeroizing::new(
-            Poly::small(ctx, Representation::PowerBasis, ERROR_VARIANCE, rng).map_err(math)?,
-        );
-        z.disallow_variable_time_computations();
-        *z -= &*a_s;
-        Ok(ZeroEncryption { z, seed })
+        let e = crate::sample::centred_binomial(n, ERROR_VARIANCE, rng)?;
+        // a, then a·s: secret from the product on.
+        let mut z = Zeroizing::new(crate::sample::uniform_ntt_rows(moduli, n, &seed));
+        for (i, (row, &q)) in z.chunks_exact_mut(n).zip(moduli).enumerate() {
+            let key = &self.top_key.mont[i * n..(i + 1) * n];
+            let neg_inv = self.top_key.neg_inv[i];
+            for (x, &k) in row.iter_mut().zip(key) {
+                *x = sub_if_at_least(mont_mul(*x, k, q, neg_inv), q);
+            }
+        }
+        self.top_ntt.inverse(&mut z)?;
+        // z = e − a·s, with e's residue e + q when negative.
+        for (row, &q) in z.chunks_exact_mut(n).zip(moduli) {
+            for (x, &ei) in row.iter_mut().zip(e.iter()) {
+                let ei = (ei as u64).wrapping_add(q & ((ei >> 63) as u64));
+                *x = sub_if_at_least(ei + q - *x, q);
+            }
+        }
+        Ok(ZeroEncryption {
+            z,
+            ctx: self.top.0.clone(),
+            seed,
+        })
     }
 
     /// Encrypts the centred plaintext coefficients `m` (`|m_i| < t/2`) with
@@ -143,18 +160,15 @@ impl SecretOps {
         }
         self.check_message(m, zero)?;
         let start = out.len();
-        let z = zero.z.coefficients();
+        let n = self.par.degree();
         for ((&qi, &d), zrow) in self
             .top
             .0
             .moduli()
             .iter()
             .zip(&self.delta_mod_q)
-            .zip(z.outer_iter())
+            .zip(zero.z.chunks_exact(n))
         {
-            let zrow = zrow
-                .to_slice()
-                .ok_or_else(|| HeError::Malformed("non-contiguous coefficients".into()))?;
             let w = crate::codec::width(qi);
             if !crate::simd::encrypt_row(m, zrow, qi, (d, shoup(d, qi)), w, out) {
                 out.truncate(start);
@@ -177,18 +191,15 @@ impl SecretOps {
     ) -> Result<(), HeError> {
         self.check_message(m, zero)?;
         let ctx = &self.top.0;
-        let z = zero.z.coefficients();
-        let mut row = Zeroizing::new(vec![0u64; self.par.degree()]);
+        let n = self.par.degree();
+        let mut row = Zeroizing::new(vec![0u64; n]);
         for ((&qi, &d), zrow) in ctx
             .moduli()
             .iter()
             .zip(&self.delta_mod_q)
-            .zip(z.outer_iter())
+            .zip(zero.z.chunks_exact(n))
         {
             let d_shoup = shoup(d, qi);
-            let zrow = zrow
-                .to_slice()
-                .ok_or_else(|| HeError::Malformed("non-contiguous coefficients".into()))?;
             let message = m.iter().copied().chain(std::iter::repeat(0));
             for ((r, x), &zi) in row.iter_mut().zip(message).zip(zrow) {
                 // |x| < t/2 < q_i: the residue is x, or x + q_i when negative.
@@ -222,7 +233,7 @@ impl SecretOps {
                 "a message coefficient is outside (-t/2, t/2)".into(),
             ));
         }
-        if zero.z.ctx() != &self.top.0 {
+        if zero.ctx != self.top.0 || zero.z.len() != n * self.top.0.moduli().len() {
             return Err(HeError::Params(
                 "an encryption of zero made under other parameters".into(),
             ));
@@ -299,7 +310,13 @@ mod tests {
             let t = par.plaintext() as i64;
             let mut rng = rand::rng();
             let zero = ops.zero_encryption(&mut rng).unwrap();
-            let z = (*zero.z).clone();
+            let z = Poly::try_convert_from(
+                zero.z.to_vec(),
+                &ops.top.0,
+                false,
+                Representation::PowerBasis,
+            )
+            .unwrap();
             let m: Vec<i64> = (0..par.degree() - 3)
                 .map(|_| rng.random_range(-(t / 2)..t / 2))
                 .collect();
@@ -354,6 +371,41 @@ mod tests {
             let zero = ops.zero_encryption(&mut rng).unwrap();
             assert!(ops.encrypt_to_bytes(&[0, half + 1], zero).is_err());
         }
+    }
+
+    /// `z + a·s` (the phase of an encryption of zero, computed with
+    /// fhe-math's polynomials) is the error: small, centred, of the
+    /// variance fhe uses. Fails if the error is left out or `a·s` is
+    /// formed with another `a` than the seed's.
+    #[test]
+    fn a_zero_encryption_is_an_error_of_the_right_variance_under_a_times_s() {
+        let (par, ops) = setup(1000);
+        let mut errors = Vec::new();
+        for _ in 0..4 {
+            let zero = ops.zero_encryption(&mut rand::rng()).unwrap();
+            let ctx = &ops.top.0;
+            let mut phase =
+                Poly::try_convert_from(zero.z.to_vec(), ctx, false, Representation::PowerBasis)
+                    .unwrap();
+            let mut a_s = crate::sample::uniform_ntt(ctx, &zero.seed).unwrap();
+            a_s *= &*ops.top.1;
+            a_s.change_representation(Representation::PowerBasis);
+            phase += &a_s;
+            let q0 = ctx.moduli()[0];
+            for &v in phase.coefficients().row(0) {
+                let centred = if v > q0 / 2 {
+                    v as i64 - q0 as i64
+                } else {
+                    v as i64
+                };
+                assert!(centred.abs() <= 20, "an error coefficient of {centred}");
+                errors.push(centred);
+            }
+        }
+        let n = errors.len() as f64;
+        let var = errors.iter().map(|&e| (e * e) as f64).sum::<f64>() / n;
+        assert!((var - ERROR_VARIANCE as f64).abs() < 0.6, "variance {var}");
+        assert_eq!(par.degree() * 4, errors.len());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod packing;
 pub mod params;
 pub mod planner;
 pub mod rns;
+pub mod sample;
 pub mod secret;
 mod simd;
 

@@ -42,6 +42,8 @@ pub struct SecretOps {
     pub(crate) top: (Arc<Context>, Zeroizing<Poly>),
     /// The top level's transforms.
     pub(crate) top_ntt: Ntt,
+    /// NTT(s) at the top level in Montgomery form, for encryption.
+    pub(crate) top_key: MontgomeryKey,
     /// The level stage results arrive at (degree 2), when it has one or
     /// two primes.
     results: Option<LevelKey>,
@@ -50,6 +52,34 @@ pub struct SecretOps {
     input: Option<LevelKey>,
     /// `⌊Q/t⌋ mod q_i` for every prime of the top level.
     pub(crate) delta_mod_q: Vec<u64>,
+}
+
+/// NTT(s) over one basis in Montgomery form ([`crate::decrypt::montgomery_rows`]),
+/// with each prime's `−q⁻¹ mod 2^64`.
+pub(crate) struct MontgomeryKey {
+    /// `NTT(s)·2^64 mod q_i`, prime after prime.
+    pub(crate) mont: Zeroizing<Vec<u64>>,
+    /// `−q_i⁻¹ mod 2^64` per prime.
+    pub(crate) neg_inv: Vec<u64>,
+}
+
+impl MontgomeryKey {
+    fn new(ctx: &Context, s: &Poly) -> Result<Self, HeError> {
+        let rows = s
+            .coefficients()
+            .to_slice()
+            .ok_or_else(|| HeError::Malformed("non-contiguous coefficients".into()))?;
+        let neg_inv: Vec<u64> = ctx
+            .moduli()
+            .iter()
+            .map(|&p| crate::arith::neg_inverse(p))
+            .collect();
+        let n = rows.len() / ctx.moduli().len().max(1);
+        Ok(MontgomeryKey {
+            mont: crate::decrypt::montgomery_rows(ctx.moduli(), &neg_inv, n, rows),
+            neg_inv,
+        })
+    }
 }
 
 fn math(e: fhe_math::Error) -> HeError {
@@ -96,6 +126,7 @@ impl SecretOps {
             t,
             sk,
             top_ntt: Ntt::for_context(&top.0)?,
+            top_key: MontgomeryKey::new(&top.0, &top.1)?,
             top,
             results,
             input,
