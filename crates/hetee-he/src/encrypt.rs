@@ -138,9 +138,7 @@ impl SecretOps {
         let mut out = crate::codec::seeded_header(self.top.0.moduli().len());
         out.reserve(crate::codec::encoded_len(&self.par, 0, 1)? + crate::codec::SEED_LEN);
         if !self.c0_packed_avx512(m, &zero, &mut out)? {
-            self.c0_rows(m, &zero, |qi, row| {
-                crate::codec::pack_row(row, qi, &mut out)
-            })?;
+            self.c0_packed(m, &zero, &mut out)?;
         }
         out.extend_from_slice(&zero.seed);
         Ok(out)
@@ -178,6 +176,39 @@ impl SecretOps {
         Ok(true)
     }
 
+    /// [`Self::c0_rows`] packed straight into `out`, each residue computed
+    /// and stored in one step ([`pack_c0`]). Checks the message first.
+    fn c0_packed(
+        &self,
+        m: &[i64],
+        zero: &ZeroEncryption,
+        out: &mut Vec<u8>,
+    ) -> Result<(), HeError> {
+        self.check_message(m, zero)?;
+        let n = self.par.degree();
+        for ((&qi, &d), zrow) in self
+            .top
+            .0
+            .moduli()
+            .iter()
+            .zip(&self.delta_mod_q)
+            .zip(zero.z.chunks_exact(n))
+        {
+            let k = (d, shoup(d, qi));
+            match crate::codec::width(qi) {
+                1 => pack_c0::<1>(m, zrow, qi, k, out),
+                2 => pack_c0::<2>(m, zrow, qi, k, out),
+                3 => pack_c0::<3>(m, zrow, qi, k, out),
+                4 => pack_c0::<4>(m, zrow, qi, k, out),
+                5 => pack_c0::<5>(m, zrow, qi, k, out),
+                6 => pack_c0::<6>(m, zrow, qi, k, out),
+                7 => pack_c0::<7>(m, zrow, qi, k, out),
+                _ => pack_c0::<8>(m, zrow, qi, k, out),
+            }
+        }
+        Ok(())
+    }
+
     /// `c0 = Δ·m + z` prime by prime, each row handed to `each` with its
     /// prime: residue by residue, Shoup's product by the public
     /// `Δ mod q_i`, the zero added, two masked subtractions
@@ -202,10 +233,7 @@ impl SecretOps {
             let d_shoup = shoup(d, qi);
             let message = m.iter().copied().chain(std::iter::repeat(0));
             for ((r, x), &zi) in row.iter_mut().zip(message).zip(zrow) {
-                // |x| < t/2 < q_i: the residue is x, or x + q_i when negative.
-                let xi = (x as u64).wrapping_add(qi & ((x >> 63) as u64));
-                let v = lazy_shoup(xi, d, d_shoup, qi) + zi;
-                *r = sub_if_at_least(sub_if_at_least(v, 2 * qi), qi);
+                *r = c0_residue(x, zi, qi, d, d_shoup);
             }
             // Δ·m + z: the ciphertext, public from here on.
             each(qi, &row);
@@ -262,6 +290,37 @@ impl SecretOps {
     ) -> Result<Ciphertext, HeError> {
         self.encrypt_seeded(m, rng)?.expand(&self.par)
     }
+}
+
+/// Residue `Δ·x + z_i mod q` of `c0`, for a centred message coefficient
+/// `|x| < t/2 < q` and `z_i < q`: `x`'s residue (`x`, or `x + q` when
+/// negative), Shoup's product by the public `Δ mod q` (`d`, with its
+/// companion), the zero added, two masked subtractions; no branch.
+fn c0_residue(x: i64, zi: u64, q: u64, d: u64, d_shoup: u64) -> u64 {
+    let xi = (x as u64).wrapping_add(q & ((x >> 63) as u64));
+    let v = lazy_shoup(xi, d, d_shoup, q) + zi;
+    sub_if_at_least(sub_if_at_least(v, 2 * q), q)
+}
+
+/// One prime's row of `c0` appended to `out` in the codec's `W`-byte
+/// residues: each residue stored as 8 bytes over the next one's place
+/// (which the next store overwrites), the slack cut off at the end.
+fn pack_c0<const W: usize>(
+    m: &[i64],
+    zrow: &[u64],
+    q: u64,
+    (d, d_shoup): (u64, u64),
+    out: &mut Vec<u8>,
+) {
+    let start = out.len();
+    out.resize(start + zrow.len() * W + 8, 0);
+    let dst = &mut out[start..];
+    let message = m.iter().copied().chain(std::iter::repeat(0));
+    for (k, (x, &zi)) in message.zip(zrow).enumerate() {
+        let v = c0_residue(x, zi, q, d, d_shoup);
+        dst[k * W..k * W + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    out.truncate(start + zrow.len() * W);
 }
 
 #[cfg(test)]

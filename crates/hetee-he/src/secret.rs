@@ -355,11 +355,17 @@ mod tests {
             ops.decrypt_bytes(&good[..good.len() - 1], 3).is_err(),
             "length"
         );
-        // A coefficient at or above its prime.
-        let mut high = good.clone();
-        let w = high.len() - 7;
-        high[w..].copy_from_slice(&[0xff; 7]);
-        assert!(ops.decrypt_bytes(&high, 3).is_err(), "coefficient range");
+        // A coefficient at or above its prime: the last of c2 (read byte by
+        // byte), the first of c1 and one inside c0 (read 8 bytes at a time).
+        let row = par.degree() * 7;
+        for at in [good.len() - 7, 6 + row, 6 + 7 * 100] {
+            let mut high = good.clone();
+            high[at..at + 7].copy_from_slice(&[0xff; 7]);
+            assert!(
+                ops.decrypt_bytes(&high, 3).is_err(),
+                "coefficient range at {at}"
+            );
+        }
         let mut magic = good.clone();
         magic[0] ^= 1;
         assert!(ops.decrypt_bytes(&magic, 3).is_err(), "magic");
