@@ -101,8 +101,9 @@ fn broken_stream_ends_the_enclave_with_a_message_not_a_panic() {
 }
 
 /// A host's region of slots: a request in its slot is answered in the same
-/// slot. The host as attacker names slots past the region, lengths past a
-/// slot, a slot that holds another request, and a malformed reference:
+/// slot. The host as attacker names slots past the region, lengths past
+/// the region's side, a slot that holds another request, a run of slots
+/// that holds none, and a malformed reference:
 /// each gets an error answer, nothing is read out of bounds, and the
 /// enclave keeps serving.
 #[test]
@@ -114,11 +115,19 @@ fn attack_hostile_slot_references_are_refused_and_good_ones_answered_in_their_sl
     let dir = tempfile::tempdir().unwrap();
     let (region, path) = Region::create(dir.path(), layout).unwrap();
     let status = encode_request(5, &Request::Status).unwrap();
-    region.write(1, Side::Request, &status).unwrap();
+    region.write(1, 1, Side::Request, &status).unwrap();
     let len = status.len() as u32;
     let c = codec();
     let mut input = Vec::new();
-    for (id, slot, len) in [(5, 1, len), (6, 2, len), (7, 0, 4097), (8, 1, len)] {
+    // 6: no slot 2; 7: past the side (two slots of 4096 bytes); 8: slot 1
+    // holds request 5; 9: a run of both slots, holding no request 9.
+    for (id, slot, len) in [
+        (5, 1, len),
+        (6, 2, len),
+        (7, 0, 8193),
+        (8, 1, len),
+        (9, 0, 4097),
+    ] {
         let r = SlotRef { id, slot, len };
         input.extend(c.encode(KIND_REQUEST_SHARED, &r.encode()).unwrap());
     }
@@ -167,6 +176,7 @@ fn attack_hostile_slot_references_are_refused_and_good_ones_answered_in_their_sl
     assert!(error(6).contains("out of bounds"), "{}", error(6));
     assert!(error(7).contains("out of bounds"), "{}", error(7));
     assert!(error(8).contains("another request"), "{}", error(8));
+    assert!(error(9).contains("another request"), "{}", error(9));
     assert!(error(0).contains("malformed"), "{}", error(0));
 }
 

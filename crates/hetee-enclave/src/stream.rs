@@ -15,8 +15,9 @@
 //!
 //! With a shared region ([`serve_with`], [`hetee_proto::shared_memory`]),
 //! a request may come as a reference to a slot: the worker copies the
-//! payload out of the slot once, before it parses anything, and answers
-//! in the same slot when the answer fits (inline otherwise).
+//! payload out of the slot (and the slots after it that a long payload
+//! runs into) once, before it parses anything, and answers in the same run
+//! of slots when the answer fits (inline otherwise).
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -151,9 +152,9 @@ fn work<R: Read, W: Write>(enclave: &Enclave, shared: &Shared<'_, R, W>) {
             (id, None, req)
         } else {
             match from_slot(shared.region, &frame.payload) {
-                Ok((slot, payload)) => {
+                Ok((run, payload)) => {
                     let (id, req) = decode_request(&payload);
-                    (id, Some(slot), req)
+                    (id, Some(run), req)
                 }
                 Err((id, why)) => (id, None, Err(why)),
             }
@@ -170,9 +171,10 @@ fn work<R: Read, W: Write>(enclave: &Enclave, shared: &Shared<'_, R, W>) {
             .unwrap_or_default();
         drop(resp);
         let frame = match (slot, shared.region) {
-            // Answered in the request's slot when it fits, inline otherwise.
-            (Some(slot), Some(region)) => region
-                .move_into(slot, Side::Response, id, &frame)
+            // Answered in the request's run of slots when it fits, inline
+            // otherwise.
+            (Some((slot, run)), Some(region)) => region
+                .move_into(slot, run, Side::Response, id, &frame)
                 .unwrap_or(frame),
             _ => frame,
         };
@@ -187,9 +189,12 @@ fn work<R: Read, W: Write>(enclave: &Enclave, shared: &Shared<'_, R, W>) {
     }
 }
 
-/// The request payload a shared frame names, copied out of its slot once,
-/// with the slot; or the id to answer and why not.
-fn from_slot(region: Option<&Region>, frame: &[u8]) -> Result<(u32, Vec<u8>), (u64, String)> {
+/// The request payload a shared frame names, copied out of its run of
+/// slots once, with the run (first slot, slots: as many as the request's
+/// length takes, which the host holds for this call); or the id to answer
+/// and why not.
+type Run = (u32, u32);
+fn from_slot(region: Option<&Region>, frame: &[u8]) -> Result<(Run, Vec<u8>), (u64, String)> {
     let r = SlotRef::decode(frame).ok_or((0, "malformed shared-memory reference".to_string()))?;
     let region = region.ok_or((r.id, "this enclave maps no shared memory".to_string()))?;
     let payload = region
@@ -198,5 +203,5 @@ fn from_slot(region: Option<&Region>, frame: &[u8]) -> Result<(u32, Vec<u8>), (u
     if split_id(&payload).0 != r.id {
         return Err((r.id, "the slot holds another request".into()));
     }
-    Ok((r.slot, payload))
+    Ok(((r.slot, region.layout().run(payload.len())), payload))
 }

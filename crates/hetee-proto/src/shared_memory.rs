@@ -6,20 +6,26 @@
 //! about as long to read, where a `memcpy` of it takes 0.02 ms. So the host
 //! may map a file of [`Layout::slots`] slots beside the enclave's stream.
 //! Each slot has a request area and a response area of
-//! [`Layout::slot_bytes`] each:
+//! [`Layout::slot_bytes`] each; the request areas lie end to end, then the
+//! response areas, so that a *run* of consecutive slots is one range on
+//! either side:
 //!
-//! - a call that owns slot `i` writes its request payload (the request id,
-//!   then the message in `postcard`, as [`crate::wire`] frames it) into
+//! - a call that owns the run of slots `i..i + k` (`k` = [`Layout::run`] of
+//!   its payload's length: a stacked or batched stage result may be many
+//!   megabytes) writes its request payload (the request id, then the
+//!   message in `postcard`, as [`crate::wire`] frames it) at the start of
 //!   slot `i`'s request area and sends only a [`SlotRef`] frame of kind
 //!   [`KIND_REQUEST_SHARED`];
 //! - the enclave copies the payload out, once, before it parses anything,
-//!   and answers in slot `i`'s response area with a frame of kind
-//!   [`KIND_RESPONSE_SHARED`] (or inline, when the answer does not fit);
-//! - the host reads the answer out and frees the slot.
+//!   and answers in the response areas of the same run (the run the
+//!   request's length names) with a frame of kind [`KIND_RESPONSE_SHARED`],
+//!   or inline when the answer does not fit them;
+//! - the host reads the answer out and frees the run.
 //!
 //! A slot belongs to one call from the request until its answer is read,
-//! so concurrent calls never share an area. Payloads that do not fit a slot,
-//! and calls that find every slot taken, travel inline in the stream.
+//! so concurrent calls never share an area. Payloads larger than the
+//! region's side, and calls that find no free run long enough, travel
+//! inline in the stream.
 //!
 //! The mapped memory is the host's, like the pipe: the enclave treats it
 //! as untrusted input. It reads a request area once, into its own memory,
@@ -58,7 +64,7 @@ pub enum SharedMemoryError {
     /// A layout out of bounds, or a file of another size than its layout.
     #[error("shared memory layout: {0}")]
     Layout(String),
-    /// A reference outside its slot, or to a slot that does not exist.
+    /// A reference past the region's side, or to a slot that does not exist.
     #[error("shared memory reference out of bounds: slot {slot}, {len} bytes")]
     OutOfBounds {
         /// The slot named.
@@ -81,7 +87,8 @@ impl Layout {
     /// The host's default: 8 slots of 3 MiB each way (48 MiB, reserved in
     /// `/dev/shm` when the region is made; a container's default `/dev/shm`
     /// of 64 MiB holds it). A latency query's largest stage result, across
-    /// the bundled models, is 2.3 MB.
+    /// the bundled models, is 2.3 MB (one slot); a stack of 16 MNIST
+    /// queries sends 4.8 MB (a run of two), a 64-image batch 18 MB (six).
     pub const DEFAULT: Layout = Layout {
         slots: 8,
         slot_bytes: 3 << 20,
@@ -117,12 +124,20 @@ impl Layout {
         2 * u64::from(self.slots) * u64::from(self.slot_bytes)
     }
 
-    /// Where `len` bytes of `side` of `slot` start, if they fit.
-    fn area(&self, slot: u32, side: Side, len: usize) -> Option<usize> {
-        if slot >= self.slots || len > self.slot_bytes as usize {
+    /// Slots a payload of `len` bytes takes: at least one.
+    pub fn run(&self, len: usize) -> u32 {
+        let slots = len.div_ceil(self.slot_bytes as usize).max(1);
+        u32::try_from(slots).unwrap_or(u32::MAX)
+    }
+
+    /// Where `len` bytes of `side` starting at `slot` start, if they fit in
+    /// the run of `run` slots from `slot` and that run in the layout.
+    fn area(&self, slot: u32, run: u32, side: Side, len: usize) -> Option<usize> {
+        let end = slot.checked_add(run)?;
+        if run == 0 || end > self.slots || len > run as usize * self.slot_bytes as usize {
             return None;
         }
-        let index = 2 * slot as usize + side as usize;
+        let index = side as usize * self.slots as usize + slot as usize;
         Some(index * self.slot_bytes as usize)
     }
 }
@@ -144,7 +159,8 @@ pub struct SlotRef {
     pub id: u64,
     /// The slot.
     pub slot: u32,
-    /// Bytes of the payload at the start of the area.
+    /// Bytes of the payload at the start of the slot's area (running on
+    /// into the next slots' when it is longer than one).
     pub len: u32,
 }
 
@@ -265,22 +281,28 @@ impl Region {
         self.layout
     }
 
-    /// Whether `len` bytes fit an area.
+    /// Whether `len` bytes fit a run of the region (all of one side, at most).
     pub fn fits(&self, len: usize) -> bool {
-        len <= self.layout.slot_bytes as usize
+        self.layout.run(len) <= self.layout.slots
     }
 
-    /// Copies `bytes` to the start of `side` of `slot`.
-    pub fn write(&self, slot: u32, side: Side, bytes: &[u8]) -> Result<(), SharedMemoryError> {
-        let start =
-            self.layout
-                .area(slot, side, bytes.len())
-                .ok_or(SharedMemoryError::OutOfBounds {
-                    slot,
-                    len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
-                })?;
-        // SAFETY: `area` keeps `start + bytes.len()` within the slot, and the
-        // slot within the mapping (`open` and `create` map exactly
+    /// Copies `bytes` to the start of `side` of `slot`, within the run of
+    /// `run` slots from it.
+    pub fn write(
+        &self,
+        slot: u32,
+        run: u32,
+        side: Side,
+        bytes: &[u8],
+    ) -> Result<(), SharedMemoryError> {
+        let start = self.layout.area(slot, run, side, bytes.len()).ok_or(
+            SharedMemoryError::OutOfBounds {
+                slot,
+                len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+            },
+        )?;
+        // SAFETY: `area` keeps `start + bytes.len()` within the run, and the
+        // run within the mapping (`open` and `create` map exactly
         // `region_bytes`). Raw pointers only: no reference into memory the
         // other process writes is ever formed.
         unsafe {
@@ -294,13 +316,21 @@ impl Region {
     }
 
     /// Moves the payload of the whole frame `frame` (header, then payload,
-    /// as [`crate::wire`] builds it) for request `id` into `side` of
-    /// `slot`; returns the frame that names it ([`KIND_REQUEST_SHARED`] or
-    /// [`KIND_RESPONSE_SHARED`]), or `None` when the payload does not fit.
-    pub fn move_into(&self, slot: u32, side: Side, id: u64, frame: &[u8]) -> Option<Vec<u8>> {
+    /// as [`crate::wire`] builds it) for request `id` into `side` of the
+    /// run of `run` slots from `slot`; returns the frame that names it
+    /// ([`KIND_REQUEST_SHARED`] or [`KIND_RESPONSE_SHARED`]), or `None` when
+    /// the payload does not fit the run.
+    pub fn move_into(
+        &self,
+        slot: u32,
+        run: u32,
+        side: Side,
+        id: u64,
+        frame: &[u8],
+    ) -> Option<Vec<u8>> {
         let payload = frame.get(HEADER_LEN..)?;
         let len = u32::try_from(payload.len()).ok()?;
-        self.write(slot, side, payload).ok()?;
+        self.write(slot, run, side, payload).ok()?;
         let kind = match side {
             Side::Request => KIND_REQUEST_SHARED,
             Side::Response => KIND_RESPONSE_SHARED,
@@ -310,12 +340,13 @@ impl Region {
             .ok()
     }
 
-    /// Copies the payload `r` names out of `side` of its slot, once.
+    /// Copies the payload `r` names out of `side` of its slot (and the
+    /// slots after it that its length runs into, [`Layout::run`]), once.
     pub fn read(&self, r: &SlotRef, side: Side) -> Result<Vec<u8>, SharedMemoryError> {
         let len = r.len as usize;
         let start = self
             .layout
-            .area(r.slot, side, len)
+            .area(r.slot, self.layout.run(len), side, len)
             .ok_or(SharedMemoryError::OutOfBounds {
                 slot: r.slot,
                 len: r.len,
@@ -348,7 +379,7 @@ mod tests {
         let enclave = Region::open(&path, SMALL).unwrap();
         std::fs::remove_file(&path).unwrap();
         let request: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
-        host.write(2, Side::Request, &request).unwrap();
+        host.write(2, 1, Side::Request, &request).unwrap();
         let r = SlotRef {
             id: 9,
             slot: 2,
@@ -357,7 +388,7 @@ mod tests {
         assert_eq!(SlotRef::decode(&r.encode()), Some(r));
         assert_eq!(enclave.read(&r, Side::Request).unwrap(), request);
         // The response area is another place: the request is still there.
-        enclave.write(2, Side::Response, b"answer").unwrap();
+        enclave.write(2, 1, Side::Response, b"answer").unwrap();
         let a = SlotRef {
             id: 9,
             slot: 2,
@@ -367,29 +398,87 @@ mod tests {
         assert_eq!(enclave.read(&r, Side::Request).unwrap(), request);
         // A whole frame's payload moves into a slot; the frame names it.
         let frame = codec().encode(0x11, b"a frame's payload").unwrap();
-        let named = enclave.move_into(0, Side::Response, 4, &frame).unwrap();
+        let named = enclave.move_into(0, 1, Side::Response, 4, &frame).unwrap();
         let (f, _) = codec().decode(&named).unwrap();
         assert_eq!(f.kind, KIND_RESPONSE_SHARED);
         let r = SlotRef::decode(&f.payload).unwrap();
         assert_eq!((r.id, r.slot), (4, 0));
         assert_eq!(host.read(&r, Side::Response).unwrap(), b"a frame's payload");
         let too_large = codec().encode(0x10, &[7; 4097]).unwrap();
-        assert_eq!(host.move_into(0, Side::Request, 5, &too_large), None);
+        assert_eq!(host.move_into(0, 1, Side::Request, 5, &too_large), None);
+    }
+
+    /// A payload longer than a slot runs on into the next slots of its
+    /// side, and only of its side: the response areas and the other
+    /// slots' requests are where they were.
+    #[test]
+    fn a_long_payload_takes_a_run_of_slots_on_its_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, path) = Region::create(dir.path(), SMALL).unwrap();
+        let enclave = Region::open(&path, SMALL).unwrap();
+        assert_eq!((SMALL.run(0), SMALL.run(4096), SMALL.run(4097)), (1, 1, 2));
+        assert!(host.fits(3 * 4096) && !host.fits(3 * 4096 + 1));
+        host.write(0, 1, Side::Response, b"slot 0's answer")
+            .unwrap();
+        host.write(2, 1, Side::Request, b"slot 2's request")
+            .unwrap();
+        let long: Vec<u8> = (0..8000u32).map(|i| (i * 13) as u8).collect();
+        host.write(0, 2, Side::Request, &long).unwrap();
+        let r = SlotRef {
+            id: 1,
+            slot: 0,
+            len: 8000,
+        };
+        assert_eq!(enclave.read(&r, Side::Request).unwrap(), long);
+        let answer = SlotRef {
+            id: 0,
+            slot: 0,
+            len: 15,
+        };
+        assert_eq!(
+            enclave.read(&answer, Side::Response).unwrap(),
+            b"slot 0's answer"
+        );
+        let other = SlotRef {
+            id: 0,
+            slot: 2,
+            len: 16,
+        };
+        assert_eq!(
+            enclave.read(&other, Side::Request).unwrap(),
+            b"slot 2's request"
+        );
+        // Not past the run the writer holds, nor past the side.
+        assert!(host.write(0, 1, Side::Request, &long).is_err());
+        assert!(host.write(2, 2, Side::Request, &[1]).is_err());
+        let past = SlotRef {
+            id: 1,
+            slot: 1,
+            len: 8193,
+        };
+        assert!(enclave.read(&past, Side::Response).is_err());
     }
 
     #[test]
     fn references_outside_the_region_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (region, _) = Region::create(dir.path(), SMALL).unwrap();
-        for (slot, len) in [(3, 1), (u32::MAX, 1), (0, 4097), (2, u32::MAX)] {
+        for (slot, len) in [
+            (3, 1),
+            (u32::MAX, 1),
+            (0, 3 * 4096 + 1),
+            (2, 4097),
+            (2, u32::MAX),
+        ] {
             let r = SlotRef { id: 1, slot, len };
             assert!(matches!(
                 region.read(&r, Side::Request),
                 Err(SharedMemoryError::OutOfBounds { .. })
             ));
         }
-        assert!(region.write(0, Side::Response, &[0; 4097]).is_err());
-        assert!(region.write(3, Side::Request, &[0; 1]).is_err());
+        assert!(region.write(0, 1, Side::Response, &[0; 4097]).is_err());
+        assert!(region.write(3, 1, Side::Request, &[0; 1]).is_err());
+        assert!(region.write(1, 0, Side::Request, &[]).is_err());
         assert_eq!(SlotRef::decode(&[0; 15]), None);
         assert_eq!(SlotRef::decode(&[0; 17]), None);
     }

@@ -13,10 +13,11 @@
 //! stage.
 //!
 //! Large payloads go through a region of shared memory when the launch
-//! asks for one ([`LaunchSpec::shared_memory`]): a call takes a free slot,
-//! writes its request there and sends a reference; the enclave answers in
-//! the same slot. Small messages, calls that find no free slot and
-//! payloads larger than a slot travel in the stream.
+//! asks for one ([`LaunchSpec::shared_memory`]): a call takes a free run
+//! of slots (one, or as many as a long payload needs), writes its request
+//! there and sends a reference; the enclave answers in the same run.
+//! Small messages, calls that find no free run and payloads larger than
+//! the region's side travel in the stream.
 //!
 //! A call that outlives the timeout kills the enclave (the supervisor
 //! restarts it): the reader waits for data with `poll` up to its deadline,
@@ -104,25 +105,41 @@ pub struct ChildProcess {
     shared: Option<Slots>,
 }
 
-/// The shared region and which of its slots no call holds.
+/// The shared region and which of its slots a call holds.
 struct Slots {
     region: Region,
-    free: Mutex<Vec<u32>>,
+    held: Mutex<Vec<bool>>,
+}
+
+impl Slots {
+    /// The first run of `run` consecutive free slots, now held.
+    fn take(&self, run: u32) -> Option<u32> {
+        let mut held = lock(&self.held);
+        let run = run as usize;
+        let start =
+            (0..=held.len().checked_sub(run)?).find(|&i| held[i..i + run].iter().all(|h| !h))?;
+        held[start..start + run].fill(true);
+        u32::try_from(start).ok()
+    }
 }
 
 /// Requests smaller than this go in the stream even when a slot is free:
 /// one write of a small frame costs less than a slot's bookkeeping.
 const INLINE_BELOW: usize = 16 << 10;
 
-/// A slot held by one call until its answer is read.
+/// A run of slots held by one call until its answer is read.
 struct SlotHold<'a> {
     slots: &'a Slots,
     slot: u32,
+    run: u32,
 }
 
 impl Drop for SlotHold<'_> {
     fn drop(&mut self) {
-        lock(&self.slots.free).push(self.slot);
+        let (start, end) = (self.slot as usize, (self.slot + self.run) as usize);
+        if let Some(held) = lock(&self.slots.held).get_mut(start..end) {
+            held.fill(false);
+        }
     }
 }
 
@@ -205,7 +222,7 @@ impl ChildProcess {
             pid,
             timeout: spec.timeout,
             shared: shared.map(|(region, _)| Slots {
-                free: Mutex::new((0..region.layout().slots).rev().collect()),
+                held: Mutex::new(vec![false; region.layout().slots as usize]),
                 region,
             }),
         };
@@ -368,9 +385,10 @@ impl EnclaveLink for ChildProcess {
 }
 
 impl ChildProcess {
-    /// The request `frame` moved into a free slot, with the frame that
-    /// names it and the slot's hold; `frame` itself when it is small, too
-    /// large for a slot, or every slot is held.
+    /// The request `frame` moved into the first free run of slots long
+    /// enough, with the frame that names it and the run's hold; `frame`
+    /// itself when it is small, larger than the region's side, or no free
+    /// run is long enough.
     fn place_in_slot(&self, id: u64, frame: Vec<u8>) -> (Vec<u8>, Option<SlotHold<'_>>) {
         let Some(slots) = &self.shared else {
             return (frame, None);
@@ -379,11 +397,12 @@ impl ChildProcess {
         if size < INLINE_BELOW || !slots.region.fits(size) {
             return (frame, None);
         }
-        let Some(slot) = lock(&slots.free).pop() else {
+        let run = slots.region.layout().run(size);
+        let Some(slot) = slots.take(run) else {
             return (frame, None);
         };
-        let hold = SlotHold { slots, slot };
-        match slots.region.move_into(slot, Side::Request, id, &frame) {
+        let hold = SlotHold { slots, slot, run };
+        match slots.region.move_into(slot, run, Side::Request, id, &frame) {
             Some(named) => (named, Some(hold)),
             None => (frame, None),
         }
