@@ -158,17 +158,9 @@ impl SecretOps {
         }
         self.check_message(m, zero)?;
         let start = out.len();
-        let n = self.par.degree();
-        for ((&qi, &d), zrow) in self
-            .top
-            .0
-            .moduli()
-            .iter()
-            .zip(&self.delta_mod_q)
-            .zip(zero.z.chunks_exact(n))
-        {
+        for (qi, delta, zrow) in self.rows_of(zero) {
             let w = crate::codec::width(qi);
-            if !crate::simd::encrypt_row(m, zrow, qi, (d, shoup(d, qi)), w, out) {
+            if !crate::simd::encrypt_row(m, zrow, qi, delta, w, out) {
                 out.truncate(start);
                 return Ok(false);
             }
@@ -185,16 +177,7 @@ impl SecretOps {
         out: &mut Vec<u8>,
     ) -> Result<(), HeError> {
         self.check_message(m, zero)?;
-        let n = self.par.degree();
-        for ((&qi, &d), zrow) in self
-            .top
-            .0
-            .moduli()
-            .iter()
-            .zip(&self.delta_mod_q)
-            .zip(zero.z.chunks_exact(n))
-        {
-            let k = (d, shoup(d, qi));
+        for (qi, k, zrow) in self.rows_of(zero) {
             match crate::codec::width(qi) {
                 1 => pack_c0::<1>(m, zrow, qi, k, out),
                 2 => pack_c0::<2>(m, zrow, qi, k, out),
@@ -221,16 +204,8 @@ impl SecretOps {
         mut each: impl FnMut(u64, &[u64]),
     ) -> Result<(), HeError> {
         self.check_message(m, zero)?;
-        let ctx = &self.top.0;
-        let n = self.par.degree();
-        let mut row = Zeroizing::new(vec![0u64; n]);
-        for ((&qi, &d), zrow) in ctx
-            .moduli()
-            .iter()
-            .zip(&self.delta_mod_q)
-            .zip(zero.z.chunks_exact(n))
-        {
-            let d_shoup = shoup(d, qi);
+        let mut row = Zeroizing::new(vec![0u64; self.par.degree()]);
+        for (qi, (d, d_shoup), zrow) in self.rows_of(zero) {
             let message = m.iter().copied().chain(std::iter::repeat(0));
             for ((r, x), &zi) in row.iter_mut().zip(message).zip(zrow) {
                 *r = c0_residue(x, zi, qi, d, d_shoup);
@@ -239,6 +214,19 @@ impl SecretOps {
             each(qi, &row);
         }
         Ok(())
+    }
+
+    /// Per prime of the top level: the prime, `Δ mod q_i` with its Shoup
+    /// companion, and `zero`'s row.
+    fn rows_of<'a>(
+        &'a self,
+        zero: &'a ZeroEncryption,
+    ) -> impl Iterator<Item = (u64, (u64, u64), &'a [u64])> + 'a {
+        let n = self.par.degree();
+        (self.top.0.moduli().iter())
+            .zip(&self.delta_mod_q)
+            .zip(zero.z.chunks_exact(n))
+            .map(|((&q, &d), z)| (q, (d, shoup(d, q)), z))
     }
 
     /// The checks before an encryption with `zero`: the message's length

@@ -14,6 +14,7 @@ pub mod layout;
 pub mod ntt;
 pub mod packing;
 pub mod params;
+mod phase;
 pub mod planner;
 pub mod rns;
 pub mod sample;
