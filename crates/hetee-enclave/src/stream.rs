@@ -189,11 +189,12 @@ fn work<R: Read, W: Write>(enclave: &Enclave, shared: &Shared<'_, R, W>) {
     }
 }
 
-/// The request payload a shared frame names, copied out of its run of
-/// slots once, with the run (first slot, slots: as many as the request's
-/// length takes, which the host holds for this call); or the id to answer
-/// and why not.
+/// A run of slots: the first, and how many.
 type Run = (u32, u32);
+
+/// The request payload a shared frame names, copied out of its run of
+/// slots once, with the run (as many slots as the request's length takes,
+/// which the host holds for this call); or the id to answer and why not.
 fn from_slot(region: Option<&Region>, frame: &[u8]) -> Result<(Run, Vec<u8>), (u64, String)> {
     let r = SlotRef::decode(frame).ok_or((0, "malformed shared-memory reference".to_string()))?;
     let region = region.ok_or((r.id, "this enclave maps no shared memory".to_string()))?;

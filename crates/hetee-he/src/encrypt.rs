@@ -455,6 +455,50 @@ mod tests {
         assert_eq!(par.degree() * 4, errors.len());
     }
 
+    /// The host as attacker, with a ciphertext whose message it knows
+    /// (the enclave re-encrypts all-zero tensors, and packing leaves known
+    /// zeros): `c0 + c1·s = Δm + e`, so without the error the key is
+    /// `(Δm − c0) / c1`, slot by slot in NTT form. The attack recovers the
+    /// key from an error-free encryption (so the test can fail) and no
+    /// slot of it from the enclave's.
+    #[test]
+    fn attack_the_key_solved_from_a_known_message_is_wrong_in_every_slot() {
+        use fhe_math::zq::Modulus;
+        let (par, ops) = setup(1000);
+        let n = par.degree();
+        let ctx = &ops.top.0;
+        let key = ops.top.1.coefficients().to_owned();
+        // s_i = −c0_i / c1_i per slot (the message is zero).
+        let solve = |c0: &Poly, c1: &Poly| -> usize {
+            let (c0, c1) = (c0.coefficients(), c1.coefficients());
+            let mut right = 0;
+            for (i, &q) in ctx.moduli().iter().enumerate() {
+                let m = Modulus::new(q).unwrap();
+                for j in 0..n {
+                    let Some(inv) = m.inv(c1[[i, j]]) else {
+                        continue;
+                    };
+                    right += usize::from(m.mul(m.neg(c0[[i, j]]), inv) == key[[i, j]]);
+                }
+            }
+            right
+        };
+        let zero = ops.zero_encryption(&mut rand::rng()).unwrap();
+        let seed = zero.seed;
+        let ct = ops
+            .encrypt_with(&vec![0; n], zero)
+            .unwrap()
+            .expand(&par)
+            .unwrap();
+        assert_eq!(solve(&ct[0], &ct[1]), 0, "a slot of the key recovered");
+        // The same seed without the error: c0 = −a·s.
+        let a = crate::sample::uniform_ntt(ctx, &seed).unwrap();
+        let mut c0 = a.clone();
+        c0 *= &*ops.top.1;
+        let c0 = -&c0;
+        assert_eq!(solve(&c0, &a), n * ctx.moduli().len());
+    }
+
     #[test]
     fn each_zero_encryption_masks_with_fresh_randomness() {
         // The same message twice: different seeds, different c0.

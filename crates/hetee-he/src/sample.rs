@@ -12,10 +12,11 @@
 //! - [`uniform_ntt_rows`]: residue `i` modulo `q` is the next 64-bit word
 //!   of ChaCha8 (keyed by the seed, one stream per prime) masked to the
 //!   bit length of `q`, kept if below `q` (rejection sampling: exactly
-//!   uniform; the bundled primes are within 2^-20 of a power of two, so
-//!   about one word in a million is rejected). The seed and the values
-//!   are public (`c1` travels as its seed), so the rejection's branch
-//!   reveals nothing. The host and the enclave call the same function.
+//!   uniform; the parameters' primes lie within a fraction 2^-34 below a
+//!   power of two, so a word is rejected about once in 10^10). The seed
+//!   and the values are public (`c1` travels as its seed), so the
+//!   rejection's branch reveals nothing. The host and the enclave call
+//!   the same function.
 //! - [`centred_binomial`]: the centred binomial distribution of variance
 //!   `v`, `Σ 2v bits − Σ 2v bits`, from `⌈4v/8⌉` bytes per coefficient,
 //!   as `fhe-util`'s `sample_vec_cbd` defines it; population counts and
