@@ -25,7 +25,9 @@ use std::sync::{Barrier, Mutex};
 
 use hetee_attest::Error as FrameError;
 use hetee_proto::shared_memory::{Region, Side, SlotRef, KIND_REQUEST_SHARED};
-use hetee_proto::wire::{codec, decode_request, response_frame, split_id, KIND_REQUEST};
+use hetee_proto::wire::{
+    codec, decode_request, response_frame, response_len, split_id, KIND_REQUEST,
+};
 
 use crate::enclave::lock;
 use crate::messages::Response;
@@ -165,19 +167,21 @@ fn work<R: Read, W: Write>(enclave: &Enclave, shared: &Shared<'_, R, W>) {
             Err(e) => Response::error(e),
         };
         // One buffer, one write: the host's reader wakes once per answer.
-        // An answer over the frame limit becomes an error answer.
-        let frame = response_frame(id, &resp)
-            .or_else(|e| response_frame(id, &Response::error(e)))
-            .unwrap_or_default();
+        // Answered in the request's run of slots when it fits (encoded
+        // straight into it), inline otherwise; an answer over the frame
+        // limit becomes an error answer.
+        let frame = match response_len(&resp) {
+            Ok(len) => slot
+                .zip(shared.region)
+                .and_then(|((slot, run), region)| {
+                    region.encode_into(slot, run, Side::Response, id, &resp, len)
+                })
+                .map_or_else(|| response_frame(id, &resp), Ok),
+            Err(e) => Err(e),
+        }
+        .or_else(|e| response_frame(id, &Response::error(e)))
+        .unwrap_or_default();
         drop(resp);
-        let frame = match (slot, shared.region) {
-            // Answered in the request's run of slots when it fits, inline
-            // otherwise.
-            (Some((slot, run)), Some(region)) => region
-                .move_into(slot, run, Side::Response, id, &frame)
-                .unwrap_or(frame),
-            _ => frame,
-        };
         let written = {
             let mut out = lock(&shared.output);
             out.write_all(&frame).and_then(|()| out.flush())

@@ -37,7 +37,6 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use hetee_attest::frame::HEADER_LEN;
 use memmap2::MmapRaw;
 
 use crate::wire::codec;
@@ -315,26 +314,41 @@ impl Region {
         Ok(())
     }
 
-    /// Moves the payload of the whole frame `frame` (header, then payload,
-    /// as [`crate::wire`] builds it) for request `id` into `side` of the
-    /// run of `run` slots from `slot`; returns the frame that names it
-    /// ([`KIND_REQUEST_SHARED`] or [`KIND_RESPONSE_SHARED`]), or `None` when
-    /// the payload does not fit the run.
-    pub fn move_into(
+    /// Encodes a payload of `len` bytes ([`crate::wire::request_len`] or
+    /// [`crate::wire::response_len`]: the id, then `msg` in `postcard`)
+    /// straight into `side` of the run of `run` slots from `slot`, and
+    /// returns the frame that names it ([`KIND_REQUEST_SHARED`] or
+    /// [`KIND_RESPONSE_SHARED`]). Each byte is copied once, with no buffer
+    /// in between (a frame built first and then copied in allocates a
+    /// buffer and copies each byte twice).
+    /// `None` when the payload does not fit the run, or does not come out
+    /// `len` bytes long.
+    pub fn encode_into(
         &self,
         slot: u32,
         run: u32,
         side: Side,
         id: u64,
-        frame: &[u8],
+        msg: &impl serde::Serialize,
+        len: usize,
     ) -> Option<Vec<u8>> {
-        let payload = frame.get(HEADER_LEN..)?;
-        let len = u32::try_from(payload.len()).ok()?;
-        self.write(slot, run, side, payload).ok()?;
+        let start = self.layout.area(slot, run, side, len)?;
+        let mut area = AreaWriter {
+            region: self,
+            start,
+            cap: len,
+            len: 0,
+        };
+        postcard::ser_flavors::Flavor::try_extend(&mut area, &id.to_le_bytes()).ok()?;
+        let written = postcard::serialize_with_flavor(msg, area).ok()?;
+        if written != len {
+            return None;
+        }
         let kind = match side {
             Side::Request => KIND_REQUEST_SHARED,
             Side::Response => KIND_RESPONSE_SHARED,
         };
+        let len = u32::try_from(len).ok()?;
         codec()
             .encode(kind, &SlotRef { id, slot, len }.encode())
             .ok()
@@ -363,9 +377,52 @@ impl Region {
     }
 }
 
+/// `postcard`'s output into an area of the mapping: each piece is copied
+/// in through a raw pointer, within `cap` bytes from `start` (which
+/// [`Layout::area`] checked to lie in the mapping).
+struct AreaWriter<'r> {
+    region: &'r Region,
+    start: usize,
+    cap: usize,
+    len: usize,
+}
+
+impl postcard::ser_flavors::Flavor for AreaWriter<'_> {
+    type Output = usize;
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.try_extend(&[byte])
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        let end = self
+            .len
+            .checked_add(data.len())
+            .filter(|&end| end <= self.cap)
+            .ok_or(postcard::Error::SerializeBufferFull)?;
+        // SAFETY: `start + cap` lies within the mapping (`Layout::area`
+        // checked it for the run, and the run for the mapping), and
+        // `len + data.len() <= cap`. Raw pointers only, as in `write`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.region.map.as_mut_ptr().add(self.start + self.len),
+                data.len(),
+            );
+        }
+        self.len = end;
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hetee_attest::frame::HEADER_LEN;
 
     const SMALL: Layout = Layout {
         slots: 3,
@@ -396,16 +453,53 @@ mod tests {
         };
         assert_eq!(host.read(&a, Side::Response).unwrap(), b"answer");
         assert_eq!(enclave.read(&r, Side::Request).unwrap(), request);
-        // A whole frame's payload moves into a slot; the frame names it.
-        let frame = codec().encode(0x11, b"a frame's payload").unwrap();
-        let named = enclave.move_into(0, 1, Side::Response, 4, &frame).unwrap();
+    }
+
+    /// A message encoded straight into a run of slots is the payload its
+    /// frame would carry inline, and the frame names it; a message that
+    /// does not fit the run, or is not the length the caller counted, is
+    /// not placed.
+    #[test]
+    fn a_message_encoded_into_a_run_is_the_payload_of_its_inline_frame() {
+        use crate::wire::{decode_request, request_frame, request_len};
+        use crate::Request;
+        let dir = tempfile::tempdir().unwrap();
+        let (host, path) = Region::create(dir.path(), SMALL).unwrap();
+        let enclave = Region::open(&path, SMALL).unwrap();
+        let req = Request::StageResult {
+            session: [3; 16],
+            stage: 2,
+            ciphertexts: vec![(0..5000u32).map(|i| (i * 11) as u8).collect(), vec![9; 300]],
+        };
+        let len = request_len(&req).unwrap();
+        assert!(len > 4096 && len <= 2 * 4096);
+        assert_eq!(host.encode_into(1, 1, Side::Request, 5, &req, len), None);
+        assert_eq!(
+            host.encode_into(1, 2, Side::Request, 5, &req, len - 1),
+            None
+        );
+        assert_eq!(
+            host.encode_into(1, 2, Side::Request, 5, &req, len + 1),
+            None
+        );
+        let named = host.encode_into(1, 2, Side::Request, 5, &req, len).unwrap();
         let (f, _) = codec().decode(&named).unwrap();
-        assert_eq!(f.kind, KIND_RESPONSE_SHARED);
+        assert_eq!(f.kind, KIND_REQUEST_SHARED);
         let r = SlotRef::decode(&f.payload).unwrap();
-        assert_eq!((r.id, r.slot), (4, 0));
-        assert_eq!(host.read(&r, Side::Response).unwrap(), b"a frame's payload");
-        let too_large = codec().encode(0x10, &[7; 4097]).unwrap();
-        assert_eq!(host.move_into(0, 1, Side::Request, 5, &too_large), None);
+        assert_eq!((r.id, r.slot, r.len as usize), (5, 1, len));
+        let payload = enclave.read(&r, Side::Request).unwrap();
+        let inline = request_frame(5, &req).unwrap();
+        assert_eq!(payload, inline[HEADER_LEN..]);
+        let Ok(Request::StageResult { ciphertexts, .. }) = decode_request(&payload).1 else {
+            panic!("the payload decodes to the request");
+        };
+        let Request::StageResult {
+            ciphertexts: sent, ..
+        } = &req
+        else {
+            unreachable!()
+        };
+        assert_eq!(&ciphertexts, sent);
     }
 
     /// A payload longer than a slot runs on into the next slots of its

@@ -30,19 +30,42 @@ fn tagged(id: u64, body: Result<Vec<u8>, postcard::Error>, what: &str) -> Result
     Ok(out)
 }
 
-/// A whole frame of `kind` in one buffer: the header, the id, then `msg`
-/// serialized in place. The stream gets it in one write, so the reader is
-/// woken once per message, not once for the header and again for the body.
-fn frame(kind: u8, id: u64, msg: &impl Serialize, what: &str) -> Result<Vec<u8>, String> {
-    let mut out = vec![0u8; HEADER_LEN];
-    out.extend_from_slice(&id.to_le_bytes());
-    let mut out =
-        postcard::to_extend(msg, out).map_err(|e| format!("cannot encode {what}: {e}"))?;
-    let header = codec()
-        .encode_header(kind, out.len() - HEADER_LEN)
+/// Bytes of the payload a frame of `msg` carries (the id, then `msg` in
+/// `postcard`), counted without encoding it; refused over the frame limit,
+/// as a frame of it would be.
+fn payload_len(msg: &impl Serialize, what: &str) -> Result<usize, String> {
+    let len = postcard::experimental::serialized_size(msg)
+        .map_err(|e| format!("cannot encode {what}: {e}"))?
+        .saturating_add(ID_BYTES);
+    codec()
+        .encode_header(0, len)
         .map_err(|e| format!("cannot send {what}: {e}"))?;
-    out[..HEADER_LEN].copy_from_slice(&header);
-    Ok(out)
+    Ok(len)
+}
+
+/// Bytes of the payload of request `r`'s frame ([`request_frame`]).
+pub fn request_len(r: &Request) -> Result<usize, String> {
+    payload_len(r, "request")
+}
+
+/// Bytes of the payload of response `r`'s frame ([`response_frame`]).
+pub fn response_len(r: &Response) -> Result<usize, String> {
+    payload_len(r, "response")
+}
+
+/// A whole frame of `kind` in one buffer, allocated once at its size: the
+/// header, the id, then `msg` serialized in place. The stream gets it in
+/// one write, so the reader is woken once per message, not once for the
+/// header and again for the body.
+fn frame(kind: u8, id: u64, msg: &impl Serialize, what: &str) -> Result<Vec<u8>, String> {
+    let len = payload_len(msg, what)?;
+    let header = codec()
+        .encode_header(kind, len)
+        .map_err(|e| format!("cannot send {what}: {e}"))?;
+    let mut out = Vec::with_capacity(HEADER_LEN + len);
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&id.to_le_bytes());
+    postcard::to_extend(msg, out).map_err(|e| format!("cannot encode {what}: {e}"))
 }
 
 /// The whole frame of request `r` with id `id` (header and payload, as

@@ -1,5 +1,5 @@
 //! The host's link to the enclave process, one call at a time: a `Status`
-//! (no payload) and a 96 KiB stage result the enclave refuses at once (no
+//! (no payload) and a 96 KiB and a 420 KiB stage result the enclave refuses at once (no
 //! running query), each a full round trip through the real
 //! `hetee-enclave` binary (build it first: `cargo build --release -p
 //! hetee-enclave-bin`).
@@ -69,11 +69,13 @@ impl Drop for ReaderThread {
     }
 }
 
-fn refused_stage_result() -> Request {
+/// A stage result of `n` ciphertexts of `kib` KiB each, for a session the
+/// enclave does not know (it refuses at once).
+fn refused_stage_result(n: usize, kib: usize) -> Request {
     Request::StageResult {
         session: [7u8; 16],
         stage: 0,
-        ciphertexts: vec![vec![1u8; 48 << 10], vec![2u8; 48 << 10]],
+        ciphertexts: (0..n).map(|i| vec![i as u8; kib << 10]).collect(),
     }
 }
 
@@ -85,7 +87,9 @@ fn link(c: &mut Criterion) {
     let spec = LaunchSpec::new(Some(program), "sim", EnclaveConfig::default()).unwrap();
     let new = ChildProcess::spawn(&spec).unwrap();
     let mut old = ReaderThread::spawn(&spec);
-    let stage = refused_stage_result();
+    let stage = refused_stage_result(2, 48);
+    // MNIST's largest latency stage result: 5 degree-2 ciphertexts of 84 KiB.
+    let mnist = refused_stage_result(5, 84);
     let mut id = 1u64;
     let mut g = c.benchmark_group("enclave_link_round_trip");
     g.bench_function("status_leader_follower", |b| {
@@ -109,6 +113,14 @@ fn link(c: &mut Criterion) {
         b.iter(|| {
             assert!(matches!(
                 new.call(stage.clone()),
+                Ok((Response::Error { .. }, _))
+            ))
+        })
+    });
+    g.bench_function("420KiB_refused_leader_follower", |b| {
+        b.iter(|| {
+            assert!(matches!(
+                new.call(mnist.clone()),
                 Ok((Response::Error { .. }, _))
             ))
         })

@@ -33,11 +33,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use hetee_attest::frame::HEADER_LEN;
 use hetee_attest::Error as FrameError;
 use hetee_attest::Measurement;
 use hetee_proto::shared_memory::{Region, Side, SlotRef, KIND_RESPONSE_SHARED};
-use hetee_proto::wire::{codec, decode_response, request_frame, KIND_RESPONSE};
+use hetee_proto::wire::{codec, decode_response, request_frame, request_len, KIND_RESPONSE};
 use hetee_proto::{Request, Response};
 
 use crate::launcher::{EnclaveLink, LaunchSpec, LinkError};
@@ -356,10 +355,13 @@ enum ReadError {
 impl EnclaveLink for ChildProcess {
     fn call(&self, req: Request) -> Result<(Response, usize), LinkError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = request_frame(id, &req)
-            .map_err(|e| LinkError::TooLarge(format!("{e}; send less per query")))?;
+        let too_large = |e: String| LinkError::TooLarge(format!("{e}; send less per query"));
+        let len = request_len(&req).map_err(too_large)?;
+        let (frame, _hold) = match self.encode_in_slot(id, &req, len) {
+            Some(placed) => placed,
+            None => (request_frame(id, &req).map_err(too_large)?, None),
+        };
         drop(req);
-        let (frame, _hold) = self.place_in_slot(id, frame);
         {
             let mut inbox = lock(&self.inbox);
             if let Some(why) = &inbox.dead {
@@ -385,27 +387,27 @@ impl EnclaveLink for ChildProcess {
 }
 
 impl ChildProcess {
-    /// The request `frame` moved into the first free run of slots long
-    /// enough, with the frame that names it and the run's hold; `frame`
-    /// itself when it is small, larger than the region's side, or no free
-    /// run is long enough.
-    fn place_in_slot(&self, id: u64, frame: Vec<u8>) -> (Vec<u8>, Option<SlotHold<'_>>) {
-        let Some(slots) = &self.shared else {
-            return (frame, None);
-        };
-        let size = frame.len().saturating_sub(HEADER_LEN);
-        if size < INLINE_BELOW || !slots.region.fits(size) {
-            return (frame, None);
+    /// The frame naming request `req` (of payload length `len`), encoded
+    /// straight into the first free run of slots long enough, with the
+    /// run's hold; `None` (send it inline) when it is small, larger than
+    /// the region's side, or no free run is long enough.
+    fn encode_in_slot(
+        &self,
+        id: u64,
+        req: &Request,
+        len: usize,
+    ) -> Option<(Vec<u8>, Option<SlotHold<'_>>)> {
+        let slots = self.shared.as_ref()?;
+        if len < INLINE_BELOW || !slots.region.fits(len) {
+            return None;
         }
-        let run = slots.region.layout().run(size);
-        let Some(slot) = slots.take(run) else {
-            return (frame, None);
-        };
+        let run = slots.region.layout().run(len);
+        let slot = slots.take(run)?;
         let hold = SlotHold { slots, slot, run };
-        match slots.region.move_into(slot, run, Side::Request, id, &frame) {
-            Some(named) => (named, Some(hold)),
-            None => (frame, None),
-        }
+        let named = slots
+            .region
+            .encode_into(slot, run, Side::Request, id, req, len)?;
+        Some((named, Some(hold)))
     }
 }
 
