@@ -61,6 +61,21 @@ fn he_ops(c: &mut Criterion) {
     g.bench_function("sum_of_16_products_fresh_basis", |bn| {
         bn.iter(|| evf.sum_of_products(&fresh16).unwrap())
     });
+    // The host's stage tail: a plan of 8 one-product outputs (the fresh
+    // basis), finished and encoded. Through `fhe` ciphertexts (each built
+    // at the output level, which clones and compares contexts to find it,
+    // and copied again to encode), and straight from the polynomials.
+    let plan: Vec<Vec<(usize, usize)>> = (0..8).map(|_| vec![(0, 0)]).collect();
+    let (ins, ws) = (vec![ha.clone()], vec![hb.clone()]);
+    g.bench_function("plan_of_8_then_encode", |bn| {
+        bn.iter(|| {
+            let outs = evf.evaluate_plan(&plan, &ins, &ws).unwrap();
+            outs.iter().map(ciphertext_to_bytes).collect::<Vec<_>>()
+        })
+    });
+    g.bench_function("plan_of_8_to_bytes", |bn| {
+        bn.iter(|| evf.evaluate_plan_to_bytes(&plan, &ins, &ws).unwrap())
+    });
     g.bench_function("decrypt_degree2", |bn| {
         bn.iter(|| {
             let p = sk.try_decrypt(&prod).unwrap();

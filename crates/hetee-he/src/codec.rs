@@ -5,11 +5,11 @@
 //! coefficients in `ceil(bits(q_i) / 8)` bytes each, little-endian.
 //!
 //! Seeded form (a fresh symmetric encryption whose `c1` is uniform from a
-//! public seed, as the enclave makes): `b"HCS2"`, primes kept, `2`, then
+//! public seed, as the enclave makes): `b"HCS3"`, primes kept, `2`, then
 //! `c0` in the coefficient domain (as [`crate::encrypt`] forms it; the
 //! decoder applies the forward NTT, on the host's cores rather than the
 //! enclave's) and the 32-byte seed; the decoder expands `c1` from the seed
-//! with `fhe-math`'s `Poly::random_from_seed`. Half the bytes.
+//! with [`crate::sample::uniform_ntt`]. Half the bytes.
 //! Decoding checks the exact length, the level, the count and that every
 //! coefficient is below its prime; decoded polynomials are constant time
 //! (the `fhe` protobuf format instead carries an `allow_variable_time` flag
@@ -41,21 +41,34 @@ pub fn encoded_len(par: &BfvParameters, level: usize, polys: usize) -> Result<us
 
 /// Encodes a ciphertext (any level, any number of polynomials up to 255).
 pub fn ciphertext_to_bytes(ct: &Ciphertext) -> Vec<u8> {
-    let mut out = Vec::with_capacity(6 + ct.len() * ct[0].coefficients().len() * 8);
+    polys_to_bytes(ct)
+}
+
+/// Encodes the polynomials of a ciphertext, all over one context, as
+/// [`ciphertext_to_bytes`] does: polynomials in NTT form are read where
+/// they are (others are converted on a copy). For the host's products,
+/// which it sends on as bytes: building an `fhe` [`Ciphertext`] first
+/// would look its level up by cloning and comparing whole contexts.
+pub fn polys_to_bytes(polys: &[Poly]) -> Vec<u8> {
+    let coefficients: usize = polys.iter().map(|p| p.coefficients().len()).sum();
+    let mut out = Vec::with_capacity(6 + coefficients * 8);
     out.extend_from_slice(MAGIC);
-    out.push(0); // primes kept, patched below
-    out.push(ct.len() as u8);
-    let mut level_moduli = 0;
-    for p in ct.iter() {
-        let mut p = p.clone();
-        p.change_representation(Representation::Ntt);
-        let coeffs = p.coefficients();
-        level_moduli = p.ctx().moduli().len();
-        for (row, &q) in coeffs.outer_iter().zip(p.ctx().moduli()) {
+    out.push(polys.first().map_or(0, |p| p.ctx().moduli().len()) as u8);
+    out.push(polys.len() as u8);
+    for p in polys {
+        let converted;
+        let p = if *p.representation() == Representation::Ntt {
+            p
+        } else {
+            let mut c = p.clone();
+            c.change_representation(Representation::Ntt);
+            converted = c;
+            &converted
+        };
+        for (row, &q) in p.coefficients().outer_iter().zip(p.ctx().moduli()) {
             pack(row, q, &mut out);
         }
     }
-    out[4] = level_moduli as u8;
     out
 }
 

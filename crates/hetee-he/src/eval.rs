@@ -367,8 +367,12 @@ impl Evaluator {
     /// polynomial by `t/q` that also switches down to [`output_level`], so
     /// that the enclave decrypts a smaller ciphertext.
     fn finish(&self, acc: Sums) -> Result<Ciphertext, HeError> {
-        let polys = acc
-            .0
+        Ok(Ciphertext::new(self.finish_polys(acc)?, &self.par)?)
+    }
+
+    /// [`Self::finish`]'s three polynomials, in NTT form at the output level.
+    fn finish_polys(&self, acc: Sums) -> Result<Vec<Poly>, HeError> {
+        acc.0
             .into_par_iter()
             .map(|mut a| {
                 self.mul_ntt.inverse_rows(&mut a)?;
@@ -377,8 +381,7 @@ impl Evaluator {
                 self.out_ntt
                     .converted(&d, d.ctx(), Representation::Ntt, false)
             })
-            .collect::<Result<Vec<_>, HeError>>()?;
-        Ok(Ciphertext::new(polys, &self.par)?)
+            .collect()
     }
 
     /// `sum_i a_i * b_i` as one degree-2 ciphertext.
@@ -403,6 +406,34 @@ impl Evaluator {
         inputs: &[ExtendedCiphertext],
         weights: &[ExtendedCiphertext],
     ) -> Result<Vec<Ciphertext>, HeError> {
+        self.sums_of_plan(plan, inputs, weights)?
+            .into_par_iter()
+            .map(|acc| self.finish(acc))
+            .collect()
+    }
+
+    /// [`Self::evaluate_plan`], each output encoded as
+    /// [`crate::codec::ciphertext_to_bytes`] would encode it, straight from
+    /// its polynomials.
+    pub fn evaluate_plan_to_bytes(
+        &self,
+        plan: &[Vec<(usize, usize)>],
+        inputs: &[ExtendedCiphertext],
+        weights: &[ExtendedCiphertext],
+    ) -> Result<Vec<Vec<u8>>, HeError> {
+        self.sums_of_plan(plan, inputs, weights)?
+            .into_par_iter()
+            .map(|acc| Ok(crate::codec::polys_to_bytes(&self.finish_polys(acc)?)))
+            .collect()
+    }
+
+    /// The accumulated products of each output of `plan`.
+    fn sums_of_plan(
+        &self,
+        plan: &[Vec<(usize, usize)>],
+        inputs: &[ExtendedCiphertext],
+        weights: &[ExtendedCiphertext],
+    ) -> Result<Vec<Sums>, HeError> {
         let total: usize = plan.iter().map(Vec::len).sum();
         let threads = rayon::current_num_threads().max(1);
         let chunk = total.div_ceil(2 * threads).max(4);
@@ -451,8 +482,8 @@ impl Evaluator {
                 }
             });
         }
-        sums.into_par_iter()
-            .map(|acc| self.finish(acc.ok_or_else(|| HeError::Malformed("missing sum".into()))?))
+        sums.into_iter()
+            .map(|acc| acc.ok_or_else(|| HeError::Malformed("missing sum".into())))
             .collect()
     }
 }

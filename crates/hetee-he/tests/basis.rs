@@ -225,3 +225,32 @@ fn extreme_operands_wrap_the_fresh_basis() {
     };
     assert!(first_difference(&sum(&small), &sum(&exact), &q).is_some());
 }
+
+/// The host's products go out as bytes straight from their polynomials:
+/// the same bytes as the `fhe` ciphertexts they would have been, encoded,
+/// and they decode back to those ciphertexts.
+#[test]
+fn a_plan_encoded_from_its_polynomials_is_the_encoding_of_its_ciphertexts() {
+    use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
+    let par = HeConfig::for_accumulator_bound(1 << 22)
+        .unwrap()
+        .build()
+        .unwrap();
+    let ev = Evaluator::for_fresh_sums(&par, 4).unwrap();
+    let a = ev.extend(&extreme(&par, false)).unwrap();
+    let b = ev.extend(&extreme(&par, true)).unwrap();
+    let plan = vec![
+        vec![(0, 1), (1, 0)],
+        vec![(1, 1)],
+        vec![(0, 0), (0, 1), (1, 1)],
+    ];
+    let (ins, ws) = ([a.clone(), b.clone()], [b, a]);
+    let cts = ev.evaluate_plan(&plan, &ins, &ws).unwrap();
+    let bytes = ev.evaluate_plan_to_bytes(&plan, &ins, &ws).unwrap();
+    assert_eq!(bytes.len(), plan.len());
+    for (ct, b) in cts.iter().zip(&bytes) {
+        assert_eq!(&ciphertext_to_bytes(ct), b);
+        assert_eq!(ciphertext_from_bytes(b, &par, 3).unwrap(), *ct);
+    }
+    assert_ne!(bytes[0], bytes[1]);
+}

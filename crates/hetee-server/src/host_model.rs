@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use fhe::bfv::BfvParameters;
-use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes, polys_from_bytes};
+use hetee_he::codec::{ciphertext_from_bytes, polys_from_bytes};
 use hetee_he::eval::ExtendedCiphertext;
 use hetee_he::{ConvPacking, Evaluator, HeConfig};
 use rayon::prelude::*;
@@ -222,17 +222,17 @@ impl HostModel {
             })
             .collect::<Result<Vec<_>, EvalError>>()?;
         let t1 = std::time::Instant::now();
-        let outs = self.evaluator.evaluate_plan(&p.product_plan(), &ext, w)?;
+        let bytes = self
+            .evaluator
+            .evaluate_plan_to_bytes(&p.product_plan(), &ext, w)?;
         let t2 = std::time::Instant::now();
-        let bytes = outs.par_iter().map(ciphertext_to_bytes).collect();
         tracing::debug!(
             stage = k,
             inputs = input.len(),
             products = p.product_count(),
-            outputs = outs.len(),
+            outputs = bytes.len(),
             extend_ms = (t1 - t0).as_secs_f64() * 1e3,
             products_ms = (t2 - t1).as_secs_f64() * 1e3,
-            encode_ms = t2.elapsed().as_secs_f64() * 1e3,
             "host stage"
         );
         Ok(bytes)
