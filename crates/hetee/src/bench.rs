@@ -259,13 +259,7 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
             // The concurrent rows send at least four queries per client.
             let in_flight = o.in_flight.max(1);
             let streams = o.clients * in_flight;
-            let n = o.images.max(1).max(
-                std::env::var("STACK_Q")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(4)
-                    * streams,
-            );
+            let n = o.images.max(1).max(4 * streams);
             let xs: Vec<&[f32]> = images.data.chunks(per).take(n).collect();
             let served = crate::bench_served::Served::start(&q, 1)?;
             // Registered for stacks of every outstanding query: one per

@@ -149,8 +149,7 @@ pub(crate) fn rows(
     let mut out = Vec::new();
     let mut run_rows = Vec::new();
     let first = &xs[..latency_images.min(xs.len())];
-    let only = std::env::var_os("ONLY_STACKED").is_some();
-    for _ in 0..(if only { 0 } else { runs.max(1) }) {
+    for _ in 0..runs.max(1) {
         let ahead = served.ahead();
         let stats = served.queries(first.iter().copied(), false)?;
         let ahead = ahead.ms_until(&served.ahead());
@@ -168,9 +167,7 @@ pub(crate) fn rows(
             .with_ahead(ahead),
         );
     }
-    if !only {
-        out.push(median_row(run_rows));
-    }
+    out.push(median_row(run_rows));
     if clients == 0 {
         return Ok(out);
     }
@@ -185,9 +182,6 @@ pub(crate) fn rows(
     };
     for (mode, target, thin) in concurrent {
         let Some(target) = target else { continue };
-        if only && mode == "clients" {
-            continue;
-        }
         let mut run_rows = Vec::new();
         for _ in 0..runs.max(1) {
             // Every client opens its session first (a handshake with the
