@@ -170,17 +170,16 @@ fn work<R: Read, W: Write>(enclave: &Enclave, shared: &Shared<'_, R, W>) {
         // Answered in the request's run of slots when it fits (encoded
         // straight into it), inline otherwise; an answer over the frame
         // limit becomes an error answer.
-        let frame = match response_len(&resp) {
-            Ok(len) => slot
-                .zip(shared.region)
-                .and_then(|((slot, run), region)| {
-                    region.encode_into(slot, run, Side::Response, id, &resp, len)
-                })
-                .map_or_else(|| response_frame(id, &resp), Ok),
-            Err(e) => Err(e),
-        }
-        .or_else(|e| response_frame(id, &Response::error(e)))
-        .unwrap_or_default();
+        let frame = response_len(&resp)
+            .and_then(|len| {
+                slot.zip(shared.region)
+                    .and_then(|((slot, run), region)| {
+                        region.encode_into(slot, run, Side::Response, id, &resp, len)
+                    })
+                    .map_or_else(|| response_frame(id, &resp), Ok)
+            })
+            .or_else(|e| response_frame(id, &Response::error(e)))
+            .unwrap_or_default();
         drop(resp);
         let written = {
             let mut out = lock(&shared.output);

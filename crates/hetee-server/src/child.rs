@@ -358,7 +358,7 @@ impl EnclaveLink for ChildProcess {
         let too_large = |e: String| LinkError::TooLarge(format!("{e}; send less per query"));
         let len = request_len(&req).map_err(too_large)?;
         let (frame, _hold) = match self.encode_in_slot(id, &req, len) {
-            Some(placed) => placed,
+            Some((named, hold)) => (named, Some(hold)),
             None => (request_frame(id, &req).map_err(too_large)?, None),
         };
         drop(req);
@@ -396,7 +396,7 @@ impl ChildProcess {
         id: u64,
         req: &Request,
         len: usize,
-    ) -> Option<(Vec<u8>, Option<SlotHold<'_>>)> {
+    ) -> Option<(Vec<u8>, SlotHold<'_>)> {
         let slots = self.shared.as_ref()?;
         if len < INLINE_BELOW || !slots.region.fits(len) {
             return None;
@@ -407,7 +407,7 @@ impl ChildProcess {
         let named = slots
             .region
             .encode_into(slot, run, Side::Request, id, req, len)?;
-        Some((named, Some(hold)))
+        Some((named, hold))
     }
 }
 
