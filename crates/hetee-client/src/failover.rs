@@ -4,7 +4,9 @@
 //! that fails because of the replica ([`Fault::Transient`]: unreachable,
 //! died mid-query, 5xx, a lost state race) is retried in a new session, with
 //! fresh attestation, on another one. A replica whose enclave fails the
-//! client's checks ([`Fault::Untrusted`]) is never used again. A refusal of
+//! client's checks ([`Fault::Untrusted`]) is left out for [`EXCLUSION`],
+//! then attested again from scratch (it may have been restarted or
+//! upgraded). A refusal of
 //! the query itself ([`Fault::Fatal`]: budget spent, locked, not allowed,
 //! bad input) is returned at once: every replica would refuse it too.
 //!
@@ -33,6 +35,13 @@ use crate::trust::Trust;
 /// How long a replica that failed is skipped before it is tried again (with
 /// one server, or all of them failing, the wait before the next attempt).
 const COOLDOWN: Duration = Duration::from_secs(2);
+
+/// How long a replica that failed the client's checks (its evidence, or
+/// its host's) is left out before it is attested again: a replica being
+/// upgraded or restarted may be back, and a long-lived client (the Python
+/// `Client`) should not lose it for good. Nothing is trusted on the
+/// strength of the earlier look: the next attempt verifies everything anew.
+pub const EXCLUSION: Duration = Duration::from_secs(60);
 
 /// Why a client with several servers gave up. Added as context to the error
 /// of the last attempt, so the cause stays in the error's chain.
@@ -66,7 +75,8 @@ pub struct Retried {
 enum Health {
     Up,
     DownUntil(Instant),
-    Excluded,
+    /// Failed the client's checks: skipped, and not waited for, until then.
+    ExcludedUntil(Instant),
 }
 
 struct Replica {
@@ -109,6 +119,8 @@ pub struct Replicas {
     client: Option<Arc<StaticKeypair>>,
     next: AtomicUsize,
     retried: Mutex<Vec<Retried>>,
+    /// How long a replica that failed the client's checks is left out.
+    exclusion: Duration,
     /// Images per query (the enclave's query plan).
     pub batch: usize,
     /// One image's shape (the enclave's query plan).
@@ -146,6 +158,19 @@ impl Replicas {
         model_id: &str,
         client: Option<StaticKeypair>,
     ) -> Result<Self> {
+        Self::over_excluding_for(relays, trust, model_id, client, EXCLUSION)
+    }
+
+    /// [`Replicas::over`], leaving a replica that fails the client's
+    /// checks out for `exclusion` (instead of [`EXCLUSION`]) before it is
+    /// attested again.
+    pub fn over_excluding_for(
+        relays: Vec<(String, Arc<dyn Relay>)>,
+        trust: &Trust,
+        model_id: &str,
+        client: Option<StaticKeypair>,
+        exclusion: Duration,
+    ) -> Result<Self> {
         if relays.is_empty() {
             bail!("no server address; pass --server host:port");
         }
@@ -166,6 +191,7 @@ impl Replicas {
             client: client.map(Arc::new),
             next: AtomicUsize::new(0),
             retried: Mutex::new(Vec::new()),
+            exclusion,
             batch: 0,
             input_shape: Vec::new(),
             public: Default::default(),
@@ -272,9 +298,9 @@ impl Replicas {
         Ok(t)
     }
 
-    /// The next replica to try, in turn among the healthy ones; if all
-    /// are cooling down, waits for the first to come back. `None`: every
-    /// replica is excluded.
+    /// The next replica to try, in turn among the healthy ones (a replica
+    /// whose exclusion is over counts as one); if all are cooling down,
+    /// waits for the first to come back. `None`: every replica is excluded.
     fn pick(&self) -> Option<usize> {
         let n = self.replicas.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -284,13 +310,13 @@ impl Replicas {
             let j = (start + k) % n;
             match *lock(&self.replicas[j].health) {
                 Health::Up => return Some(j),
-                Health::DownUntil(t) if t <= now => return Some(j),
+                Health::DownUntil(t) | Health::ExcludedUntil(t) if t <= now => return Some(j),
                 Health::DownUntil(t) => {
                     if soonest.is_none_or(|(s, _)| t < s) {
                         soonest = Some((t, j));
                     }
                 }
-                Health::Excluded => {}
+                Health::ExcludedUntil(_) => {}
             }
         }
         let (t, j) = soonest?;
@@ -329,7 +355,7 @@ impl Replicas {
             let kept = std::mem::take(&mut *lock(&r.sessions));
             kept.into_iter().for_each(QuerySession::forget);
             *lock(&r.health) = match fault {
-                Fault::Untrusted => Health::Excluded,
+                Fault::Untrusted => Health::ExcludedUntil(Instant::now() + self.exclusion),
                 _ => Health::DownUntil(Instant::now() + COOLDOWN),
             };
             lock(&self.retried).push(Retried {
