@@ -70,7 +70,7 @@ impl Relay for Lying {
 }
 
 #[test]
-fn a_replica_that_failed_attestation_is_left_out_then_attested_again() {
+fn attack_a_replica_that_lies_about_its_keys_gets_no_query_and_is_attested_again_later() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     let m = measurement();
