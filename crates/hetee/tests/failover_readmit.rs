@@ -13,34 +13,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use common::relay::{Hooks, Tapped};
 use common::*;
 use hetee::client::failover::Replicas;
 use hetee::client::http::Api;
 use hetee::client::relay::Relay;
 use hetee::client::trust::Trust;
-use hetee_proto::api::{
-    CreateKeys, FinishSession, KeysInfo, ModelCreated, ModelInfo, OpenSession, QueryDone, Sealed,
-    SessionOpened,
-};
-use hetee_proto::bodies::{QueryBody, UploadBody};
+use hetee_proto::api::{ModelInfo, QueryDone};
+use hetee_proto::bodies::QueryBody;
 
-/// A replica's API that, while `lying`, names another channel key than
-/// the one its enclave attested; it counts the attestations and queries it
-/// serves.
+/// A replica that, while `lying`, names another channel key than the one
+/// its enclave attested; it counts the attestations and queries it serves.
 struct Lying {
-    inner: Api,
     lying: Arc<AtomicBool>,
     attested: AtomicUsize,
     queries: AtomicUsize,
 }
 
-impl Relay for Lying {
-    fn create_keys(&self, req: &CreateKeys) -> Result<KeysInfo> {
-        self.inner.create_keys(req)
-    }
-    fn model(&self, model_id: &str) -> Result<ModelInfo> {
+impl Hooks for Lying {
+    fn model(&self, api: &Api, model_id: &str) -> Result<ModelInfo> {
         self.attested.fetch_add(1, Ordering::SeqCst);
-        let mut m = self.inner.model(model_id)?;
+        let mut m = api.model(model_id)?;
         if self.lying.load(Ordering::SeqCst) {
             let k = &mut m.keys.channel_public_key;
             let first = if k.starts_with('0') { "1" } else { "0" };
@@ -48,24 +41,9 @@ impl Relay for Lying {
         }
         Ok(m)
     }
-    fn upload(&self, req: &UploadBody) -> Result<ModelCreated> {
-        self.inner.upload(req)
-    }
-    fn open_session(&self, req: &OpenSession) -> Result<SessionOpened> {
-        self.inner.open_session(req)
-    }
-    fn finish_session(&self, session: &str, req: &FinishSession) -> Result<Sealed> {
-        self.inner.finish_session(session, req)
-    }
-    fn query(&self, session: &str, req: &QueryBody) -> Result<QueryDone> {
+    fn query(&self, api: &Api, session: &str, req: &QueryBody) -> Result<QueryDone> {
         self.queries.fetch_add(1, Ordering::SeqCst);
-        self.inner.query(session, req)
-    }
-    fn close_session(&self, session: &str) {
-        self.inner.close_session(session)
-    }
-    fn public_meta(&self, model_id: &str) -> Result<hetee::client::public_meta::PublicMeta> {
-        self.inner.public_meta(model_id)
+        api.query(session, req)
     }
 }
 
@@ -84,11 +62,13 @@ fn attack_a_replica_that_lies_about_its_keys_gets_no_query_and_is_attested_again
 
     let lying = Arc::new(AtomicBool::new(true));
     let relay = |lying: Arc<AtomicBool>| {
-        Arc::new(Lying {
-            inner: Api::new(&server.addr).unwrap(),
-            lying,
-            attested: AtomicUsize::new(0),
-            queries: AtomicUsize::new(0),
+        Arc::new(Tapped {
+            api: Api::new(&server.addr).unwrap(),
+            hooks: Lying {
+                lying,
+                attested: AtomicUsize::new(0),
+                queries: AtomicUsize::new(0),
+            },
         })
     };
     let liar = relay(lying.clone());
@@ -100,7 +80,7 @@ fn attack_a_replica_that_lies_about_its_keys_gets_no_query_and_is_attested_again
     let exclusion = Duration::from_millis(800);
     let replicas = Replicas::over_excluding_for(relays, &trust, &id, None, exclusion).unwrap();
     // The first attempt went to the liar, failed its checks, and moved on.
-    assert_eq!(liar.attested.load(Ordering::SeqCst), 1);
+    assert_eq!(liar.hooks.attested.load(Ordering::SeqCst), 1);
     let retried = replicas.take_retried();
     assert_eq!(retried.len(), 1, "{retried:?}");
     assert_eq!(retried[0].server, "liar");
@@ -113,8 +93,8 @@ fn attack_a_replica_that_lies_about_its_keys_gets_no_query_and_is_attested_again
             want(i)
         );
     }
-    assert_eq!(liar.attested.load(Ordering::SeqCst), 1);
-    assert_eq!(liar.queries.load(Ordering::SeqCst), 0);
+    assert_eq!(liar.hooks.attested.load(Ordering::SeqCst), 1);
+    assert_eq!(liar.hooks.queries.load(Ordering::SeqCst), 0);
 
     // Past the exclusion, a replica that still lies is attested again,
     // fails again and is left out again; no query reaches it.
@@ -125,8 +105,8 @@ fn attack_a_replica_that_lies_about_its_keys_gets_no_query_and_is_attested_again
             want(i)
         );
     }
-    assert_eq!(liar.attested.load(Ordering::SeqCst), 2);
-    assert_eq!(liar.queries.load(Ordering::SeqCst), 0);
+    assert_eq!(liar.hooks.attested.load(Ordering::SeqCst), 2);
+    assert_eq!(liar.hooks.queries.load(Ordering::SeqCst), 0);
     assert_eq!(replicas.take_retried().len(), 1);
 
     // Once it tells the truth, it is attested and back in turn.
@@ -138,11 +118,11 @@ fn attack_a_replica_that_lies_about_its_keys_gets_no_query_and_is_attested_again
             want(i)
         );
     }
-    assert_eq!(liar.attested.load(Ordering::SeqCst), 3);
+    assert_eq!(liar.hooks.attested.load(Ordering::SeqCst), 3);
     assert!(
-        liar.queries.load(Ordering::SeqCst) >= 2,
+        liar.hooks.queries.load(Ordering::SeqCst) >= 2,
         "the replica never came back"
     );
-    assert!(honest.queries.load(Ordering::SeqCst) >= 6);
+    assert!(honest.hooks.queries.load(Ordering::SeqCst) >= 6);
     assert!(replicas.take_retried().is_empty());
 }

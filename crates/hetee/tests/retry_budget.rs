@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use common::relay::{Hooks, Tapped};
 use common::replicas::{model_status, shared_store, spent_by, two_replicas_with_budget};
 use common::*;
 use hetee::client::channel::load_or_create_key;
@@ -22,41 +23,22 @@ use hetee::client::failover::Replicas;
 use hetee::client::http::Api;
 use hetee::client::relay::Relay;
 use hetee::client::trust::Trust;
-use hetee_proto::api::{
-    CreateKeys, FinishSession, KeysInfo, ModelCreated, ModelInfo, OpenSession, QueryDone, Sealed,
-    SessionOpened,
-};
-use hetee_proto::bodies::{QueryBody, UploadBody};
+use hetee_proto::api::QueryDone;
+use hetee_proto::bodies::QueryBody;
 
-/// A replica's API that, armed, lets one query run to its end on the replica (its enclave
+/// A replica that, armed, lets one query run to its end on the replica (its enclave
 /// spends the budget and the server stores the state), then kills the replica with SIGKILL and
 /// gives the client what a dead replica gives: its answer is lost.
 struct DiesAfterSpending {
-    inner: Api,
     addr: String,
     pid: u32,
     /// Shared by the replicas: one answer is lost in the run.
     armed: Arc<AtomicBool>,
 }
 
-impl Relay for DiesAfterSpending {
-    fn create_keys(&self, req: &CreateKeys) -> Result<KeysInfo> {
-        self.inner.create_keys(req)
-    }
-    fn model(&self, model_id: &str) -> Result<ModelInfo> {
-        self.inner.model(model_id)
-    }
-    fn upload(&self, req: &UploadBody) -> Result<ModelCreated> {
-        self.inner.upload(req)
-    }
-    fn open_session(&self, req: &OpenSession) -> Result<SessionOpened> {
-        self.inner.open_session(req)
-    }
-    fn finish_session(&self, session: &str, req: &FinishSession) -> Result<Sealed> {
-        self.inner.finish_session(session, req)
-    }
-    fn query(&self, session: &str, req: &QueryBody) -> Result<QueryDone> {
-        let done = self.inner.query(session, req);
+impl Hooks for DiesAfterSpending {
+    fn query(&self, api: &Api, session: &str, req: &QueryBody) -> Result<QueryDone> {
+        let done = api.query(session, req);
         if !self.armed.swap(false, Ordering::SeqCst) {
             return done;
         }
@@ -75,13 +57,7 @@ impl Relay for DiesAfterSpending {
             std::thread::sleep(Duration::from_millis(10));
         }
         // What the client sees of a replica that died before answering.
-        self.inner.query(session, req)
-    }
-    fn close_session(&self, session: &str) {
-        self.inner.close_session(session)
-    }
-    fn public_meta(&self, model_id: &str) -> Result<hetee::client::public_meta::PublicMeta> {
-        self.inner.public_meta(model_id)
+        api.query(session, req)
     }
 }
 
@@ -115,11 +91,13 @@ fn a_retry_after_a_replica_died_past_the_spend_is_not_counted_twice() {
     let relays = [&r1, &r2]
         .iter()
         .map(|r| {
-            let relay: Arc<dyn Relay> = Arc::new(DiesAfterSpending {
-                inner: Api::connect(&r.addr, None).unwrap(),
-                addr: r.addr.clone(),
-                pid: r.child.id(),
-                armed: armed.clone(),
+            let relay: Arc<dyn Relay> = Arc::new(Tapped {
+                api: Api::connect(&r.addr, None).unwrap(),
+                hooks: DiesAfterSpending {
+                    addr: r.addr.clone(),
+                    pid: r.child.id(),
+                    armed: armed.clone(),
+                },
             });
             (r.addr.clone(), relay)
         })

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod deploy;
+pub mod relay;
 pub mod replicas;
 
 use std::io::{BufRead, BufReader, Read};
