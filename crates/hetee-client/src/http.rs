@@ -36,6 +36,14 @@ pub enum HttpError {
     },
 }
 
+/// Connections an [`Api`] keeps open for reuse, to its server. Its clones
+/// share them: every session of a data provider (the bench's concurrent
+/// clients, the Python `Client` on many threads) sends through one pool.
+/// `ureq` keeps 3 per host by default, so that a fourth concurrent session
+/// closed its connection after each answer and opened a new one for its
+/// next query (a TCP handshake, and two fresh 128 KiB buffers zeroed).
+pub const IDLE_CONNECTIONS: usize = 64;
+
 /// The server's base URL and an HTTP agent.
 #[derive(Clone)]
 pub struct Api {
@@ -100,6 +108,8 @@ impl Api {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(900)))
+            .max_idle_connections(IDLE_CONNECTIONS)
+            .max_idle_connections_per_host(IDLE_CONNECTIONS)
             .tls_config(TlsConfig::builder().root_certs(roots).build())
             .build()
             .into();
