@@ -84,7 +84,28 @@ pub fn decrypt_stage(
             cts.len()
         )));
     }
-    Ok(Zeroizing::new(decrypt_all(keys, cts, 3)?))
+    match st.packing.strided_output_positions() {
+        // A dense layer's outputs: only their coefficients are decrypted
+        // (the rest of each polynomial, never read, stays zero).
+        Some(positions) => {
+            let n = schedule.he.degree;
+            let t = keys.par.plaintext();
+            cts.par_iter()
+                .map(|b| {
+                    let v = keys.ops.decrypt_bytes_at(b, 3, &positions)?;
+                    let mut poly = vec![0i64; n];
+                    for (&x, &y) in positions.iter().zip(v.iter()) {
+                        if let Some(c) = poly.get_mut(x) {
+                            *c = centre(y, t);
+                        }
+                    }
+                    Ok(poly)
+                })
+                .collect::<Result<Vec<_>, EnclaveError>>()
+                .map(Zeroizing::new)
+        }
+        None => Ok(Zeroizing::new(decrypt_all(keys, cts, 3)?)),
+    }
 }
 
 /// [`step`] from the stage's result decrypted already ([`decrypt_stage`]).

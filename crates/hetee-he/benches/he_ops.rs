@@ -121,6 +121,12 @@ fn he_ops(c: &mut Criterion) {
     g.bench_function("decrypt_degree2_output_level_from_bytes", |bn| {
         bn.iter(|| ops.decrypt_bytes(&low_bytes, 3).unwrap())
     });
+    // A dense layer's output (32 channels of a 128-input tile, as e2dm's
+    // stage 1): only its 32 useful coefficients, by extraction.
+    let dense: Vec<usize> = (0..32).map(|j| j * 128 + 127).collect();
+    g.bench_function("decrypt_degree2_output_level_32_dense_coefficients", |bn| {
+        bn.iter(|| ops.decrypt_bytes_at(&low_bytes, 3, &dense).unwrap())
+    });
     // A stage result of five outputs (MNIST's stages 1 and 2), over the
     // threads as the enclave's step decrypts it.
     let five = vec![low_bytes.clone(); 5];

@@ -32,6 +32,7 @@ use zeroize::Zeroizing;
 use crate::arith::{
     at_least, at_least_128, lazy_shoup, mont_mul, neg_inverse, reduce_once, shoup, sub_if_at_least,
 };
+use crate::extract::Extraction;
 use crate::ntt::Ntt;
 use crate::phase::phase_from_wire;
 use crate::simd;
@@ -237,6 +238,46 @@ impl LevelKey {
         body: &[u8],
         widths: &[usize],
     ) -> Result<Zeroizing<Vec<u64>>, HeError> {
+        self.finish(self.phase_of_wire(polys, body, widths)?)
+    }
+
+    /// [`LevelKey::decrypt_wire`] of only the coefficients at `ext`'s
+    /// positions (one per position, in `[0, t)`), at a one-prime level:
+    /// the phase, then [`Extraction::apply`] instead of the inverse NTT,
+    /// and the rounding of those coefficients only. `None` at a level of
+    /// two primes.
+    pub(crate) fn decrypt_wire_at(
+        &self,
+        polys: usize,
+        body: &[u8],
+        widths: &[usize],
+        ext: &Extraction,
+    ) -> Result<Option<Zeroizing<Vec<u64>>>, HeError> {
+        let Rounding::One { p, half, c } = self.rounding else {
+            return Ok(None);
+        };
+        let phase = self.phase_of_wire(polys, body, widths)?;
+        let mut values = Zeroizing::new(vec![0u64; ext.positions().len()]);
+        ext.apply(&phase, &mut values);
+        for v in values.iter_mut() {
+            *v = round_one(*v, self.t, p, half, c);
+        }
+        Ok(Some(values))
+    }
+
+    /// The transforms of this level (for [`Extraction::new`]).
+    pub(crate) fn ntt(&self) -> &Ntt {
+        &self.ntt
+    }
+
+    /// The phase `c0 + Σ c_j·s^j` (NTT form, prime after prime, each below
+    /// its prime) of the codec's body, as [`LevelKey::decrypt_wire`] reads it.
+    fn phase_of_wire(
+        &self,
+        polys: usize,
+        body: &[u8],
+        widths: &[usize],
+    ) -> Result<Zeroizing<Vec<u64>>, HeError> {
         self.check_polys(polys)?;
         let n = self.n;
         let per_poly: usize = widths.iter().map(|w| w * n).sum();
@@ -275,7 +316,7 @@ impl LevelKey {
                 "coefficient out of range for its prime".into(),
             ));
         }
-        self.finish(phase)
+        Ok(phase)
     }
 
     /// The inverse NTT of the phase (NTT form, prime after prime) and its

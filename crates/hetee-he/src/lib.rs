@@ -10,6 +10,7 @@ pub mod codec;
 pub mod decrypt;
 pub mod encrypt;
 pub mod eval;
+mod extract;
 pub mod layout;
 pub mod ntt;
 pub mod packing;

@@ -220,6 +220,36 @@ impl ConvPacking {
         self.groups() * r * c
     }
 
+    /// The coefficients of an output ciphertext that hold outputs, when
+    /// each is one per output channel (one output row and column per
+    /// spatial tile: dense layers, maps of one pixel) and the tile's
+    /// length has a power-of-two factor of at least 4: `mm·T + o` for
+    /// every channel `mm` of a group, the same for every output
+    /// ciphertext. These are one residue class modulo that power of two,
+    /// which the enclave decrypts without an inverse NTT
+    /// ([`crate::secret::SecretOps::decrypt_bytes_at`]); `None` otherwise.
+    pub fn strided_output_positions(&self) -> Option<Vec<usize>> {
+        let t = &self.tiling;
+        if self.out_rows_per_tile() != 1 || self.out_cols_per_tile() != 1 {
+            return None;
+        }
+        let tl = self.tile_len();
+        if t.mt > 1 && tl.trailing_zeros() < 2 {
+            return None;
+        }
+        let o = (t.ct - 1) * t.ht * t.wt + (self.shape.kh - 1) * t.wt + (self.shape.kw - 1);
+        let positions: Vec<usize> = (0..t.mt).map(|mm| mm * tl + o).collect();
+        // Few enough classes that the extraction costs at most N products.
+        let stride = if t.mt > 1 {
+            1usize << tl.trailing_zeros()
+        } else {
+            self.degree
+        };
+        let classes = self.degree / stride.min(self.degree);
+        (positions.iter().all(|&x| x < self.degree) && positions.len() * classes <= self.degree)
+            .then_some(positions)
+    }
+
     /// ct x ct products (weight blocks across groups are skipped).
     pub fn product_count(&self) -> usize {
         let (r, c) = self.spatial_tiles();

@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::packing::{ConvPacking, ConvShape, Tiling};
 
+/// What a decryption of only a dense layer's outputs costs, as a share of
+/// a full one ([`ConvPacking::strided_output_positions`]): 42 against
+/// 79 µs (criterion `n4096/decrypt_degree2_output_level_32_dense_coefficients`
+/// and `…_from_bytes`, one core of an AMD EPYC without AVX-512).
+pub const EXTRACTED_DECRYPT: f64 = 0.5;
+
 /// Per-operation cost estimates in milliseconds (N = 4096, one core).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct CostModel {
@@ -56,8 +62,12 @@ impl CostModel {
             + p.output_count() as f64 * self.rescale_ms
             + p.input_count() as f64 * self.extend_ms)
             / self.host_threads.max(1.0);
-        let enclave =
-            p.output_count() as f64 * self.decrypt_ms + p.input_count() as f64 * self.encrypt_ms;
+        let decrypt = if p.strided_output_positions().is_some() {
+            self.decrypt_ms * EXTRACTED_DECRYPT
+        } else {
+            self.decrypt_ms
+        };
+        let enclave = p.output_count() as f64 * decrypt + p.input_count() as f64 * self.encrypt_ms;
         (host, enclave)
     }
 

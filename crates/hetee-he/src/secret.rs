@@ -17,7 +17,8 @@
 //! Both are tested equal to `fhe`'s decryption on random ciphertexts.
 //! Arithmetic on secret values (the key, phases, messages) is branch-free.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use fhe::bfv::{BfvParameters, Ciphertext, Encoding, SecretKey};
 use fhe_math::rq::{traits::TryConvertFrom, Context, Poly, Representation};
@@ -26,6 +27,7 @@ use num_bigint::BigUint;
 use zeroize::Zeroizing;
 
 use crate::decrypt::LevelKey;
+use crate::extract::Extraction;
 use crate::ntt::Ntt;
 use crate::HeError;
 
@@ -52,7 +54,14 @@ pub struct SecretOps {
     input: Option<LevelKey>,
     /// `⌊Q/t⌋ mod q_i` for every prime of the top level.
     pub(crate) delta_mod_q: Vec<u64>,
+    /// The extractions of the coefficient sets asked of stage results so
+    /// far (public tables, `None` for sets that are decrypted in full).
+    extractions: Mutex<HashMap<Vec<usize>, Option<Arc<Extraction>>>>,
 }
+
+/// Most coefficient sets whose extraction [`SecretOps`] keeps (a few per
+/// registered dense layer); past it, each call builds its own.
+const MAX_EXTRACTIONS: usize = 256;
 
 /// NTT(s) over one basis in Montgomery form ([`crate::decrypt::montgomery_rows`]),
 /// with each prime's `−q⁻¹ mod 2^64`.
@@ -131,6 +140,7 @@ impl SecretOps {
             results,
             input,
             delta_mod_q,
+            extractions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -203,6 +213,64 @@ impl SecretOps {
                 bytes, &self.par, polys,
             )?),
         }
+    }
+
+    /// Decrypts only the coefficients at `positions` (each below `N`) of
+    /// the codec's encoding of a ciphertext of exactly `polys`
+    /// polynomials: one value in `[0, t)` per position. For a stage result
+    /// whose positions are one residue class modulo a power of two (a
+    /// dense layer's outputs), without the inverse NTT
+    /// ([`crate::extract`]); otherwise picked from the full decryption.
+    pub fn decrypt_bytes_at(
+        &self,
+        bytes: &[u8],
+        polys: usize,
+        positions: &[usize],
+    ) -> Result<Zeroizing<Vec<u64>>, HeError> {
+        let n = self.par.degree();
+        if let Some(&x) = positions.iter().find(|&&x| x >= n) {
+            return Err(HeError::Malformed(format!(
+                "coefficient {x} of a polynomial of degree {n}"
+            )));
+        }
+        let head = crate::codec::Header::parse(bytes, &self.par, polys)?;
+        let ctx = self.par.context_at_level(head.level)?;
+        let results = self.results.as_ref().filter(|lk| {
+            !head.seeded
+                && polys <= lk.degree() + 1
+                && (Arc::ptr_eq(&lk.ctx, ctx) || *lk.ctx == **ctx)
+        });
+        if let Some(lk) = results {
+            if let Some(ext) = self.extraction(lk, positions)? {
+                let (body, widths) = head.body(bytes, ctx);
+                if let Some(values) = lk.decrypt_wire_at(polys, body, &widths, &ext)? {
+                    return Ok(values);
+                }
+            }
+        }
+        let all = self.decrypt_bytes(bytes, polys)?;
+        Ok(Zeroizing::new(positions.iter().map(|&x| all[x]).collect()))
+    }
+
+    /// The extraction of `positions` at `lk`'s level, from the cache or
+    /// made (and kept while the cache has room).
+    fn extraction(
+        &self,
+        lk: &LevelKey,
+        positions: &[usize],
+    ) -> Result<Option<Arc<Extraction>>, HeError> {
+        let mut cache = self.extractions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ext) = cache.get(positions) {
+            return Ok(ext.clone());
+        }
+        let ext = match *lk.ctx.moduli() {
+            [p] => Extraction::new(lk.ntt(), p, positions)?.map(Arc::new),
+            _ => None,
+        };
+        if cache.len() < MAX_EXTRACTIONS {
+            cache.insert(positions.to_vec(), ext.clone());
+        }
+        Ok(ext)
     }
 
     /// The kept key for ciphertexts of `polys` polynomials over `ctx`.
@@ -337,6 +405,72 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Coefficients decrypted alone ([`SecretOps::decrypt_bytes_at`]) are
+    /// the full decryption's, on real degree-2 results and on uniformly
+    /// random ciphertexts at the level of stage results: by extraction for
+    /// a dense layer's positions (checked taken), from the full decryption
+    /// for others.
+    #[test]
+    fn coefficients_decrypted_alone_are_the_full_decryptions() {
+        let (par, sk, ops) = setup(1 << 20);
+        let pk = PublicKey::new(&sk, &mut rand::rng());
+        let mut rng = rand::rng();
+        let level = crate::eval::output_level(&par);
+        let ctx = par.context_at_level(level).unwrap();
+        let t = par.plaintext() as i64;
+        let m: Vec<i64> = (0..par.degree())
+            .map(|_| rng.random_range(-(t / 2)..t / 2))
+            .collect();
+        let pt = Plaintext::try_encode(m.as_slice(), Encoding::poly(), &par).unwrap();
+        let one = Plaintext::try_encode(&[1i64][..], Encoding::poly(), &par).unwrap();
+        let a: Ciphertext = pk.try_encrypt(&pt, &mut rng).unwrap();
+        let b: Ciphertext = pk.try_encrypt(&one, &mut rng).unwrap();
+        let mut product = &a * &b;
+        product.switch_to_level(level).unwrap();
+        let uniform = Ciphertext::new(
+            (0..3)
+                .map(|_| Poly::random(ctx, Representation::Ntt, &mut rng))
+                .collect(),
+            &par,
+        )
+        .unwrap();
+        let strided: Vec<Vec<usize>> = vec![
+            (0..32).map(|j| j * 128 + 127).collect(),
+            (0..10).map(|j| j * 64 + 63).collect(),
+            vec![4095],
+        ];
+        let others: Vec<Vec<usize>> = vec![vec![170, 341, 512], (0..100).collect()];
+        for ct in [product, uniform] {
+            let bytes = crate::codec::ciphertext_to_bytes(&ct);
+            let full = ops.decrypt_bytes(&bytes, 3).unwrap();
+            for positions in strided.iter().chain(&others) {
+                let want: Vec<u64> = positions.iter().map(|&x| full[x]).collect();
+                let got = ops.decrypt_bytes_at(&bytes, 3, positions).unwrap();
+                assert_eq!(*got, want, "positions {positions:?}");
+            }
+        }
+        let cache = ops.extractions.lock().unwrap();
+        for positions in &strided {
+            assert!(
+                matches!(cache.get(positions), Some(Some(_))),
+                "{positions:?} extracted"
+            );
+        }
+        for positions in &others {
+            assert!(
+                matches!(cache.get(positions), Some(None)),
+                "{positions:?} in full"
+            );
+        }
+        drop(cache);
+        let bytes = crate::codec::ciphertext_to_bytes(&a);
+        assert!(ops.decrypt_bytes_at(&bytes, 2, &[4096]).is_err());
+        // A fresh input (top level) is decrypted in full, then picked.
+        let full = ops.decrypt_bytes(&bytes, 2).unwrap();
+        let at = ops.decrypt_bytes_at(&bytes, 2, &strided[0]).unwrap();
+        assert_eq!(*at, strided[0].iter().map(|&x| full[x]).collect::<Vec<_>>());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use hetee_he::packing::{evaluate_plain, ConvPacking, Tiling};
+use hetee_he::packing::{evaluate_plain, ConvPacking, ConvShape, Tiling};
 use hetee_he::{planner, ConvSpec};
 use proptest::prelude::*;
 
@@ -94,6 +94,35 @@ proptest! {
         let x = tensor(spec.c * spec.h * spec.w, -127, 127, seed);
         let k = kernel(&spec, seed ^ 7);
         prop_assert_eq!(evaluate_plain(&p, &spec.layout_input(&x), &spec.layout_kernel(&k)), spec.direct(&x, &k));
+    }
+
+    /// Where a packing names its outputs' coefficients (one residue class
+    /// modulo a power of two, decrypted alone by the enclave), they are
+    /// every coefficient its unpacking reads: output polynomials zeroed
+    /// elsewhere unpack the same. Dense layers with a tile of a multiple
+    /// of 4 always name them.
+    #[test]
+    fn strided_outputs_are_all_that_is_read(spec in spec_strategy(6, 6), n in 1usize..300, m in 1usize..40, dense in any::<bool>(), ct in 1usize..9, ht in 1usize..9, wt in 1usize..9, mt in 1usize..40, seed in any::<u64>()) {
+        let degree = 1024;
+        let shape = if dense { ConvShape::dense(n, m) } else { spec.normal_shape() };
+        let ct = if dense { 4 * ct } else { ct };
+        let tiling = Tiling { ct: ct.min(shape.c), ht: ht.clamp(shape.kh, shape.h), wt: wt.clamp(shape.kw, shape.w), mt: mt.min(shape.m) };
+        let Ok(p) = ConvPacking::new(shape, tiling, degree) else { return Ok(()) };
+        let positions = p.strided_output_positions();
+        if dense && tiling.ct % 4 == 0 && tiling.ct == ct && tiling.mt * (degree / (1 << tiling.ct.trailing_zeros()).min(degree)) <= degree {
+            prop_assert!(positions.is_some(), "{shape:?} {tiling:?}");
+        }
+        let Some(positions) = positions else { return Ok(()) };
+        let first = positions[0];
+        let spread = positions.iter().fold(0, |g, &x| g | (x ^ first));
+        prop_assert!(positions.len() == 1 || spread.trailing_zeros() >= 2);
+        let polys: Vec<Vec<i64>> = (0..p.output_count()).map(|i| tensor(degree, -1000, 1000, seed ^ i as u64)).collect();
+        let kept: Vec<Vec<i64>> = polys.iter().map(|poly| {
+            let mut z = vec![0i64; degree];
+            for &x in &positions { z[x] = poly[x]; }
+            z
+        }).collect();
+        prop_assert_eq!(p.unpack_output(&kept), p.unpack_output(&polys));
     }
 
     /// Every sum of a plan pairs distinct inputs with distinct weights: the
