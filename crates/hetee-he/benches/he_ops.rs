@@ -127,6 +127,12 @@ fn he_ops(c: &mut Criterion) {
     g.bench_function("decrypt_degree2_output_level_32_dense_coefficients", |bn| {
         bn.iter(|| ops.decrypt_bytes_at(&low_bytes, 3, &dense).unwrap())
     });
+    // MNIST's last layer (100 -> 10): 10 coefficients of stride 4.
+    let last: Vec<usize> = (0..10).map(|j| j * 100 + 99).collect();
+    g.bench_function(
+        "decrypt_degree2_output_level_10_coefficients_stride_4",
+        |bn| bn.iter(|| ops.decrypt_bytes_at(&low_bytes, 3, &last).unwrap()),
+    );
     // A stage result of five outputs (MNIST's stages 1 and 2), over the
     // threads as the enclave's step decrypts it.
     let five = vec![low_bytes.clone(); 5];

@@ -239,15 +239,19 @@ impl ConvPacking {
         }
         let o = (t.ct - 1) * t.ht * t.wt + (self.shape.kh - 1) * t.wt + (self.shape.kw - 1);
         let positions: Vec<usize> = (0..t.mt).map(|mm| mm * tl + o).collect();
-        // Few enough classes that the extraction costs at most N products.
         let stride = if t.mt > 1 {
             1usize << tl.trailing_zeros()
         } else {
             self.degree
         };
-        let classes = self.degree / stride.min(self.degree);
-        (positions.iter().all(|&x| x < self.degree) && positions.len() * classes <= self.degree)
-            .then_some(positions)
+        let fits = positions.iter().all(|&x| x < self.degree);
+        (fits
+            && crate::extract::worth_extracting(
+                positions.len(),
+                stride.min(self.degree),
+                self.degree,
+            ))
+        .then_some(positions)
     }
 
     /// ct x ct products (weight blocks across groups are skipped).
