@@ -47,11 +47,21 @@ fn from_signed(x: i64) -> u64 {
     (x as u64).wrapping_add(P & neg)
 }
 
-/// `Σ a_i b_i mod P` for a secret `b`.
+/// `Σ a_i b_i mod P` for a secret `b`: each product folded below `2^62`
+/// and summed in 128 bits (no carried dependence from one term's
+/// reduction to the next), reduced once at the end. Branch-free.
 fn dot(a: &[u64], b: &[i64]) -> u64 {
-    a.iter().zip(b).fold(0, |acc, (&ai, &bi)| {
-        reduce(acc + mul_mod(ai, from_signed(bi)))
-    })
+    let sum: u128 = a
+        .iter()
+        .zip(b)
+        .map(|(&ai, &bi)| {
+            let p = ai as u128 * from_signed(bi) as u128;
+            ((p as u64 & P) + (p >> 61) as u64) as u128
+        })
+        .sum();
+    // Below 2^61 + 2^67, then below 2P (2^61 ≡ 1 mod P).
+    let s = (sum & P as u128) + (sum >> 61);
+    reduce((s as u64 & P) + (s >> 61) as u64)
 }
 
 impl StageCheck {
@@ -136,6 +146,31 @@ mod tests {
         }
         for x in [0, 1, P - 1, P, P + 1, 2 * P - 1] {
             assert_eq!(reduce(x), x % P);
+        }
+    }
+
+    /// The dot product equals the exact sum modulo `P`, for the largest
+    /// terms (which test the folds) and for random ones of every length.
+    #[test]
+    fn dot_products_are_exact() {
+        use rand::Rng;
+        let exact = |a: &[u64], b: &[i64]| {
+            let s = a.iter().zip(b).fold(0i128, |acc, (&x, &y)| {
+                (acc + x as i128 * y as i128).rem_euclid(P as i128)
+            });
+            s as u64
+        };
+        let mut rng = rand::rng();
+        let big = i64::MAX >> 3;
+        for len in [0usize, 1, 2, 7, 1000, 20_000] {
+            let a = vec![P - 1; len];
+            let b: Vec<i64> = (0..len)
+                .map(|i| if i % 2 == 0 { big } else { -big })
+                .collect();
+            assert_eq!(dot(&a, &b), exact(&a, &b), "extremes, length {len}");
+            let a: Vec<u64> = (0..len).map(|_| rng.random_range(0..P)).collect();
+            let b: Vec<i64> = (0..len).map(|_| rng.random_range(-big..big)).collect();
+            assert_eq!(dot(&a, &b), exact(&a, &b), "random, length {len}");
         }
     }
 }
