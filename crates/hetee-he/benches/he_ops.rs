@@ -200,6 +200,18 @@ fn he_ops(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+    // MNIST's stage-1 input: 4 channels of 12x12, 576 of 4096 coefficients.
+    let sparse = &v[..576];
+    g.bench_function(
+        "encrypt_to_bytes_576_coefficients_with_zero_made_ahead",
+        |bn| {
+            bn.iter_batched(
+                || ops.zero_encryption(&mut rand::rng()).unwrap(),
+                |zero| ops.encrypt_to_bytes(sparse, zero).unwrap(),
+                criterion::BatchSize::SmallInput,
+            )
+        },
+    );
     g.bench_function("encrypt_seeded_to_bytes", |bn| {
         bn.iter(|| seeded_to_bytes(&ops.encrypt_seeded(&v, &mut rand::rng()).unwrap()))
     });

@@ -303,10 +303,18 @@ fn pack_c0<const W: usize>(
     let start = out.len();
     out.resize(start + zrow.len() * W + 8, 0);
     let dst = &mut out[start..];
-    let message = m.iter().copied().chain(std::iter::repeat(0));
-    for (k, (x, &zi)) in message.zip(zrow).enumerate() {
+    // Past the message (whose length is public: the schedule's), `c0` is
+    // the zero's row itself, already below `q`: only packed.
+    let (zm, tail) = zrow.split_at(m.len().min(zrow.len()));
+    let mut k = 0;
+    for (&x, &zi) in m.iter().zip(zm) {
         let v = c0_residue(x, zi, q, d, d_shoup);
-        dst[k * W..k * W + 8].copy_from_slice(&v.to_le_bytes());
+        dst[k..k + 8].copy_from_slice(&v.to_le_bytes());
+        k += W;
+    }
+    for &zi in tail {
+        dst[k..k + 8].copy_from_slice(&zi.to_le_bytes());
+        k += W;
     }
     out.truncate(start + zrow.len() * W);
 }
