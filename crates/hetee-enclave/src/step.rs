@@ -214,12 +214,11 @@ pub fn encrypt_stage_input(
     k: usize,
     values: &[Values],
 ) -> Result<Vec<Vec<u8>>, EnclaveError> {
-    let reads: TensorRef = schedule
+    let st = schedule
         .stages
         .get(k)
-        .ok_or_else(|| EnclaveError::Protocol(format!("no stage {k}")))?
-        .tail
-        .reads;
+        .ok_or_else(|| EnclaveError::Protocol(format!("no stage {k}")))?;
+    let reads: TensorRef = st.tail.reads;
     let xs: Zeroizing<Vec<Vec<i64>>> = Zeroizing::new(
         values
             .iter()
@@ -227,7 +226,11 @@ pub fn encrypt_stage_input(
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| EnclaveError::Schedule(format!("stage {k} input is not held")))?,
     );
-    let polys = Zeroizing::new(schedule.pack_stage_input(k, &xs)?);
+    let mut polys = Zeroizing::new(schedule.pack_stage_input(k, &xs)?);
+    // Past its tile's length a polynomial is zero by the layout (a public
+    // length): its encryption there is the zero's row, only packed.
+    let used = st.packing.input_len();
+    polys.iter_mut().for_each(|p| p.truncate(used));
     encrypt_all(keys, &polys)
 }
 

@@ -173,6 +173,12 @@ impl ConvPacking {
         self.tiling.wt - self.shape.kw + 1
     }
 
+    /// Coefficients of an input polynomial that [`ConvPacking::pack_input`]
+    /// may set (the rest are zero by the layout): its tile's length.
+    pub fn input_len(&self) -> usize {
+        self.tile_len().min(self.degree)
+    }
+
     /// Number of channel tiles.
     pub fn channel_tiles(&self) -> usize {
         self.shape.c.div_ceil(self.tiling.ct)

@@ -93,6 +93,11 @@ proptest! {
         let Ok(p) = ConvPacking::new(shape, tiling, 256) else { return Ok(()) };
         let x = tensor(spec.c * spec.h * spec.w, -127, 127, seed);
         let k = kernel(&spec, seed ^ 7);
+        // The enclave encrypts an input polynomial's first input_len()
+        // coefficients only: the rest must be zero.
+        for poly in p.pack_input(&spec.layout_input(&x)) {
+            prop_assert!(poly[p.input_len()..].iter().all(|&v| v == 0));
+        }
         prop_assert_eq!(evaluate_plain(&p, &spec.layout_input(&x), &spec.layout_kernel(&k)), spec.direct(&x, &k));
     }
 
