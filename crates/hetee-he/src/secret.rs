@@ -220,7 +220,7 @@ impl SecretOps {
     /// polynomials: one value in `[0, t)` per position. For a stage result
     /// whose positions are one residue class modulo a power of two (a
     /// dense layer's outputs), without the inverse NTT
-    /// ([`crate::extract`]); otherwise picked from the full decryption.
+    /// (`extract.rs`); otherwise picked from the full decryption.
     pub fn decrypt_bytes_at(
         &self,
         bytes: &[u8],
