@@ -240,24 +240,12 @@ impl ConvPacking {
             return None;
         }
         let tl = self.tile_len();
-        if t.mt > 1 && tl.trailing_zeros() < 2 {
-            return None;
-        }
         let o = (t.ct - 1) * t.ht * t.wt + (self.shape.kh - 1) * t.wt + (self.shape.kw - 1);
         let positions: Vec<usize> = (0..t.mt).map(|mm| mm * tl + o).collect();
-        let stride = if t.mt > 1 {
-            1usize << tl.trailing_zeros()
-        } else {
-            self.degree
-        };
         let fits = positions.iter().all(|&x| x < self.degree);
-        (fits
-            && crate::extract::worth_extracting(
-                positions.len(),
-                stride.min(self.degree),
-                self.degree,
-            ))
-        .then_some(positions)
+        let (m, _) = crate::extract::class_of(&positions, self.degree)?;
+        (fits && crate::extract::worth_extracting(positions.len(), m, self.degree))
+            .then_some(positions)
     }
 
     /// ct x ct products (weight blocks across groups are skipped).
