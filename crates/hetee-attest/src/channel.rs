@@ -288,7 +288,9 @@ impl Transport {
         }
         let chunks = plaintext.len().div_ceil(CHUNK_PLAINTEXT).max(1);
         let mut out = vec![0u8; Self::sealed_len(plaintext.len())];
-        let mut piece = Zeroizing::new(vec![0u8; CHUNK_PLAINTEXT + 1]);
+        // The flag and the largest chunk's data: a short message does not
+        // allocate (and zeroize) a whole Noise message's worth.
+        let mut piece = Zeroizing::new(vec![0u8; plaintext.len().min(CHUNK_PLAINTEXT) + 1]);
         let mut off = 0;
         for i in 0..chunks {
             let data =
@@ -338,7 +340,8 @@ impl Transport {
         }
         let pieces = ct.len().div_ceil(MAX_NOISE_MESSAGE);
         let mut out = Zeroizing::new(Vec::with_capacity(ct.len()));
-        let mut buf = Zeroizing::new(vec![0u8; MAX_NOISE_MESSAGE]);
+        // Room for the largest piece's plaintext (shorter than the piece).
+        let mut buf = Zeroizing::new(vec![0u8; ct.len().min(MAX_NOISE_MESSAGE)]);
         for (i, piece) in ct.chunks(MAX_NOISE_MESSAGE).enumerate() {
             if piece.len() < 1 + TAG_LEN {
                 return Err(Error::ChannelMessage(format!(
