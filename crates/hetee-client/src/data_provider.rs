@@ -25,7 +25,7 @@ pub struct Target {
     trust: Trust,
     /// The attested keys and what they were verified from; refreshed when
     /// the enclave restarts (new channel key, new evidence).
-    current: RwLock<Arc<(AttestedKeys, KeysInfo)>>,
+    current: RwLock<Arc<(AttestedKeys, Arc<KeysInfo>)>>,
     client: Option<Arc<StaticKeypair>>,
     model_id: [u8; 16],
     /// Images per query.
@@ -98,8 +98,10 @@ pub struct Receipt {
     pub result: QueryResult,
     /// Ed25519 signature (hex).
     pub signature: String,
-    /// The enclave's attested keys and evidence at query time.
-    pub keys: KeysInfo,
+    /// The enclave's attested keys and evidence at query time (shared by
+    /// every receipt of the same keys: about 200 KB, mostly the HE public
+    /// key).
+    pub keys: Arc<KeysInfo>,
 }
 
 impl Receipt {
@@ -144,7 +146,11 @@ impl Target {
         Err(last.unwrap_or_else(|| anyhow!("cannot connect")))
     }
 
-    fn fetch(api: &dyn Relay, trust: &Trust, id: &[u8; 16]) -> Result<(AttestedKeys, KeysInfo)> {
+    fn fetch(
+        api: &dyn Relay,
+        trust: &Trust,
+        id: &[u8; 16],
+    ) -> Result<(AttestedKeys, Arc<KeysInfo>)> {
         let info: ModelInfo = api.model(&id_hex(id))?;
         if !info.registered {
             bail!(
@@ -152,7 +158,7 @@ impl Target {
                 id_hex(id)
             );
         }
-        Ok((verify(&info.keys, trust)?, info.keys))
+        Ok((verify(&info.keys, trust)?, Arc::new(info.keys)))
     }
 
     fn connect_once(
@@ -187,7 +193,7 @@ impl Target {
         })
     }
 
-    fn keys(&self) -> Arc<(AttestedKeys, KeysInfo)> {
+    fn keys(&self) -> Arc<(AttestedKeys, Arc<KeysInfo>)> {
         match self.current.read() {
             Ok(k) => k.clone(),
             Err(p) => p.into_inner().clone(),
@@ -258,12 +264,11 @@ fn is_restart(e: &anyhow::Error) -> bool {
 impl Receipt {
     /// Checks the signature under already verified keys.
     pub(crate) fn verify_against(&self, keys: &AttestedKeys) -> Result<()> {
-        let vk = ed25519_dalek::VerifyingKey::from_bytes(&keys.signing_key)
-            .map_err(|e| anyhow!("the attested signing key is invalid: {e}"))?;
         let sig = hetee_attest::evidence::unhex(&self.signature).map_err(|e| anyhow!(e))?;
         let sig = ed25519_dalek::Signature::from_slice(&sig)
             .map_err(|e| anyhow!("malformed signature: {e}"))?;
-        vk.verify_strict(&self.result.signed_message(), &sig)
+        keys.verifier
+            .verify_strict(&self.result.signed_message(), &sig)
             .map_err(|_| anyhow!("the result's signature does not verify"))
     }
 }

@@ -7,6 +7,8 @@ use hetee_proto::api::ErrorBody;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::literal_resolver::LiteralResolver;
+
 /// A request that did not get a successful answer: the server could not
 /// be reached (or the connection broke), or it answered an error status.
 /// Carried inside the `anyhow` errors of [`Api`], so callers (failover)
@@ -105,14 +107,20 @@ impl Api {
         if ca.is_some() && !base.starts_with("https://") {
             bail!("--ca is given but the server address {addr:?} is not https://");
         }
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(900)))
             .max_idle_connections(IDLE_CONNECTIONS)
             .max_idle_connections_per_host(IDLE_CONNECTIONS)
             .tls_config(TlsConfig::builder().root_certs(roots).build())
-            .build()
-            .into();
+            .build();
+        // ureq resolves the host on every request (a thread and a system
+        // lookup each, with a timeout set); an IP literal needs neither.
+        let agent = ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::default(),
+            LiteralResolver::default(),
+        );
         Ok(Api { base, agent })
     }
 

@@ -18,6 +18,7 @@ pub mod data_provider;
 pub mod failover;
 pub mod fault;
 pub mod http;
+pub mod literal_resolver;
 pub mod model_provider;
 pub mod public_meta;
 pub mod query_session;

@@ -31,7 +31,7 @@ pub const REUSE_FOR: Duration = Duration::from_secs(60);
 pub struct QuerySession {
     api: Arc<dyn Relay>,
     session: Session,
-    keys: Arc<(AttestedKeys, KeysInfo)>,
+    keys: Arc<(AttestedKeys, Arc<KeysInfo>)>,
     plan: QueryPlan,
     model_id: [u8; 16],
     /// Queries answered on this session.
@@ -47,7 +47,7 @@ impl QuerySession {
     pub(crate) fn new(
         api: Arc<dyn Relay>,
         session: Session,
-        keys: Arc<(AttestedKeys, KeysInfo)>,
+        keys: Arc<(AttestedKeys, Arc<KeysInfo>)>,
         plan: QueryPlan,
         model_id: [u8; 16],
     ) -> Result<Self> {
