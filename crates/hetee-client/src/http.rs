@@ -7,7 +7,7 @@ use hetee_proto::api::ErrorBody;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::literal_resolver::LiteralResolver;
+use crate::resolver::CachingResolver;
 
 /// A request that did not get a successful answer: the server could not
 /// be reached (or the connection broke), or it answered an error status.
@@ -115,11 +115,12 @@ impl Api {
             .tls_config(TlsConfig::builder().root_certs(roots).build())
             .build();
         // ureq resolves the host on every request (a thread and a system
-        // lookup each, with a timeout set); an IP literal needs neither.
+        // lookup each, with a timeout set): an IP literal needs neither, a
+        // host name is looked up once per `resolver::NAME_TTL`.
         let agent = ureq::Agent::with_parts(
             config,
             ureq::unversioned::transport::DefaultConnector::default(),
-            LiteralResolver::default(),
+            CachingResolver::default(),
         );
         Ok(Api { base, agent })
     }
