@@ -267,7 +267,7 @@ impl Receipt {
         let sig = hetee_attest::evidence::unhex(&self.signature).map_err(|e| anyhow!(e))?;
         let sig = ed25519_dalek::Signature::from_slice(&sig)
             .map_err(|e| anyhow!("malformed signature: {e}"))?;
-        keys.verifier
+        keys.signing_key
             .verify_strict(&self.result.signed_message(), &sig)
             .map_err(|_| anyhow!("the result's signature does not verify"))
     }

@@ -64,11 +64,9 @@ pub struct AttestedKeys {
     pub channel_key: [u8; 32],
     /// Hash of the evidence: the Noise prologue.
     pub evidence_hash: [u8; 32],
-    /// The enclave's result-signing key.
-    pub signing_key: [u8; 32],
-    /// The same key, parsed once (each result's signature is checked
-    /// under it).
-    pub verifier: ed25519_dalek::VerifyingKey,
+    /// The enclave's result-signing key, parsed once (each result's
+    /// signature is checked under it).
+    pub signing_key: ed25519_dalek::VerifyingKey,
     /// The key set's owner (a model provider's long-term channel key).
     pub owner: [u8; 32],
 }
@@ -86,8 +84,6 @@ pub fn verify(info: &KeysInfo, trust: &Trust) -> Result<AttestedKeys> {
     let pk_bytes = unb64(&info.public_key, "public_key").map_err(|e| anyhow!(e))?;
     let channel_key = key32(&info.channel_public_key, "the channel key")?;
     let signing_key = key32(&info.signing_public_key, "the result-signing key")?;
-    let verifier = ed25519_dalek::VerifyingKey::from_bytes(&signing_key)
-        .map_err(|e| anyhow!("the attested result-signing key is invalid: {e}"))?;
     let owner = key32(&info.owner, "the key set's owner")?;
     let key_id = id_from_hex(&info.key_id).map_err(|e| anyhow!(e))?;
     let pk_hash: [u8; 32] = Sha256::digest(&pk_bytes).into();
@@ -124,7 +120,8 @@ pub fn verify(info: &KeysInfo, trust: &Trust) -> Result<AttestedKeys> {
         public_key,
         channel_key,
         evidence_hash: ev.hash()?,
-        signing_key,
-        verifier,
+        // Bound by the evidence just checked.
+        signing_key: ed25519_dalek::VerifyingKey::from_bytes(&signing_key)
+            .map_err(|e| anyhow!("the attested result-signing key is invalid: {e}"))?,
     })
 }
