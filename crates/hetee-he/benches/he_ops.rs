@@ -76,6 +76,13 @@ fn he_ops(c: &mut Criterion) {
     g.bench_function("plan_of_8_to_bytes", |bn| {
         bn.iter(|| evf.evaluate_plan_to_bytes(&plan, &ins, &ws).unwrap())
     });
+    // A layer with a single output (e2dm's first and last at one image):
+    // too few polynomials to keep every core busy, unless each spreads its
+    // primes and coefficients over the pool.
+    let plan1 = vec![vec![(0, 0)]];
+    g.bench_function("plan_of_1_to_bytes", |bn| {
+        bn.iter(|| evf.evaluate_plan_to_bytes(&plan1, &ins, &ws).unwrap())
+    });
     g.bench_function("decrypt_degree2", |bn| {
         bn.iter(|| {
             let p = sk.try_decrypt(&prod).unwrap();

@@ -85,6 +85,30 @@ impl Sums {
     }
 }
 
+/// How finely a step of the evaluator spreads over the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Split {
+    /// Each task (a sum, an output) runs whole on one thread: enough tasks
+    /// keep every core busy.
+    Whole,
+    /// Each task spreads its rows, or blocks of coefficients, over the
+    /// pool: a layer with one or two outputs would otherwise leave cores
+    /// idle (e2dm's layers at one image have one, two and one). Measured
+    /// slower when the tasks alone fill the cores.
+    Parts,
+}
+
+impl Split {
+    /// [`Split::Parts`] when `tasks` are fewer than two per thread.
+    fn below(tasks: usize) -> Self {
+        if tasks < 2 * rayon::current_num_threads() {
+            Split::Parts
+        } else {
+            Split::Whole
+        }
+    }
+}
+
 /// Extends, multiplies and accumulates ciphertexts; one per parameter set.
 #[derive(Debug)]
 pub struct Evaluator {
@@ -291,10 +315,10 @@ impl Evaluator {
         }
         // Host data is public ciphertext: variable-time arithmetic is fine
         // here (the extension allows it).
-        Ok(ExtendedCiphertext {
-            c0: self.extender.extend(c0)?,
-            c1: self.extender.extend(c1)?,
-        })
+        // The two in parallel: a layer with a single input would otherwise
+        // extend on one core.
+        let (c0, c1) = rayon::join(|| self.extender.extend(c0), || self.extender.extend(c1));
+        Ok(ExtendedCiphertext { c0: c0?, c1: c1? })
     }
 
     /// Extends many ciphertexts in parallel.
@@ -305,9 +329,13 @@ impl Evaluator {
     /// Accumulates `sum a_i * b_i` in the multiplication basis (`a0 b0`,
     /// `a0 b1 + a1 b0`, `a1 b1`), in one pass per prime: up to
     /// [`LAZY_PRODUCTS`] products are summed in 128 bits and reduced once.
+    ///
+    /// With `split`, the three sums' rows (one per prime) accumulate in
+    /// parallel: for a layer with too few sums to keep every core busy.
     fn accumulate(
         &self,
         pairs: &[(&ExtendedCiphertext, &ExtendedCiphertext)],
+        split: Split,
     ) -> Result<Sums, HeError> {
         let ops = self.mul_ctx.moduli_operators();
         let n = self.par.degree();
@@ -337,12 +365,17 @@ impl Evaluator {
             .collect::<Result<Vec<_>, HeError>>()?;
         // Which operand parts each sum multiplies: (a part, b part).
         const TERMS: [&[(usize, usize)]; 3] = [&[(0, 2)], &[(0, 3), (1, 2)], &[(1, 3)]];
+        // One job per sum and prime.
+        let mut jobs = Vec::with_capacity(3 * ops.len());
         for (terms, out) in TERMS.iter().zip(sums.0.iter_mut()) {
-            for (i, op) in ops.iter().enumerate() {
-                let mut acc = out.row_mut(i);
-                let acc = acc
-                    .as_slice_mut()
-                    .ok_or_else(|| HeError::Malformed("accumulator rows".into()))?;
+            let out = out
+                .as_slice_mut()
+                .ok_or_else(|| HeError::Malformed("accumulator rows".into()))?;
+            for ((i, op), acc) in ops.iter().enumerate().zip(out.chunks_exact_mut(n)) {
+                jobs.push((*terms, i, op, acc));
+            }
+        }
+        let job = |(terms, i, op, acc): (&[(usize, usize)], usize, &Modulus, &mut [u64])| -> Result<(), HeError> {
                 let rows = parts
                     .iter()
                     .flat_map(|p| {
@@ -358,7 +391,11 @@ impl Evaluator {
                 for group in rows.chunks(LAZY_PRODUCTS) {
                     accumulate_group(acc, group, op);
                 }
-            }
+                Ok(())
+            };
+        match split {
+            Split::Whole => jobs.into_iter().try_for_each(job)?,
+            Split::Parts => jobs.into_par_iter().try_for_each(job)?,
         }
         Ok(sums)
     }
@@ -366,18 +403,26 @@ impl Evaluator {
     /// Turns accumulated products into a degree-2 ciphertext: one scaling per
     /// polynomial by `t/q` that also switches down to [`output_level`], so
     /// that the enclave decrypts a smaller ciphertext.
-    fn finish(&self, acc: Sums) -> Result<Ciphertext, HeError> {
-        Ok(Ciphertext::new(self.finish_polys(acc)?, &self.par)?)
+    fn finish(&self, acc: Sums, split: Split) -> Result<Ciphertext, HeError> {
+        Ok(Ciphertext::new(self.finish_polys(acc, split)?, &self.par)?)
     }
 
     /// [`Self::finish`]'s three polynomials, in NTT form at the output level.
-    fn finish_polys(&self, acc: Sums) -> Result<Vec<Poly>, HeError> {
+    /// With `split`, each polynomial's primes transform in parallel and its
+    /// coefficients rescale in parallel blocks.
+    fn finish_polys(&self, acc: Sums, split: Split) -> Result<Vec<Poly>, HeError> {
         acc.0
             .into_par_iter()
             .map(|mut a| {
-                self.mul_ntt.inverse_rows(&mut a)?;
+                match split {
+                    Split::Whole => self.mul_ntt.inverse_rows(&mut a)?,
+                    Split::Parts => self.mul_ntt.inverse_rows_par(&mut a)?,
+                }
                 let p = Poly::try_convert_from(a, &self.mul_ctx, true, Representation::PowerBasis)?;
-                let d = self.down.scale(&p)?;
+                let d = match split {
+                    Split::Whole => self.down.scale(&p)?,
+                    Split::Parts => self.down.scale_split(&p)?,
+                };
                 self.out_ntt
                     .converted(&d, d.ctx(), Representation::Ntt, false)
             })
@@ -393,7 +438,7 @@ impl Evaluator {
             return Err(HeError::Malformed("empty sum of products".into()));
         }
         self.check_terms(pairs.len())?;
-        self.finish(self.accumulate(pairs)?)
+        self.finish(self.accumulate(pairs, Split::Parts)?, Split::Parts)
     }
 
     /// Evaluates a whole product plan: output `k` is the sum over `plan[k]`
@@ -406,9 +451,10 @@ impl Evaluator {
         inputs: &[ExtendedCiphertext],
         weights: &[ExtendedCiphertext],
     ) -> Result<Vec<Ciphertext>, HeError> {
+        let split = Split::below(plan.len());
         self.sums_of_plan(plan, inputs, weights)?
             .into_par_iter()
-            .map(|acc| self.finish(acc))
+            .map(|acc| self.finish(acc, split))
             .collect()
     }
 
@@ -421,9 +467,14 @@ impl Evaluator {
         inputs: &[ExtendedCiphertext],
         weights: &[ExtendedCiphertext],
     ) -> Result<Vec<Vec<u8>>, HeError> {
+        let split = Split::below(plan.len());
         self.sums_of_plan(plan, inputs, weights)?
             .into_par_iter()
-            .map(|acc| Ok(crate::codec::polys_to_bytes(&self.finish_polys(acc)?)))
+            .map(|acc| {
+                Ok(crate::codec::polys_to_bytes(
+                    &self.finish_polys(acc, split)?,
+                ))
+            })
             .collect()
     }
 
@@ -447,6 +498,7 @@ impl Evaluator {
                 tasks.push((k, part));
             }
         }
+        let split = Split::below(tasks.len());
         let partials = tasks
             .par_iter()
             .map(|&(k, part)| {
@@ -468,7 +520,7 @@ impl Evaluator {
                         Ok((a, b))
                     })
                     .collect::<Result<Vec<_>, HeError>>()?;
-                Ok((k, self.accumulate(&pairs)?))
+                Ok((k, self.accumulate(&pairs, split)?))
             })
             .collect::<Result<Vec<_>, HeError>>()?;
         let ops = self.mul_ctx.moduli_operators();

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use fhe_math::rq::{traits::TryConvertFrom, Context, Poly, Representation};
 use ndarray::Array2;
+use rayon::prelude::*;
 use tfhe_ntt::prime64::Plan;
 
 use crate::HeError;
@@ -116,6 +117,21 @@ impl Ntt {
         Ok(())
     }
 
+    /// [`Ntt::inverse`] with the primes' rows transformed in parallel: one
+    /// output of a small layer has too few polynomials to keep every core
+    /// busy, each has one row per prime.
+    pub fn inverse_par(&self, residues: &mut [u64]) -> Result<(), HeError> {
+        self.check(residues)?;
+        residues
+            .par_chunks_exact_mut(self.n)
+            .zip(self.plans.par_iter())
+            .for_each(|(row, plan)| {
+                plan.inv(row);
+                plan.normalize(row);
+            });
+        Ok(())
+    }
+
     /// [`Ntt::forward`] of an array with a row per prime.
     pub fn forward_rows(&self, a: &mut Array2<u64>) -> Result<(), HeError> {
         self.forward(slice_mut(a)?)
@@ -124,6 +140,11 @@ impl Ntt {
     /// [`Ntt::inverse`] of an array with a row per prime.
     pub fn inverse_rows(&self, a: &mut Array2<u64>) -> Result<(), HeError> {
         self.inverse(slice_mut(a)?)
+    }
+
+    /// [`Ntt::inverse_par`] of an array with a row per prime.
+    pub fn inverse_rows_par(&self, a: &mut Array2<u64>) -> Result<(), HeError> {
+        self.inverse_par(slice_mut(a)?)
     }
 
     /// `p` (over this basis, either form) in `to` form, as a new polynomial

@@ -254,3 +254,46 @@ fn a_plan_encoded_from_its_polynomials_is_the_encoding_of_its_ciphertexts() {
     }
     assert_ne!(bytes[0], bytes[1]);
 }
+
+/// An output alone in its layer spreads its rows and coefficients over the
+/// pool; among enough others it runs whole on one thread. Both give the
+/// same bytes, and so does a single sum of products.
+#[test]
+fn a_lone_output_spread_over_the_pool_equals_one_among_many() {
+    use hetee_he::codec::ciphertext_to_bytes;
+    let par = HeConfig::for_accumulator_bound(1 << 22)
+        .unwrap()
+        .build()
+        .unwrap();
+    let ev = Evaluator::for_fresh_sums(&par, 4).unwrap();
+    let a = ev.extend(&extreme(&par, false)).unwrap();
+    let b = ev.extend(&extreme(&par, true)).unwrap();
+    let (ins, ws) = ([a.clone(), b.clone()], [b, a]);
+    let sums: Vec<Vec<(usize, usize)>> = vec![
+        vec![(0, 1), (1, 0)],
+        vec![(1, 1)],
+        vec![(0, 0), (0, 1), (1, 1)],
+        vec![(1, 0)],
+        vec![(0, 0)],
+        vec![(0, 1), (1, 1)],
+        vec![(1, 0), (1, 1)],
+        vec![(0, 0), (1, 0)],
+    ];
+    // Two threads: eight outputs fill them (whole), one does not (spread).
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let many = ev.evaluate_plan_to_bytes(&sums, &ins, &ws).unwrap();
+        for (sum, whole) in sums.iter().zip(&many) {
+            let lone = ev
+                .evaluate_plan_to_bytes(std::slice::from_ref(sum), &ins, &ws)
+                .unwrap();
+            assert_eq!(&lone[0], whole);
+            let pairs: Vec<_> = sum.iter().map(|&(i, w)| (&ins[i], &ws[w])).collect();
+            let ct = ev.sum_of_products(&pairs).unwrap();
+            assert_eq!(&ciphertext_to_bytes(&ct), whole);
+        }
+    });
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use fhe_math::rq::{traits::TryConvertFrom, Context, Poly, Representation};
 use ndarray::Array2;
 use num_bigint::BigUint;
+use rayon::prelude::*;
 
 use super::{big_mod, degree, fraction, row_slices, Decomposition, FixedSplit, MAX_PRIMES};
 use crate::HeError;
@@ -32,6 +33,10 @@ pub struct Rescaler {
 /// `2^40 + 1/2`: added before truncating the fractional sum, so that the
 /// truncation rounds to nearest.
 const ROUND_SHIFT: f64 = 1_099_511_627_776.5;
+
+/// Coefficients per parallel block of [`Rescaler::scale_split`]: a
+/// quarter of N = 4096, about 25 µs of work each.
+const SCALE_BLOCK: usize = 1024;
 
 impl Rescaler {
     /// A rescaler by `numerator / denominator` from `from` to `to`, for
@@ -98,6 +103,18 @@ impl Rescaler {
     /// `round(a x)` of every coefficient `x` of `p` (over the `from` basis,
     /// power basis), over the `to` basis in the power basis.
     pub fn scale(&self, p: &Poly) -> Result<Poly, HeError> {
+        self.scale_in_blocks(p, usize::MAX)
+    }
+
+    /// [`Rescaler::scale`] with the coefficients spread over the pool in
+    /// blocks: for a layer with too few outputs to keep every core busy.
+    pub fn scale_split(&self, p: &Poly) -> Result<Poly, HeError> {
+        self.scale_in_blocks(p, SCALE_BLOCK)
+    }
+
+    /// [`Rescaler::scale`], in parallel blocks of `block` coefficients in
+    /// the evaluator's case (one output prime).
+    pub(super) fn scale_in_blocks(&self, p: &Poly, block: usize) -> Result<Poly, HeError> {
         if p.ctx().moduli() != self.from.moduli.as_slice()
             || p.representation() != &Representation::PowerBasis
         {
@@ -111,15 +128,21 @@ impl Rescaler {
         let l = self.int_mod_q.len();
         let mut out = Array2::<u64>::zeros((l, n));
         // The evaluator's case, one output prime, with the loop over the
-        // input primes unrolled for the bases it uses.
-        if let (1, Some(row)) = (l, out.as_slice_mut()) {
-            match rows.len() {
-                3 => self.scale_to_one::<3>(&rows, row),
-                4 => self.scale_to_one::<4>(&rows, row),
-                5 => self.scale_to_one::<5>(&rows, row),
-                6 => self.scale_to_one::<6>(&rows, row),
-                _ => self.scale_rows(&rows, &mut out),
-            }
+        // input primes unrolled for the bases it uses. Each coefficient
+        // scales on its own, so blocks of them may run in parallel.
+        let unrolled = matches!(rows.len(), 3..=6);
+        if let (1, true, Some(row)) = (l, unrolled, out.as_slice_mut()) {
+            let block = block.min(n).max(1);
+            row.par_chunks_mut(block).enumerate().for_each(|(b, out)| {
+                let start = b * block;
+                let rows: Vec<&[u64]> = rows.iter().map(|r| &r[start..]).collect();
+                match rows.len() {
+                    3 => self.scale_to_one::<3>(&rows, out),
+                    4 => self.scale_to_one::<4>(&rows, out),
+                    5 => self.scale_to_one::<5>(&rows, out),
+                    _ => self.scale_to_one::<6>(&rows, out),
+                }
+            });
         } else {
             self.scale_rows(&rows, &mut out);
         }

@@ -119,7 +119,7 @@ fn rescale_is_within_one_of_the_exact_rounding() {
 }
 
 #[test]
-fn the_unrolled_rescale_equals_the_general_loop() {
+fn the_unrolled_rescale_equals_the_general_loop_whole_and_in_blocks() {
     let (q, _, out) = contexts();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     for primes in 3..=6 {
@@ -146,6 +146,15 @@ fn the_unrolled_rescale_equals_the_general_loop() {
                 general.as_slice().unwrap(),
                 "{primes} primes"
             );
+            // In parallel blocks, of sizes that divide N and that do not.
+            for block in [1, 7, 16, N] {
+                let split = r.scale_in_blocks(&p, block).unwrap();
+                assert_eq!(
+                    split.coefficients().as_slice().unwrap(),
+                    general.as_slice().unwrap(),
+                    "{primes} primes, blocks of {block}"
+                );
+            }
             // The unrolled scalar loop itself.
             let mut scalar = vec![0u64; N];
             match primes {
