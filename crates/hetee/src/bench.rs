@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::cli::{load_model, median, prepare};
@@ -88,6 +87,15 @@ pub struct BenchRow {
     /// model and threads, same run (goal ≤ 1.2); absent elsewhere.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub served_ratio: Option<f64>,
+    /// `stacked` rows: this throughput over the `batch` row's, same model
+    /// and threads, same run (goal ≥ 0.8); absent elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_ratio: Option<f64>,
+    /// `stacked` rows: this throughput over the in-process batch at the
+    /// same stack size (the `batchS` row, or `batch` when S is its size):
+    /// what serving costs beyond what the packing gives at that size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack_batch_ratio: Option<f64>,
 }
 
 /// Options of `hetee bench`.
@@ -109,7 +117,8 @@ pub struct BenchOptions<'a> {
     /// Also measure the whole deployment on loopback (`served` rows).
     pub served: bool,
     /// Also run this many concurrent single-image clients through it
-    /// (`clientsN` rows; 0: none).
+    /// (`clientsN` and `stackedN` rows; 0: none), and an in-process batch
+    /// at their stack size (`batchS` row, when it differs from `batch`).
     pub clients: usize,
     /// Also measure thin queries one image at a time (`thin` rows).
     pub thin: bool,
@@ -154,11 +163,26 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
             .with_context(|| format!("{name} is not a bundled model"))?;
         let tract1 = TractPlan::new(onnx, &model.input_shape, 1)?;
         let tract_b = TractPlan::new(onnx, &model.input_shape, o.batch.max(1))?;
+        // With concurrent clients, an in-process batch at their stack size.
+        let stack = o.clients * o.in_flight.max(1);
+        let at_stack = if o.clients > 1 && stack != o.batch.max(1) {
+            Some((
+                Harness::new(&q, stack)?,
+                TractPlan::new(onnx, &model.input_shape, stack)?,
+            ))
+        } else {
+            None
+        };
+        let all = o.threads.iter().copied().max().unwrap_or(1);
         for &t in &o.threads {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
             pool.install(|| -> Result<()> {
                 let n = o.images.max(1);
-                let xs: Vec<&[f32]> = images.data.chunks(per).take(n.max(o.batch)).collect();
+                let xs: Vec<&[f32]> = images
+                    .data
+                    .chunks(per)
+                    .take(n.max(o.batch).max(stack))
+                    .collect();
                 // Latency: one image at a time; medians over images, then
                 // runs. Thin: the same with the input sent over the channel.
                 let modes: &[&str] = if o.thin {
@@ -214,43 +238,26 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
                 }
                 // Batch: images stacked `schedule.batch` per query by the
                 // planner, all queries in flight at once.
-                let mut run_rows = Vec::new();
-                for _ in 0..o.runs.max(1) {
-                    let b = o.batch.max(1);
-                    let ahead = dep_batch.ahead();
-                    let t0 = Instant::now();
-                    let stats = xs[..b]
-                        .par_chunks(dep_batch.schedule.batch)
-                        .map(|chunk| dep_batch.infer_batch(chunk).map(|r| r.1))
-                        .collect::<Result<Vec<_>>>()?;
-                    let wall = t0.elapsed().as_secs_f64();
-                    let tp = Instant::now();
-                    xs.par_iter()
-                        .take(b)
-                        .try_for_each(|x| reference::run_quantized(&q, x).map(|_| ()))?;
-                    let plain = tp.elapsed().as_secs_f64() * 1e3 / b as f64;
-                    let flat: Vec<f32> = xs[..b].concat();
-                    let tf = Instant::now();
-                    std::hint::black_box(tract_b.run(&flat)?);
-                    let floor = tf.elapsed().as_secs_f64() * 1e3 / b as f64;
-                    run_rows.push(
-                        row(
-                            name,
-                            "batch",
-                            t,
-                            b,
-                            &stats,
-                            Plain {
-                                tract_ms: floor,
-                                reference_ms: plain,
-                            },
-                            Some(wall),
-                            (&dep_batch).into(),
-                        )
-                        .with_ahead(ahead.ms_until(&dep_batch.ahead())),
-                    );
+                let batch = |mode: &str, harness: &Harness, tract: &TractPlan, images| {
+                    crate::bench_batch::batch_row(&crate::bench_batch::BatchRun {
+                        name,
+                        mode,
+                        threads: t,
+                        harness,
+                        tract,
+                        model: &q,
+                        xs: &xs,
+                        images,
+                        runs: o.runs,
+                    })
+                };
+                rows.push(batch("batch", &dep_batch, &tract_b, o.batch)?);
+                // The same at the stacked rows' stack size, on the threads
+                // the server runs on: what the packing gives at that size.
+                if let Some((dep_s, tract_s)) = at_stack.as_ref().filter(|_| t == all) {
+                    let mode = format!("batch{stack}");
+                    rows.push(batch(&mode, dep_s, tract_s, stack)?);
                 }
-                rows.push(median_row(run_rows));
                 Ok(())
             })?;
         }
@@ -292,7 +299,6 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
                     reference_ms: median(reference_ms),
                 })
             };
-            let all = o.threads.iter().copied().max().unwrap_or(1);
             rows.extend(crate::bench_served::rows(
                 name,
                 &served,
@@ -307,7 +313,8 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
         }
         spin.finish_and_clear();
     }
-    set_served_ratios(&mut rows);
+    crate::bench_ratios::set_served_ratios(&mut rows);
+    crate::bench_ratios::set_stack_ratios(&mut rows);
     print_table(&rows)?;
     if let Some(p) = o.json {
         std::fs::write(p, serde_json::to_string_pretty(&rows)?)
@@ -317,23 +324,6 @@ pub fn bench(o: &BenchOptions) -> Result<Vec<BenchRow>> {
         crate::chart::draw(&rows, p)?;
     }
     Ok(rows)
-}
-
-/// Fills `served_ratio` of every `served` row from the `latency` row of its
-/// model and threads.
-fn set_served_ratios(rows: &mut [BenchRow]) {
-    let latency: Vec<(String, usize, f64)> = rows
-        .iter()
-        .filter(|r| r.mode == "latency")
-        .map(|r| (r.model.clone(), r.threads, r.latency_ms))
-        .collect();
-    for r in rows.iter_mut().filter(|r| r.mode == "served") {
-        r.served_ratio = latency
-            .iter()
-            .find(|(m, t, _)| *m == r.model && *t == r.threads)
-            .filter(|(_, _, l)| *l > 0.0)
-            .map(|(_, _, l)| r.latency_ms / l);
-    }
 }
 
 /// Plaintext times per image of one row, measured in the same run.
@@ -418,6 +408,8 @@ pub(crate) fn row(
         in_flight: 1,
         clients: 1,
         served_ratio: None,
+        batch_ratio: None,
+        stack_batch_ratio: None,
     }
 }
 
@@ -479,14 +471,16 @@ fn print_table(rows: &[BenchRow]) -> Result<()> {
             r.model, r.mode, r.threads, r.images, r.batch, r.latency_ms, r.throughput_img_s, r.plaintext_ms, r.ratio, r.host_ms, r.enclave_ms, r.enclave_share, r.enclave_cpu_share, r.enclave_peak_mib, r.bytes_up, r.ct_products, r.enclave_decrypts, r.enclave_encrypts
         )?;
     }
+    out.push_str(&crate::bench_ratios::stack_summary(rows));
     crate::stdout::emit(&out)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn row(model: &str, mode: &str, threads: usize, latency_ms: f64) -> BenchRow {
+    /// A row of `model`, `mode`, `threads` and `latency_ms`, zeros elsewhere.
+    pub(crate) fn row(model: &str, mode: &str, threads: usize, latency_ms: f64) -> BenchRow {
         BenchRow {
             model: model.into(),
             mode: mode.into(),
@@ -514,31 +508,8 @@ mod tests {
             in_flight: 1,
             clients: 1,
             served_ratio: None,
-        }
-    }
-
-    #[test]
-    fn served_rows_get_their_ratio_to_the_same_models_latency_row() {
-        let mut rows = vec![
-            row("a", "latency", 2, 10.0),
-            row("b", "latency", 2, 4.0),
-            row("a", "served", 2, 12.0),
-            row("b", "served", 2, 5.0),
-            row("c", "served", 2, 5.0),
-            row("a", "latency", 1, 20.0),
-        ];
-        set_served_ratios(&mut rows);
-        let ratios: Vec<Option<f64>> = rows.iter().map(|r| r.served_ratio).collect();
-        assert_eq!(ratios, vec![None, None, Some(1.2), Some(1.25), None, None]);
-        let json = serde_json::to_value(&rows[2]).unwrap();
-        for key in [
-            "plaintext_engine",
-            "plaintext_ms",
-            "reference_ms",
-            "served_ratio",
-            "clients",
-        ] {
-            assert!(json.get(key).is_some(), "{key} missing");
+            batch_ratio: None,
+            stack_batch_ratio: None,
         }
     }
 

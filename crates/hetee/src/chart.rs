@@ -13,7 +13,7 @@ pub fn draw(rows: &[BenchRow], path: &Path) -> Result<()> {
     let bars: Vec<(String, f64, f64)> = rows
         .iter()
         .map(|r| {
-            let per_image = if r.mode == "batch" {
+            let per_image = if r.mode.starts_with("batch") {
                 1e3 / r.throughput_img_s
             } else {
                 r.latency_ms

@@ -285,7 +285,9 @@ enum Command {
         #[arg(long)]
         served: bool,
         /// Also run this many concurrent single-image clients through the
-        /// served deployment (e.g. 16).
+        /// served deployment (e.g. 16), and an in-process batch at their
+        /// stack size (row `batchS`): the stacked rows' ratio to it is
+        /// what serving costs beyond the packing at that size.
         #[arg(long, default_value_t = 0)]
         clients: usize,
         /// With --clients: single-image queries each client keeps

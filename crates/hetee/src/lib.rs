@@ -4,6 +4,8 @@
 //! files, benchmarks and the CLI.
 
 pub mod bench;
+mod bench_batch;
+mod bench_ratios;
 pub mod bench_served;
 pub mod bundled;
 pub mod chart;
