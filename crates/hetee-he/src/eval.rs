@@ -93,8 +93,11 @@ enum Split {
     Whole,
     /// Each task spreads its rows, or blocks of coefficients, over the
     /// pool: a layer with one or two outputs would otherwise leave cores
-    /// idle (e2dm's layers at one image have one, two and one). Measured
-    /// slower when the tasks alone fill the cores.
+    /// idle (e2dm's layers at one image have one, two and one). Not used
+    /// where the tasks alone fill the cores: splitting them there only adds
+    /// hand-offs (a first version that always split ran e2dm's 64-image
+    /// batch at 572-639 img/s against 618-706, three interleaved pairs,
+    /// within this VM's noise).
     Parts,
 }
 

@@ -132,9 +132,8 @@ impl Rescaler {
         // scales on its own, so blocks of them may run in parallel.
         let unrolled = matches!(rows.len(), 3..=6);
         if let (1, true, Some(row)) = (l, unrolled, out.as_slice_mut()) {
-            let block = block.min(n).max(1);
-            row.par_chunks_mut(block).enumerate().for_each(|(b, out)| {
-                let start = b * block;
+            // The coefficients from `start` on, into `out`.
+            let run = |start: usize, out: &mut [u64]| {
                 let rows: Vec<&[u64]> = rows.iter().map(|r| &r[start..]).collect();
                 match rows.len() {
                     3 => self.scale_to_one::<3>(&rows, out),
@@ -142,7 +141,16 @@ impl Rescaler {
                     5 => self.scale_to_one::<5>(&rows, out),
                     _ => self.scale_to_one::<6>(&rows, out),
                 }
-            });
+            };
+            // One block stays on this thread, without the pool.
+            if block >= n {
+                run(0, row);
+            } else {
+                let block = block.max(1);
+                row.par_chunks_mut(block)
+                    .enumerate()
+                    .for_each(|(b, out)| run(b * block, out));
+            }
         } else {
             self.scale_rows(&rows, &mut out);
         }
