@@ -4,6 +4,7 @@
 
 use fhe::bfv::{BfvParameters, Ciphertext};
 use fhe_math::rq::{traits::TryConvertFrom, Poly, Representation};
+use hetee_he::eval::ExtendedCiphertext;
 use hetee_he::{Evaluator, HeConfig};
 use num_bigint::BigUint;
 use std::sync::Arc;
@@ -226,12 +227,14 @@ fn extreme_operands_wrap_the_fresh_basis() {
     assert!(first_difference(&sum(&small), &sum(&exact), &q).is_some());
 }
 
-/// The host's products go out as bytes straight from their polynomials:
-/// the same bytes as the `fhe` ciphertexts they would have been, encoded,
-/// and they decode back to those ciphertexts.
-#[test]
-fn a_plan_encoded_from_its_polynomials_is_the_encoding_of_its_ciphertexts() {
-    use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
+/// An evaluator for sums of four fresh products, and the two extreme
+/// operands extended, as inputs `[+, -]` and as weights `[-, +]`.
+fn extreme_operands() -> (
+    Arc<BfvParameters>,
+    Evaluator,
+    [ExtendedCiphertext; 2],
+    [ExtendedCiphertext; 2],
+) {
     let par = HeConfig::for_accumulator_bound(1 << 22)
         .unwrap()
         .build()
@@ -239,12 +242,21 @@ fn a_plan_encoded_from_its_polynomials_is_the_encoding_of_its_ciphertexts() {
     let ev = Evaluator::for_fresh_sums(&par, 4).unwrap();
     let a = ev.extend(&extreme(&par, false)).unwrap();
     let b = ev.extend(&extreme(&par, true)).unwrap();
+    (par, ev, [a.clone(), b.clone()], [b, a])
+}
+
+/// The host's products go out as bytes straight from their polynomials:
+/// the same bytes as the `fhe` ciphertexts they would have been, encoded,
+/// and they decode back to those ciphertexts.
+#[test]
+fn a_plan_encoded_from_its_polynomials_is_the_encoding_of_its_ciphertexts() {
+    use hetee_he::codec::{ciphertext_from_bytes, ciphertext_to_bytes};
+    let (par, ev, ins, ws) = extreme_operands();
     let plan = vec![
         vec![(0, 1), (1, 0)],
         vec![(1, 1)],
         vec![(0, 0), (0, 1), (1, 1)],
     ];
-    let (ins, ws) = ([a.clone(), b.clone()], [b, a]);
     let cts = ev.evaluate_plan(&plan, &ins, &ws).unwrap();
     let bytes = ev.evaluate_plan_to_bytes(&plan, &ins, &ws).unwrap();
     assert_eq!(bytes.len(), plan.len());
@@ -261,14 +273,7 @@ fn a_plan_encoded_from_its_polynomials_is_the_encoding_of_its_ciphertexts() {
 #[test]
 fn a_lone_output_spread_over_the_pool_equals_one_among_many() {
     use hetee_he::codec::ciphertext_to_bytes;
-    let par = HeConfig::for_accumulator_bound(1 << 22)
-        .unwrap()
-        .build()
-        .unwrap();
-    let ev = Evaluator::for_fresh_sums(&par, 4).unwrap();
-    let a = ev.extend(&extreme(&par, false)).unwrap();
-    let b = ev.extend(&extreme(&par, true)).unwrap();
-    let (ins, ws) = ([a.clone(), b.clone()], [b, a]);
+    let (_, ev, ins, ws) = extreme_operands();
     let sums: Vec<Vec<(usize, usize)>> = vec![
         vec![(0, 1), (1, 0)],
         vec![(1, 1)],
