@@ -6,50 +6,64 @@ use crate::bench::BenchRow;
 /// Fills `served_ratio` of every `served` row from the `latency` row of its
 /// model and threads.
 pub(crate) fn set_served_ratios(rows: &mut [BenchRow]) {
-    let latency: Vec<(String, usize, f64)> = rows
+    let ratios: Vec<Option<f64>> = rows
         .iter()
-        .filter(|r| r.mode == "latency")
-        .map(|r| (r.model.clone(), r.threads, r.latency_ms))
+        .map(|r| {
+            let latency = beside(rows, r, |b| b.mode == "latency")?.latency_ms;
+            (r.mode == "served" && latency > 0.0).then(|| r.latency_ms / latency)
+        })
         .collect();
-    for r in rows.iter_mut().filter(|r| r.mode == "served") {
-        r.served_ratio = latency
-            .iter()
-            .find(|(m, t, _)| *m == r.model && *t == r.threads)
-            .filter(|(_, _, l)| *l > 0.0)
-            .map(|(_, _, l)| r.latency_ms / l);
+    for (r, ratio) in rows.iter_mut().zip(ratios) {
+        r.served_ratio = ratio;
     }
+}
+
+/// The row of `r`'s model and threads that `hit` picks, if any.
+fn beside<'a>(
+    rows: &'a [BenchRow],
+    r: &BenchRow,
+    hit: impl Fn(&BenchRow) -> bool,
+) -> Option<&'a BenchRow> {
+    rows.iter()
+        .find(|b| b.model == r.model && b.threads == r.threads && hit(b))
+}
+
+/// Images per query of a batch row: `N` of a `batchN` row, the planner's
+/// batch of the `batch` row; `None` for other modes.
+fn batch_size(r: &BenchRow) -> Option<usize> {
+    let n = r.mode.strip_prefix("batch")?;
+    Some(n.parse().unwrap_or(r.batch))
+}
+
+/// Queries in one stack of a stacked row: clients × in flight.
+fn stack_size(r: &BenchRow) -> usize {
+    r.clients * r.in_flight.max(1)
 }
 
 /// Fills `batch_ratio` and `stack_batch_ratio` of every `stacked` row:
 /// its throughput over the `batch` row's and over the in-process batch at
-/// its own stack size (clients × in flight), same model and threads.
+/// its own stack size, same model and threads.
 pub(crate) fn set_stack_ratios(rows: &mut [BenchRow]) {
-    let batches: Vec<(String, String, usize, usize, f64)> = rows
+    let ratios: Vec<(Option<f64>, Option<f64>)> = rows
         .iter()
-        .filter(|r| r.mode.starts_with("batch"))
         .map(|r| {
-            let size = r.mode["batch".len()..].parse().ok();
+            if !r.mode.starts_with("stacked") {
+                return (None, None);
+            }
+            let over = |b: Option<&BenchRow>| {
+                b.map(|b| b.throughput_img_s)
+                    .filter(|tp| *tp > 0.0)
+                    .map(|tp| r.throughput_img_s / tp)
+            };
             (
-                r.model.clone(),
-                r.mode.clone(),
-                r.threads,
-                size.unwrap_or(r.batch),
-                r.throughput_img_s,
+                over(beside(rows, r, |b| b.mode == "batch")),
+                over(beside(rows, r, |b| batch_size(b) == Some(stack_size(r)))),
             )
         })
         .collect();
-    let find = |r: &BenchRow, hit: &dyn Fn(&str, usize) -> bool| {
-        batches
-            .iter()
-            .find(|(m, mode, t, size, _)| *m == r.model && *t == r.threads && hit(mode, *size))
-            .map(|b| b.4)
-            .filter(|tp| *tp > 0.0)
-            .map(|tp| r.throughput_img_s / tp)
-    };
-    for r in rows.iter_mut().filter(|r| r.mode.starts_with("stacked")) {
-        let stack = r.clients * r.in_flight.max(1);
-        r.batch_ratio = find(r, &|mode, _| mode == "batch");
-        r.stack_batch_ratio = find(r, &|_, size| size == stack);
+    for (r, (batch, stack)) in rows.iter_mut().zip(ratios) {
+        r.batch_ratio = batch;
+        r.stack_batch_ratio = stack;
     }
 }
 
@@ -58,17 +72,14 @@ pub(crate) fn stack_summary(rows: &[BenchRow]) -> String {
     let mut out = String::new();
     for r in rows.iter().filter(|r| r.mode.starts_with("stacked")) {
         let pct = |x: Option<f64>| x.map_or("n/a".to_string(), |x| format!("{:.0} %", 100.0 * x));
-        let batch = rows
-            .iter()
-            .find(|b| b.model == r.model && b.threads == r.threads && b.mode == "batch")
-            .map_or(0, |b| b.batch);
+        let batch = beside(rows, r, |b| b.mode == "batch").map_or(0, |b| b.batch);
         out.push_str(&format!(
             "{} {}: {} of the batch row ({batch} images per query), {} of an in-process batch of its stack size ({})\n",
             r.model,
             r.mode,
             pct(r.batch_ratio),
             pct(r.stack_batch_ratio),
-            r.clients * r.in_flight.max(1),
+            stack_size(r),
         ));
     }
     out
